@@ -1,0 +1,1 @@
+"""INT8 calibration data selection and quantisation (explicit Q/DQ)."""

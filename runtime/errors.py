@@ -1,0 +1,35 @@
+"""Error types a user can cause, and their one-line messages.
+
+Every error here is something the person running vbmd-rt can fix (a wrong file, a missing
+calibration, a folder that is not writable). The CLI prints ``str(error)`` as one line on
+stderr and exits with code 2. Messages name the file (by its path, never by patient fields
+of its processing log) and say what to do.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class VbmdInputError(Exception):
+    """Bad input from the user: one line naming the file and the fix."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        self.fix = fix
+        where = f"{self.path}: " if self.path else ""
+        tail = f" ({fix})" if fix else ""
+        super().__init__(f"{where}{problem}{tail}")
+
+
+class AimFormatError(VbmdInputError):
+    """The file is not a readable AIM/ISQ file (or is truncated, or claims absurd sizes)."""
+
+
+class CalibrationError(VbmdInputError):
+    """Density is needed but the scan's header has no (complete) density calibration."""
+
+
+class OutputError(VbmdInputError):
+    """An output location cannot be written (not writable, exists without --overwrite, disk full)."""

@@ -1,0 +1,111 @@
+"""The AIM processing log: parse it, keep it, append to it, and never leak patient fields.
+
+A Scanco processing log is ASCII text of 80-column lines: ``!``-lines are separators and
+comments, the other lines are ``key<2+ spaces>value``. IPL appends one block per operation.
+The log carries patient identifiers (name, patient index, original file path, dates); only
+the whitelisted scanner and calibration fields below are ever shown by default.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+__all__ = ["parse_log", "append_entry", "PUBLIC_FIELDS", "public_fields"]
+
+# Fields that describe the scanner, the acquisition and the calibration: safe to print.
+PUBLIC_FIELDS = (
+    "Site",
+    "Scanner ID",
+    "Scanner type",
+    "Position Slice 1 [um]",
+    "No. samples",
+    "No. projections per 180",
+    "Scan Distance [um]",
+    "Integration time [us]",
+    "Reference line [um]",
+    "Reconstruction-Alg.",
+    "Energy [V]",
+    "Intensity [uA]",
+    "Mu_Scaling",
+    "Calibration Data",
+    "Calib. default unit type",
+    "Density: unit",
+    "Density: slope",
+    "Density: intercept",
+    "HU: mu water",
+    "Parameter name",
+    "Parameter units",
+)
+
+_SPLIT = re.compile(r"\s{2,}")
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def _value(text: str):
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    return text
+
+
+def parse_log(text: str) -> dict[str, object]:
+    """Parse a processing log into ``{key: value}``; numbers become int/float.
+
+    Later blocks win over earlier ones for repeated keys (IPL appends the newest operation
+    last). Lines without a two-space separator are kept under their own text with value "".
+    """
+    out: dict[str, object] = {}
+    for raw in text.replace("\r", "").split("\n"):
+        line = raw.rstrip("\0").strip()
+        if not line or line.startswith("!"):
+            continue
+        parts = [p for p in _SPLIT.split(line) if p]
+        if len(parts) == 1:
+            out.setdefault(parts[0], "")
+        elif len(parts) == 2:
+            out[parts[0]] = _value(parts[1])
+        else:
+            out[parts[0]] = [_value(p) for p in parts[1:]]
+    return out
+
+
+def public_fields(parsed: dict[str, object]) -> dict[str, object]:
+    """The subset of a parsed log that identifies no patient (scanner, calibration)."""
+    return {k: parsed[k] for k in PUBLIC_FIELDS if k in parsed}
+
+
+def _line(key: str, value: str) -> str:
+    return f"{key:<30}{value}"[:80].ljust(80)
+
+
+def append_entry(log: str, tool: str, operation: str, when: float | None = None) -> str:
+    """Return ``log`` with one IPL-style block appended naming ``tool`` and ``operation``.
+
+    The original text (including its trailing separator) is kept byte for byte; a missing
+    final newline is added. The block records the tool and version, the time (VMS style, as
+    IPL writes it) and what was done, in 80-column lines.
+    """
+    body = log.rstrip("\0")
+    if body and not body.endswith("\n"):
+        body += "\n"
+    stamp = time.strftime("%d-%b-%Y %H:%M:%S", time.localtime(when)).upper() + ".00"
+    sep = "!" + "-" * 79
+    lines = []
+    if not body.rstrip().endswith(sep):
+        lines.append(sep)
+    lines += [_line("Created by", tool), _line("Time", stamp)]
+    # Long descriptions wrap over several "Operation" lines rather than breaking 80 columns.
+    words, cur = operation.split(), ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > 50:
+            lines.append(_line("Operation", cur))
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    if cur:
+        lines.append(_line("Operation", cur))
+    lines.append(sep)
+    return body + "\n".join(lines) + "\n"
