@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/vbmd-rt synth demo-out --cases 1 --size small --seed 7
+	$(VENV)/bin/vbmd-rt synth demo-out --cases 1 --size small --seed 7 --preview
 	$(VENV)/bin/vbmd-rt info demo-out/PHANTOM_0000.AIM
 
 bench: setup

@@ -145,7 +145,7 @@ class AimHeader:
             "position_xyz": list(self.position),
             "offset_xyz": list(self.offset),
             "element_size_mm": [float(v) for v in self.element_size_mm],
-            "physical_size_mm": [float(d) * float(e) for d, e in zip(self.dim, self.element_size_mm)],
+            "physical_size_mm": [float(d) * float(e) for d, e in zip(self.dim, self.element_size_mm, strict=False)],
             "calibration": None if cal is None else cal.to_dict(),
             "scanner": proclog.public_fields(self.log),
         }
@@ -333,7 +333,7 @@ def _isq_header(f, path, size) -> AimHeader:
     f.seek(0)
     raw = _read_exact(f, 512, path)
     ints = struct.unpack("<28i", raw[16:128])
-    fields = dict(zip(_ISQ_FIELDS, ints))
+    fields = dict(zip(_ISQ_FIELDS, ints, strict=False))
     energy, intensity = struct.unpack("<2i", raw[168:176])
     fields.update(energy_v=energy, intensity_ua=intensity)
     (blocks,) = struct.unpack("<i", raw[508:512])
@@ -349,7 +349,7 @@ def _isq_header(f, path, size) -> AimHeader:
     um = (fields["dimx_um"], fields["dimy_um"], fields["dimz_um"])
     if any(u <= 0 for u in um):
         _fail(path, f"header gives invalid physical size {list(um)} um")
-    el = tuple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim))
+    el = tuple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim, strict=False))
     cal = None
     if start > 512:
         f.seek(512)
@@ -522,20 +522,20 @@ def read_isq(path: str | os.PathLike, mmap: bool = True) -> Scan:
 # --------------------------------------------------------------------------- writing
 
 
-def _stored(data: np.ndarray, type_code: int) -> tuple[np.ndarray, bytes]:
+def _stored(data: np.ndarray, type_code: int) -> tuple[np.ndarray, np.ndarray | bytes]:
     """Array as written (dtype checked) and its data bytes (compressed where the type says)."""
     if type_code == TYPE_INT16:
         if data.dtype.kind not in "iu" or (data.size and (data.min() < -32768 or data.max() > 32767)):
             raise ValueError("int16 AIM needs integer data within int16")
         arr = np.ascontiguousarray(data, dtype="<i2")
-        return arr, memoryview(arr).cast("B").tobytes() if arr.size else b""
+        return arr, arr  # written straight from the array's buffer: no 1.5 GB bytes copy
     if data.dtype == np.bool_:
         data = data.astype(np.int8) * np.int8(127)
     if data.dtype.kind not in "iub" or (data.size and (data.min() < -128 or data.max() > 127)):
         raise ValueError("char/binary AIM needs integer data within -128..127")
     arr = np.ascontiguousarray(data, dtype=np.int8)
     if type_code == TYPE_CHAR:
-        return arr, arr.tobytes()
+        return arr, arr
     if type_code == TYPE_BINARY_RLE:
         # Background is 0 where 0 occurs; the object value is the other one (127 if none).
         mn, mx = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
@@ -592,7 +592,8 @@ def write_aim(
     if code == TYPE_BINARY_RLE:
         isz = 8 if ver == 3 else 4
         payload = struct.pack("<q" if ver == 3 else "<i", len(payload) + isz) + payload
-    out = replace(tmpl, version=ver, type_code=code, dim=dim, processing_log=log, data_length=len(payload),
+    nbytes = payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
+    out = replace(tmpl, version=ver, type_code=code, dim=dim, processing_log=log, data_length=nbytes,
                   isq={}, isq_calibration=None)
     if ver == 2:
         w = np.zeros(35, dtype="<i4")
@@ -602,7 +603,7 @@ def write_aim(
             w[6 + 3 * i : 9 + 3 * i] = t
         hdr_b = bytearray(w.tobytes())
         hdr_b[108:120] = _float_to_vax(out.element_size_mm)
-        pre = struct.pack("<5i", 20, 140, len(log_b), len(payload), 0)
+        pre = struct.pack("<5i", 20, 140, len(log_b), nbytes, 0)
         head = pre + bytes(hdr_b)
     else:
         ints = np.array([24, out.id, out.ref, np.uint32(code).view(np.int32)], dtype="<i4")
@@ -610,11 +611,15 @@ def write_aim(
         for i, t in enumerate((out.position, dim, out.offset, out.supdim, out.suppos, out.subdim, out.testoff)):
             q[3 * i : 3 * i + 3] = t
         q[21:24] = np.rint(np.asarray(out.element_size_mm, dtype=np.float64) * 1e6)
-        pre = struct.pack("<5q", 40, 224, len(log_b), len(payload), 0)
+        pre = struct.pack("<5q", 40, 224, len(log_b), nbytes, 0)
         head = V030_MAGIC + pre + ints.tobytes() + q.tobytes()
     out.byte_offset = len(head) + len(log_b)
     with atomic_write(path, overwrite=overwrite) as f:
         f.write(head)
         f.write(log_b)
-        f.write(payload)
+        if isinstance(payload, np.ndarray):
+            if payload.size:
+                f.write(memoryview(payload.reshape(-1)).cast("B"))
+        else:
+            f.write(payload)
     return out

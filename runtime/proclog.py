@@ -91,7 +91,8 @@ def append_entry(log: str, tool: str, operation: str, when: float | None = None)
     body = log.rstrip("\0")
     if body and not body.endswith("\n"):
         body += "\n"
-    stamp = time.strftime("%d-%b-%Y %H:%M:%S", time.localtime(when)).upper() + ".00"
+    t = time.gmtime(when) if when is not None else time.localtime()
+    stamp = time.strftime("%d-%b-%Y %H:%M:%S", t).upper() + ".00"
     sep = "!" + "-" * 79
     lines = []
     if not body.rstrip().endswith(sep):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from vbmd_rt.runtime.aim import read_aim, write_aim
 from vbmd_rt.runtime.errors import AimFormatError
 

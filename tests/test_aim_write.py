@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from vbmd_rt.runtime.aim import AimHeader, read_aim, write_aim
 
 from .conftest import SAMPLES, needs_samples

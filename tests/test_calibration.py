@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from vbmd_rt.runtime.aim import read_aim, write_aim
 from vbmd_rt.runtime.calibration import Calibration, calibration_from_log, from_density, to_density
 from vbmd_rt.runtime.errors import CalibrationError

@@ -1,0 +1,629 @@
+"""Synthetic HR-pQCT scans of the MCP region with an exact MC2 ground truth.
+
+No public HR-pQCT scans of the second metacarpal exist, so training, tests, benchmarks and the
+bundled example use phantoms made here. Each case is a hand cross-section scanned from the
+metacarpal shafts (proximal, slice 0) through the metacarpal heads, the MCP joint spaces and
+the bases of the proximal phalanges, at XtremeCT I geometry (82 µm, 1536 x 1536) or at 246 µm
+(512 x 512) for fast tests.
+
+Anatomy (all sizes in mm, varied per case from one seed):
+
+* soft tissue: an ellipse of hand cross-section, 0-100 mg HA/cm³, in air;
+* MC2-MC5 side by side along a gently curved arc, each a cortical tube (0.3-1.5 mm,
+  700-1200 mg HA/cm³) whose shaft widens into a head that ends in a dome; the shaft is mostly
+  marrow, the head filled with trabecular bone (a band-pass texture at trabecular scale,
+  150-350 mg HA/cm³ apparent); shapes vary smoothly along z (drift, curvature, eccentricity,
+  rotation) and between cases;
+* a joint space of 1-2.5 mm, then the concave base of each proximal phalanx, which wraps the
+  head dome (the slices where two bones look alike);
+* disease: cortical erosions (pits through the shell of MC2 and sometimes of its
+  neighbours), osteopenia (thin, less dense cortex, sparse trabeculae);
+* left hands are mirror images; the hand moves and rotates in the field of view.
+
+Scanner effects: Gaussian point spread (sigma 1-1.5 voxels in-plane, 0.5-1 across slices),
+correlated noise of realistic size, slight cupping, motion graded 1-3 (ghost copies of the
+bone edges and streaks, varying from slice to slice), rings in some cases.
+
+The truth (``NAME.truth.json``) is computed from the files as written: D100 is the mean
+calibrated density of the stored scan inside the stored true mask. Nothing of the truth goes
+into the scan file: its header and log are the same for every case except the dimensions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import proclog
+from .aim import AimHeader, write_aim
+from .atomic import atomic_write_bytes, check_writable_dir
+from .calibration import Calibration
+
+__all__ = ["GENERATOR_VERSION", "CaseParams", "sample_case", "render_case", "synth_case", "synth", "XTREMECT_CALIBRATION"]
+
+GENERATOR_VERSION = "1.0"
+# XtremeCT I calibration as in shared/aim-samples/bonelabdata_aluminum.aim.
+XTREMECT_CALIBRATION = Calibration(8192.0, 1441.13599, -356.445007, 0.2464)
+SIZES = {"full": (0.082, 1536), "small": (0.246, 512)}
+AIR = -356.0 + 0.0  # mu = 0: the stored value 0 is the calibration's intercept
+
+
+def _xtremect_log() -> str:
+    cal = XTREMECT_CALIBRATION
+
+    def ln(k, v):
+        return f"{k:<30}{v}"[:80].ljust(80)
+
+    sep = "!" + "-" * 79
+    rows = [
+        "!", "! Processing Log", "!", sep,
+        ln("Created by", "vbmd-rt synth (synthetic phantom)"),
+        ln("Patient Name", "PHANTOM"),
+        sep,
+        ln("Site", 4), ln("Scanner ID", 3309), ln("Scanner type", 9),
+        ln("No. samples", 1536), ln("No. projections per 180", 750),
+        ln("Integration time [us]", 100000), ln("Energy [V]", 59400), ln("Intensity [uA]", 1000),
+        ln("Mu_Scaling", int(cal.mu_scaling)),
+        ln("Calibration Data", "60kVp, BH: 200 mg HA/ccm, Scaling 8192"),
+        ln("Calib. default unit type", "2 (Density)"),
+        ln("Density: unit", "mg HA/ccm"),
+        ln("Density: slope", f"{cal.slope:.5f}"),
+        ln("Density: intercept", f"{cal.intercept:.6f}"),
+        ln("HU: mu water", f"{cal.mu_water:.4f}"),
+        sep,
+    ]
+    return "\n".join(rows) + "\n"
+
+
+@dataclass
+class Bone:
+    """One metacarpal and its proximal phalanx, in mm (x, y in-plane; z along the scan)."""
+
+    name: str
+    x0: float
+    y0: float
+    dx: float  # drift of the centre per mm of z
+    dy: float
+    curv: float  # quadratic bow of the shaft (mm per mm²)
+    shaft: tuple[float, float]  # semi-axes of the shaft
+    head: tuple[float, float]  # semi-axes of the head
+    angle: float  # degrees, in-plane rotation of the cross-section
+    tip: float  # z of the distal end of the head dome
+    dome: float  # length of the dome
+    neck: float  # length of the shaft-to-head transition
+    cortex_shaft: float
+    cortex_head: float
+    gap: float  # joint space
+    phalanx: tuple[float, float]  # semi-axes of the phalanx base
+    cup: float  # depth of the phalanx base's concavity
+
+
+@dataclass
+class CaseParams:
+    seed: int
+    size: str
+    voxel_mm: float
+    nxy: int
+    slices: int
+    side: str
+    motion_grade: int
+    rings: bool
+    osteopenia: bool
+    cortex_density: float
+    tissue_density: float  # of trabecular bone at this resolution
+    trab_fraction_head: float
+    trab_fraction_shaft: float
+    trab_apparent_head: float
+    marrow_density: float
+    soft_density: float
+    noise_sd: float
+    psf_sigma_vox: float
+    psf_sigma_z_vox: float
+    cupping: float
+    hand: tuple[float, float, float, float, float]  # cx, cy, a, b, angle
+    bones: list[Bone] = field(default_factory=list)
+    erosions: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_case(seed: int, size: str = "small") -> CaseParams:
+    """Draw one case's anatomy and scanner parameters from ``seed`` (deterministic)."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}")
+    voxel, nxy = SIZES[size]
+    rng = np.random.default_rng([seed, 0x6D6332])
+    full_slices = int(rng.integers(200, 321))
+    slices = full_slices if size == "full" else int(round(full_slices * 0.082 / voxel))
+    length = full_slices * 0.082
+    fov = nxy * voxel
+    osteopenia = bool(rng.random() < 0.3)
+    grade = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
+    cx = fov / 2 + rng.uniform(-9, 9)
+    cy = fov / 2 + rng.uniform(-9, 9)
+    hand_angle = rng.uniform(-12, 12)
+    hand = (cx, cy, rng.uniform(40, 47), rng.uniform(14, 18), hand_angle)
+    # Joint line: MC3 reaches furthest, MC2 close, MC4 and MC5 shorter.
+    joint = length * rng.uniform(0.58, 0.72)
+    spacing = rng.uniform(16.5, 20.0)
+    scale = rng.uniform(0.85, 1.15)
+    ca, sa = math.cos(math.radians(hand_angle)), math.sin(math.radians(hand_angle))
+    bones = []
+    for i, (name, rel_size, dz) in enumerate(
+        [("MC2", 1.0, rng.uniform(-1.5, 0.5)), ("MC3", 1.02, rng.uniform(0.5, 2.0)),
+         ("MC4", 0.86, rng.uniform(-2.5, -0.5)), ("MC5", 0.8, rng.uniform(-4.0, -1.5))]
+    ):
+        # Bones on an arc across the hand, MC2 on the radial side (-x for a right hand).
+        u = (i - 1.4) * spacing
+        v = -0.012 * u * u + rng.uniform(-1.0, 1.0) - 2.0
+        s = scale * rel_size * rng.uniform(0.93, 1.07)
+        shaft = (4.8 * s * rng.uniform(0.9, 1.1), 4.3 * s * rng.uniform(0.9, 1.1))
+        head = (7.8 * s * rng.uniform(0.92, 1.08), 7.1 * s * rng.uniform(0.92, 1.08))
+        tip = joint + dz
+        bones.append(Bone(
+            name=name, x0=cx + u * ca - v * sa, y0=cy + u * sa + v * ca,
+            dx=rng.normal(0, 0.05), dy=rng.normal(0, 0.05), curv=rng.normal(0, 0.0015),
+            shaft=shaft, head=head, angle=hand_angle + rng.normal(0, 12),
+            tip=tip, dome=head[0] * rng.uniform(0.75, 0.95), neck=rng.uniform(5.0, 9.0),
+            cortex_shaft=rng.uniform(0.9, 1.5) * (0.75 if osteopenia else 1.0),
+            cortex_head=rng.uniform(0.3, 0.45) if osteopenia else rng.uniform(0.35, 0.6),
+            gap=rng.uniform(1.0, 2.5), phalanx=(head[0] * rng.uniform(0.95, 1.1), head[1] * rng.uniform(0.9, 1.05)),
+            cup=rng.uniform(1.8, 3.2),
+        ))
+    erosions = []
+    if rng.random() < 0.35:
+        mc2 = bones[0]
+        for _ in range(int(rng.integers(1, 4))):
+            erosions.append({
+                "bone": "MC2", "z_mm": float(mc2.tip - mc2.dome * rng.uniform(0.3, 1.8)),
+                "angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.8, 2.4)),
+            })
+        if rng.random() < 0.5:
+            other = bones[int(rng.integers(1, 4))]
+            erosions.append({"bone": other.name, "z_mm": float(other.tip - other.dome * rng.uniform(0.3, 1.5)),
+                             "angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.8, 2.0))})
+    # Apparent trabecular density of the head (150-350, lower in osteopenia) sets the fraction.
+    marrow = rng.uniform(-20, 60)
+    tissue = rng.uniform(850, 1000)
+    apparent = rng.uniform(160, 340) * (0.65 if osteopenia else 1.0)
+    trab_head = (apparent - marrow) / (tissue - marrow)
+    return CaseParams(
+        seed=seed, size=size, voxel_mm=voxel, nxy=nxy, slices=slices,
+        side="left" if rng.random() < 0.5 else "right", motion_grade=grade,
+        rings=bool(rng.random() < 0.25), osteopenia=osteopenia,
+        cortex_density=rng.uniform(880, 1150) * (0.85 if osteopenia else 1.0),
+        tissue_density=tissue, trab_fraction_head=trab_head, trab_apparent_head=apparent,
+        trab_fraction_shaft=trab_head * rng.uniform(0.15, 0.4),
+        marrow_density=marrow, soft_density=rng.uniform(10, 70),
+        noise_sd=rng.uniform(70, 120), psf_sigma_vox=rng.uniform(1.0, 1.5), psf_sigma_z_vox=rng.uniform(0.5, 1.0),
+        cupping=rng.uniform(20, 60), hand=hand, bones=bones, erosions=erosions,
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _texture_tile(rng: np.random.Generator, n: int, period_vox: float) -> np.ndarray:
+    """Periodic band-pass noise in [0, 1]: a trabecular-like sponge when thresholded."""
+    k = np.fft.fftfreq(n)
+    kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(n), indexing="ij", sparse=True)
+    r = np.sqrt(kz**2 + ky**2 + kx**2)
+    f0 = 1.0 / period_vox
+    filt = np.exp(-0.5 * ((r - f0) / (0.35 * f0)) ** 2)
+    spec = (rng.standard_normal((n, n, n // 2 + 1)) + 1j * rng.standard_normal((n, n, n // 2 + 1))) * filt
+    t = np.fft.irfftn(spec, s=(n, n, n), axes=(0, 1, 2)).astype(np.float32)
+    t -= t.min()
+    t /= t.max()
+    return t
+
+
+def _profile(b: Bone, z: float) -> tuple[float, float, float] | None:
+    """Semi-axes and cortical thickness of the metacarpal at slice z, or None beyond the tip."""
+    u = b.tip - z
+    if u <= 0:
+        return None
+    if u < b.dome:
+        s = math.sqrt(max(0.0, 1.0 - ((b.dome - u) / b.dome) ** 2))
+        a, c = b.head[0] * s, b.head[1] * s
+        return a, c, b.cortex_head
+    w = min(1.0, (u - b.dome) / b.neck)
+    w = 0.5 - 0.5 * math.cos(math.pi * w)  # 0 at the head, 1 at the shaft
+    a = b.head[0] + (b.shaft[0] - b.head[0]) * w
+    c = b.head[1] + (b.shaft[1] - b.head[1]) * w
+    return a, c, b.cortex_head + (b.cortex_shaft - b.cortex_head) * w
+
+
+def _centre(b: Bone, z: float) -> tuple[float, float]:
+    d = z - b.tip
+    return b.x0 + b.dx * d + b.curv * d * d, b.y0 + b.dy * d + 0.5 * b.curv * d * d
+
+
+def _ellipse(img, c, axes, angle, value, px, shift=4):
+    """Filled ellipse in mm coordinates (sub-pixel via OpenCV's fixed-point shift)."""
+    f = 1 << shift
+    cx, cy = int(round(c[0] / px * f)), int(round(c[1] / px * f))
+    ax = (max(0, int(round(axes[0] / px * f))), max(0, int(round(axes[1] / px * f))))
+    if ax[0] == 0 or ax[1] == 0:
+        return
+    cv2.ellipse(img, (cx, cy), ax, angle, 0, 360, value, -1, cv2.LINE_8, shift)
+
+
+def _local_ellipse(shape, c, axes, angle, px):
+    """Mask of a filled ellipse drawn only inside its bounding box: (box, bool mask) or None."""
+    r = max(axes) / px + 2
+    x0, y0 = max(0, int(c[0] / px - r)), max(0, int(c[1] / px - r))
+    x1, y1 = min(shape[1], int(c[0] / px + r) + 2), min(shape[0], int(c[1] / px + r) + 2)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    _ellipse(m, (c[0] - x0 * px, c[1] - y0 * px), axes, angle, 1, px)
+    return (y0, y1, x0, x1), m
+
+
+def _circle(img, c, r, value, px, shift=4):
+    f = 1 << shift
+    cv2.circle(img, (int(round(c[0] / px * f)), int(round(c[1] / px * f))), int(round(r / px * f)), value, -1,
+               cv2.LINE_8, shift)
+
+
+class _Renderer:
+    def __init__(self, p: CaseParams):
+        self.p = p
+        self.px = p.voxel_mm
+        rng = np.random.default_rng([p.seed, 0x746578])
+        # Trabecular texture: period about 0.8 mm, sampled at 82 µm whatever the output size.
+        self.tile = _texture_tile(rng, 96, 0.8 / 0.082)
+        self.tile_q = {f: float(np.quantile(self.tile, 1.0 - f)) for f in (p.trab_fraction_head, p.trab_fraction_shaft)}
+        n = p.nxy
+        yy, xx = np.mgrid[:n, :n].astype(np.float32)
+        rr = np.hypot(xx - n / 2, yy - n / 2) / (n / 2)
+        self.fov = (rr <= 1.0).astype(np.float32)
+        # Cupping: the centre of the field reads lower than the rim.
+        self.cupping = (p.cupping * (rr**2 - 0.5)).astype(np.float32)
+        self.rings = np.zeros((n, n), np.float32)
+        if p.rings:
+            for _ in range(int(rng.integers(2, 6))):
+                r0 = rng.uniform(0.05, 0.9) * n / 2
+                self.rings += rng.choice([-1, 1]) * rng.uniform(25, 60) * np.exp(-0.5 * ((rr * n / 2 - r0) / 0.7) ** 2)
+        # Correlated noise: a bank of blurred white noise, read through random windows.
+        m = n + n // 3
+        bank = rng.standard_normal((6, m, m), dtype=np.float32)
+        for k in range(bank.shape[0]):
+            bank[k] = cv2.GaussianBlur(bank[k], (0, 0), 0.7)
+        bank *= p.noise_sd / bank.std()
+        self.noise = bank
+        self.constant = ((self.cupping + self.rings) * self.fov + AIR * (1 - self.fov)).astype(np.float32)
+        # Motion: streaks through the bones, scaled per slice.
+        self.streaks = np.zeros((n, n), np.float32)
+        if p.motion_grade > 1:
+            for b in p.bones[:3]:
+                for _ in range(6 * p.motion_grade):
+                    th = rng.uniform(0, math.pi)
+                    c = (b.x0 / self.px, b.y0 / self.px)
+                    d = (math.cos(th) * 2 * n, math.sin(th) * 2 * n)
+                    cv2.line(self.streaks, (int(c[0] - d[0]), int(c[1] - d[1])), (int(c[0] + d[0]), int(c[1] + d[1])),
+                             float(rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)), 1)
+            self.streaks = cv2.GaussianBlur(self.streaks, (0, 0), 0.8) * (70.0 * (p.motion_grade - 1))
+        self.rng = np.random.default_rng([p.seed, 0x736C63])
+        self.tile_off = {b.name: rng.integers(0, 96, size=3) for b in p.bones}
+
+    def _texture(self, b: Bone, z_vox: int, box, fraction: float) -> np.ndarray:
+        """Trabecular bone in the box (y0, y1, x0, x1): marrow + trabecular fraction of tissue."""
+        p = self.p
+        y0, y1, x0, x1 = box
+        step = self.px / 0.082
+        off = self.tile_off[b.name]
+        iz = int(round(z_vox * step + off[0])) % 96
+        iy = (np.round(np.arange(y0, y1) * step).astype(np.int64) + off[1]) % 96
+        ix = (np.round(np.arange(x0, x1) * step).astype(np.int64) + off[2]) % 96
+        t = self.tile[iz][np.ix_(iy, ix)]
+        thr = self.tile_q[fraction]
+        # Soft threshold: plate/rod-like trabeculae with partial volume at their edges.
+        occ = np.clip((t - thr) / 0.04 + 0.5, 0.0, 1.0)
+        return p.marrow_density + occ * (p.tissue_density - p.marrow_density)
+
+    def slice(self, z_vox: int) -> tuple[np.ndarray, np.ndarray]:
+        """One sharp slice in mg HA/cm³ (float32) and the MC2 truth (uint8 0/1)."""
+        p, px, n = self.p, self.px, self.p.nxy
+        z = (z_vox + 0.5) * px
+        img = np.full((n, n), AIR, np.float32)
+        cx, cy, ha, hb, hang = p.hand
+        _ellipse(img, (cx, cy), (ha, hb), hang, p.soft_density, px)
+        truth = np.zeros((n, n), np.uint8)
+        for b in p.bones:
+            self._draw_bone(img, truth if b.name == "MC2" else None, b, z, z_vox)
+        for e in p.erosions:
+            b = next(bb for bb in p.bones if bb.name == e["bone"])
+            dz = z - e["z_mm"]
+            if abs(dz) >= e["radius_mm"]:
+                continue
+            prof = _profile(b, e["z_mm"])
+            if prof is None:
+                continue
+            r = math.sqrt(e["radius_mm"] ** 2 - dz * dz)
+            c = _centre(b, e["z_mm"])
+            th = math.radians(e["angle_deg"])
+            # Pit centred a little inside the periosteal surface: it breaks the cortex.
+            a, c2 = prof[0], prof[1]
+            ang = math.radians(b.angle)
+            ex, ey = a * math.cos(th) * 0.92, c2 * math.sin(th) * 0.92
+            pc = (c[0] + ex * math.cos(ang) - ey * math.sin(ang), c[1] + ex * math.sin(ang) + ey * math.cos(ang))
+            _circle(img, pc, r, p.soft_density, px)
+            if b.name == "MC2":
+                _circle(truth, pc, r, 0, px)
+        return img, truth
+
+    def _draw_bone(self, img, truth, b: Bone, z: float, z_vox: int) -> None:
+        p, px = self.p, self.px
+        prof = _profile(b, z)
+        if prof is not None:
+            a, c, t = prof
+            ctr = _centre(b, z)
+            inner = (max(0.0, a - t), max(0.0, c - t))
+            _ellipse(img, ctr, (a, c), b.angle, p.cortex_density, px)
+            if inner[0] > 0 and inner[1] > 0:
+                u = b.tip - z
+                w = min(1.0, max(0.0, (u - b.dome) / b.neck))
+                frac = p.trab_fraction_head if w < 0.5 else p.trab_fraction_shaft
+                self._fill_texture(img, b, z_vox, ctr, inner, frac)
+            if truth is not None:
+                _ellipse(truth, ctr, (a, c), b.angle, 1, px)
+        # Proximal phalanx base: an ellipse beyond the joint, hollowed by the cup around the head.
+        zc = b.tip - b.dome  # centre of the head's dome
+        start = b.tip + b.gap - b.cup
+        if z >= start:
+            ctr = _centre(b, b.tip + b.gap)
+            rc = b.dome + b.gap
+            dz = z - zc
+            cup = math.sqrt(rc * rc - dz * dz) if abs(dz) < rc else 0.0
+            _ellipse(img, ctr, b.phalanx, b.angle, p.cortex_density * 0.9, px)
+            inner = (b.phalanx[0] - 0.45, b.phalanx[1] - 0.45)
+            hole = None
+            if cup > 0:
+                # Subchondral plate lining the cup, then the joint space inside it.
+                k = cup / max(rc, 1e-6)
+                hole = (b.head[0] * k + 0.35 * k, b.head[1] * k + 0.35 * k)
+            self._fill_texture(img, b, z_vox + 400, ctr, inner, p.trab_fraction_head, hole)
+            if cup > 0:
+                k = cup / max(rc, 1e-6)
+                _ellipse(img, ctr, (b.head[0] * k, b.head[1] * k), b.angle, p.soft_density, px)
+                if prof is not None:  # the head inside the cup is drawn again over the joint space
+                    self._redraw_head(img, b, z, z_vox)
+
+    def _redraw_head(self, img, b: Bone, z: float, z_vox: int) -> None:
+        prof = _profile(b, z)
+        if prof is None:
+            return
+        p, px = self.p, self.px
+        a, c, t = prof
+        ctr = _centre(b, z)
+        _ellipse(img, ctr, (a, c), b.angle, p.cortex_density, px)
+        inner = (max(0.0, a - t), max(0.0, c - t))
+        if inner[0] > 0 and inner[1] > 0:
+            self._fill_texture(img, b, z_vox, ctr, inner, p.trab_fraction_head)
+
+    def _fill_texture(self, img, b: Bone, z_vox: int, ctr, axes, frac, hole=None) -> None:
+        """Fill an ellipse (minus an optional concentric hole) with trabecular bone."""
+        got = _local_ellipse(img.shape, ctr, axes, b.angle, self.px)
+        if got is None:
+            return
+        box, m = got
+        if hole is not None:
+            y0, _, x0, _ = box
+            _ellipse(m, (ctr[0] - x0 * self.px, ctr[1] - y0 * self.px), hole, b.angle, 0, self.px)
+        sel = m.astype(bool)
+        if not sel.any():
+            return
+        tex = self._texture(b, z_vox, box, frac)
+        img[box[0] : box[1], box[2] : box[3]][sel] = tex[sel]
+
+    def scanner(self, sharp: np.ndarray, z_vox: int) -> np.ndarray:
+        """Point spread, motion, cupping, rings and noise on one (z-blurred) sharp slice."""
+        p, n = self.p, self.p.nxy
+        out = cv2.GaussianBlur(sharp, (0, 0), p.psf_sigma_vox)
+        if p.motion_grade > 1:
+            # Ghost copy of the slice shifted by the motion, weight and shift growing with grade.
+            amp = self.rng.uniform(0.5, 1.0)
+            shift = (p.motion_grade - 1) * 2.5 * amp
+            th = self.rng.uniform(0, 2 * math.pi)
+            M = np.float32([[1, 0, shift * math.cos(th)], [0, 1, shift * math.sin(th)]])
+            ghost = cv2.warpAffine(out, M, (n, n), borderMode=cv2.BORDER_REPLICATE)
+            wgt = 0.15 * (p.motion_grade - 1) * amp
+            out = cv2.addWeighted(out, 1 - wgt, ghost, wgt, 0)
+            out += self.streaks * amp
+        k = int(self.rng.integers(0, self.noise.shape[0]))
+        oy, ox = (int(v) for v in self.rng.integers(0, self.noise.shape[1] - n, size=2))
+        out += self.noise[k, oy : oy + n, ox : ox + n]
+        # Cupping and rings inside the reconstructed circle; outside it the scanner writes air.
+        cv2.multiply(out, self.fov, dst=out)
+        out += self.constant
+        return out
+
+
+def render_case(p: CaseParams) -> tuple[np.ndarray, np.ndarray]:
+    """Render a case: the stored int16 scan and the uint8 0/1 MC2 mask, both (z, y, x)."""
+    r = _Renderer(p)
+    n, nz = p.nxy, p.slices
+    scan = np.empty((nz, n, n), np.int16)
+    truth = np.empty((nz, n, n), np.uint8)
+    w = _zkernel(p.psf_sigma_z_vox)
+    h = len(w) // 2
+    m_, b_ = XTREMECT_CALIBRATION.density_equation()
+    inv_m, off = np.float32(1.0 / m_), np.float32(-b_ / m_)
+    window: dict[int, np.ndarray] = {}
+    for z in range(-h, nz + h):
+        zz = min(max(z, 0), nz - 1)
+        if zz not in window:
+            window[zz], truth[zz] = r.slice(zz)
+        zc = z - h
+        if 0 <= zc < nz:
+            acc = window[min(max(zc - h, 0), nz - 1)] * np.float32(w[0])
+            for i in range(1, len(w)):
+                cv2.scaleAdd(window[min(max(zc - h + i, 0), nz - 1)], float(w[i]), acc, dst=acc)
+            dens = r.scanner(acc, zc)
+            # mg HA/cm³ -> stored values, in float32 in place (exact for |v| < 2**23).
+            dens *= inv_m
+            dens += off
+            np.rint(dens, out=dens)
+            np.clip(dens, -32768, 32767, out=dens)
+            scan[zc] = dens
+            for old in [k for k in window if k < zc - h]:
+                del window[old]
+    if p.side == "left":
+        scan = np.ascontiguousarray(scan[:, :, ::-1])
+        truth = np.ascontiguousarray(truth[:, :, ::-1])
+    return scan, truth
+
+
+def _zkernel(sigma: float) -> np.ndarray:
+    h = max(1, int(math.ceil(2.0 * sigma)))
+    x = np.arange(-h, h + 1)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def case_name(index: int) -> str:
+    return f"PHANTOM_{index:04d}"
+
+
+def synth_case(out: str | Path, index: int, seed: int, size: str = "small") -> dict:
+    """Generate one case into ``out``: NAME.AIM, NAME_GT.AIM, NAME.truth.json; return the truth."""
+    out = Path(out)
+    case_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    p = sample_case(case_seed, size)
+    scan, truth = render_case(p)
+    name = case_name(index)
+    hdr = AimHeader(version=2, type_code=0x00020002, dim=(1, 1, 1), element_size_mm=(p.voxel_mm,) * 3,
+                    processing_log=_xtremect_log())
+    write_aim(out / f"{name}.AIM", scan, hdr, type="int16")
+    # The mask's log entry has a fixed time so that a seed always gives the same bytes.
+    gt_log = proclog.append_entry(hdr.processing_log, f"vbmd-rt synth {GENERATOR_VERSION}",
+                                  "synthetic phantom ground truth: MC2 periosteal mask", when=0)
+    write_aim(out / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), replace(hdr, processing_log=gt_log),
+              type="char")
+    t = truth_of(scan, truth, p)
+    t.update(name=name, seed=seed, case_seed=case_seed, index=index)
+    atomic_write_bytes(out / f"{name}.truth.json", (json.dumps(t, indent=2) + "\n").encode())
+    return t
+
+
+def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
+    """Ground-truth numbers computed from the stored scan and mask."""
+    m = truth.astype(bool)
+    cal = XTREMECT_CALIBRATION
+    per_slice = m.reshape(m.shape[0], -1).sum(axis=1)
+    voxels = int(per_slice.sum())
+    stored_mean = float(scan[m].astype(np.float64).mean()) if voxels else float("nan")
+    d100 = stored_mean * cal.per_unit + cal.intercept if voxels else None
+    px2 = p.voxel_mm * p.voxel_mm
+    has = per_slice > 0
+    return {
+        "d100_mg_ha_cm3": d100,
+        "bone_volume_mm3": voxels * px2 * p.voxel_mm,
+        "mean_slice_area_mm2": float(per_slice[has].mean() * px2) if has.any() else 0.0,
+        "slices": int(has.sum()),
+        "scan_slices": int(m.shape[0]),
+        "side": p.side,
+        "motion_grade": p.motion_grade,
+        "erosions": p.erosions,
+        "osteopenia": p.osteopenia,
+        "rings": p.rings,
+        "size": p.size,
+        "voxel_mm": p.voxel_mm,
+        "generator": "vbmd-rt synth",
+        "generator_version": GENERATOR_VERSION,
+        "params": p.to_dict(),
+    }
+
+
+def synth(out: str | Path, cases: int, seed: int, size: str = "small", start: int = 0, progress=None) -> list[dict]:
+    """Generate ``cases`` phantoms (indices start..start+cases-1) into ``out``."""
+    out = check_writable_dir(out)
+    truths = []
+    for i in range(start, start + cases):
+        truths.append(synth_case(out, i, seed, size))
+        if progress:
+            progress(i)
+    return truths
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def _grey(density: np.ndarray, lo: float = -400.0, hi: float = 1400.0) -> np.ndarray:
+    return np.clip((density - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def _panel(scan_slice: np.ndarray, mask_slice: np.ndarray, size: int, label: str) -> np.ndarray:
+    from .calibration import to_density
+
+    g = _grey(to_density(scan_slice, XTREMECT_CALIBRATION))
+    interp = cv2.INTER_AREA if g.shape[0] >= size else cv2.INTER_LINEAR
+    g = cv2.resize(g, (size, size), interpolation=interp)
+    m = cv2.resize(mask_slice.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    rgb = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, (40, 40, 255), 1)
+    cv2.putText(rgb, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1, cv2.LINE_AA)
+    return rgb
+
+
+def preview(folder: str | Path, out_png: str | Path, size: int = 256, max_rows: int = 6) -> Path:
+    """Montage of representative slices of the phantoms in ``folder``.
+
+    One row per chosen case (motion grades 1-3 and an eroded case first), columns: shaft,
+    neck, head, joint (phalanx cup around the head) and a coronal view; the red line is the
+    true MC2 contour.
+    """
+    from .aim import read_aim
+
+    folder = Path(folder)
+    truths = [json.loads(t.read_text()) for t in sorted(folder.glob("*.truth.json"))]
+    if not truths:
+        raise FileNotFoundError(f"no phantoms (*.truth.json) in {folder}")
+    chosen: list[dict] = []
+    for want in ({"motion_grade": 1}, {"motion_grade": 2}, {"motion_grade": 3}, {"eroded": True},
+                 {"osteopenia": True}, {"side": "left"}, {"side": "right"}):
+        for t in truths:
+            ok = all((bool(t["erosions"]) if k == "eroded" else t.get(k) == v) for k, v in want.items())
+            if ok and t not in chosen:
+                chosen.append(t)
+                break
+    for t in truths:
+        if len(chosen) >= max_rows:
+            break
+        if t not in chosen:
+            chosen.append(t)
+    rows = []
+    for t in chosen[:max_rows]:
+        scan = read_aim(folder / f"{t['name']}.AIM").data
+        gt = np.asarray(read_aim(folder / f"{t['name']}_GT.AIM").data) != 0
+        zs = np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))
+        z_last = int(zs.max()) if zs.size else gt.shape[0] // 2
+        z_first = int(zs.min()) if zs.size else 0
+        picks = [("shaft", z_first + (z_last - z_first) // 6), ("neck", z_first + (z_last - z_first) * 3 // 5),
+                 ("head", z_first + (z_last - z_first) * 7 // 8), ("joint", min(gt.shape[0] - 1, z_last - 1))]
+        tag = f"{t['name'][-4:]} g{t['motion_grade']} {t['side'][0].upper()}{' ero' if t['erosions'] else ''}"
+        panels = [_panel(np.asarray(scan[z]), gt[z], size, f"{tag} {lab} z{z}") for lab, z in picks]
+        y = int(np.median(np.nonzero(gt[z_first:z_last + 1])[1])) if zs.size else gt.shape[1] // 2
+        # Coronal view through MC2, cropped around it and stretched to a square panel.
+        xs = np.flatnonzero(gt[:, y, :].any(axis=0))
+        half = max(40, gt.shape[2] // 6)
+        cx = int(xs.mean()) if xs.size else gt.shape[2] // 2
+        x0, x1 = max(0, cx - half), min(gt.shape[2], cx + half)
+        sq = np.ascontiguousarray(np.asarray(scan[:, y, x0:x1])[::-1])
+        msq = np.ascontiguousarray(gt[:, y, x0:x1][::-1])
+        panels.append(_panel(sq, msq, size, f"coronal y{y}"))
+        rows.append(np.hstack(panels))
+    img = np.vstack(rows)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    atomic_write_bytes(out_png, buf.tobytes())
+    return Path(out_png)
