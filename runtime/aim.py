@@ -145,7 +145,7 @@ class AimHeader:
             "position_xyz": list(self.position),
             "offset_xyz": list(self.offset),
             "element_size_mm": [float(v) for v in self.element_size_mm],
-            "physical_size_mm": [float(d) * float(e) for d, e in zip(self.dim, self.element_size_mm, strict=False)],
+            "physical_size_mm": [float(d) * float(e) for d, e in zip(self.dim, self.element_size_mm, strict=True)],
             "calibration": None if cal is None else cal.to_dict(),
             "scanner": proclog.public_fields(self.log),
         }
@@ -333,7 +333,7 @@ def _isq_header(f, path, size) -> AimHeader:
     f.seek(0)
     raw = _read_exact(f, 512, path)
     ints = struct.unpack("<28i", raw[16:128])
-    fields = dict(zip(_ISQ_FIELDS, ints, strict=False))
+    fields = dict(zip(_ISQ_FIELDS, ints, strict=True))
     energy, intensity = struct.unpack("<2i", raw[168:176])
     fields.update(energy_v=energy, intensity_ua=intensity)
     (blocks,) = struct.unpack("<i", raw[508:512])
@@ -349,7 +349,7 @@ def _isq_header(f, path, size) -> AimHeader:
     um = (fields["dimx_um"], fields["dimy_um"], fields["dimz_um"])
     if any(u <= 0 for u in um):
         _fail(path, f"header gives invalid physical size {list(um)} um")
-    el = tuple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim, strict=False))
+    el = tuple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim, strict=True))
     cal = None
     if start > 512:
         f.seek(512)

@@ -55,11 +55,7 @@ AIR = -356.0 + 0.0  # mu = 0: the stored value 0 is the calibration's intercept
 
 def _xtremect_log() -> str:
     cal = XTREMECT_CALIBRATION
-
-    def ln(k, v):
-        return f"{k:<30}{v}"[:80].ljust(80)
-
-    sep = "!" + "-" * 79
+    ln, sep = proclog.field_line, proclog.SEPARATOR
     rows = [
         "!", "! Processing Log", "!", sep,
         ln("Created by", "vbmd-rt synth (synthetic phantom)"),
@@ -359,21 +355,27 @@ class _Renderer:
                 _circle(truth, pc, r, 0, px)
         return img, truth
 
+    def _draw_metacarpal(self, img, b: Bone, z: float, z_vox: int):
+        """Cortex and interior of the metacarpal at slice z; returns (centre, semi-axes) or None."""
+        prof = _profile(b, z)
+        if prof is None:
+            return None
+        p = self.p
+        a, c, t = prof
+        ctr = _centre(b, z)
+        _ellipse(img, ctr, (a, c), b.angle, p.cortex_density, self.px)
+        inner = (max(0.0, a - t), max(0.0, c - t))
+        if inner[0] > 0 and inner[1] > 0:
+            w = min(1.0, max(0.0, (b.tip - z - b.dome) / b.neck))
+            frac = p.trab_fraction_head if w < 0.5 else p.trab_fraction_shaft
+            self._fill_texture(img, b, z_vox, ctr, inner, frac)
+        return ctr, (a, c)
+
     def _draw_bone(self, img, truth, b: Bone, z: float, z_vox: int) -> None:
         p, px = self.p, self.px
-        prof = _profile(b, z)
-        if prof is not None:
-            a, c, t = prof
-            ctr = _centre(b, z)
-            inner = (max(0.0, a - t), max(0.0, c - t))
-            _ellipse(img, ctr, (a, c), b.angle, p.cortex_density, px)
-            if inner[0] > 0 and inner[1] > 0:
-                u = b.tip - z
-                w = min(1.0, max(0.0, (u - b.dome) / b.neck))
-                frac = p.trab_fraction_head if w < 0.5 else p.trab_fraction_shaft
-                self._fill_texture(img, b, z_vox, ctr, inner, frac)
-            if truth is not None:
-                _ellipse(truth, ctr, (a, c), b.angle, 1, px)
+        outline = self._draw_metacarpal(img, b, z, z_vox)
+        if outline is not None and truth is not None:
+            _ellipse(truth, outline[0], outline[1], b.angle, 1, px)
         # Proximal phalanx base: an ellipse beyond the joint, hollowed by the cup around the head.
         zc = b.tip - b.dome  # centre of the head's dome
         start = b.tip + b.gap - b.cup
@@ -382,31 +384,16 @@ class _Renderer:
             rc = b.dome + b.gap
             dz = z - zc
             cup = math.sqrt(rc * rc - dz * dz) if abs(dz) < rc else 0.0
+            k = cup / max(rc, 1e-6)
             _ellipse(img, ctr, b.phalanx, b.angle, p.cortex_density * 0.9, px)
             inner = (b.phalanx[0] - 0.45, b.phalanx[1] - 0.45)
-            hole = None
-            if cup > 0:
-                # Subchondral plate lining the cup, then the joint space inside it.
-                k = cup / max(rc, 1e-6)
-                hole = (b.head[0] * k + 0.35 * k, b.head[1] * k + 0.35 * k)
+            # Subchondral plate lining the cup, then the joint space inside it.
+            hole = (b.head[0] * k + 0.35 * k, b.head[1] * k + 0.35 * k) if cup > 0 else None
             self._fill_texture(img, b, z_vox + 400, ctr, inner, p.trab_fraction_head, hole)
             if cup > 0:
-                k = cup / max(rc, 1e-6)
                 _ellipse(img, ctr, (b.head[0] * k, b.head[1] * k), b.angle, p.soft_density, px)
-                if prof is not None:  # the head inside the cup is drawn again over the joint space
-                    self._redraw_head(img, b, z, z_vox)
-
-    def _redraw_head(self, img, b: Bone, z: float, z_vox: int) -> None:
-        prof = _profile(b, z)
-        if prof is None:
-            return
-        p, px = self.p, self.px
-        a, c, t = prof
-        ctr = _centre(b, z)
-        _ellipse(img, ctr, (a, c), b.angle, p.cortex_density, px)
-        inner = (max(0.0, a - t), max(0.0, c - t))
-        if inner[0] > 0 and inner[1] > 0:
-            self._fill_texture(img, b, z_vox, ctr, inner, p.trab_fraction_head)
+                if outline is not None:  # the head inside the cup is drawn again over the joint space
+                    self._draw_metacarpal(img, b, z, z_vox)
 
     def _fill_texture(self, img, b: Bone, z_vox: int, ctr, axes, frac, hole=None) -> None:
         """Fill an ellipse (minus an optional concentric hole) with trabecular bone."""

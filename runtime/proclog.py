@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-__all__ = ["parse_log", "append_entry", "PUBLIC_FIELDS", "public_fields"]
+__all__ = ["parse_log", "append_entry", "field_line", "SEPARATOR", "PUBLIC_FIELDS", "public_fields"]
 
 # Fields that describe the scanner, the acquisition and the calibration: safe to print.
 PUBLIC_FIELDS = (
@@ -77,7 +77,11 @@ def public_fields(parsed: dict[str, object]) -> dict[str, object]:
     return {k: parsed[k] for k in PUBLIC_FIELDS if k in parsed}
 
 
-def _line(key: str, value: str) -> str:
+SEPARATOR = "!" + "-" * 79
+
+
+def field_line(key: str, value: object) -> str:
+    """One 80-column ``key value`` line as IPL writes it (key padded to 30 columns)."""
     return f"{key:<30}{value}"[:80].ljust(80)
 
 
@@ -93,20 +97,19 @@ def append_entry(log: str, tool: str, operation: str, when: float | None = None)
         body += "\n"
     t = time.gmtime(when) if when is not None else time.localtime()
     stamp = time.strftime("%d-%b-%Y %H:%M:%S", t).upper() + ".00"
-    sep = "!" + "-" * 79
     lines = []
-    if not body.rstrip().endswith(sep):
-        lines.append(sep)
-    lines += [_line("Created by", tool), _line("Time", stamp)]
+    if not body.rstrip().endswith(SEPARATOR):
+        lines.append(SEPARATOR)
+    lines += [field_line("Created by", tool), field_line("Time", stamp)]
     # Long descriptions wrap over several "Operation" lines rather than breaking 80 columns.
     words, cur = operation.split(), ""
     for w in words:
         if cur and len(cur) + 1 + len(w) > 50:
-            lines.append(_line("Operation", cur))
+            lines.append(field_line("Operation", cur))
             cur = w
         else:
             cur = f"{cur} {w}".strip()
     if cur:
-        lines.append(_line("Operation", cur))
-    lines.append(sep)
+        lines.append(field_line("Operation", cur))
+    lines.append(SEPARATOR)
     return body + "\n".join(lines) + "\n"
