@@ -3,7 +3,7 @@
 #   make test   set up from nothing and run the tests
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev
+EXTRAS ?= dev,train
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 
@@ -20,14 +20,15 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/vbmd-rt synth demo-out --cases 1 --size small --seed 7 --preview
-	$(VENV)/bin/vbmd-rt info demo-out/PHANTOM_0000.AIM
+	$(VENV)/bin/vbmd-rt synth demo-out/scans --cases 1 --size small --seed 7
+	$(VENV)/bin/vbmd-rt run demo-out/scans/PHANTOM_0000.AIM -o demo-out/results --report html --overwrite
+	@echo "truth: $$(grep -o '"d100_mg_ha_cm3": [0-9.]*' demo-out/scans/PHANTOM_0000.truth.json)"
 
 bench: setup
 	$(PY) bench/bench_aim_io.py
 
 lint: setup
-	$(VENV)/bin/ruff check vbmd_rt runtime export calib bench tests
+	$(VENV)/bin/ruff check vbmd_rt runtime export calib bench scripts tests
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

@@ -22,6 +22,9 @@ class VbmdInputError(Exception):
         tail = f" ({fix})" if fix else ""
         super().__init__(f"{where}{problem}{tail}")
 
+    def __reduce__(self):  # picklable across worker processes (Dask, process pools)
+        return (self.__class__, (self.path, self.problem, self.fix))
+
 
 class AimFormatError(VbmdInputError):
     """The file is not a readable AIM/ISQ file (or is truncated, or claims absurd sizes)."""

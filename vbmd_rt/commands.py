@@ -37,3 +37,140 @@ def synth(
         png = phantom.preview(out, Path(out) / "preview.png")
         if not quiet:
             typer.echo(f"preview: {png}")
+
+
+@app.command()
+def run(
+    scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder (default: the bundled one)."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx or onnxruntime."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    side: str = typer.Option("auto", "--side", help="auto (detected), left or right."),
+    report: str | None = typer.Option(None, "--report", help="Also write a report: html."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist."),
+    save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM (probability x100)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png."""
+    from rich.progress import Progress
+
+    from vbmd_rt.runtime import backends, pipeline
+    from vbmd_rt.runtime.atomic import check_writable_dir
+    from vbmd_rt.runtime.errors import VbmdInputError
+    from vbmd_rt.runtime.model import load_model
+
+    if report not in (None, "html"):
+        raise typer.BadParameter("--report takes html")
+    if side not in ("auto", "left", "right"):
+        raise typer.BadParameter("--side must be auto, left or right")
+    check_writable_dir(out)
+    files = pipeline.expand_inputs(scans)
+    if not files:
+        raise VbmdInputError(scans[0], "holds no scan files (*.AIM, *.ISQ)", "give scan files or a folder of them")
+    mdl = load_model(model)
+    be = _backend(backends, mdl, backend, device, threads)
+    if not quiet:
+        typer.echo(f"backend: {be.name} ({be.precision})" + (f" - {be.reason}" if be.reason else ""), err=True)
+    options = pipeline.RunOptions(side=side, report_html=report == "html", overwrite=overwrite, save_prob=save_prob)
+    failed_input, failed_internal = 0, 0
+    be.activate()
+    try:
+        with Progress(disable=quiet, transient=True) as bar:
+            task = bar.add_task("scans", total=len(files))
+            for i, f in enumerate(files):
+                def stage(s, i=i):
+                    bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
+                try:
+                    r = pipeline.run_scan(f, out, mdl, be, options, stage=stage)
+                except VbmdInputError as e:
+                    failed_input += 1
+                    typer.echo(f"vbmd-rt: error: {e}", err=True)
+                except Exception as e:  # noqa: BLE001 - one bad scan must not stop the batch
+                    failed_internal += 1
+                    typer.echo(f"vbmd-rt: internal error on {f}: {e.__class__.__name__}: {e}", err=True)
+                    _debug_traceback()
+                else:
+                    if not quiet:
+                        d = r["d100_mg_ha_cm3"]
+                        bar.console.print(
+                            f"{f.name}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, "
+                            f"{r['bone_volume_mm3']:.0f} mm3, {r['slices']} slices, {r['side'] or '?'} hand, "
+                            f"{r['timings_s']['total']:.1f} s" + "".join(f"\n  warning: {w}" for w in r["warnings"]))
+                bar.advance(task)
+    finally:
+        be.deactivate()
+    if failed_input or failed_internal:
+        typer.echo(f"vbmd-rt: {failed_input + failed_internal} of {len(files)} scans failed", err=True)
+        raise typer.Exit(1 if failed_internal else 2)
+
+
+def _backend(backends, mdl, name: str, device: str, threads):
+    if name == "torch":  # PyTorch on the exported weights (train extra); never imported by the runtime
+        from vbmd_rt.export.torch_backend import TorchBackend
+
+        return TorchBackend.from_model(mdl, device)
+    return backends.create(name, mdl, device, threads=threads)
+
+
+def _debug_traceback() -> None:
+    import os
+    import traceback
+
+    if os.environ.get("VBMD_RT_DEBUG"):
+        traceback.print_exc()
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: best.pt, last.pt, train.json."),
+    arch: str = typer.Option("unet3d", "--arch", help="unet3d or unet2d."),
+    epochs: int = typer.Option(20, "--epochs", min=1),
+    steps: int = typer.Option(200, "--steps", min=1, help="Steps per epoch."),
+    lr: float | None = typer.Option(None, "--lr", help="Default: 1e-5 (2D), 1e-4 (3D), as the paper."),
+    batch: int | None = typer.Option(None, "--batch", help="Default: 4 (2D), 1 (3D)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    val_data: Path | None = typer.Option(None, "--val-data", help="Held-out folder instead of the 20% split."),
+    init_resnet34: Path | None = typer.Option(None, "--init-resnet34", help="ImageNet ResNet34 state dict (2D)."),
+    schedule: str = typer.Option("constant", "--schedule", help="constant or poly."),
+    resume: Path | None = typer.Option(None, "--resume", help="Go on from a last.pt."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes for loading cases."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train the 2D or 3D U-Net on scan/mask pairs; the best checkpoint goes to OUT/best.pt."""
+    from rich.progress import Progress
+
+    from vbmd_rt.export.train import TrainConfig
+    from vbmd_rt.export.train import train as do_train
+
+    if arch not in ("unet3d", "unet2d"):
+        raise typer.BadParameter("--arch must be unet3d or unet2d")
+    cfg = TrainConfig(data=str(data), out=str(out), arch=arch, epochs=epochs, steps_per_epoch=steps, lr=lr,
+                      batch=batch, seed=seed, device=device, val_data=str(val_data) if val_data else None,
+                      init_resnet34=str(init_resnet34) if init_resnet34 else None, schedule=schedule, workers=workers)
+    with Progress(disable=quiet, transient=True) as bar:
+        best = do_train(cfg, resume=str(resume) if resume else None, progress=bar,
+                        log=(lambda s: None) if quiet else bar.console.print)
+    typer.echo(f"best checkpoint: {best}\nexport it with: vbmd-rt export {best} -o MODEL")
+
+
+@app.command()
+def export(
+    checkpoint: Path | None = typer.Argument(None, help="A best.pt from `vbmd-rt train` (default: the bundled model)."),
+    out: Path = typer.Option(Path("model"), "--out", "-o", help="Folder for model.onnx, model.fp16.onnx, model.json."),
+    validation: Path | None = typer.Option(None, "--validation", help="A validation JSON to put in the card."),
+    name: str | None = typer.Option(None, "--name", help="Model name in the card."),
+):
+    """Export to ONNX (FP32, FP16) with a model card, checked with ONNX Runtime."""
+    import json
+
+    from vbmd_rt.export.onnx_export import export as do_export
+
+    extra = {"validation": json.loads(validation.read_text())} if validation else None
+    card = do_export(checkpoint, out, extra_card=extra, name=name)
+    c = card["export_checks"]
+    typer.echo(f"{out}: {card['architecture']}, {card['parameters']} parameters; ONNX FP32 vs torch max "
+               f"{c['fp32_vs_torch_max_abs']:.1e}, FP16 vs FP32 mask Dice {c['fp16_vs_fp32_mask_dice_min']:.5f}")

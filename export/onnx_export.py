@@ -1,0 +1,259 @@
+"""ONNX export (``vbmd-rt export``): ``model.onnx`` (FP32), ``model.fp16.onnx`` and ``model.json``.
+
+The exported graph is ``sigmoid(net(image))``: input ``image`` (float32), output ``prob`` (float32).
+The 2D net has a dynamic batch of 512 x 512 slices; the 3D net dynamic z, y and x (multiples of 16), so
+the runtime can feed it the hand's bounding box. ``torch.onnx.export(..., dynamo=True)``.
+
+The FP16 model has FP16 weights and compute, FP32 inputs and outputs, and keeps the normalisation
+layers (InstanceNormalization, BatchNormalization) and the final Sigmoid in FP32: casts are inserted
+around them. Each export is checked with ONNX Runtime against torch (FP32 to 1e-4 absolute) and FP16
+against FP32 (mask Dice) before the card is written.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from vbmd_rt.export import nets
+from vbmd_rt.runtime.atomic import atomic_write_bytes
+from vbmd_rt.runtime.model import CARD_FORMAT, CARD_NAME, default_model_dir, load_model, sha256_of
+
+from vbmd_rt import __version__
+
+KEEP_FP32 = {"InstanceNormalization", "BatchNormalization", "Sigmoid", "LayerNormalization"}
+KEEP_FP32_MODULES = ("InstanceNorm3dStable", "BatchNorm")
+INTENDED_USE = (
+    "Trained on synthetic HR-pQCT phantoms (vbmd-rt synth), not on patient scans. It must be retrained on "
+    "annotated scans of your own scanner before any clinical or research use: "
+    "`vbmd-rt train DATA -o RUN && vbmd-rt export RUN/best.pt -o MODEL`."
+)
+
+
+class WithSigmoid(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image):
+        return torch.sigmoid(self.net(image))
+
+
+def example_input(arch: str, size: int = 512, window: int = 80) -> torch.Tensor:
+    if arch == "unet2d":
+        return torch.randn(2, 1, size, size)
+    return torch.randn(1, 1, 32, 64, 96)
+
+
+def export_onnx(net: torch.nn.Module, arch: str, path: Path) -> None:
+    """FP32 ONNX of ``sigmoid(net(image))`` with the dynamic axes the runtime uses."""
+    model = WithSigmoid(net).eval()
+    x = example_input(arch)
+    if arch == "unet2d":
+        dyn = {"image": {0: torch.export.Dim("batch", min=1, max=256)}}
+    else:
+        dyn = {"image": {2: torch.export.Dim("z16", min=1, max=64) * 16, 3: torch.export.Dim("y16", min=1, max=64) * 16,
+                         4: torch.export.Dim("x16", min=1, max=64) * 16}}
+    with torch.no_grad():
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["prob"],
+                                    dynamic_shapes=dyn, verbose=False, optimize=True)
+    program.save(str(path))
+
+
+def _keep_fp32(node) -> bool:
+    if node.op_type in KEEP_FP32:
+        return True
+    scope = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+    return any(m in scope for m in KEEP_FP32_MODULES)
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """FP16 weights and compute; FP32 I/O; normalisation and the final sigmoid in FP32 between casts.
+
+    Walks the graph in order, tracking each float tensor's precision, and inserts one Cast wherever a
+    tensor meets a node of the other precision. Float initialisers and constants used only by FP16
+    nodes are stored in FP16; Resize's scales and roi stay FP32 as the operator requires.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    types.update({i.name: i.data_type for i in g.initializer})
+    node_list = list(g.node)
+    keep = [_keep_fp32(n) for n in node_list]
+
+    def data_inputs(n):
+        return n.input[:1] if n.op_type == "Resize" else n.input
+
+    users: dict[str, list[int]] = {}
+    for i, n in enumerate(node_list):
+        for x in data_inputs(n):
+            users.setdefault(x, []).append(i)
+    nonfloat_use = {x for n in g.node if n.op_type == "Resize" for x in n.input[1:]}
+
+    def fp16_only(name: str) -> bool:
+        us = users.get(name, [])
+        return bool(us) and name not in nonfloat_use and all(not keep[u] for u in us)
+
+    prec: dict[str, int] = {i.name: F32 for i in g.input}
+    inits = []
+    for init in g.initializer:
+        if init.data_type == F32 and fp16_only(init.name):
+            init = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+        inits.append(init)
+        prec[init.name] = init.data_type
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+    nodes, casts = [], {}
+
+    def cast(x: str, to: int) -> str:
+        if (x, to) not in casts:
+            y = f"{x}__as{'16' if to == F16 else '32'}"
+            nodes.append(helper.make_node("Cast", [x], [y], to=to, name=f"{y}__cast"))
+            casts[(x, to)] = y
+        return casts[(x, to)]
+
+    for i, n in enumerate(node_list):
+        want = F32 if keep[i] else F16
+        new = onnx.NodeProto()
+        new.CopyFrom(n)
+        if n.op_type == "Constant":
+            for a in new.attribute:
+                if a.name == "value" and a.t.data_type == F32 and fp16_only(n.output[0]):
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16)))
+            for a in new.attribute:
+                if a.name == "value":
+                    prec[n.output[0]] = a.t.data_type
+            nodes.append(new)
+            continue
+        for k, x in enumerate(n.input):
+            if not x or types.get(x) != F32 or (n.op_type == "Resize" and k > 0):
+                continue
+            if prec.get(x, F32) != want:
+                new.input[k] = cast(x, want)
+        if n.op_type == "Cast":
+            for a in new.attribute:
+                if a.name == "to" and a.i == F32:
+                    a.i = want
+        for o in n.output:
+            if types.get(o) == F32:
+                prec[o] = want
+        nodes.append(new)
+    for o in g.output:  # outputs stay FP32
+        if prec.get(o.name) == F16:
+            tmp = f"{o.name}__fp16"
+            for node in nodes:
+                node.output[:] = [tmp if y == o.name else y for y in node.output]
+                node.input[:] = [tmp if y == o.name else y for y in node.input]
+            nodes.append(helper.make_node("Cast", [tmp], [o.name], to=F32, name=f"{o.name}__cast_out"))
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+def _ort(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def check(net: torch.nn.Module, arch: str, fp32: Path, fp16: Path, samples: list[np.ndarray], threshold: float) -> dict:
+    """ORT FP32 vs torch (max abs difference) and FP16 vs FP32 masks (Dice) on ``samples``."""
+    s32, s16 = _ort(fp32), _ort(fp16)
+    worst, dices = 0.0, []
+    model = WithSigmoid(net).eval()
+    for x in samples:
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        p32 = s32.run(None, {"image": x})[0]
+        p16 = s16.run(None, {"image": x})[0]
+        worst = max(worst, float(np.abs(p32 - ref).max()))
+        dices.append(_dice(p32 > threshold, p16 > threshold))
+    return {"fp32_vs_torch_max_abs": worst, "fp16_vs_fp32_mask_dice_min": float(min(dices)) if dices else None,
+            "samples": len(samples)}
+
+
+def check_samples(card: dict, count: int = 2, seed: int = 5) -> list[np.ndarray]:
+    """Phantom inputs in model space (the runtime's preprocessing) for the export checks."""
+    from vbmd_rt.runtime import phantom, preprocess
+
+    spec = preprocess.Spec.from_card(card)
+    out = []
+    for i in range(count):
+        scan, _ = phantom.render_case(phantom.sample_case(seed * 1000 + i, "small"))
+        vol, _ = preprocess.to_model(scan, spec)
+        if card["architecture"] == "unet2d":
+            k = vol.shape[0] // 2
+            out.append(np.ascontiguousarray(vol[k - 1:k + 1, None]))
+        else:
+            z = min(card.get("window", {}).get("slices", 80), vol.shape[0] // 16 * 16)
+            s = (vol.shape[0] - z) // 2
+            out.append(np.ascontiguousarray(vol[None, None, s:s + z]))
+    return out
+
+
+def export(checkpoint: str | Path | None, out: str | Path, extra_card: dict | None = None,
+           check_cases: int = 2, name: str | None = None) -> dict:
+    """Export a checkpoint (``None``: the bundled default model) to ``out``; return the card."""
+    out = Path(out)
+    if checkpoint is None:
+        model = load_model(None)
+        net = nets.build(model.architecture, model.card.get("config"))
+        from vbmd_rt.export.torch_backend import load_onnx_weights
+
+        load_onnx_weights(net, model.onnx("fp32"))
+        base = {k: v for k, v in model.card.items() if k not in ("files", "export_checks")}
+    else:
+        ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+        base = dict(ck["card"])
+        net = nets.build(base["architecture"], base.get("config"))
+        net.load_state_dict(ck["model"])
+    net.eval()
+    card = {**base, **(extra_card or {})}
+    card["format"] = CARD_FORMAT
+    card["name"] = name or card.get("name") or f"vbmd-rt-mc2-{card['architecture']}"
+    card["exported_with"] = {"vbmd_rt": __version__, "torch": torch.__version__}
+    card.setdefault("intended_use", INTENDED_USE)
+    arch = card["architecture"]
+    card["input"] = {"name": "image", "dtype": "float32",
+                     "shape": ["batch", 1, card["preprocessing"]["size"], card["preprocessing"]["size"]]
+                     if arch == "unet2d" else [1, 1, "z (multiple of 16)", "y (multiple of 16)", "x (multiple of 16)"]}
+    card["output"] = {"name": "prob", "dtype": "float32", "meaning": "probability that the voxel is in MC2"}
+    card["parameters"] = nets.count_parameters(net)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        export_onnx(net, arch, tmp / "model.onnx")
+        to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
+        card["export_checks"] = check(net, arch, tmp / "model.onnx", tmp / "model.fp16.onnx",
+                                      check_samples(card, check_cases), float(card.get("threshold", 0.5)))
+        if card["export_checks"]["fp32_vs_torch_max_abs"] > 1e-4:
+            raise RuntimeError(f"ONNX FP32 differs from torch by {card['export_checks']['fp32_vs_torch_max_abs']:.2e}")
+        card["files"] = {}
+        for key, fname in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx")):
+            card["files"][key] = {"path": fname, "sha256": sha256_of(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+        for fname in ("model.onnx", "model.fp16.onnx"):
+            atomic_write_bytes(out / fname, (tmp / fname).read_bytes(), overwrite=True)
+    atomic_write_bytes(out / CARD_NAME, (json.dumps(card, indent=2) + "\n").encode(), overwrite=True)
+    return card
+
+
+def default_out() -> Path:
+    return default_model_dir()

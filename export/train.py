@@ -1,0 +1,307 @@
+"""Training of the 2D and 3D U-Nets (``vbmd-rt train``).
+
+Data go through the runtime's preprocessing (``vbmd_rt.runtime.preprocess``), so what the network
+learns from is exactly what it sees at inference. Normalisation statistics come from the training
+split only and are stored in the checkpoint and, at export, in the model card.
+
+Defaults follow the paper: Dice loss, Adam, 2D lr 1e-5 batch 4, 3D lr 1e-4 batch 1; augmentation by
+mirroring, intensity scale and shift, small in-plane rotations and noise; a 70/20/10 split by case;
+the best checkpoint by validation Dice; resume from ``last.pt``. CUDA runs in mixed precision.
+On the CPU a seed gives the same weights (deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from vbmd_rt.export import data as dataset
+from vbmd_rt.export import nets
+from vbmd_rt.export.torch_backend import TorchBackend
+from vbmd_rt.runtime import preprocess, segment
+from vbmd_rt.runtime.atomic import atomic_write
+
+from vbmd_rt import __version__
+
+ARCH_DEFAULTS = {
+    "unet2d": {"lr": 1e-5, "batch": 4, "z_mode": "native", "multiple": 32, "crop": False, "window": 16},
+    "unet3d": {"lr": 1e-4, "batch": 1, "z_mode": "isotropic", "multiple": 16, "crop": True, "window": 80},
+}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "unet3d"
+    epochs: int = 20
+    steps_per_epoch: int = 200
+    lr: float | None = None
+    batch: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    size: int = 512
+    window: int | None = None
+    widths: list[int] | None = None
+    init_resnet34: str | None = None
+    val_data: str | None = None
+    max_val_cases: int = 40
+    bce_weight: float = 0.0
+    augment: bool = True
+    schedule: str = "constant"  # or "poly": lr * (1 - step / steps) ** 0.9
+    workers: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        d = ARCH_DEFAULTS[self.arch]
+        c = TrainConfig(**asdict(self))
+        c.lr = self.lr if self.lr is not None else d["lr"]
+        c.batch = self.batch if self.batch is not None else d["batch"]
+        c.window = self.window if self.window is not None else d["window"]
+        return c
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_net(cfg: TrainConfig) -> torch.nn.Module:
+    if cfg.arch == "unet2d":
+        kw = {}
+        if cfg.widths:
+            kw["widths"] = tuple(cfg.widths[:5])
+            if len(cfg.widths) > 5:
+                kw["decoder"] = tuple(cfg.widths[5:10])
+        net = nets.UNet2D(**kw)
+        if cfg.init_resnet34:
+            nets.load_resnet34(net, cfg.init_resnet34)
+        return net
+    return nets.UNet3D(widths=tuple(cfg.widths) if cfg.widths else nets.UNET3D_WIDTHS)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice over the whole batch (targets may be fractions)."""
+    p = torch.sigmoid(logits.float())
+    inter = (p * target).sum()
+    return 1.0 - (2.0 * inter + eps) / (p.sum() + target.sum() + eps)
+
+
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    a, b = pred.astype(bool), truth.astype(bool)
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror in x, in-plane rotation (+-10 deg), intensity scale/shift and noise; x, y are (N, 1, ...)."""
+    dev = x.device
+
+    def u(a, b):
+        return float(torch.empty(1).uniform_(a, b, generator=gen))
+
+    if u(0, 1) < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    if u(0, 1) < 0.5:
+        angle = math.radians(u(-10, 10))
+        c, s = math.cos(angle), math.sin(angle)
+        h, w = x.shape[-2:]
+        # Rotation about the centre in pixel units, on normalised grid coordinates.
+        rot = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=torch.float32, device=dev)
+        if x.dim() == 5:  # (x, y) rotated, z kept
+            theta = torch.zeros(x.shape[0], 3, 4, device=dev)
+            theta[:, :2, :2] = rot[:, :2]
+            theta[:, 2, 2] = 1.0
+        else:
+            theta = rot[None].expand(x.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        fill = x.amin()
+        x = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+        y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = x * u(0.9, 1.1) + u(-0.1, 0.1)
+    sd = u(0.0, 0.1)
+    if sd > 0:
+        x = x + sd * torch.randn(x.shape, generator=gen, device="cpu").to(dev)
+    return x, y
+
+
+def _load_all(pairs, spec, workers: int) -> list:
+    if workers <= 1 or len(pairs) < 2:
+        return [dataset.load_case(p, spec) for p in pairs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(dataset.load_case, pairs, [spec] * len(pairs), chunksize=2))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress=None, log=print):
+        self.cfg = cfg.resolved()
+        self.device = _device(self.cfg.device)
+        self.progress = progress
+        self.log = log
+        self.out = Path(self.cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        d = ARCH_DEFAULTS[self.cfg.arch]
+        self.spec = preprocess.Spec(size=self.cfg.size, z_mode=d["z_mode"], multiple=d["multiple"], crop=d["crop"])
+
+    # ----------------------------------------------------------------------------------- data
+    def load(self) -> None:
+        pairs = dataset.discover(self.cfg.data)
+        parts = dataset.split(pairs, self.cfg.seed)
+        if self.cfg.val_data:  # an independent held-out set (e.g. phantoms of other seeds)
+            parts["val"] = dataset.discover(self.cfg.val_data)
+        if not parts["train"]:
+            raise dataset.DatasetError(self.cfg.data, "has too few cases to train on", "add cases (3 or more)")
+        self.parts = parts
+        raw = preprocess.Spec(**{**self.spec.to_dict(), "mean": 0.0, "std": 1.0})
+        self.train_cases = _load_all(parts["train"], raw, self.cfg.workers)
+        sample = np.concatenate([img[:, ::4, ::4].ravel() for img, _ in self.train_cases])
+        mean, std = float(sample.mean()), float(sample.std()) or 1.0
+        self.spec = preprocess.Spec(**{**raw.to_dict(), "mean": mean, "std": std})
+        for img, _ in self.train_cases:
+            img -= np.float32(mean)
+            img *= np.float32(1.0 / std)
+        self.val_pairs = parts["val"][: self.cfg.max_val_cases]
+        self.val_cases = _load_all(self.val_pairs, self.spec, self.cfg.workers)
+
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        if cfg.arch == "unet3d":
+            img, tgt = self.train_cases[int(rng.integers(len(self.train_cases)))]
+            z = img.shape[0]
+            win = min(cfg.window, -(-z // 16) * 16)
+            if z < win:
+                pad = win - z
+                img = np.pad(img, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)), mode="edge")
+                tgt = np.pad(tgt, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)), mode="edge")
+                s = 0
+            else:
+                s = int(rng.integers(0, z - win + 1))
+            x = np.ascontiguousarray(img[None, None, s:s + win])
+            y = np.ascontiguousarray(tgt[None, None, s:s + win])
+        else:
+            xs, ys = [], []
+            for _ in range(cfg.batch):
+                img, tgt = self.train_cases[int(rng.integers(len(self.train_cases)))]
+                k = int(rng.integers(img.shape[0]))
+                xs.append(img[k])
+                ys.append(tgt[k])
+            x, y = np.stack(xs)[:, None], np.stack(ys)[:, None]
+        return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+
+    # ----------------------------------------------------------------------------------- loop
+    def validate(self, net) -> dict:
+        backend = TorchBackend(net, self.device.type, "fp16" if self.device.type == "cuda" else "fp32")
+        net.eval()
+        scores = []
+        for img, tgt in self.val_cases:
+            prob = segment.predict(img, backend, self.cfg.arch, self.cfg.window, multiple=self.spec.multiple)
+            scores.append(dice_score(segment.largest_component(prob > 0.5), tgt > 0.5))
+        net.train()
+        # Dice of the largest component, as the runtime keeps it, at model resolution.
+        return {"dice_model_space": float(np.mean(scores)) if scores else float("nan"), "cases": len(scores)}
+
+    def fit(self, resume: str | None = None) -> Path:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.load()
+        net = build_net(cfg).to(self.device)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        rng = np.random.default_rng([cfg.seed, 0x7A1])
+        gen = torch.Generator().manual_seed(cfg.seed)
+        start_epoch, best, history = 0, -1.0, []
+        if resume:
+            ck = torch.load(resume, map_location="cpu", weights_only=False)
+            net.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+            rng.bit_generator.state = ck["rng"]
+            gen.set_state(ck["torch_rng"])
+            self.log(f"resumed from {resume} at epoch {start_epoch}")
+        amp = cfg.amp and self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+        task = self.progress.add_task("training", total=cfg.epochs * cfg.steps_per_epoch,
+                                      completed=start_epoch * cfg.steps_per_epoch) if self.progress else None
+        net.train()
+        total = cfg.epochs * cfg.steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            t0, losses = time.time(), []
+            for step in range(cfg.steps_per_epoch):
+                if cfg.schedule == "poly":
+                    for group in opt.param_groups:
+                        group["lr"] = cfg.lr * (1 - (epoch * cfg.steps_per_epoch + step) / total) ** 0.9
+                x, y = self.batch(rng)
+                if cfg.augment:
+                    x, y = augment(x, y, gen)
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
+                    logits = net(x)
+                loss = dice_loss(logits, y)
+                if cfg.bce_weight:
+                    loss = loss + cfg.bce_weight * F.binary_cross_entropy_with_logits(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                if task is not None:
+                    self.progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {np.mean(losses):.4f}")
+            val = self.validate(net)
+            entry = {"epoch": epoch, "loss": float(np.mean(losses)), **val, "seconds": time.time() - t0}
+            history.append(entry)
+            improved = val["dice_model_space"] > best
+            if improved:
+                best = val["dice_model_space"]
+            ck = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
+                  "history": history, "rng": rng.bit_generator.state, "torch_rng": gen.get_state(),
+                  "card": self.card(best, history)}
+            self._save(ck, self.out / "last.pt")
+            if improved:
+                self._save({"model": net.state_dict(), "card": ck["card"], "epoch": epoch}, self.out / "best.pt")
+            self.log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}, "
+                     f"val Dice {val['dice_model_space']:.4f} ({val['cases']} cases){' *' if improved else ''}")
+        return self.out / "best.pt"
+
+    @staticmethod
+    def _save(obj, path: Path) -> None:
+        with atomic_write(path, overwrite=True) as f:
+            torch.save(obj, f)
+
+    def card(self, best: float, history: list) -> dict:
+        cfg = self.cfg
+        net_cfg = build_net(cfg).config if cfg.arch == "unet2d" else {"widths": list(cfg.widths or nets.UNET3D_WIDTHS),
+                                                                       "dropout": 0.6}
+        return {
+            "architecture": cfg.arch,
+            "config": net_cfg,
+            "preprocessing": self.spec.to_dict(),
+            "threshold": 0.5,
+            "window": {"slices": cfg.window, "overlap": 16 if cfg.arch == "unet3d" else 0},
+            "training": {
+                "data": str(cfg.data), "val_data": cfg.val_data, "cases": {k: len(v) for k, v in self.parts.items()},
+                "train_cases": [p.name for p in self.parts["train"]], "config": asdict(cfg),
+                "vbmd_rt_version": __version__, "torch_version": torch.__version__, "device": self.device.type,
+                "best_val_dice_model_space": best, "history": history,
+            },
+        }
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress=None, log=print) -> Path:
+    """Train and return the best checkpoint's path (``OUT/best.pt``); writes ``OUT/train.json`` too."""
+    trainer = Trainer(cfg, progress, log)
+    best = trainer.fit(resume)
+    ck = torch.load(best, map_location="cpu", weights_only=False)
+    with atomic_write(Path(cfg.out) / "train.json", overwrite=True) as f:
+        f.write(json.dumps(ck["card"], indent=2).encode())
+    return best

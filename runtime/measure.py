@@ -1,0 +1,37 @@
+"""vBMD and morphometry from a scan and its MC2 mask: D100, bone volume, mean slice area, slices."""
+
+from __future__ import annotations
+
+import numpy as np
+from vbmd_rt.runtime.calibration import Calibration
+
+
+def vbmd(data: np.ndarray, mask: np.ndarray, element_size_mm, calibration: Calibration | None) -> dict:
+    """D100 (mean mg HA/cm³ inside ``mask``), bone volume mm³, mean slice area mm², slices with bone.
+
+    Density is linear in the stored value, so the mean density is the density of the mean stored
+    value (summed in float64 slice by slice, over the mask's slices only). ``d100_mg_ha_cm3`` is
+    ``None`` without a calibration.
+    """
+    ex, ey, ez = (float(v) for v in element_size_mm)
+    per_slice = mask.reshape(mask.shape[0], -1).any(axis=1)
+    zs = np.flatnonzero(per_slice)
+    total = 0.0
+    count = 0
+    for k in zs:
+        m = mask[k] != 0
+        n = int(np.count_nonzero(m))
+        total += float(np.asarray(data[k])[m].sum(dtype=np.float64))
+        count += n
+    d100 = None
+    mean_raw = total / count if count else None
+    if calibration is not None and count:
+        d100 = float(mean_raw * calibration.per_unit + calibration.intercept)
+    return {
+        "d100_mg_ha_cm3": d100,
+        "bone_volume_mm3": count * ex * ey * ez,
+        "mean_slice_area_mm2": (count / len(zs)) * ex * ey if len(zs) else 0.0,
+        "slices": int(len(zs)),
+        "voxels": int(count),
+        "mean_raw": mean_raw,
+    }

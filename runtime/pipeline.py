@@ -1,0 +1,286 @@
+"""The stages of ``vbmd-rt run`` as functions, each timed: read, preprocess, inference, postprocess,
+vbmd, write. ``segment`` (preprocess + inference + postprocess) is also what training's validation and
+``vbmd-rt eval`` use, so every number is measured on the path the product runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from vbmd_rt.runtime import aim, measure, preprocess, proclog, report
+from vbmd_rt.runtime import segment as seg
+from vbmd_rt.runtime.atomic import atomic_write_bytes, check_writable_dir
+from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.model import Model
+
+from vbmd_rt import __version__
+
+
+class Timer:
+    """Wall-clock seconds per stage, in the order the stages ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
+    """Hand side from where MC2 lies in the row of metacarpals (model space is a right hand: MC2 on -x).
+
+    On the slices with MC2, the bright voxels (above the midpoint between the soft tissue and MC2's
+    cortex) are the metacarpals; MC2 left of their centre of mass means a right hand. ``None`` when
+    there is no MC2 or no other bone to compare with.
+    """
+    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return None
+    picks = zs[np.linspace(0, zs.size - 1, min(9, zs.size)).astype(int)]
+    mc2_x, all_x = [], []
+    for k in picks:
+        img = np.asarray(data[k], dtype=np.float32)
+        m = mask[k] != 0
+        inside = img[m]
+        if inside.size < 10:
+            continue
+        cortex = np.percentile(inside, 95)
+        tissue = np.median(img[~m])
+        bone = img > (cortex + tissue) / 2
+        other = bone & ~m
+        if other.sum() < 10:
+            continue
+        xs = np.arange(img.shape[1], dtype=np.float64)
+        mc2_x.append(float((m.sum(axis=0) * xs).sum() / m.sum()))
+        all_x.append(float((bone.sum(axis=0) * xs).sum() / bone.sum()))
+    if not mc2_x:
+        return None
+    return "right" if np.median(np.subtract(mc2_x, all_x)) < 0 else "left"
+
+
+MIN_CONTRAST = 0.15  # in units of the training data's standard deviation (about 40 mg HA/cm³ for the default)
+
+
+def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
+    """How much brighter the mask is than a 1 mm-ish ring around it, on up to nine slices, in ``scale`` units."""
+    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return 0.0
+    inside, ring = [], []
+    kernel = np.ones((9, 9), np.uint8)
+    for k in zs[np.linspace(0, zs.size - 1, min(9, zs.size)).astype(int)]:
+        m = (mask[k] != 0).astype(np.uint8)
+        r = (cv2.dilate(m, kernel) > 0) & (m == 0)
+        img = np.asarray(data[k], dtype=np.float32)
+        inside.append(float(img[m > 0].mean()))
+        if r.any():
+            ring.append(float(np.median(img[r])))
+    if not ring:
+        return float("inf")
+    return (float(np.median(inside)) - float(np.median(ring))) / float(scale or 1.0)
+
+
+def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: Timer | None = None,
+            keep_prob: bool = False) -> tuple[np.ndarray, dict]:
+    """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, components, warnings...)."""
+    timer = timer or Timer()
+    spec = model.spec
+    with timer("preprocess"):
+        vol, geometry = preprocess.to_model(data, spec, side)
+    with timer("inference"):
+        prob = seg.predict(vol, backend, model.architecture, model.window, model.overlap, spec.multiple)
+    with timer("postprocess"):
+        mask, info = seg.postprocess(prob, geometry, model.threshold)
+        info["contrast"] = bone_contrast(data, mask, spec.std)
+        if not info["empty"] and info["contrast"] < MIN_CONTRAST:
+            mask[:] = 0  # instance norm can find "structure" in noise: what is not brighter than its
+            info["empty"] = True  # surroundings is not bone
+            info["rejected"] = True
+        found = side if side != "auto" else detect_side(data, mask)
+    info.update({"side": found, "side_source": "given" if side != "auto" else "detected",
+                 "model_grid": list(geometry.model_shape), "crop": list(geometry.crop)})
+    if keep_prob:
+        info["prob"] = preprocess.from_model(prob, geometry)
+        info["geometry"] = geometry
+    return mask, info
+
+
+# --------------------------------------------------------------------------- vbmd-rt run
+
+SCAN_SUFFIXES = (".aim", ".isq")
+MASK_MARKERS = ("_SEG", "_GT", "_MASK")
+
+
+def scan_name(path: Path) -> str:
+    """NAME of ``NAME.AIM`` (also ``NAME.AIM;1`` as OpenVMS writes it)."""
+    name = path.name.split(";")[0]
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in SCAN_SUFFIXES else name
+
+
+def is_scan_file(path: Path) -> bool:
+    name = path.name.split(";")[0]
+    stem, ext = os.path.splitext(name)
+    return ext.lower() in SCAN_SUFFIXES and not stem.upper().endswith(MASK_MARKERS)
+
+
+def expand_inputs(items: list[str | Path]) -> list[Path]:
+    """Files as given; folders become their scan files (masks named *_SEG/_GT/_MASK are skipped)."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and is_scan_file(q)))
+        else:
+            out.append(p)
+    return out
+
+
+def outputs_for(name: str, out: Path, report_html: bool) -> dict[str, Path]:
+    files = {"mask": out / f"{name}_SEG.AIM", "png": out / f"{name}.png"}
+    if report_html:
+        files["html"] = out / f"{name}.html"
+    files["json"] = out / f"{name}.json"  # written last: its presence means the scan is done
+    return files
+
+
+@dataclass
+class RunOptions:
+    side: str = "auto"
+    report_html: bool = False
+    overwrite: bool = False
+    save_prob: bool = False
+
+
+def read_scan(path: Path) -> aim.Scan:
+    """Read a greyscale scan (AIM or ISQ); refuse masks with a clear message."""
+    if not path.exists():
+        raise VbmdInputError(path, "no such file", "check the path")
+    if path.is_dir():
+        raise VbmdInputError(path, "is a folder", "give scan files or a folder of them")
+    try:
+        scan = aim.read_isq(path) if path.suffix.lower() == ".isq" else aim.read_aim(path)
+    except PermissionError:
+        raise VbmdInputError(path, "cannot be read (permission denied)", "check the file's permissions") from None
+    if scan.header.is_mask:
+        raise VbmdInputError(path, f"is a segmentation mask ({scan.header.type_name}), not a greyscale scan",
+                             "pass the scan itself (int16 AIM or ISQ)")
+    if min(scan.header.shape) < 1:
+        raise VbmdInputError(path, "holds no voxels", "pass a complete scan")
+    return scan
+
+
+def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: RunOptions | None = None,
+             stage=None) -> dict:
+    """Process one scan into ``out``; return the result written to ``OUT/NAME.json``.
+
+    Raises ``VbmdInputError`` for problems the user must fix; then nothing of this scan is left in ``out``.
+    """
+    options = options or RunOptions()
+    path, out = Path(path), Path(out)
+    timer = Timer()
+    t_start = time.perf_counter()
+    name = scan_name(path)
+    files = outputs_for(name, out, options.report_html)
+    if options.save_prob:
+        files = {"prob": out / f"{name}_PROB.AIM", **files}
+    if not options.overwrite:
+        for f in files.values():
+            if f.exists():
+                raise OutputError(f, "output already exists", "pass --overwrite to replace it, or choose another -o")
+    warnings: list[str] = []
+    stage = stage or (lambda s: None)
+    stage("read")
+    with timer("read"):
+        scan = read_scan(path)
+        cal = scan.calibration
+        if cal is None:
+            warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
+    stage("segment")
+    mask, info = segment(scan.data, model, backend, options.side, timer, keep_prob=options.save_prob)
+    if info.get("rejected"):
+        warnings.append(f"the network's output is not brighter than its surroundings (contrast {info['contrast']:.2f}):"
+                        " no bone found, the mask is empty (is this an MCP scan of the hand?)")
+    elif info["empty"]:
+        warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
+    detected = info["side"]
+    stage("vbmd")
+    with timer("vbmd"):
+        m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
+    stage("write")
+    result = {
+        "d100_mg_ha_cm3": m["d100_mg_ha_cm3"],
+        "bone_volume_mm3": m["bone_volume_mm3"],
+        "mean_slice_area_mm2": m["mean_slice_area_mm2"],
+        "slices": m["slices"],
+        "side": detected,
+        "side_source": info["side_source"],
+        "backend": {"name": backend.name, "precision": getattr(backend, "precision", None),
+                    "reason": getattr(backend, "reason", "")},
+        "model": {"name": model.name, "architecture": model.architecture,
+                  "sha256": model.sha256(getattr(backend, "precision", "fp32")) or model.sha256("fp32"),
+                  "intended_use": model.card.get("intended_use")},
+        "calibration": None if cal is None else {"slope": cal.slope, "intercept": cal.intercept,
+                                                  "mu_scaling": cal.mu_scaling, "mu_water": cal.mu_water,
+                                                  "mg_ha_cm3_per_unit": cal.per_unit},
+        "timings_s": {},
+        "scan": {"file": path.name, "shape_zyx": list(scan.header.shape), "version": scan.header.version,
+                 "element_size_mm": [float(v) for v in scan.header.element_size_mm],
+                 "position": [int(v) for v in scan.header.position],
+                 "scanner": proclog.public_fields(scan.header.log)},
+        "mask": {"file": files["mask"].name, "type": "char", "values": [0, 127], "voxels": m["voxels"]},
+        "warnings": warnings,
+        "vbmd_rt_version": __version__,
+    }
+    written: list[Path] = []
+    try:
+        with timer("write"):
+            check_writable_dir(out)
+            np.multiply(mask, 127, out=mask)
+            entry = (f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
+                     f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm")
+            aim.write_aim(files["mask"], mask, scan.header, type="char", log_entry=entry, overwrite=True)
+            written.append(files["mask"])
+            if options.save_prob:
+                prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
+                aim.write_aim(files["prob"], prob, _model_grid_header(scan.header, info["geometry"]), type="char",
+                              log_entry="MC2 probability x100 on the model grid", overwrite=True)
+                written.append(files["prob"])
+            png = report.png_bytes(report.montage(scan.data, mask, cal))
+            atomic_write_bytes(files["png"], png, overwrite=True)
+            written.append(files["png"])
+        result["timings_s"] = {k: round(timer.seconds.get(k, 0.0), 4) for k in STAGES}
+        result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
+        if options.report_html:
+            atomic_write_bytes(files["html"], report.html_report(result, png).encode(), overwrite=True)
+            written.append(files["html"])
+        atomic_write_bytes(files["json"], (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
+    except BaseException:
+        for f in written:  # nothing partial: a scan's outputs exist together or not at all
+            with contextlib.suppress(OSError):
+                f.unlink()
+        raise
+    return result
+
+
+def _model_grid_header(header: aim.AimHeader, geometry) -> aim.AimHeader:
+    scale = geometry.scale  # native voxels per model voxel (z, y, x)
+    el = tuple(float(e) * s for e, s in zip(header.element_size_mm, scale[::-1], strict=True))
+    return dataclasses.replace(header, element_size_mm=el, offset=(0, 0, 0))
+
+
+STAGES = ("read", "preprocess", "inference", "postprocess", "vbmd", "write")

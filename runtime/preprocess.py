@@ -1,0 +1,258 @@
+"""Preprocessing shared by inference and training: native scan -> model space, and the way back.
+
+Model space is what the network sees:
+
+* in-plane: every slice resized with OpenCV ``INTER_AREA`` to ``size`` x ``size`` (512: 246 µm for an
+  XtremeCT I 1536 x 1536 scan);
+* along z: the 3D net (``z_mode="isotropic"``) sees slices area-averaged to the in-plane spacing, so a
+  82 µm scan and a 246 µm scan look alike; the 2D net (``z_mode="native"``) sees every slice;
+* orientation: left hands are mirrored in x when the side is known (the bundled model is trained
+  mirror-invariant, so ``side="auto"`` needs no flip and the side is read off the result);
+* crop: the hand's bounding box (air cut away, a margin kept, sizes rounded up to ``multiple``), which
+  divides the network's work by three to four on a typical scan;
+* normalisation: ``(raw - mean) / std`` with statistics from the training split (the model card).
+
+``Geometry`` records every step, so probabilities come back to native voxels exactly
+(``to_native_box``) and ``from_model(to_model(x)) == x`` for both hands (tested).
+Training (``vbmd_rt.export``) imports these functions, so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+SIDES = ("auto", "left", "right")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The preprocessing a model was trained with (from its card's ``preprocessing``)."""
+
+    size: int = 512
+    z_mode: str = "isotropic"  # "isotropic" (3D net) or "native" (2D net)
+    mean: float = 0.0
+    std: float = 1.0
+    multiple: int = 16  # crop sizes are multiples of this (16 for the 3D net, 32 for the 2D net)
+    margin: int = 12  # model voxels kept around the hand
+    crop: bool = True
+
+    @classmethod
+    def from_card(cls, card: dict) -> Spec:
+        p = dict(card.get("preprocessing", {}))
+        return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a native (z, y, x) volume maps into model space."""
+
+    native_shape: tuple[int, int, int]
+    model_shape: tuple[int, int, int]  # (z, size, size) before cropping
+    flip_x: bool
+    crop: tuple[int, int, int, int]  # (y0, y1, x0, x1) in model space; may reach past the edges (padding)
+
+    @property
+    def scale(self) -> tuple[float, float, float]:
+        """Native voxels per model voxel along (z, y, x)."""
+        return tuple(n / m for n, m in zip(self.native_shape, self.model_shape, strict=True))
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def resize_slices(volume: np.ndarray, size: int | tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """Resize every (y, x) slice to ``size`` with ``INTER_AREA`` (``INTER_LINEAR`` when enlarging).
+
+    Works slice by slice on memory maps (one native slice in memory at a time); the dtype is kept
+    unless ``out`` says otherwise.
+    """
+    ny, nx = (size, size) if isinstance(size, int) else size
+    z = volume.shape[0]
+    if out is None:
+        out = np.empty((z, ny, nx), dtype=volume.dtype if volume.dtype != bool else np.uint8)
+    interp = cv2.INTER_AREA if ny <= volume.shape[1] and nx <= volume.shape[2] else cv2.INTER_LINEAR
+    for k in range(z):
+        s = np.asarray(volume[k])
+        if s.dtype == bool:
+            s = s.view(np.uint8)
+        if s.dtype not in (np.uint8, np.int16, np.uint16, np.float32):
+            s = s.astype(np.float32)
+        if out.dtype != s.dtype and out.dtype == np.float32:
+            s = s.astype(np.float32)
+        out[k] = cv2.resize(s, (nx, ny), interpolation=interp)
+    return out
+
+
+def resample_z(volume: np.ndarray, nz: int) -> np.ndarray:
+    """Area-resample (z, y, x) float32 along z to ``nz`` slices (each output slice the overlap-weighted
+    mean of the input slices it covers)."""
+    z = volume.shape[0]
+    if nz == z:
+        return volume
+    flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(z, -1)
+    # cv2.resize limits width to SHRT_MAX-ish blocks for some paths; go through columns in chunks.
+    out = np.empty((nz, flat.shape[1]), dtype=np.float32)
+    step = 1 << 15
+    interp = cv2.INTER_AREA if nz < z else cv2.INTER_LINEAR
+    for c in range(0, flat.shape[1], step):
+        out[:, c:c + step] = cv2.resize(flat[:, c:c + step], (min(step, flat.shape[1] - c), nz), interpolation=interp)
+    return out.reshape((nz,) + volume.shape[1:])
+
+
+def model_slices(native_z: int, scale_inplane: float, z_mode: str) -> int:
+    """Number of model slices for ``native_z`` native ones."""
+    if z_mode == "native":
+        return native_z
+    if z_mode != "isotropic":
+        raise ValueError(f"unknown z_mode {z_mode!r}")
+    return max(1, int(round(native_z / scale_inplane)))
+
+
+# --------------------------------------------------------------------------- crop and orientation
+
+
+def hand_box(volume: np.ndarray, multiple: int, margin: int) -> tuple[int, int, int, int]:
+    """Bounding box (y0, y1, x0, x1) of the hand in a model-space volume, sizes rounded up to ``multiple``.
+
+    The hand is what is brighter than air on the mean over slices (which averages the noise away),
+    split by Otsu's threshold; small specks (rings, table edge) are dropped. The box may reach past
+    the image (the caller pads with air). Falls back to the whole image when nothing stands out.
+    """
+    _, ny, nx = volume.shape
+    mean = volume.mean(axis=0, dtype=np.float64)
+    lo, hi = np.percentile(mean, [1, 99.5])
+    if not np.isfinite(hi - lo) or hi - lo <= 0:
+        return 0, ny, 0, nx
+    u8 = np.clip((mean - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    _, fg = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 0.002 * ny * nx]
+    if not keep:
+        return 0, ny, 0, nx
+    y0 = min(stats[i, cv2.CC_STAT_TOP] for i in keep)
+    x0 = min(stats[i, cv2.CC_STAT_LEFT] for i in keep)
+    y1 = max(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT] for i in keep)
+    x1 = max(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH] for i in keep)
+    return _round_box(y0 - margin, y1 + margin, ny, multiple) + _round_box(x0 - margin, x1 + margin, nx, multiple)
+
+
+def _round_box(a: int, b: int, n: int, multiple: int) -> tuple[int, int]:
+    a, b = max(a, 0), min(b, n)
+    length = min(max(multiple, int(math.ceil((b - a) / multiple)) * multiple), int(math.ceil(n / multiple)) * multiple)
+    centre = (a + b) // 2
+    a = centre - length // 2
+    a = min(max(a, 0), max(n - length, 0)) if length <= n else (n - length) // 2
+    return a, a + length
+
+
+def crop_pad(volume: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
+    """volume[:, y0:y1, x0:x1], padded with ``fill`` where the box reaches past the image."""
+    y0, y1, x0, x1 = box
+    z, ny, nx = volume.shape
+    if y0 >= 0 and x0 >= 0 and y1 <= ny and x1 <= nx:
+        return np.ascontiguousarray(volume[:, y0:y1, x0:x1])
+    out = np.full((z, y1 - y0, x1 - x0), fill, dtype=volume.dtype)
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
+    out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = volume[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+def uncrop(volume: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int], fill=0) -> np.ndarray:
+    """Inverse of ``crop_pad``: place a cropped (z, h, w) volume back into (z, *shape)."""
+    y0, y1, x0, x1 = box
+    ny, nx = shape
+    out = np.full((volume.shape[0], ny, nx), fill, dtype=volume.dtype)
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
+    out[:, sy0:sy1, sx0:sx1] = volume[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+    return out
+
+
+def orient(volume: np.ndarray, flip_x: bool) -> np.ndarray:
+    """Mirror along x (a view; its own inverse)."""
+    return volume[..., ::-1] if flip_x else volume
+
+
+def flip_for(side: str) -> bool:
+    """Model space is a right hand: left hands are mirrored; ``auto`` keeps the scan as it is."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {', '.join(SIDES)}, not {side!r}")
+    return side == "left"
+
+
+# --------------------------------------------------------------------------- the whole step
+
+
+def to_model(data: np.ndarray, spec: Spec, side: str = "auto") -> tuple[np.ndarray, Geometry]:
+    """Native (z, y, x) scan (int16, memory map welcome) -> normalised float32 model-space volume."""
+    if data.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {data.shape}")
+    z, ny, nx = data.shape
+    small = resize_slices(data, spec.size, out=np.empty((z, spec.size, spec.size), np.float32))
+    mz = model_slices(z, max(ny, nx) / spec.size, spec.z_mode)
+    vol = resample_z(small, mz)
+    flip = flip_for(side)
+    vol = orient(vol, flip)
+    vol -= np.float32(spec.mean)
+    vol *= np.float32(1.0 / spec.std)
+    box = hand_box(vol, spec.multiple, spec.margin) if spec.crop else (0, spec.size, 0, spec.size)
+    air = float(np.percentile(vol[:, :: 8, :: 8], 1)) if vol.size else 0.0
+    out = crop_pad(vol, box, air)
+    return out, Geometry((z, ny, nx), (mz, spec.size, spec.size), flip, box)
+
+
+def to_model_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A native 0/non-zero mask -> fraction of each model voxel inside it (float32, training targets)."""
+    mz, size, _ = geometry.model_shape
+    frac = resize_slices((np.asarray(mask) > 0).view(np.uint8) if mask.dtype != bool else mask.view(np.uint8),
+                         size, out=np.empty((mask.shape[0], size, size), np.float32))
+    frac = resample_z(frac, mz)
+    return crop_pad(orient(frac, geometry.flip_x), geometry.crop, 0.0)
+
+
+def from_model(volume: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A cropped model-space volume back to the uncropped model grid in scan orientation."""
+    full = uncrop(volume, geometry.crop, geometry.model_shape[1:])
+    return np.ascontiguousarray(orient(full, geometry.flip_x))
+
+
+def native_box(model_box: tuple[int, int, int, int, int, int], geometry: Geometry) -> tuple[slice, slice, slice]:
+    """A (z0, z1, y0, y1, x0, x1) box on the uncropped model grid -> native slices, one model voxel wider."""
+    out = []
+    for (a, b), s, n in zip(((model_box[0], model_box[1]), (model_box[2], model_box[3]), (model_box[4], model_box[5])),
+                            geometry.scale, geometry.native_shape, strict=True):
+        out.append(slice(max(0, int(math.floor((a - 1) * s))), min(n, int(math.ceil((b + 1) * s)))))
+    return tuple(out)
+
+
+def sample_at_native(volume: np.ndarray, geometry: Geometry, box: tuple[slice, slice, slice]) -> np.ndarray:
+    """Linear interpolation of an uncropped model-grid volume (scan orientation) at the native voxel
+    centres inside ``box``; returns float32 of the box's shape.
+
+    Separable: first z (to the native slices of the box), then each slice in-plane with ``cv2.remap``.
+    """
+    sz, sy, sx = geometry.scale
+    mz, my, mx = volume.shape
+    zc = (np.arange(box[0].start, box[0].stop) + 0.5) / sz - 0.5
+    z0 = np.clip(np.floor(zc).astype(np.int64), 0, mz - 1)
+    z1 = np.clip(z0 + 1, 0, mz - 1)
+    wz = np.clip(zc - z0, 0.0, 1.0).astype(np.float32)
+    ys = ((np.arange(box[1].start, box[1].stop) + 0.5) / sy - 0.5).astype(np.float32)
+    xs = ((np.arange(box[2].start, box[2].stop) + 0.5) / sx - 0.5).astype(np.float32)
+    # Only the model voxels the box needs take part.
+    ya, yb = max(int(np.floor(ys.min())) - 1, 0), min(int(np.ceil(ys.max())) + 2, my)
+    xa, xb = max(int(np.floor(xs.min())) - 1, 0), min(int(np.ceil(xs.max())) + 2, mx)
+    map_x, map_y = np.meshgrid(xs - xa, ys - ya)
+    out = np.empty((len(zc), len(ys), len(xs)), dtype=np.float32)
+    for k in range(len(zc)):
+        a, b = volume[z0[k], ya:yb, xa:xb], volume[z1[k], ya:yb, xa:xb]
+        plane = a * (1 - wz[k]) + b * wz[k] if wz[k] > 0 else a
+        out[k] = cv2.remap(np.ascontiguousarray(plane, dtype=np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return out

@@ -1,0 +1,135 @@
+"""The torch side: networks, training, ONNX export (FP32 and FP16) and the model card."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vbmd_rt.export import nets  # noqa: E402
+from vbmd_rt.export.onnx_export import export, to_fp16  # noqa: E402
+from vbmd_rt.export.train import TrainConfig, train  # noqa: E402
+from vbmd_rt.runtime import phantom  # noqa: E402
+from vbmd_rt.runtime.model import load_model  # noqa: E402
+
+
+def test_unet2d_is_the_resnet34_unet():
+    net = nets.UNet2D()
+    assert round(nets.count_parameters(net) / 1e6, 1) == 24.4
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_unet3d_shapes_and_size():
+    net = nets.UNet3D().eval()
+    assert nets.count_parameters(net) < 200_000
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 16, 32, 48)).shape == (1, 1, 16, 32, 48)
+
+
+def test_resnet34_init_sums_rgb_kernels(tmp_path):
+    donor = nets.ResNetEncoder(in_channels=3)
+    path = tmp_path / "resnet34.pth"
+    state = {**donor.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    torch.save(state, path)
+    net = nets.UNet2D()
+    assert nets.load_resnet34(net, path) == []
+    assert torch.allclose(net.encoder.conv1.weight, donor.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(net.encoder.layer3[0].conv1.weight, donor.layer3[0].conv1.weight)
+
+
+def test_fp16_keeps_norm_and_sigmoid_in_fp32(tmp_path):
+    import onnx
+    from vbmd_rt.export.onnx_export import export_onnx
+
+    export_onnx(nets.UNet3D(widths=(2, 2, 2, 2, 2)).eval(), "unet3d", tmp_path / "m.onnx")
+    to_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
+    m = onnx.load(str(tmp_path / "m16.onnx"))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.value_info, *m.graph.output, *m.graph.input]}
+    conv_inputs = {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
+    conv_w = [i for i in m.graph.initializer if i.name in conv_inputs]
+    assert conv_w and all(i.data_type == onnx.TensorProto.FLOAT16 for i in conv_w)
+    assert types["image"] == types["prob"] == onnx.TensorProto.FLOAT
+    sig = [n for n in m.graph.node if n.op_type == "Sigmoid"][0]
+    assert types[sig.input[0]] == onnx.TensorProto.FLOAT
+    means = [n for n in m.graph.node if n.op_type == "ReduceMean"]
+    assert means and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in means)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("phantoms")
+    phantom.synth(d, 4, seed=5)
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(data=str(d), out=str(run), epochs=1, steps_per_epoch=2, window=32, max_val_cases=1, seed=3)
+    return d, run, train(cfg, log=lambda s: None)
+
+
+def test_training_writes_checkpoints_and_card(trained):
+    _, run, best = trained
+    assert best.exists() and (run / "last.pt").exists()
+    card = json.loads((run / "train.json").read_text())
+    assert card["architecture"] == "unet3d" and card["preprocessing"]["std"] > 0
+    assert card["training"]["cases"] == {"train": 2, "val": 1, "test": 1}
+    assert len(card["training"]["history"]) == 1
+
+
+def test_training_resumes(trained):
+    d, run, _ = trained
+    cfg = TrainConfig(data=str(d), out=str(run), epochs=2, steps_per_epoch=2, window=32, max_val_cases=1, seed=3)
+    train(cfg, resume=str(run / "last.pt"), log=lambda s: None)
+    card = json.loads((run / "train.json").read_text())
+    assert [h["epoch"] for h in card["training"]["history"]] in ([0, 1], [0])
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_on_cpu(tmp_path, trained):
+    d, _, _ = trained
+    weights = []
+    for k in range(2):
+        cfg = TrainConfig(data=str(d), out=str(tmp_path / f"r{k}"), epochs=1, steps_per_epoch=2, window=32,
+                          max_val_cases=1, seed=3, device="cpu")
+        best = train(cfg, log=lambda s: None)
+        weights.append(torch.load(best, weights_only=False)["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_export_checks_and_runs(trained, tmp_path):
+    d, _, best = trained
+    card = export(best, tmp_path / "model")
+    assert card["export_checks"]["fp32_vs_torch_max_abs"] <= 1e-4
+    assert card["export_checks"]["fp16_vs_fp32_mask_dice_min"] >= 0.99  # untrained: probabilities near 0.5
+    m = load_model(tmp_path / "model")
+    assert m.onnx("fp32").stat().st_size < 10 * 2**20 and m.onnx("fp16").exists()
+    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", d / "PHANTOM_0000.AIM", "-o", tmp_path / "out",
+                        "--model", tmp_path / "model", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())["model"]["sha256"] == m.sha256("fp32")
+
+
+def test_bundled_model_fp16_agrees_with_fp32():
+    import onnxruntime as ort
+    from vbmd_rt.export.onnx_export import check_samples
+
+    m = load_model()
+    s32 = ort.InferenceSession(str(m.onnx("fp32")), providers=["CPUExecutionProvider"])
+    s16 = ort.InferenceSession(str(m.onnx("fp16")), providers=["CPUExecutionProvider"])
+    for x in check_samples(m.card, 1, seed=11):
+        a, b = s32.run(None, {"image": x})[0] > 0.5, s16.run(None, {"image": x})[0] > 0.5
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999
+
+
+def test_tampered_model_is_refused(tmp_path):
+    import shutil
+
+    from vbmd_rt.runtime.model import ModelError
+
+    shutil.copytree(load_model().folder, tmp_path / "m")
+    with open(tmp_path / "m" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(tmp_path / "m").onnx("fp32")
+    assert np.isfinite(load_model().spec.std)
