@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 from vbmd_rt.runtime import aim, preprocess
 from vbmd_rt.runtime.errors import VbmdInputError
-
-MASK_SUFFIXES = ("_GT", "_MASK", "_SEG")
-SCAN_EXTS = (".aim", ".isq")
+from vbmd_rt.runtime.pipeline import MASK_SUFFIXES, is_scan_file, scan_name
 
 
 class DatasetError(VbmdInputError):
@@ -39,16 +37,6 @@ class Pair:
     meta: dict = field(default_factory=dict)  # e.g. the phantom's truth JSON (motion grade, erosions)
 
 
-def _strip_ext(name: str) -> str:
-    for ext in (".aim", ".isq", ".gobj"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    for ext in (".AIM;1",):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def discover(source: str | Path) -> list[Pair]:
     """All scan/mask pairs of a folder or CSV, sorted by name."""
     source = Path(source)
@@ -59,24 +47,12 @@ def discover(source: str | Path) -> list[Pair]:
                            "pass a folder from `vbmd-rt synth` or a CSV with scan and mask columns")
     files = {p.name: p for p in source.iterdir() if p.is_file()}
     pairs = []
-    for name, path in sorted(files.items()):
-        if not name.lower().endswith(SCAN_EXTS):
+    for _, path in sorted(files.items()):
+        if not is_scan_file(path):
             continue
-        stem = _strip_ext(name)
-        if stem.upper().endswith(MASK_SUFFIXES):
-            continue
-        mask = None
-        for suffix in MASK_SUFFIXES:
-            for cand in (f"{stem}{suffix}.AIM", f"{stem}{suffix}.aim"):
-                if cand in files:
-                    mask = files[cand]
-                    break
-            if mask:
-                break
-        if mask is None:
-            for cand in (f"{stem}.GOBJ", f"{stem}.gobj"):
-                if cand in files:
-                    mask = files[cand]
+        stem = scan_name(path)
+        names = [f"{stem}{suffix}{ext}" for suffix in MASK_SUFFIXES for ext in (".AIM", ".aim")]
+        mask = next((files[n] for n in [*names, f"{stem}.GOBJ", f"{stem}.gobj"] if n in files), None)
         if mask is None:
             continue
         meta = {}
@@ -102,7 +78,7 @@ def _from_csv(path: Path) -> list[Pair]:
         for p in (scan, mask):
             if not p.is_file():
                 raise DatasetError(p, "listed in the CSV but missing", f"fix {path.name}")
-        pairs.append(Pair(row.get("name") or _strip_ext(scan.name), scan, mask))
+        pairs.append(Pair(row.get("name") or scan_name(scan), scan, mask))
     return pairs
 
 

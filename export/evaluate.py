@@ -14,12 +14,6 @@ from vbmd_rt.export import data as dataset
 from vbmd_rt.runtime import aim, measure, pipeline
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a != 0, b != 0
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
-
-
 def evaluate(pairs: list[dataset.Pair], model, backend, log=None) -> dict:
     """Per-case Dice / D100 error at native resolution and a summary by motion grade and erosion."""
     cases = []
@@ -32,7 +26,7 @@ def evaluate(pairs: list[dataset.Pair], model, backend, log=None) -> dict:
         m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, scan.calibration)
         t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
         case = {
-            "name": p.name, "dice": dice(mask, truth), "voxel_mm": float(scan.header.element_size_mm[0]),
+            "name": p.name, "dice": measure.dice(mask, truth), "voxel_mm": float(scan.header.element_size_mm[0]),
             "motion_grade": p.meta.get("motion_grade"), "eroded": bool(p.meta.get("erosions")),
             "side_true": p.meta.get("side"), "side_detected": info["side"],
             "d100_pred": m["d100_mg_ha_cm3"], "d100_true": t["d100_mg_ha_cm3"],

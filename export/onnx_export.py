@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from vbmd_rt.export import nets
 from vbmd_rt.runtime.atomic import atomic_write_bytes
+from vbmd_rt.runtime.measure import dice
 from vbmd_rt.runtime.model import CARD_FORMAT, CARD_NAME, default_model_dir, load_model, sha256_of
 
 from vbmd_rt import __version__
@@ -169,11 +170,6 @@ def _ort(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
-
-
 def check(net: torch.nn.Module, arch: str, fp32: Path, fp16: Path, samples: list[np.ndarray], threshold: float) -> dict:
     """ORT FP32 vs torch (max abs difference) and FP16 vs FP32 masks (Dice) on ``samples``."""
     s32, s16 = _ort(fp32), _ort(fp16)
@@ -185,7 +181,7 @@ def check(net: torch.nn.Module, arch: str, fp32: Path, fp16: Path, samples: list
         p32 = s32.run(None, {"image": x})[0]
         p16 = s16.run(None, {"image": x})[0]
         worst = max(worst, float(np.abs(p32 - ref).max()))
-        dices.append(_dice(p32 > threshold, p16 > threshold))
+        dices.append(dice(p32 > threshold, p16 > threshold))
     return {"fp32_vs_torch_max_abs": worst, "fp16_vs_fp32_mask_dice_min": float(min(dices)) if dices else None,
             "samples": len(samples)}
 

@@ -26,6 +26,7 @@ from vbmd_rt.export import nets
 from vbmd_rt.export.torch_backend import TorchBackend
 from vbmd_rt.runtime import preprocess, segment
 from vbmd_rt.runtime.atomic import atomic_write
+from vbmd_rt.runtime.measure import dice
 
 from vbmd_rt import __version__
 
@@ -93,12 +94,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     p = torch.sigmoid(logits.float())
     inter = (p * target).sum()
     return 1.0 - (2.0 * inter + eps) / (p.sum() + target.sum() + eps)
-
-
-def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    a, b = pred.astype(bool), truth.astype(bool)
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +200,7 @@ class Trainer:
         scores = []
         for img, tgt in self.val_cases:
             prob = segment.predict(img, backend, self.cfg.arch, self.cfg.window, multiple=self.spec.multiple)
-            scores.append(dice_score(segment.largest_component(prob > 0.5), tgt > 0.5))
+            scores.append(dice(segment.largest_component(prob > 0.5), tgt > 0.5))
         net.train()
         # Dice of the largest component, as the runtime keeps it, at model resolution.
         return {"dice_model_space": float(np.mean(scores)) if scores else float("nan"), "cases": len(scores)}

@@ -6,6 +6,13 @@ import numpy as np
 from vbmd_rt.runtime.calibration import Calibration
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks (non-zero is inside); 1.0 when both are empty."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
 def vbmd(data: np.ndarray, mask: np.ndarray, element_size_mm, calibration: Calibration | None) -> dict:
     """D100 (mean mg HA/cm³ inside ``mask``), bone volume mm³, mean slice area mm², slices with bone.
 

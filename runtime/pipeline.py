@@ -122,7 +122,7 @@ def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: 
 # --------------------------------------------------------------------------- vbmd-rt run
 
 SCAN_SUFFIXES = (".aim", ".isq")
-MASK_MARKERS = ("_SEG", "_GT", "_MASK")
+MASK_SUFFIXES = ("_GT", "_MASK", "_SEG")  # masks beside a scan: NAME_GT.AIM etc.
 
 
 def scan_name(path: Path) -> str:
@@ -135,7 +135,7 @@ def scan_name(path: Path) -> str:
 def is_scan_file(path: Path) -> bool:
     name = path.name.split(";")[0]
     stem, ext = os.path.splitext(name)
-    return ext.lower() in SCAN_SUFFIXES and not stem.upper().endswith(MASK_MARKERS)
+    return ext.lower() in SCAN_SUFFIXES and not stem.upper().endswith(MASK_SUFFIXES)
 
 
 def expand_inputs(items: list[str | Path]) -> list[Path]:
