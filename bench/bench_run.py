@@ -34,7 +34,7 @@ def main() -> None:
     if not scan.exists():
         subprocess.run([sys.executable, "-m", "vbmd_rt", "synth", cache, "--size", a.size, "--seed", str(a.seed), "-q"],
                        check=True)
-    code = ("import resource,runpy,sys; sys.argv=['vbmd-rt']+sys.argv[1:]\n"
+    code = ("import sys; sys.argv=['vbmd-rt']+sys.argv[1:]\n"
             "from vbmd_rt.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('VMHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
@@ -45,7 +45,7 @@ def main() -> None:
             r = subprocess.run([sys.executable, "-c", code, "run", str(scan), "-o", out, "-q"], capture_output=True,
                                text=True, check=True)
             wall = time.perf_counter() - t0
-            peak = int(r.stdout.split("VMHWM")[1].split()[0].strip("'],")) * 1024
+            peak = int(r.stdout.split("VMHWM")[1].split()[0]) * 1024
             res = json.loads((Path(out) / "PHANTOM_0000.json").read_text())
             rows.append({"wall": wall, "peak": peak, **res["timings_s"]})
     size = scan.stat().st_size

@@ -21,7 +21,7 @@ import torch
 from vbmd_rt.export import nets
 from vbmd_rt.runtime.atomic import atomic_write_bytes
 from vbmd_rt.runtime.measure import dice
-from vbmd_rt.runtime.model import CARD_FORMAT, CARD_NAME, default_model_dir, load_model, sha256_of
+from vbmd_rt.runtime.model import CARD_FORMAT, CARD_NAME, load_model, sha256_of
 
 from vbmd_rt import __version__
 
@@ -43,7 +43,7 @@ class WithSigmoid(torch.nn.Module):
         return torch.sigmoid(self.net(image))
 
 
-def example_input(arch: str, size: int = 512, window: int = 80) -> torch.Tensor:
+def example_input(arch: str, size: int = 512) -> torch.Tensor:
     if arch == "unet2d":
         return torch.randn(2, 1, size, size)
     return torch.randn(1, 1, 32, 64, 96)
@@ -250,6 +250,3 @@ def export(checkpoint: str | Path | None, out: str | Path, extra_card: dict | No
     atomic_write_bytes(out / CARD_NAME, (json.dumps(card, indent=2) + "\n").encode(), overwrite=True)
     return card
 
-
-def default_out() -> Path:
-    return default_model_dir()

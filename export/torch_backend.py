@@ -25,16 +25,11 @@ class TorchBackend:
 
     @classmethod
     def from_model(cls, model, device: str = "auto", precision: str | None = None) -> TorchBackend:
-        """From a runtime ``Model`` (card + folder): weights from its checkpoint or its FP32 ONNX."""
+        """From a runtime ``Model`` (card + folder): the weights of its FP32 ONNX."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         net = nets.build(model.architecture, model.card.get("config"))
-        ckpt = model.card.get("files", {}).get("checkpoint")
-        if ckpt and (model.folder / ckpt["path"]).is_file():
-            state = torch.load(model.folder / ckpt["path"], map_location="cpu", weights_only=True)
-            net.load_state_dict(state.get("model", state))
-        else:
-            load_onnx_weights(net, model.onnx("fp32"))
+        load_onnx_weights(net, model.onnx("fp32"))
         return cls(net, device, precision or ("fp16" if device == "cuda" else "fp32"))
 
     def activate(self) -> None:

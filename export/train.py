@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,6 @@ class TrainConfig:
     augment: bool = True
     schedule: str = "constant"  # or "poly": lr * (1 - step / steps) ** 0.9
     workers: int = 1
-    extra: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         d = ARCH_DEFAULTS[self.arch]
@@ -173,11 +172,9 @@ class Trainer:
         if cfg.arch == "unet3d":
             img, tgt = self.train_cases[int(rng.integers(len(self.train_cases)))]
             z = img.shape[0]
-            win = min(cfg.window, -(-z // 16) * 16)
-            if z < win:
-                pad = win - z
-                img = np.pad(img, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)), mode="edge")
-                tgt = np.pad(tgt, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)), mode="edge")
+            win, before = segment.fit_window(z, cfg.window, self.spec.multiple)
+            if before is not None:
+                img, tgt = segment.pad_z(img, win, before), segment.pad_z(tgt, win, before)
                 s = 0
             else:
                 s = int(rng.integers(0, z - win + 1))
@@ -212,6 +209,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.load()
         net = build_net(cfg).to(self.device)
+        self.net_config = net.config
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         rng = np.random.default_rng([cfg.seed, 0x7A1])
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -275,11 +273,9 @@ class Trainer:
 
     def card(self, best: float, history: list) -> dict:
         cfg = self.cfg
-        net_cfg = build_net(cfg).config if cfg.arch == "unet2d" else {"widths": list(cfg.widths or nets.UNET3D_WIDTHS),
-                                                                       "dropout": 0.6}
         return {
             "architecture": cfg.arch,
-            "config": net_cfg,
+            "config": self.net_config,
             "preprocessing": self.spec.to_dict(),
             "threshold": 0.5,
             "window": {"slices": cfg.window, "overlap": 16 if cfg.arch == "unet3d" else 0},

@@ -40,6 +40,12 @@ class Timer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
+def _sample_slices(mask: np.ndarray, count: int = 9) -> np.ndarray:
+    """Up to ``count`` slice indices spread evenly over the slices that hold the mask."""
+    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    return zs[np.linspace(0, zs.size - 1, min(count, zs.size)).astype(int)] if zs.size else zs
+
+
 def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
     """Hand side from where MC2 lies in the row of metacarpals (model space is a right hand: MC2 on -x).
 
@@ -47,12 +53,8 @@ def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
     cortex) are the metacarpals; MC2 left of their centre of mass means a right hand. ``None`` when
     there is no MC2 or no other bone to compare with.
     """
-    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-    if zs.size == 0:
-        return None
-    picks = zs[np.linspace(0, zs.size - 1, min(9, zs.size)).astype(int)]
     mc2_x, all_x = [], []
-    for k in picks:
+    for k in _sample_slices(mask):
         img = np.asarray(data[k], dtype=np.float32)
         m = mask[k] != 0
         inside = img[m]
@@ -77,12 +79,12 @@ MIN_CONTRAST = 0.15  # in units of the training data's standard deviation (about
 
 def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
     """How much brighter the mask is than a 1 mm-ish ring around it, on up to nine slices, in ``scale`` units."""
-    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-    if zs.size == 0:
+    picks = _sample_slices(mask)
+    if picks.size == 0:
         return 0.0
     inside, ring = [], []
     kernel = np.ones((9, 9), np.uint8)
-    for k in zs[np.linspace(0, zs.size - 1, min(9, zs.size)).astype(int)]:
+    for k in picks:
         m = (mask[k] != 0).astype(np.uint8)
         r = (cv2.dilate(m, kernel) > 0) & (m == 0)
         img = np.asarray(data[k], dtype=np.float32)

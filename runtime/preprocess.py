@@ -82,10 +82,8 @@ def resize_slices(volume: np.ndarray, size: int | tuple[int, int], out: np.ndarr
         s = np.asarray(volume[k])
         if s.dtype == bool:
             s = s.view(np.uint8)
-        if s.dtype not in (np.uint8, np.int16, np.uint16, np.float32):
-            s = s.astype(np.float32)
-        if out.dtype != s.dtype and out.dtype == np.float32:
-            s = s.astype(np.float32)
+        if out.dtype == np.float32 or s.dtype not in (np.uint8, np.int16, np.uint16, np.float32):
+            s = s.astype(np.float32, copy=False)
         out[k] = cv2.resize(s, (nx, ny), interpolation=interp)
     return out
 
@@ -210,8 +208,7 @@ def to_model(data: np.ndarray, spec: Spec, side: str = "auto") -> tuple[np.ndarr
 def to_model_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A native 0/non-zero mask -> fraction of each model voxel inside it (float32, training targets)."""
     mz, size, _ = geometry.model_shape
-    frac = resize_slices((np.asarray(mask) > 0).view(np.uint8) if mask.dtype != bool else mask.view(np.uint8),
-                         size, out=np.empty((mask.shape[0], size, size), np.float32))
+    frac = resize_slices(np.asarray(mask) > 0, size, out=np.empty((mask.shape[0], size, size), np.float32))
     frac = resample_z(frac, mz)
     return crop_pad(orient(frac, geometry.flip_x), geometry.crop, 0.0)
 

@@ -33,6 +33,18 @@ def _ramp(window: int, overlap: int) -> np.ndarray:
     return w
 
 
+def fit_window(z: int, window: int, multiple: int) -> tuple[int, int | None]:
+    """The 3D window for ``z`` slices: ``window``, or for short volumes ``z`` rounded up to ``multiple``;
+    and the edge slices to pad before the volume (``None`` when it needs no padding)."""
+    win = min(window, -(-z // multiple) * multiple)
+    return win, (win - z) // 2 if z < win else None
+
+
+def pad_z(volume: np.ndarray, win: int, before: int) -> np.ndarray:
+    """Pad (z, y, x) with edge slices to ``win`` slices, ``before`` of them in front."""
+    return np.pad(volume, ((before, win - volume.shape[0] - before), (0, 0), (0, 0)), mode="edge")
+
+
 def predict(volume: np.ndarray, backend, architecture: str, window: int, overlap: int = 16,
             multiple: int = 16) -> np.ndarray:
     """Probabilities (float32, the shape of ``volume``) for a cropped, normalised model-space volume."""
@@ -45,13 +57,10 @@ def predict(volume: np.ndarray, backend, architecture: str, window: int, overlap
         return out
     if architecture != "unet3d":
         raise ValueError(f"unknown architecture {architecture!r}")
-    # Short volumes: one window rounded up to the network's multiple, padded with edge slices.
-    win = min(window, -(-z // multiple) * multiple)
-    if z < win:
-        pad = win - z
-        padded = np.pad(volume, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)), mode="edge")
-        prob = backend.infer(padded[None, None])[0, 0]
-        return np.ascontiguousarray(prob[pad // 2:pad // 2 + z], dtype=np.float32)
+    win, before = fit_window(z, window, multiple)
+    if before is not None:
+        prob = backend.infer(pad_z(volume, win, before)[None, None])[0, 0]
+        return np.ascontiguousarray(prob[before:before + z], dtype=np.float32)
     acc = np.zeros(volume.shape, dtype=np.float32)
     weight = np.zeros(z, dtype=np.float32)
     starts = _windows(z, win, overlap)
@@ -64,14 +73,19 @@ def predict(volume: np.ndarray, backend, architecture: str, window: int, overlap
     return acc
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean volume (empty stays empty)."""
+def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest 26-connected component of a boolean volume, and how many components there were."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     if n <= 1:
-        return mask.astype(bool, copy=False) if n == 1 else np.zeros_like(mask, dtype=bool)
+        return (mask.astype(bool, copy=False) if n == 1 else np.zeros_like(mask, dtype=bool)), n
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return labels == int(np.argmax(sizes)), n
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean volume (empty stays empty)."""
+    return _largest(mask)[0]
 
 
 def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
@@ -100,14 +114,10 @@ def postprocess(prob: np.ndarray, geometry: Geometry, threshold: float = 0.5) ->
     ``box`` (native z0, z1, y0, y1, x0, x1 of the work region), ``empty`` when nothing was found.
     """
     full = from_model(prob, geometry)  # uncropped model grid, scan orientation
-    coarse = full > threshold
-    labels, n = ndimage.label(coarse, structure=np.ones((3, 3, 3), dtype=bool))
+    keep, n = _largest(full > threshold)
     mask = np.zeros(geometry.native_shape, dtype=np.uint8)
     if n == 0:
         return mask, {"components": 0, "model_voxels": 0, "box": None, "empty": True}
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    keep = labels == int(np.argmax(sizes))
     region = ndimage.binary_dilation(keep, iterations=2)
     mbox = _bbox(region)
     box = native_box(mbox, geometry)
