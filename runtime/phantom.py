@@ -31,6 +31,7 @@ into the scan file: its header and log are the same for every case except the di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -529,14 +530,28 @@ def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
     }
 
 
-def synth(out: str | Path, cases: int, seed: int, size: str = "small", start: int = 0, progress=None) -> list[dict]:
-    """Generate ``cases`` phantoms (indices start..start+cases-1) into ``out``."""
+def synth(out: str | Path, cases: int, seed: int, size: str = "small", start: int = 0, progress=None,
+          workers: int = 1) -> list[dict]:
+    """Generate ``cases`` phantoms (indices start..start+cases-1) into ``out``, in ``workers`` processes.
+
+    Each case depends only on (seed, index), so the files are the same for any number of workers.
+    """
     out = check_writable_dir(out)
-    truths = []
-    for i in range(start, start + cases):
-        truths.append(synth_case(out, i, seed, size))
-        if progress:
-            progress(i)
+    indices = range(start, start + cases)
+    n = len(indices)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and n > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, n)))
+            results = pool.map(synth_case, [out] * n, indices, [seed] * n, [size] * n)
+        else:
+            results = (synth_case(out, i, seed, size) for i in indices)
+        truths = []
+        for i, truth in zip(indices, results, strict=True):
+            truths.append(truth)
+            if progress:
+                progress(i)
     return truths
 
 

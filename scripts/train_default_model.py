@@ -14,25 +14,17 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 TRAIN_SEED, VAL_SEED = 1000, 9000
 
 
-def _one(args):
+def make(folder: Path, seed: int, small: int, full: int, workers: int) -> None:
+    """``full`` full-size cases (indices 0..) then ``small`` small ones, all from ``seed``."""
     from vbmd_rt.runtime import phantom
 
-    folder, index, seed, size = args
-    phantom.synth_case(folder, index, seed, size)
-    return index
-
-
-def make(folder: Path, seed: int, small: int, full: int, workers: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(folder, i, seed, "full") for i in range(full)] + [(folder, full + i, seed, "small") for i in range(small)]
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_one, jobs))
+    phantom.synth(folder, full, seed, "full", workers=workers)
+    phantom.synth(folder, small, seed, "small", start=full, workers=workers)
 
 
 def main() -> None:

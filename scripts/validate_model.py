@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-from train_default_model import _one
 
 
 def main() -> None:
@@ -28,12 +25,11 @@ def main() -> None:
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     data = Path(a.data)
-    if not any(data.glob("*.AIM")):
-        data.mkdir(parents=True, exist_ok=True)
-        jobs = [(data, i, a.seed, "full") for i in range(a.full)]
-        jobs += [(data, a.full + i, a.seed, "small") for i in range(a.small)]
-        with ProcessPoolExecutor(a.workers) as pool:
-            list(pool.map(_one, jobs))
+    from vbmd_rt.runtime import phantom
+
+    if not any(data.glob("*.AIM")):  # the same cases as train_default_model.py's validation set
+        phantom.synth(data, a.full, a.seed, "full", workers=a.workers)
+        phantom.synth(data, a.small, a.seed, "small", start=a.full, workers=a.workers)
     from vbmd_rt.export import data as dataset
     from vbmd_rt.export.evaluate import evaluate
     from vbmd_rt.runtime import backends

@@ -177,3 +177,16 @@ def test_full_size_case_has_scanner_geometry(tmp_path):
     assert h.dim[:2] == (1536, 1536) and 200 <= h.dim[2] <= 320
     assert h.element_size_mm == pytest.approx((0.082,) * 3, rel=1e-6)
     assert 100 < t["d100_mg_ha_cm3"] < 450
+
+
+def test_workers_do_not_change_the_files(tmp_path):
+    import hashlib
+
+    from vbmd_rt.runtime import phantom as ph
+
+    def digests(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+    ph.synth(tmp_path / "one", 2, seed=8, start=3)
+    ph.synth(tmp_path / "two", 2, seed=8, start=3, workers=2)
+    assert digests(tmp_path / "one") == digests(tmp_path / "two")

@@ -17,6 +17,7 @@ def synth(
     size: str = typer.Option("small", "--size", help="full: 82 µm, 1536 x 1536; small: 246 µm, 512 x 512."),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first case (to extend a cohort)."),
     preview: bool = typer.Option(False, "--preview", help="Also write OUT/preview.png, a montage of slices."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the files do not depend on it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json."""
@@ -28,7 +29,8 @@ def synth(
         raise typer.BadParameter(f"--size must be one of {', '.join(sorted(phantom.SIZES))}")
     with Progress(disable=quiet, transient=True) as bar:
         task = bar.add_task(f"phantoms ({size})", total=cases)
-        truths = phantom.synth(out, cases, seed, size, start=start, progress=lambda i: bar.advance(task))
+        truths = phantom.synth(out, cases, seed, size, start=start, progress=lambda i: bar.advance(task),
+                                workers=workers)
     if not quiet:
         for t in truths:
             typer.echo(f"{t['name']}: D100 {t['d100_mg_ha_cm3']:.1f} mg HA/cm3, {t['slices']} MC2 slices, "
