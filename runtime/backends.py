@@ -233,8 +233,30 @@ def find_plan(model: Model, flavour: str) -> Path | None:
     return None
 
 
+class NoNetwork:
+    """The backend of the classical model: it runs no network (the segmentation is in ``classical``)."""
+
+    name = "classical"
+    precision = "n/a"
+    reason = "the classical model has no network"
+
+    def activate(self) -> None:
+        pass
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the classical model runs no network")
+
+    def deactivate(self) -> None:
+        pass
+
+
 def create(name: str, model: Model, device: str = "auto", threads: int | None = None) -> Backend:
     """Build the backend ``name`` (one of ``BACKENDS``) for ``model`` on ``device``."""
+    if model.classical:
+        if name not in ("auto",):
+            raise BackendError(None, f"the classical model runs no network, so --backend {name} does not apply",
+                               "leave --backend at auto")
+        return NoNetwork()
     if name not in BACKENDS:
         raise BackendError(None, f"unknown backend {name!r}", f"choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:

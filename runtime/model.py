@@ -55,6 +55,10 @@ class Model:
         return str(self.card["architecture"])
 
     @property
+    def classical(self) -> bool:
+        return self.architecture == CLASSICAL
+
+    @property
     def spec(self) -> Spec:
         return Spec.from_card(self.card)
 
@@ -89,8 +93,16 @@ class Model:
         return self.card.get("files", {}).get(precision, {}).get("sha256")
 
 
+CLASSICAL = "classical"
+
+
 def load_model(where: str | Path | None = None) -> Model:
-    """Load a model card from a folder, a ``model.json`` path, or the bundled default (``None``)."""
+    """Load a model card from a folder, a ``model.json`` path, the bundled default (``None``), or the
+    weightless classical baseline (``"classical"``)."""
+    if where is not None and str(where) == CLASSICAL and not Path(where).exists():
+        from vbmd_rt.runtime.classical import CARD
+
+        return Model(dict(CARD), Path("."))
     path = Path(where) if where is not None else default_model_dir()
     card_path = path / CARD_NAME if path.is_dir() else path
     if not card_path.is_file():

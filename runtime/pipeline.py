@@ -19,7 +19,7 @@ import numpy as np
 from vbmd_rt.runtime import aim, measure, preprocess, proclog, report
 from vbmd_rt.runtime import segment as seg
 from vbmd_rt.runtime.atomic import atomic_write_bytes, check_writable_dir
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
 from vbmd_rt.runtime.model import Model
 
 from vbmd_rt import __version__
@@ -97,9 +97,14 @@ def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
 
 
 def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: Timer | None = None,
-            keep_prob: bool = False) -> tuple[np.ndarray, dict]:
-    """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, components, warnings...)."""
+            keep_prob: bool = False, spacing_zyx=None, calibration=None, path=None) -> tuple[np.ndarray, dict]:
+    """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, components, warnings...).
+
+    The classical model needs the voxel size and density calibration; the networks do not.
+    """
     timer = timer or Timer()
+    if model.classical:
+        return _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path)
     spec = model.spec
     with timer("preprocess"):
         vol, geometry = preprocess.to_model(data, spec, side)
@@ -118,6 +123,24 @@ def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: 
     if keep_prob:
         info["prob"] = preprocess.from_model(prob, geometry)
         info["geometry"] = geometry
+    return mask, info
+
+
+def _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path):
+    from vbmd_rt.runtime import classical
+    from vbmd_rt.runtime.calibration import _require
+
+    cal = _require(calibration, path)
+    if spacing_zyx is None:
+        raise ValueError("the classical model needs the voxel size (spacing_zyx)")
+    with timer("inference"):
+        mask, info = classical.segment(data, spacing_zyx, cal)
+    with timer("postprocess"):
+        found = side if side != "auto" else detect_side(data, mask)
+    info.update({"side": found, "side_source": "given" if side != "auto" else "detected"})
+    if keep_prob:
+        info["prob"] = mask.astype(np.float32)
+        info["geometry"] = None
     return mask, info
 
 
@@ -213,7 +236,11 @@ def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: 
         if cal is None:
             warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
     stage("segment")
-    mask, info = segment(scan.data, model, backend, options.side, timer, keep_prob=options.save_prob)
+    if cal is None and model.classical:
+        raise CalibrationError(path, "has no density calibration, which the classical model needs to threshold",
+                               "use a network model (the default), or a calibrated scan")
+    mask, info = segment(scan.data, model, backend, options.side, timer, keep_prob=options.save_prob,
+                         spacing_zyx=scan.header.element_size_mm[::-1], calibration=cal, path=path)
     if info.get("rejected"):
         warnings.append(f"the network's output is not brighter than its surroundings (contrast {info['contrast']:.2f}):"
                         " no bone found, the mask is empty (is this an MCP scan of the hand?)")
@@ -280,6 +307,8 @@ def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: 
 
 
 def _model_grid_header(header: aim.AimHeader, geometry) -> aim.AimHeader:
+    if geometry is None:  # the classical model's "probability" is its mask on the native grid
+        return header
     scale = geometry.scale  # native voxels per model voxel (z, y, x)
     el = tuple(float(e) * s for e, s in zip(header.element_size_mm, scale[::-1], strict=True))
     return dataclasses.replace(header, element_size_mm=el, offset=(0, 0, 0))

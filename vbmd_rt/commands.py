@@ -45,7 +45,7 @@ def synth(
 def run(
     scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder (default: the bundled one)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder, or classical (default: the bundled network)."),
     backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx or onnxruntime."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     side: str = typer.Option("auto", "--side", help="auto (detected), left or right."),

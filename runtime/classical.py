@@ -1,0 +1,265 @@
+"""The classical baseline: MC2's periosteal contour from thresholds on the calibrated image, no weights.
+
+In the spirit of Buie et al. (Bone 2007), the dual-threshold periosteal contouring that Scanco's
+semi-automatic tools follow, adapted to the MCP joint:
+
+1. Gaussian smoothing (sigma in mm, so 82 and 246 µm scans behave alike), in 3D.
+2. Two thresholds in mg HA/cm³ (converted to stored units through the scan's calibration, so no
+   float copy of the scan is made): the *high* one finds cortex, the *low* one grows it into the
+   adjacent trabecular and thin-cortex voxels (hysteresis: low voxels connected to high ones).
+3. 3D components of that bone; the metacarpals are the components that reach the proximal end of
+   the scan (the phalanges start beyond the joint); MC2 is the larger of the two at the ends of their
+   row, by shaft cross-section over the proximal slices (MC5, at the other end, is the slimmest).
+4. Slice by slice: closing with a disc to bridge pores and erosions of the cortex, hole filling (the
+   marrow and trabecular space inside the periosteal contour), and opening to drop spurs.
+
+It needs the density calibration. It stands in for the semi-automatic expert tools in comparisons and
+is a fallback where no trained model fits; it has no notion of the joint and so takes some phalanx
+where the cup touches the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from vbmd_rt.runtime.calibration import Calibration
+
+CARD = {
+    "name": "classical",
+    "architecture": "classical",
+    "description": "dual-threshold periosteal contouring on the calibrated image (no weights)",
+    "intended_use": "baseline for comparisons and fallback; needs a density-calibrated scan",
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    sigma_mm: float = 0.3  # Gaussian smoothing
+    low_frac: float = 0.3  # hysteresis: voxels above tissue + low_frac x (cortex - tissue) joined to ...
+    high_frac: float = 0.5  # ... voxels above tissue + high_frac x (cortex - tissue)
+    min_low_mg: float = 180.0  # floors for the two thresholds, in mg HA/cm³
+    min_high_mg: float = 350.0
+    close_mm: float = 1.0  # slice-wise closing radius: bridges pores and small erosions
+    group_mm: float = 0.5  # pieces of a new bone's cortex this close together are one bone
+    open_mm: float = 0.25  # slice-wise opening radius: drops spurs and noise
+    min_volume_mm3: float = 20.0  # smaller components are noise
+    hull_fill: float = 0.7  # a filled contour below this fraction of its convex hull is open: take the hull
+    dome_fraction: float = 0.8  # the head's dome: cross-section below this fraction of the largest
+    jump: float = 1.3  # ... that grows by this factor from one slice to the next has met the phalanx
+    proximal_fraction: float = 0.15  # a metacarpal reaches into this first fraction of the slices
+
+
+def _disc(radius_vox: float) -> np.ndarray:
+    r = max(1, int(round(radius_vox)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _stored(cal: Calibration, mg: float) -> float:
+    m, b = cal.density_equation()
+    return (mg - b) / m
+
+
+def _smooth(slice_: np.ndarray, sigma_vox: float, factor: int) -> np.ndarray:
+    img = np.asarray(slice_, dtype=np.float32)
+    if factor > 1:
+        img = cv2.resize(img, (img.shape[1] // factor, img.shape[0] // factor), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma_vox, 0.3), borderType=cv2.BORDER_REPLICATE)
+
+
+def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1):
+    """The two thresholds in mg HA/cm³, from the scan's own soft tissue and cortex levels.
+
+    On nine slices spread over the scan, smoothed as for segmentation: the hand is what Otsu separates
+    from air, soft tissue its median, cortex its 99.5th percentile (bone is a few per cent of the hand).
+    """
+    px = float(np.mean(spacing_zyx[1:])) * factor
+    m, b = cal.density_equation()
+    values = []
+    for k in np.linspace(0, data.shape[0] - 1, min(9, data.shape[0])).astype(int):
+        values.append(_smooth(data[k], p.sigma_mm / px, factor).ravel() * m + b)
+    v = np.concatenate(values)
+    grey = np.clip((v - v.min()) / max(float(np.ptp(v)), 1e-6) * 255, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    hand = v[grey > otsu]
+    if hand.size == 0:
+        return p.min_low_mg, p.min_high_mg
+    tissue, cortex = float(np.median(hand)), float(np.percentile(hand, 99.5))
+    span = max(cortex - tissue, 0.0)
+    return max(p.min_low_mg, tissue + p.low_frac * span), max(p.min_high_mg, tissue + p.high_frac * span)
+
+
+def bone_components(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1,
+                    levels: tuple[float, float] | None = None):
+    """Labelled 3D bone components on a grid ``factor`` times coarser in-plane: hysteresis of the two
+    thresholds (mg HA/cm³) on the smoothed scan (voxels above ``low`` joined to voxels above ``high``)."""
+    px = float(np.mean(spacing_zyx[1:])) * factor
+    low_mg, high_mg = levels or thresholds(data, spacing_zyx, cal, p, factor)
+    lo, hi = _stored(cal, low_mg), _stored(cal, high_mg)
+    z, y, x = data.shape
+    low = np.zeros((z, y // factor, x // factor), bool)
+    high = np.zeros_like(low)
+    for k in range(z):
+        s = _smooth(data[k], p.sigma_mm / px, factor)
+        low[k], high[k] = s > lo, s > hi
+    labels, n = ndimage.label(low, structure=np.ones((3, 3, 3), bool))
+    del low
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(labels[high])] = True
+    keep[0] = False
+    labels[~keep[labels]] = 0
+    return labels
+
+
+def _hull(m: np.ndarray) -> np.ndarray:
+    pts = cv2.findNonZero(m)
+    out = np.zeros(m.shape, np.uint8)
+    if pts is not None:
+        cv2.fillConvexPoly(out, cv2.convexHull(pts), 1)
+    return out.astype(bool)
+
+
+def track(bone: np.ndarray, spacing_zyx, p: Params = Params()) -> np.ndarray:
+    """Periosteal regions of every bone, tracked slice by slice from the proximal end (int32 labels).
+
+    A slice's bone pieces take the label of the region they overlap in the slice before; a piece that
+    touches two regions (neighbouring heads) is split between them by distance; a piece that touches
+    none starts a new bone (a phalanx beyond the joint). Each bone's pieces are then closed and filled
+    on their own, so a phalanx cup around a head never swallows it.
+    """
+    px = float(np.mean(spacing_zyx[1:]))
+    min_px = max(4, int(p.min_volume_mm3 / 20.0 / (px * px)))
+    close, group = _disc(p.close_mm / px), _disc(p.group_mm / px)
+    out = np.zeros(bone.shape, np.int32)
+    prev = np.zeros(bone.shape[1:], np.int32)
+    next_label = 1
+    eight = np.ones((3, 3), bool)
+    for k in range(bone.shape[0]):
+        pieces, n = ndimage.label(bone[k], structure=eight)
+        assigned = np.zeros_like(prev)
+        unowned = np.zeros(prev.shape, bool)
+        if n:
+            near = None
+            for j, sl in enumerate(ndimage.find_objects(pieces), start=1):
+                piece = pieces[sl] == j
+                owners = np.unique(prev[sl][piece])
+                owners = owners[owners > 0]
+                if owners.size == 1:
+                    assigned[sl][piece] = owners[0]
+                elif owners.size > 1:
+                    if near is None:  # label of the nearest region of the slice before, for every pixel
+                        idx = ndimage.distance_transform_edt(prev == 0, return_distances=False, return_indices=True)
+                        near = prev[idx[0], idx[1]]
+                    assigned[sl][piece] = near[sl][piece]
+                else:
+                    unowned[sl][piece] = True
+            if unowned.any():  # new bones: pieces of one cortex ring grouped by the closing
+                groups, g = ndimage.label(cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group),
+                                          structure=eight)
+                for j in range(1, g + 1):
+                    piece = (groups == j) & unowned
+                    if piece.sum() >= min_px:
+                        assigned[piece] = next_label
+                        next_label += 1
+        cur = np.zeros_like(prev)
+        for lab in np.unique(assigned[assigned > 0]):
+            sl = ndimage.find_objects((assigned == lab).astype(np.uint8))[0]
+            pad = close.shape[0]
+            sl = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in sl)
+            m = cv2.morphologyEx((assigned[sl] == lab).astype(np.uint8), cv2.MORPH_CLOSE, close)
+            filled = ndimage.binary_fill_holes(m)
+            hull = _hull(m)
+            if filled.sum() < p.hull_fill * hull.sum():  # a cortex with gaps wider than the closing
+                filled = hull
+            cur[sl][filled & (cur[sl] == 0)] = lab
+        out[k] = cur
+        prev = cur
+    return out
+
+
+def pick_mc2(labels: np.ndarray, spacing_zyx, p: Params = Params()) -> int:
+    """Label of MC2 among the tracked bones, or 0 when no metacarpal is found.
+
+    Metacarpals are the bones present through the proximal slices; MC2 is the one of the two at the
+    ends of their row with the larger head (largest cross-section before the joint): MC5, at the other
+    end, has the smallest head of the four.
+    """
+    reach = max(1, int(round(labels.shape[0] * p.proximal_fraction)))
+    voxel_mm2 = float(spacing_zyx[1]) * float(spacing_zyx[2])
+    first = labels[:reach]
+    cands = []
+    for lab in np.unique(first[first > 0]):
+        zs = np.flatnonzero((first == lab).any(axis=(1, 2)))
+        if zs.size < reach // 2:
+            continue
+        area = (labels == lab).sum(axis=(1, 2))
+        area = area[: joint_slice(area, p)]
+        if area.max() * voxel_mm2 < 2.0:
+            continue
+        xs = np.flatnonzero((first == lab).any(axis=(0, 1)))
+        cands.append((float(xs.mean()), int(lab), float(area.max())))
+    if not cands:
+        return 0
+    cands.sort()
+    typical = float(np.median([c[2] for c in cands]))
+    cands = [c for c in cands if c[2] >= 0.4 * typical]  # fragments are not metacarpals
+    return max((cands[0], cands[-1]), key=lambda c: c[2])[1]
+
+
+def joint_slice(area: np.ndarray, p: Params = Params()) -> int:
+    """First slice beyond MC2's head: where its shrinking dome's cross-section jumps up again because the
+    tracked region took in the base of the proximal phalanx (which cups the head); else the last slice."""
+    peak = 0.0
+    for k in range(1, area.size):
+        peak = max(peak, float(area[k - 1]))
+        if area[k - 1] < p.dome_fraction * peak and area[k] > p.jump * area[k - 1]:
+            return k
+    return int(area.size)
+
+
+def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params()) -> tuple[np.ndarray, dict]:
+    """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts, as the network path gives.
+
+    Bones are found and tracked on a grid of about 0.16 mm (2x coarser for 82 µm scans); the contour is
+    then drawn at native resolution inside MC2's coarse region.
+    """
+    px = float(np.mean(spacing_zyx[1:]))
+    factor = max(1, int(round(0.16 / px)))
+    coarse_spacing = (spacing_zyx[0], spacing_zyx[1] * factor, spacing_zyx[2] * factor)
+    levels = thresholds(data, spacing_zyx, cal, p, factor)
+    labels = track(bone_components(data, spacing_zyx, cal, p, factor, levels) > 0, coarse_spacing, p)
+    n = int(labels.max())
+    lab = pick_mc2(labels, coarse_spacing, p)
+    mask = np.zeros(data.shape, np.uint8)
+    if lab == 0:
+        return mask, {"components": n, "box": None, "empty": True, "thresholds_mg_ha_cm3": levels}
+    mine = (labels == lab).astype(np.uint8)
+    del labels
+    end = joint_slice(mine.sum(axis=(1, 2)), p)
+    mine[end:] = 0
+    sl = ndimage.find_objects(mine)[0]
+    pad = 2 * factor + 2
+    ys = slice(max(0, sl[1].start * factor - pad), min(data.shape[1], sl[1].stop * factor + pad))
+    xs = slice(max(0, sl[2].start * factor - pad), min(data.shape[2], sl[2].stop * factor + pad))
+    for k in range(sl[0].start, sl[0].stop):
+        if not mine[k].any():
+            continue
+        if factor > 1:  # coarse region -> native grid: the refined contour stays within a voxel of it
+            up = cv2.resize(mine[k].astype(np.float32), (mine.shape[2] * factor, mine.shape[1] * factor),
+                            interpolation=cv2.INTER_LINEAR)
+            region = np.zeros(data.shape[1:], np.uint8)
+            h, w = min(up.shape[0], data.shape[1]), min(up.shape[1], data.shape[2])
+            region[:h, :w] = up[:h, :w] > 0.5
+        else:
+            region = mine[k]
+        mask[k] = region
+    keep, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count > 1:
+        sizes = np.bincount(keep.ravel())
+        sizes[0] = 0
+        mask = (keep == int(np.argmax(sizes))).astype(np.uint8)
+    box = [sl[0].start, sl[0].stop, ys.start, ys.stop, xs.start, xs.stop]
+    return mask, {"components": n, "box": box, "empty": not mask.any(),
+                  "thresholds_mg_ha_cm3": [round(v, 1) for v in levels]}

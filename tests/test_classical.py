@@ -1,0 +1,103 @@
+"""The classical baseline (`--model classical`): its steps, and the whole path on phantoms."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from vbmd_rt.runtime import aim, classical, measure, phantom
+from vbmd_rt.runtime.model import load_model
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scans")
+    phantom.synth(d, 3, seed=77)
+    return d
+
+
+def test_joint_slice_finds_the_phalanx_jump():
+    shaft, head, dome = [100] * 10, [150, 200, 240, 250, 240], [200, 150, 100, 60]
+    area = np.array(shaft + head + dome + [170, 200, 210])  # then the phalanx joins the region
+    assert classical.joint_slice(area) == len(shaft + head + dome)
+    assert classical.joint_slice(np.array(shaft + head + dome)) == len(shaft + head + dome)
+    # An erosion's dip in the shaft is no joint: the shaft never fell below 80% of the largest so far.
+    assert classical.joint_slice(np.array([100, 100, 85, 100, 110, 120])) == 6
+
+
+def _ring(img, cy, cx, r, lab, width=2):
+    yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
+    d = np.hypot(yy - cy, xx - cx)
+    img[(d <= r) & (d > r - width)] = lab
+
+
+def test_track_fills_rings_and_splits_touching_bones():
+    z, n = 12, 96
+    bone = np.zeros((z, n, n), bool)
+    for k in range(z):
+        tmp = np.zeros((n, n), np.uint8)
+        _ring(tmp, 48, 25, 12, 1)
+        _ring(tmp, 48, 54 if k < 6 else 48, 12, 1)  # the second bone moves to touch the first
+        bone[k] = tmp > 0
+    bone[3, 48, 13:16] = False  # a gap in one cortex: the closing bridges it
+    labels = classical.track(bone, (0.25, 0.25, 0.25), classical.Params(min_volume_mm3=0.1))
+    assert set(np.unique(labels[0])) == {0, 1, 2}
+    for k in range(z):  # two filled discs per slice, never merged, labels kept along z
+        for lab in (1, 2):
+            area = (labels[k] == lab).sum()
+            assert 0.8 * np.pi * 12**2 < area < 1.2 * np.pi * 12**2, (k, lab, area)
+    assert labels[11, 48, 25] == labels[0, 48, 25] and labels[11, 48, 50] == labels[0, 48, 54]
+
+
+def test_pick_mc2_takes_the_end_of_the_row_with_the_larger_head():
+    labels = np.zeros((20, 40, 100), np.int32)
+    for lab, (x, r_head) in enumerate([(10, 6), (35, 7), (60, 6), (85, 4)], start=1):
+        for k in range(20):
+            r = 3 if k < 10 else r_head
+            labels[k, 20 - r:20 + r, x - r:x + r] = lab
+    assert classical.pick_mc2(labels, (0.25, 0.25, 0.25)) == 1
+    assert classical.pick_mc2(labels[:, :, ::-1].copy(), (0.25, 0.25, 0.25)) == 1
+
+
+def test_classical_segmentation_of_phantoms(cases):
+    for i in range(3):
+        scan = aim.read_aim(cases / f"PHANTOM_{i:04d}.AIM")
+        truth = np.asarray(aim.read_aim(cases / f"PHANTOM_{i:04d}_GT.AIM").data) != 0
+        mask, info = classical.segment(scan.data, scan.header.element_size_mm[::-1], scan.calibration)
+        assert mask.dtype == np.uint8 and mask.shape == truth.shape
+        assert measure.dice(mask, truth) > 0.9, (i, info)
+        lo, hi = info["thresholds_mg_ha_cm3"]
+        assert 150 < lo < hi < 700
+
+
+def test_run_with_the_classical_model(cases, tmp_path):
+    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", tmp_path, "--model", "classical", "--save-prob", "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "PHANTOM_0000.json").read_text())
+    truth = json.loads((cases / "PHANTOM_0000.truth.json").read_text())
+    assert res["model"]["name"] == "classical" and res["backend"]["name"] == "classical"
+    assert abs(res["d100_mg_ha_cm3"] - truth["d100_mg_ha_cm3"]) < 15
+    assert res["side"] == truth["side"]
+    prob = aim.read_aim(tmp_path / "PHANTOM_0000_PROB.AIM")
+    assert prob.header.shape == aim.read_header(cases / "PHANTOM_0000.AIM").shape
+    assert load_model("classical").classical
+
+
+def test_classical_refuses_an_uncalibrated_scan(cases, tmp_path):
+    scan = aim.read_aim(cases / "PHANTOM_0000.AIM")
+    bare = tmp_path / "in" / "BARE.AIM"
+    bare.parent.mkdir()
+    aim.write_aim(bare, np.asarray(scan.data), dataclasses.replace(scan.header, processing_log=""))
+    r = cli("run", bare, "-o", tmp_path / "out", "--model", "classical", "-q")
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "BARE.AIM" in errors[0] and "calibration" in errors[0], r.stderr
+    assert not list((tmp_path / "out").glob("BARE*"))
+    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", tmp_path / "o2", "--model", "classical", "--backend", "onnxruntime")
+    assert r.returncode == 2 and "classical" in r.stderr
