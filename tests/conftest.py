@@ -22,3 +22,22 @@ def samples() -> Path:
     if not REFERENCE:
         pytest.skip(f"sample AIM files not found in {SAMPLES}")
     return SAMPLES
+
+
+def tiny_scan(src: Path, dst: Path, slices: int = 24, factor: int = 4) -> Path:
+    """A small real scan made from a phantom: the first ``slices`` slices, ``factor`` x coarser in-plane
+    (header, calibration and log kept). Fast to process; for tests of batches and the service."""
+    import dataclasses
+
+    import cv2
+    import numpy as np
+    from vbmd_rt.runtime import aim
+
+    s = aim.read_aim(src)
+    data = np.asarray(s.data[:slices], dtype=np.float32)
+    small = np.stack([cv2.resize(k, (k.shape[1] // factor, k.shape[0] // factor), interpolation=cv2.INTER_AREA)
+                      for k in data]).round().astype(np.int16)
+    el = s.header.element_size_mm
+    hdr = dataclasses.replace(s.header, element_size_mm=(el[0] * factor, el[1] * factor, el[2]))
+    aim.write_aim(dst, small, hdr)
+    return dst

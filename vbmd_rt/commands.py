@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -46,22 +47,30 @@ def run(
     scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder, or classical (default: the bundled network)."),
-    backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx or onnxruntime."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx, onnxruntime or torch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     side: str = typer.Option("auto", "--side", help="auto (detected), left or right."),
     report: str | None = typer.Option(None, "--report", help="Also write a report: html."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo scans whose outputs exist (default: skip them)."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM (probability x100)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Run on Dask: local, or tcp://HOST:PORT of a scheduler."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes of --cluster local."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Retries of a crashed scan on Dask."),
+    num_parts: int = typer.Option(1, "--num-parts", min=1, help="Split the cohort into N parts (e.g. a SLURM array)..."),
+    part_id: int = typer.Option(0, "--part-id", min=0, help="...and run part K (0-based)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
-    """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png."""
+    """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png, summary.csv.
+
+    Scans whose outputs exist and are valid are skipped (--overwrite redoes them), so a cohort resumes
+    where it stopped.
+    """
     from rich.progress import Progress
 
-    from vbmd_rt.runtime import backends, pipeline
+    from vbmd_rt.runtime import cohort, pipeline
     from vbmd_rt.runtime.atomic import check_writable_dir
     from vbmd_rt.runtime.errors import VbmdInputError
-    from vbmd_rt.runtime.model import load_model
 
     if report not in (None, "html"):
         raise typer.BadParameter("--report takes html")
@@ -71,49 +80,65 @@ def run(
     files = pipeline.expand_inputs(scans)
     if not files:
         raise VbmdInputError(scans[0], "holds no scan files (*.AIM, *.ISQ)", "give scan files or a folder of them")
-    mdl = load_model(model)
-    be = _backend(backends, mdl, backend, device, threads)
-    if not quiet:
-        typer.echo(f"backend: {be.name} ({be.precision})" + (f" - {be.reason}" if be.reason else ""), err=True)
+    files = cohort.shard(files, num_parts, part_id)
     options = pipeline.RunOptions(side=side, report_html=report == "html", overwrite=overwrite, save_prob=save_prob)
-    failed_input, failed_internal = 0, 0
-    be.activate()
-    try:
-        with Progress(disable=quiet, transient=True) as bar:
-            task = bar.add_task("scans", total=len(files))
-            for i, f in enumerate(files):
-                def stage(s, i=i):
-                    bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
-                try:
-                    r = pipeline.run_scan(f, out, mdl, be, options, stage=stage)
-                except VbmdInputError as e:
-                    failed_input += 1
-                    typer.echo(f"vbmd-rt: error: {e}", err=True)
-                except Exception as e:  # noqa: BLE001 - one bad scan must not stop the batch
-                    failed_internal += 1
-                    typer.echo(f"vbmd-rt: internal error on {f}: {e.__class__.__name__}: {e}", err=True)
-                    _debug_traceback()
-                else:
-                    if not quiet:
-                        d = r["d100_mg_ha_cm3"]
-                        bar.console.print(
-                            f"{f.name}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, "
-                            f"{r['bone_volume_mm3']:.0f} mm3, {r['slices']} slices, {r['side'] or '?'} hand, "
-                            f"{r['timings_s']['total']:.1f} s" + "".join(f"\n  warning: {w}" for w in r["warnings"]))
-                bar.advance(task)
-    finally:
-        be.deactivate()
-    if failed_input or failed_internal:
-        typer.echo(f"vbmd-rt: {failed_input + failed_internal} of {len(files)} scans failed", err=True)
-        raise typer.Exit(1 if failed_internal else 2)
+    job = cohort.Job(model=None if model is None else str(model), backend=backend, device=device, threads=threads,
+                     options=options, backend_factory=torch_backend if backend == "torch" else None)
+
+    with Progress(disable=quiet, transient=True) as bar:
+        task = bar.add_task("scans", total=len(files))
+
+        def on_row(r):
+            _print_row(r, quiet, bar.console.print)
+            bar.advance(task)
+
+        if cluster:
+            if not quiet:
+                typer.echo(f"{len(files)} scans on Dask ({cluster})", err=True)
+            rows = cohort.run_dask(files, out, job, cluster, retries=retries, workers=workers, on_row=on_row)
+        else:
+            mdl, be = cohort.load_job(job)
+            if not quiet:
+                typer.echo(f"backend: {be.name} ({be.precision})" + (f" - {be.reason}" if be.reason else ""), err=True)
+
+            def stage(i, s):
+                bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
+
+            rows = cohort.run_local(files, out, mdl, be, options, on_row=on_row, stage=stage)
+    failed = [r for r in rows if r["status"] == "failed"]
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
+        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id)
+        if not quiet:
+            typer.echo(f"summary: {csv_path}", err=True)
+    if skipped and not quiet:
+        typer.echo(f"{skipped} of {len(rows)} scans skipped: their outputs exist (--overwrite redoes them)", err=True)
+    if failed:
+        typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
+        raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
 
 
-def _backend(backends, mdl, name: str, device: str, threads):
-    if name == "torch":  # PyTorch on the exported weights (train extra); never imported by the runtime
-        from vbmd_rt.export.torch_backend import TorchBackend
+def _print_row(r: dict, quiet: bool, echo) -> None:
+    if r["status"] == "failed":
+        prefix = "error" if r["error_kind"] == "input" else f"internal error on {r['scan']}"
+        typer.echo(f"vbmd-rt: {prefix}: {r['error']}", err=True)
+        if r["error_kind"] == "internal":
+            _debug_traceback()
+        return
+    if quiet:
+        return
+    d = r["d100_mg_ha_cm3"]
+    tail = "skipped (outputs exist)" if r["status"] == "skipped" else f"{r['total_s']:.1f} s"
+    echo(f"{r['scan']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
+         f"{r['slices']} slices, {r['side'] or '?'} hand, {tail}"
+         + "".join(f"\n  warning: {w}" for w in (r["warnings"] or "").split(" | ") if w))
 
-        return TorchBackend.from_model(mdl, device)
-    return backends.create(name, mdl, device, threads=threads)
+
+def torch_backend(model, device):
+    """``--backend torch``: PyTorch on the exported weights (train extra); the runtime never imports it."""
+    from vbmd_rt.export.torch_backend import TorchBackend
+
+    return TorchBackend.from_model(model, device)
 
 
 def _debug_traceback() -> None:
@@ -176,3 +201,57 @@ def export(
     c = card["export_checks"]
     typer.echo(f"{out}: {card['architecture']}, {card['parameters']} parameters; ONNX FP32 vs torch max "
                f"{c['fp32_vs_torch_max_abs']:.1e}, FP16 vs FP32 mask Dice {c['fp16_vs_fp32_mask_dice_min']:.5f}")
+
+
+@app.command()
+def watch(
+    in_dir: Path = typer.Argument(..., help="Folder the scanner writes scans into."),
+    out: Path = typer.Argument(..., help="Output folder (results, failed/, .vbmd-rt/ journal and health)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder, or classical."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx or onnxruntime."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    report: str | None = typer.Option(None, "--report", help="Also write a report: html."),
+    save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    stable_for: float = typer.Option(10.0, "--stable-for", help="Seconds a file's size must stay the same before "
+                                     "it counts as arrived (0: only a NAME.AIM.done marker counts)."),
+    poll: float = typer.Option(2.0, "--poll", min=0.05, help="Seconds between looks at the input folder."),
+    move_done: Path | None = typer.Option(None, "--move-done", help="Move finished scans (and markers) here."),
+    once: bool = typer.Option(False, "--once", help="Process what is in the folder, then exit."),
+):
+    """Serve a folder: every scan that arrives in IN is processed exactly once into OUT (SIGTERM stops)."""
+    from vbmd_rt.runtime import cohort, pipeline, service
+
+    if report not in (None, "html"):
+        raise typer.BadParameter("--report takes html")
+    options = pipeline.RunOptions(report_html=report == "html", overwrite=True, save_prob=save_prob)
+    job = cohort.Job(model=None if model is None else str(model), backend=backend, device=device, threads=threads,
+                     options=options)
+    mdl, be = cohort.load_job(job)
+
+    def log(msg: str) -> None:
+        typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", err=True)
+
+    w = service.Watcher(in_dir, out, lambda p: pipeline.run_scan(p, out, mdl, be, options), options,
+                        stable_for=stable_for, poll=poll, move_done=move_done, log=log)
+    w.install_signal_handlers()
+    log(f"vbmd-rt watch: {in_dir} -> {out}; backend {be.name} ({be.precision}); model {mdl.name}")
+    be.activate()
+    try:
+        counts = w.run(once=once)
+    finally:
+        be.deactivate()
+    log(f"stopped: {counts.done} done, {counts.failed} failed, {counts.recovered} recovered")
+
+
+@app.command()
+def health(
+    out: Path = typer.Argument(..., help="The output folder of a running `vbmd-rt watch`."),
+    max_age: float = typer.Option(120.0, "--max-age", help="Seconds after which a silent service counts as dead."),
+):
+    """Exit 0 when the watch service on OUT is alive (for a container HEALTHCHECK), 1 otherwise."""
+    from vbmd_rt.runtime.service import health as check
+
+    ok, msg = check(out, max_age)
+    typer.echo(msg, err=not ok)
+    raise typer.Exit(0 if ok else 1)

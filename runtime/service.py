@@ -1,0 +1,309 @@
+"""``vbmd-rt watch IN OUT``: the workstation service. Scans arrive from the scanner in IN; results appear
+in OUT without anyone typing.
+
+* **Exactly once, across restarts.** ``OUT/.vbmd-rt/journal.jsonl`` records ``start``, then ``done`` or
+  ``failed`` for each scan, keyed by its name, size and modification time (fsynced before and after the
+  work). A scan that was started but not finished (the service was killed) has whatever it left in OUT
+  removed and is done again; a scan done or failed is not taken again unless the file changes.
+* **Arrival.** A file counts as arrived when ``NAME.AIM.done`` (the marker) appears beside it, or when
+  its size and modification time have not changed for ``stable_for`` seconds; a half-copied file is
+  never read. Hidden files, markers and masks are not scans.
+* **Failures** go to ``OUT/failed/NAME.error.json`` (reason and kind, no patient data) and the journal;
+  the service goes on. Inputs are never moved, changed or deleted unless ``move_done`` is given.
+* **Safety.** Symlinks and names that would leave IN are refused. One service per OUT (a lock file).
+* **Health.** ``OUT/.vbmd-rt/health.json`` is rewritten at every poll (state, counts, time): the
+  container's HEALTHCHECK runs ``vbmd-rt health OUT``, which fails when it is stale.
+* **Stop.** SIGTERM or SIGINT: the scan being processed is finished, then the service exits 0.
+
+Log lines name scans by file name only; the processing log's patient fields never reach them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vbmd_rt.runtime import pipeline
+from vbmd_rt.runtime.atomic import atomic_write_bytes, check_writable_dir
+from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+
+from vbmd_rt import __version__
+
+STATE_DIR = ".vbmd-rt"
+MARKER = ".done"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Journal:
+    """Append-only JSON lines; the last event per scan wins. A torn last line (a kill mid-write) is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.state: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    e = json.loads(line)
+                    self.state[e["name"]] = e
+                except (ValueError, KeyError, TypeError):
+                    continue
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the service's life
+
+    def record(self, event: str, name: str, key: str, **extra) -> None:
+        e = {"event": event, "name": name, "key": key, "time": _now(), **extra}
+        self._f.write(json.dumps(e) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.state[name] = e
+
+    def unfinished(self) -> list[dict]:
+        return [e for e in self.state.values() if e["event"] == "start"]
+
+    def settled(self, name: str, key: str) -> bool:
+        e = self.state.get(name)
+        return e is not None and e["key"] == key and e["event"] in ("done", "failed")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@dataclass
+class Counts:
+    done: int = 0
+    failed: int = 0
+    recovered: int = 0
+    started: str = field(default_factory=_now)
+
+
+class Watcher:
+    """Polls IN, processes arrived scans with ``process(path) -> result dict`` into OUT."""
+
+    def __init__(self, in_dir: str | Path, out_dir: str | Path, process, options: pipeline.RunOptions | None = None,
+                 stable_for: float = 10.0, poll: float = 2.0, move_done: str | Path | None = None, log=print):
+        self.in_dir = Path(in_dir)
+        self.out = Path(out_dir)
+        self.process = process
+        self.options = options or pipeline.RunOptions()
+        self.stable_for = stable_for
+        self.poll = poll
+        self.move_done = Path(move_done) if move_done else None
+        self.log = log
+        self.stop = threading.Event()
+        self.counts = Counts()
+        self._seen: dict[str, tuple[str, float]] = {}  # name -> (key, first time this key was seen)
+        self._refused: set[tuple[str, str]] = set()
+        if not self.in_dir.is_dir():
+            raise VbmdInputError(self.in_dir, "input folder does not exist or is not a folder", "give the folder the scanner writes to")
+        check_writable_dir(self.out)
+        if self.move_done:
+            check_writable_dir(self.move_done)
+        self.state = check_writable_dir(self.out / STATE_DIR)
+        self.failed_dir = self.out / "failed"
+        self._lock = self._take_lock()
+        self.journal = Journal(self.state / "journal.jsonl")
+
+    # ------------------------------------------------------------------ setup
+    def _take_lock(self):
+        import fcntl
+
+        f = open(self.state / "lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise OutputError(self.out, "another vbmd-rt watch already serves this output folder",
+                              "stop it first, or give another OUT") from None
+        return f
+
+    def recover(self) -> None:
+        """Scans started but not finished (the service was killed): remove what they left, do them again."""
+        for e in self.journal.unfinished():
+            name = pipeline.scan_name(Path(e["name"]))
+            self._remove_outputs(name)
+            self.journal.record("abandoned", e["name"], e["key"])
+            self.counts.recovered += 1
+            self.log(f"recovered: {e['name']} was cut off; its partial outputs were removed and it will be redone")
+        for tmp in self.out.glob(".*.tmp-*"):  # temporaries of atomic writes cut off by a kill
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _remove_outputs(self, name: str) -> None:
+        from vbmd_rt.runtime.cohort import remove_partial
+
+        remove_partial(name, self.out, pipeline.RunOptions(report_html=True, save_prob=True))
+
+    # ------------------------------------------------------------------ one pass
+    def _key(self, st: os.stat_result) -> str:
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def candidates(self) -> list[tuple[Path, str]]:
+        """Arrived scans not yet settled, oldest first; refuses (once) what must not be read."""
+        found = []
+        now = time.monotonic()
+        try:
+            entries = list(os.scandir(self.in_dir))
+        except OSError as e:
+            self.log(f"warning: cannot list the input folder ({e.strerror}); retrying")
+            return []
+        names = {e.name for e in entries}
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name.endswith(MARKER):
+                continue
+            p = Path(entry.path)
+            if not pipeline.is_scan_file(p):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished
+            key = self._key(st)
+            if self.journal.settled(name, key):
+                continue
+            if entry.is_symlink() or os.sep in name or name in ("..", ".") or \
+                    not p.resolve().is_relative_to(self.in_dir.resolve()):
+                if (name, key) not in self._refused:
+                    self._refused.add((name, key))
+                    self._fail(p, key, "input", "is a symbolic link or leaves the input folder: refused",
+                               "copy the scan itself into the input folder")
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            marker = name + MARKER in names
+            first = self._seen.get(name)
+            if first is None or first[0] != key:
+                self._seen[name] = (key, now)
+                first = self._seen[name]
+            if marker or (self.stable_for > 0 and now - first[1] >= self.stable_for):
+                found.append((st.st_mtime_ns, p, key))
+        return [(p, key) for _, p, key in sorted(found)]
+
+    def handle(self, path: Path, key: str) -> bool:
+        """Process one arrived scan; True when done."""
+        name = path.name
+        try:  # the file may have changed since it was listed: then it has not arrived yet
+            if self._key(path.stat(follow_symlinks=False)) != key:
+                return False
+        except OSError:
+            return False
+        self._remove_outputs(pipeline.scan_name(path))  # e.g. a changed scan of the same name: redo it whole
+        self.journal.record("start", name, key)
+        self.write_health("processing")
+        t0 = time.perf_counter()
+        try:
+            result = self.process(path)
+        except VbmdInputError as e:
+            self._fail(path, key, "input", e.problem, e.fix, shown=str(e))
+            return False
+        except Exception as e:  # noqa: BLE001 - one bad scan must not stop the service
+            self._fail(path, key, "internal", f"{type(e).__name__}: {e}", "report this with the scan's header "
+                       "(vbmd-rt info); set VBMD_RT_DEBUG=1 for a traceback")
+            if os.environ.get("VBMD_RT_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            return False
+        with contextlib.suppress(OSError):
+            (self.failed_dir / f"{pipeline.scan_name(path)}.error.json").unlink()  # an earlier failure is stale
+        self.journal.record("done", name, key, d100_mg_ha_cm3=result.get("d100_mg_ha_cm3"),
+                            seconds=round(time.perf_counter() - t0, 3))
+        self.counts.done += 1
+        d = result.get("d100_mg_ha_cm3")
+        self.log(f"done: {name}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, "
+                 f"{time.perf_counter() - t0:.1f} s")
+        if self.move_done:
+            self._move(path)
+        return True
+
+    def _fail(self, path: Path, key: str, kind: str, problem: str, fix: str | None, shown: str | None = None):
+        name = path.name
+        err = {"scan": name, "kind": kind, "reason": problem, "fix": fix, "time": _now(),
+               "vbmd_rt_version": __version__}
+        try:
+            check_writable_dir(self.failed_dir)
+            atomic_write_bytes(self.failed_dir / f"{pipeline.scan_name(path)}.error.json",
+                               (json.dumps(err, indent=2) + "\n").encode())
+        except VbmdInputError as e:
+            self.log(f"warning: cannot write the failed list ({e})")
+        self._remove_outputs(pipeline.scan_name(path))
+        self.journal.record("failed", name, key, kind=kind)
+        self.counts.failed += 1
+        self.log(f"failed: {shown or f'{name}: {problem}'}")
+
+    def _move(self, path: Path) -> None:
+        try:
+            shutil.move(str(path), str(self.move_done / path.name))
+            marker = path.with_name(path.name + MARKER)
+            if marker.exists():
+                shutil.move(str(marker), str(self.move_done / marker.name))
+        except OSError as e:
+            self.log(f"warning: {path.name} is done but could not be moved ({e.strerror})")
+
+    def write_health(self, status: str) -> None:
+        h = {"status": status, "pid": os.getpid(), "time": time.time(), "time_iso": _now(),
+             "done": self.counts.done, "failed": self.counts.failed, "recovered": self.counts.recovered,
+             "since": self.counts.started, "in": str(self.in_dir), "vbmd_rt_version": __version__}
+        with contextlib.suppress(VbmdInputError):
+            atomic_write_bytes(self.state / "health.json", (json.dumps(h) + "\n").encode())
+
+    # ------------------------------------------------------------------ loop
+    def run(self, once: bool = False) -> Counts:
+        """Serve until stopped (SIGTERM/SIGINT or ``self.stop``); with ``once``, until IN has nothing left."""
+        self.recover()
+        try:
+            while not self.stop.is_set():
+                self.write_health("idle")
+                todo = self.candidates()
+                for path, key in todo:
+                    if self.stop.is_set():
+                        break
+                    self.handle(path, key)
+                if once and not todo and not self._waiting():
+                    break
+                if not todo:
+                    self.stop.wait(self.poll)
+        finally:
+            self.write_health("stopped")
+            self.journal.close()
+            self._lock.close()
+        return self.counts
+
+    def _waiting(self) -> bool:
+        """Files seen that have not arrived yet (``once`` waits for them to settle, or their marker)."""
+        if self.stable_for <= 0:
+            return False
+        return any(not self.journal.settled(n, k) and (n, k) not in self._refused for n, (k, _) in self._seen.items()
+                   if (self.in_dir / n).exists())
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum, frame):
+            self.log(f"signal {signal.Signals(signum).name}: finishing the current scan, then stopping")
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+
+def health(out: str | Path, max_age: float = 120.0) -> tuple[bool, str]:
+    """Is the service serving ``out`` alive? (fresh health file, not stopped)."""
+    p = Path(out) / STATE_DIR / "health.json"
+    try:
+        h = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False, f"{p}: no health file (is vbmd-rt watch running on this folder?)"
+    age = time.time() - float(h.get("time", 0))
+    if h.get("status") == "stopped":
+        return False, f"service stopped {age:.0f} s ago (done {h.get('done')}, failed {h.get('failed')})"
+    if age > max_age:
+        return False, f"health file is {age:.0f} s old (limit {max_age:.0f} s): the service is stuck or gone"
+    return True, f"{h.get('status')}: done {h.get('done')}, failed {h.get('failed')}, last beat {age:.0f} s ago"

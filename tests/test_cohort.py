@@ -1,0 +1,146 @@
+"""Cohorts: resume, shards, the summary, and Dask (LocalCluster in this process's machine)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from vbmd_rt.runtime import cohort, phantom
+
+from tests.conftest import tiny_scan
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    phantom.synth(src, 1, seed=77)
+    d = tmp_path_factory.mktemp("cohort")
+    for i in range(6):
+        tiny_scan(src / "PHANTOM_0000.AIM", d / f"P{i}.AIM", slices=20 + i)
+    return d
+
+
+def _summary(out, name="summary.csv"):
+    with open(out / name, newline="") as f:
+        return {r["scan"]: r for r in csv.DictReader(f)}
+
+
+def test_shards_cover_the_cohort_once(tmp_path):
+    files = [tmp_path / f"S{i}.AIM" for i in (5, 3, 9, 1, 0, 7, 2)]
+    parts = [cohort.shard(files, 3, k) for k in range(3)]
+    flat = [p for part in parts for p in part]
+    assert sorted(flat) == sorted(files) and len(flat) == len(files)
+    assert parts == [cohort.shard(list(reversed(files)), 3, k) for k in range(3)]  # the same on every node
+    with pytest.raises(cohort.VbmdInputError, match="part-id"):
+        cohort.shard(files, 3, 3)
+
+
+def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
+    out = tmp_path / "out"
+    r = cli("run", scans, "-o", out, "--model", "classical", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = _summary(out)
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}
+    assert all(float(r["d100_mg_ha_cm3"]) > 0 and r["backend"] == "classical" for r in rows.values())
+    # A scan cut off after its mask was written (no JSON), and a temporary left by the kill.
+    (out / "P2.json").unlink()
+    (out / ".P2.png.tmp-abc").write_bytes(b"x")
+    seg = (out / "P2_SEG.AIM").stat().st_mtime_ns
+    keep = (out / "P0.json").read_bytes()
+    r = cli("run", scans, "-o", out, "--model", "classical")
+    assert r.returncode == 0, r.stderr
+    rows = _summary(out)
+    assert [n for n, r in rows.items() if r["status"] == "done"] == ["P2.AIM"]
+    assert sum(r["status"] == "skipped" for r in rows.values()) == 5 and "5 of 6 scans skipped" in r.stderr
+    assert (out / "P2.json").exists() and (out / "P2_SEG.AIM").stat().st_mtime_ns != seg
+    assert not list(out.glob(".P2*")) and (out / "P0.json").read_bytes() == keep
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scans"] == 6 and summary["skipped"] == 5 and summary["d100_mg_ha_cm3"]["n"] == 6
+    r = cli("run", scans, "-o", out, "--model", "classical", "--overwrite", "-q")
+    assert r.returncode == 0 and {r["status"] for r in _summary(out).values()} == {"done"}
+
+
+def test_an_invalid_result_is_not_taken_for_done(scans, tmp_path):
+    out = tmp_path / "out"
+    assert cli("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
+    options = cohort.pipeline.RunOptions()
+    assert cohort.existing_result(scans / "P0.AIM", out, options) is not None
+    (out / "P0_SEG.AIM").write_bytes(b"garbage")
+    assert cohort.existing_result(scans / "P0.AIM", out, options) is None
+    r = cli("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q")
+    assert r.returncode == 2 and "--overwrite" in r.stderr  # the JSON is kept: the user decides
+
+
+def test_parts_write_their_own_summaries(scans, tmp_path):
+    out = tmp_path / "out"
+    for k in range(2):
+        r = cli("run", scans, "-o", out, "--model", "classical", "-q", "--num-parts", 2, "--part-id", k)
+        assert r.returncode == 0, r.stderr
+    a, b = _summary(out, "summary.part-0-of-2.csv"), _summary(out, "summary.part-1-of-2.csv")
+    assert len(a) == len(b) == 3 and not set(a) & set(b)
+    assert len(list(out.glob("P*.json"))) == 6
+
+
+def test_dask_local_cluster_with_a_bad_scan(scans, tmp_path):
+    pytest.importorskip("distributed")
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        (d / f"P{i}.AIM").write_bytes((scans / f"P{i}.AIM").read_bytes())
+    (d / "BAD.AIM").write_bytes(b"not an aim" * 50)
+    out = tmp_path / "out"
+    r = cli("run", d, "-o", out, "--model", "classical", "--cluster", "local", "--workers", "2", "-q")
+    assert r.returncode == 2, r.stderr  # one bad scan: input error, the others are done
+    rows = _summary(out)
+    assert rows["BAD.AIM"]["status"] == "failed" and rows["BAD.AIM"]["error_kind"] == "input"
+    assert all(rows[f"P{i}.AIM"]["status"] == "done" for i in range(3))
+    assert "BAD.AIM" in r.stderr and "1 of 4 scans failed" in r.stderr
+
+
+def test_a_killed_dask_worker_has_its_scans_redone(tmp_path_factory, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    src = tmp_path_factory.mktemp("big")
+    phantom.synth(src, 1, seed=77)
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(6):  # the network on small phantoms: seconds per scan, so the kill lands mid-cohort
+        os.link(src / "PHANTOM_0000.AIM", d / f"W{i}.AIM")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        pids = list(client.run(os.getpid).values())
+        out = tmp_path / "out"
+        killed = threading.Event()
+
+        def kill_one():
+            if _wait_for(lambda: len(list(out.glob("*.json"))) >= 1, 120):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.set()
+
+        t = threading.Thread(target=kill_one)
+        t.start()
+        job = cohort.Job(model=None, backend="onnxruntime", device="cpu", threads=1)
+        rows = cohort.run_dask(sorted(d.iterdir()), out, job, cluster=lc.scheduler_address, retries=1)
+        t.join()
+    assert killed.is_set()
+    assert [r["status"] for r in rows] == ["done"] * 6, rows
+    assert len(list(out.glob("W*.json"))) == 6 and not list(out.glob(".*tmp*"))
+    cohort.write_summary(out, rows)
+    assert len(_summary(out)) == 6
+
+
+def _wait_for(cond, timeout):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
