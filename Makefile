@@ -3,7 +3,7 @@
 #   make test   set up from nothing and run the tests
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev,train,cluster
+EXTRAS ?= dev,train,cluster,eval
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 

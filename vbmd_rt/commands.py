@@ -255,3 +255,22 @@ def health(
     ok, msg = check(out, max_age)
     typer.echo(msg, err=not ok)
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command(name="eval")
+def eval_(
+    pred: Path = typer.Option(..., "--pred", help="Output folder of `vbmd-rt run` (NAME.json, NAME_SEG.AIM, NAME_PROB.AIM)."),
+    truth: Path = typer.Option(..., "--truth", help="Scans with expert masks (NAME.AIM + NAME_GT.AIM/_MASK/.GOBJ) or a CSV."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder: eval.json, eval.md, cases.csv, plots."),
+    d100_cases: int | None = typer.Option(None, "--d100-cases", min=3, help="D100 statistics on the first N cases."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Agreement with expert contours: Dice, IoU, accuracy, AUC, HD95; D100 Pearson/Spearman/ICC/Bland-Altman."""
+    from vbmd_rt.export.evaluate import evaluate_outputs, markdown, write_report
+
+    report = evaluate_outputs(pred, truth, d100_cases=d100_cases, log=None if quiet else (lambda s: typer.echo(s, err=True)))
+    files = write_report(report, out)
+    if not quiet:
+        typer.echo(markdown(report))
+        if not any(f.suffix == ".png" for f in files):
+            typer.echo("(plots need matplotlib: pip install 'vbmd-rt[eval]')", err=True)

@@ -1,0 +1,109 @@
+"""`vbmd-rt eval`: each metric and statistic against scipy or hand-computed values, then end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import spatial, stats
+from vbmd_rt.export import metrics
+from vbmd_rt.runtime import aim, measure, phantom
+
+
+def test_overlap_by_hand():
+    p = np.zeros((2, 4, 4), np.uint8)
+    t = np.zeros_like(p)
+    p[0, :2, :2] = 1  # 4 voxels
+    t[0, :2, 1:3] = 1  # 4 voxels, 2 shared
+    o = metrics.overlap(p, t)
+    assert (o["tp"], o["fp"], o["fn"]) == (2, 2, 2)
+    assert o["dice"] == pytest.approx(0.5) and o["iou"] == pytest.approx(2 / 6)
+    assert o["accuracy"] == pytest.approx(28 / 32)
+    assert o["dice"] == pytest.approx(measure.dice(p, t))
+
+
+def test_auc_equals_mann_whitney_with_ties():
+    rng = np.random.default_rng(3)
+    truth = rng.random((3, 20, 20)) < 0.3
+    score = np.clip(np.rint(np.where(truth, 60, 40) + rng.normal(0, 15, truth.shape)), 0, 100).astype(np.uint8)
+    u = stats.mannwhitneyu(score[truth], score[~truth]).statistic
+    assert metrics.auc_from_levels(score, truth) == pytest.approx(u / (truth.sum() * (~truth).sum()), abs=1e-12)
+    assert metrics.auc_from_levels(truth.astype(np.uint8) * 100, truth) == 1.0
+    assert metrics.auc_from_levels(score, np.zeros_like(truth)) is None
+
+
+def _brute_hd95(p, t, spacing):
+    def surf(m):
+        return np.argwhere(metrics._surface(m)) * np.asarray(spacing)
+    d = spatial.distance.cdist(surf(p), surf(t))
+    return max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95))
+
+
+def test_hd95_against_brute_force():
+    zz, yy, xx = np.mgrid[:16, :24, :24]
+    a = (zz - 8) ** 2 + (yy - 12) ** 2 + (xx - 11) ** 2 < 36
+    b = ((zz - 8) ** 2 + (yy - 12) ** 2 + (xx - 13) ** 2 < 30) | ((zz == 8) & (yy == 12) & (xx > 12) & (xx < 22))
+    spacing = (0.5, 0.25, 0.25)
+    assert metrics.hd95(a, b, spacing) == pytest.approx(_brute_hd95(a, b, spacing))
+    assert metrics.hd95(a, a, spacing) == 0.0
+    assert metrics.hd95(a, np.zeros_like(a), spacing) is None
+
+
+def test_icc_against_shrout_fleiss():
+    # Shrout & Fleiss (1979), Table 2: six targets rated by four judges.
+    x = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]])
+    r = metrics.icc(x)
+    assert r["icc_a1"] == pytest.approx(0.29, abs=0.005)  # ICC(2,1)
+    assert r["icc_c1"] == pytest.approx(0.71, abs=0.005)  # ICC(3,1)
+
+
+def test_agreement_by_hand():
+    truth = np.array([250.0, 300.0, 280.0, 200.0, 350.0, 310.0])
+    pred = truth - 12 + np.array([1.0, -2.0, 0.5, 3.0, -1.5, -1.0])
+    a = metrics.agreement(pred, truth)
+    diff = pred - truth
+    assert a["bland_altman"]["bias"] == pytest.approx(diff.mean())
+    assert a["bland_altman"]["loa_high"] - a["bland_altman"]["loa_low"] == pytest.approx(2 * 1.96 * diff.std(ddof=1))
+    assert a["pearson_r"] == pytest.approx(np.corrcoef(pred, truth)[0, 1])
+    assert a["spearman_rho"] == pytest.approx(1.0)  # the ranks are kept
+    assert a["icc_c1"] > a["icc_a1"]  # a 12 mg bias costs absolute agreement, not consistency
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    d = tmp_path_factory.mktemp("truth")
+    phantom.synth(d, 3, seed=78)
+    pred = tmp_path_factory.mktemp("pred")
+    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", d, "-o", pred, "--model", "classical", "--save-prob",
+                        "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path_factory.mktemp("report")
+    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "eval", "--pred", pred, "--truth", d, "-o", rep],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return d, pred, rep, r.stdout
+
+
+def test_eval_end_to_end(evaluated):
+    d, pred, rep, stdout = evaluated
+    report = json.loads((rep / "eval.json").read_text())
+    assert len(report["cases"]) == 3 and "| IoU | Dice |" in stdout
+    for c in report["cases"]:  # the report's Dice is the mask's Dice at native resolution
+        truth = aim.read_aim(d / f"{c['name']}_GT.AIM").data
+        mask = aim.read_aim(pred / f"{c['name']}_SEG.AIM").data
+        assert c["dice"] == pytest.approx(measure.dice(mask, truth))
+        assert 0.5 < c["auc"] <= 1.0 and c["hd95_mm"] >= 0
+        true_d100 = json.loads((d / f"{c['name']}.truth.json").read_text())["d100_mg_ha_cm3"]
+        assert c["d100_true"] == pytest.approx(true_d100)
+    assert report["d100"]["n"] == 3 and "ICC(A,1)" in report["d100"]["icc_form"]
+    for f in ("eval.md", "cases.csv", "d100_scatter.png", "bland_altman.png"):
+        assert (rep / f).stat().st_size > 0
+    assert (rep / "bland_altman.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_with_nothing_to_compare(evaluated, tmp_path):
+    d, _, _, _ = evaluated
+    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "eval", "--pred", tmp_path, "--truth", d, "-o",
+                        tmp_path / "rep"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no results" in r.stderr and "Traceback" not in r.stderr
