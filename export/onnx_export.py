@@ -250,3 +250,24 @@ def export(checkpoint: str | Path | None, out: str | Path, extra_card: dict | No
     atomic_write_bytes(out / CARD_NAME, (json.dumps(card, indent=2) + "\n").encode(), overwrite=True)
     return card
 
+
+
+def export_untrained(arch: str, out: str | Path, seed: int = 0) -> dict:
+    """A randomly initialised ``arch`` exported with a complete card: for latency benchmarks and engine-build
+    tests, where the weights do not matter. The card says it is untrained."""
+    from vbmd_rt.export.train import ARCH_DEFAULTS
+    from vbmd_rt.runtime.preprocess import Spec
+
+    d = ARCH_DEFAULTS[arch]
+    torch.manual_seed(seed)
+    net = nets.build(arch)
+    card = {"architecture": arch, "config": getattr(net, "config", None),
+            "preprocessing": Spec(size=512, z_mode=d["z_mode"], multiple=d["multiple"], crop=d["crop"]).to_dict(),
+            "threshold": 0.5, "window": {"slices": d["window"], "overlap": 16 if arch == "unet3d" else 0},
+            "intended_use": "UNTRAINED: random weights, for latency benchmarks only"}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".untrained-") as tmp:
+        ck = Path(tmp) / "untrained.pt"
+        torch.save({"card": card, "model": net.state_dict()}, ck)
+        return export(ck, out, check_cases=1, name=f"untrained-{arch}")

@@ -274,3 +274,26 @@ def eval_(
         typer.echo(markdown(report))
         if not any(f.suffix == ".png" for f in files):
             typer.echo("(plots need matplotlib: pip install 'vbmd-rt[eval]')", err=True)
+
+
+@app.command()
+def bench(
+    out: Path | None = typer.Option(None, "--out", "-o", help="Save the results as JSON here."),
+    size: str = typer.Option("full", "--size", help="full (1536 x 1536, the paper's setting) or small."),
+    runs: int = typer.Option(5, "--runs", min=1, help="Measured runs per backend (after the warm-up)."),
+    warmup: int = typer.Option(1, "--warmup", min=0),
+    backends: str | None = typer.Option(None, "--backends", help="Comma list, e.g. onnxruntime,classical (default: all here)."),
+    model2d: Path | None = typer.Option(None, "--model2d", help="An exported 2D model for the per-slice latency."),
+    no_network: bool = typer.Option(False, "--no-network", help="Skip the network-only latency and FLOPs."),
+    no_2d: bool = typer.Option(False, "--no-2d", help="Skip the 2D net (exporting an untrained one needs torch)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    cache: Path = typer.Option(Path(".cache/bench"), "--cache", help="Where the phantom (and the 2D net) are kept."),
+):
+    """Latency per stage vs the paper's 33 s, network-only latency, the physical floor, peak memory."""
+    from vbmd_rt.bench import suite
+
+    if size not in ("full", "small"):
+        raise typer.BadParameter("--size must be full or small")
+    suite.run(out, size=size, runs=runs, warmup=warmup, cache=cache,
+              backends=backends.split(",") if backends else None, model2d=model2d, network=not no_network,
+              threads=threads, net2d=not no_2d, log=lambda s: typer.echo(s))

@@ -1,0 +1,1 @@
+"""Benchmarks (``vbmd-rt bench`` runs ``suite``; the other modules are scripts: ``python bench/NAME.py``)."""
