@@ -3,7 +3,7 @@
 #   make test   set up from nothing and run the tests
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev,train,cluster,eval
+EXTRAS ?= dev,train,cluster,eval,rtx
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 

@@ -223,14 +223,39 @@ def cuda_device_count() -> int:
         return 0
 
 
-def find_plan(model: Model, flavour: str) -> Path | None:
-    """An engine plan for this model and flavour next to the model (written by ``vbmd-rt export --engine``)."""
-    for entry in model.card.get("engines", []):
-        if entry.get("flavour") == flavour:
-            path = model.folder / entry["path"]
-            if path.is_file():
-                return path
-    return None
+def tensorrt_backend(model: Model, flavour: str, precision: str = "fp16", log=None) -> TensorRTBackend:
+    """The TensorRT (``trt``) or TensorRT-RTX (``rtx``) backend with the plan whose key fits this machine.
+
+    No fitting plan: classic TensorRT builds one for this GPU (and caches it); TensorRT-RTX refuses with
+    the command that builds one. A plan for another TensorRT or GPU is never handed to TensorRT.
+    """
+    from vbmd_rt.runtime import engines
+
+    cc = engines.gpu_compute_capability()
+    if cc is None:
+        raise BackendError(None, f"{engines.BACKEND_NAMES[flavour]} needs a CUDA GPU and cuda-python, and none was found",
+                           "use --backend onnxruntime")
+    want = engines.key_for(model, flavour, cc, precision)
+    plan, why = engines.select(model, want)
+    if plan is None:
+        if flavour != "trt":
+            raise BackendError(model.folder, why, f"build one with `{engines.rebuild_command(model, flavour, cc)}`")
+        if log:
+            log(f"{why}: building a TensorRT engine for this GPU (sm_{cc.replace('.', '')}); it is cached")
+        plan, _ = engines.build(model, "trt", precision=precision, log=log or (lambda s: None))
+    cache = plan.with_name(plan.name + ".runtime-cache")
+    if not os.access(plan.parent, os.W_OK):
+        cache = engines.cache_dir() / cache.name
+    be = TensorRTBackend(plan, flavour, runtime_cache=cache)
+    be.precision = precision
+    return be
+
+
+def _has_plan(model: Model, flavour: str) -> bool:
+    from vbmd_rt.runtime import engines
+
+    cc = engines.gpu_compute_capability()
+    return cc is not None and engines.select(model, engines.key_for(model, flavour, cc))[0] is not None
 
 
 class NoNetwork:
@@ -250,7 +275,7 @@ class NoNetwork:
         pass
 
 
-def create(name: str, model: Model, device: str = "auto", threads: int | None = None) -> Backend:
+def create(name: str, model: Model, device: str = "auto", threads: int | None = None, log=None) -> Backend:
     """Build the backend ``name`` (one of ``BACKENDS``) for ``model`` on ``device``."""
     if model.classical:
         if name not in ("auto",):
@@ -272,11 +297,7 @@ def create(name: str, model: Model, device: str = "auto", threads: int | None = 
         if not gpus:
             raise BackendError(None, f"{name} needs a CUDA GPU and cuda-python, and none was found",
                                "use --backend onnxruntime")
-        plan = find_plan(model, flavour)
-        if plan is None:
-            raise BackendError(model.folder, f"no {name} engine for this model",
-                               f"build one with `vbmd-rt export --engine {flavour}`")
-        return TensorRTBackend(plan, flavour, runtime_cache=model.folder / f"runtime-cache-{flavour}.bin")
+        return tensorrt_backend(model, flavour, log=log)
     if name == "onnxruntime":
         if device == "auto":
             device = "cuda" if gpus and _ort_has_cuda() else "cpu"
@@ -289,10 +310,10 @@ def create(name: str, model: Model, device: str = "auto", threads: int | None = 
                 skipped.append(f"{candidate}: not installed")
             elif not gpus:
                 skipped.append(f"{candidate}: no CUDA GPU")
-            elif find_plan(model, flavour) is None:
-                skipped.append(f"{candidate}: no engine for this model")
+            elif flavour == "rtx" and not _has_plan(model, flavour):
+                skipped.append(f"{candidate}: no engine for this model and GPU")
             else:
-                b = create(candidate, model, device)
+                b = create(candidate, model, device, log=log)
                 b.reason = "; ".join(skipped + [f"{candidate}: engine and GPU found"])
                 return b
         if gpus and _ort_has_cuda():
