@@ -41,3 +41,11 @@ def tiny_scan(src: Path, dst: Path, slices: int = 24, factor: int = 4) -> Path:
     hdr = dataclasses.replace(s.header, element_size_mm=(el[0] * factor, el[1] * factor, el[2]))
     aim.write_aim(dst, small, hdr)
     return dst
+
+
+def cli(*args):
+    """``vbmd-rt ARGS`` in a fresh interpreter; the CompletedProcess (text stdout/stderr)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True)

@@ -2,17 +2,13 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from vbmd_rt.runtime import aim, classical, measure, phantom
 from vbmd_rt.runtime.model import load_model
 
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True)
+from tests.conftest import cli
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,13 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 from vbmd_rt.runtime import cohort, phantom
 
-from tests.conftest import tiny_scan
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True)
+from tests.conftest import cli, tiny_scan
 
 
 @pytest.fixture(scope="module")
