@@ -64,6 +64,39 @@ def load_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
                 loaded[key] = torch.from_numpy(inits[cand].copy())
                 break
     missing = [k for k in state if k not in loaded and not k.endswith("num_batches_tracked")]
+    # The exporter folds ``weight.view(1, C, 1, 1, 1)`` of the instance norms into initialisers named
+    # view, view_1, ...; the node that uses one names its module (metadata ``pkg.torch.onnx.name_scopes``):
+    # a Mul takes the weight, an Add the bias. The whole net is checked against ONNX Runtime below.
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes or node.op_type not in ("Mul", "Add"):
+            continue
+        for name in node.input:
+            if name in inits and not name.startswith("net."):
+                path = [s.strip(" '\"") for s in scopes.strip("[]").split(",")][-2]
+                key = f"{path.removeprefix('net.')}.{'weight' if node.op_type == 'Mul' else 'bias'}"
+                if key in missing and inits[name].size == state[key].numel():
+                    loaded[key] = torch.from_numpy(inits[name].reshape(tuple(state[key].shape)).copy())
+    missing = [k for k in missing if k not in loaded]
     if missing:
         raise ValueError(f"{onnx_path}: {len(missing)} parameters not found in the ONNX (first: {missing[0]})")
     net.load_state_dict(loaded, strict=False)
+    _verify(net, onnx_path)
+
+
+def _is3d(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
+
+
+def _verify(net: torch.nn.Module, onnx_path) -> None:
+    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU)."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 1, 16, 32, 32) if _is3d(net) else (2, 1, 64, 64)).astype(np.float32)
+    s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref = s.run(None, {s.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()  # the ONNX ends in the sigmoid
+    err = float(np.abs(got - ref).max())
+    if err > 1e-4:
+        raise ValueError(f"{onnx_path}: the weights read back differ from the ONNX by {err:.1e}")

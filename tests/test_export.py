@@ -133,3 +133,19 @@ def test_tampered_model_is_refused(tmp_path):
     with pytest.raises(ModelError, match="sha256"):
         load_model(tmp_path / "m").onnx("fp32")
     assert np.isfinite(load_model().spec.std)
+
+
+def test_torch_backend_runs_the_bundled_model_like_onnxruntime(tmp_path):
+    """`run --backend torch` loads the exported weights (the norms' folded affine parameters included,
+    found through the exporter's name scopes) and gives the masks ONNX Runtime gives."""
+    from vbmd_rt.runtime import aim, measure, phantom
+
+    from tests.conftest import cli
+
+    phantom.synth(tmp_path / "in", 1, seed=77)
+    for backend in ("torch", "onnxruntime"):
+        r = cli("run", tmp_path / "in", "-o", tmp_path / backend, "--backend", backend, "-q")
+        assert r.returncode == 0, r.stderr
+    a = aim.read_aim(tmp_path / "torch" / "PHANTOM_0000_SEG.AIM").data
+    b = aim.read_aim(tmp_path / "onnxruntime" / "PHANTOM_0000_SEG.AIM").data
+    assert measure.dice(a, b) > 0.999
