@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
@@ -93,9 +94,13 @@ def existing_result(path: Path, out: Path, options: pipeline.RunOptions) -> dict
 
 
 def remove_partial(name: str, out: Path, options: pipeline.RunOptions) -> list[Path]:
-    """Remove what a cut-off run of ``name`` left in ``out``: outputs without their JSON, and temporaries."""
+    """Remove every output of scan ``name`` from ``out`` (its JSON too, where there is one) and the
+    temporaries of their atomic writes. Only this scan's own file names: a scan P1 never touches the
+    temporaries of a P10 that another worker is writing."""
     removed = []
-    for f in output_files(name, out, options) + sorted(out.glob(f".{name}*.tmp-*")):
+    files = output_files(name, out, options)
+    temps = [t for f in files for t in sorted(out.glob(f".{glob.escape(f.name)}.tmp-*"))]
+    for f in files + temps:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
             removed.append(f)

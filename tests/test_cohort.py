@@ -138,3 +138,12 @@ def _wait_for(cond, timeout):
             return True
         time.sleep(0.05)
     return False
+
+
+def test_remove_partial_touches_only_its_own_scan(tmp_path):
+    options = cohort.pipeline.RunOptions()
+    for n in ("P1_SEG.AIM", "P1.png", ".P1.png.tmp-x1", "P10_SEG.AIM", ".P10.png.tmp-x2", ".P10_SEG.AIM.tmp-x3"):
+        (tmp_path / n).write_bytes(b"x")
+    removed = {p.name for p in cohort.remove_partial("P1", tmp_path, options)}
+    assert removed == {"P1_SEG.AIM", "P1.png", ".P1.png.tmp-x1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".P10.png.tmp-x2", ".P10_SEG.AIM.tmp-x3", "P10_SEG.AIM"]
