@@ -266,6 +266,8 @@ def floor(stage: dict, scan_bytes: int, mask_bytes: int, net: dict | None, tp: d
 def run(out_json: Path | None, size: str = "full", runs: int = 5, warmup: int = 1, seed: int = 2024,
         cache: Path = Path(".cache/bench"), backends: list[str] | None = None, model2d: Path | None = None,
         network: bool = True, threads: int | None = None, net2d: bool = True, log=print) -> dict:
+    from vbmd_rt.runtime import aim
+
     cache.mkdir(parents=True, exist_ok=True)
     scan = _phantom(cache, size, seed)
     truth = json.loads(scan.with_name("PHANTOM_0000.truth.json").read_text())
@@ -296,8 +298,7 @@ def run(out_json: Path | None, size: str = "full", runs: int = 5, warmup: int = 
         log(f"run x {warmup}+{runs}: {label} ...")
         st = stage_latency(scan, be, model, runs, warmup, threads)
         if "median" in st:
-            mask_bytes = int(np.prod([truth["scan_slices"], 1536 if size == "full" else 512,
-                                      1536 if size == "full" else 512]))
+            mask_bytes = int(np.prod(aim.read_header(scan).shape))  # the char mask: a byte a voxel
             st["ratio_to_paper_3d"] = st["median"]["total"] / PAPER_S["3d"]
             st["ratio_to_paper_2d"] = st["median"]["total"] / PAPER_S["2d"]
             st["peak_rss_over_scan"] = st["median"]["peak_rss_bytes"] / report["scan"]["bytes"]

@@ -82,7 +82,7 @@ def evaluate_case(pair: dataset.Pair, pred_dir, result: dict) -> dict:
     from vbmd_rt.export import metrics
 
     pred_dir = Path(pred_dir)
-    scan = aim.read_aim(pair.scan) if pair.scan.suffix.lower() != ".isq" else aim.read_isq(pair.scan)
+    scan = pipeline.read_scan(pair.scan)
     truth = dataset.read_mask(pair.mask, scan.header)
     pred = dataset.read_mask(pred_dir / result["mask"]["file"], scan.header)
     spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
@@ -184,10 +184,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(report: dict) -> dict[str, bytes]:
-    """D100 scatter and Bland-Altman plots as PNG bytes (matplotlib, the ``eval`` extra)."""
+def _png(fig) -> bytes:
     import io
 
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(report: dict) -> dict[str, bytes]:
+    """D100 scatter and Bland-Altman plots as PNG bytes (matplotlib, the ``eval`` extra)."""
     try:
         import matplotlib
 
@@ -207,12 +217,7 @@ def plots(report: dict) -> dict[str, bytes]:
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="reference D100 (mg HA/cm³)", ylabel="automatic D100 (mg HA/cm³)",
            title=f"r = {d['pearson_r']:.4f}, ICC(A,1) = {d['icc_a1']:.3f}")
-    for name, f in (("d100_scatter.png", fig),):
-        buf = io.BytesIO()
-        f.tight_layout()
-        f.savefig(buf, format="png")
-        out[name] = buf.getvalue()
-    plt.close(fig)
+    out["d100_scatter.png"] = _png(fig)
     ba = d["bland_altman"]
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
     ax.scatter((a + b) / 2, a - b, s=14, color="#1f77b4")
@@ -220,11 +225,7 @@ def plots(report: dict) -> dict[str, bytes]:
         ax.axhline(y, color="k", ls=style, lw=0.8)
     ax.set(xlabel="mean of the two D100 (mg HA/cm³)", ylabel="automatic − reference (mg HA/cm³)",
            title=f"bias {ba['bias']:+.2f}, limits {ba['loa_low']:+.2f} / {ba['loa_high']:+.2f}")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    out["bland_altman.png"] = buf.getvalue()
+    out["bland_altman.png"] = _png(fig)
     return out
 
 

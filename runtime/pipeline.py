@@ -128,13 +128,14 @@ def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: 
 
 def _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path):
     from vbmd_rt.runtime import classical
-    from vbmd_rt.runtime.calibration import _require
 
-    cal = _require(calibration, path)
+    if calibration is None:
+        raise CalibrationError(path, "has no density calibration, which the classical model needs to threshold",
+                               "use a network model (the default), or a calibrated scan")
     if spacing_zyx is None:
         raise ValueError("the classical model needs the voxel size (spacing_zyx)")
     with timer("inference"):
-        mask, info = classical.segment(data, spacing_zyx, cal)
+        mask, info = classical.segment(data, spacing_zyx, calibration)
     with timer("postprocess"):
         found = side if side != "auto" else detect_side(data, mask)
     info.update({"side": found, "side_source": "given" if side != "auto" else "detected"})
@@ -236,9 +237,6 @@ def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: 
         if cal is None:
             warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
     stage("segment")
-    if cal is None and model.classical:
-        raise CalibrationError(path, "has no density calibration, which the classical model needs to threshold",
-                               "use a network model (the default), or a calibrated scan")
     mask, info = segment(scan.data, model, backend, options.side, timer, keep_prob=options.save_prob,
                          spacing_zyx=scan.header.element_size_mm[::-1], calibration=cal, path=path)
     if info.get("rejected"):
