@@ -3,19 +3,20 @@
 In the spirit of Buie et al. (Bone 2007), the dual-threshold periosteal contouring that Scanco's
 semi-automatic tools follow, adapted to the MCP joint:
 
-1. Gaussian smoothing (sigma in mm, so 82 and 246 µm scans behave alike), in 3D.
-2. Two thresholds in mg HA/cm³ (converted to stored units through the scan's calibration, so no
-   float copy of the scan is made): the *high* one finds cortex, the *low* one grows it into the
-   adjacent trabecular and thin-cortex voxels (hysteresis: low voxels connected to high ones).
-3. 3D components of that bone; the metacarpals are the components that reach the proximal end of
-   the scan (the phalanges start beyond the joint); MC2 is the larger of the two at the ends of their
-   row, by shaft cross-section over the proximal slices (MC5, at the other end, is the slimmest).
-4. Slice by slice: closing with a disc to bridge pores and erosions of the cortex, hole filling (the
-   marrow and trabecular space inside the periosteal contour), and opening to drop spurs.
+1. Slice-wise Gaussian smoothing (sigma in mm, so 82 and 246 µm scans behave alike), on a grid of about
+   0.16 mm (82 µm scans are reduced 2x in-plane for this and the next steps).
+2. Two thresholds in mg HA/cm³ set from the scan's own soft-tissue and cortex levels (with floors),
+   compared in stored units through the calibration: the *high* one finds cortex, the *low* one grows
+   it into adjacent trabecular and thin-cortex voxels (hysteresis: low voxels connected to high ones).
+3. Bones tracked slice by slice from the proximal end: pieces take the label of the region they
+   overlap in the slice before, a piece touching two regions is split between them, and each bone is
+   closed and filled on its own (its convex hull where the cortex stays open).
+4. MC2 is the end of the metacarpal row with the larger head; the joint is cut where the shrinking
+   dome's cross-section jumps up (the base of the phalanx joining the tracked region).
+5. MC2's region back on the native grid, and its largest 3D component.
 
 It needs the density calibration. It stands in for the semi-automatic expert tools in comparisons and
-is a fallback where no trained model fits; it has no notion of the joint and so takes some phalanx
-where the cup touches the head.
+is a fallback where no trained model fits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from vbmd_rt.runtime.calibration import Calibration
+from vbmd_rt.runtime.segment import largest_component
 
 CARD = {
     "name": "classical",
@@ -44,7 +46,6 @@ class Params:
     min_high_mg: float = 350.0
     close_mm: float = 1.0  # slice-wise closing radius: bridges pores and small erosions
     group_mm: float = 0.5  # pieces of a new bone's cortex this close together are one bone
-    open_mm: float = 0.25  # slice-wise opening radius: drops spurs and noise
     min_volume_mm3: float = 20.0  # smaller components are noise
     hull_fill: float = 0.7  # a filled contour below this fraction of its convex hull is open: take the hull
     dome_fraction: float = 0.8  # the head's dome: cross-section below this fraction of the largest
@@ -222,8 +223,8 @@ def joint_slice(area: np.ndarray, p: Params = Params()) -> int:
 def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params()) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts, as the network path gives.
 
-    Bones are found and tracked on a grid of about 0.16 mm (2x coarser for 82 µm scans); the contour is
-    then drawn at native resolution inside MC2's coarse region.
+    Bones are found and tracked on a grid of about 0.16 mm (2x coarser for 82 µm scans); MC2's region is
+    then resampled (linear, at 0.5) onto the native grid.
     """
     px = float(np.mean(spacing_zyx[1:]))
     factor = max(1, int(round(0.16 / px)))
@@ -246,7 +247,7 @@ def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(
     for k in range(sl[0].start, sl[0].stop):
         if not mine[k].any():
             continue
-        if factor > 1:  # coarse region -> native grid: the refined contour stays within a voxel of it
+        if factor > 1:  # coarse region -> native grid
             up = cv2.resize(mine[k].astype(np.float32), (mine.shape[2] * factor, mine.shape[1] * factor),
                             interpolation=cv2.INTER_LINEAR)
             region = np.zeros(data.shape[1:], np.uint8)
@@ -255,11 +256,7 @@ def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(
         else:
             region = mine[k]
         mask[k] = region
-    keep, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count > 1:
-        sizes = np.bincount(keep.ravel())
-        sizes[0] = 0
-        mask = (keep == int(np.argmax(sizes))).astype(np.uint8)
+    mask = largest_component(mask).astype(np.uint8)
     box = [sl[0].start, sl[0].stop, ys.start, ys.stop, xs.start, xs.stop]
     return mask, {"components": n, "box": box, "empty": not mask.any(),
                   "thresholds_mg_ha_cm3": [round(v, 1) for v in levels]}
