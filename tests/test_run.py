@@ -2,20 +2,16 @@
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from vbmd_rt.runtime import aim, phantom
 from vbmd_rt.runtime.model import load_model
 
+from tests.conftest import cli
+
 KEYS = {"d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side", "backend", "model",
         "calibration", "timings_s", "scan", "mask", "warnings"}
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True)
 
 
 def sha(path):
