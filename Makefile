@@ -1,34 +1,43 @@
 # Two entry points (see README.md):
-#   make demo   set up from nothing and run the main job on a bundled example
-#   make test   set up from nothing and run the tests
+#   make demo   set up from nothing (vbmd-rt with ONNX Runtime on the CPU only) and run the main job on a
+#               bundled example
+#   make test   set up from nothing (with the test, training, cluster, eval and TensorRT-RTX extras) and run
+#               the tests
+# Every install takes its exact versions from constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev,train,cluster,eval,rtx
+EXTRAS ?= cpu,dev,train,cluster,eval,rtx
+DEMO_EXTRAS ?= cpu
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+$(VENV)/.installed-%: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip==25.3
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[$(EXTRAS)]"
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[$*]"
 	touch $@
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup demo-setup test demo bench lint typecheck clean
 setup: $(VENV)/.installed-$(EXTRAS)
+demo-setup: $(VENV)/.installed-$(DEMO_EXTRAS)
 
 test: setup
 	$(PY) -m pytest -q
 
-demo: setup
+demo: demo-setup
 	$(VENV)/bin/vbmd-rt synth demo-out/scans --cases 1 --size small --seed 7
 	$(VENV)/bin/vbmd-rt run demo-out/scans/PHANTOM_0000.AIM -o demo-out/results --report html --overwrite
 	@echo "truth: $$(grep -o '"d100_mg_ha_cm3": [0-9.]*' demo-out/scans/PHANTOM_0000.truth.json)"
 
 bench: setup
-	$(PY) bench/bench_aim_io.py
+	$(VENV)/bin/vbmd-rt bench --size full --runs 5 -o bench.json
 
 lint: setup
-	$(VENV)/bin/ruff check vbmd_rt runtime export calib bench scripts tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-out .pytest_cache .hypothesis .mypy_cache

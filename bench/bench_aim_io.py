@@ -27,7 +27,7 @@ import numpy as np
 
 
 def _make_files(folder: Path, nz: int) -> tuple[Path, Path]:
-    from vbmd_rt.runtime.aim import AimHeader, write_aim
+    from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 
     scan = folder / f"bench_{nz}.aim"
     mask = folder / f"bench_{nz}_mask.npy"
@@ -58,7 +58,7 @@ def _peak_rss() -> int:
 
 
 def _child(kind: str, scan: str, mask: str) -> None:
-    from vbmd_rt.runtime.aim import read_aim, read_header, write_aim
+    from vbmd_rt.runtime.io.aim import read_aim, read_header, write_aim
 
     t0 = time.perf_counter()
     if kind == "fromfile":
@@ -83,8 +83,9 @@ def _child(kind: str, scan: str, mask: str) -> None:
 
 
 def _run(kind, scan, mask) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(scan), str(mask)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(scan), str(mask)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -13,7 +13,7 @@ import time
 
 
 def main() -> None:
-    from vbmd_rt.runtime.phantom import synth_case
+    from vbmd_rt.synth.phantom import synth_case
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=3)
@@ -29,8 +29,10 @@ def main() -> None:
             times.append(dt)
             print(f"case {i}: {t['scan_slices']} slices, {dt:.1f} s ({dt / t['scan_slices'] * 1000:.0f} ms/slice)")
     med = statistics.median(times)
-    print(f"median {med:.1f} s per {a.size} case, min {min(times):.1f}, max {max(times):.1f}; "
-          f"ratio to the 20 s target {med / 20:.2f}")
+    print(
+        f"median {med:.1f} s per {a.size} case, min {min(times):.1f}, max {max(times):.1f}; "
+        f"ratio to the 20 s target {med / 20:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,21 +30,29 @@ import numpy as np
 
 PAPER_S = {"2d": 33.45, "3d": 32.98}
 STAGES = ("read", "preprocess", "inference", "postprocess", "vbmd", "write", "total")
-_RUN = ("import sys; sys.argv=['vbmd-rt']+sys.argv[1:]\n"
-        "from vbmd_rt.cli import main\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-        "print('VMHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
-        "sys.exit(code)")
+_RUN = (
+    "import sys; sys.argv=['vbmd-rt']+sys.argv[1:]\n"
+    "from vbmd_rt.cli import main\n"
+    "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+    "print('VMHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
+    "sys.exit(code)"
+)
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _lines("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in _lines("/proc/cpuinfo") if ln.startswith("model name")),
+        platform.processor(),
+    )
     mem = next((int(ln.split()[1]) * 1024 for ln in _lines("/proc/meminfo") if ln.startswith("MemTotal")), None)
     gpus = []
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         gpus = [g.strip() for g in r.stdout.splitlines() if g.strip()] if r.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
         pass
@@ -54,8 +62,16 @@ def machine() -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - not installed, or broken: either way not used
             continue
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "gpus": gpus,
-            "python": platform.python_version(), "versions": versions, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "gpus": gpus,
+        "python": platform.python_version(),
+        "versions": versions,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _lines(path: str) -> list[str]:
@@ -142,21 +158,23 @@ def _phantom(cache: Path, size: str, seed: int) -> Path:
     folder = cache / f"{size}-{seed}"
     scan = folder / "PHANTOM_0000.AIM"
     if not (folder / "PHANTOM_0000.truth.json").exists():
-        subprocess.run([sys.executable, "-m", "vbmd_rt", "synth", folder, "--size", size, "--seed", str(seed), "-q"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "vbmd_rt", "synth", folder, "--size", size, "--seed", str(seed), "-q"], check=True
+        )
     return scan
 
 
 def available_backends() -> list[tuple[str, str | None]]:
     """(backend, model) pairs that run here: the network on each installed backend, then the baseline."""
-    from vbmd_rt.runtime import backends
+    from vbmd_rt.runtime.inference.base import installed
+    from vbmd_rt.runtime.inference.factory import cuda_device_count
 
     found = [("onnxruntime", None)]
-    if backends.cuda_device_count():
+    if cuda_device_count():
         for name, module in (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx")):
-            if backends._installed(module):
+            if installed(module):
                 found.append((name, None))
-    if backends._installed("torch"):
+    if installed("torch"):
         found.append(("torch", None))
     found.append(("auto", "classical"))
     return found
@@ -164,27 +182,43 @@ def available_backends() -> list[tuple[str, str | None]]:
 
 def stage_latency(scan: Path, backend: str, model: str | None, runs: int, warmup: int, threads: int | None) -> dict:
     rows, err = [], None
-    extra = ["--backend", backend] + (["--model", model] if model else []) + (["--threads", str(threads)] if threads else [])
+    extra = (
+        ["--backend", backend]
+        + (["--model", model] if model else [])
+        + (["--threads", str(threads)] if threads else [])
+    )
     for i in range(warmup + runs):
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", _RUN, "run", str(scan), "-o", out, "-q", *extra],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, "-c", _RUN, "run", str(scan), "-o", out, "-q", *extra], capture_output=True, text=True
+            )
             wall = time.perf_counter() - t0
             if r.returncode != 0:
                 err = (r.stderr.strip().splitlines() or ["failed"])[-1]
                 break
             res = json.loads((Path(out) / f"{scan.stem}.json").read_text())
             if i >= warmup:
-                rows.append({**res["timings_s"], "process_wall": wall,
-                             "peak_rss_bytes": int(r.stdout.split("VMHWM")[1].split()[0]) * 1024,
-                             "backend_name": res["backend"]["name"], "precision": res["backend"]["precision"]})
+                rows.append(
+                    {
+                        **res["timings_s"],
+                        "process_wall": wall,
+                        "peak_rss_bytes": int(r.stdout.split("VMHWM")[1].split()[0]) * 1024,
+                        "backend_name": res["backend"]["name"],
+                        "precision": res["backend"]["precision"],
+                    }
+                )
     if not rows:
         return {"error": err or "no runs"}
     keys = [*STAGES, "process_wall", "peak_rss_bytes"]
-    return {"backend": rows[0]["backend_name"], "precision": rows[0]["precision"], "runs": len(rows),
-            "median": {k: statistics.median(r[k] for r in rows) for k in keys},
-            "min": {k: min(r[k] for r in rows) for k in keys}, "max": {k: max(r[k] for r in rows) for k in keys}}
+    return {
+        "backend": rows[0]["backend_name"],
+        "precision": rows[0]["precision"],
+        "runs": len(rows),
+        "median": {k: statistics.median(r[k] for r in rows) for k in keys},
+        "min": {k: min(r[k] for r in rows) for k in keys},
+        "max": {k: max(r[k] for r in rows) for k in keys},
+    }
 
 
 def _time(fn, reps: int) -> dict:
@@ -197,37 +231,42 @@ def _time(fn, reps: int) -> dict:
     return {"median": statistics.median(t), "min": min(t), "max": max(t), "reps": reps}
 
 
-def network_latency(scan: Path, model2d: Path | None, cache: Path, reps: int, threads: int | None,
-                    net2d: bool = True) -> dict:
+def network_latency(
+    scan: Path, model2d: Path | None, cache: Path, reps: int, threads: int | None, net2d: bool = True
+) -> dict:
     """The nets alone on ONNX Runtime (and PyTorch where installed): 3D per window and per volume, 2D per slice."""
-    from vbmd_rt.runtime import aim, backends, preprocess, segment
+    from vbmd_rt.runtime import preprocess
+    from vbmd_rt.runtime.inference import window as sw
+    from vbmd_rt.runtime.inference.ort_backend import OnnxRuntimeBackend
+    from vbmd_rt.runtime.io import aim
     from vbmd_rt.runtime.model import load_model
 
     out: dict = {}
     m3 = load_model(None)
     vol, geom = preprocess.to_model(aim.read_aim(scan).data, m3.spec)
-    window, _ = segment.fit_window(vol.shape[0], m3.window, m3.spec.multiple)
+    window, _ = sw.fit_window(vol.shape[0], m3.window.roi_slices, m3.window.multiple)
     x = np.ascontiguousarray(vol[None, None, :window]).astype(np.float32)
-    starts = len(range(0, max(1, vol.shape[0] - m3.overlap), m3.window - m3.overlap))
+    starts = len(sw.starts(vol.shape[0], window, m3.window.overlap))
     cost = onnx_cost(m3.onnx("fp32"), x.shape) or {}
-    be = backends.OnnxRuntimeBackend(m3, "cpu", threads=threads)
-    be.activate()
-    t = _time(lambda: be.infer(x), reps)
-    be.deactivate()
-    out["unet3d"] = {"input": list(x.shape), "model_grid": list(vol.shape), "windows": starts,
-                     "flops_per_window": cost.get("flops"), "activation_bytes_per_window": cost.get("activation_bytes"),
-                     "onnxruntime-cpu": {"per_window_s": t, "per_volume_s": t["median"] * starts}}
+    with OnnxRuntimeBackend(m3, "cpu", threads=threads) as be:
+        t = _time(lambda: be.infer(x), reps)
+    out["unet3d"] = {
+        "input": list(x.shape),
+        "model_grid": list(vol.shape),
+        "windows": starts,
+        "flops_per_window": cost.get("flops"),
+        "activation_bytes_per_window": cost.get("activation_bytes"),
+        "onnxruntime-cpu": {"per_window_s": t, "per_volume_s": t["median"] * starts},
+    }
     m2 = _model2d(model2d, cache) if net2d else None
     if m2 is not None:
         cost2 = onnx_cost(m2.onnx("fp32"), (1, 1, 512, 512)) or {}
         res = {"flops_per_slice": cost2.get("flops"), "activation_bytes_per_slice": cost2.get("activation_bytes")}
-        be = backends.OnnxRuntimeBackend(m2, "cpu", threads=threads)
-        be.activate()
-        for b in (1, 8, 16, 32):
-            xb = np.random.default_rng(0).standard_normal((b, 1, 512, 512)).astype(np.float32)
-            tb = _time(lambda xb=xb: be.infer(xb), max(1, reps // 2) if b > 8 else reps)
-            res[f"batch_{b}"] = {"per_batch_s": tb, "per_slice_s": tb["median"] / b}
-        be.deactivate()
+        with OnnxRuntimeBackend(m2, "cpu", threads=threads) as be:
+            for b in (1, 8, 16, 32):
+                xb = np.random.default_rng(0).standard_normal((b, 1, 512, 512)).astype(np.float32)
+                tb = _time(lambda xb=xb, be=be: be.infer(xb), max(1, reps // 2) if b > 8 else reps)
+                res[f"batch_{b}"] = {"per_batch_s": tb, "per_slice_s": tb["median"] / b}
         out["unet2d"] = {"onnxruntime-cpu": res, "model": str(m2.folder)}
     return out
 
@@ -259,33 +298,57 @@ def floor(stage: dict, scan_bytes: int, mask_bytes: int, net: dict | None, tp: d
     act = (net or {}).get("activation_bytes") or 0
     compute_s = max(flops / (tp["best_gflop_s"] * 1e9), act / (tp["memory_copy_gb_s"] * 1e9))
     f = max(io_s, compute_s)
-    return {"io_s": io_s, "compute_s": compute_s, "floor_s": f,
-            "ratio_to_floor": stage["median"]["total"] / f if stage.get("median") else None}
+    return {
+        "io_s": io_s,
+        "compute_s": compute_s,
+        "floor_s": f,
+        "ratio_to_floor": stage["median"]["total"] / f if stage.get("median") else None,
+    }
 
 
-def run(out_json: Path | None, size: str = "full", runs: int = 5, warmup: int = 1, seed: int = 2024,
-        cache: Path = Path(".cache/bench"), backends: list[str] | None = None, model2d: Path | None = None,
-        network: bool = True, threads: int | None = None, net2d: bool = True, log=print) -> dict:
-    from vbmd_rt.runtime import aim
+def run(
+    out_json: Path | None,
+    size: str = "full",
+    runs: int = 5,
+    warmup: int = 1,
+    seed: int = 2024,
+    cache: Path = Path(".cache/bench"),
+    backends: list[str] | None = None,
+    model2d: Path | None = None,
+    network: bool = True,
+    threads: int | None = None,
+    net2d: bool = True,
+    log=print,
+) -> dict:
+    from vbmd_rt.runtime.io import aim
 
     cache.mkdir(parents=True, exist_ok=True)
     scan = _phantom(cache, size, seed)
     truth = json.loads(scan.with_name("PHANTOM_0000.truth.json").read_text())
-    report = {"machine": machine(), "scan": {"size": size, "slices": truth["scan_slices"],
-                                             "bytes": scan.stat().st_size}, "paper_s": PAPER_S}
-    log(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
-        f"GPUs: {', '.join(report['machine']['gpus']) or 'none'}")
+    report = {
+        "machine": machine(),
+        "scan": {"size": size, "slices": truth["scan_slices"], "bytes": scan.stat().st_size},
+        "paper_s": PAPER_S,
+    }
+    log(
+        f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"GPUs: {', '.join(report['machine']['gpus']) or 'none'}"
+    )
     report["throughput"] = tp = throughput(cache)
-    log("throughput: memory copy {memory_copy_gb_s:.1f} GB/s, page-cache read {page_cache_read_gb_s:.1f} GB/s, "
-        "disk write {disk_write_gb_s:.2f} GB/s, GEMM {gemm_gflop_s:.0f} GFLOP/s".format(**tp))
+    log(
+        "throughput: memory copy {memory_copy_gb_s:.1f} GB/s, page-cache read {page_cache_read_gb_s:.1f} GB/s, "
+        "disk write {disk_write_gb_s:.2f} GB/s, GEMM {gemm_gflop_s:.0f} GFLOP/s".format(**tp)
+    )
     if network:
         report["network"] = network_latency(scan, model2d, cache, max(5, runs), threads, net2d)
     tp["best_gflop_s"] = tp["gemm_gflop_s"]
     net_case = None
     if network and report["network"]["unet3d"]["flops_per_window"]:
         n3 = report["network"]["unet3d"]
-        net_case = {"flops": n3["flops_per_window"] * n3["windows"],
-                    "activation_bytes": n3["activation_bytes_per_window"] * n3["windows"]}
+        net_case = {
+            "flops": n3["flops_per_window"] * n3["windows"],
+            "activation_bytes": n3["activation_bytes_per_window"] * n3["windows"],
+        }
         rates = [n3["flops_per_window"] / n3["onnxruntime-cpu"]["per_window_s"]["min"] / 1e9]
         n2 = report["network"].get("unet2d", {}).get("onnxruntime-cpu")
         if n2 and n2["flops_per_slice"]:
@@ -305,18 +368,22 @@ def run(out_json: Path | None, size: str = "full", runs: int = 5, warmup: int = 
             st["floor"] = floor(st, report["scan"]["bytes"], mask_bytes, None if model else net_case, tp)
         report["stages"][label] = st
     log(table(report))
-    log(f"floor: I/O at the measured rates; compute at {tp['best_gflop_s']:.0f} GFLOP/s (best measured) "
-        f"and activations at {tp['memory_copy_gb_s']:.0f} GB/s; vs 33 s = median total / the paper's 32.98 s (3D)")
+    log(
+        f"floor: I/O at the measured rates; compute at {tp['best_gflop_s']:.0f} GFLOP/s (best measured) "
+        f"and activations at {tp['memory_copy_gb_s']:.0f} GB/s; vs 33 s = median total / the paper's 32.98 s (3D)"
+    )
     if out_json:
-        from vbmd_rt.runtime.atomic import atomic_write_bytes
+        from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
         atomic_write_bytes(out_json, (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 
 def table(report: dict) -> str:
-    lines = [f"scan: {report['scan']['size']}, {report['scan']['slices']} slices, {report['scan']['bytes'] / 2**20:.0f} MiB; "
-             "seconds, median (min-max)"]
+    lines = [
+        f"scan: {report['scan']['size']}, {report['scan']['slices']} slices, {report['scan']['bytes'] / 2**20:.0f} MiB; "
+        "seconds, median (min-max)"
+    ]
     head = f"{'backend':22s}" + "".join(f"{s:>17s}" for s in STAGES) + f"{'vs 33 s':>9s}{'floor':>8s}{'RSS/scan':>9s}"
     lines.append(head)
     for label, st in report["stages"].items():
@@ -324,19 +391,25 @@ def table(report: dict) -> str:
             lines.append(f"{label:22s} failed: {st['error']}")
             continue
         cells = "".join(f"{st['median'][s]:7.2f} ({st['min'][s]:.2f}-{st['max'][s]:.2f})".rjust(17) for s in STAGES)
-        lines.append(f"{label + ' ' + st['precision']:22s}{cells}{st['ratio_to_paper_3d']:9.3f}"
-                     f"{st['floor']['floor_s']:8.2f}{st['peak_rss_over_scan']:9.2f}")
+        lines.append(
+            f"{label + ' ' + st['precision']:22s}{cells}{st['ratio_to_paper_3d']:9.3f}"
+            f"{st['floor']['floor_s']:8.2f}{st['peak_rss_over_scan']:9.2f}"
+        )
     net = report.get("network")
     if net:
         n3 = net["unet3d"]
         o = n3["onnxruntime-cpu"]
         gf = n3["flops_per_window"] / 1e9 if n3["flops_per_window"] else float("nan")
-        lines.append(f"3D net, onnxruntime-cpu: window {n3['input']} ({gf:.1f} GFLOP, "
-                     f"{(n3['activation_bytes_per_window'] or 0) / 1e9:.1f} GB of activations) "
-                     f"{o['per_window_s']['median']:.3f} s, {n3['windows']} windows = {o['per_volume_s']:.2f} s per volume")
+        lines.append(
+            f"3D net, onnxruntime-cpu: window {n3['input']} ({gf:.1f} GFLOP, "
+            f"{(n3['activation_bytes_per_window'] or 0) / 1e9:.1f} GB of activations) "
+            f"{o['per_window_s']['median']:.3f} s, {n3['windows']} windows = {o['per_volume_s']:.2f} s per volume"
+        )
         if "unet2d" in net:
             r = net["unet2d"]["onnxruntime-cpu"]
             gf = (r["flops_per_slice"] or float("nan")) / 1e9
-            lines.append(f"2D net, onnxruntime-cpu ({gf:.1f} GFLOP per slice): " + ", ".join(
-                f"batch {b} {r[f'batch_{b}']['per_slice_s'] * 1e3:.0f} ms/slice" for b in (1, 8, 16, 32)))
+            lines.append(
+                f"2D net, onnxruntime-cpu ({gf:.1f} GFLOP per slice): "
+                + ", ".join(f"batch {b} {r[f'batch_{b}']['per_slice_s'] * 1e3:.0f} ms/slice" for b in (1, 8, 16, 32))
+            )
     return "\n".join(lines)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from vbmd_rt.calib import select
-from vbmd_rt.runtime import engines, measure
+from vbmd_rt.runtime import measure
+from vbmd_rt.runtime.inference import engines
 from vbmd_rt.runtime.model import Model
 
 MIN_DICE = 0.99
@@ -38,17 +40,25 @@ def int8_onnx(model: Model, calib: str | Path, log=print) -> Path | None:
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError:
-        log("INT8 needs NVIDIA ModelOpt for the Q/DQ quantisation: pip install 'vbmd-rt[int8]' "
-            "(nvidia-modelopt[onnx]); the FP16 engine needs nothing more")
+        log(
+            "INT8 needs NVIDIA ModelOpt for the Q/DQ quantisation: pip install 'vbmd-rt[int8]' "
+            "(nvidia-modelopt[onnx]); the FP16 engine needs nothing more"
+        )
         return None
-    out = engines.writable_dir(model) / f"model.int8.{model.sha256('fp32')[:12]}.onnx"
-    quantize(str(model.onnx("fp32")), quantize_mode="int8", calibration_data={meta["input"]: arrays[meta["input"]]},
-             output_path=str(out))
+    out = engines.writable_dir(model) / engines.int8_onnx_name(model)
+    quantize(
+        str(model.onnx("fp32")),
+        quantize_mode="int8",
+        calibration_data={meta["input"]: arrays[meta["input"]]},
+        output_path=str(out),
+    )
     dice = agreement(model.onnx("fp32"), out, arrays["heldout"], model.threshold)
     worst = min(dice)
     if worst < MIN_DICE:
-        log(f"INT8 does not hold accuracy: held-out mask Dice vs FP32 min {worst:.4f} (mean {np.mean(dice):.4f}), "
-            f"needs >= {MIN_DICE}; no INT8 engine written. Use the FP16 engine, or calibrate with more cases.")
+        log(
+            f"INT8 does not hold accuracy: held-out mask Dice vs FP32 min {worst:.4f} (mean {np.mean(dice):.4f}), "
+            f"needs >= {MIN_DICE}; no INT8 engine written. Use the FP16 engine, or calibrate with more cases."
+        )
         out.unlink(missing_ok=True)
         return None
     log(f"INT8 agrees with FP32 on {len(dice)} held-out inputs: mask Dice min {worst:.4f}")

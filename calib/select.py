@@ -15,16 +15,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from vbmd_rt.runtime import pipeline, preprocess
-from vbmd_rt.runtime.atomic import atomic_write_bytes
 from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.io import naming
+from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 from vbmd_rt.runtime.model import Model
 
 WINDOW_3D = (32, 256, 448)  # (z, y, x) of a 3D calibration window
 
 
 def _grade(path: Path) -> int | None:
-    truth = path.with_name(f"{pipeline.scan_name(path)}.truth.json")
+    truth = path.with_name(f"{naming.scan_name(path)}.truth.json")
     try:
         return int(json.loads(truth.read_text())["motion_grade"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -34,8 +36,11 @@ def _grade(path: Path) -> int | None:
 def plan(files: list[Path], count: int, heldout: float = 0.25, seed: int = 0) -> dict:
     """Which case gives which relative slice positions: {"calibration": [(path, [pos...])...], "heldout": [...]}."""
     if len(files) < 2:
-        raise VbmdInputError(files[0] if files else None, "calibration needs at least two scans",
-                             "give a folder with scans of several cases")
+        raise VbmdInputError(
+            files[0] if files else None,
+            "calibration needs at least two scans",
+            "give a folder with scans of several cases",
+        )
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(len(files)))
     n_held = max(1, int(round(heldout * len(files))))
@@ -62,7 +67,7 @@ def _fixed(vol: np.ndarray, shape: tuple[int, int, int], centre_z: int) -> np.nd
     """A (z, y, x) window of ``shape`` around ``centre_z``, centred in y/x, padded with the edge value."""
     out = np.full(shape, float(vol.min()), np.float32)
     z0 = int(np.clip(centre_z - shape[0] // 2, 0, max(0, vol.shape[0] - shape[0])))
-    src = vol[z0:z0 + shape[0]]
+    src = vol[z0 : z0 + shape[0]]
     sl_src, sl_dst = [], []
     for n_src, n_dst in zip(src.shape[1:], shape[1:], strict=True):
         c = min(n_src, n_dst)
@@ -80,31 +85,42 @@ def samples(model: Model, path: Path, positions: list[float]) -> list[np.ndarray
     for p in positions:
         k = int(round(p * (vol.shape[0] - 1)))
         if model.architecture == "unet2d":
-            out.append(np.ascontiguousarray(vol[k:k + 1]))  # (1, y, x)
+            out.append(np.ascontiguousarray(vol[k : k + 1]))  # (1, y, x)
         else:
             out.append(_fixed(vol, WINDOW_3D, k)[None])  # (1, z, y, x)
     return out
 
 
-def collect(model: Model, data: list[str | Path], count: int = 64, heldout: float = 0.25, seed: int = 0,
-            log=None) -> dict:
+def collect(
+    model: Model, data: list[str | Path], count: int = 64, heldout: float = 0.25, seed: int = 0, log=None
+) -> dict:
     if model.classical:
         raise VbmdInputError(None, "the classical model has no network to calibrate", "give an exported model")
-    files = pipeline.expand_inputs(data)
+    files = naming.expand_inputs(data)
     p = plan(files, count, heldout, seed)
     arrays, meta = [], []
     for f, positions in p["calibration"]:
         for pos, x in zip(positions, samples(model, f, positions), strict=True):
             arrays.append(x)
-            meta.append({"case": pipeline.scan_name(f), "position": round(pos, 4), "motion_grade": _grade(f)})
+            meta.append({"case": naming.scan_name(f), "position": round(pos, 4), "motion_grade": _grade(f)})
         if log:
             log(f"{f.name}: {len(positions)} picks")
-    held = [(pipeline.scan_name(f), samples(model, f, [0.25, 0.5, 0.75])) for f in p["heldout"]]
-    name = model.card.get("input", {}).get("name", "image")
-    return {name: np.stack(arrays).astype(np.float32),
-            "heldout": np.stack([x for _, xs in held for x in xs]).astype(np.float32),
-            "meta": json.dumps({"picks": meta, "heldout_cases": [n for n, _ in held], "model": model.name,
-                                "model_sha256": model.sha256("fp32"), "input": name, "seed": seed})}
+    held = [(naming.scan_name(f), samples(model, f, [0.25, 0.5, 0.75])) for f in p["heldout"]]
+    name = model.card.input.name
+    return {
+        name: np.stack(arrays).astype(np.float32),
+        "heldout": np.stack([x for _, xs in held for x in xs]).astype(np.float32),
+        "meta": json.dumps(
+            {
+                "picks": meta,
+                "heldout_cases": [n for n, _ in held],
+                "model": model.name,
+                "model_sha256": model.sha256("fp32"),
+                "input": name,
+                "seed": seed,
+            }
+        ),
+    }
 
 
 def save(arrays: dict, out: str | Path) -> Path:
@@ -120,5 +136,8 @@ def load(path: str | Path) -> tuple[dict, dict]:
         meta = json.loads(str(z["meta"]))
         return {k: z[k] for k in z.files if k != "meta"}, meta
     except (OSError, ValueError, KeyError) as e:
-        raise VbmdInputError(path, f"is not a calibration file from `vbmd-rt calib` ({type(e).__name__})",
-                             "make one with `vbmd-rt calib DATA -o calib.npz`") from None
+        raise VbmdInputError(
+            path,
+            f"is not a calibration file from `vbmd-rt calib` ({type(e).__name__})",
+            "make one with `vbmd-rt calib DATA -o calib.npz`",
+        ) from None

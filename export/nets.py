@@ -178,9 +178,11 @@ class Context3D(nn.Module):
     def __init__(self, c: int, dropout: float):
         super().__init__()
         self.body = nn.Sequential(
-            *_norm_act3d(c), nn.Conv3d(c, c, 3, 1, 1),
+            *_norm_act3d(c),
+            nn.Conv3d(c, c, 3, 1, 1),
             nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
-            *_norm_act3d(c), nn.Conv3d(c, c, 3, 1, 1),
+            *_norm_act3d(c),
+            nn.Conv3d(c, c, 3, 1, 1),
         )
 
     def forward(self, x):
@@ -218,8 +220,9 @@ class UNet3D(nn.Module):
             self.ups.append(Up3D(w[i], w[i - 1]))
             c = w[i - 1]
             if i > 1:  # localisation: 3x3x3 on the concatenation, then 1x1x1 halving the channels
-                self.locals.append(nn.Sequential(nn.Conv3d(2 * c, c, 3, 1, 1), *_norm_act3d(c),
-                                                 nn.Conv3d(c, c, 1), *_norm_act3d(c)))
+                self.locals.append(
+                    nn.Sequential(nn.Conv3d(2 * c, c, 3, 1, 1), *_norm_act3d(c), nn.Conv3d(c, c, 1), *_norm_act3d(c))
+                )
             else:  # top level: a 3x3x3 conv keeping 2c channels, as Isensee et al.
                 self.locals.append(nn.Sequential(nn.Conv3d(2 * c, 2 * c, 3, 1, 1), *_norm_act3d(2 * c)))
         # Deep-supervision heads on the last three decoder levels (strides 4, 2 and 1).

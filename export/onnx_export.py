@@ -12,18 +12,26 @@ against FP32 (mask Dice) before the card is written.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from vbmd_rt.export import nets
-from vbmd_rt.runtime.atomic import atomic_write_bytes
-from vbmd_rt.runtime.measure import dice
-from vbmd_rt.runtime.model import CARD_FORMAT, CARD_NAME, load_model, sha256_of
 
 from vbmd_rt import __version__
+from vbmd_rt.export import nets
+from vbmd_rt.runtime.io.atomic import atomic_write_bytes
+from vbmd_rt.runtime.measure import dice
+from vbmd_rt.runtime.model import (
+    CARD_FORMAT,
+    CARD_NAME,
+    ModelCard,
+    ModelFile,
+    TensorSpec,
+    architecture,
+    load_model,
+    sha256_of,
+)
 
 KEEP_FP32 = {"InstanceNormalization", "BatchNormalization", "Sigmoid", "LayerNormalization"}
 KEEP_FP32_MODULES = ("InstanceNorm3dStable", "BatchNorm")
@@ -56,11 +64,24 @@ def export_onnx(net: torch.nn.Module, arch: str, path: Path) -> None:
     if arch == "unet2d":
         dyn = {"image": {0: torch.export.Dim("batch", min=1, max=256)}}
     else:
-        dyn = {"image": {2: torch.export.Dim("z16", min=1, max=64) * 16, 3: torch.export.Dim("y16", min=1, max=64) * 16,
-                         4: torch.export.Dim("x16", min=1, max=64) * 16}}
+        dyn = {
+            "image": {
+                2: torch.export.Dim("z16", min=1, max=64) * 16,
+                3: torch.export.Dim("y16", min=1, max=64) * 16,
+                4: torch.export.Dim("x16", min=1, max=64) * 16,
+            }
+        }
     with torch.no_grad():
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["prob"],
-                                    dynamic_shapes=dyn, verbose=False, optimize=True)
+        program = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["prob"],
+            dynamic_shapes=dyn,
+            verbose=False,
+            optimize=True,
+        )
     program.save(str(path))
 
 
@@ -182,89 +203,107 @@ def check(net: torch.nn.Module, arch: str, fp32: Path, fp16: Path, samples: list
         p16 = s16.run(None, {"image": x})[0]
         worst = max(worst, float(np.abs(p32 - ref).max()))
         dices.append(dice(p32 > threshold, p16 > threshold))
-    return {"fp32_vs_torch_max_abs": worst, "fp16_vs_fp32_mask_dice_min": float(min(dices)) if dices else None,
-            "samples": len(samples)}
+    return {
+        "fp32_vs_torch_max_abs": worst,
+        "fp16_vs_fp32_mask_dice_min": float(min(dices)) if dices else None,
+        "samples": len(samples),
+    }
 
 
-def check_samples(card: dict, count: int = 2, seed: int = 5) -> list[np.ndarray]:
+def check_samples(card: ModelCard, count: int = 2, seed: int = 5) -> list[np.ndarray]:
     """Phantom inputs in model space (the runtime's preprocessing) for the export checks."""
-    from vbmd_rt.runtime import phantom, preprocess
+    from vbmd_rt.runtime import preprocess
+    from vbmd_rt.synth import phantom
 
-    spec = preprocess.Spec.from_card(card)
+    spec = card.preprocessing
     out = []
     for i in range(count):
         scan, _ = phantom.render_case(phantom.sample_case(seed * 1000 + i, "small"))
         vol, _ = preprocess.to_model(scan, spec)
-        if card["architecture"] == "unet2d":
+        if card.window.mode == "slices":
             k = vol.shape[0] // 2
-            out.append(np.ascontiguousarray(vol[k - 1:k + 1, None]))
+            out.append(np.ascontiguousarray(vol[k - 1 : k + 1, None]))
         else:
-            z = min(card.get("window", {}).get("slices", 80), vol.shape[0] // 16 * 16)
+            z = min(card.window.roi_slices, vol.shape[0] // card.window.multiple * card.window.multiple)
             s = (vol.shape[0] - z) // 2
-            out.append(np.ascontiguousarray(vol[None, None, s:s + z]))
+            out.append(np.ascontiguousarray(vol[None, None, s : s + z]))
     return out
 
 
-def export(checkpoint: str | Path | None, out: str | Path, extra_card: dict | None = None,
-           check_cases: int = 2, name: str | None = None) -> dict:
+def export(
+    checkpoint: str | Path | None,
+    out: str | Path,
+    extra_card: dict | None = None,
+    check_cases: int = 2,
+    name: str | None = None,
+) -> dict:
     """Export a checkpoint (``None``: the bundled default model) to ``out``; return the card."""
     out = Path(out)
     if checkpoint is None:
         model = load_model(None)
-        net = nets.build(model.architecture, model.card.get("config"))
+        net = nets.build(model.architecture, model.card.config)
         from vbmd_rt.export.torch_backend import load_onnx_weights
 
         load_onnx_weights(net, model.onnx("fp32"))
-        base = {k: v for k, v in model.card.items() if k not in ("files", "export_checks")}
+        base = model.card.to_dict()
+        base.pop("files", None)
+        base.pop("export_checks", None)
     else:
         ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
         base = dict(ck["card"])
         net = nets.build(base["architecture"], base.get("config"))
         net.load_state_dict(ck["model"])
     net.eval()
-    card = {**base, **(extra_card or {})}
-    card["format"] = CARD_FORMAT
-    card["name"] = name or card.get("name") or f"vbmd-rt-mc2-{card['architecture']}"
-    card["exported_with"] = {"vbmd_rt": __version__, "torch": torch.__version__}
-    card.setdefault("intended_use", INTENDED_USE)
-    arch = card["architecture"]
-    card["input"] = {"name": "image", "dtype": "float32",
-                     "shape": ["batch", 1, card["preprocessing"]["size"], card["preprocessing"]["size"]]
-                     if arch == "unet2d" else [1, 1, "z (multiple of 16)", "y (multiple of 16)", "x (multiple of 16)"]}
-    card["output"] = {"name": "prob", "dtype": "float32", "meaning": "probability that the voxel is in MC2"}
-    card["parameters"] = nets.count_parameters(net)
+    card = ModelCard.from_dict({**base, **(extra_card or {})}, Path(str(checkpoint or "bundled model")))
+    card.format = CARD_FORMAT
+    card.name = name or card.name or f"vbmd-rt-mc2-{card.architecture}"
+    card.exported_with = {"vbmd_rt": __version__, "torch": torch.__version__}
+    card.intended_use = card.intended_use or INTENDED_USE
+    arch = card.architecture
+    size, mult = card.preprocessing.size, card.arch.multiple
+    card.input = TensorSpec(
+        "image",
+        "float32",
+        ("batch", 1, size, size)
+        if card.window.mode == "slices"
+        else (1, 1, f"z (multiple of {mult})", f"y (multiple of {mult})", f"x (multiple of {mult})"),
+    )
+    card.output = TensorSpec("prob", "float32", card.input.shape, "probability that the voxel is in MC2")
+    card.parameters = nets.count_parameters(net)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         tmp = Path(tmp)
         export_onnx(net, arch, tmp / "model.onnx")
         to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-        card["export_checks"] = check(net, arch, tmp / "model.onnx", tmp / "model.fp16.onnx",
-                                      check_samples(card, check_cases), float(card.get("threshold", 0.5)))
-        if card["export_checks"]["fp32_vs_torch_max_abs"] > 1e-4:
-            raise RuntimeError(f"ONNX FP32 differs from torch by {card['export_checks']['fp32_vs_torch_max_abs']:.2e}")
-        card["files"] = {}
-        for key, fname in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx")):
-            card["files"][key] = {"path": fname, "sha256": sha256_of(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+        card.export_checks = check(
+            net, arch, tmp / "model.onnx", tmp / "model.fp16.onnx", check_samples(card, check_cases), card.threshold
+        )
+        if card.export_checks["fp32_vs_torch_max_abs"] > 1e-4:
+            raise RuntimeError(f"ONNX FP32 differs from torch by {card.export_checks['fp32_vs_torch_max_abs']:.2e}")
+        card.files = {
+            key: ModelFile(fname, sha256_of(tmp / fname), (tmp / fname).stat().st_size)
+            for key, fname in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"))
+        }
         for fname in ("model.onnx", "model.fp16.onnx"):
             atomic_write_bytes(out / fname, (tmp / fname).read_bytes(), overwrite=True)
-    atomic_write_bytes(out / CARD_NAME, (json.dumps(card, indent=2) + "\n").encode(), overwrite=True)
-    return card
-
+    card.write(out / CARD_NAME)
+    return card.to_dict()
 
 
 def export_untrained(arch: str, out: str | Path, seed: int = 0) -> dict:
     """A randomly initialised ``arch`` exported with a complete card: for latency benchmarks and engine-build
     tests, where the weights do not matter. The card says it is untrained."""
-    from vbmd_rt.export.train import ARCH_DEFAULTS
     from vbmd_rt.runtime.preprocess import Spec
 
-    d = ARCH_DEFAULTS[arch]
+    a = architecture(arch)
     torch.manual_seed(seed)
     net = nets.build(arch)
-    card = {"architecture": arch, "config": getattr(net, "config", None),
-            "preprocessing": Spec(size=512, z_mode=d["z_mode"], multiple=d["multiple"], crop=d["crop"]).to_dict(),
-            "threshold": 0.5, "window": {"slices": d["window"], "overlap": 16 if arch == "unet3d" else 0},
-            "intended_use": "UNTRAINED: random weights, for latency benchmarks only"}
+    card = ModelCard(
+        arch,
+        Spec(size=512, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop),
+        config=getattr(net, "config", None),
+        intended_use="UNTRAINED: random weights, for latency benchmarks only",
+    ).to_dict()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".untrained-") as tmp:

@@ -12,40 +12,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from vbmd_rt.export import nets
+from vbmd_rt.runtime.inference.base import Backend
 
 
-class TorchBackend:
-    def __init__(self, module: torch.nn.Module, device: str = "cpu", precision: str = "fp32"):
+class TorchBackend(Backend):
+    """A torch module behind the runtime's ``Backend`` interface; the module goes back to where it was
+    (its device) on ``deactivate``, so training can validate its live network."""
+
+    def __init__(self, module: torch.nn.Module, device: str = "cpu", precision: str = "fp32", reason: str = ""):
+        super().__init__(None, precision, reason)
         self.module = module
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
-        self.precision = precision
         self.name = f"torch-{self.device.type}"
-        self.reason = ""
 
     @classmethod
     def from_model(cls, model, device: str = "auto", precision: str | None = None) -> TorchBackend:
         """From a runtime ``Model`` (card + folder): the weights of its FP32 ONNX."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        net = nets.build(model.architecture, model.card.get("config"))
+        net = nets.build(model.architecture, model.card.config)
         load_onnx_weights(net, model.onnx("fp32"))
         return cls(net, device, precision or ("fp16" if device == "cuda" else "fp32"))
 
-    def activate(self) -> None:
+    def _activate(self) -> None:
+        p = next(self.module.parameters(), None)
+        self._home = p.device if p is not None else torch.device("cpu")
+        self._was_training = self.module.training
         self.module.to(self.device).eval()
 
     @torch.inference_mode()
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         use_amp = self.device.type == "cuda" and self.precision == "fp16"
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
             y = torch.sigmoid(self.module(x).float())
         return y.cpu().numpy()
 
-    def deactivate(self) -> None:
-        self.module.to("cpu")
-        if self.device.type == "cuda":
+    def _deactivate(self) -> None:
+        self.module.to(self._home).train(self._was_training)
+        if self.device.type == "cuda" and self._home.type != "cuda":
             torch.cuda.empty_cache()
 
 
@@ -92,7 +99,11 @@ def _verify(net: torch.nn.Module, onnx_path) -> None:
     """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU)."""
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).standard_normal((1, 1, 16, 32, 32) if _is3d(net) else (2, 1, 64, 64)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((1, 1, 16, 32, 32) if _is3d(net) else (2, 1, 64, 64))
+        .astype(np.float32)
+    )
     s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref = s.run(None, {s.get_inputs()[0].name: x})[0]
     with torch.no_grad():

@@ -21,19 +21,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from vbmd_rt import __version__
 from vbmd_rt.export import data as dataset
 from vbmd_rt.export import nets
 from vbmd_rt.export.torch_backend import TorchBackend
-from vbmd_rt.runtime import preprocess, segment
-from vbmd_rt.runtime.atomic import atomic_write
+from vbmd_rt.runtime import preprocess
+from vbmd_rt.runtime.inference import window as sw
+from vbmd_rt.runtime.inference.window import WindowSpec
+from vbmd_rt.runtime.io.atomic import atomic_write
 from vbmd_rt.runtime.measure import dice
+from vbmd_rt.runtime.model import ModelCard, architecture
+from vbmd_rt.runtime.postprocess import largest_component
 
-from vbmd_rt import __version__
-
-ARCH_DEFAULTS = {
-    "unet2d": {"lr": 1e-5, "batch": 4, "z_mode": "native", "multiple": 32, "crop": False, "window": 16},
-    "unet3d": {"lr": 1e-4, "batch": 1, "z_mode": "isotropic", "multiple": 16, "crop": True, "window": 80},
-}
+# The paper's optimiser settings; window, multiple and preprocessing come from runtime.model.ARCHITECTURES.
+TRAINING_DEFAULTS = {"unet2d": {"lr": 1e-5, "batch": 4}, "unet3d": {"lr": 1e-4, "batch": 1}}
 
 
 @dataclass
@@ -60,11 +62,11 @@ class TrainConfig:
     workers: int = 1
 
     def resolved(self) -> TrainConfig:
-        d = ARCH_DEFAULTS[self.arch]
+        d = TRAINING_DEFAULTS[self.arch]
         c = TrainConfig(**asdict(self))
         c.lr = self.lr if self.lr is not None else d["lr"]
         c.batch = self.batch if self.batch is not None else d["batch"]
-        c.window = self.window if self.window is not None else d["window"]
+        c.window = self.window if self.window is not None else architecture(self.arch).window
         return c
 
 
@@ -144,8 +146,9 @@ class Trainer:
         self.log = log
         self.out = Path(self.cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        d = ARCH_DEFAULTS[self.cfg.arch]
-        self.spec = preprocess.Spec(size=self.cfg.size, z_mode=d["z_mode"], multiple=d["multiple"], crop=d["crop"])
+        a = architecture(self.cfg.arch)
+        self.spec = preprocess.Spec(size=self.cfg.size, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop)
+        self.window_spec = WindowSpec(a.window_mode, self.cfg.window, a.overlap, a.multiple)
 
     # ----------------------------------------------------------------------------------- data
     def load(self) -> None:
@@ -172,14 +175,14 @@ class Trainer:
         if cfg.arch == "unet3d":
             img, tgt = self.train_cases[int(rng.integers(len(self.train_cases)))]
             z = img.shape[0]
-            win, before = segment.fit_window(z, cfg.window, self.spec.multiple)
+            win, before = sw.fit_window(z, cfg.window, self.spec.multiple)
             if before is not None:
-                img, tgt = segment.pad_z(img, win, before), segment.pad_z(tgt, win, before)
+                img, tgt = sw.pad_z(img, win, before), sw.pad_z(tgt, win, before)
                 s = 0
             else:
                 s = int(rng.integers(0, z - win + 1))
-            x = np.ascontiguousarray(img[None, None, s:s + win])
-            y = np.ascontiguousarray(tgt[None, None, s:s + win])
+            x = np.ascontiguousarray(img[None, None, s : s + win])
+            y = np.ascontiguousarray(tgt[None, None, s : s + win])
         else:
             xs, ys = [], []
             for _ in range(cfg.batch):
@@ -192,13 +195,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
     def validate(self, net) -> dict:
-        backend = TorchBackend(net, self.device.type, "fp16" if self.device.type == "cuda" else "fp32")
-        net.eval()
         scores = []
-        for img, tgt in self.val_cases:
-            prob = segment.predict(img, backend, self.cfg.arch, self.cfg.window, multiple=self.spec.multiple)
-            scores.append(dice(segment.largest_component(prob > 0.5), tgt > 0.5))
-        net.train()
+        with TorchBackend(net, self.device.type, "fp16" if self.device.type == "cuda" else "fp32") as backend:
+            for img, tgt in self.val_cases:
+                prob = sw.sliding_window(img, backend.infer, self.window_spec)
+                scores.append(dice(largest_component(prob > 0.5), tgt > 0.5))
         # Dice of the largest component, as the runtime keeps it, at model resolution.
         return {"dice_model_space": float(np.mean(scores)) if scores else float("nan"), "cases": len(scores)}
 
@@ -225,8 +226,13 @@ class Trainer:
         amp = cfg.amp and self.device.type == "cuda"
         amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-        task = self.progress.add_task("training", total=cfg.epochs * cfg.steps_per_epoch,
-                                      completed=start_epoch * cfg.steps_per_epoch) if self.progress else None
+        task = (
+            self.progress.add_task(
+                "training", total=cfg.epochs * cfg.steps_per_epoch, completed=start_epoch * cfg.steps_per_epoch
+            )
+            if self.progress
+            else None
+        )
         net.train()
         total = cfg.epochs * cfg.steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
@@ -256,14 +262,23 @@ class Trainer:
             improved = val["dice_model_space"] > best
             if improved:
                 best = val["dice_model_space"]
-            ck = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
-                  "history": history, "rng": rng.bit_generator.state, "torch_rng": gen.get_state(),
-                  "card": self.card(best, history)}
+            ck = {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+                "rng": rng.bit_generator.state,
+                "torch_rng": gen.get_state(),
+                "card": self.card(best, history),
+            }
             self._save(ck, self.out / "last.pt")
             if improved:
                 self._save({"model": net.state_dict(), "card": ck["card"], "epoch": epoch}, self.out / "best.pt")
-            self.log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}, "
-                     f"val Dice {val['dice_model_space']:.4f} ({val['cases']} cases){' *' if improved else ''}")
+            self.log(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}, "
+                f"val Dice {val['dice_model_space']:.4f} ({val['cases']} cases){' *' if improved else ''}"
+            )
         return self.out / "best.pt"
 
     @staticmethod
@@ -273,19 +288,24 @@ class Trainer:
 
     def card(self, best: float, history: list) -> dict:
         cfg = self.cfg
-        return {
-            "architecture": cfg.arch,
-            "config": self.net_config,
-            "preprocessing": self.spec.to_dict(),
-            "threshold": 0.5,
-            "window": {"slices": cfg.window, "overlap": 16 if cfg.arch == "unet3d" else 0},
-            "training": {
-                "data": str(cfg.data), "val_data": cfg.val_data, "cases": {k: len(v) for k, v in self.parts.items()},
-                "train_cases": [p.name for p in self.parts["train"]], "config": asdict(cfg),
-                "vbmd_rt_version": __version__, "torch_version": torch.__version__, "device": self.device.type,
-                "best_val_dice_model_space": best, "history": history,
+        return ModelCard(
+            cfg.arch,
+            self.spec,
+            config=self.net_config,
+            window_slices=cfg.window,
+            training={
+                "data": str(cfg.data),
+                "val_data": cfg.val_data,
+                "cases": {k: len(v) for k, v in self.parts.items()},
+                "train_cases": [p.name for p in self.parts["train"]],
+                "config": asdict(cfg),
+                "vbmd_rt_version": __version__,
+                "torch_version": torch.__version__,
+                "device": self.device.type,
+                "best_val_dice_model_space": best,
+                "history": history,
             },
-        }
+        ).to_dict()
 
 
 def train(cfg: TrainConfig, resume: str | None = None, progress=None, log=print) -> Path:

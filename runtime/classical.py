@@ -26,15 +26,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
-from vbmd_rt.runtime.calibration import Calibration
-from vbmd_rt.runtime.segment import largest_component
 
-CARD = {
-    "name": "classical",
-    "architecture": "classical",
-    "description": "dual-threshold periosteal contouring on the calibrated image (no weights)",
-    "intended_use": "baseline for comparisons and fallback; needs a density-calibrated scan",
-}
+from vbmd_rt.runtime.io.calibration import Calibration
+from vbmd_rt.runtime.postprocess import largest_component
 
 
 @dataclass(frozen=True)
@@ -58,13 +52,8 @@ def _disc(radius_vox: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def _stored(cal: Calibration, mg: float) -> float:
-    m, b = cal.density_equation()
-    return (mg - b) / m
-
-
 def _smooth(slice_: np.ndarray, sigma_vox: float, factor: int) -> np.ndarray:
-    img = np.asarray(slice_, dtype=np.float32)
+    img: np.ndarray = np.asarray(slice_, dtype=np.float32)
     if factor > 1:
         img = cv2.resize(img, (img.shape[1] // factor, img.shape[0] // factor), interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma_vox, 0.3), borderType=cv2.BORDER_REPLICATE)
@@ -92,13 +81,19 @@ def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Para
     return max(p.min_low_mg, tissue + p.low_frac * span), max(p.min_high_mg, tissue + p.high_frac * span)
 
 
-def bone_components(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1,
-                    levels: tuple[float, float] | None = None):
+def bone_components(
+    data: np.ndarray,
+    spacing_zyx,
+    cal: Calibration,
+    p: Params = Params(),
+    factor: int = 1,
+    levels: tuple[float, float] | None = None,
+):
     """Labelled 3D bone components on a grid ``factor`` times coarser in-plane: hysteresis of the two
     thresholds (mg HA/cm³) on the smoothed scan (voxels above ``low`` joined to voxels above ``high``)."""
     px = float(np.mean(spacing_zyx[1:])) * factor
     low_mg, high_mg = levels or thresholds(data, spacing_zyx, cal, p, factor)
-    lo, hi = _stored(cal, low_mg), _stored(cal, high_mg)
+    lo, hi = cal.stored(low_mg), cal.stored(high_mg)
     z, y, x = data.shape
     low = np.zeros((z, y // factor, x // factor), bool)
     high = np.zeros_like(low)
@@ -157,8 +152,9 @@ def track(bone: np.ndarray, spacing_zyx, p: Params = Params()) -> np.ndarray:
                 else:
                     unowned[sl][piece] = True
             if unowned.any():  # new bones: pieces of one cortex ring grouped by the closing
-                groups, g = ndimage.label(cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group),
-                                          structure=eight)
+                groups, g = ndimage.label(
+                    cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group), structure=eight
+                )
                 for j in range(1, g + 1):
                     piece = (groups == j) & unowned
                     if piece.sum() >= min_px:
@@ -248,8 +244,11 @@ def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(
         if not mine[k].any():
             continue
         if factor > 1:  # coarse region -> native grid
-            up = cv2.resize(mine[k].astype(np.float32), (mine.shape[2] * factor, mine.shape[1] * factor),
-                            interpolation=cv2.INTER_LINEAR)
+            up = cv2.resize(
+                mine[k].astype(np.float32),
+                (mine.shape[2] * factor, mine.shape[1] * factor),
+                interpolation=cv2.INTER_LINEAR,
+            )
             region = np.zeros(data.shape[1:], np.uint8)
             h, w = min(up.shape[0], data.shape[1]), min(up.shape[1], data.shape[2])
             region[:h, :w] = up[:h, :w] > 0.5
@@ -258,5 +257,9 @@ def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(
         mask[k] = region
     mask = largest_component(mask).astype(np.uint8)
     box = [sl[0].start, sl[0].stop, ys.start, ys.stop, xs.start, xs.stop]
-    return mask, {"components": n, "box": box, "empty": not mask.any(),
-                  "thresholds_mg_ha_cm3": [round(v, 1) for v in levels]}
+    return mask, {
+        "components": n,
+        "box": box,
+        "empty": not mask.any(),
+        "thresholds_mg_ha_cm3": [round(v, 1) for v in levels],
+    }

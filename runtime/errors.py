@@ -36,3 +36,18 @@ class CalibrationError(VbmdInputError):
 
 class OutputError(VbmdInputError):
     """An output location cannot be written (not writable, exists without --overwrite, disk full)."""
+
+
+DEBUG_ENV = "VBMD_RT_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """``VBMD_RT_DEBUG=1``: show tracebacks of internal errors (the one place this switch is read)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def print_traceback_if_debug() -> None:
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exc()

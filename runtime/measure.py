@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import numpy as np
-from vbmd_rt.runtime.calibration import Calibration
+
+from vbmd_rt.runtime.io.calibration import Calibration
+
+
+def overlap(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Dice, IoU and pixel accuracy of two masks of one grid (non-zero is inside)."""
+    tp = fp = fn = 0
+    for k in range(pred.shape[0]):  # slice by slice: no full-size boolean temporaries
+        p, t = np.asarray(pred[k]) != 0, np.asarray(truth[k]) != 0
+        tp += int(np.count_nonzero(p & t))
+        fp += int(np.count_nonzero(p & ~t))
+        fn += int(np.count_nonzero(~p & t))
+    n = int(np.prod(pred.shape))
+    union = tp + fp + fn
+    return {
+        "dice": 1.0 if union == 0 else 2 * tp / (2 * tp + fp + fn),
+        "iou": 1.0 if union == 0 else tp / union,
+        "accuracy": (n - fp - fn) / n,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two masks (non-zero is inside); 1.0 when both are empty."""
-    a, b = np.asarray(a) != 0, np.asarray(b) != 0
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+    return overlap(a, b)["dice"]
 
 
 def vbmd(data: np.ndarray, mask: np.ndarray, element_size_mm, calibration: Calibration | None) -> dict:
@@ -33,7 +52,7 @@ def vbmd(data: np.ndarray, mask: np.ndarray, element_size_mm, calibration: Calib
     d100 = None
     mean_raw = total / count if count else None
     if calibration is not None and count:
-        d100 = float(mean_raw * calibration.per_unit + calibration.intercept)
+        d100 = float(calibration.density(mean_raw))
     return {
         "d100_mg_ha_cm3": d100,
         "bone_volume_mm3": count * ex * ey * ez,

@@ -1,4 +1,4 @@
-"""The stages of ``vbmd-rt run`` as functions, each timed: read, preprocess, inference, postprocess,
+"""One scan through the stages of ``vbmd-rt run``, each timed: read, preprocess, inference, postprocess,
 vbmd, write. ``segment`` (preprocess + inference + postprocess) is also what training's validation and
 ``vbmd-rt eval`` use, so every number is measured on the path the product runs.
 """
@@ -8,21 +8,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-from vbmd_rt.runtime import aim, measure, preprocess, proclog, report
-from vbmd_rt.runtime import segment as seg
-from vbmd_rt.runtime.atomic import atomic_write_bytes, check_writable_dir
-from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
-from vbmd_rt.runtime.model import Model
 
 from vbmd_rt import __version__
+from vbmd_rt.runtime import measure, preprocess, report
+from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
+from vbmd_rt.runtime.inference.base import Backend
+from vbmd_rt.runtime.inference.window import sliding_window
+from vbmd_rt.runtime.io import aim, proclog
+from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
+from vbmd_rt.runtime.io.naming import outputs_for, scan_name
+from vbmd_rt.runtime.model import Model
+from vbmd_rt.runtime.postprocess import detect_side, postprocess
+from vbmd_rt.runtime.qc import MIN_CONTRAST, bone_contrast
 
 
 class Timer:
@@ -40,64 +43,17 @@ class Timer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _sample_slices(mask: np.ndarray, count: int = 9) -> np.ndarray:
-    """Up to ``count`` slice indices spread evenly over the slices that hold the mask."""
-    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-    return zs[np.linspace(0, zs.size - 1, min(count, zs.size)).astype(int)] if zs.size else zs
-
-
-def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
-    """Hand side from where MC2 lies in the row of metacarpals (model space is a right hand: MC2 on -x).
-
-    On the slices with MC2, the bright voxels (above the midpoint between the soft tissue and MC2's
-    cortex) are the metacarpals; MC2 left of their centre of mass means a right hand. ``None`` when
-    there is no MC2 or no other bone to compare with.
-    """
-    mc2_x, all_x = [], []
-    for k in _sample_slices(mask):
-        img = np.asarray(data[k], dtype=np.float32)
-        m = mask[k] != 0
-        inside = img[m]
-        if inside.size < 10:
-            continue
-        cortex = np.percentile(inside, 95)
-        tissue = np.median(img[~m])
-        bone = img > (cortex + tissue) / 2
-        other = bone & ~m
-        if other.sum() < 10:
-            continue
-        xs = np.arange(img.shape[1], dtype=np.float64)
-        mc2_x.append(float((m.sum(axis=0) * xs).sum() / m.sum()))
-        all_x.append(float((bone.sum(axis=0) * xs).sum() / bone.sum()))
-    if not mc2_x:
-        return None
-    return "right" if np.median(np.subtract(mc2_x, all_x)) < 0 else "left"
-
-
-MIN_CONTRAST = 0.15  # in units of the training data's standard deviation (about 40 mg HA/cm³ for the default)
-
-
-def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
-    """How much brighter the mask is than a 1 mm-ish ring around it, on up to nine slices, in ``scale`` units."""
-    picks = _sample_slices(mask)
-    if picks.size == 0:
-        return 0.0
-    inside, ring = [], []
-    kernel = np.ones((9, 9), np.uint8)
-    for k in picks:
-        m = (mask[k] != 0).astype(np.uint8)
-        r = (cv2.dilate(m, kernel) > 0) & (m == 0)
-        img = np.asarray(data[k], dtype=np.float32)
-        inside.append(float(img[m > 0].mean()))
-        if r.any():
-            ring.append(float(np.median(img[r])))
-    if not ring:
-        return float("inf")
-    return (float(np.median(inside)) - float(np.median(ring))) / float(scale or 1.0)
-
-
-def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: Timer | None = None,
-            keep_prob: bool = False, spacing_zyx=None, calibration=None, path=None) -> tuple[np.ndarray, dict]:
+def segment(
+    data: np.ndarray,
+    model: Model,
+    backend: Backend,
+    side: str = "auto",
+    timer: Timer | None = None,
+    keep_prob: bool = False,
+    spacing_zyx=None,
+    calibration=None,
+    path=None,
+) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, components, warnings...).
 
     The classical model needs the voxel size and density calibration; the networks do not.
@@ -109,17 +65,23 @@ def segment(data: np.ndarray, model: Model, backend, side: str = "auto", timer: 
     with timer("preprocess"):
         vol, geometry = preprocess.to_model(data, spec, side)
     with timer("inference"):
-        prob = seg.predict(vol, backend, model.architecture, model.window, model.overlap, spec.multiple)
+        prob = sliding_window(vol, backend.infer, model.window)
     with timer("postprocess"):
-        mask, info = seg.postprocess(prob, geometry, model.threshold)
+        mask, info = postprocess(prob, geometry, model.threshold)
         info["contrast"] = bone_contrast(data, mask, spec.std)
         if not info["empty"] and info["contrast"] < MIN_CONTRAST:
             mask[:] = 0  # instance norm can find "structure" in noise: what is not brighter than its
             info["empty"] = True  # surroundings is not bone
             info["rejected"] = True
         found = side if side != "auto" else detect_side(data, mask)
-    info.update({"side": found, "side_source": "given" if side != "auto" else "detected",
-                 "model_grid": list(geometry.model_shape), "crop": list(geometry.crop)})
+    info.update(
+        {
+            "side": found,
+            "side_source": "given" if side != "auto" else "detected",
+            "model_grid": list(geometry.model_shape),
+            "crop": list(geometry.crop),
+        }
+    )
     if keep_prob:
         info["prob"] = preprocess.from_model(prob, geometry)
         info["geometry"] = geometry
@@ -130,8 +92,11 @@ def _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, p
     from vbmd_rt.runtime import classical
 
     if calibration is None:
-        raise CalibrationError(path, "has no density calibration, which the classical model needs to threshold",
-                               "use a network model (the default), or a calibrated scan")
+        raise CalibrationError(
+            path,
+            "has no density calibration, which the classical model needs to threshold",
+            "use a network model (the default), or a calibrated scan",
+        )
     if spacing_zyx is None:
         raise ValueError("the classical model needs the voxel size (spacing_zyx)")
     with timer("inference"):
@@ -145,43 +110,53 @@ def _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, p
     return mask, info
 
 
-# --------------------------------------------------------------------------- vbmd-rt run
+@dataclass
+class Analysis:
+    """What one scan gave: the native mask (uint8 0/1), its measures, facts and warnings."""
 
-SCAN_SUFFIXES = (".aim", ".isq")
-MASK_SUFFIXES = ("_GT", "_MASK", "_SEG")  # masks beside a scan: NAME_GT.AIM etc.
-
-
-def scan_name(path: Path) -> str:
-    """NAME of ``NAME.AIM`` (also ``NAME.AIM;1`` as OpenVMS writes it)."""
-    name = path.name.split(";")[0]
-    stem, ext = os.path.splitext(name)
-    return stem if ext.lower() in SCAN_SUFFIXES else name
+    mask: np.ndarray
+    measures: dict  # measure.vbmd: d100_mg_ha_cm3, bone_volume_mm3, mean_slice_area_mm2, slices, voxels
+    info: dict  # segment's facts: side, side_source, components, contrast, box...
+    warnings: list[str]
 
 
-def is_scan_file(path: Path) -> bool:
-    name = path.name.split(";")[0]
-    stem, ext = os.path.splitext(name)
-    return ext.lower() in SCAN_SUFFIXES and not stem.upper().endswith(MASK_SUFFIXES)
-
-
-def expand_inputs(items: list[str | Path]) -> list[Path]:
-    """Files as given; folders become their scan files (masks named *_SEG/_GT/_MASK are skipped)."""
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and is_scan_file(q)))
-        else:
-            out.append(p)
-    return out
-
-
-def outputs_for(name: str, out: Path, report_html: bool) -> dict[str, Path]:
-    files = {"mask": out / f"{name}_SEG.AIM", "png": out / f"{name}.png"}
-    if report_html:
-        files["html"] = out / f"{name}.html"
-    files["json"] = out / f"{name}.json"  # written last: its presence means the scan is done
-    return files
+def analyse(
+    data: np.ndarray,
+    spacing_zyx,
+    calibration,
+    model: Model,
+    backend: Backend,
+    side: str = "auto",
+    timer: Timer | None = None,
+    keep_prob: bool = False,
+    path=None,
+) -> Analysis:
+    """Segment and measure one (z, y, x) scan already in memory (or memory-mapped): no files written."""
+    timer = timer or Timer()
+    warnings: list[str] = []
+    if calibration is None:
+        warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
+    mask, info = segment(
+        data,
+        model,
+        backend,
+        side,
+        timer,
+        keep_prob=keep_prob,
+        spacing_zyx=spacing_zyx,
+        calibration=calibration,
+        path=path,
+    )
+    if info.get("rejected"):
+        warnings.append(
+            f"the network's output is not brighter than its surroundings (contrast {info['contrast']:.2f}):"
+            " no bone found, the mask is empty (is this an MCP scan of the hand?)"
+        )
+    elif info["empty"]:
+        warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
+    with timer("vbmd"):
+        m = measure.vbmd(data, mask, spacing_zyx[::-1], calibration)
+    return Analysis(mask, m, info, warnings)
 
 
 @dataclass
@@ -203,15 +178,19 @@ def read_scan(path: Path) -> aim.Scan:
     except PermissionError:
         raise VbmdInputError(path, "cannot be read (permission denied)", "check the file's permissions") from None
     if scan.header.is_mask:
-        raise VbmdInputError(path, f"is a segmentation mask ({scan.header.type_name}), not a greyscale scan",
-                             "pass the scan itself (int16 AIM or ISQ)")
+        raise VbmdInputError(
+            path,
+            f"is a segmentation mask ({scan.header.type_name}), not a greyscale scan",
+            "pass the scan itself (int16 AIM or ISQ)",
+        )
     if min(scan.header.shape) < 1:
         raise VbmdInputError(path, "holds no voxels", "pass a complete scan")
     return scan
 
 
-def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: RunOptions | None = None,
-             stage=None) -> dict:
+def run_scan(
+    path: str | Path, out: str | Path, model: Model, backend: Backend, options: RunOptions | None = None, stage=None
+) -> dict:
     """Process one scan into ``out``; return the result written to ``OUT/NAME.json``.
 
     Raises ``VbmdInputError`` for problems the user must fix; then nothing of this scan is left in ``out``.
@@ -221,33 +200,29 @@ def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: 
     timer = Timer()
     t_start = time.perf_counter()
     name = scan_name(path)
-    files = outputs_for(name, out, options.report_html)
-    if options.save_prob:
-        files = {"prob": out / f"{name}_PROB.AIM", **files}
+    files = outputs_for(name, out, options.report_html, options.save_prob)
     if not options.overwrite:
         for f in files.values():
             if f.exists():
                 raise OutputError(f, "output already exists", "pass --overwrite to replace it, or choose another -o")
-    warnings: list[str] = []
     stage = stage or (lambda s: None)
     stage("read")
     with timer("read"):
         scan = read_scan(path)
-        cal = scan.calibration
-        if cal is None:
-            warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
     stage("segment")
-    mask, info = segment(scan.data, model, backend, options.side, timer, keep_prob=options.save_prob,
-                         spacing_zyx=scan.header.element_size_mm[::-1], calibration=cal, path=path)
-    if info.get("rejected"):
-        warnings.append(f"the network's output is not brighter than its surroundings (contrast {info['contrast']:.2f}):"
-                        " no bone found, the mask is empty (is this an MCP scan of the hand?)")
-    elif info["empty"]:
-        warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
+    a = analyse(
+        scan.data,
+        scan.header.element_size_mm[::-1],
+        scan.calibration,
+        model,
+        backend,
+        options.side,
+        timer,
+        keep_prob=options.save_prob,
+        path=path,
+    )
+    mask, info, m, warnings, cal = a.mask, a.info, a.measures, a.warnings, scan.calibration
     detected = info["side"]
-    stage("vbmd")
-    with timer("vbmd"):
-        m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
     stage("write")
     result = {
         "d100_mg_ha_cm3": m["d100_mg_ha_cm3"],
@@ -256,19 +231,31 @@ def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: 
         "slices": m["slices"],
         "side": detected,
         "side_source": info["side_source"],
-        "backend": {"name": backend.name, "precision": getattr(backend, "precision", None),
-                    "reason": getattr(backend, "reason", "")},
-        "model": {"name": model.name, "architecture": model.architecture,
-                  "sha256": model.sha256(getattr(backend, "precision", "fp32")) or model.sha256("fp32"),
-                  "intended_use": model.card.get("intended_use")},
-        "calibration": None if cal is None else {"slope": cal.slope, "intercept": cal.intercept,
-                                                  "mu_scaling": cal.mu_scaling, "mu_water": cal.mu_water,
-                                                  "mg_ha_cm3_per_unit": cal.per_unit},
+        "backend": backend.describe(),
+        "model": {
+            "name": model.name,
+            "architecture": model.architecture,
+            "sha256": backend.onnx_sha256 or model.sha256("fp32"),
+            "intended_use": model.card.intended_use,
+        },
+        "calibration": None
+        if cal is None
+        else {
+            "slope": cal.slope,
+            "intercept": cal.intercept,
+            "mu_scaling": cal.mu_scaling,
+            "mu_water": cal.mu_water,
+            "mg_ha_cm3_per_unit": cal.per_unit,
+        },
         "timings_s": {},
-        "scan": {"file": path.name, "shape_zyx": list(scan.header.shape), "version": scan.header.version,
-                 "element_size_mm": [float(v) for v in scan.header.element_size_mm],
-                 "position": [int(v) for v in scan.header.position],
-                 "scanner": proclog.public_fields(scan.header.log)},
+        "scan": {
+            "file": path.name,
+            "shape_zyx": list(scan.header.shape),
+            "version": scan.header.version,
+            "element_size_mm": [float(v) for v in scan.header.element_size_mm],
+            "position": [int(v) for v in scan.header.position],
+            "scanner": proclog.public_fields(scan.header.log),
+        },
         "mask": {"file": files["mask"].name, "type": "char", "values": [0, 127], "voxels": m["voxels"]},
         "warnings": warnings,
         "vbmd_rt_version": __version__,
@@ -278,14 +265,22 @@ def run_scan(path: str | Path, out: str | Path, model: Model, backend, options: 
         with timer("write"):
             check_writable_dir(out)
             np.multiply(mask, 127, out=mask)
-            entry = (f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
-                     f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm")
+            entry = (
+                f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
+                f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm"
+            )
             aim.write_aim(files["mask"], mask, scan.header, type="char", log_entry=entry, overwrite=True)
             written.append(files["mask"])
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
-                aim.write_aim(files["prob"], prob, _model_grid_header(scan.header, info["geometry"]), type="char",
-                              log_entry="MC2 probability x100 on the model grid", overwrite=True)
+                aim.write_aim(
+                    files["prob"],
+                    prob,
+                    _model_grid_header(scan.header, info["geometry"]),
+                    type="char",
+                    log_entry="MC2 probability x100 on the model grid",
+                    overwrite=True,
+                )
                 written.append(files["prob"])
             png = report.png_bytes(report.montage(scan.data, mask, cal))
             atomic_write_bytes(files["png"], png, overwrite=True)

@@ -13,7 +13,7 @@ Model space is what the network sees:
 * normalisation: ``(raw - mean) / std`` with statistics from the training split (the model card).
 
 ``Geometry`` records every step, so probabilities come back to native voxels exactly
-(``to_native_box``) and ``from_model(to_model(x)) == x`` for both hands (tested).
+(``postprocess.postprocess`` through ``native_box`` and ``sample_at_native``) and ``from_model(to_model(x)) == x`` for both hands (tested).
 Training (``vbmd_rt.export``) imports these functions, so training and inference cannot drift apart.
 """
 
@@ -41,9 +41,8 @@ class Spec:
     crop: bool = True
 
     @classmethod
-    def from_card(cls, card: dict) -> Spec:
-        p = dict(card.get("preprocessing", {}))
-        return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
+    def from_dict(cls, d: dict) -> Spec:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +60,8 @@ class Geometry:
     @property
     def scale(self) -> tuple[float, float, float]:
         """Native voxels per model voxel along (z, y, x)."""
-        return tuple(n / m for n, m in zip(self.native_shape, self.model_shape, strict=True))
+        (nz, ny, nx), (mz, my, mx) = self.native_shape, self.model_shape
+        return nz / mz, ny / my, nx / mx
 
 
 # --------------------------------------------------------------------------- resampling
@@ -100,7 +100,9 @@ def resample_z(volume: np.ndarray, nz: int) -> np.ndarray:
     step = 1 << 15
     interp = cv2.INTER_AREA if nz < z else cv2.INTER_LINEAR
     for c in range(0, flat.shape[1], step):
-        out[:, c:c + step] = cv2.resize(flat[:, c:c + step], (min(step, flat.shape[1] - c), nz), interpolation=interp)
+        out[:, c : c + step] = cv2.resize(
+            flat[:, c : c + step], (min(step, flat.shape[1] - c), nz), interpolation=interp
+        )
     return out.reshape((nz,) + volume.shape[1:])
 
 
@@ -158,7 +160,7 @@ def crop_pad(volume: np.ndarray, box: tuple[int, int, int, int], fill: float) ->
         return np.ascontiguousarray(volume[:, y0:y1, x0:x1])
     out = np.full((z, y1 - y0, x1 - x0), fill, dtype=volume.dtype)
     sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
-    out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = volume[:, sy0:sy1, sx0:sx1]
+    out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = volume[:, sy0:sy1, sx0:sx1]
     return out
 
 
@@ -168,7 +170,7 @@ def uncrop(volume: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int,
     ny, nx = shape
     out = np.full((volume.shape[0], ny, nx), fill, dtype=volume.dtype)
     sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
-    out[:, sy0:sy1, sx0:sx1] = volume[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+    out[:, sy0:sy1, sx0:sx1] = volume[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
     return out
 
 
@@ -200,7 +202,7 @@ def to_model(data: np.ndarray, spec: Spec, side: str = "auto") -> tuple[np.ndarr
     vol -= np.float32(spec.mean)
     vol *= np.float32(1.0 / spec.std)
     box = hand_box(vol, spec.multiple, spec.margin) if spec.crop else (0, spec.size, 0, spec.size)
-    air = float(np.percentile(vol[:, :: 8, :: 8], 1)) if vol.size else 0.0
+    air = float(np.percentile(vol[:, ::8, ::8], 1)) if vol.size else 0.0
     out = crop_pad(vol, box, air)
     return out, Geometry((z, ny, nx), (mz, spec.size, spec.size), flip, box)
 
@@ -222,10 +224,14 @@ def from_model(volume: np.ndarray, geometry: Geometry) -> np.ndarray:
 def native_box(model_box: tuple[int, int, int, int, int, int], geometry: Geometry) -> tuple[slice, slice, slice]:
     """A (z0, z1, y0, y1, x0, x1) box on the uncropped model grid -> native slices, one model voxel wider."""
     out = []
-    for (a, b), s, n in zip(((model_box[0], model_box[1]), (model_box[2], model_box[3]), (model_box[4], model_box[5])),
-                            geometry.scale, geometry.native_shape, strict=True):
+    for (a, b), s, n in zip(
+        ((model_box[0], model_box[1]), (model_box[2], model_box[3]), (model_box[4], model_box[5])),
+        geometry.scale,
+        geometry.native_shape,
+        strict=True,
+    ):
         out.append(slice(max(0, int(math.floor((a - 1) * s))), min(n, int(math.ceil((b + 1) * s)))))
-    return tuple(out)
+    return out[0], out[1], out[2]
 
 
 def sample_at_native(volume: np.ndarray, geometry: Geometry, box: tuple[slice, slice, slice]) -> np.ndarray:
@@ -250,6 +256,11 @@ def sample_at_native(volume: np.ndarray, geometry: Geometry, box: tuple[slice, s
     for k in range(len(zc)):
         a, b = volume[z0[k], ya:yb, xa:xb], volume[z1[k], ya:yb, xa:xb]
         plane = a * (1 - wz[k]) + b * wz[k] if wz[k] > 0 else a
-        out[k] = cv2.remap(np.ascontiguousarray(plane, dtype=np.float32), map_x, map_y, cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
+        out[k] = cv2.remap(
+            np.ascontiguousarray(plane, dtype=np.float32),
+            map_x,
+            map_y,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
     return out

@@ -10,7 +10,8 @@ import json
 
 import cv2
 import numpy as np
-from vbmd_rt.runtime.calibration import Calibration
+
+from vbmd_rt.runtime.io.calibration import Calibration
 
 
 def _grey(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -20,7 +21,7 @@ def _grey(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def _window(data: np.ndarray, calibration: Calibration | None) -> tuple[float, float]:
     """Display window: -400..1400 mg HA/cm³ when calibrated, else robust percentiles of the raw values."""
     if calibration is not None:
-        return ((-400 - calibration.intercept) / calibration.per_unit, (1400 - calibration.intercept) / calibration.per_unit)
+        return calibration.stored(-400.0), calibration.stored(1400.0)
     k = data.shape[0] // 2
     lo, hi = np.percentile(np.asarray(data[k]), [1, 99.9])
     return float(lo), float(hi)
@@ -68,6 +69,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def html_report(result: dict, png: bytes) -> str:
     """A self-contained HTML page: the picture (inline), the measurements, timings and warnings."""
+
     def row(k, v):
         return f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
 
@@ -92,10 +94,10 @@ th,td{{text-align:left;padding:.2em 1em;border-bottom:1px solid #ddd}}img{{max-w
 .note{{color:#664;font-size:.9em}}</style></head><body>
 <h1>MC2 vBMD: {name}</h1>
 <img alt="axial slices and a coronal view with the MC2 contour" src="data:image/png;base64,{img}">
-<h2>Result</h2><table>{''.join(rows)}</table>
+<h2>Result</h2><table>{"".join(rows)}</table>
 <h2>Warnings</h2><ul>{warnings}</ul>
 <h2>Timings</h2><table>{timing}</table>
-<p class="note">{html.escape(result['model'].get('intended_use') or '')}</p>
+<p class="note">{html.escape(result["model"].get("intended_use") or "")}</p>
 <details><summary>JSON</summary><pre>{html.escape(json.dumps(result, indent=2))}</pre></details>
 </body></html>
 """

@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vbmd_rt.runtime import pipeline
-from vbmd_rt.runtime.atomic import atomic_write_bytes, check_writable_dir
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError
-
 from vbmd_rt import __version__
+from vbmd_rt.runtime import pipeline
+from vbmd_rt.runtime.errors import OutputError, VbmdInputError, print_traceback_if_debug
+from vbmd_rt.runtime.io import naming
+from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
 STATE_DIR = ".vbmd-rt"
 MARKER = ".done"
@@ -88,12 +88,19 @@ class Counts:
 class Watcher:
     """Polls IN, processes arrived scans with ``process(path) -> result dict`` into OUT."""
 
-    def __init__(self, in_dir: str | Path, out_dir: str | Path, process, options: pipeline.RunOptions | None = None,
-                 stable_for: float = 10.0, poll: float = 2.0, move_done: str | Path | None = None, log=print):
+    def __init__(
+        self,
+        in_dir: str | Path,
+        out_dir: str | Path,
+        process,
+        stable_for: float = 10.0,
+        poll: float = 2.0,
+        move_done: str | Path | None = None,
+        log=print,
+    ):
         self.in_dir = Path(in_dir)
         self.out = Path(out_dir)
         self.process = process
-        self.options = options or pipeline.RunOptions()
         self.stable_for = stable_for
         self.poll = poll
         self.move_done = Path(move_done) if move_done else None
@@ -103,7 +110,9 @@ class Watcher:
         self._seen: dict[str, tuple[str, float]] = {}  # name -> (key, first time this key was seen)
         self._refused: set[tuple[str, str]] = set()
         if not self.in_dir.is_dir():
-            raise VbmdInputError(self.in_dir, "input folder does not exist or is not a folder", "give the folder the scanner writes to")
+            raise VbmdInputError(
+                self.in_dir, "input folder does not exist or is not a folder", "give the folder the scanner writes to"
+            )
         check_writable_dir(self.out)
         if self.move_done:
             check_writable_dir(self.move_done)
@@ -121,14 +130,17 @@ class Watcher:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            raise OutputError(self.out, "another vbmd-rt watch already serves this output folder",
-                              "stop it first, or give another OUT") from None
+            raise OutputError(
+                self.out,
+                "another vbmd-rt watch already serves this output folder",
+                "stop it first, or give another OUT",
+            ) from None
         return f
 
     def recover(self) -> None:
         """Scans started but not finished (the service was killed): remove what they left, do them again."""
         for e in self.journal.unfinished():
-            name = pipeline.scan_name(Path(e["name"]))
+            name = naming.scan_name(Path(e["name"]))
             self._remove_outputs(name)
             self.journal.record("abandoned", e["name"], e["key"])
             self.counts.recovered += 1
@@ -138,7 +150,7 @@ class Watcher:
                 tmp.unlink()
 
     def _remove_outputs(self, name: str) -> None:
-        from vbmd_rt.runtime.cohort import remove_partial
+        from vbmd_rt.cohort.batch import remove_partial
 
         remove_partial(name, self.out, pipeline.RunOptions(report_html=True, save_prob=True))
 
@@ -161,7 +173,7 @@ class Watcher:
             if name.startswith(".") or name.endswith(MARKER):
                 continue
             p = Path(entry.path)
-            if not pipeline.is_scan_file(p):
+            if not naming.is_scan_file(p):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -170,12 +182,21 @@ class Watcher:
             key = self._key(st)
             if self.journal.settled(name, key):
                 continue
-            if entry.is_symlink() or os.sep in name or name in ("..", ".") or \
-                    not p.resolve().is_relative_to(self.in_dir.resolve()):
+            if (
+                entry.is_symlink()
+                or os.sep in name
+                or name in ("..", ".")
+                or not p.resolve().is_relative_to(self.in_dir.resolve())
+            ):
                 if (name, key) not in self._refused:
                     self._refused.add((name, key))
-                    self._fail(p, key, "input", "is a symbolic link or leaves the input folder: refused",
-                               "copy the scan itself into the input folder")
+                    self._fail(
+                        p,
+                        key,
+                        "input",
+                        "is a symbolic link or leaves the input folder: refused",
+                        "copy the scan itself into the input folder",
+                    )
                 continue
             if not entry.is_file(follow_symlinks=False):
                 continue
@@ -196,7 +217,7 @@ class Watcher:
                 return False
         except OSError:
             return False
-        self._remove_outputs(pipeline.scan_name(path))  # e.g. a changed scan of the same name: redo it whole
+        self._remove_outputs(naming.scan_name(path))  # e.g. a changed scan of the same name: redo it whole
         self.journal.record("start", name, key)
         self.write_health("processing")
         t0 = time.perf_counter()
@@ -206,41 +227,51 @@ class Watcher:
             self._fail(path, key, "input", e.problem, e.fix, shown=str(e))
             return False
         except Exception as e:  # noqa: BLE001 - one bad scan must not stop the service
-            self._fail(path, key, "internal", f"{type(e).__name__}: {e}", "report this with the scan's header "
-                       "(vbmd-rt info); set VBMD_RT_DEBUG=1 for a traceback")
-            if os.environ.get("VBMD_RT_DEBUG"):
-                import traceback
-
-                traceback.print_exc()
+            self._fail(
+                path,
+                key,
+                "internal",
+                f"{type(e).__name__}: {e}",
+                "report this with the scan's header (vbmd-rt info); set VBMD_RT_DEBUG=1 for a traceback",
+            )
+            print_traceback_if_debug()
             return False
         with contextlib.suppress(OSError):
-            (self.failed_dir / f"{pipeline.scan_name(path)}.error.json").unlink()  # an earlier failure is stale
-        self.journal.record("done", name, key, d100_mg_ha_cm3=result.get("d100_mg_ha_cm3"),
-                            seconds=round(time.perf_counter() - t0, 3))
+            (self.failed_dir / f"{naming.scan_name(path)}.error.json").unlink()  # an earlier failure is stale
+        self.journal.record(
+            "done", name, key, d100_mg_ha_cm3=result.get("d100_mg_ha_cm3"), seconds=round(time.perf_counter() - t0, 3)
+        )
         self.counts.done += 1
         d = result.get("d100_mg_ha_cm3")
-        self.log(f"done: {name}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, "
-                 f"{time.perf_counter() - t0:.1f} s")
+        self.log(f"done: {name}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {time.perf_counter() - t0:.1f} s")
         if self.move_done:
             self._move(path)
         return True
 
     def _fail(self, path: Path, key: str, kind: str, problem: str, fix: str | None, shown: str | None = None):
         name = path.name
-        err = {"scan": name, "kind": kind, "reason": problem, "fix": fix, "time": _now(),
-               "vbmd_rt_version": __version__}
+        err = {
+            "scan": name,
+            "kind": kind,
+            "reason": problem,
+            "fix": fix,
+            "time": _now(),
+            "vbmd_rt_version": __version__,
+        }
         try:
             check_writable_dir(self.failed_dir)
-            atomic_write_bytes(self.failed_dir / f"{pipeline.scan_name(path)}.error.json",
-                               (json.dumps(err, indent=2) + "\n").encode())
+            atomic_write_bytes(
+                self.failed_dir / f"{naming.scan_name(path)}.error.json", (json.dumps(err, indent=2) + "\n").encode()
+            )
         except VbmdInputError as e:
             self.log(f"warning: cannot write the failed list ({e})")
-        self._remove_outputs(pipeline.scan_name(path))
+        self._remove_outputs(naming.scan_name(path))
         self.journal.record("failed", name, key, kind=kind)
         self.counts.failed += 1
         self.log(f"failed: {shown or f'{name}: {problem}'}")
 
     def _move(self, path: Path) -> None:
+        assert self.move_done is not None
         try:
             shutil.move(str(path), str(self.move_done / path.name))
             marker = path.with_name(path.name + MARKER)
@@ -250,9 +281,18 @@ class Watcher:
             self.log(f"warning: {path.name} is done but could not be moved ({e.strerror})")
 
     def write_health(self, status: str) -> None:
-        h = {"status": status, "pid": os.getpid(), "time": time.time(), "time_iso": _now(),
-             "done": self.counts.done, "failed": self.counts.failed, "recovered": self.counts.recovered,
-             "since": self.counts.started, "in": str(self.in_dir), "vbmd_rt_version": __version__}
+        h = {
+            "status": status,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "time_iso": _now(),
+            "done": self.counts.done,
+            "failed": self.counts.failed,
+            "recovered": self.counts.recovered,
+            "since": self.counts.started,
+            "in": str(self.in_dir),
+            "vbmd_rt_version": __version__,
+        }
         with contextlib.suppress(VbmdInputError):
             atomic_write_bytes(self.state / "health.json", (json.dumps(h) + "\n").encode())
 
@@ -282,8 +322,11 @@ class Watcher:
         """Files seen that have not arrived yet (``once`` waits for them to settle, or their marker)."""
         if self.stable_for <= 0:
             return False
-        return any(not self.journal.settled(n, k) and (n, k) not in self._refused for n, (k, _) in self._seen.items()
-                   if (self.in_dir / n).exists())
+        return any(
+            not self.journal.settled(n, k) and (n, k) not in self._refused
+            for n, (k, _) in self._seen.items()
+            if (self.in_dir / n).exists()
+        )
 
     def install_signal_handlers(self) -> None:
         def _stop(signum, frame):

@@ -46,11 +46,15 @@ def main() -> None:
         rows.append((label, json.loads((rep / "eval.json").read_text())))
     truths = [json.loads(p.read_text()) for p in sorted(data.glob("*.truth.json"))]
     grades = {g: sum(t["motion_grade"] == g for t in truths) for g in (1, 2, 3)}
-    print(f"{a.cases} phantom test cases ({a.size}, seed {a.seed}): motion grade 1/2/3 = "
-          f"{grades[1]}/{grades[2]}/{grades[3]}, {sum(bool(t['erosions']) for t in truths)} eroded; "
-          f"D100 on the first {a.d100_cases}. Mean (SD).\n")
-    print("| model | IoU | Dice | accuracy | AUC | HD95 (mm) | D100 Pearson | Spearman | ICC(A,1) | "
-          "Bland-Altman bias [95% LoA] | D100 mean (SD) |")
+    print(
+        f"{a.cases} phantom test cases ({a.size}, seed {a.seed}): motion grade 1/2/3 = "
+        f"{grades[1]}/{grades[2]}/{grades[3]}, {sum(bool(t['erosions']) for t in truths)} eroded; "
+        f"D100 on the first {a.d100_cases}. Mean (SD).\n"
+    )
+    print(
+        "| model | IoU | Dice | accuracy | AUC | HD95 (mm) | D100 Pearson | Spearman | ICC(A,1) | "
+        "Bland-Altman bias [95% LoA] | D100 mean (SD) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in rows:
         s, d = r["segmentation"], r["d100"]
@@ -58,9 +62,12 @@ def main() -> None:
 
         def f(m, n=3):
             return f"{m['mean']:.{n}f} ({m['sd']:.{n}f})" if m.get("mean") is not None else "n/a"
-        print(f"| {label} | {f(s['iou'])} | {f(s['dice'])} | {f(s['accuracy'], 4)} | {f(s['auc'], 4)} | "
-              f"{f(s['hd95_mm'], 2)} | {d['pearson_r']:.4f} | {d['spearman_rho']:.4f} | {d['icc_a1']:.4f} | "
-              f"{ba['bias']:+.2f} [{ba['loa_low']:+.2f}, {ba['loa_high']:+.2f}] | {f(d['pred'], 1)} |")
+
+        print(
+            f"| {label} | {f(s['iou'])} | {f(s['dice'])} | {f(s['accuracy'], 4)} | {f(s['auc'], 4)} | "
+            f"{f(s['hd95_mm'], 2)} | {d['pearson_r']:.4f} | {d['spearman_rho']:.4f} | {d['icc_a1']:.4f} | "
+            f"{ba['bias']:+.2f} [{ba['loa_low']:+.2f}, {ba['loa_high']:+.2f}] | {f(d['pred'], 1)} |"
+        )
     d = rows[0][1]["d100"]
     print(f"| truth (phantom) | | | | | | | | | | {d['truth']['mean']:.1f} ({d['truth']['sd']:.1f}) |")
 

@@ -21,7 +21,7 @@ TRAIN_SEED, VAL_SEED = 1000, 9000
 
 def make(folder: Path, seed: int, small: int, full: int, workers: int) -> None:
     """``full`` full-size cases (indices 0..) then ``small`` small ones, all from ``seed``."""
-    from vbmd_rt.runtime import phantom
+    from vbmd_rt.synth import phantom
 
     phantom.synth(folder, full, seed, "full", workers=workers)
     phantom.synth(folder, small, seed, "small", start=full, workers=workers)
@@ -50,20 +50,32 @@ def main() -> None:
     make(data / "val", VAL_SEED, a.val_small, a.val_full, a.workers)
     print(f"phantoms: {time.time() - t0:.0f} s", flush=True)
 
-    from vbmd_rt.export import data as dataset
-    from vbmd_rt.export.evaluate import evaluate
+    from vbmd_rt.evaluation.evaluate import evaluate
     from vbmd_rt.export.torch_backend import TorchBackend
     from vbmd_rt.export.train import TrainConfig, train
-    from vbmd_rt.runtime.model import Model
+    from vbmd_rt.runtime.io import dataset
+    from vbmd_rt.runtime.model import Model, ModelCard
 
-    cfg = TrainConfig(data=str(data / "train"), out=str(out), arch="unet3d", epochs=a.epochs,
-                      steps_per_epoch=a.steps, lr=a.lr, schedule="poly", seed=0, window=a.window,
-                      val_data=str(data / "val"), workers=a.workers, device=a.device)
+    cfg = TrainConfig(
+        data=str(data / "train"),
+        out=str(out),
+        arch="unet3d",
+        epochs=a.epochs,
+        steps_per_epoch=a.steps,
+        lr=a.lr,
+        schedule="poly",
+        seed=0,
+        window=a.window,
+        val_data=str(data / "val"),
+        workers=a.workers,
+        device=a.device,
+    )
     t1 = time.time()
     best = train(cfg, resume=a.resume, log=lambda s: print(s, flush=True))
     print(f"training: {time.time() - t1:.0f} s", flush=True)
 
     import torch
+
     from vbmd_rt.export import nets
 
     ck = torch.load(best, map_location="cpu", weights_only=False)
@@ -71,8 +83,12 @@ def main() -> None:
     net.load_state_dict(ck["model"])
     backend = TorchBackend(net, "cuda" if torch.cuda.is_available() else "cpu", "fp32")
     t2 = time.time()
-    report = evaluate(dataset.discover(data / "val"), Model(ck["card"], out), backend,
-                      log=lambda s: print(s, flush=True))
+    report = evaluate(
+        dataset.discover(data / "val"),
+        Model(ModelCard.from_dict(ck["card"]), out),
+        backend,
+        log=lambda s: print(s, flush=True),
+    )
     report["seconds"] = time.time() - t2
     (out / "validation.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=1), flush=True)

@@ -25,14 +25,14 @@ def main() -> None:
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     data = Path(a.data)
-    from vbmd_rt.runtime import phantom
+    from vbmd_rt.synth import phantom
 
     if not any(data.glob("*.AIM")):  # the same cases as train_default_model.py's validation set
         phantom.synth(data, a.full, a.seed, "full", workers=a.workers)
         phantom.synth(data, a.small, a.seed, "small", start=a.full, workers=a.workers)
-    from vbmd_rt.export import data as dataset
-    from vbmd_rt.export.evaluate import evaluate
-    from vbmd_rt.runtime import backends
+    from vbmd_rt.evaluation.evaluate import evaluate
+    from vbmd_rt.runtime.inference import factory as backends
+    from vbmd_rt.runtime.io import dataset
     from vbmd_rt.runtime.model import load_model
 
     model = load_model(a.model)

@@ -24,6 +24,28 @@ def samples() -> Path:
     return SAMPLES
 
 
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    """Three small phantoms (seed 77: PHANTOM_0000..0002 with _GT masks and truth) made once per session.
+    Tests read them and copy what they change (``phantom_copies``); nothing writes into this folder."""
+    from vbmd_rt.synth import phantom
+
+    d = tmp_path_factory.mktemp("phantoms77")
+    phantom.synth(d, 3, seed=77)
+    return d
+
+
+def phantom_copies(src: Path, dst: Path, count: int) -> Path:
+    """The first ``count`` cases of ``src`` (scan, mask, truth) copied into ``dst`` (created)."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        for f in sorted(src.glob(f"PHANTOM_{i:04d}*")):
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
 def tiny_scan(src: Path, dst: Path, slices: int = 24, factor: int = 4) -> Path:
     """A small real scan made from a phantom: the first ``slices`` slices, ``factor`` x coarser in-plane
     (header, calibration and log kept). Fast to process; for tests of batches and the service."""
@@ -31,12 +53,18 @@ def tiny_scan(src: Path, dst: Path, slices: int = 24, factor: int = 4) -> Path:
 
     import cv2
     import numpy as np
-    from vbmd_rt.runtime import aim
+
+    from vbmd_rt.runtime.io import aim
 
     s = aim.read_aim(src)
     data = np.asarray(s.data[:slices], dtype=np.float32)
-    small = np.stack([cv2.resize(k, (k.shape[1] // factor, k.shape[0] // factor), interpolation=cv2.INTER_AREA)
-                      for k in data]).round().astype(np.int16)
+    small = (
+        np.stack(
+            [cv2.resize(k, (k.shape[1] // factor, k.shape[0] // factor), interpolation=cv2.INTER_AREA) for k in data]
+        )
+        .round()
+        .astype(np.int16)
+    )
     el = s.header.element_size_mm
     hdr = dataclasses.replace(s.header, element_size_mm=(el[0] * factor, el[1] * factor, el[2]))
     aim.write_aim(dst, small, hdr)

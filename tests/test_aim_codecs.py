@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vbmd_rt.runtime import aim
+
+from vbmd_rt.runtime.io import aim
 
 
 def _oracle_binary_decode(stream: bytes, n: int) -> np.ndarray:
@@ -24,7 +25,9 @@ def _oracle_binary_decode(stream: bytes, n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("runs", [[0], [1], [253], [254], [255], [508], [509], [1000, 3], [0, 254, 254, 1]])
 def test_binary_rle_round_trip_at_run_length_edges(runs):
-    flat = np.concatenate([np.full(r, 127 if i % 2 else 0, np.int8) for i, r in enumerate(runs)] + [np.zeros(1, np.int8)])
+    flat = np.concatenate(
+        [np.full(r, 127 if i % 2 else 0, np.int8) for i, r in enumerate(runs)] + [np.zeros(1, np.int8)]
+    )
     enc = aim.encode_binary_rle(flat, (0, 127))
     dec = aim.decode_binary_rle(np.frombuffer(enc, np.uint8), flat.size)
     np.testing.assert_array_equal(dec, flat)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vbmd_rt.runtime.aim import read_aim, write_aim
+
 from vbmd_rt.runtime.errors import AimFormatError
+from vbmd_rt.runtime.io.aim import read_aim, write_aim
 
 from .conftest import REFERENCE, SAMPLES, needs_samples
 
@@ -100,8 +101,15 @@ def test_data_length_past_the_end(tmp_path):
 
 
 @needs_samples
-@pytest.mark.parametrize("name", ["bonelabdata_aluminum.aim", "bonelabdata_XT2_RADIUS_82_SEG.AIM",
-                                  "aimiopy_DB_07_DNN_DR_T1_TRAB_MASK.AIM", "ormir_xct_test_isq.ISQ"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bonelabdata_aluminum.aim",
+        "bonelabdata_XT2_RADIUS_82_SEG.AIM",
+        "aimiopy_DB_07_DNN_DR_T1_TRAB_MASK.AIM",
+        "ormir_xct_test_isq.ISQ",
+    ],
+)
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.5, 0.9])
 def test_truncated_sample_files(tmp_path, name, fraction):
     raw = (SAMPLES / name).read_bytes()
@@ -126,20 +134,28 @@ def test_truncated_binary_stream_is_reported(tmp_path):
     _expect(bad, "truncated")
 
 
-FUZZ_SAMPLES = ["bonelabdata_aluminum.aim", "bonelabdata_XT2_RADIUS_82_SEG.AIM", "bonelabdata_test25a.aim",
-                "aimiopy_DB_07_DNN_DR_T1_TRAB_MASK.AIM", "aimiopy_TRAB_1240_SEG.AIM", "ormir_xct_test_isq.ISQ",
-                "aimiopy_CALLUS_1237.AIM"]
+FUZZ_SAMPLES = [
+    "bonelabdata_aluminum.aim",
+    "bonelabdata_XT2_RADIUS_82_SEG.AIM",
+    "bonelabdata_test25a.aim",
+    "aimiopy_DB_07_DNN_DR_T1_TRAB_MASK.AIM",
+    "aimiopy_TRAB_1240_SEG.AIM",
+    "ormir_xct_test_isq.ISQ",
+    "aimiopy_CALLUS_1237.AIM",
+]
 
 
 @needs_samples
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     name=st.sampled_from([n for n in FUZZ_SAMPLES if n in REFERENCE]),
     edits=st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), min_size=1, max_size=8),
     cut=st.one_of(st.none(), st.integers(0, 4000)),
-    wide=st.lists(st.tuples(st.integers(0, 700), st.sampled_from([-1, 0, 1, 2**31 - 1, -(2**31), 2**20, 255])),
-                  max_size=3),
+    wide=st.lists(
+        st.tuples(st.integers(0, 700), st.sampled_from([-1, 0, 1, 2**31 - 1, -(2**31), 2**20, 255])), max_size=3
+    ),
 )
 def test_mutated_headers_give_an_array_or_the_format_error(tmp_path_factory, name, edits, cut, wide):
     raw = bytearray((SAMPLES / name).read_bytes())

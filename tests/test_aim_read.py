@@ -4,7 +4,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from vbmd_rt.runtime.aim import TYPE_INT16, read_aim, read_header, read_isq
+
+from vbmd_rt.runtime.io.aim import TYPE_INT16, read_aim, read_header, read_isq
 
 from .conftest import REFERENCE, SAMPLES, needs_samples
 

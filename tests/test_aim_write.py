@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from vbmd_rt.runtime.aim import AimHeader, read_aim, write_aim
+
+from vbmd_rt.runtime.io.aim import AimHeader, read_aim, write_aim
 
 from .conftest import SAMPLES, needs_samples
 
@@ -21,8 +22,13 @@ def _template(version: int, kind: str = "int16") -> AimHeader:
     # Compressed binaries carry no offset border (AimIO asserts on one), the others do.
     offset = (0, 0, 0) if kind == "binary-rle" else (2, 3, 4)
     return AimHeader(
-        version=version, type_code=0x00020002, dim=(1, 1, 1), position=(684, 702, 9), offset=offset,
-        element_size_mm=(0.082, 0.082, 0.082), processing_log="! Processing Log\nMu_Scaling                     8192\n",
+        version=version,
+        type_code=0x00020002,
+        dim=(1, 1, 1),
+        position=(684, 702, 9),
+        offset=offset,
+        element_size_mm=(0.082, 0.082, 0.082),
+        processing_log="! Processing Log\nMu_Scaling                     8192\n",
     )
 
 

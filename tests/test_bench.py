@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from vbmd_rt.bench import suite
 from vbmd_rt.runtime.model import load_model
 
@@ -12,10 +13,11 @@ from vbmd_rt.runtime.model import load_model
 def test_flops_of_the_bundled_net_match_torch():
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
+
     from vbmd_rt.export import nets
 
     model = load_model(None)
-    net = nets.build(model.architecture, model.card.get("config")).eval()
+    net = nets.build(model.architecture, model.card.config).eval()
     shape = (1, 1, 16, 64, 96)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         net(torch.zeros(shape))
@@ -26,9 +28,29 @@ def test_flops_of_the_bundled_net_match_torch():
 
 def test_bench_small_report(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "bench", "--size", "small", "--runs", "2", "--warmup", "0",
-                        "--backends", "classical", "--no-2d", "--cache", tmp_path / "cache", "-o", out],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vbmd_rt",
+            "bench",
+            "--size",
+            "small",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--backends",
+            "classical",
+            "--no-2d",
+            "--cache",
+            tmp_path / "cache",
+            "-o",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
     st = rep["stages"]["classical"]

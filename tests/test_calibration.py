@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from vbmd_rt.runtime.aim import read_aim, write_aim
-from vbmd_rt.runtime.calibration import Calibration, calibration_from_log, from_density, to_density
+
 from vbmd_rt.runtime.errors import CalibrationError
-from vbmd_rt.runtime.proclog import parse_log
+from vbmd_rt.runtime.io.aim import read_aim, write_aim
+from vbmd_rt.runtime.io.calibration import Calibration, calibration_from_log, from_density, to_density
+from vbmd_rt.runtime.io.proclog import parse_log
 
 from .conftest import REFERENCE, SAMPLES, needs_samples
 

@@ -5,17 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from vbmd_rt.runtime import aim, classical, measure, phantom
-from vbmd_rt.runtime.model import load_model
 
 from tests.conftest import cli
+from vbmd_rt.runtime import classical, measure
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.model import load_model
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    d = tmp_path_factory.mktemp("scans")
-    phantom.synth(d, 3, seed=77)
-    return d
+def cases(phantoms):
+    return phantoms
 
 
 def test_joint_slice_finds_the_phalanx_jump():
@@ -56,7 +55,7 @@ def test_pick_mc2_takes_the_end_of_the_row_with_the_larger_head():
     for lab, (x, r_head) in enumerate([(10, 6), (35, 7), (60, 6), (85, 4)], start=1):
         for k in range(20):
             r = 3 if k < 10 else r_head
-            labels[k, 20 - r:20 + r, x - r:x + r] = lab
+            labels[k, 20 - r : 20 + r, x - r : x + r] = lab
     assert classical.pick_mc2(labels, (0.25, 0.25, 0.25)) == 1
     assert classical.pick_mc2(labels[:, :, ::-1].copy(), (0.25, 0.25, 0.25)) == 1
 
@@ -95,5 +94,7 @@ def test_classical_refuses_an_uncalibrated_scan(cases, tmp_path):
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "BARE.AIM" in errors[0] and "calibration" in errors[0], r.stderr
     assert not list((tmp_path / "out").glob("BARE*"))
-    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", tmp_path / "o2", "--model", "classical", "--backend", "onnxruntime")
+    r = cli(
+        "run", cases / "PHANTOM_0000.AIM", "-o", tmp_path / "o2", "--model", "classical", "--backend", "onnxruntime"
+    )
     assert r.returncode == 2 and "classical" in r.stderr

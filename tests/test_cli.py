@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-from vbmd_rt.runtime.aim import write_aim
 
 from vbmd_rt import __version__
+from vbmd_rt.runtime.io.aim import write_aim
 
 from .conftest import SAMPLES, needs_samples
 

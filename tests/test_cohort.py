@@ -8,15 +8,14 @@ import threading
 import time
 
 import pytest
-from vbmd_rt.runtime import cohort, phantom
 
 from tests.conftest import cli, tiny_scan
+from vbmd_rt.cohort import batch as cohort
 
 
 @pytest.fixture(scope="module")
-def scans(tmp_path_factory):
-    src = tmp_path_factory.mktemp("src")
-    phantom.synth(src, 1, seed=77)
+def scans(phantoms, tmp_path_factory):
+    src = phantoms
     d = tmp_path_factory.mktemp("cohort")
     for i in range(6):
         tiny_scan(src / "PHANTOM_0000.AIM", d / f"P{i}.AIM", slices=20 + i)
@@ -100,16 +99,17 @@ def test_dask_local_cluster_with_a_bad_scan(scans, tmp_path):
     assert "BAD.AIM" in r.stderr and "1 of 4 scans failed" in r.stderr
 
 
-def test_a_killed_dask_worker_has_its_scans_redone(tmp_path_factory, tmp_path):
+def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
     distributed = pytest.importorskip("distributed")
-    src = tmp_path_factory.mktemp("big")
-    phantom.synth(src, 1, seed=77)
+    src = phantoms
     d = tmp_path / "in"
     d.mkdir()
     for i in range(6):  # the network on small phantoms: seconds per scan, so the kill lands mid-cohort
         os.link(src / "PHANTOM_0000.AIM", d / f"W{i}.AIM")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
-            distributed.Client(lc) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
         pids = list(client.run(os.getpid).values())
         out = tmp_path / "out"
         killed = threading.Event()

@@ -49,3 +49,13 @@ def test_cmd_and_healthcheck_run_outside_docker(tmp_path):
     h = [sub.get(a, a) for a in health[1:]]
     r = subprocess.run([sys.executable, "-m", "vbmd_rt", *h], capture_output=True, text=True)
     assert r.returncode == 1 and "stopped" in r.stderr  # the --once service has stopped: unhealthy, as it should
+
+
+def test_the_image_copies_every_package_folder():
+    import tomllib
+
+    folders = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    text = DOCKERFILE.read_text()
+    missing = [d for d in sorted(folders) if f"COPY {d} ./{d}" not in text]
+    assert not missing, f"Dockerfile.trt does not copy {missing}: the wheel it builds would lack them"
+    assert "-c /tmp/constraints.txt" in text  # the image installs the tested versions

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from vbmd_rt.calib import quantize, select
-from vbmd_rt.runtime import backends, engines, phantom
+from vbmd_rt.runtime.inference import engines
+from vbmd_rt.runtime.inference import factory as backends
 from vbmd_rt.runtime.model import default_model_dir, load_model
+from vbmd_rt.synth import phantom
 
 
 @pytest.fixture
@@ -28,14 +31,14 @@ def test_rtx_build_for_sm75_has_the_io_the_runtime_expects(model):
     plan, rec = engines.build(model, "rtx", sm="75", log=lambda s: None)
     assert plan.parent == model.folder / "engines" and plan.stat().st_size > 1_000_000
     assert plan.name.startswith("rtx-sm75-fp16-")
-    (name, shape, dtype), = rec["io"]["inputs"]
-    (oname, oshape, odtype), = rec["io"]["outputs"]
+    ((name, shape, dtype),) = rec["io"]["inputs"]
+    ((oname, oshape, odtype),) = rec["io"]["outputs"]
     assert name == "image" and oname == "prob"
     assert shape == oshape == (1, 1, -1, -1, -1) and dtype == odtype == "DataType.FLOAT"  # FP32 I/O, FP16 inside
     key = engines.PlanKey.from_dict(rec["key"])
     assert key.compute_capability == "7.5" and key.precision == "fp16" and key.onnx_sha256 == model.sha256("fp16")
     assert key.profile == engines.default_profile(model)
-    (_, lo, opt, hi), = key.profile
+    ((_, lo, opt, hi),) = key.profile
     assert hi == (1, 1, 80, 512, 512) and all(v % 16 == 0 for v in lo[2:] + opt[2:] + hi[2:])
     assert engines.select(model, key)[0] == plan
     again, _ = engines.build(model, "rtx", sm="75", log=lambda s: None)  # cached under its key: not rebuilt
@@ -44,12 +47,18 @@ def test_rtx_build_for_sm75_has_the_io_the_runtime_expects(model):
 
 def test_rtx_build_from_the_command_line(model):
     pytest.importorskip("tensorrt_rtx")
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "75", "--model",
-                        model.folder], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "75", "--model", model.folder],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "sm_75" in r.stdout and len(list((model.folder / "engines").glob("*.plan"))) == 1
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "90", "--model",
-                        model.folder], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "90", "--model", model.folder],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "--sm 90" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -84,8 +93,22 @@ def test_plan_keys_and_mismatch_messages(model):
 
 
 def test_tensorrt_backends_without_a_gpu_say_so(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", tmp_path / "x.AIM", "-o", tmp_path / "o",
-                        "--backend", "tensorrt-rtx", "-q"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vbmd_rt",
+            "run",
+            tmp_path / "x.AIM",
+            "-o",
+            tmp_path / "o",
+            "--backend",
+            "tensorrt-rtx",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert ("needs a CUDA GPU" in r.stderr) or ("not installed" in r.stderr)
     if backends.cuda_device_count() == 0:
@@ -108,7 +131,8 @@ def test_calibration_picks_spread_over_cases_positions_and_grades(scans):
     assert sum(len(v) for v in calib.values()) == 12 and len(calib) == 4  # every calibration case is used
     counts = [len(v) for v in calib.values()]
     grades = {select._grade(f) for f in calib}
-    assert max(counts) - min(counts) <= 3 or len(grades) > 1
+    assert min(counts) >= 2  # every calibration case gives several inputs...
+    assert len(grades) > 1  # ...and the picks span motion grades (grades are balanced, not cases)
     for pos in calib.values():  # spread along the scan, not bunched
         if len(pos) >= 3:
             assert max(pos) - min(pos) > 0.4
@@ -118,8 +142,9 @@ def test_calibration_picks_spread_over_cases_positions_and_grades(scans):
 
 def test_calib_file_and_int8_gate(scans, tmp_path):
     out = tmp_path / "calib.npz"
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "calib", scans, "-o", out, "-n", "6"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "calib", scans, "-o", out, "-n", "6"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     arrays, meta = select.load(out)
     assert arrays["image"].shape == (6, 1, *select.WINDOW_3D) and arrays["heldout"].shape[0] == 3
@@ -146,7 +171,8 @@ def test_engine_masks_match_onnxruntime_cpu(scans, tmp_path):
     ONNX Runtime on the CPU, Dice >= 0.999."""
     if backends.cuda_device_count() == 0:
         pytest.skip("no CUDA GPU")
-    from vbmd_rt.runtime import aim, measure, pipeline
+    from vbmd_rt.runtime import measure, pipeline
+    from vbmd_rt.runtime.io import aim
 
     m = load_model(None)
     name = "tensorrt" if backends._installed("tensorrt") else "tensorrt-rtx"

@@ -7,8 +7,11 @@ import sys
 import numpy as np
 import pytest
 from scipy import spatial, stats
-from vbmd_rt.export import metrics
-from vbmd_rt.runtime import aim, measure, phantom
+
+from vbmd_rt.evaluation import metrics
+from vbmd_rt.runtime import measure
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.synth import phantom
 
 
 def test_overlap_by_hand():
@@ -36,6 +39,7 @@ def test_auc_equals_mann_whitney_with_ties():
 def _brute_hd95(p, t, spacing):
     def surf(m):
         return np.argwhere(metrics._surface(m)) * np.asarray(spacing)
+
     d = spatial.distance.cdist(surf(p), surf(t))
     return max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95))
 
@@ -75,12 +79,18 @@ def evaluated(tmp_path_factory):
     d = tmp_path_factory.mktemp("truth")
     phantom.synth(d, 3, seed=78)
     pred = tmp_path_factory.mktemp("pred")
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", d, "-o", pred, "--model", "classical", "--save-prob",
-                        "-q"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "run", d, "-o", pred, "--model", "classical", "--save-prob", "-q"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     rep = tmp_path_factory.mktemp("report")
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "eval", "--pred", pred, "--truth", d, "-o", rep],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "eval", "--pred", pred, "--truth", d, "-o", rep],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return d, pred, rep, r.stdout
 
@@ -104,6 +114,9 @@ def test_eval_end_to_end(evaluated):
 
 def test_eval_with_nothing_to_compare(evaluated, tmp_path):
     d, _, _, _ = evaluated
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "eval", "--pred", tmp_path, "--truth", d, "-o",
-                        tmp_path / "rep"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "eval", "--pred", tmp_path, "--truth", d, "-o", tmp_path / "rep"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no results" in r.stderr and "Traceback" not in r.stderr

@@ -9,11 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.conftest import cli, phantom_copies  # noqa: E402
 from vbmd_rt.export import nets  # noqa: E402
 from vbmd_rt.export.onnx_export import export, to_fp16  # noqa: E402
 from vbmd_rt.export.train import TrainConfig, train  # noqa: E402
-from vbmd_rt.runtime import phantom  # noqa: E402
 from vbmd_rt.runtime.model import load_model  # noqa: E402
+from vbmd_rt.synth import phantom  # noqa: E402
 
 
 def test_unet2d_is_the_resnet34_unet():
@@ -43,6 +44,7 @@ def test_resnet34_init_sums_rgb_kernels(tmp_path):
 
 def test_fp16_keeps_norm_and_sigmoid_in_fp32(tmp_path):
     import onnx
+
     from vbmd_rt.export.onnx_export import export_onnx
 
     export_onnx(nets.UNet3D(widths=(2, 2, 2, 2, 2)).eval(), "unet3d", tmp_path / "m.onnx")
@@ -90,8 +92,16 @@ def test_training_is_deterministic_on_cpu(tmp_path, trained):
     d, _, _ = trained
     weights = []
     for k in range(2):
-        cfg = TrainConfig(data=str(d), out=str(tmp_path / f"r{k}"), epochs=1, steps_per_epoch=2, window=32,
-                          max_val_cases=1, seed=3, device="cpu")
+        cfg = TrainConfig(
+            data=str(d),
+            out=str(tmp_path / f"r{k}"),
+            epochs=1,
+            steps_per_epoch=2,
+            window=32,
+            max_val_cases=1,
+            seed=3,
+            device="cpu",
+        )
         best = train(cfg, log=lambda s: None)
         weights.append(torch.load(best, weights_only=False)["model"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -104,14 +114,29 @@ def test_export_checks_and_runs(trained, tmp_path):
     assert card["export_checks"]["fp16_vs_fp32_mask_dice_min"] >= 0.99  # untrained: probabilities near 0.5
     m = load_model(tmp_path / "model")
     assert m.onnx("fp32").stat().st_size < 10 * 2**20 and m.onnx("fp16").exists()
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", d / "PHANTOM_0000.AIM", "-o", tmp_path / "out",
-                        "--model", tmp_path / "model", "-q"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vbmd_rt",
+            "run",
+            d / "PHANTOM_0000.AIM",
+            "-o",
+            tmp_path / "out",
+            "--model",
+            tmp_path / "model",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())["model"]["sha256"] == m.sha256("fp32")
 
 
 def test_bundled_model_fp16_agrees_with_fp32():
     import onnxruntime as ort
+
     from vbmd_rt.export.onnx_export import check_samples
 
     m = load_model()
@@ -135,14 +160,13 @@ def test_tampered_model_is_refused(tmp_path):
     assert np.isfinite(load_model().spec.std)
 
 
-def test_torch_backend_runs_the_bundled_model_like_onnxruntime(tmp_path):
+def test_torch_backend_runs_the_bundled_model_like_onnxruntime(phantoms, tmp_path):
     """`run --backend torch` loads the exported weights (the norms' folded affine parameters included,
     found through the exporter's name scopes) and gives the masks ONNX Runtime gives."""
-    from vbmd_rt.runtime import aim, measure, phantom
+    from vbmd_rt.runtime import measure
+    from vbmd_rt.runtime.io import aim
 
-    from tests.conftest import cli
-
-    phantom.synth(tmp_path / "in", 1, seed=77)
+    phantom_copies(phantoms, tmp_path / "in", 1)
     for backend in ("torch", "onnxruntime"):
         r = cli("run", tmp_path / "in", "-o", tmp_path / backend, "--backend", backend, "-q")
         assert r.returncode == 0, r.stderr

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
-from vbmd_rt.runtime import phantom, preprocess
-from vbmd_rt.runtime.segment import fill_holes_slicewise, largest_component, postprocess
+
+from vbmd_rt.runtime import preprocess
+from vbmd_rt.runtime.postprocess import fill_holes_slicewise, largest_component, postprocess
+from vbmd_rt.synth import phantom
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,25 @@ import json
 
 import numpy as np
 import pytest
-from vbmd_rt.runtime import aim, phantom
+
+from tests.conftest import cli, phantom_copies
+from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.model import load_model
 
-from tests.conftest import cli
-
-KEYS = {"d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side", "backend", "model",
-        "calibration", "timings_s", "scan", "mask", "warnings"}
+KEYS = {
+    "d100_mg_ha_cm3",
+    "bone_volume_mm3",
+    "mean_slice_area_mm2",
+    "slices",
+    "side",
+    "backend",
+    "model",
+    "calibration",
+    "timings_s",
+    "scan",
+    "mask",
+    "warnings",
+}
 
 
 def sha(path):
@@ -19,10 +31,8 @@ def sha(path):
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    d = tmp_path_factory.mktemp("scans")
-    phantom.synth(d, 2, seed=77)
-    return d
+def cases(phantoms, tmp_path_factory):
+    return phantom_copies(phantoms, tmp_path_factory.mktemp("scans"), 2)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +50,9 @@ def test_bundled_model_card_is_complete():
     assert m.architecture == "unet3d"
     for key in ("fp32", "fp16"):
         m.onnx(key)  # sha256 checked
-        assert m.card["files"][key]["bytes"] < 10 * 2**20
-    assert "synthetic" in m.card["intended_use"] and "vbmd-rt train" in m.card["intended_use"]
-    assert m.card["preprocessing"]["std"] > 0 and m.card["threshold"] == 0.5
+        assert m.card.files[key].bytes < 10 * 2**20
+    assert "synthetic" in m.card.intended_use and "vbmd-rt train" in m.card.intended_use
+    assert m.card.preprocessing.std > 0 and m.card.threshold == 0.5
 
 
 @pytest.mark.parametrize("i", [0, 1])
@@ -65,7 +75,9 @@ def test_outputs_json_and_mask_line_up_with_truth(cases, results, i):
     assert set(np.unique(seg.data)) <= {0, 127}
     a, b = np.asarray(seg.data) > 0, np.asarray(gt.data) > 0
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
-    assert "vbmd-rt" in seg.header.processing_log.splitlines()[-3] or "vbmd-rt" in seg.header.processing_log
+    scan_log = scan.processing_log.rstrip("\0")
+    assert seg.header.processing_log.startswith(scan_log.rstrip("\n"))  # the scan's log kept, one entry added
+    assert "vbmd-rt" in seg.header.processing_log[len(scan_log) :]
     assert (results / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (results / f"{name}.html").read_text()
     assert "data:image/png;base64," in html and "D100" in html
@@ -123,8 +135,9 @@ def test_uncalibrated_scan_still_gets_a_mask(cases, tmp_path):
 
 def test_scan_without_bone_gives_an_empty_mask_and_a_warning(cases, tmp_path):
     s = aim.read_aim(cases / "PHANTOM_0001.AIM")
-    air = np.full(s.header.shape, -2000, np.int16) + np.random.default_rng(0).integers(-50, 50, s.header.shape,
-                                                                                           dtype=np.int16)
+    air = np.full(s.header.shape, -2000, np.int16) + np.random.default_rng(0).integers(
+        -50, 50, s.header.shape, dtype=np.int16
+    )
     aim.write_aim(tmp_path / "AIR.AIM", air, s.header)
     r = cli("run", tmp_path / "AIR.AIM", "-o", tmp_path / "out", "-q")
     assert r.returncode == 0, r.stderr

@@ -11,17 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from vbmd_rt.runtime import phantom, pipeline, service
-from vbmd_rt.runtime.backends import create
-from vbmd_rt.runtime.model import load_model
 
-from tests.conftest import tiny_scan
+from tests.conftest import phantom_copies, tiny_scan
+from vbmd_rt.runtime import pipeline, service
+from vbmd_rt.runtime.inference.factory import create
+from vbmd_rt.runtime.io import naming
+from vbmd_rt.runtime.model import load_model
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    d = tmp_path_factory.mktemp("src")
-    phantom.synth(d, 2, seed=77)
+def source(phantoms, tmp_path_factory):
+    d = phantom_copies(phantoms, tmp_path_factory.mktemp("src"), 2)
     tiny_scan(d / "PHANTOM_0000.AIM", d / "TINY.AIM")
     return d
 
@@ -31,7 +31,7 @@ def _watcher(in_dir, out, **kw):
     be = create("auto", model)
     options = pipeline.RunOptions(overwrite=True)
     kw.setdefault("log", lambda s: None)
-    return service.Watcher(in_dir, out, lambda p: pipeline.run_scan(p, out, model, be, options), options, **kw)
+    return service.Watcher(in_dir, out, lambda p: pipeline.run_scan(p, out, model, be, options), **kw)
 
 
 def _journal(out):
@@ -45,7 +45,7 @@ def _copy(src: Path, dst: Path, pause: float = 0.0):
         f.write(data[: len(data) // 2])
         f.flush()
         time.sleep(pause)
-        f.write(data[len(data) // 2:])
+        f.write(data[len(data) // 2 :])
 
 
 def test_each_scan_once_across_restarts(source, tmp_path):
@@ -74,7 +74,7 @@ def test_arrival_needs_a_stable_size_or_a_marker(source, tmp_path):
     assert w.candidates() == []  # just seen
     time.sleep(0.3)
     with open(inp / "A.AIM", "ab") as f:  # still growing: the clock starts again
-        f.write(half[len(half) // 2:])
+        f.write(half[len(half) // 2 :])
     time.sleep(0.3)
     assert w.candidates() == []  # seen with its new size: the 0.5 s start now
     time.sleep(0.6)
@@ -126,10 +126,15 @@ def test_one_service_per_output_folder(source, tmp_path):
 
 # --------------------------------------------------------------------------- the real service, in a process
 
+
 def _start(inp, out, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vbmd_rt", "watch", str(inp), str(out), "--poll", "0.1",
-                             *map(str, extra)], stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vbmd_rt", "watch", str(inp), str(out), "--poll", "0.1", *map(str, extra)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _wait(cond, timeout, proc=None):
@@ -163,8 +168,11 @@ def test_sigkill_mid_scan_leaves_nothing_partial_and_the_scan_is_redone(source, 
         p.send_signal(signal.SIGKILL)
         p.wait()
     assert not (out / "K.json").exists()
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "watch", inp, out, "--once", "--stable-for", "0.1"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "watch", inp, out, "--once", "--stable-for", "0.1"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "recovered: K.AIM" in r.stderr, r.stderr
     assert [e["event"] for e in _journal(out)] == ["start", "abandoned", "start", "done"]
     res = json.loads((out / "K.json").read_text())
@@ -183,7 +191,7 @@ def test_sigterm_finishes_the_current_scan(source, tmp_path):
     assert p.wait(timeout=60) == 0
     started, done = _events(out, "start"), _events(out, "done")
     assert started == done and len(done) == 1  # the current scan finished; the other was not begun
-    assert (out / f"{pipeline.scan_name(Path(done[0]))}.json").exists()
+    assert (out / f"{naming.scan_name(Path(done[0]))}.json").exists()
     assert json.loads((out / ".vbmd-rt" / "health.json").read_text())["status"] == "stopped"
 
 
@@ -202,6 +210,7 @@ def test_200_scans_dropped_while_the_service_runs(source, tmp_path):
                 _copy(source / "TINY.AIM", inp / n, pause=0.02 if i % 10 == 0 else 0.0)
                 if i == 100:
                     (inp / "CORRUPT.AIM").write_bytes(b"AIMDATA_V030   \0" + os.urandom(4000))
+
         t = threading.Thread(target=drop)
         t.start()
         t.join()
@@ -219,11 +228,13 @@ def test_200_scans_dropped_while_the_service_runs(source, tmp_path):
 
 # --------------------------------------------------------------------------- full and read-only disks
 
+
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str, *opts):
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *opts]), "tmpfs", str(path)],
-                       capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *opts]), "tmpfs", str(path)], capture_output=True
+    )
     if r.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
@@ -235,8 +246,22 @@ def _tmpfs(path: Path, size: str, *opts):
 def test_full_disk_gives_a_clear_error_and_no_corrupt_files(source, tmp_path):
     with _tmpfs(tmp_path / "full", "3m") as out:
         before = (source / "PHANTOM_0000.AIM").stat().st_mtime_ns
-        r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", source / "PHANTOM_0000.AIM", "-o", out, "-q",
-                            "--model", "classical"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vbmd_rt",
+                "run",
+                source / "PHANTOM_0000.AIM",
+                "-o",
+                out,
+                "-q",
+                "--model",
+                "classical",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr and "check free space" in r.stderr
         assert list(out.iterdir()) == []  # nothing corrupt, nothing partial, no temporaries
@@ -245,11 +270,15 @@ def test_full_disk_gives_a_clear_error_and_no_corrupt_files(source, tmp_path):
 
 def test_read_only_output_is_refused(source, tmp_path):
     with _tmpfs(tmp_path / "ro", "1m", "ro") as out:
-        r = subprocess.run([sys.executable, "-m", "vbmd_rt", "run", source / "TINY.AIM", "-o", out, "-q"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "vbmd_rt", "run", source / "TINY.AIM", "-o", out, "-q"],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert str(out) in r.stderr and "writ" in r.stderr
         (tmp_path / "in").mkdir()
-        r = subprocess.run([sys.executable, "-m", "vbmd_rt", "watch", tmp_path / "in", out, "--once"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "vbmd_rt", "watch", tmp_path / "in", out, "--once"], capture_output=True, text=True
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -27,6 +27,10 @@ bone edges and streaks, varying from slice to slice), rings in some cases.
 The truth (``NAME.truth.json``) is computed from the files as written: D100 is the mean
 calibrated density of the stored scan inside the stored true mask. Nothing of the truth goes
 into the scan file: its header and log are the same for every case except the dimensions.
+
+About 630 lines in one module for now: case parameters, the renderer and the scanner model share the
+``CaseParams`` geometry; the structurally different anatomy and texture families planned for the
+robustness work will split it by family.
 """
 
 from __future__ import annotations
@@ -40,12 +44,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import proclog
-from .aim import AimHeader, write_aim
-from .atomic import atomic_write_bytes, check_writable_dir
-from .calibration import Calibration
+from vbmd_rt.runtime.io import proclog
+from vbmd_rt.runtime.io.aim import AimHeader, write_aim
+from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
+from vbmd_rt.runtime.io.calibration import Calibration
 
-__all__ = ["GENERATOR_VERSION", "CaseParams", "sample_case", "render_case", "synth_case", "synth", "XTREMECT_CALIBRATION"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "CaseParams",
+    "sample_case",
+    "render_case",
+    "synth_case",
+    "synth",
+    "XTREMECT_CALIBRATION",
+]
 
 GENERATOR_VERSION = "1.0"
 # XtremeCT I calibration as in shared/aim-samples/bonelabdata_aluminum.aim.
@@ -58,13 +70,21 @@ def _xtremect_log() -> str:
     cal = XTREMECT_CALIBRATION
     ln, sep = proclog.field_line, proclog.SEPARATOR
     rows = [
-        "!", "! Processing Log", "!", sep,
+        "!",
+        "! Processing Log",
+        "!",
+        sep,
         ln("Created by", "vbmd-rt synth (synthetic phantom)"),
         ln("Patient Name", "PHANTOM"),
         sep,
-        ln("Site", 4), ln("Scanner ID", 3309), ln("Scanner type", 9),
-        ln("No. samples", 1536), ln("No. projections per 180", 750),
-        ln("Integration time [us]", 100000), ln("Energy [V]", 59400), ln("Intensity [uA]", 1000),
+        ln("Site", 4),
+        ln("Scanner ID", 3309),
+        ln("Scanner type", 9),
+        ln("No. samples", 1536),
+        ln("No. projections per 180", 750),
+        ln("Integration time [us]", 100000),
+        ln("Energy [V]", 59400),
+        ln("Intensity [uA]", 1000),
         ln("Mu_Scaling", int(cal.mu_scaling)),
         ln("Calibration Data", "60kVp, BH: 200 mg HA/ccm, Scaling 8192"),
         ln("Calib. default unit type", "2 (Density)"),
@@ -153,8 +173,12 @@ def sample_case(seed: int, size: str = "small") -> CaseParams:
     ca, sa = math.cos(math.radians(hand_angle)), math.sin(math.radians(hand_angle))
     bones = []
     for i, (name, rel_size, dz) in enumerate(
-        [("MC2", 1.0, rng.uniform(-1.5, 0.5)), ("MC3", 1.02, rng.uniform(0.5, 2.0)),
-         ("MC4", 0.86, rng.uniform(-2.5, -0.5)), ("MC5", 0.8, rng.uniform(-4.0, -1.5))]
+        [
+            ("MC2", 1.0, rng.uniform(-1.5, 0.5)),
+            ("MC3", 1.02, rng.uniform(0.5, 2.0)),
+            ("MC4", 0.86, rng.uniform(-2.5, -0.5)),
+            ("MC5", 0.8, rng.uniform(-4.0, -1.5)),
+        ]
     ):
         # Bones on an arc across the hand, MC2 on the radial side (-x for a right hand).
         u = (i - 1.4) * spacing
@@ -163,43 +187,78 @@ def sample_case(seed: int, size: str = "small") -> CaseParams:
         shaft = (4.8 * s * rng.uniform(0.9, 1.1), 4.3 * s * rng.uniform(0.9, 1.1))
         head = (7.8 * s * rng.uniform(0.92, 1.08), 7.1 * s * rng.uniform(0.92, 1.08))
         tip = joint + dz
-        bones.append(Bone(
-            name=name, x0=cx + u * ca - v * sa, y0=cy + u * sa + v * ca,
-            dx=rng.normal(0, 0.05), dy=rng.normal(0, 0.05), curv=rng.normal(0, 0.0015),
-            shaft=shaft, head=head, angle=hand_angle + rng.normal(0, 12),
-            tip=tip, dome=head[0] * rng.uniform(0.75, 0.95), neck=rng.uniform(5.0, 9.0),
-            cortex_shaft=rng.uniform(0.9, 1.5) * (0.75 if osteopenia else 1.0),
-            cortex_head=rng.uniform(0.3, 0.45) if osteopenia else rng.uniform(0.35, 0.6),
-            gap=rng.uniform(1.0, 2.5), phalanx=(head[0] * rng.uniform(0.95, 1.1), head[1] * rng.uniform(0.9, 1.05)),
-            cup=rng.uniform(1.8, 3.2),
-        ))
+        bones.append(
+            Bone(
+                name=name,
+                x0=cx + u * ca - v * sa,
+                y0=cy + u * sa + v * ca,
+                dx=rng.normal(0, 0.05),
+                dy=rng.normal(0, 0.05),
+                curv=rng.normal(0, 0.0015),
+                shaft=shaft,
+                head=head,
+                angle=hand_angle + rng.normal(0, 12),
+                tip=tip,
+                dome=head[0] * rng.uniform(0.75, 0.95),
+                neck=rng.uniform(5.0, 9.0),
+                cortex_shaft=rng.uniform(0.9, 1.5) * (0.75 if osteopenia else 1.0),
+                cortex_head=rng.uniform(0.3, 0.45) if osteopenia else rng.uniform(0.35, 0.6),
+                gap=rng.uniform(1.0, 2.5),
+                phalanx=(head[0] * rng.uniform(0.95, 1.1), head[1] * rng.uniform(0.9, 1.05)),
+                cup=rng.uniform(1.8, 3.2),
+            )
+        )
     erosions = []
     if rng.random() < 0.35:
         mc2 = bones[0]
         for _ in range(int(rng.integers(1, 4))):
-            erosions.append({
-                "bone": "MC2", "z_mm": float(mc2.tip - mc2.dome * rng.uniform(0.3, 1.8)),
-                "angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.8, 2.4)),
-            })
+            erosions.append(
+                {
+                    "bone": "MC2",
+                    "z_mm": float(mc2.tip - mc2.dome * rng.uniform(0.3, 1.8)),
+                    "angle_deg": float(rng.uniform(0, 360)),
+                    "radius_mm": float(rng.uniform(0.8, 2.4)),
+                }
+            )
         if rng.random() < 0.5:
             other = bones[int(rng.integers(1, 4))]
-            erosions.append({"bone": other.name, "z_mm": float(other.tip - other.dome * rng.uniform(0.3, 1.5)),
-                             "angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.8, 2.0))})
+            erosions.append(
+                {
+                    "bone": other.name,
+                    "z_mm": float(other.tip - other.dome * rng.uniform(0.3, 1.5)),
+                    "angle_deg": float(rng.uniform(0, 360)),
+                    "radius_mm": float(rng.uniform(0.8, 2.0)),
+                }
+            )
     # Apparent trabecular density of the head (150-350, lower in osteopenia) sets the fraction.
     marrow = rng.uniform(-20, 60)
     tissue = rng.uniform(850, 1000)
     apparent = rng.uniform(160, 340) * (0.65 if osteopenia else 1.0)
     trab_head = (apparent - marrow) / (tissue - marrow)
     return CaseParams(
-        seed=seed, size=size, voxel_mm=voxel, nxy=nxy, slices=slices,
-        side="left" if rng.random() < 0.5 else "right", motion_grade=grade,
-        rings=bool(rng.random() < 0.25), osteopenia=osteopenia,
+        seed=seed,
+        size=size,
+        voxel_mm=voxel,
+        nxy=nxy,
+        slices=slices,
+        side="left" if rng.random() < 0.5 else "right",
+        motion_grade=grade,
+        rings=bool(rng.random() < 0.25),
+        osteopenia=osteopenia,
         cortex_density=rng.uniform(880, 1150) * (0.85 if osteopenia else 1.0),
-        tissue_density=tissue, trab_fraction_head=trab_head, trab_apparent_head=apparent,
+        tissue_density=tissue,
+        trab_fraction_head=trab_head,
+        trab_apparent_head=apparent,
         trab_fraction_shaft=trab_head * rng.uniform(0.15, 0.4),
-        marrow_density=marrow, soft_density=rng.uniform(10, 70),
-        noise_sd=rng.uniform(70, 120), psf_sigma_vox=rng.uniform(1.0, 1.5), psf_sigma_z_vox=rng.uniform(0.5, 1.0),
-        cupping=rng.uniform(20, 60), hand=hand, bones=bones, erosions=erosions,
+        marrow_density=marrow,
+        soft_density=rng.uniform(10, 70),
+        noise_sd=rng.uniform(70, 120),
+        psf_sigma_vox=rng.uniform(1.0, 1.5),
+        psf_sigma_z_vox=rng.uniform(0.5, 1.0),
+        cupping=rng.uniform(20, 60),
+        hand=hand,
+        bones=bones,
+        erosions=erosions,
     )
 
 
@@ -265,8 +324,15 @@ def _local_ellipse(shape, c, axes, angle, px):
 
 def _circle(img, c, r, value, px, shift=4):
     f = 1 << shift
-    cv2.circle(img, (int(round(c[0] / px * f)), int(round(c[1] / px * f))), int(round(r / px * f)), value, -1,
-               cv2.LINE_8, shift)
+    cv2.circle(
+        img,
+        (int(round(c[0] / px * f)), int(round(c[1] / px * f))),
+        int(round(r / px * f)),
+        value,
+        -1,
+        cv2.LINE_8,
+        shift,
+    )
 
 
 class _Renderer:
@@ -304,8 +370,13 @@ class _Renderer:
                     th = rng.uniform(0, math.pi)
                     c = (b.x0 / self.px, b.y0 / self.px)
                     d = (math.cos(th) * 2 * n, math.sin(th) * 2 * n)
-                    cv2.line(self.streaks, (int(c[0] - d[0]), int(c[1] - d[1])), (int(c[0] + d[0]), int(c[1] + d[1])),
-                             float(rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)), 1)
+                    cv2.line(
+                        self.streaks,
+                        (int(c[0] - d[0]), int(c[1] - d[1])),
+                        (int(c[0] + d[0]), int(c[1] + d[1])),
+                        float(rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)),
+                        1,
+                    )
             self.streaks = cv2.GaussianBlur(self.streaks, (0, 0), 0.8) * (70.0 * (p.motion_grade - 1))
         self.rng = np.random.default_rng([p.seed, 0x736C63])
         self.tile_off = {b.name: rng.integers(0, 96, size=3) for b in p.bones}
@@ -487,14 +558,24 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small") -> d
     p = sample_case(case_seed, size)
     scan, truth = render_case(p)
     name = case_name(index)
-    hdr = AimHeader(version=2, type_code=0x00020002, dim=(1, 1, 1), element_size_mm=(p.voxel_mm,) * 3,
-                    processing_log=_xtremect_log())
+    hdr = AimHeader(
+        version=2,
+        type_code=0x00020002,
+        dim=(1, 1, 1),
+        element_size_mm=(p.voxel_mm,) * 3,
+        processing_log=_xtremect_log(),
+    )
     write_aim(out / f"{name}.AIM", scan, hdr, type="int16")
     # The mask's log entry has a fixed time so that a seed always gives the same bytes.
-    gt_log = proclog.append_entry(hdr.processing_log, f"vbmd-rt synth {GENERATOR_VERSION}",
-                                  "synthetic phantom ground truth: MC2 periosteal mask", when=0)
-    write_aim(out / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), replace(hdr, processing_log=gt_log),
-              type="char")
+    gt_log = proclog.append_entry(
+        hdr.processing_log,
+        f"vbmd-rt synth {GENERATOR_VERSION}",
+        "synthetic phantom ground truth: MC2 periosteal mask",
+        when=0,
+    )
+    write_aim(
+        out / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), replace(hdr, processing_log=gt_log), type="char"
+    )
     t = truth_of(scan, truth, p)
     t.update(name=name, seed=seed, case_seed=case_seed, index=index)
     atomic_write_bytes(out / f"{name}.truth.json", (json.dumps(t, indent=2) + "\n").encode())
@@ -530,8 +611,9 @@ def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
     }
 
 
-def synth(out: str | Path, cases: int, seed: int, size: str = "small", start: int = 0, progress=None,
-          workers: int = 1) -> list[dict]:
+def synth(
+    out: str | Path, cases: int, seed: int, size: str = "small", start: int = 0, progress=None, workers: int = 1
+) -> list[dict]:
     """Generate ``cases`` phantoms (indices start..start+cases-1) into ``out``, in ``workers`` processes.
 
     Each case depends only on (seed, index), so the files are the same for any number of workers.
@@ -563,7 +645,7 @@ def _grey(density: np.ndarray, lo: float = -400.0, hi: float = 1400.0) -> np.nda
 
 
 def _panel(scan_slice: np.ndarray, mask_slice: np.ndarray, size: int, label: str) -> np.ndarray:
-    from .calibration import to_density
+    from vbmd_rt.runtime.io.calibration import to_density
 
     g = _grey(to_density(scan_slice, XTREMECT_CALIBRATION))
     interp = cv2.INTER_AREA if g.shape[0] >= size else cv2.INTER_LINEAR
@@ -583,15 +665,22 @@ def preview(folder: str | Path, out_png: str | Path, size: int = 256, max_rows: 
     neck, head, joint (phalanx cup around the head) and a coronal view; the red line is the
     true MC2 contour.
     """
-    from .aim import read_aim
+    from vbmd_rt.runtime.io.aim import read_aim
 
     folder = Path(folder)
     truths = [json.loads(t.read_text()) for t in sorted(folder.glob("*.truth.json"))]
     if not truths:
         raise FileNotFoundError(f"no phantoms (*.truth.json) in {folder}")
     chosen: list[dict] = []
-    for want in ({"motion_grade": 1}, {"motion_grade": 2}, {"motion_grade": 3}, {"eroded": True},
-                 {"osteopenia": True}, {"side": "left"}, {"side": "right"}):
+    for want in (
+        {"motion_grade": 1},
+        {"motion_grade": 2},
+        {"motion_grade": 3},
+        {"eroded": True},
+        {"osteopenia": True},
+        {"side": "left"},
+        {"side": "right"},
+    ):
         for t in truths:
             ok = all((bool(t["erosions"]) if k == "eroded" else t.get(k) == v) for k, v in want.items())
             if ok and t not in chosen:
@@ -609,11 +698,15 @@ def preview(folder: str | Path, out_png: str | Path, size: int = 256, max_rows: 
         zs = np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))
         z_last = int(zs.max()) if zs.size else gt.shape[0] // 2
         z_first = int(zs.min()) if zs.size else 0
-        picks = [("shaft", z_first + (z_last - z_first) // 6), ("neck", z_first + (z_last - z_first) * 3 // 5),
-                 ("head", z_first + (z_last - z_first) * 7 // 8), ("joint", min(gt.shape[0] - 1, z_last - 1))]
+        picks = [
+            ("shaft", z_first + (z_last - z_first) // 6),
+            ("neck", z_first + (z_last - z_first) * 3 // 5),
+            ("head", z_first + (z_last - z_first) * 7 // 8),
+            ("joint", min(gt.shape[0] - 1, z_last - 1)),
+        ]
         tag = f"{t['name'][-4:]} g{t['motion_grade']} {t['side'][0].upper()}{' ero' if t['erosions'] else ''}"
         panels = [_panel(np.asarray(scan[z]), gt[z], size, f"{tag} {lab} z{z}") for lab, z in picks]
-        y = int(np.median(np.nonzero(gt[z_first:z_last + 1])[1])) if zs.size else gt.shape[1] // 2
+        y = int(np.median(np.nonzero(gt[z_first : z_last + 1])[1])) if zs.size else gt.shape[1] // 2
         # Coronal view through MC2, cropped around it and stretched to a square panel.
         xs = np.flatnonzero(gt[:, y, :].any(axis=0))
         half = max(40, gt.shape[2] // 6)

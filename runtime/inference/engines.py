@@ -30,15 +30,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vbmd_rt.runtime.atomic import atomic_write_bytes
-from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.model import Model
-
 from vbmd_rt import __version__
+from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.inference.base import input_spec_for
+from vbmd_rt.runtime.io.atomic import atomic_write_bytes
+from vbmd_rt.runtime.model import Model, sha256_of
 
 
 class EngineError(VbmdInputError):
     """An engine cannot be built or used here (library or GPU missing, plan for another machine)."""
+
 
 MODULES = {"rtx": "tensorrt_rtx", "trt": "tensorrt"}
 BACKEND_NAMES = {"rtx": "tensorrt-rtx", "trt": "tensorrt"}
@@ -64,8 +65,9 @@ class PlanKey:
     @classmethod
     def from_dict(cls, d: dict) -> PlanKey:
         prof = tuple((n, tuple(a), tuple(b), tuple(c)) for n, a, b, c in d["profile"])
-        return cls(d["flavour"], str(d["trt_version"]), str(d["compute_capability"]), d["onnx_sha256"],
-                   d["precision"], prof)
+        return cls(
+            d["flavour"], str(d["trt_version"]), str(d["compute_capability"]), d["onnx_sha256"], d["precision"], prof
+        )
 
     def filename(self) -> str:
         return f"{self.flavour}-sm{self.compute_capability.replace('.', '')}-{self.precision}-{self.digest()}.plan"
@@ -75,15 +77,11 @@ class PlanKey:
         return [f"{k} {a[k]} (plan) vs {b[k]} (here)" for k in a if a[k] != b[k]]
 
 
-def default_profile(model: Model, batch: tuple[int, int, int] = (1, 16, 32)) -> tuple:
-    """The optimisation profile of a model's input: the 2D net's slice batch (min, opt, max); the 3D net's
-    window (the runtime feeds the hand's box, so y and x vary: 64 to the full 512, in multiples of 16)."""
-    name = model.card.get("input", {}).get("name", "image")
-    size = int(model.card["preprocessing"]["size"])
-    if model.architecture == "unet2d":
-        return ((name, (batch[0], 1, size, size), (batch[1], 1, size, size), (batch[2], 1, size, size)),)
-    z = int(model.window)
-    return ((name, (1, 1, 16, 64, 64), (1, 1, z, size // 2, size * 7 // 8), (1, 1, z, size, size)),)
+def default_profile(model: Model, batch: tuple[int, int, int] | None = None) -> tuple:
+    """The optimisation profile of a model's input, ``((name, min, opt, max),)``: the input range the
+    runtime feeds (``base.input_spec_for``)."""
+    spec = input_spec_for(model, batch)
+    return ((spec.name, spec.min_shape, spec.opt_shape, spec.max_shape),)
 
 
 def cache_dir() -> Path:
@@ -110,7 +108,10 @@ def writable_dir(model: Model) -> Path:
 
 def plans(model: Model, flavour: str | None = None) -> list[tuple[Path, PlanKey]]:
     """Every stored plan for this model's ONNX files (any machine), with its key."""
-    shas = {v.get("sha256") for v in model.card.get("files", {}).values()}
+    shas = {f.sha256 for f in model.card.files.values()}
+    int8 = int8_onnx_path(model)
+    if int8 is not None:
+        shas.add(sha256_of(int8))
     found = []
     for d in search_dirs(model):
         if not d.is_dir():
@@ -175,10 +176,48 @@ def gpu_compute_capability() -> str | None:
         return None
 
 
-def key_for(model: Model, flavour: str, cc: str, precision: str = "fp16", profile=None, version=None) -> PlanKey:
-    sha = model.sha256(precision if precision in model.card.get("files", {}) else "fp16")
+def int8_onnx_name(model: Model) -> str:
+    """File name of the quantised ONNX of ``model`` (in ``writable_dir``; named after the FP32 ONNX)."""
+    return f"model.int8.{(model.sha256('fp32') or '')[:12]}.onnx"
+
+
+def int8_onnx_path(model: Model) -> Path | None:
+    """The quantised ONNX of ``model`` that ``vbmd-rt export --precision int8`` wrote (``None`` if none)."""
+    for d in search_dirs(model):
+        p = d / int8_onnx_name(model)
+        if p.is_file():
+            return p
+    return None
+
+
+def onnx_sha256(model: Model, precision: str) -> str:
+    """The sha256 of the ONNX a ``precision`` plan is built from: the card's FP16 file for fp16, the current
+    quantised file for int8 (so a re-calibration gives a new key, and the old INT8 plan is never reused)."""
+    if precision == "int8":
+        path = int8_onnx_path(model)
+        if path is None:
+            raise EngineError(
+                model.folder,
+                "no INT8 ONNX for this model",
+                "run `vbmd-rt calib` and `vbmd-rt export --engine ... --precision int8` first",
+            )
+        return sha256_of(path)
+    sha = model.sha256(precision if precision in model.card.files else "fp16")
     if sha is None:
         raise EngineError(model.folder, f"the model card lists no {precision} ONNX", "re-export the model")
+    return sha
+
+
+def key_for(
+    model: Model,
+    flavour: str,
+    cc: str,
+    precision: str = "fp16",
+    profile=None,
+    version=None,
+    onnx_sha: str | None = None,
+) -> PlanKey:
+    sha = onnx_sha or onnx_sha256(model, precision)
     version = version or trt_module(flavour).__version__
     return PlanKey(flavour, str(version), cc, sha, precision, tuple(profile or default_profile(model)))
 
@@ -200,12 +239,22 @@ class _Network:
 
     def io(self) -> dict:
         net = self.network
-        return {"inputs": [(t.name, tuple(t.shape), str(t.dtype)) for t in map(net.get_input, range(net.num_inputs))],
-                "outputs": [(t.name, tuple(t.shape), str(t.dtype)) for t in map(net.get_output, range(net.num_outputs))]}
+        return {
+            "inputs": [(t.name, tuple(t.shape), str(t.dtype)) for t in map(net.get_input, range(net.num_inputs))],
+            "outputs": [(t.name, tuple(t.shape), str(t.dtype)) for t in map(net.get_output, range(net.num_outputs))],
+        }
 
 
-def build(model: Model, flavour: str = "rtx", sm: str | None = "75", precision: str = "fp16", profile=None,
-          out_dir: Path | None = None, onnx_path: Path | None = None, log=print) -> tuple[Path, dict]:
+def build(
+    model: Model,
+    flavour: str = "rtx",
+    sm: str | None = "75",
+    precision: str = "fp16",
+    profile=None,
+    out_dir: Path | None = None,
+    onnx_path: Path | None = None,
+    log=print,
+) -> tuple[Path, dict]:
     """Build (or find) the plan for ``model``; returns its path and the build record (key, I/O, seconds)."""
     trt = trt_module(flavour)
     if flavour == "rtx":
@@ -213,11 +262,23 @@ def build(model: Model, flavour: str = "rtx", sm: str | None = "75", precision: 
             raise EngineError(None, f"--sm {sm} is not a TensorRT-RTX target", f"choose one of {', '.join(SM_CHOICES)}")
         cc = f"{str(sm)[:-1]}.{str(sm)[-1]}"
     else:
-        cc = gpu_compute_capability()
-        if cc is None:
-            raise EngineError(None, "classic TensorRT builds for the GPU it runs on, and none was found",
-                               "build on the workstation, or use --engine rtx --sm 75 (no GPU needed)")
-    key = key_for(model, flavour, cc, precision, profile, trt.__version__)
+        gpu_cc = gpu_compute_capability()
+        if gpu_cc is None:
+            raise EngineError(
+                None,
+                "classic TensorRT builds for the GPU it runs on, and none was found",
+                "build on the workstation, or use --engine rtx --sm 75 (no GPU needed)",
+            )
+        cc = gpu_cc
+    key = key_for(
+        model,
+        flavour,
+        cc,
+        precision,
+        profile,
+        trt.__version__,
+        onnx_sha=sha256_of(onnx_path) if onnx_path is not None else None,
+    )
     found, _ = select(model, key)
     if found is not None:
         log(f"{found.name}: an engine with this key exists")
@@ -250,20 +311,23 @@ def build(model: Model, flavour: str = "rtx", sm: str | None = "75", precision: 
     out_dir = out_dir or writable_dir(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / key.filename()
-    record = {"key": key.to_dict(), "io": net.io(), "build_seconds": round(seconds, 3), "bytes": plan.nbytes,
-              "onnx": onnx.name, "model": model.name, "vbmd_rt_version": __version__,
-              "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        "key": key.to_dict(),
+        "io": net.io(),
+        "build_seconds": round(seconds, 3),
+        "bytes": plan.nbytes,
+        "onnx": onnx.name,
+        "model": model.name,
+        "vbmd_rt_version": __version__,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     atomic_write_bytes(path, bytes(memoryview(plan)))
     atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(record, indent=2) + "\n").encode())
     if timing is not None:
         timing.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(timing, bytes(memoryview(config.get_timing_cache().serialize())))
-    log(f"{path}: {BACKEND_NAMES[flavour]} {precision} for sm_{cc.replace('.', '')}, "
-        f"{plan.nbytes / 2**20:.1f} MiB, built in {seconds:.1f} s")
+    log(
+        f"{path}: {BACKEND_NAMES[flavour]} {precision} for sm_{cc.replace('.', '')}, "
+        f"{plan.nbytes / 2**20:.1f} MiB, built in {seconds:.1f} s"
+    )
     return path, record
-
-
-def inspect_network(model: Model, flavour: str = "rtx", precision: str = "fp16") -> dict:
-    """The I/O (names, shapes, types) of the network TensorRT builds from the model's ONNX (no GPU needed)."""
-    trt = trt_module(flavour)
-    return _Network(trt, model.onnx(precision), True).io()

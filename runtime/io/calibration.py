@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import CalibrationError
+from vbmd_rt.runtime.errors import CalibrationError
 
 __all__ = ["Calibration", "calibration_from_log", "to_density", "from_density"]
 
@@ -36,6 +36,14 @@ class Calibration:
     def density_equation(self) -> tuple[float, float]:
         """``(mg HA/cm³ per stored unit, intercept)``: ``density = v * m + b``."""
         return (self.per_unit, self.intercept)
+
+    def density(self, stored: float) -> float:
+        """mg HA/cm³ of one stored value (the density equation; arrays: ``to_density``)."""
+        return stored * self.per_unit + self.intercept
+
+    def stored(self, mg_ha_cm3: float) -> float:
+        """The stored value of a density (the inverse equation, unrounded; arrays: ``from_density``)."""
+        return (mg_ha_cm3 - self.intercept) / self.per_unit
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import OutputError
+from vbmd_rt.runtime.errors import OutputError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "check_writable_dir"]
 
@@ -59,7 +59,9 @@ def check_writable_dir(path: str | os.PathLike, create: bool = True) -> Path:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OutputError(path, f"cannot create output folder ({e.strerror})", "choose a writable location") from None
+            raise OutputError(
+                path, f"cannot create output folder ({e.strerror})", "choose a writable location"
+            ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(path, "output folder is not writable", "choose a writable output folder")
     return path

@@ -14,19 +14,7 @@ import math
 import numpy as np
 from scipy import ndimage, stats
 
-
-def overlap(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """Dice, IoU and pixel accuracy of two masks of one grid (non-zero is inside)."""
-    tp = fp = fn = 0
-    for k in range(pred.shape[0]):  # slice by slice: no full-size boolean temporaries
-        p, t = np.asarray(pred[k]) != 0, np.asarray(truth[k]) != 0
-        tp += int(np.count_nonzero(p & t))
-        fp += int(np.count_nonzero(p & ~t))
-        fn += int(np.count_nonzero(~p & t))
-    n = int(np.prod(pred.shape))
-    union = tp + fp + fn
-    return {"dice": 1.0 if union == 0 else 2 * tp / (2 * tp + fp + fn), "iou": 1.0 if union == 0 else tp / union,
-            "accuracy": (n - fp - fn) / n, "tp": tp, "fp": fp, "fn": fn}
+from vbmd_rt.runtime.measure import overlap  # noqa: F401  (one implementation, re-exported)
 
 
 def auc_from_levels(score: np.ndarray, truth: np.ndarray, levels: int = 101) -> float | None:
@@ -75,12 +63,18 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing_zyx, margin: int = 3) -> f
 
 # --------------------------------------------------------------------------- cohort statistics
 
+
 def mean_sd(values) -> dict:
     v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
     if v.size == 0:
         return {"n": 0, "mean": None, "sd": None}
-    return {"n": int(v.size), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def icc(ratings: np.ndarray) -> dict:
@@ -92,8 +86,10 @@ def icc(ratings: np.ndarray) -> dict:
     ss_cols = n * ((x.mean(axis=0) - grand) ** 2).sum()
     ss_err = ((x - grand) ** 2).sum() - ss_rows - ss_cols
     msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
-    return {"icc_a1": float((msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)),
-            "icc_c1": float((msr - mse) / (msr + (k - 1) * mse))}
+    return {
+        "icc_a1": float((msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)),
+        "icc_c1": float((msr - mse) / (msr + (k - 1) * mse)),
+    }
 
 
 def agreement(pred, truth) -> dict:
@@ -106,11 +102,14 @@ def agreement(pred, truth) -> dict:
     pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
     return {
         "n": int(a.size),
-        "pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
-        "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue),
+        "pearson_r": float(pr.statistic),
+        "pearson_p": float(pr.pvalue),
+        "spearman_rho": float(sr.statistic),
+        "spearman_p": float(sr.pvalue),
         **icc(np.column_stack([b, a])),
         "icc_form": "ICC(A,1): two-way, absolute agreement, single measurement (Shrout-Fleiss ICC(2,1)); "
-                    "ICC(C,1): consistency (ICC(3,1))",
+        "ICC(C,1): consistency (ICC(3,1))",
         "bland_altman": {"bias": bias, "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd},
-        "pred": mean_sd(a), "truth": mean_sd(b),
+        "pred": mean_sd(a),
+        "truth": mean_sd(b),
     }

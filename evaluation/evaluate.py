@@ -1,6 +1,6 @@
 """Native-resolution validation of a model on held-out cases, through the runtime's own pipeline.
 
-Used at the end of training (``vbmd-rt train --final-eval``) and for the bundled model's card: each case
+Used by ``scripts/validate_model.py`` for the bundled model's card and by ``vbmd-rt eval``: each case
 is segmented exactly as ``vbmd-rt run`` does it and compared with its true mask voxel for voxel; D100
 is compared with the truth where the case has one. Results are grouped by motion grade and erosion.
 """
@@ -10,51 +10,50 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from vbmd_rt.export import data as dataset
-from vbmd_rt.runtime import aim, measure, pipeline
+
+from vbmd_rt.evaluation import metrics
+from vbmd_rt.runtime import measure, pipeline
+from vbmd_rt.runtime.io import aim, dataset
 
 
 def evaluate(pairs: list[dataset.Pair], model, backend, log=None) -> dict:
     """Per-case Dice / D100 error at native resolution and a summary by motion grade and erosion."""
     cases = []
-    backend.activate()
-    for p in pairs:
-        t0 = time.perf_counter()
-        scan = aim.read_aim(p.scan)
-        truth = dataset.read_mask(p.mask, scan.header)
-        mask, info = pipeline.segment(scan.data, model, backend)
-        m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, scan.calibration)
-        t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
-        case = {
-            "name": p.name, "dice": measure.dice(mask, truth), "voxel_mm": float(scan.header.element_size_mm[0]),
-            "motion_grade": p.meta.get("motion_grade"), "eroded": bool(p.meta.get("erosions")),
-            "side_true": p.meta.get("side"), "side_detected": info["side"],
-            "d100_pred": m["d100_mg_ha_cm3"], "d100_true": t["d100_mg_ha_cm3"],
-            "seconds": time.perf_counter() - t0,
-        }
-        cases.append(case)
-        if log:
-            log(f"{p.name}: Dice {case['dice']:.4f} grade {case['motion_grade']} side {case['side_detected']}")
+    with backend:
+        for p in pairs:
+            t0 = time.perf_counter()
+            scan = aim.read_aim(p.scan)
+            truth = dataset.read_mask(p.mask, scan.header)
+            mask, info = pipeline.segment(scan.data, model, backend)
+            m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, scan.calibration)
+            t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
+            case = {
+                "name": p.name,
+                "dice": measure.dice(mask, truth),
+                "voxel_mm": float(scan.header.element_size_mm[0]),
+                "motion_grade": p.meta.get("motion_grade"),
+                "eroded": bool(p.meta.get("erosions")),
+                "side_true": p.meta.get("side"),
+                "side_detected": info["side"],
+                "d100_pred": m["d100_mg_ha_cm3"],
+                "d100_true": t["d100_mg_ha_cm3"],
+                "seconds": time.perf_counter() - t0,
+            }
+            cases.append(case)
+            if log:
+                log(f"{p.name}: Dice {case['dice']:.4f} grade {case['motion_grade']} side {case['side_detected']}")
     return {"cases": cases, "summary": summarise(cases)}
 
 
-def _stats(values) -> dict:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if v.size == 0:
-        return {"n": 0}
-    return {"n": int(v.size), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "min": float(v.min())}
-
-
 def summarise(cases: list[dict]) -> dict:
-    out = {"all": _stats(c["dice"] for c in cases)}
+    out = {"all": metrics.mean_sd(c["dice"] for c in cases)}
     for g in sorted({c["motion_grade"] for c in cases if c["motion_grade"] is not None}):
-        out[f"grade_{g}"] = _stats(c["dice"] for c in cases if c["motion_grade"] == g)
-    out["eroded"] = _stats(c["dice"] for c in cases if c["eroded"])
+        out[f"grade_{g}"] = metrics.mean_sd(c["dice"] for c in cases if c["motion_grade"] == g)
+    out["eroded"] = metrics.mean_sd(c["dice"] for c in cases if c["eroded"])
     for v in sorted({c["voxel_mm"] for c in cases}):
-        out[f"voxel_{v:.3f}mm"] = _stats(c["dice"] for c in cases if c["voxel_mm"] == v)
+        out[f"voxel_{v:.3f}mm"] = metrics.mean_sd(c["dice"] for c in cases if c["voxel_mm"] == v)
     errs = [c["d100_pred"] - c["d100_true"] for c in cases if c["d100_pred"] is not None and c["d100_true"]]
-    out["d100_error_mg_ha_cm3"] = _stats(errs)
+    out["d100_error_mg_ha_cm3"] = metrics.mean_sd(errs)
     sided = [c for c in cases if c["side_true"]]
     if sided:
         out["side_accuracy"] = float(np.mean([c["side_true"] == c["side_detected"] for c in sided]))
@@ -62,6 +61,7 @@ def summarise(cases: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------- vbmd-rt eval (outputs vs truth)
+
 
 def _prob_at_native(prob: np.ndarray, shape) -> np.ndarray:
     """``run --save-prob``'s map (model grid, same physical extent) sampled onto the native grid."""
@@ -79,27 +79,37 @@ def evaluate_case(pair: dataset.Pair, pred_dir, result: dict) -> dict:
     """One case's metrics at native resolution: a ``run`` output folder's mask (and map) against the truth."""
     from pathlib import Path
 
-    from vbmd_rt.export import metrics
-
     pred_dir = Path(pred_dir)
     scan = pipeline.read_scan(pair.scan)
     truth = dataset.read_mask(pair.mask, scan.header)
     pred = dataset.read_mask(pred_dir / result["mask"]["file"], scan.header)
     spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
-    case = {"name": pair.name, **{k: v for k, v in metrics.overlap(pred, truth).items() if k in ("dice", "iou", "accuracy")}}
+    case = {
+        "name": pair.name,
+        **{k: v for k, v in metrics.overlap(pred, truth).items() if k in ("dice", "iou", "accuracy")},
+    }
     prob_file = pred_dir / f"{pair.name}_PROB.AIM"
-    case["auc"] = (metrics.auc_from_levels(_prob_at_native(np.asarray(aim.read_aim(prob_file).data), truth.shape), truth)
-                   if prob_file.is_file() else None)
+    case["auc"] = (
+        metrics.auc_from_levels(_prob_at_native(np.asarray(aim.read_aim(prob_file).data), truth.shape), truth)
+        if prob_file.is_file()
+        else None
+    )
     case["hd95_mm"] = metrics.hd95(pred, truth, spacing)
     t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
-    case.update({
-        "d100_pred": result.get("d100_mg_ha_cm3"),
-        "d100_true": pair.meta.get("d100_mg_ha_cm3", t["d100_mg_ha_cm3"]),
-        "area_pred_mm2": result.get("mean_slice_area_mm2"), "area_true_mm2": t["mean_slice_area_mm2"],
-        "motion_grade": pair.meta.get("motion_grade"), "eroded": bool(pair.meta.get("erosions")),
-        "side_true": pair.meta.get("side"), "side_pred": result.get("side"),
-        "backend": result.get("backend", {}).get("name"), "model": result.get("model", {}).get("name"),
-    })
+    case.update(
+        {
+            "d100_pred": result.get("d100_mg_ha_cm3"),
+            "d100_true": pair.meta.get("d100_mg_ha_cm3", t["d100_mg_ha_cm3"]),
+            "area_pred_mm2": result.get("mean_slice_area_mm2"),
+            "area_true_mm2": t["mean_slice_area_mm2"],
+            "motion_grade": pair.meta.get("motion_grade"),
+            "eroded": bool(pair.meta.get("erosions")),
+            "side_true": pair.meta.get("side"),
+            "side_pred": result.get("side"),
+            "backend": result.get("backend", {}).get("name"),
+            "model": result.get("model", {}).get("name"),
+        }
+    )
     if case["d100_pred"] is not None and case["d100_true"] is not None:
         case["d100_error"] = case["d100_pred"] - case["d100_true"]
     return case
@@ -113,7 +123,6 @@ def evaluate_outputs(pred_dir, truth, d100_cases: int | None = None, log=None) -
     import json
     from pathlib import Path
 
-    from vbmd_rt.export import metrics
     from vbmd_rt.runtime.errors import VbmdInputError
 
     pred_dir = Path(pred_dir)
@@ -131,11 +140,16 @@ def evaluate_outputs(pred_dir, truth, d100_cases: int | None = None, log=None) -
         cases.append(evaluate_case(p, pred_dir, result))
         if log:
             c = cases[-1]
-            log(f"{p.name}: Dice {c['dice']:.4f}, IoU {c['iou']:.4f}, HD95 "
-                f"{'n/a' if c['hd95_mm'] is None else format(c['hd95_mm'], '.2f')} mm")
+            log(
+                f"{p.name}: Dice {c['dice']:.4f}, IoU {c['iou']:.4f}, HD95 "
+                f"{'n/a' if c['hd95_mm'] is None else format(c['hd95_mm'], '.2f')} mm"
+            )
     if not cases:
-        raise VbmdInputError(pred_dir, "has no results for the cases in the truth folder",
-                             "run `vbmd-rt run TRUTH -o PRED` first (names must match)")
+        raise VbmdInputError(
+            pred_dir,
+            "has no results for the cases in the truth folder",
+            "run `vbmd-rt run TRUTH -o PRED` first (names must match)",
+        )
     d100 = [c for c in cases if c.get("d100_error") is not None][: d100_cases or None]
     cohort = {k: metrics.mean_sd(c[k] for c in cases) for k in ("dice", "iou", "accuracy", "auc", "hd95_mm")}
     cohort["area_pred_mm2"] = metrics.mean_sd(c["area_pred_mm2"] for c in cases)
@@ -147,12 +161,18 @@ def evaluate_outputs(pred_dir, truth, d100_cases: int | None = None, log=None) -
         groups["eroded"] = metrics.mean_sd(c["dice"] for c in cases if c["eroded"])
     sided = [c for c in cases if c["side_true"]]
     return {
-        "pred": str(pred_dir), "truth": str(truth), "cases": cases, "missing": missing,
+        "pred": str(pred_dir),
+        "truth": str(truth),
+        "cases": cases,
+        "missing": missing,
         "models": sorted({c["model"] for c in cases if c["model"]}),
         "backends": sorted({c["backend"] for c in cases if c["backend"]}),
-        "segmentation": cohort, "dice_by_group": groups,
-        "d100": {**metrics.agreement([c["d100_pred"] for c in d100], [c["d100_true"] for c in d100]),
-                 "cases": [c["name"] for c in d100]},
+        "segmentation": cohort,
+        "dice_by_group": groups,
+        "d100": {
+            **metrics.agreement([c["d100_pred"] for c in d100], [c["d100_true"] for c in d100]),
+            "cases": [c["name"] for c in d100],
+        },
         "side_accuracy": float(np.mean([c["side_true"] == c["side_pred"] for c in sided])) if sided else None,
     }
 
@@ -163,22 +183,32 @@ def _fmt(s: dict, digits: int = 3) -> str:
 
 def markdown(report: dict) -> str:
     seg, d = report["segmentation"], report["d100"]
-    lines = [f"# Evaluation: {', '.join(report['models']) or 'model'} ({', '.join(report['backends'])})", "",
-             f"{len(report['cases'])} cases, native resolution; mean (SD).", "",
-             "| IoU | Dice | Accuracy | AUC | HD95 (mm) |", "|---|---|---|---|---|",
-             f"| {_fmt(seg['iou'])} | {_fmt(seg['dice'])} | {_fmt(seg['accuracy'], 4)} | {_fmt(seg['auc'], 4)} | "
-             f"{_fmt(seg['hd95_mm'], 2)} |", ""]
+    lines = [
+        f"# Evaluation: {', '.join(report['models']) or 'model'} ({', '.join(report['backends'])})",
+        "",
+        f"{len(report['cases'])} cases, native resolution; mean (SD).",
+        "",
+        "| IoU | Dice | Accuracy | AUC | HD95 (mm) |",
+        "|---|---|---|---|---|",
+        f"| {_fmt(seg['iou'])} | {_fmt(seg['dice'])} | {_fmt(seg['accuracy'], 4)} | {_fmt(seg['auc'], 4)} | "
+        f"{_fmt(seg['hd95_mm'], 2)} |",
+        "",
+    ]
     if report["dice_by_group"]:
         lines += ["| group | n | Dice |", "|---|---|---|"]
         lines += [f"| {g} | {s['n']} | {_fmt(s)} |" for g, s in report["dice_by_group"].items()] + [""]
     if d.get("n", 0) >= 3:
         ba = d["bland_altman"]
-        lines += [f"D100 on {d['n']} cases: reference {_fmt(d['truth'], 2)}, automatic {_fmt(d['pred'], 2)} mg HA/cm³; "
-                  f"Pearson r {d['pearson_r']:.4f} (p {d['pearson_p']:.1e}), Spearman ρ {d['spearman_rho']:.4f} "
-                  f"(p {d['spearman_p']:.1e}), ICC(A,1) {d['icc_a1']:.4f}, ICC(C,1) {d['icc_c1']:.4f}; "
-                  f"Bland-Altman bias {ba['bias']:+.2f}, 95% limits {ba['loa_low']:+.2f} to {ba['loa_high']:+.2f}.",
-                  ""]
-    lines.append(f"Mean slice area: reference {_fmt(seg['area_true_mm2'], 2)}, automatic {_fmt(seg['area_pred_mm2'], 2)} mm².")
+        lines += [
+            f"D100 on {d['n']} cases: reference {_fmt(d['truth'], 2)}, automatic {_fmt(d['pred'], 2)} mg HA/cm³; "
+            f"Pearson r {d['pearson_r']:.4f} (p {d['pearson_p']:.1e}), Spearman ρ {d['spearman_rho']:.4f} "
+            f"(p {d['spearman_p']:.1e}), ICC(A,1) {d['icc_a1']:.4f}, ICC(C,1) {d['icc_c1']:.4f}; "
+            f"Bland-Altman bias {ba['bias']:+.2f}, 95% limits {ba['loa_low']:+.2f} to {ba['loa_high']:+.2f}.",
+            "",
+        ]
+    lines.append(
+        f"Mean slice area: reference {_fmt(seg['area_true_mm2'], 2)}, automatic {_fmt(seg['area_pred_mm2'], 2)} mm²."
+    )
     if report["missing"]:
         lines += ["", f"No result for {len(report['missing'])} truth cases: {', '.join(report['missing'][:10])}"]
     return "\n".join(lines) + "\n"
@@ -215,16 +245,24 @@ def plots(report: dict) -> dict[str, bytes]:
     ax.scatter(b, a, s=14, color="#1f77b4")
     lo, hi = float(min(a.min(), b.min())) - 10, float(max(a.max(), b.max())) + 10
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="reference D100 (mg HA/cm³)", ylabel="automatic D100 (mg HA/cm³)",
-           title=f"r = {d['pearson_r']:.4f}, ICC(A,1) = {d['icc_a1']:.3f}")
+    ax.set(
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        xlabel="reference D100 (mg HA/cm³)",
+        ylabel="automatic D100 (mg HA/cm³)",
+        title=f"r = {d['pearson_r']:.4f}, ICC(A,1) = {d['icc_a1']:.3f}",
+    )
     out["d100_scatter.png"] = _png(fig)
     ba = d["bland_altman"]
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
     ax.scatter((a + b) / 2, a - b, s=14, color="#1f77b4")
     for y, style in ((ba["bias"], "-"), (ba["loa_low"], "--"), (ba["loa_high"], "--")):
         ax.axhline(y, color="k", ls=style, lw=0.8)
-    ax.set(xlabel="mean of the two D100 (mg HA/cm³)", ylabel="automatic − reference (mg HA/cm³)",
-           title=f"bias {ba['bias']:+.2f}, limits {ba['loa_low']:+.2f} / {ba['loa_high']:+.2f}")
+    ax.set(
+        xlabel="mean of the two D100 (mg HA/cm³)",
+        ylabel="automatic − reference (mg HA/cm³)",
+        title=f"bias {ba['bias']:+.2f}, limits {ba['loa_low']:+.2f} / {ba['loa_high']:+.2f}",
+    )
     out["bland_altman.png"] = _png(fig)
     return out
 
@@ -236,7 +274,7 @@ def write_report(report: dict, out) -> list:
     import json
     from pathlib import Path
 
-    from vbmd_rt.runtime.atomic import atomic_write_bytes, check_writable_dir
+    from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
     out = check_writable_dir(Path(out))
     files = {"eval.json": (json.dumps(report, indent=2) + "\n").encode(), "eval.md": markdown(report).encode()}

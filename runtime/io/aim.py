@@ -15,6 +15,10 @@ Layout facts (see shared/docs/domain.md):
 Compressed types decode with vectorised numpy (never a per-voxel loop). Every size in a
 header is checked against the file before anything is allocated: a 1 KB file claiming 10^12
 voxels fails at once with :class:`AimFormatError`.
+
+One module of about 540 lines on purpose: the three header layouts (v020, v030, ISQ) build one
+``AimHeader`` and share its checks, and the writer must emit exactly what the reader accepts; the
+compressed codecs live apart in ``codecs``.
 """
 
 from __future__ import annotations
@@ -26,17 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import proclog
-from .atomic import atomic_write
-from .calibration import Calibration, calibration_from_log
-from .errors import AimFormatError
+from vbmd_rt.runtime.errors import AimFormatError
+from vbmd_rt.runtime.io import proclog
+from vbmd_rt.runtime.io.atomic import atomic_write
+from vbmd_rt.runtime.io.calibration import Calibration, calibration_from_log
+from vbmd_rt.runtime.io.codecs import _decode_bitpacked, _decode_char_rle, decode_binary_rle, encode_binary_rle
 
 __all__ = [
     "AimHeader",
     "Scan",
     "read_aim",
     "read_isq",
-    "read_image",
     "read_header",
     "write_aim",
     "encode_binary_rle",
@@ -61,7 +65,7 @@ TYPE_NAMES = {
     TYPE_BITPACKED: "bit-packed",
 }
 _BY_NAME = {v: k for k, v in TYPE_NAMES.items()}
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     TYPE_INT16: np.dtype("<i2"),
     TYPE_CHAR: np.dtype("i1"),
     TYPE_BINARY_RLE: np.dtype("i1"),
@@ -127,11 +131,6 @@ class AimHeader:
             return self.isq_calibration
         return calibration_from_log(self.log)
 
-    @property
-    def voxel_volume_mm3(self) -> float:
-        x, y, z = self.element_size_mm
-        return float(x) * float(y) * float(z)
-
     def describe(self) -> dict:
         """Header facts safe to print: no patient fields of the processing log."""
         cal = self.calibration
@@ -169,6 +168,11 @@ class Scan:
 
 def _fail(path, problem, fix="check that this is an AIM/ISQ file written by Scanco software and is complete"):
     raise AimFormatError(path, problem, fix)
+
+
+def _ftriple(values) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
 
 
 def _triple(values) -> tuple[int, int, int]:
@@ -272,10 +276,21 @@ def _v020_header(f, path, size) -> AimHeader:
     if not all(np.isfinite(el)) or any(e <= 0 for e in el):
         _fail(path, f"header gives invalid element size {el}")
     return AimHeader(
-        version=2, type_code=code, dim=dim, position=_triple(w[6:9]), offset=_triple(w[12:15]),
-        element_size_mm=el, processing_log=log, supdim=_triple(w[15:18]), suppos=_triple(w[18:21]),
-        subdim=_triple(w[21:24]), testoff=_triple(w[24:27]), id=int(w[3]), ref=int(w[4]),
-        byte_offset=start, data_length=data_len,
+        version=2,
+        type_code=code,
+        dim=dim,
+        position=_triple(w[6:9]),
+        offset=_triple(w[12:15]),
+        element_size_mm=el,
+        processing_log=log,
+        supdim=_triple(w[15:18]),
+        suppos=_triple(w[18:21]),
+        subdim=_triple(w[21:24]),
+        testoff=_triple(w[24:27]),
+        id=int(w[3]),
+        ref=int(w[4]),
+        byte_offset=start,
+        data_length=data_len,
     )
 
 
@@ -304,21 +319,55 @@ def _v030_header(f, path, size) -> AimHeader:
     el_nm = q[21:24]
     if any(v <= 0 for v in el_nm):
         _fail(path, f"header gives invalid element size {list(el_nm)} nm")
-    el = tuple(float(np.float32(v / 1e6)) for v in el_nm)
+    el = _ftriple(float(np.float32(v / 1e6)) for v in el_nm)
     return AimHeader(
-        version=3, type_code=code, dim=dim, position=_triple(q[0:3]), offset=_triple(q[6:9]),
-        element_size_mm=el, processing_log=log, supdim=_triple(q[9:12]), suppos=_triple(q[12:15]),
-        subdim=_triple(q[15:18]), testoff=_triple(q[18:21]), id=int(ints[1]), ref=int(ints[2]),
-        byte_offset=start, data_length=data_len,
+        version=3,
+        type_code=code,
+        dim=dim,
+        position=_triple(q[0:3]),
+        offset=_triple(q[6:9]),
+        element_size_mm=el,
+        processing_log=log,
+        supdim=_triple(q[9:12]),
+        suppos=_triple(q[12:15]),
+        subdim=_triple(q[15:18]),
+        testoff=_triple(q[18:21]),
+        id=int(ints[1]),
+        ref=int(ints[2]),
+        byte_offset=start,
+        data_length=data_len,
     )
 
 
 _ISQ_FIELDS = (
-    "data_type", "nr_of_bytes", "nr_of_blocks", "patient_index", "scanner_id", "creation_date_lo",
-    "creation_date_hi", "dimx_p", "dimy_p", "dimz_p", "dimx_um", "dimy_um", "dimz_um",
-    "slice_thickness_um", "slice_increment_um", "slice_1_pos_um", "min_data_value",
-    "max_data_value", "mu_scaling", "nr_of_samples", "nr_of_projections", "scandist_um",
-    "scanner_type", "sampletime_us", "index_measurement", "site", "reference_line_um", "recon_alg",
+    "data_type",
+    "nr_of_bytes",
+    "nr_of_blocks",
+    "patient_index",
+    "scanner_id",
+    "creation_date_lo",
+    "creation_date_hi",
+    "dimx_p",
+    "dimy_p",
+    "dimz_p",
+    "dimx_um",
+    "dimy_um",
+    "dimz_um",
+    "slice_thickness_um",
+    "slice_increment_um",
+    "slice_1_pos_um",
+    "min_data_value",
+    "max_data_value",
+    "mu_scaling",
+    "nr_of_samples",
+    "nr_of_projections",
+    "scandist_um",
+    "scanner_type",
+    "sampletime_us",
+    "index_measurement",
+    "site",
+    "reference_line_um",
+    "recon_alg",
 )
 
 
@@ -349,7 +398,7 @@ def _isq_header(f, path, size) -> AimHeader:
     um = (fields["dimx_um"], fields["dimy_um"], fields["dimz_um"])
     if any(u <= 0 for u in um):
         _fail(path, f"header gives invalid physical size {list(um)} um")
-    el = tuple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim, strict=True))
+    el = _ftriple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim, strict=True))
     cal = None
     if start > 512:
         f.seek(512)
@@ -365,98 +414,15 @@ def _isq_header(f, path, size) -> AimHeader:
                 # The extended header's rescale slope is per stored unit.
                 cal = Calibration(mus, slope * mus, icpt, mu_w if mu_w > 0 else None)
     return AimHeader(
-        version=4, type_code=TYPE_INT16, dim=dim, element_size_mm=el, byte_offset=start,
-        data_length=dim[0] * dim[1] * dim[2] * 2, isq=fields, isq_calibration=cal,
+        version=4,
+        type_code=TYPE_INT16,
+        dim=dim,
+        element_size_mm=el,
+        byte_offset=start,
+        data_length=dim[0] * dim[1] * dim[2] * 2,
+        isq=fields,
+        isq_calibration=cal,
     )
-
-
-def decode_binary_rle(stream: np.ndarray, n: int, path=None) -> np.ndarray:
-    """Decode binary run-length data (after the length prefix): 2 value bytes, then counts.
-
-    A count byte ``c < 255`` is ``c`` voxels of the current value, then the value toggles; 255
-    is 254 voxels with no toggle (so long runs need no escape).
-    """
-    if stream.size < 2:
-        _fail(path, "binary run-length data too short")
-    values = stream[:2].view(np.int8)
-    counts = stream[2:].astype(np.int64)
-    toggles = counts != 255
-    lengths = np.where(toggles, counts, 254)
-    # Value index of each run: toggles before it, mod 2.
-    which = np.concatenate(([0], np.cumsum(toggles)[:-1])) & 1 if counts.size else counts
-    ends = np.cumsum(lengths)
-    if counts.size == 0 or ends[-1] < n:
-        _fail(path, f"truncated: binary run-length data holds {0 if not counts.size else int(ends[-1])} of {n} voxels")
-    last = int(np.searchsorted(ends, n))  # runs past n are padding
-    lengths = lengths[: last + 1].copy()
-    lengths[-1] -= int(ends[last]) - n
-    return np.repeat(values[which[: last + 1]], lengths)
-
-
-def _binary_transitions(flat: np.ndarray, values: tuple[int, int], chunk: int = 1 << 24) -> np.ndarray:
-    """Indices where ``flat`` switches between the two values, checked chunk by chunk.
-
-    Works in chunks so a 1.5 GB mask needs only a few tens of MB of temporaries.
-    """
-    v0, v1 = values
-    out, prev = [], None
-    for s in range(0, flat.size, chunk):
-        part = flat[s : s + chunk]
-        is1 = part == v1
-        n1 = int(np.count_nonzero(is1))
-        if n1 + int(np.count_nonzero(part == v0)) != part.size:
-            raise ValueError(f"binary AIMs hold two values; data has others than {values}")
-        if prev is not None and bool(is1[0]) != prev:
-            out.append(np.array([s], dtype=np.int64))
-        out.append(np.flatnonzero(is1[1:] != is1[:-1]).astype(np.int64) + (s + 1))
-        prev = bool(is1[-1])
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
-def encode_binary_rle(flat: np.ndarray, values: tuple[int, int]) -> bytes:
-    """Inverse of :func:`decode_binary_rle` (without the length prefix)."""
-    flat = np.asarray(flat).ravel()
-    v0, v1 = values
-    change = _binary_transitions(flat, values)
-    starts = np.concatenate(([0], change))
-    lengths = np.diff(np.concatenate((starts, [flat.size])))
-    if flat.size and flat[0] == v1:
-        lengths = np.concatenate(([0], lengths))  # the stream starts with values[0]
-    # A run of L: (L-1)//254 bytes of 255 (254 each, no toggle), then the rest (1..254).
-    full = np.where(lengths > 0, (lengths - 1) // 254, 0)
-    rest = lengths - 254 * full
-    nbytes = full + 1
-    out = np.full(int(nbytes.sum()), 255, dtype=np.uint8)
-    out[np.cumsum(nbytes) - 1] = rest
-    return bytes([v0 & 0xFF, v1 & 0xFF]) + out.tobytes()
-
-
-def _decode_char_rle(stream: np.ndarray, n: int, path) -> np.ndarray:
-    pairs = stream[: stream.size // 2 * 2].reshape(-1, 2)
-    counts = pairs[:, 0].astype(np.int64)
-    ends = np.cumsum(counts)
-    if counts.size == 0 or ends[-1] < n:
-        _fail(path, "truncated: run-length data holds fewer voxels than the dimensions")
-    last = int(np.searchsorted(ends, n))
-    counts = counts[: last + 1].copy()
-    counts[-1] -= int(ends[last]) - n
-    return np.repeat(pairs[: last + 1, 1].view(np.int8), counts)
-
-
-def _decode_bitpacked(stream: np.ndarray, dim, path) -> np.ndarray:
-    # Each byte holds a 2x2x2 block: bit (x&1) | (y&1)<<1 | (z&1)<<2; the last byte is the
-    # object value (0 meaning 127).
-    nx, ny, nz = dim
-    hx, hy, hz = (nx + 1) // 2, (ny + 1) // 2, (nz + 1) // 2
-    need = hx * hy * hz + 1
-    if stream.size < need:
-        _fail(path, "truncated: bit-packed data shorter than its dimensions need")
-    value = int(stream[need - 1]) or 127
-    blocks = stream[: need - 1].reshape(hz, hy, hx)
-    bits = np.unpackbits(blocks[..., None], axis=-1, bitorder="little")  # (hz, hy, hx, 8)
-    cube = bits.reshape(hz, hy, hx, 2, 2, 2)  # (.., zbit, ybit, xbit)
-    full = cube.transpose(0, 3, 1, 4, 2, 5).reshape(2 * hz, 2 * hy, 2 * hx)[:nz, :ny, :nx]
-    return (full.astype(np.int8) * np.int8(value if value < 128 else value - 256)).astype(np.int8)
 
 
 def _read_data(path, hdr: AimHeader, mmap: bool) -> np.ndarray:
@@ -506,9 +472,6 @@ def read_aim(path: str | os.PathLike, mmap: bool = True) -> Scan:
     except OSError as e:
         raise AimFormatError(path, f"cannot read ({e.strerror})", "check the file") from None
     return Scan(data=data, header=hdr, path=os.fspath(path))
-
-
-read_image = read_aim
 
 
 def read_isq(path: str | os.PathLike, mmap: bool = True) -> Scan:
@@ -565,7 +528,7 @@ def write_aim(
     "binary-rle" (default: int16 for int16 data, char otherwise). ``log_entry`` appends one
     block to the log naming vbmd-rt and what was done.
     """
-    from . import __version__ as _rt_version  # noqa: PLC0415  (avoid an import cycle at load)
+    from vbmd_rt import __version__ as _rt_version
 
     data = np.asarray(data)
     if data.ndim != 3:
@@ -593,8 +556,9 @@ def write_aim(
         isz = 8 if ver == 3 else 4
         payload = struct.pack("<q" if ver == 3 else "<i", len(payload) + isz) + payload
     nbytes = payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
-    out = replace(tmpl, version=ver, type_code=code, dim=dim, processing_log=log, data_length=nbytes,
-                  isq={}, isq_calibration=None)
+    out = replace(
+        tmpl, version=ver, type_code=code, dim=dim, processing_log=log, data_length=nbytes, isq={}, isq_calibration=None
+    )
     if ver == 2:
         w = np.zeros(35, dtype="<i4")
         w[0] = 16
@@ -619,7 +583,7 @@ def write_aim(
         f.write(log_b)
         if isinstance(payload, np.ndarray):
             if payload.size:
-                f.write(memoryview(payload.reshape(-1)).cast("B"))
+                f.write(memoryview(payload.reshape(-1)).cast("B"))  # type: ignore[arg-type]
         else:
             f.write(payload)
     return out

@@ -1,0 +1,60 @@
+"""File names: which files are scans, what a scan is called, and the names of its outputs.
+
+Every output name the tool writes is spelled here, so the pipeline, the cohort runner, the watch service
+and dataset discovery agree on them (and on which files are never taken as scans).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SCAN_SUFFIXES = (".aim", ".isq")
+MASK_SUFFIXES = ("_GT", "_MASK", "_SEG")  # masks beside a scan: NAME_GT.AIM etc.
+NOT_SCANS = (*MASK_SUFFIXES, "_PROB")  # AIMs that are never scans
+SEG_SUFFIX = "_SEG.AIM"  # the MC2 mask of a run
+PROB_SUFFIX = "_PROB.AIM"  # --save-prob: probability x100 on the model grid
+TRUTH_SUFFIX = ".truth.json"  # a phantom's truth
+SUMMARY_STEM = "summary"  # OUT/summary.csv and summary.json of a batch
+
+
+def scan_name(path: Path) -> str:
+    """NAME of ``NAME.AIM`` (also ``NAME.AIM;1`` as OpenVMS writes it)."""
+    name = path.name.split(";")[0]
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in SCAN_SUFFIXES else name
+
+
+def is_scan_file(path: Path) -> bool:
+    """An AIM or ISQ that is not a mask of another scan (``NAME_SEG.AIM``, ``_GT``, ``_MASK``, ``_PROB``)."""
+    name = path.name.split(";")[0]
+    stem, ext = os.path.splitext(name)
+    return ext.lower() in SCAN_SUFFIXES and not stem.upper().endswith(NOT_SCANS)
+
+
+def expand_inputs(items: list[str | Path]) -> list[Path]:
+    """Files as given; folders become their scan files (masks named *_SEG/_GT/_MASK/_PROB are skipped)."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and is_scan_file(q)))
+        else:
+            out.append(p)
+    return out
+
+
+def outputs_for(name: str, out: Path, report_html: bool = False, save_prob: bool = False) -> dict[str, Path]:
+    """The files ``vbmd-rt run`` writes for scan ``name``; the JSON last (its presence means done)."""
+    files = {"prob": out / f"{name}{PROB_SUFFIX}"} if save_prob else {}
+    files.update({"mask": out / f"{name}{SEG_SUFFIX}", "png": out / f"{name}.png"})
+    if report_html:
+        files["html"] = out / f"{name}.html"
+    files["json"] = out / f"{name}.json"
+    return files
+
+
+def summary_names(num_parts: int = 1, part_id: int = 0) -> tuple[str, str]:
+    """``summary.csv``/``.json``, or ``summary.part-K-of-N.*`` for one part of a sharded cohort."""
+    stem = SUMMARY_STEM if num_parts == 1 else f"{SUMMARY_STEM}.part-{part_id}-of-{num_parts}"
+    return f"{stem}.csv", f"{stem}.json"

@@ -1,0 +1,108 @@
+"""Postprocessing: model-space probabilities back to a native-resolution MC2 mask, and the hand side.
+
+``postprocess`` thresholds at model resolution, keeps the largest 3D connected component, and only then goes to native resolution,
+interpolating the probabilities inside the bone's bounding box alone; it fills holes slice by slice
+(a periosteal mask is solid) and keeps the largest native component.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from vbmd_rt.runtime.preprocess import Geometry, from_model, native_box, sample_at_native
+
+
+def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest 26-connected component of a boolean volume, and how many components there were."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return (mask.astype(bool, copy=False) if n == 1 else np.zeros_like(mask, dtype=bool)), n
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes)), n
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean volume (empty stays empty)."""
+    return _largest(mask)[0]
+
+
+def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of every (y, x) slice (a periosteal contour encloses its marrow)."""
+    out = np.empty_like(mask, dtype=bool)
+    for k in range(mask.shape[0]):
+        out[k] = ndimage.binary_fill_holes(mask[k]) if mask[k].any() else False
+    return out
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, ...] | None:
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box += [int(idx[0]), int(idx[-1]) + 1]
+    return tuple(box)
+
+
+def postprocess(prob: np.ndarray, geometry: Geometry, threshold: float = 0.5) -> tuple[np.ndarray, dict]:
+    """Cropped model-space probabilities -> native uint8 mask (0/1) in scan orientation, and facts.
+
+    Facts: ``model_voxels`` of the kept component, ``components`` above threshold at model resolution,
+    ``box`` (native z0, z1, y0, y1, x0, x1 of the work region), ``empty`` when nothing was found.
+    """
+    full = from_model(prob, geometry)  # uncropped model grid, scan orientation
+    keep, n = _largest(full > threshold)
+    mask = np.zeros(geometry.native_shape, dtype=np.uint8)
+    if n == 0:
+        return mask, {"components": 0, "model_voxels": 0, "box": None, "empty": True}
+    region = ndimage.binary_dilation(keep, iterations=2)
+    mbox = _bbox(region)
+    box = native_box(mbox, geometry)
+    gated = np.where(region, full, np.float32(0))
+    p = sample_at_native(gated, geometry, box)
+    native = largest_component(fill_holes_slicewise(p > threshold))
+    mask[box] = native
+    info = {
+        "components": int(n),
+        "model_voxels": int(keep.sum()),
+        "box": [box[0].start, box[0].stop, box[1].start, box[1].stop, box[2].start, box[2].stop],
+        "empty": not native.any(),
+    }
+    return mask, info
+
+
+def sample_slices(mask: np.ndarray, count: int = 9) -> np.ndarray:
+    """Up to ``count`` slice indices spread evenly over the slices that hold the mask."""
+    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    return zs[np.linspace(0, zs.size - 1, min(count, zs.size)).astype(int)] if zs.size else zs
+
+
+def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
+    """Hand side from where MC2 lies in the row of metacarpals (model space is a right hand: MC2 on -x).
+
+    On the slices with MC2, the bright voxels (above the midpoint between the soft tissue and MC2's
+    cortex) are the metacarpals; MC2 left of their centre of mass means a right hand. ``None`` when
+    there is no MC2 or no other bone to compare with.
+    """
+    mc2_x, all_x = [], []
+    for k in sample_slices(mask):
+        img = np.asarray(data[k], dtype=np.float32)
+        m = mask[k] != 0
+        inside = img[m]
+        if inside.size < 10:
+            continue
+        cortex = np.percentile(inside, 95)
+        tissue = np.median(img[~m])
+        bone = img > (cortex + tissue) / 2
+        other = bone & ~m
+        if other.sum() < 10:
+            continue
+        xs = np.arange(img.shape[1], dtype=np.float64)
+        mc2_x.append(float((m.sum(axis=0) * xs).sum() / m.sum()))
+        all_x.append(float((bone.sum(axis=0) * xs).sum() / bone.sum()))
+    if not mc2_x:
+        return None
+    return "right" if np.median(np.subtract(mc2_x, all_x)) < 0 else "left"

@@ -1,0 +1,1 @@
+"""Synthetic HR-pQCT hand phantoms with exact MC2 truth (``vbmd-rt synth``)."""

@@ -1,0 +1,162 @@
+"""The Python API and the library's contracts: Predictor, the Backend guard, the model card, the window."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import vbmd_rt
+from tests.conftest import cli, phantom_copies
+from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.inference import engines
+from vbmd_rt.runtime.inference.base import BackendError, InputSpec
+from vbmd_rt.runtime.inference.factory import create
+from vbmd_rt.runtime.inference.window import WindowSpec, sliding_window
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.model import ARCHITECTURES, CARD_NAME, ModelCard, ModelError, load_model
+
+
+@pytest.fixture(scope="module")
+def run_out(phantoms, tmp_path_factory):
+    src = phantom_copies(phantoms, tmp_path_factory.mktemp("api-in"), 1)
+    out = tmp_path_factory.mktemp("api-out")
+    r = cli("run", src / "PHANTOM_0000.AIM", "-o", out, "-q")
+    assert r.returncode == 0, r.stderr
+    return src / "PHANTOM_0000.AIM", out
+
+
+def test_predictor_on_a_file_gives_what_the_cli_wrote(run_out):
+    scan, out = run_out
+    written = json.loads((out / "PHANTOM_0000.json").read_text())
+    with vbmd_rt.Predictor() as p:
+        r = p.run(scan)
+    assert r.d100_mg_ha_cm3 == written["d100_mg_ha_cm3"] and r.slices == written["slices"]
+    assert r.side == written["side"] and set(r.timings_s) >= {"read", "inference", "total"}
+    mask = np.asarray(aim.read_aim(out / "PHANTOM_0000_SEG.AIM").data) > 0
+    np.testing.assert_array_equal(r.mask.astype(bool), mask)
+
+
+def test_predictor_on_an_array_needs_spacing_and_gives_the_same_mask(run_out):
+    scan, _ = run_out
+    s = aim.read_aim(scan)
+    with vbmd_rt.Predictor() as p:
+        with pytest.raises(ValueError, match="spacing"):
+            p.run(np.asarray(s.data))
+        a = p.run(np.asarray(s.data), spacing=s.header.element_size_mm[::-1], calibration=s.calibration)
+        b = p.run(scan)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.d100_mg_ha_cm3 == b.d100_mg_ha_cm3
+
+
+def test_a_backend_runs_only_while_active():
+    be = create("onnxruntime", load_model(None), "cpu")
+    x = np.zeros((1, 1, 16, 64, 64), np.float32)
+    with pytest.raises(RuntimeError, match="inactive"):
+        be.infer(x)
+    with be:
+        assert be.is_active and be.infer(x).shape == x.shape
+        with pytest.raises(RuntimeError, match="already active"):
+            be.activate()
+    assert not be.is_active
+    with pytest.raises(RuntimeError, match="inactive"):
+        be.infer(x)
+
+
+def test_a_backend_refuses_input_outside_its_spec():
+    be = create("onnxruntime", load_model(None), "cpu")
+    assert be.input_spec.name == "image" and be.input_spec.max_shape[2] == ARCHITECTURES["unet3d"].window
+    with be, pytest.raises(ValueError, match="outside"):
+        be.infer(np.zeros((1, 1, 96, 64, 64), np.float32))  # more slices than the window
+
+
+def test_device_cuda_without_a_gpu_is_an_input_error_not_a_cpu_run(run_out, tmp_path):
+    from vbmd_rt.runtime.inference.factory import cuda_device_count
+
+    if cuda_device_count():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendError, match="no CUDA GPU"):
+        create("auto", load_model(None), "cuda")
+    r = cli("run", run_out[0], "-o", tmp_path / "o", "--device", "cuda")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--device cpu" in r.stderr
+    assert not (tmp_path / "o" / "PHANTOM_0000.json").exists()
+
+
+def test_the_model_card_round_trips_without_machine_paths(tmp_path):
+    m = load_model(None)
+    d = m.card.to_dict()
+    again = ModelCard.from_dict(json.loads(json.dumps(d)))
+    assert again == m.card
+    assert again.window == WindowSpec("volume", 80, 16, 16)
+    assert not d["training"]["data"].startswith("/")  # a folder name, not this machine's path
+    folder = tmp_path / "m"
+    shutil.copytree(m.folder, folder)
+    card = ModelCard.read(folder / CARD_NAME)
+    card.training = {"data": "/home/someone/scans/train"}
+    card.write(folder / CARD_NAME)
+    assert json.loads((folder / CARD_NAME).read_text())["training"]["data"] == "train"
+    bad = json.loads((folder / CARD_NAME).read_text())
+    bad["architecture"] = "unet4d"
+    (folder / CARD_NAME).write_text(json.dumps(bad))
+    with pytest.raises(ModelError, match="unknown architecture"):
+        load_model(folder)
+
+
+def test_the_sliding_window_blends_windows_of_any_callable():
+    vol = np.random.default_rng(0).standard_normal((200, 8, 8)).astype(np.float32)
+    calls = []
+
+    def identity(batch):
+        calls.append(batch.shape)
+        return batch
+
+    out = sliding_window(vol, identity, WindowSpec("volume", 80, 16, 16))
+    np.testing.assert_allclose(out, vol, rtol=1e-6, atol=1e-6)  # blending identical values gives them back
+    assert all(c == (1, 1, 80, 8, 8) for c in calls) and len(calls) == 3
+    short = sliding_window(vol[:21], identity, WindowSpec("volume", 80, 16, 16))
+    assert calls[-1] == (1, 1, 32, 8, 8)  # padded to a multiple of 16
+    np.testing.assert_array_equal(short, vol[:21])
+    slices = sliding_window(vol[:20], identity, WindowSpec("slices", 16))
+    assert calls[-1] == (4, 1, 8, 8) and np.array_equal(slices, vol[:20])
+
+
+def test_int8_plans_are_keyed_by_the_quantised_onnx(tmp_path, monkeypatch):
+    monkeypatch.setenv("VBMD_RT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(load_model(None).folder, folder)
+    m = load_model(folder)
+    with pytest.raises(VbmdInputError, match="no INT8 ONNX"):
+        engines.key_for(m, "rtx", "7.5", "int8", version="1.0")
+    q = engines.writable_dir(m) / engines.int8_onnx_name(m)
+    q.parent.mkdir(parents=True, exist_ok=True)
+    q.write_bytes(b"quantised, first calibration")
+    first = engines.key_for(m, "rtx", "7.5", "int8", version="1.0")
+    fp16 = engines.key_for(m, "rtx", "7.5", "fp16", version="1.0")
+    assert first.onnx_sha256 != fp16.onnx_sha256 and first.onnx_sha256 != m.sha256("fp16")
+    plan = q.parent / first.filename()  # a stored INT8 plan with its key, as engines.build writes it
+    plan.write_bytes(b"plan")
+    plan.with_name(plan.name + ".json").write_text(json.dumps({"key": first.to_dict()}))
+    assert engines.select(m, first)[0] == plan
+    q.write_bytes(b"quantised, second calibration")  # re-calibrated: the old plan must not be reused
+    second = engines.key_for(m, "rtx", "7.5", "int8", version="1.0")
+    assert second != first and engines.select(m, second)[0] is None
+
+
+def test_a_local_cluster_pins_one_gpu_per_worker(monkeypatch):
+    from vbmd_rt.cohort.batch import pin_worker_gpu
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pin_worker_gpu(3, 2) == "1" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert pin_worker_gpu(1, 1) is None and "CUDA_VISIBLE_DEVICES" not in os.environ  # one GPU: nothing to pin
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert pin_worker_gpu(5, 4) == "0"  # the user's own choice is kept
+
+
+def test_input_spec_checks_rank_and_range():
+    spec = InputSpec("image", "float32", (1, 1, 16, 64, 64), (1, 1, 80, 256, 448), (1, 1, 80, 512, 512))
+    spec.check((1, 1, 80, 512, 512))
+    for bad in ((1, 1, 80, 512), (1, 1, 8, 64, 64), (2, 1, 80, 64, 64)):
+        with pytest.raises(ValueError):
+            spec.check(bad)

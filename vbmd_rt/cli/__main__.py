@@ -1,0 +1,3 @@
+from vbmd_rt.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The Typer application, its version option, and the exit-code contract of every command.
+
+Exit codes: 0 ok, 2 bad input (one line on stderr, no traceback), 1 internal error
+(the traceback only with ``VBMD_RT_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vbmd_rt import __version__
+from vbmd_rt.runtime.errors import VbmdInputError, debug_enabled
+
+app = typer.Typer(
+    name="vbmd-rt",
+    help="Fully automatic vBMD of the second metacarpal (MC2) in HR-pQCT hand scans.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"vbmd-rt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
+    """vbmd-rt: read AIM/ISQ scans, segment MC2, report calibrated vBMD (D100)."""
+
+
+def run_app(argv: list[str] | None = None) -> None:
+    """Run ``app`` with the project's exit codes: Typer's usage errors exit 2 with its message; a
+    :class:`VbmdInputError` becomes one line on stderr and exit 2; anything else is an internal error,
+    exit 1, with the traceback only when ``VBMD_RT_DEBUG`` is set."""
+    try:
+        app(args=argv, prog_name="vbmd-rt")
+    except VbmdInputError as e:
+        typer.echo(f"vbmd-rt: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("vbmd-rt: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if debug_enabled():
+            raise
+        typer.echo(f"vbmd-rt: internal error: {type(e).__name__}: {e} (set VBMD_RT_DEBUG=1 for details)", err=True)
+        sys.exit(1)

@@ -1,0 +1,159 @@
+"""Models: ``train``, ``export`` (ONNX, engines) and ``calib`` (INT8 calibration data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vbmd_rt.cli.app import app
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: best.pt, last.pt, train.json."),
+    arch: str = typer.Option("unet3d", "--arch", help="unet3d or unet2d."),
+    epochs: int = typer.Option(20, "--epochs", min=1),
+    steps: int = typer.Option(200, "--steps", min=1, help="Steps per epoch."),
+    lr: float | None = typer.Option(None, "--lr", help="Default: 1e-5 (2D), 1e-4 (3D), as the paper."),
+    batch: int | None = typer.Option(None, "--batch", help="Default: 4 (2D), 1 (3D)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    val_data: Path | None = typer.Option(None, "--val-data", help="Held-out folder instead of the 20% split."),
+    init_resnet34: Path | None = typer.Option(None, "--init-resnet34", help="ImageNet ResNet34 state dict (2D)."),
+    schedule: str = typer.Option("constant", "--schedule", help="constant or poly."),
+    resume: Path | None = typer.Option(None, "--resume", help="Go on from a last.pt."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes for loading cases."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train the 2D or 3D U-Net on scan/mask pairs; the best checkpoint goes to OUT/best.pt."""
+    from rich.progress import Progress
+
+    from vbmd_rt.export.train import TrainConfig
+    from vbmd_rt.export.train import train as do_train
+
+    if arch not in ("unet3d", "unet2d"):
+        raise typer.BadParameter("--arch must be unet3d or unet2d")
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(out),
+        arch=arch,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+        device=device,
+        val_data=str(val_data) if val_data else None,
+        init_resnet34=str(init_resnet34) if init_resnet34 else None,
+        schedule=schedule,
+        workers=workers,
+    )
+    with Progress(disable=quiet, transient=True) as bar:
+        best = do_train(
+            cfg,
+            resume=str(resume) if resume else None,
+            progress=bar,
+            log=(lambda s: None) if quiet else bar.console.print,
+        )
+    typer.echo(f"best checkpoint: {best}\nexport it with: vbmd-rt export {best} -o MODEL")
+
+
+@app.command()
+def export(
+    checkpoint: Path | None = typer.Argument(None, help="A best.pt from `vbmd-rt train` (default: the bundled model)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for model.onnx, model.fp16.onnx, model.json."),
+    validation: Path | None = typer.Option(None, "--validation", help="A validation JSON to put in the card."),
+    name: str | None = typer.Option(None, "--name", help="Model name in the card."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Also build an engine: rtx (TensorRT-RTX, any machine) or trt (classic TensorRT, on this GPU).",
+    ),
+    sm: str = typer.Option("75", "--sm", help="TensorRT-RTX target compute capability (75: RTX 2080)."),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Build the engine for this exported model (default: what -o holds, else the bundled model).",
+    ),
+    precision: str = typer.Option("fp16", "--precision", help="fp16, or int8 (needs `vbmd-rt calib` data: --calib)."),
+    calib: Path | None = typer.Option(None, "--calib", help="Calibration slices from `vbmd-rt calib` (INT8)."),
+    batch: str = typer.Option("1,16,32", "--batch", help="2D profile: min,opt,max slices per batch."),
+):
+    """Export to ONNX (FP32, FP16) with a model card, checked with ONNX Runtime; optionally build an engine.
+
+    With --engine and no checkpoint, only the engine is built, for --model (or the bundled model).
+    """
+    import json
+
+    from vbmd_rt.runtime.inference import engines
+    from vbmd_rt.runtime.model import load_model
+
+    if engine not in (None, "rtx", "trt"):
+        raise typer.BadParameter("--engine takes rtx or trt")
+    if precision not in ("fp16", "int8"):
+        raise typer.BadParameter("--precision takes fp16 or int8")
+    target = model
+    if checkpoint is not None or engine is None:
+        from vbmd_rt.export.onnx_export import export as do_export
+
+        out = out or Path("model")
+        extra = {"validation": json.loads(validation.read_text())} if validation else None
+        card = do_export(checkpoint, out, extra_card=extra, name=name)
+        c = card["export_checks"]
+        typer.echo(
+            f"{out}: {card['architecture']}, {card['parameters']} parameters; ONNX FP32 vs torch max "
+            f"{c['fp32_vs_torch_max_abs']:.1e}, FP16 vs FP32 mask Dice {c['fp16_vs_fp32_mask_dice_min']:.5f}"
+        )
+        target = out
+    elif target is None and out is not None and (out / "model.json").exists():
+        target = out
+    if engine is None:
+        return
+    mdl = load_model(target)
+    sizes = tuple(int(v) for v in batch.split(","))
+    if len(sizes) != 3 or not 1 <= sizes[0] <= sizes[1] <= sizes[2]:
+        raise typer.BadParameter("--batch takes min,opt,max with 1 <= min <= opt <= max")
+    onnx = None
+    if precision == "int8":
+        from vbmd_rt.calib.quantize import int8_onnx
+
+        if calib is None:
+            raise typer.BadParameter("--precision int8 needs --calib CALIB.npz from `vbmd-rt calib`")
+        onnx = int8_onnx(mdl, calib, log=typer.echo)
+        if onnx is None:
+            raise typer.Exit(1)
+    engines.build(
+        mdl,
+        engine,
+        sm=sm,
+        precision=precision,
+        profile=engines.default_profile(mdl, sizes),
+        onnx_path=onnx,
+        log=typer.echo,
+    )
+
+
+@app.command()
+def calib(
+    data: list[Path] = typer.Argument(..., help="Scans (or folders of them) to take calibration inputs from."),
+    out: Path = typer.Option(..., "--out", "-o", help="The calibration file (.npz)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder (default: the bundled one)."),
+    count: int = typer.Option(64, "--count", "-n", min=1, help="Calibration inputs (slices for 2D, windows for 3D)."),
+    heldout: float = typer.Option(
+        0.25, "--heldout", min=0.05, max=0.9, help="Share of cases kept out for the INT8 gate."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """INT8 calibration inputs picked over cases, slice positions and motion grades (for export --precision int8)."""
+    from vbmd_rt.calib import select
+    from vbmd_rt.runtime.model import load_model
+
+    arrays = select.collect(load_model(model), data, count=count, heldout=heldout, seed=seed, log=typer.echo)
+    select.save(arrays, out)
+    name = next(k for k in arrays if k not in ("heldout", "meta"))
+    typer.echo(
+        f"{out}: {arrays[name].shape[0]} inputs of {arrays[name].shape[1:]}, {arrays['heldout'].shape[0]} held out"
+    )

@@ -1,0 +1,177 @@
+"""Commands on scans: ``info`` (a file's header) and ``run`` (segment MC2 and measure vBMD)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from vbmd_rt.cli.app import app
+
+
+@app.command()
+def info(
+    file: Path = typer.Argument(..., help="AIM or ISQ file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the header as JSON."),
+    show_log: bool = typer.Option(False, "--show-log", help="Also print the processing log (contains patient fields)."),
+):
+    """Header of an AIM/ISQ file: dimensions, voxel size, type, position, calibration."""
+    from vbmd_rt.runtime.io.aim import read_header
+
+    hdr = read_header(file)
+    d = hdr.describe()
+    if show_log:
+        d["processing_log"] = hdr.processing_log
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    cal = d["calibration"]
+    rows = [
+        ("format", d["format"]),
+        ("type", f"{d['type']} ({d['type_code']}, {d['dtype']})"),
+        ("dimensions (x y z)", " x ".join(map(str, d["dimensions_xyz"]))),
+        ("voxel size (mm)", " x ".join(f"{v:.6g}" for v in d["element_size_mm"])),
+        ("position (x y z)", " ".join(map(str, d["position_xyz"]))),
+        ("physical size (mm)", " x ".join(f"{v:.2f}" for v in d["physical_size_mm"])),
+        (
+            "calibration",
+            "none (density unavailable)"
+            if cal is None
+            else f"{cal['mg_ha_cm3_per_unit']:.6g} mg HA/cm3 per unit {cal['intercept']:+.6g} "
+            f"(Mu_Scaling {cal['mu_scaling']:g}, slope {cal['slope']:g})",
+        ),
+    ]
+    for k, v in d["scanner"].items():
+        rows.append((k, str(v)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")
+    if show_log:
+        typer.echo(hdr.processing_log)
+
+
+@app.command()
+def run(
+    scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Exported model folder, or classical (default: the bundled network)."
+    ),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx, onnxruntime or torch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    side: str = typer.Option("auto", "--side", help="auto (detected), left or right."),
+    report: str | None = typer.Option(None, "--report", help="Also write a report: html."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo scans whose outputs exist (default: skip them)."),
+    save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM (probability x100)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Run on Dask: local, or tcp://HOST:PORT of a scheduler."
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes of --cluster local."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Retries of a crashed scan on Dask."),
+    num_parts: int = typer.Option(
+        1, "--num-parts", min=1, help="Split the cohort into N parts (e.g. a SLURM array)..."
+    ),
+    part_id: int = typer.Option(0, "--part-id", min=0, help="...and run part K (0-based)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png, summary.csv.
+
+    Scans whose outputs exist and are valid are skipped (--overwrite redoes them), so a cohort resumes
+    where it stopped.
+    """
+    from rich.progress import Progress
+
+    from vbmd_rt.cohort import batch as cohort
+    from vbmd_rt.runtime import pipeline
+    from vbmd_rt.runtime.errors import VbmdInputError
+    from vbmd_rt.runtime.io import naming
+    from vbmd_rt.runtime.io.atomic import check_writable_dir
+
+    if report not in (None, "html"):
+        raise typer.BadParameter("--report takes html")
+    if side not in ("auto", "left", "right"):
+        raise typer.BadParameter("--side must be auto, left or right")
+    check_writable_dir(out)
+    files = naming.expand_inputs(scans)
+    if not files:
+        raise VbmdInputError(scans[0], "holds no scan files (*.AIM, *.ISQ)", "give scan files or a folder of them")
+    files = cohort.shard(files, num_parts, part_id)
+    options = pipeline.RunOptions(side=side, report_html=report == "html", overwrite=overwrite, save_prob=save_prob)
+    job = cohort.Job(
+        model=None if model is None else str(model),
+        backend=backend,
+        device=device,
+        threads=threads,
+        options=options,
+        backend_factory=torch_backend if backend == "torch" else None,
+    )
+
+    with Progress(disable=quiet, transient=True) as bar:
+        task = bar.add_task("scans", total=len(files))
+
+        def on_row(r):
+            _print_row(r, quiet, bar.console.print)
+            bar.advance(task)
+
+        if cluster:
+            if not quiet:
+                typer.echo(f"{len(files)} scans on Dask ({cluster})", err=True)
+            rows = cohort.run_dask(files, out, job, cluster, retries=retries, workers=workers, on_row=on_row)
+        else:
+            with cohort.load_job(job) as predictor:
+                be = predictor.backend
+                if not quiet:
+                    typer.echo(
+                        f"backend: {be.name} ({be.precision})" + (f" - {be.reason}" if be.reason else ""), err=True
+                    )
+
+                def stage(i, s):
+                    bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
+
+                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage)
+    failed = [r for r in rows if r["status"] == "failed"]
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
+        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id)
+        if not quiet:
+            typer.echo(f"summary: {csv_path}", err=True)
+    if skipped and not quiet:
+        typer.echo(f"{skipped} of {len(rows)} scans skipped: their outputs exist (--overwrite redoes them)", err=True)
+    if failed:
+        typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
+        raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
+
+
+def _print_row(r: dict, quiet: bool, echo) -> None:
+    if r["status"] == "failed":
+        prefix = "error" if r["error_kind"] == "input" else f"internal error on {r['scan']}"
+        typer.echo(f"vbmd-rt: {prefix}: {r['error']}", err=True)
+        if r["error_kind"] == "internal":
+            _debug_traceback()
+        return
+    if quiet:
+        return
+    d = r["d100_mg_ha_cm3"]
+    tail = "skipped (outputs exist)" if r["status"] == "skipped" else f"{r['total_s']:.1f} s"
+    echo(
+        f"{r['scan']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
+        f"{r['slices']} slices, {r['side'] or '?'} hand, {tail}"
+        + "".join(f"\n  warning: {w}" for w in (r["warnings"] or "").split(" | ") if w)
+    )
+
+
+def torch_backend(model, device):
+    """``--backend torch``: PyTorch on the exported weights (train extra); the runtime never imports it."""
+    from vbmd_rt.export.torch_backend import TorchBackend
+
+    return TorchBackend.from_model(model, device)
+
+
+def _debug_traceback() -> None:
+    import os
+    import traceback
+
+    if os.environ.get("VBMD_RT_DEBUG"):
+        traceback.print_exc()

@@ -1,0 +1,104 @@
+"""Data and measurement tools: ``synth`` (phantoms), ``eval`` (agreement) and ``bench`` (latency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vbmd_rt.cli.app import app
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Output folder (created if missing)."),
+    cases: int = typer.Option(1, "--cases", "-n", min=1, help="Number of cases."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed; the same seed and version give the same files."),
+    size: str = typer.Option("small", "--size", help="full: 82 µm, 1536 x 1536; small: 246 µm, 512 x 512."),
+    start: int = typer.Option(0, "--start", min=0, help="Index of the first case (to extend a cohort)."),
+    preview: bool = typer.Option(False, "--preview", help="Also write OUT/preview.png, a montage of slices."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the files do not depend on it)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json."""
+    from rich.progress import Progress
+
+    from vbmd_rt.synth import phantom
+
+    if size not in phantom.SIZES:
+        raise typer.BadParameter(f"--size must be one of {', '.join(sorted(phantom.SIZES))}")
+    with Progress(disable=quiet, transient=True) as bar:
+        task = bar.add_task(f"phantoms ({size})", total=cases)
+        truths = phantom.synth(
+            out, cases, seed, size, start=start, progress=lambda i: bar.advance(task), workers=workers
+        )
+    if not quiet:
+        for t in truths:
+            typer.echo(
+                f"{t['name']}: D100 {t['d100_mg_ha_cm3']:.1f} mg HA/cm3, {t['slices']} MC2 slices, "
+                f"{t['side']} hand, motion grade {t['motion_grade']}, {len(t['erosions'])} erosions"
+            )
+    if preview:
+        png = phantom.preview(out, Path(out) / "preview.png")
+        if not quiet:
+            typer.echo(f"preview: {png}")
+
+
+@app.command(name="eval")
+def eval_(
+    pred: Path = typer.Option(
+        ..., "--pred", help="Output folder of `vbmd-rt run` (NAME.json, NAME_SEG.AIM, NAME_PROB.AIM)."
+    ),
+    truth: Path = typer.Option(
+        ..., "--truth", help="Scans with expert masks (NAME.AIM + NAME_GT.AIM/_MASK/.GOBJ) or a CSV."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder: eval.json, eval.md, cases.csv, plots."),
+    d100_cases: int | None = typer.Option(None, "--d100-cases", min=3, help="D100 statistics on the first N cases."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Agreement with expert contours: Dice, IoU, accuracy, AUC, HD95; D100 Pearson/Spearman/ICC/Bland-Altman."""
+    from vbmd_rt.evaluation.evaluate import evaluate_outputs, markdown, write_report
+
+    report = evaluate_outputs(
+        pred, truth, d100_cases=d100_cases, log=None if quiet else (lambda s: typer.echo(s, err=True))
+    )
+    files = write_report(report, out)
+    if not quiet:
+        typer.echo(markdown(report))
+        if not any(f.suffix == ".png" for f in files):
+            typer.echo("(plots need matplotlib: pip install 'vbmd-rt[eval]')", err=True)
+
+
+@app.command()
+def bench(
+    out: Path | None = typer.Option(None, "--out", "-o", help="Save the results as JSON here."),
+    size: str = typer.Option("full", "--size", help="full (1536 x 1536, the paper's setting) or small."),
+    runs: int = typer.Option(5, "--runs", min=1, help="Measured runs per backend (after the warm-up)."),
+    warmup: int = typer.Option(1, "--warmup", min=0),
+    backends: str | None = typer.Option(
+        None, "--backends", help="Comma list, e.g. onnxruntime,classical (default: all here)."
+    ),
+    model2d: Path | None = typer.Option(None, "--model2d", help="An exported 2D model for the per-slice latency."),
+    no_network: bool = typer.Option(False, "--no-network", help="Skip the network-only latency and FLOPs."),
+    no_2d: bool = typer.Option(False, "--no-2d", help="Skip the 2D net (exporting an untrained one needs torch)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    cache: Path = typer.Option(Path(".cache/bench"), "--cache", help="Where the phantom (and the 2D net) are kept."),
+):
+    """Latency per stage vs the paper's 33 s, network-only latency, the physical floor, peak memory."""
+    from vbmd_rt.bench import suite
+
+    if size not in ("full", "small"):
+        raise typer.BadParameter("--size must be full or small")
+    suite.run(
+        out,
+        size=size,
+        runs=runs,
+        warmup=warmup,
+        cache=cache,
+        backends=backends.split(",") if backends else None,
+        model2d=model2d,
+        network=not no_network,
+        threads=threads,
+        net2d=not no_2d,
+        log=lambda s: typer.echo(s),
+    )
