@@ -166,29 +166,29 @@ def test_calib_file_and_int8_gate(scans, tmp_path):
 
 
 @pytest.mark.gpu
-def test_engine_masks_match_onnxruntime_cpu(scans, tmp_path):
+def test_engine_masks_match_onnxruntime_cpu(scans, tmp_path, monkeypatch):
     """On an RTX GPU (TensorRT-RTX, sm_75 and up) or with classic TensorRT: the engine's masks against
-    ONNX Runtime on the CPU, Dice >= 0.999."""
+    ONNX Runtime on the CPU, Dice >= 0.999. The plan goes to the engine cache, where the runtime looks."""
     if backends.cuda_device_count() == 0:
         pytest.skip("no CUDA GPU")
     from vbmd_rt.runtime import measure, pipeline
+    from vbmd_rt.runtime.inference.base import installed
     from vbmd_rt.runtime.io import aim
 
+    monkeypatch.setenv("VBMD_RT_CACHE", str(tmp_path / "cache"))
     m = load_model(None)
-    name = "tensorrt" if backends._installed("tensorrt") else "tensorrt-rtx"
-    if not backends._installed(engines.MODULES["trt" if name == "tensorrt" else "rtx"]):
+    name = "tensorrt" if installed("tensorrt") else "tensorrt-rtx"
+    if not installed(engines.MODULES["trt" if name == "tensorrt" else "rtx"]):
         pytest.skip("neither tensorrt nor tensorrt_rtx is installed")
     if name == "tensorrt-rtx":
         cc = engines.gpu_compute_capability()
         if cc is None or cc.replace(".", "") not in engines.SM_CHOICES:
             pytest.skip(f"TensorRT-RTX has no target for compute capability {cc}")
-        engines.build(m, "rtx", sm=cc.replace(".", ""), out_dir=tmp_path, log=lambda s: None)
-    gpu = backends.create(name, m, "cuda")
-    cpu = backends.create("onnxruntime", m, "cpu")
-    for be in (gpu, cpu):
-        be.activate()
-    for f in sorted(scans.glob("PHANTOM_????.AIM"))[:3]:
-        data = aim.read_aim(f).data
-        a, _ = pipeline.segment(data, m, gpu)
-        b, _ = pipeline.segment(data, m, cpu)
-        assert measure.dice(a, b) >= 0.999
+        plan, _ = engines.build(m, "rtx", sm=cc.replace(".", ""), out_dir=engines.cache_dir(), log=lambda s: None)
+        assert plan.parent in engines.search_dirs(m)
+    with backends.create(name, m, "cuda") as gpu, backends.create("onnxruntime", m, "cpu") as cpu:
+        for f in sorted(scans.glob("PHANTOM_????.AIM"))[:3]:
+            data = aim.read_aim(f).data
+            a, _ = pipeline.segment(data, m, gpu)
+            b, _ = pipeline.segment(data, m, cpu)
+            assert measure.dice(a, b) >= 0.999
