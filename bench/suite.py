@@ -243,7 +243,8 @@ def network_latency(
 
     out: dict = {}
     m3 = load_model(None)
-    vol, geom = preprocess.to_model(aim.read_aim(scan).data, m3.spec)
+    s = aim.read_aim(scan)
+    vol, geom = preprocess.to_model(s.data, m3.spec, spacing_zyx=s.header.element_size_mm[::-1])
     window, _ = sw.fit_window(vol.shape[0], m3.window.roi_slices, m3.window.multiple)
     x = np.ascontiguousarray(vol[None, None, :window]).astype(np.float32)
     starts = len(sw.starts(vol.shape[0], window, m3.window.overlap))

@@ -24,7 +24,9 @@ def evaluate(pairs: list[dataset.Pair], model, backend, log=None) -> dict:
             t0 = time.perf_counter()
             scan = aim.read_aim(p.scan)
             truth = dataset.read_mask(p.mask, scan.header)
-            mask, info = pipeline.segment(scan.data, model, backend)
+            mask, info = pipeline.segment(
+                scan.data, model, backend, spacing_zyx=scan.header.element_size_mm[::-1], calibration=scan.calibration
+            )
             m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, scan.calibration)
             t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
             case = {

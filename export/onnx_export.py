@@ -218,8 +218,9 @@ def check_samples(card: ModelCard, count: int = 2, seed: int = 5) -> list[np.nda
     spec = card.preprocessing
     out = []
     for i in range(count):
-        scan, _ = phantom.render_case(phantom.sample_case(seed * 1000 + i, "small"))
-        vol, _ = preprocess.to_model(scan, spec)
+        p = phantom.sample_case(seed * 1000 + i, "small")
+        scan, _ = phantom.render_case(p)
+        vol, _ = preprocess.to_model(scan, spec, spacing_zyx=(p.voxel_mm,) * 3)
         if card.window.mode == "slices":
             k = vol.shape[0] // 2
             out.append(np.ascontiguousarray(vol[k - 1 : k + 1, None]))
@@ -293,14 +294,14 @@ def export(
 def export_untrained(arch: str, out: str | Path, seed: int = 0) -> dict:
     """A randomly initialised ``arch`` exported with a complete card: for latency benchmarks and engine-build
     tests, where the weights do not matter. The card says it is untrained."""
-    from vbmd_rt.runtime.preprocess import Spec
+    from vbmd_rt.runtime.preprocess import MODEL_SPACING_MM, Spec
 
     a = architecture(arch)
     torch.manual_seed(seed)
     net = nets.build(arch)
     card = ModelCard(
         arch,
-        Spec(size=512, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop),
+        Spec(size=512, spacing_mm=MODEL_SPACING_MM, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop),
         config=getattr(net, "config", None),
         intended_use="UNTRAINED: random weights, for latency benchmarks only",
     ).to_dict()

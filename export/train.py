@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     size: int = 512
+    spacing_mm: float = preprocess.MODEL_SPACING_MM
     window: int | None = None
     widths: list[int] | None = None
     init_resnet34: str | None = None
@@ -147,7 +148,9 @@ class Trainer:
         self.out = Path(self.cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         a = architecture(self.cfg.arch)
-        self.spec = preprocess.Spec(size=self.cfg.size, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop)
+        self.spec = preprocess.Spec(
+            size=self.cfg.size, spacing_mm=self.cfg.spacing_mm, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop
+        )
         self.window_spec = WindowSpec(a.window_mode, self.cfg.window, a.overlap, a.multiple)
 
     # ----------------------------------------------------------------------------------- data

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import measure, preprocess, report
+from vbmd_rt.runtime import measure, preprocess, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.inference.window import sliding_window
@@ -63,7 +63,7 @@ def segment(
         return _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path)
     spec = model.spec
     with timer("preprocess"):
-        vol, geometry = preprocess.to_model(data, spec, side)
+        vol, geometry = preprocess.to_model(data, spec, side, spacing_zyx=spacing_zyx)
     with timer("inference"):
         prob = sliding_window(vol, backend.infer, model.window)
     with timer("postprocess"):
@@ -130,8 +130,14 @@ def analyse(
     timer: Timer | None = None,
     keep_prob: bool = False,
     path=None,
+    max_memory: int | None = None,
 ) -> Analysis:
-    """Segment and measure one (z, y, x) scan already in memory (or memory-mapped): no files written."""
+    """Segment and measure one (z, y, x) scan already in memory (or memory-mapped): no files written.
+
+    Before any voxel is touched, the memory the scan needs is predicted from its shape and voxel size and
+    refused past ``max_memory`` bytes (default: three quarters of the RAM) with a ``VbmdInputError``.
+    """
+    resources.check_memory(path, data.shape, spacing_zyx, None if model.classical else model.spec, max_memory)
     timer = timer or Timer()
     warnings: list[str] = []
     if calibration is None:
@@ -165,6 +171,7 @@ class RunOptions:
     report_html: bool = False
     overwrite: bool = False
     save_prob: bool = False
+    max_memory: int | None = None  # bytes; None: three quarters of the RAM (resources.default_max_memory)
 
 
 def read_scan(path: Path) -> aim.Scan:
@@ -220,6 +227,7 @@ def run_scan(
         timer,
         keep_prob=options.save_prob,
         path=path,
+        max_memory=options.max_memory,
     )
     mask, info, m, warnings, cal = a.mask, a.info, a.measures, a.warnings, scan.calibration
     detected = info["side"]

@@ -1,15 +1,20 @@
 """Preprocessing shared by inference and training: native scan -> model space, and the way back.
 
-Model space is what the network sees:
+Model space is what the network sees, defined in millimetres:
 
-* in-plane: every slice resized with OpenCV ``INTER_AREA`` to ``size`` x ``size`` (512: 246 µm for an
-  XtremeCT I 1536 x 1536 scan);
+* in-plane: every slice resampled with OpenCV ``INTER_AREA`` (``INTER_LINEAR`` when enlarging) from the
+  header's voxel size to the model's ``spacing_mm`` (0.246 mm for the bundled model: an XtremeCT I
+  1536 x 1536 scan at 82 µm becomes 512 x 512), whatever the field of view: a scan cropped around the
+  hand, or an XtremeCT II scan at 60.7 µm, shows its bones at the size the network learnt. The work is
+  bounded by the scan's physical size, not by its pixel count. Cards without ``spacing_mm`` (format 1)
+  keep the old pixel-count resize to ``size`` x ``size``;
 * along z: the 3D net (``z_mode="isotropic"``) sees slices area-averaged to the in-plane spacing, so a
   82 µm scan and a 246 µm scan look alike; the 2D net (``z_mode="native"``) sees every slice;
 * orientation: left hands are mirrored in x when the side is known (the bundled model is trained
   mirror-invariant, so ``side="auto"`` needs no flip and the side is read off the result);
 * crop: the hand's bounding box (air cut away, a margin kept, sizes rounded up to ``multiple``), which
-  divides the network's work by three to four on a typical scan;
+  divides the network's work by three to four on a typical scan; models without crop (the 2D net) see a
+  ``size`` x ``size`` window centred on the hand (air padding where the scan is smaller);
 * normalisation: ``(raw - mean) / std`` with statistics from the training split (the model card).
 
 ``Geometry`` records every step, so probabilities come back to native voxels exactly
@@ -26,13 +31,15 @@ import cv2
 import numpy as np
 
 SIDES = ("auto", "left", "right")
+MODEL_SPACING_MM = 0.246  # in-plane spacing of new models: an XtremeCT I slice (1536 x 82 µm) becomes 512 x 512
 
 
 @dataclass(frozen=True)
 class Spec:
     """The preprocessing a model was trained with (from its card's ``preprocessing``)."""
 
-    size: int = 512
+    size: int = 512  # the 2D net's fixed input; with spacing_mm None (old cards), the in-plane grid
+    spacing_mm: float | None = None  # model-space in-plane spacing; None: resize to size x size by pixel count
     z_mode: str = "isotropic"  # "isotropic" (3D net) or "native" (2D net)
     mean: float = 0.0
     std: float = 1.0
@@ -53,7 +60,7 @@ class Geometry:
     """How a native (z, y, x) volume maps into model space."""
 
     native_shape: tuple[int, int, int]
-    model_shape: tuple[int, int, int]  # (z, size, size) before cropping
+    model_shape: tuple[int, int, int]  # (z, y, x) of the model grid before cropping
     flip_x: bool
     crop: tuple[int, int, int, int]  # (y0, y1, x0, x1) in model space; may reach past the edges (padding)
 
@@ -107,12 +114,34 @@ def resample_z(volume: np.ndarray, nz: int) -> np.ndarray:
 
 
 def model_slices(native_z: int, scale_inplane: float, z_mode: str) -> int:
-    """Number of model slices for ``native_z`` native ones."""
+    """Number of model slices for ``native_z`` native ones (``scale_inplane``: native voxels per model voxel)."""
     if z_mode == "native":
         return native_z
     if z_mode != "isotropic":
         raise ValueError(f"unknown z_mode {z_mode!r}")
     return max(1, int(round(native_z / scale_inplane)))
+
+
+def model_grid(shape_zyx: tuple[int, int, int], spec: Spec, spacing_zyx=None) -> tuple[tuple[int, int, int], float]:
+    """The uncropped model grid ``(mz, my, mx)`` of a native scan, and the in-plane scale (native voxels per
+    model voxel along y; z follows it for isotropic models).
+
+    In millimetres (``spec.spacing_mm``): each axis's physical extent over the model spacing, so only the
+    voxel size and the field of view decide the grid; by pixel count for old cards (``spacing_mm`` None).
+    """
+    z, ny, nx = shape_zyx
+    if spec.spacing_mm is None:
+        scale = max(ny, nx) / spec.size
+        return (model_slices(z, scale, spec.z_mode), spec.size, spec.size), scale
+    if spacing_zyx is None:
+        raise ValueError("model space is in millimetres: the scan's voxel size (spacing_zyx) is needed")
+    sz, sy, sx = (float(v) for v in spacing_zyx)
+    if not all(math.isfinite(v) and v > 0 for v in (sz, sy, sx)):
+        raise ValueError(f"voxel size {spacing_zyx} is not a positive number of millimetres")
+    my = max(1, int(round(ny * sy / spec.spacing_mm)))
+    mx = max(1, int(round(nx * sx / spec.spacing_mm)))
+    mz = z if spec.z_mode == "native" else model_slices(z, spec.spacing_mm / sz, spec.z_mode)
+    return (mz, my, mx), spec.spacing_mm / sy
 
 
 # --------------------------------------------------------------------------- crop and orientation
@@ -189,28 +218,39 @@ def flip_for(side: str) -> bool:
 # --------------------------------------------------------------------------- the whole step
 
 
-def to_model(data: np.ndarray, spec: Spec, side: str = "auto") -> tuple[np.ndarray, Geometry]:
-    """Native (z, y, x) scan (int16, memory map welcome) -> normalised float32 model-space volume."""
+def to_model(data: np.ndarray, spec: Spec, side: str = "auto", spacing_zyx=None) -> tuple[np.ndarray, Geometry]:
+    """Native (z, y, x) scan (int16, memory map welcome) -> normalised float32 model-space volume.
+
+    ``spacing_zyx``: the native voxel size in mm (the header's element size, reversed); needed unless the
+    model's card predates millimetre model space.
+    """
     if data.ndim != 3:
         raise ValueError(f"expected a (z, y, x) volume, got shape {data.shape}")
     z, ny, nx = data.shape
-    small = resize_slices(data, spec.size, out=np.empty((z, spec.size, spec.size), np.float32))
-    mz = model_slices(z, max(ny, nx) / spec.size, spec.z_mode)
+    (mz, my, mx), _ = model_grid(data.shape, spec, spacing_zyx)
+    small = resize_slices(data, (my, mx), out=np.empty((z, my, mx), np.float32))
     vol = resample_z(small, mz)
     flip = flip_for(side)
     vol = orient(vol, flip)
     vol -= np.float32(spec.mean)
     vol *= np.float32(1.0 / spec.std)
-    box = hand_box(vol, spec.multiple, spec.margin) if spec.crop else (0, spec.size, 0, spec.size)
+    if spec.crop:
+        box = hand_box(vol, spec.multiple, spec.margin)
+    elif (my, mx) == (spec.size, spec.size):
+        box = (0, spec.size, 0, spec.size)
+    else:  # a fixed size x size input (the 2D net), centred on the hand; air padding where the grid is smaller
+        y0, y1, x0, x1 = hand_box(vol, 1, 0)
+        a, b = (y0 + y1 - spec.size) // 2, (x0 + x1 - spec.size) // 2
+        box = (a, a + spec.size, b, b + spec.size)
     air = float(np.percentile(vol[:, ::8, ::8], 1)) if vol.size else 0.0
     out = crop_pad(vol, box, air)
-    return out, Geometry((z, ny, nx), (mz, spec.size, spec.size), flip, box)
+    return out, Geometry((z, ny, nx), (mz, my, mx), flip, box)
 
 
 def to_model_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A native 0/non-zero mask -> fraction of each model voxel inside it (float32, training targets)."""
-    mz, size, _ = geometry.model_shape
-    frac = resize_slices(np.asarray(mask) > 0, size, out=np.empty((mask.shape[0], size, size), np.float32))
+    mz, my, mx = geometry.model_shape
+    frac = resize_slices(np.asarray(mask) > 0, (my, mx), out=np.empty((mask.shape[0], my, mx), np.float32))
     frac = resample_z(frac, mz)
     return crop_pad(orient(frac, geometry.flip_x), geometry.crop, 0.0)
 

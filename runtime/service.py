@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,8 +98,14 @@ class Watcher:
         poll: float = 2.0,
         move_done: str | Path | None = None,
         log=print,
+        heartbeat: float = 5.0,
+        backend_info: dict | None = None,
     ):
         self.in_dir = Path(in_dir)
+        self.heartbeat = heartbeat  # seconds between health-file beats, also while a long scan runs
+        self.backend_info = backend_info or {}  # which backend and device serve (shown by `vbmd-rt health`)
+        self._state: dict = {"status": "starting"}
+        self._beat_lock = threading.Lock()
         self.out = Path(out_dir)
         self.process = process
         self.stable_for = stable_for
@@ -219,7 +226,7 @@ class Watcher:
             return False
         self._remove_outputs(naming.scan_name(path))  # e.g. a changed scan of the same name: redo it whole
         self.journal.record("start", name, key)
-        self.write_health("processing")
+        self.write_health("busy", scan=name, busy_since=_now())
         t0 = time.perf_counter()
         try:
             result = self.process(path)
@@ -280,10 +287,26 @@ class Watcher:
         except OSError as e:
             self.log(f"warning: {path.name} is done but could not be moved ({e.strerror})")
 
-    def write_health(self, status: str) -> None:
-        h = {
-            "status": status,
+    def write_health(self, status: str | None = None, **state) -> None:
+        """Rewrite OUT/.vbmd-rt/health.json; with a status, that becomes the state the beats repeat."""
+        with self._beat_lock:
+            if status is not None:
+                self._state = {"status": status, **state}
+            h = self._health_record()
+            with contextlib.suppress(VbmdInputError):
+                atomic_write_bytes(self.state / "health.json", (json.dumps(h) + "\n").encode())
+
+    def _beat(self) -> None:
+        """The heartbeat thread: the health file stays fresh while the main thread is busy with a scan."""
+        while not self._stopped_beating.wait(self.heartbeat):
+            self.write_health()
+
+    def _health_record(self) -> dict:
+        return {
+            **self._state,
             "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "backend": self.backend_info,
             "time": time.time(),
             "time_iso": _now(),
             "done": self.counts.done,
@@ -293,13 +316,14 @@ class Watcher:
             "in": str(self.in_dir),
             "vbmd_rt_version": __version__,
         }
-        with contextlib.suppress(VbmdInputError):
-            atomic_write_bytes(self.state / "health.json", (json.dumps(h) + "\n").encode())
 
     # ------------------------------------------------------------------ loop
     def run(self, once: bool = False) -> Counts:
         """Serve until stopped (SIGTERM/SIGINT or ``self.stop``); with ``once``, until IN has nothing left."""
         self.recover()
+        self._stopped_beating = threading.Event()
+        beat = threading.Thread(target=self._beat, name="vbmd-rt-heartbeat", daemon=True)
+        beat.start()
         try:
             while not self.stop.is_set():
                 self.write_health("idle")
@@ -313,6 +337,8 @@ class Watcher:
                 if not todo:
                     self.stop.wait(self.poll)
         finally:
+            self._stopped_beating.set()
+            beat.join()
             self.write_health("stopped")
             self.journal.close()
             self._lock.close()
@@ -337,16 +363,36 @@ class Watcher:
         signal.signal(signal.SIGINT, _stop)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def health(out: str | Path, max_age: float = 120.0) -> tuple[bool, str]:
-    """Is the service serving ``out`` alive? (fresh health file, not stopped)."""
+    """Is the service serving ``out`` alive? Its process must exist (checked at once, where the health file
+    was written on this host) and its heartbeat, refreshed every few seconds even during a long scan,
+    must be younger than ``max_age``. The message says the state: idle, or busy with NAME since when."""
     p = Path(out) / STATE_DIR / "health.json"
     try:
         h = json.loads(p.read_text())
     except (OSError, ValueError):
         return False, f"{p}: no health file (is vbmd-rt watch running on this folder?)"
     age = time.time() - float(h.get("time", 0))
+    counts = f"done {h.get('done')}, failed {h.get('failed')}"
     if h.get("status") == "stopped":
-        return False, f"service stopped {age:.0f} s ago (done {h.get('done')}, failed {h.get('failed')})"
+        return False, f"service stopped {age:.0f} s ago ({counts})"
+    if h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and not _pid_alive(h["pid"]):
+        return False, f"the service's process {h['pid']} is gone (last beat {age:.0f} s ago, {counts})"
     if age > max_age:
         return False, f"health file is {age:.0f} s old (limit {max_age:.0f} s): the service is stuck or gone"
-    return True, f"{h.get('status')}: done {h.get('done')}, failed {h.get('failed')}, last beat {age:.0f} s ago"
+    state = h.get("status")
+    if state == "busy":
+        state = f"busy with {h.get('scan')} since {h.get('busy_since')}"
+    be = h.get("backend") or {}
+    on = f" on {be.get('name')} ({be.get('precision')})" if be.get("name") else ""
+    return True, f"{state}{on}: {counts}, last beat {age:.0f} s ago"

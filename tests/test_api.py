@@ -160,3 +160,34 @@ def test_input_spec_checks_rank_and_range():
     for bad in ((1, 1, 80, 512), (1, 1, 8, 64, 64), (2, 1, 80, 64, 64)):
         with pytest.raises(ValueError):
             spec.check(bad)
+
+
+def test_memory_is_predicted_from_the_header_and_refused_past_the_limit(run_out, tmp_path):
+    from vbmd_rt.runtime import preprocess, resources
+
+    spec = preprocess.Spec(size=512, spacing_mm=0.246)
+    full = resources.estimate_bytes((320, 1536, 1536), (0.082,) * 3, spec)
+    assert 2 * 2**30 < full < 6 * 2**30  # a full XtremeCT I scan: a few GiB, as measured by `vbmd-rt bench`
+    lying = resources.estimate_bytes((15625, 1, 1), (0.082,) * 3, spec)  # 34 KB claiming a tall column
+    assert lying < resources.BASELINE_BYTES + 2**20
+    huge = resources.estimate_bytes((3000, 20000, 20000), (0.082,) * 3, spec)
+    with pytest.raises(VbmdInputError, match="GiB of memory"):
+        resources.check_memory("x.AIM", (3000, 20000, 20000), (0.082,) * 3, spec, None)
+    assert huge > resources.physical_memory()
+    with vbmd_rt.Predictor(max_memory=100 * 2**20) as p, pytest.raises(VbmdInputError, match="--max-memory"):
+        p.run(run_out[0])
+    r = cli("run", run_out[0], "-o", tmp_path / "o", "--max-memory", "100M", "-q")
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 2 and len(errors) == 1 and "PHANTOM_0000.AIM" in errors[0] and "--max-memory" in errors[0]
+    assert not list((tmp_path / "o").glob("PHANTOM_0000*"))
+    r = cli("run", run_out[0], "-o", tmp_path / "never", "--max-memory", "lots")
+    assert r.returncode == 2 and not (tmp_path / "never").exists()  # a bad argument creates nothing
+
+
+def test_sizes_parse_as_people_write_them():
+    from vbmd_rt.runtime.resources import parse_size
+
+    assert parse_size("16G") == 16 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("1024") == 1024
+    for bad in ("", "G", "-1G", "lots"):
+        with pytest.raises(ValueError):
+            parse_size(bad)

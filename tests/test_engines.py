@@ -188,7 +188,7 @@ def test_engine_masks_match_onnxruntime_cpu(scans, tmp_path, monkeypatch):
         assert plan.parent in engines.search_dirs(m)
     with backends.create(name, m, "cuda") as gpu, backends.create("onnxruntime", m, "cpu") as cpu:
         for f in sorted(scans.glob("PHANTOM_????.AIM"))[:3]:
-            data = aim.read_aim(f).data
-            a, _ = pipeline.segment(data, m, gpu)
-            b, _ = pipeline.segment(data, m, cpu)
+            s = aim.read_aim(f)
+            a, _ = pipeline.segment(s.data, m, gpu, spacing_zyx=s.header.element_size_mm[::-1])
+            b, _ = pipeline.segment(s.data, m, cpu, spacing_zyx=s.header.element_size_mm[::-1])
             assert measure.dice(a, b) >= 0.999

@@ -96,3 +96,61 @@ def test_fill_holes_and_largest_component():
     filled = fill_holes_slicewise(m)
     assert filled[:, 4, 4].all()
     assert not largest_component(filled)[0, 0, 0]
+
+
+# --------------------------------------------------------------------------- model space in millimetres
+
+MM = preprocess.Spec(size=512, spacing_mm=0.246)
+
+
+@pytest.mark.parametrize(
+    ("shape", "voxel_mm", "grid"),
+    [
+        ((320, 1536, 1536), 0.082, (107, 512, 512)),  # XtremeCT I, the whole field of view
+        ((320, 768, 768), 0.082, (107, 256, 256)),  # the same scan cropped around the hand: bones stay their size
+        ((168, 512, 512), 0.246, (168, 512, 512)),  # the small phantoms: no resampling at all
+        ((168, 2304, 2304), 0.0607, (41, 569, 569)),  # XtremeCT II geometry: by millimetres, not by pixels
+        ((15625, 1, 1), 0.082, (5208, 1, 1)),  # a lying header: the grid follows the physical size
+    ],
+)
+def test_the_model_grid_follows_the_voxel_size_not_the_pixel_count(shape, voxel_mm, grid):
+    assert preprocess.model_grid(shape, MM, (voxel_mm,) * 3)[0] == grid
+
+
+def test_old_cards_keep_the_pixel_count_grid():
+    assert preprocess.model_grid((320, 768, 768), preprocess.Spec(size=512), None)[0] == (320 * 512 // 768, 512, 512)
+
+
+def test_millimetre_model_space_needs_the_voxel_size():
+    with pytest.raises(ValueError, match="voxel size"):
+        preprocess.to_model(np.zeros((4, 8, 8), np.int16), MM)
+    with pytest.raises(ValueError, match="positive"):
+        preprocess.to_model(np.zeros((4, 8, 8), np.int16), MM, spacing_zyx=(0.1, float("nan"), 0.1))
+
+
+def test_a_crop_is_the_same_window_of_model_space(small_case):
+    """At the model's spacing a crop is resampled not at all: its model volume is the whole scan's, cut."""
+    _, scan, truth = small_case
+    ys, xs = np.nonzero(truth.any(axis=0))
+    y0, x0 = max(0, (ys.min() + ys.max()) // 2 - 100), max(0, (xs.min() + xs.max()) // 2 - 100)
+    crop = scan[:, y0 : y0 + 200, x0 : x0 + 200]
+    spec = preprocess.Spec(size=512, spacing_mm=0.246, crop=False)
+    whole, gw = preprocess.to_model(scan, spec, spacing_zyx=(0.246,) * 3)
+    part, gp = preprocess.to_model(crop, spec, spacing_zyx=(0.246,) * 3)
+    assert gp.model_shape == (gw.model_shape[0], 200, 200) and gp.scale == pytest.approx((1.0, 1.0, 1.0))
+    a = preprocess.from_model(whole, gw)[:, y0 : y0 + 200, x0 : x0 + 200]
+    np.testing.assert_allclose(preprocess.from_model(part, gp), a, atol=1e-5)
+
+
+def test_round_trip_on_a_non_square_finer_grid(small_case):
+    """An anisotropic, non-square native grid (e.g. 60.7 µm in-plane) maps to model space and back exactly."""
+    _, _, truth = small_case
+    t = truth[:40, 100:400, 60:460]
+    fine = np.repeat(np.repeat(t, 2, axis=1), 2, axis=2)  # 0.123 mm in-plane, 0.246 mm slices
+    vol, geo = preprocess.to_model(fine.astype(np.int16) * 1000, MM, spacing_zyx=(0.246, 0.123, 0.123))
+    assert geo.model_shape == (40, 300, 400)
+    model = preprocess.from_model(preprocess.to_model_mask(fine, geo), geo)  # the uncropped model grid
+    np.testing.assert_array_equal(model > 0.5, t > 0)
+    native = preprocess.sample_at_native(model, geo, (slice(0, 40), slice(0, 600), slice(0, 800)))
+    assert native.shape == fine.shape
+    assert np.mean((native > 0.5) != (fine > 0)) < 0.002  # linear interpolation moves only boundary voxels

@@ -164,9 +164,13 @@ def test_sigkill_mid_scan_leaves_nothing_partial_and_the_scan_is_redone(source, 
         assert _wait(lambda: "K.AIM" in _events(out, "start"), 60, p)
         time.sleep(0.5)
         assert not _events(out, "done"), "the scan finished before the kill; the test needs a slower scan"
+        ok, msg = service.health(out, max_age=180)
+        assert ok and "busy with K.AIM" in msg and "onnxruntime" in msg, msg
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
+    ok, msg = service.health(out, max_age=180)  # the heartbeat is seconds old, but its process is gone
+    assert not ok and "is gone" in msg, msg
     assert not (out / "K.json").exists()
     r = subprocess.run(
         [sys.executable, "-m", "vbmd_rt", "watch", inp, out, "--once", "--stable-for", "0.1"],
@@ -282,3 +286,26 @@ def test_read_only_output_is_refused(source, tmp_path):
             [sys.executable, "-m", "vbmd_rt", "watch", tmp_path / "in", out, "--once"], capture_output=True, text=True
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_health_stays_alive_during_a_long_scan(source, tmp_path):
+    """The heartbeat thread refreshes the health file while the main thread is busy with one scan."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "L.AIM").write_bytes((source / "TINY.AIM").read_bytes())
+    (inp / "L.AIM.done").write_bytes(b"")
+    beats = []
+
+    def slow(path):
+        for _ in range(12):  # a 2.4 s scan, 12 looks at the health file from inside it
+            time.sleep(0.2)
+            beats.append((service.health(out, max_age=1.0), json.loads((out / ".vbmd-rt" / "health.json").read_text())))
+        return {"d100_mg_ha_cm3": 1.0}
+
+    w = service.Watcher(inp, out, slow, stable_for=0, heartbeat=0.1, log=lambda s: None)
+    w.run(once=True)
+    assert all(ok for (ok, _), _ in beats), [m for (ok, m), _ in beats if not ok]
+    assert all("busy with L.AIM" in m for (_, m), _ in beats)
+    assert beats[-1][1]["time"] - beats[0][1]["time"] > 1.5  # the file was rewritten during the scan
+    ok, msg = service.health(out)
+    assert not ok and "stopped" in msg and "done 1" in msg

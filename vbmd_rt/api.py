@@ -52,7 +52,9 @@ class Predictor:
 
     ``model``: an exported model folder, ``"classical"``, or ``None`` for the bundled network;
     ``backend``: ``auto``, ``tensorrt``, ``tensorrt-rtx``, ``onnxruntime``, or a :class:`Backend` instance;
-    ``device``: ``auto``, ``cpu`` or ``cuda`` (``cuda`` without a usable GPU is an error, never the CPU).
+    ``device``: ``auto``, ``cpu`` or ``cuda`` (``cuda`` without a usable GPU is an error, never the CPU);
+    ``max_memory``: bytes a scan may need, predicted from its header before any work (default: three
+    quarters of the RAM); a scan past it is refused with a ``VbmdInputError``.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Predictor:
         device: str = "auto",
         threads: int | None = None,
         log=None,
+        max_memory: int | None = None,
     ):
         from vbmd_rt.runtime.inference.factory import create
 
@@ -69,6 +72,7 @@ class Predictor:
         self.backend = (
             backend if isinstance(backend, Backend) else create(backend, self.model, device, threads, log=log)
         )
+        self.max_memory = max_memory  # bytes a scan may need (None: three quarters of the RAM)
         self.backend.activate()
 
     def close(self) -> None:
@@ -102,7 +106,15 @@ class Predictor:
             if spacing is None:
                 raise ValueError("an array needs spacing=(z, y, x) in mm")
         a = pipeline.analyse(
-            data, tuple(float(v) for v in spacing), calibration, self.model, self.backend, side, timer, path=path
+            data,
+            tuple(float(v) for v in spacing),
+            calibration,
+            self.model,
+            self.backend,
+            side,
+            timer,
+            path=path,
+            max_memory=self.max_memory,
         )
         timings = {k: round(timer.seconds.get(k, 0.0), 4) for k in pipeline.STAGES if k != "write"}
         timings["total"] = round(time.perf_counter() - t0, 4)

@@ -65,6 +65,9 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo scans whose outputs exist (default: skip them)."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM (probability x100)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    max_memory: str | None = typer.Option(
+        None, "--max-memory", help="Refuse scans predicted to need more memory, e.g. 16G (default: 3/4 of the RAM)."
+    ),
     cluster: str | None = typer.Option(
         None, "--cluster", help="Run on Dask: local, or tcp://HOST:PORT of a scheduler."
     ),
@@ -93,12 +96,19 @@ def run(
         raise typer.BadParameter("--report takes html")
     if side not in ("auto", "left", "right"):
         raise typer.BadParameter("--side must be auto, left or right")
+    mem = _max_memory(max_memory)  # argument checks before anything is created
     check_writable_dir(out)
     files = naming.expand_inputs(scans)
     if not files:
         raise VbmdInputError(scans[0], "holds no scan files (*.AIM, *.ISQ)", "give scan files or a folder of them")
     files = cohort.shard(files, num_parts, part_id)
-    options = pipeline.RunOptions(side=side, report_html=report == "html", overwrite=overwrite, save_prob=save_prob)
+    options = pipeline.RunOptions(
+        side=side,
+        report_html=report == "html",
+        overwrite=overwrite,
+        save_prob=save_prob,
+        max_memory=mem,
+    )
     job = cohort.Job(
         model=None if model is None else str(model),
         backend=backend,
@@ -175,3 +185,15 @@ def _debug_traceback() -> None:
 
     if os.environ.get("VBMD_RT_DEBUG"):
         traceback.print_exc()
+
+
+def _max_memory(text: str | None) -> int | None:
+    """``--max-memory 16G`` -> bytes (None: the default, three quarters of the RAM)."""
+    from vbmd_rt.runtime.resources import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise typer.BadParameter(f"--max-memory takes a size such as 16G or 512M, not {text!r}") from None

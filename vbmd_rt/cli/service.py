@@ -20,6 +20,9 @@ def watch(
     report: str | None = typer.Option(None, "--report", help="Also write a report: html."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    max_memory: str | None = typer.Option(
+        None, "--max-memory", help="Refuse scans predicted to need more memory, e.g. 16G (default: 3/4 of the RAM)."
+    ),
     stable_for: float = typer.Option(
         10.0,
         "--stable-for",
@@ -36,7 +39,11 @@ def watch(
 
     if report not in (None, "html"):
         raise typer.BadParameter("--report takes html")
-    options = pipeline.RunOptions(report_html=report == "html", overwrite=True, save_prob=save_prob)
+    from vbmd_rt.cli.scans import _max_memory
+
+    options = pipeline.RunOptions(
+        report_html=report == "html", overwrite=True, save_prob=save_prob, max_memory=_max_memory(max_memory)
+    )
     job = cohort.Job(
         model=None if model is None else str(model), backend=backend, device=device, threads=threads, options=options
     )
@@ -50,6 +57,7 @@ def watch(
             out,
             lambda p: predictor.run_to(p, out, options),
             stable_for=stable_for,
+            backend_info=predictor.backend.describe(),
             poll=poll,
             move_done=move_done,
             log=log,
