@@ -13,10 +13,12 @@ import numpy as np
 
 from vbmd_rt.evaluation import metrics
 from vbmd_rt.runtime import measure, pipeline
+from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.io import aim, dataset
+from vbmd_rt.runtime.model import Model
 
 
-def evaluate(pairs: list[dataset.Pair], model, backend, log=None) -> dict:
+def evaluate(pairs: list[dataset.Pair], model: Model, backend: Backend, log=None) -> dict:
     """Per-case Dice / D100 error at native resolution and a summary by motion grade and erosion."""
     cases = []
     with backend:
