@@ -4,8 +4,10 @@ Data go through the runtime's preprocessing (``vbmd_rt.runtime.preprocess``), so
 learns from is exactly what it sees at inference. Normalisation statistics come from the training
 split only and are stored in the checkpoint and, at export, in the model card.
 
-Defaults follow the paper: Dice loss, Adam, 2D lr 1e-5 batch 4, 3D lr 1e-4 batch 1; augmentation by
-mirroring, intensity scale and shift, small in-plane rotations and noise; a 70/20/10 split by case;
+Defaults follow the paper: Dice loss, Adam, 2D lr 1e-5 batch 4, 3D lr 1e-4 batch 1; nnU-Net-style
+augmentation (``export.augment``: mirroring, rotation with tilt, scaling, elastic deformation, gamma,
+contrast, noise, blur, low resolution); ``init`` warm-starts from a checkpoint or an exported model
+(its FP32 ONNX); a 70/20/10 split by case;
 the best checkpoint by validation Dice; resume from ``last.pt``. CUDA runs in mixed precision.
 On the CPU a seed gives the same weights (deterministic algorithms).
 """
@@ -13,7 +15,6 @@ On the CPU a seed gives the same weights (deterministic algorithms).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 from vbmd_rt import __version__
 from vbmd_rt.export import data as dataset
 from vbmd_rt.export import nets
+from vbmd_rt.export.augment import AugmentConfig, augment
 from vbmd_rt.export.torch_backend import TorchBackend
 from vbmd_rt.runtime import preprocess
 from vbmd_rt.runtime.inference import window as sw
@@ -61,6 +63,8 @@ class TrainConfig:
     augment: bool = True
     schedule: str = "constant"  # or "poly": lr * (1 - step / steps) ** 0.9
     workers: int = 1
+    init: str | None = None  # warm start: a checkpoint (.pt) or an exported model folder (model.onnx)
+    val_every: int = 1  # validate every N epochs (and after the last)
 
     def resolved(self) -> TrainConfig:
         d = TRAINING_DEFAULTS[self.arch]
@@ -98,38 +102,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1.0 - (2.0 * inter + eps) / (p.sum() + target.sum() + eps)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mirror in x, in-plane rotation (+-10 deg), intensity scale/shift and noise; x, y are (N, 1, ...)."""
-    dev = x.device
-
-    def u(a, b):
-        return float(torch.empty(1).uniform_(a, b, generator=gen))
-
-    if u(0, 1) < 0.5:
-        x, y = x.flip(-1), y.flip(-1)
-    if u(0, 1) < 0.5:
-        angle = math.radians(u(-10, 10))
-        c, s = math.cos(angle), math.sin(angle)
-        h, w = x.shape[-2:]
-        # Rotation about the centre in pixel units, on normalised grid coordinates.
-        rot = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=torch.float32, device=dev)
-        if x.dim() == 5:  # (x, y) rotated, z kept
-            theta = torch.zeros(x.shape[0], 3, 4, device=dev)
-            theta[:, :2, :2] = rot[:, :2]
-            theta[:, 2, 2] = 1.0
-        else:
-            theta = rot[None].expand(x.shape[0], 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        fill = x.amin()
-        x = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-        y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = x * u(0.9, 1.1) + u(-0.1, 0.1)
-    sd = u(0.0, 0.1)
-    if sd > 0:
-        x = x + sd * torch.randn(x.shape, generator=gen, device="cpu").to(dev)
-    return x, y
-
-
 def _load_all(pairs, spec, workers: int) -> list:
     if workers <= 1 or len(pairs) < 2:
         return [dataset.load_case(p, spec) for p in pairs]
@@ -164,12 +136,18 @@ class Trainer:
         self.parts = parts
         raw = preprocess.Spec(**{**self.spec.to_dict(), "mean": 0.0, "std": 1.0})
         self.train_cases = _load_all(parts["train"], raw, self.cfg.workers)
-        sample = np.concatenate([img[:, ::4, ::4].ravel() for img, _ in self.train_cases])
-        mean, std = float(sample.mean()), float(sample.std()) or 1.0
+        init = self._init_card()
+        if init is not None:  # a warm start keeps the normalisation its weights were trained with
+            mean, std = float(init.preprocessing.mean), float(init.preprocessing.std)
+        else:
+            sample = np.concatenate([img[:, ::4, ::4].ravel() for img, _ in self.train_cases])
+            mean, std = float(sample.mean()), float(sample.std()) or 1.0
         self.spec = preprocess.Spec(**{**raw.to_dict(), "mean": mean, "std": std})
         for img, _ in self.train_cases:
             img -= np.float32(mean)
             img *= np.float32(1.0 / std)
+        # Half precision in memory (a normalised image needs no more); batches go back to float32.
+        self.train_cases = [(img.astype(np.float16), tgt.astype(np.float16)) for img, tgt in self.train_cases]
         self.val_pairs = parts["val"][: self.cfg.max_val_cases]
         self.val_cases = _load_all(self.val_pairs, self.spec, self.cfg.workers)
 
@@ -184,8 +162,8 @@ class Trainer:
                 s = 0
             else:
                 s = int(rng.integers(0, z - win + 1))
-            x = np.ascontiguousarray(img[None, None, s : s + win])
-            y = np.ascontiguousarray(tgt[None, None, s : s + win])
+            x = np.ascontiguousarray(img[None, None, s : s + win], dtype=np.float32)
+            y = np.ascontiguousarray(tgt[None, None, s : s + win], dtype=np.float32)
         else:
             xs, ys = [], []
             for _ in range(cfg.batch):
@@ -193,7 +171,7 @@ class Trainer:
                 k = int(rng.integers(img.shape[0]))
                 xs.append(img[k])
                 ys.append(tgt[k])
-            x, y = np.stack(xs)[:, None], np.stack(ys)[:, None]
+            x, y = np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32)
         return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
 
     # ----------------------------------------------------------------------------------- loop
@@ -212,8 +190,12 @@ class Trainer:
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.load()
-        net = build_net(cfg).to(self.device)
+        net = build_net(cfg)
+        if cfg.init and not resume:
+            self._warm_start(net, cfg.init)
+        net = net.to(self.device)
         self.net_config = net.config
+        aug = AugmentConfig(spacing_mm=cfg.spacing_mm)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         rng = np.random.default_rng([cfg.seed, 0x7A1])
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -246,7 +228,7 @@ class Trainer:
                         group["lr"] = cfg.lr * (1 - (epoch * cfg.steps_per_epoch + step) / total) ** 0.9
                 x, y = self.batch(rng)
                 if cfg.augment:
-                    x, y = augment(x, y, gen)
+                    x, y = augment(x, y, gen, aug)
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
                     logits = net(x)
                 loss = dice_loss(logits, y)
@@ -259,7 +241,12 @@ class Trainer:
                 losses.append(float(loss.detach()))
                 if task is not None:
                     self.progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {np.mean(losses):.4f}")
-            val = self.validate(net)
+            last = epoch == cfg.epochs - 1
+            val = (
+                self.validate(net)
+                if last or (epoch + 1) % cfg.val_every == 0
+                else {"dice_model_space": -1.0, "cases": 0}
+            )
             entry = {"epoch": epoch, "loss": float(np.mean(losses)), **val, "seconds": time.time() - t0}
             history.append(entry)
             improved = val["dice_model_space"] > best
@@ -283,6 +270,26 @@ class Trainer:
                 f"val Dice {val['dice_model_space']:.4f} ({val['cases']} cases){' *' if improved else ''}"
             )
         return self.out / "best.pt"
+
+    def _init_card(self) -> ModelCard | None:
+        """The card of the warm start's model or checkpoint, if any."""
+        if not self.cfg.init:
+            return None
+        path = Path(self.cfg.init)
+        if path.is_dir():
+            return ModelCard.from_dict(json.loads((path / "model.json").read_text()))
+        return ModelCard.from_dict(torch.load(path, map_location="cpu", weights_only=False)["card"])
+
+    def _warm_start(self, net, init: str) -> None:
+        """Weights from a checkpoint or an exported model folder; the architecture must match."""
+        path = Path(init)
+        if path.is_dir():
+            from vbmd_rt.export.torch_backend import load_onnx_weights
+
+            load_onnx_weights(net, path / "model.onnx")
+        else:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        self.log(f"warm start from {init}")
 
     @staticmethod
     def _save(obj, path: Path) -> None:

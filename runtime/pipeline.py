@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import measure, preprocess, report, resources
+from vbmd_rt.runtime import measure, preprocess, qc, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.inference.window import sliding_window
@@ -25,7 +25,6 @@ from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.postprocess import detect_side, postprocess
-from vbmd_rt.runtime.qc import MIN_CONTRAST, bone_contrast
 
 
 class Timer:
@@ -53,10 +52,13 @@ def segment(
     spacing_zyx=None,
     calibration=None,
     path=None,
+    checks: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, components, warnings...).
 
-    The classical model needs the voxel size and density calibration; the networks do not.
+    The classical model needs the voxel size and density calibration; the networks do not. With
+    ``checks``, the network's QC checks on the model grid (``qc.baseline``, ``qc.confidence``) go into
+    ``info["checks"]`` (timed as the ``qc`` stage).
     """
     timer = timer or Timer()
     if model.classical:
@@ -68,12 +70,15 @@ def segment(
         prob = sliding_window(vol, backend.infer, model.window)
     with timer("postprocess"):
         mask, info = postprocess(prob, geometry, model.threshold)
-        info["contrast"] = bone_contrast(data, mask, spec.std)
-        if not info["empty"] and info["contrast"] < MIN_CONTRAST:
+        info["contrast"] = qc.bone_contrast(data, mask, spec.std)
+        if not info["empty"] and info["contrast"] < qc.MIN_CONTRAST:
             mask[:] = 0  # instance norm can find "structure" in noise: what is not brighter than its
             info["empty"] = True  # surroundings is not bone
             info["rejected"] = True
         found = side if side != "auto" else detect_side(data, mask)
+    if checks and not info["empty"]:
+        with timer("qc"):
+            info["checks"] = _model_grid_checks(vol, prob, geometry, model, spacing_zyx, calibration)
     info.update(
         {
             "side": found,
@@ -86,6 +91,20 @@ def segment(
         info["prob"] = preprocess.from_model(prob, geometry)
         info["geometry"] = geometry
     return mask, info
+
+
+def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibration) -> dict:
+    """The network's confidence and its agreement with the classical baseline, on the model grid."""
+    checks: dict = {"confidence": qc.confidence(prob, model.threshold)}
+    if calibration is not None and spacing_zyx is not None:
+        spec = model.spec
+        stored = vol * np.float32(spec.std)
+        stored += np.float32(spec.mean)
+        grid_mm = tuple(float(s) * f for s, f in zip(spacing_zyx, geometry.scale, strict=True))
+        from vbmd_rt.runtime.postprocess import largest_component
+
+        checks["baseline"] = qc.baseline(stored, largest_component(prob > model.threshold), grid_mm, calibration)
+    return checks
 
 
 def _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path):
@@ -162,7 +181,18 @@ def analyse(
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
     with timer("vbmd"):
         m = measure.vbmd(data, mask, spacing_zyx[::-1], calibration)
+    with timer("qc"):
+        checks = dict(info.pop("checks", {}))
+        checks["shape"] = qc.plausibility(mask, spacing_zyx, _box(info.get("box")))
+        info["qc"] = qc.verdict(checks, m)
+    if info["qc"]["status"] == "review":
+        warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings)
+
+
+def _box(box):
+    """A native work box (z0, z1, y0, y1, x0, x1) from segment's facts, or None for the whole scan."""
+    return None if not box else tuple(int(v) for v in box)
 
 
 @dataclass
@@ -265,6 +295,7 @@ def run_scan(
             "scanner": proclog.public_fields(scan.header.log),
         },
         "mask": {"file": files["mask"].name, "type": "char", "values": [0, 127], "voxels": m["voxels"]},
+        "qc": info["qc"],
         "warnings": warnings,
         "vbmd_rt_version": __version__,
     }
@@ -315,4 +346,4 @@ def _model_grid_header(header: aim.AimHeader, geometry) -> aim.AimHeader:
     return dataclasses.replace(header, element_size_mm=el, offset=(0, 0, 0))
 
 
-STAGES = ("read", "preprocess", "inference", "postprocess", "vbmd", "write")
+STAGES = ("read", "preprocess", "inference", "postprocess", "vbmd", "qc", "write")

@@ -1,13 +1,58 @@
-"""Quality control of a segmentation: is what the network found bone at all, and is it plausible."""
+"""Quality control of a segmentation: a ``pass`` / ``review`` verdict with its reasons, on every result.
+
+A wrong D100 reported as fine is the worst thing this tool can do, so every result carries what a
+reader needs to trust it or not. Three groups of checks:
+
+* **Agreement with the classical baseline** (``baseline``), on the model grid (about 0.25 mm, the hand's
+  box), so that it costs a fraction of a second: the baseline's dual-threshold bone regions
+  (``runtime.classical``) are tracked slice by slice; the region the mask lies on is taken as the same
+  bone, cut at its joint, and compared (Dice, D100 difference). A network that cut a head in two, lost
+  slices or bled into a neighbour disagrees with it. The same regions say which bone it is: metacarpals
+  are the regions that run through the proximal slices, and MC2 is an end of their row (the thumb, off
+  the row's line, does not count), so a mask on a middle bone is flagged.
+* **Plausibility** of the native mask: one piece per slice, solid cross-sections, a smooth area profile
+  along z, starting at the stack's first slice (an MCP scan starts mid-shaft), not touching the image's
+  edge, length, volume, mean area and D100 in anatomical ranges.
+* **Confidence** of the network: the share of uncertain voxels (probability between 0.1 and 0.9) around
+  the mask, and a second structure the network also marks.
+
+``review`` is not an error: the mask and D100 are still written (exit code 0), with the reasons.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import cv2
 import numpy as np
+from scipy import ndimage
 
+from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.postprocess import sample_slices
 
 MIN_CONTRAST = 0.15  # in units of the training data's standard deviation (about 40 mg HA/cm³ for the default)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Where a result stops being plausible. Anatomical ranges are wide on purpose (adult MC2, any stack)."""
+
+    # The baseline's thresholds fail on some bones (low-density cortex, fat), so only gross disagreement counts.
+    baseline_dice: float = 0.5  # mask vs the baseline's region of the same bone, model grid
+    baseline_d100_mg: float = 40.0  # |D100(mask) - D100(baseline)| on the model grid
+    uncertain_fraction: float = 0.35  # voxels 0.1 < p < 0.9 per voxel inside the mask
+    second_component: float = 0.15  # a second structure of this fraction of the first
+    pieces_fraction: float = 0.1  # share of slices where the mask falls apart into pieces
+    solidity: float = 0.85  # median area / convex hull area of the cross-sections
+    area_jump: float = 0.35  # largest relative change of the area from one slice to the next (shaft/neck)
+    late_start_mm: float = 1.0  # the shaft runs through the stack's first slice (an MCP scan starts mid-shaft)
+    length_mm: tuple[float, float] = (4.0, 45.0)
+    volume_mm3: tuple[float, float] = (250.0, 12000.0)
+    mean_area_mm2: tuple[float, float] = (30.0, 320.0)
+    d100_mg: tuple[float, float] = (80.0, 650.0)
+
+
+LIMITS = Limits()
 
 
 def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
@@ -28,3 +73,273 @@ def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
     if not ring:
         return float("inf")
     return (float(np.median(inside)) - float(np.median(ring))) / float(scale or 1.0)
+
+
+# --------------------------------------------------------------------------- model grid: baseline, confidence
+
+
+def confidence(prob: np.ndarray, threshold: float = 0.5) -> dict:
+    """Uncertain voxels per voxel inside, and the size of the second-largest structure the network marks
+    relative to the largest (model grid)."""
+    inside = prob > threshold
+    n_in = int(inside.sum())
+    uncertain = int(((prob > 0.1) & (prob < 0.9)).sum())
+    labels, n = ndimage.label(inside, structure=np.ones((3, 3, 3), bool))
+    second = 0.0
+    if n > 1:
+        sizes = np.sort(np.bincount(labels.ravel())[1:])[::-1]
+        second = float(sizes[1] / sizes[0])
+    return {
+        "uncertain_fraction": round(uncertain / n_in, 4) if n_in else None,
+        "second_component": round(second, 4),
+    }
+
+
+def baseline(stored: np.ndarray, mask: np.ndarray, spacing_zyx, cal: Calibration) -> dict:
+    """The classical baseline's region of the bone ``mask`` lies on, on one grid (model grid: ``stored`` are
+    stored values, ``mask`` boolean): Dice, D100 difference, and whether the bone is an end of the row.
+
+    Bones are tracked from the first slice (where the shafts are) to just past the mask, inside the mask's
+    box widened by 3 mm: the neighbours it may have bled into are in, the rest of the hand is not.
+    """
+    from vbmd_rt.runtime import classical
+
+    p = classical.Params()
+    levels = classical.thresholds(stored, spacing_zyx, cal, p)
+    zz, yy, xx = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    if zz.size == 0:
+        return {"dice": 0.0, "d100_difference_mg_ha_cm3": None, "bone": "none", "row_end": None}
+    m = int(round(3.0 / float(spacing_zyx[1])))
+    box = (
+        slice(0, min(stored.shape[0], int(zz[-1]) + 3)),
+        slice(max(0, int(yy[0]) - m), int(yy[-1]) + 1 + m),
+        slice(max(0, int(xx[0]) - m), int(xx[-1]) + 1 + m),
+    )
+    sub, msub = stored[box], mask[box]
+    labels = classical.track(classical.bone_components(sub, spacing_zyx, cal, p, 1, levels) > 0, spacing_zyx, p)
+    counts = np.bincount(labels[msub].ravel(), minlength=int(labels.max()) + 1)
+    counts[0] = 0
+    row_end = _row_end(stored, mask, spacing_zyx, cal, levels, p)
+    if labels.max() == 0:  # the baseline finds no bone at all here: it has nothing to say
+        return {"dice": None, "d100_difference_mg_ha_cm3": None, "bone": "unavailable", "row_end": row_end}
+    if counts.sum() == 0:
+        return {"dice": 0.0, "d100_difference_mg_ha_cm3": None, "bone": "none", "row_end": row_end}
+    mine = labels == int(np.argmax(counts))
+    mine[classical.joint_slice(mine.sum(axis=(1, 2)), p) :] = False
+    inter = int((mine & msub).sum())
+    dice = 2 * inter / max(1, int(mine.sum()) + int(mask.sum()))
+    k, b = cal.density_equation()
+    d_mask = float(stored[mask].mean(dtype=np.float64)) * k + b
+    d_base = float(sub[mine].mean(dtype=np.float64)) * k + b if mine.any() else None
+    return {
+        "dice": round(dice, 4),
+        "d100_difference_mg_ha_cm3": None if d_base is None else round(d_mask - d_base, 2),
+        "row_end": row_end,
+        "thresholds_mg_ha_cm3": [round(v, 1) for v in levels],
+    }
+
+
+def _row_end(stored, mask, spacing_zyx, cal, levels, p, off_row: float = 0.45) -> bool | None:
+    """Is the bone under ``mask`` an end of the row of metacarpals (the bones through the proximal slices)?
+
+    The bones are ordered along the row's principal axis. A bone in the middle is still taken as an end
+    when every bone beyond it on one side lies far off the row through it and the bones on the other side
+    (a parabola, the transverse arch; by more than ``off_row`` of the bones' spacing): the thumb, palmar
+    to MC2. ``None`` when the mask does not reach the proximal slices or fewer than three metacarpals are
+    seen (then every one is an end)."""
+    from vbmd_rt.runtime import classical
+
+    reach = max(2, int(round(stored.shape[0] * p.proximal_fraction)))
+    if not mask[:reach].any():
+        return None
+    labels = classical.bone_components(stored[:reach], spacing_zyx, cal, p, 1, levels)
+    px_mm2 = float(spacing_zyx[1]) * float(spacing_zyx[2])
+    centres, ids = [], []
+    for j, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        sel = labels[sl] == j
+        if sel.any(axis=(1, 2)).sum() < reach // 2 or sel.sum() / reach * px_mm2 < 8.0:
+            continue  # fragments, not a shaft
+        _, yy, xx = np.nonzero(sel)
+        centres.append(((yy.mean() + sl[1].start) * spacing_zyx[1], (xx.mean() + sl[2].start) * spacing_zyx[2]))
+        ids.append(j)
+    counts = np.bincount(labels[mask[:reach]].ravel(), minlength=int(labels.max()) + 1)
+    counts[0] = 0
+    lab = int(np.argmax(counts))
+    if counts[lab] == 0 or lab not in ids or len(ids) < 3:
+        return None
+    c = np.asarray(centres, dtype=np.float64)
+    order = list(np.argsort(_along(c)))
+    me = ids.index(lab)
+    pos = order.index(me)
+    if pos in (0, len(order) - 1):
+        return True
+    # Not an end: the bones beyond it on one side may be the thumb's, palmar to the row. The row (an arch)
+    # is a parabola, in the row's own frame, through this bone and all bones on the other side (a line
+    # through two); beyond this bone, only bones far off it.
+    d = c - c.mean(axis=0)
+    axes = np.linalg.svd(d, full_matrices=False)[2]
+    along, across = d @ axes[0], d @ axes[1]
+    gap = float(np.median(np.diff(np.sort(along))))
+    for beyond, rest in ((order[:pos], order[pos:]), (order[pos + 1 :], order[: pos + 1])):
+        fit = np.polyfit(along[rest], across[rest], min(2, len(rest) - 1))
+        if all(abs(across[e] - np.polyval(fit, along[e])) > off_row * gap for e in beyond):
+            return True
+    return False
+
+
+def _along(c: np.ndarray) -> np.ndarray:
+    """Positions of points along their principal axis."""
+    d = c - c.mean(axis=0)
+    return d @ np.linalg.svd(d, full_matrices=False)[2][0]
+
+
+# --------------------------------------------------------------------------- native mask: plausibility
+
+
+def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
+    """Shape facts of a native (z, y, x) mask: pieces per slice, solidity, area profile, edge contact, size."""
+    sz, sy, sx = (float(v) for v in spacing_zyx)
+    if box is not None:
+        z0, z1, y0, y1, x0, x1 = box
+    else:
+        z0, z1, y0, y1, x0, x1 = 0, mask.shape[0], 0, mask.shape[1], 0, mask.shape[2]
+    sub = mask[z0:z1, y0:y1, x0:x1]
+    area = np.count_nonzero(sub.reshape(sub.shape[0], -1), axis=1)
+    zs = np.flatnonzero(area)
+    if zs.size == 0:
+        return {"slices": 0}
+    edge = bool(
+        (y0 == 0 and sub[:, 0, :].any())
+        or (x0 == 0 and sub[:, :, 0].any())
+        or (y1 == mask.shape[1] and sub[:, -1, :].any())
+        or (x1 == mask.shape[2] and sub[:, :, -1].any())
+    )
+    pieces, solid = 0, []
+    for k in zs:
+        m = (sub[k] != 0).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        big = stats[1:, cv2.CC_STAT_AREA] if n > 1 else np.zeros(0)
+        if (big >= max(4, 0.02 * big.max())).sum() > 1:
+            pieces += 1
+    for k in sample_slices(sub, 15):
+        m = (sub[k] != 0).astype(np.uint8)
+        pts = cv2.findNonZero(m)
+        hull = cv2.contourArea(cv2.convexHull(pts)) if pts is not None and len(pts) >= 3 else 0.0
+        if hull > 20:
+            solid.append(float(m.sum()) / (hull + 0.5 * cv2.arcLength(cv2.convexHull(pts), True)))
+    a = area[zs[0] : zs[-1] + 1].astype(np.float64)
+    gaps = int((a == 0).sum())
+    # The area profile's jumps, on the proximal 75 % (the dome narrows fast by nature); a 1 mm running
+    # median keeps partial-volume flicker out.
+    k = max(1, int(round(1.0 / sz)))
+    smooth = ndimage.median_filter(a, size=2 * k + 1, mode="nearest")
+    part = smooth[: max(2, int(0.75 * smooth.size))]
+    jumps = np.abs(np.diff(part)) / np.maximum(part[:-1], 1.0) / k if part.size > 1 else np.zeros(1)
+    return {
+        "slices": int(zs.size),
+        "length_mm": round(float(zs[-1] - zs[0] + 1) * sz, 2),
+        "gap_slices": gaps,
+        "pieces_fraction": round(pieces / zs.size, 4),
+        "solidity": round(float(np.median(solid)), 4) if solid else None,
+        "area_jump": round(float(jumps.max()) * k, 4) if jumps.size else 0.0,
+        "touches_edge": edge,
+        "first_slice": int(z0 + zs[0]),
+        "slice_mm": sz,
+        "last_slice": int(z0 + zs[-1]),
+        "touches_last_slice": bool(z0 + zs[-1] == mask.shape[0] - 1),
+    }
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
+    """``{"status": "pass" | "review", "reasons": [...], **checks}`` from the checks and measures."""
+    reasons: list[str] = []
+    shape = checks.get("shape", {})
+    if not shape.get("slices"):
+        reasons.append("no MC2 found: the mask is empty")
+    base = checks.get("baseline")
+    if base:
+        if base.get("bone") == "none":
+            reasons.append("the mask lies on no bone that the classical baseline finds")
+        else:
+            if base["dice"] is not None and base["dice"] < limits.baseline_dice:
+                reasons.append(f"disagrees with the classical baseline on the same bone (Dice {base['dice']:.2f})")
+            dd = base.get("d100_difference_mg_ha_cm3")
+            if dd is not None and abs(dd) > limits.baseline_d100_mg:
+                reasons.append(f"D100 differs from the classical baseline's by {dd:+.0f} mg HA/cm³")
+            if base.get("row_end") is False:
+                reasons.append("the bone is not at an end of the metacarpal row: it may not be MC2")
+    conf = checks.get("confidence")
+    if conf:
+        u = conf.get("uncertain_fraction")
+        if u is not None and u > limits.uncertain_fraction:
+            reasons.append(f"the network is unsure of the boundary ({u:.0%} uncertain voxels)")
+        if conf.get("second_component", 0.0) > limits.second_component:
+            reasons.append(f"the network also marks another structure ({conf['second_component']:.0%} of MC2's size)")
+    if shape.get("slices"):
+        if shape["pieces_fraction"] > limits.pieces_fraction:
+            reasons.append(f"the mask falls apart into pieces on {shape['pieces_fraction']:.0%} of its slices")
+        if shape.get("gap_slices"):
+            reasons.append(f"the mask skips {shape['gap_slices']} slices")
+        if shape.get("solidity") is not None and shape["solidity"] < limits.solidity:
+            reasons.append(f"cross-sections are not solid (solidity {shape['solidity']:.2f})")
+        if shape["area_jump"] > limits.area_jump:
+            reasons.append(f"the cross-section's area jumps by {shape['area_jump']:.0%} between slices")
+        late = shape["first_slice"] * float(shape.get("slice_mm", 0.0))
+        if late > limits.late_start_mm:
+            reasons.append(
+                f"the mask starts {late:.1f} mm after the first slice: MC2's shaft runs through the whole stack"
+            )
+        if shape["touches_edge"]:
+            reasons.append("the mask touches the image's edge: part of the bone may be outside the scan")
+        _range(reasons, "MC2 length", shape["length_mm"], limits.length_mm, "mm")
+        _range(reasons, "bone volume", measures.get("bone_volume_mm3"), limits.volume_mm3, "mm³")
+        _range(reasons, "mean slice area", measures.get("mean_slice_area_mm2"), limits.mean_area_mm2, "mm²")
+        _range(reasons, "D100", measures.get("d100_mg_ha_cm3"), limits.d100_mg, "mg HA/cm³")
+    return {"status": "review" if reasons else "pass", "reasons": reasons, **checks, "limits": asdict(limits)}
+
+
+def _range(reasons: list[str], what: str, value, bounds, unit: str) -> None:
+    if value is None:
+        return
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        reasons.append(f"{what} {value:.0f} {unit} is outside the plausible range {lo:g}-{hi:g} {unit}")
+
+
+# --------------------------------------------------------------------------- any mask
+
+
+def assess_mask(
+    data: np.ndarray,
+    mask: np.ndarray,
+    spacing_zyx,
+    calibration: Calibration | None,
+    measures: dict,
+    grid_mm: float = 0.246,
+    box=None,
+) -> dict:
+    """The verdict on any MC2 mask of a scan (a network's, the classical model's, an edited one): shape
+    plausibility, and agreement with the classical baseline on a ``grid_mm`` grid where calibrated."""
+    from vbmd_rt.runtime import preprocess
+
+    checks: dict = {}
+    if calibration is not None and np.any(mask):
+        spec = preprocess.Spec(spacing_mm=grid_mm, crop=False)
+        (mz, my, mx), _ = preprocess.model_grid(data.shape, spec, spacing_zyx)
+        vol = preprocess.resample_z(
+            preprocess.resize_slices(data, (my, mx), out=np.empty((data.shape[0], my, mx), np.float32)), mz
+        )
+        frac = preprocess.resample_z(
+            preprocess.resize_slices(mask, (my, mx), out=np.empty((mask.shape[0], my, mx), np.float32)), mz
+        )
+        inside = float(np.max(frac)) / 2  # 0/1 or 0/127 masks alike
+        scale = (data.shape[0] / mz, data.shape[1] / my, data.shape[2] / mx)
+        grid = tuple(float(s) * f for s, f in zip(spacing_zyx, scale, strict=True))
+        checks["baseline"] = baseline(vol, frac > inside, grid, calibration)
+    checks["shape"] = plausibility(mask, spacing_zyx, box)
+    return verdict(checks, measures)

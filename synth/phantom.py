@@ -48,6 +48,7 @@ from vbmd_rt.runtime.io import proclog
 from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import Calibration
+from vbmd_rt.synth import families
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -59,15 +60,14 @@ __all__ = [
     "XTREMECT_CALIBRATION",
 ]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: the random family; standard cases are unchanged
 # XtremeCT I calibration as in shared/aim-samples/bonelabdata_aluminum.aim.
 XTREMECT_CALIBRATION = Calibration(8192.0, 1441.13599, -356.445007, 0.2464)
 SIZES = {"full": (0.082, 1536), "small": (0.246, 512)}
 AIR = -356.0 + 0.0  # mu = 0: the stored value 0 is the calibration's intercept
 
 
-def _xtremect_log() -> str:
-    cal = XTREMECT_CALIBRATION
+def _xtremect_log(cal: Calibration = XTREMECT_CALIBRATION, scanner: str = "XtremeCT", samples: int = 1536) -> str:
     ln, sep = proclog.field_line, proclog.SEPARATOR
     rows = [
         "!",
@@ -79,8 +79,8 @@ def _xtremect_log() -> str:
         sep,
         ln("Site", 4),
         ln("Scanner ID", 3309),
-        ln("Scanner type", 9),
-        ln("No. samples", 1536),
+        ln("Scanner type", 9 if scanner == "XtremeCT" else 10),
+        ln("No. samples", samples),
         ln("No. projections per 180", 750),
         ln("Integration time [us]", 100000),
         ln("Energy [V]", 59400),
@@ -118,6 +118,9 @@ class Bone:
     gap: float  # joint space
     phalanx: tuple[float, float]  # semi-axes of the phalanx base
     cup: float  # depth of the phalanx base's concavity
+    shape_shaft: dict | None = None  # cross-section model (families.outline); None: an ellipse
+    shape_head: dict | None = None
+    porosity: float = 0.0  # fraction of the cortex that is pores
 
 
 @dataclass
@@ -145,6 +148,14 @@ class CaseParams:
     hand: tuple[float, float, float, float, float]  # cx, cy, a, b, angle
     bones: list[Bone] = field(default_factory=list)
     erosions: list[dict] = field(default_factory=list)
+    family: dict = field(default_factory=lambda: {"name": "standard"})
+    calibration: tuple[float, float, float, float] | None = None  # mu_scaling, slope, intercept, mu_water
+    scanner: str = "XtremeCT"
+    extras: dict = field(default_factory=dict)  # fat, tendons, sesamoids (the random family)
+
+    @property
+    def cal(self) -> Calibration:
+        return XTREMECT_CALIBRATION if self.calibration is None else Calibration(*self.calibration)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -310,15 +321,23 @@ def _ellipse(img, c, axes, angle, value, px, shift=4):
     cv2.ellipse(img, (cx, cy), ax, angle, 0, 360, value, -1, cv2.LINE_8, shift)
 
 
-def _local_ellipse(shape, c, axes, angle, px):
-    """Mask of a filled ellipse drawn only inside its bounding box: (box, bool mask) or None."""
-    r = max(axes) / px + 2
+def _fill(img, c, axes, angle, value, px, shape=None):
+    """A filled ellipse, or the cross-section model ``shape`` (``families.outline``) where one is given."""
+    if shape is None:
+        _ellipse(img, c, axes, angle, value, px)
+    elif axes[0] > 0 and axes[1] > 0:
+        families.fill_outline(img, c, families.outline(axes, angle, shape), value, px)
+
+
+def _local_ellipse(shape, c, axes, angle, px, section=None):
+    """Mask of a filled cross-section drawn only inside its bounding box: (box, bool mask) or None."""
+    r = max(axes) / px * (1.3 if section else 1.0) + 2
     x0, y0 = max(0, int(c[0] / px - r)), max(0, int(c[1] / px - r))
     x1, y1 = min(shape[1], int(c[0] / px + r) + 2), min(shape[0], int(c[1] / px + r) + 2)
     if x1 <= x0 or y1 <= y0:
         return None
     m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    _ellipse(m, (c[0] - x0 * px, c[1] - y0 * px), axes, angle, 1, px)
+    _fill(m, (c[0] - x0 * px, c[1] - y0 * px), axes, angle, 1, px, section)
     return (y0, y1, x0, x1), m
 
 
@@ -336,12 +355,19 @@ def _circle(img, c, r, value, px, shift=4):
 
 
 class _Renderer:
-    def __init__(self, p: CaseParams):
+    def __init__(self, p: CaseParams, truth_bone: str = "MC2"):
         self.p = p
+        self.truth_bone = truth_bone
         self.px = p.voxel_mm
         rng = np.random.default_rng([p.seed, 0x746578])
         # Trabecular texture: period about 0.8 mm, sampled at 82 µm whatever the output size.
-        self.tile = _texture_tile(rng, 96, 0.8 / 0.082)
+        fam = p.family
+        self.air = AIR if p.calibration is None else p.cal.intercept
+        if fam.get("texture", "bandpass") == "bandpass" and "texture_period_mm" not in fam:
+            self.tile = _texture_tile(rng, 96, 0.8 / 0.082)
+        else:
+            period = fam.get("texture_period_mm", 0.8) / 0.082
+            self.tile = families.texture_tile(rng, 96, fam["texture"], period, fam.get("texture_aniso", 1.0))
         self.tile_q = {f: float(np.quantile(self.tile, 1.0 - f)) for f in (p.trab_fraction_head, p.trab_fraction_shaft)}
         n = p.nxy
         yy, xx = np.mgrid[:n, :n].astype(np.float32)
@@ -361,7 +387,7 @@ class _Renderer:
             bank[k] = cv2.GaussianBlur(bank[k], (0, 0), 0.7)
         bank *= p.noise_sd / bank.std()
         self.noise = bank
-        self.constant = ((self.cupping + self.rings) * self.fov + AIR * (1 - self.fov)).astype(np.float32)
+        self.constant = ((self.cupping + self.rings) * self.fov + self.air * (1 - self.fov)).astype(np.float32)
         # Motion: streaks through the bones, scaled per slice.
         self.streaks = np.zeros((n, n), np.float32)
         if p.motion_grade > 1:
@@ -380,6 +406,7 @@ class _Renderer:
             self.streaks = cv2.GaussianBlur(self.streaks, (0, 0), 0.8) * (70.0 * (p.motion_grade - 1))
         self.rng = np.random.default_rng([p.seed, 0x736C63])
         self.tile_off = {b.name: rng.integers(0, 96, size=3) for b in p.bones}
+        self.pore_q: dict[float, float] = {}
 
     def _texture(self, b: Bone, z_vox: int, box, fraction: float) -> np.ndarray:
         """Trabecular bone in the box (y0, y1, x0, x1): marrow + trabecular fraction of tissue."""
@@ -400,12 +427,27 @@ class _Renderer:
         """One sharp slice in mg HA/cm³ (float32) and the MC2 truth (uint8 0/1)."""
         p, px, n = self.p, self.px, self.p.nxy
         z = (z_vox + 0.5) * px
-        img = np.full((n, n), AIR, np.float32)
+        img = np.full((n, n), self.air, np.float32)
         cx, cy, ha, hb, hang = p.hand
-        _ellipse(img, (cx, cy), (ha, hb), hang, p.soft_density, px)
+        fat = p.extras.get("fat")
+        if fat:  # subcutaneous fat under the skin, muscle and tendons inside
+            _ellipse(img, (cx, cy), (ha, hb), hang, fat["density"], px)
+            t = fat["thickness_mm"]
+            _ellipse(img, (cx, cy), (ha - t, hb - t), hang, p.soft_density, px)
+        else:
+            _ellipse(img, (cx, cy), (ha, hb), hang, p.soft_density, px)
+        th = p.extras.get("thenar")
+        if th:  # the soft tissue around the thumb
+            _ellipse(img, (th["x"], th["y"]), th["axes"], th["angle"], p.soft_density, px)
+        for t in p.extras.get("tendons", ()):
+            _ellipse(img, (t["x"], t["y"]), t["axes"], t["angle"], t["density"], px)
         truth = np.zeros((n, n), np.uint8)
+        for s in p.extras.get("sesamoids", ()):
+            dz = z - s["z"]
+            if abs(dz) < s["r"]:
+                _circle(img, (s["x"], s["y"]), math.sqrt(s["r"] ** 2 - dz * dz), s["density"], px)
         for b in p.bones:
-            self._draw_bone(img, truth if b.name == "MC2" else None, b, z, z_vox)
+            self._draw_bone(img, truth if b.name == self.truth_bone else None, b, z, z_vox)
         for e in p.erosions:
             b = next(bb for bb in p.bones if bb.name == e["bone"])
             dz = z - e["z_mm"]
@@ -423,7 +465,7 @@ class _Renderer:
             ex, ey = a * math.cos(th) * 0.92, c2 * math.sin(th) * 0.92
             pc = (c[0] + ex * math.cos(ang) - ey * math.sin(ang), c[1] + ex * math.sin(ang) + ey * math.cos(ang))
             _circle(img, pc, r, p.soft_density, px)
-            if b.name == "MC2":
+            if b.name == self.truth_bone:
                 _circle(truth, pc, r, 0, px)
         return img, truth
 
@@ -435,19 +477,22 @@ class _Renderer:
         p = self.p
         a, c, t = prof
         ctr = _centre(b, z)
-        _ellipse(img, ctr, (a, c), b.angle, p.cortex_density, self.px)
+        w = min(1.0, max(0.0, (b.tip - z - b.dome) / b.neck))
+        shape = b.shape_head if w < 0.5 else b.shape_shaft
+        _fill(img, ctr, (a, c), b.angle, p.cortex_density, self.px, shape)
         inner = (max(0.0, a - t), max(0.0, c - t))
+        if b.porosity > 0:
+            self._pores(img, b, z_vox, ctr, (a, c), shape)
         if inner[0] > 0 and inner[1] > 0:
-            w = min(1.0, max(0.0, (b.tip - z - b.dome) / b.neck))
             frac = p.trab_fraction_head if w < 0.5 else p.trab_fraction_shaft
-            self._fill_texture(img, b, z_vox, ctr, inner, frac)
-        return ctr, (a, c)
+            self._fill_texture(img, b, z_vox, ctr, inner, frac, shape=shape)
+        return ctr, (a, c), shape
 
     def _draw_bone(self, img, truth, b: Bone, z: float, z_vox: int) -> None:
         p, px = self.p, self.px
         outline = self._draw_metacarpal(img, b, z, z_vox)
         if outline is not None and truth is not None:
-            _ellipse(truth, outline[0], outline[1], b.angle, 1, px)
+            _fill(truth, outline[0], outline[1], b.angle, 1, px, outline[2])
         # Proximal phalanx base: an ellipse beyond the joint, hollowed by the cup around the head.
         zc = b.tip - b.dome  # centre of the head's dome
         start = b.tip + b.gap - b.cup
@@ -457,30 +502,47 @@ class _Renderer:
             dz = z - zc
             cup = math.sqrt(rc * rc - dz * dz) if abs(dz) < rc else 0.0
             k = cup / max(rc, 1e-6)
-            _ellipse(img, ctr, b.phalanx, b.angle, p.cortex_density * 0.9, px)
+            _fill(img, ctr, b.phalanx, b.angle, p.cortex_density * 0.9, px, b.shape_shaft)
             inner = (b.phalanx[0] - 0.45, b.phalanx[1] - 0.45)
             # Subchondral plate lining the cup, then the joint space inside it.
             hole = (b.head[0] * k + 0.35 * k, b.head[1] * k + 0.35 * k) if cup > 0 else None
-            self._fill_texture(img, b, z_vox + 400, ctr, inner, p.trab_fraction_head, hole)
+            self._fill_texture(img, b, z_vox + 400, ctr, inner, p.trab_fraction_head, hole, b.shape_shaft, b.shape_head)
             if cup > 0:
-                _ellipse(img, ctr, (b.head[0] * k, b.head[1] * k), b.angle, p.soft_density, px)
+                _fill(img, ctr, (b.head[0] * k, b.head[1] * k), b.angle, p.soft_density, px, b.shape_head)
                 if outline is not None:  # the head inside the cup is drawn again over the joint space
                     self._draw_metacarpal(img, b, z, z_vox)
 
-    def _fill_texture(self, img, b: Bone, z_vox: int, ctr, axes, frac, hole=None) -> None:
-        """Fill an ellipse (minus an optional concentric hole) with trabecular bone."""
-        got = _local_ellipse(img.shape, ctr, axes, b.angle, self.px)
+    def _fill_texture(self, img, b: Bone, z_vox: int, ctr, axes, frac, hole=None, shape=None, hole_shape=None):
+        """Fill a cross-section (minus an optional concentric hole) with trabecular bone."""
+        got = _local_ellipse(img.shape, ctr, axes, b.angle, self.px, shape)
         if got is None:
             return
         box, m = got
         if hole is not None:
             y0, _, x0, _ = box
-            _ellipse(m, (ctr[0] - x0 * self.px, ctr[1] - y0 * self.px), hole, b.angle, 0, self.px)
+            _fill(m, (ctr[0] - x0 * self.px, ctr[1] - y0 * self.px), hole, b.angle, 0, self.px, hole_shape)
         sel = m.astype(bool)
         if not sel.any():
             return
         tex = self._texture(b, z_vox, box, frac)
         img[box[0] : box[1], box[2] : box[3]][sel] = tex[sel]
+
+    def _pores(self, img, b: Bone, z_vox: int, ctr, axes, shape) -> None:
+        """Cortical porosity: small marrow-filled pores in the shell (the texture at a third of its scale)."""
+        got = _local_ellipse(img.shape, ctr, axes, b.angle, self.px, shape)
+        if got is None:
+            return
+        box, m = got
+        y0, y1, x0, x1 = box
+        step = 3 * self.px / 0.082
+        off = self.tile_off[b.name]
+        iz = int(round(z_vox * step + off[0] + 48)) % 96
+        iy = (np.round(np.arange(y0, y1) * step).astype(np.int64) + off[1]) % 96
+        ix = (np.round(np.arange(x0, x1) * step).astype(np.int64) + off[2]) % 96
+        t = self.tile[iz][np.ix_(iy, ix)]
+        q = self.pore_q.setdefault(b.porosity, float(np.quantile(self.tile, 1.0 - b.porosity)))
+        sel = m.astype(bool) & (t > q)
+        img[y0:y1, x0:x1][sel] = self.p.marrow_density
 
     def scanner(self, sharp: np.ndarray, z_vox: int) -> np.ndarray:
         """Point spread, motion, cupping, rings and noise on one (z-blurred) sharp slice."""
@@ -505,16 +567,21 @@ class _Renderer:
         return out
 
 
-def render_case(p: CaseParams) -> tuple[np.ndarray, np.ndarray]:
-    """Render a case: the stored int16 scan and the uint8 0/1 MC2 mask, both (z, y, x)."""
-    r = _Renderer(p)
+def render_case(p: CaseParams, truth_bone: str = "MC2") -> tuple[np.ndarray, np.ndarray]:
+    """Render a case: the stored int16 scan and the uint8 0/1 mask of ``truth_bone`` (MC2; another bone's
+    mask is a realistic wrong answer for testing QC), both (z, y, x)."""
+    r = _Renderer(p, truth_bone)
     n, nz = p.nxy, p.slices
     scan = np.empty((nz, n, n), np.int16)
     truth = np.empty((nz, n, n), np.uint8)
     w = _zkernel(p.psf_sigma_z_vox)
     h = len(w) // 2
-    m_, b_ = XTREMECT_CALIBRATION.density_equation()
+    m_, b_ = p.cal.density_equation()
     inv_m, off = np.float32(1.0 / m_), np.float32(-b_ / m_)
+    inside = r.fov > 0  # the truth ends where the reconstructed field of view does
+    jitter = p.family.get("jitter_mm", 0.0) / p.voxel_mm
+    walk = np.zeros(2)
+    jrng = np.random.default_rng([p.seed, 0x6A6974])
     window: dict[int, np.ndarray] = {}
     for z in range(-h, nz + h):
         zz = min(max(z, 0), nz - 1)
@@ -531,6 +598,12 @@ def render_case(p: CaseParams) -> tuple[np.ndarray, np.ndarray]:
             dens += off
             np.rint(dens, out=dens)
             np.clip(dens, -32768, 32767, out=dens)
+            if jitter > 0:  # the hand moves between slices: image and truth move together
+                walk = 0.9 * walk + jrng.normal(0, jitter, 2)
+                M = np.float32([[1, 0, walk[0]], [0, 1, walk[1]]])
+                dens = cv2.warpAffine(dens, M, (n, n), borderMode=cv2.BORDER_REPLICATE)
+                truth[zc] = cv2.warpAffine(truth[zc], M, (n, n), flags=cv2.INTER_NEAREST)
+            truth[zc] &= inside
             scan[zc] = dens
             for old in [k for k in window if k < zc - h]:
                 del window[old]
@@ -551,11 +624,17 @@ def case_name(index: int) -> str:
     return f"PHANTOM_{index:04d}"
 
 
-def synth_case(out: str | Path, index: int, seed: int, size: str = "small") -> dict:
-    """Generate one case into ``out``: NAME.AIM, NAME_GT.AIM, NAME.truth.json; return the truth."""
+def synth_case(out: str | Path, index: int, seed: int, size: str = "small", family: str = "standard") -> dict:
+    """Generate one case into ``out``: NAME.AIM, NAME_GT.AIM, NAME.truth.json; return the truth.
+
+    ``family``: ``standard`` (``sample_case``) or a domain-randomised family (``families.parse_family``).
+    """
     out = Path(out)
     case_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-    p = sample_case(case_seed, size)
+    if family == "standard":
+        p = sample_case(case_seed, size)
+    else:
+        p = families.sample_random(case_seed, size, families.parse_family(family))
     scan, truth = render_case(p)
     name = case_name(index)
     hdr = AimHeader(
@@ -563,7 +642,7 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small") -> d
         type_code=0x00020002,
         dim=(1, 1, 1),
         element_size_mm=(p.voxel_mm,) * 3,
-        processing_log=_xtremect_log(),
+        processing_log=_xtremect_log(p.cal, p.scanner, 2304 if p.scanner == "XtremeCT II" else 1536),
     )
     write_aim(out / f"{name}.AIM", scan, hdr, type="int16")
     # The mask's log entry has a fixed time so that a seed always gives the same bytes.
@@ -577,7 +656,7 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small") -> d
         out / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), replace(hdr, processing_log=gt_log), type="char"
     )
     t = truth_of(scan, truth, p)
-    t.update(name=name, seed=seed, case_seed=case_seed, index=index)
+    t.update(name=name, seed=seed, case_seed=case_seed, index=index, family=family)
     atomic_write_bytes(out / f"{name}.truth.json", (json.dumps(t, indent=2) + "\n").encode())
     return t
 
@@ -585,7 +664,7 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small") -> d
 def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
     """Ground-truth numbers computed from the stored scan and mask."""
     m = truth.astype(bool)
-    cal = XTREMECT_CALIBRATION
+    cal = p.cal
     per_slice = m.reshape(m.shape[0], -1).sum(axis=1)
     voxels = int(per_slice.sum())
     stored_mean = float(scan[m].astype(np.float64).mean()) if voxels else float("nan")
@@ -607,17 +686,27 @@ def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
         "voxel_mm": p.voxel_mm,
         "generator": "vbmd-rt synth",
         "generator_version": GENERATOR_VERSION,
+        "family_params": p.family,
         "params": p.to_dict(),
     }
 
 
 def synth(
-    out: str | Path, cases: int, seed: int, size: str = "small", start: int = 0, progress=None, workers: int = 1
+    out: str | Path,
+    cases: int,
+    seed: int,
+    size: str = "small",
+    start: int = 0,
+    progress=None,
+    workers: int = 1,
+    family: str = "standard",
 ) -> list[dict]:
     """Generate ``cases`` phantoms (indices start..start+cases-1) into ``out``, in ``workers`` processes.
 
     Each case depends only on (seed, index), so the files are the same for any number of workers.
     """
+    if family != "standard":
+        families.parse_family(family)  # a bad family name fails before any work
     out = check_writable_dir(out)
     indices = range(start, start + cases)
     n = len(indices)
@@ -626,9 +715,9 @@ def synth(
             from concurrent.futures import ProcessPoolExecutor
 
             pool = stack.enter_context(ProcessPoolExecutor(min(workers, n)))
-            results = pool.map(synth_case, [out] * n, indices, [seed] * n, [size] * n)
+            results = pool.map(synth_case, [out] * n, indices, [seed] * n, [size] * n, [family] * n)
         else:
-            results = (synth_case(out, i, seed, size) for i in indices)
+            results = (synth_case(out, i, seed, size, family) for i in indices)
         truths = []
         for i, truth in zip(indices, results, strict=True):
             truths.append(truth)

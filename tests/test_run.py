@@ -61,7 +61,7 @@ def test_outputs_json_and_mask_line_up_with_truth(cases, results, i):
     truth = json.loads((cases / f"{name}.truth.json").read_text())
     res = json.loads((results / f"{name}.json").read_text())
     assert KEYS <= set(res)
-    assert set(res["timings_s"]) == {"read", "preprocess", "inference", "postprocess", "vbmd", "write", "total"}
+    assert set(res["timings_s"]) == {"read", "preprocess", "inference", "postprocess", "vbmd", "qc", "write", "total"}
     assert res["backend"]["name"] == "onnxruntime-cpu"
     assert res["model"]["sha256"] == load_model().sha256("fp32")
     assert res["side"] == truth["side"]

@@ -18,19 +18,35 @@ def synth(
     start: int = typer.Option(0, "--start", min=0, help="Index of the first case (to extend a cohort)."),
     preview: bool = typer.Option(False, "--preview", help="Also write OUT/preview.png, a montage of slices."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the files do not depend on it)."),
+    family: str = typer.Option(
+        "standard",
+        "--family",
+        help="standard, or random (domain-randomised: shapes, layouts, textures, tissues, XtremeCT I/II); "
+        "filters name held-out families, e.g. random:texture=blobs or random:texture!=blobs,shape!=condyle.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
-    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json."""
+    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json.
+
+    Example: vbmd-rt synth phantoms/ --cases 20 --family random --seed 1 --preview
+    """
     from rich.progress import Progress
 
     from vbmd_rt.synth import phantom
 
     if size not in phantom.SIZES:
         raise typer.BadParameter(f"--size must be one of {', '.join(sorted(phantom.SIZES))}")
+    if family != "standard":
+        from vbmd_rt.synth import families
+
+        try:
+            families.parse_family(family)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--family") from None
     with Progress(disable=quiet, transient=True) as bar:
         task = bar.add_task(f"phantoms ({size})", total=cases)
         truths = phantom.synth(
-            out, cases, seed, size, start=start, progress=lambda i: bar.advance(task), workers=workers
+            out, cases, seed, size, start=start, progress=lambda i: bar.advance(task), workers=workers, family=family
         )
     if not quiet:
         for t in truths:

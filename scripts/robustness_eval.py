@@ -1,0 +1,205 @@
+"""Robustness of a model on phantom families it may never have seen, and of the QC verdict that guards it.
+
+    .venv/bin/python scripts/robustness_eval.py FOLDER... [--model DIR] [--wrong-bone 8] [--geometry 6] -o OUT.json
+
+For every case of every FOLDER (made by ``vbmd-rt synth``, any ``--family``): the model's mask against the
+true one (Dice), D100 error, and the QC verdict. Summaries per folder and per family facet (texture,
+cross-section shape, scanner), and QC's two numbers: the share of bad cases (Dice < 0.90) it flags
+(must be all) and the share of good cases it flags (should be at most 10 %).
+
+``--wrong-bone N``: for N cases per folder, the mask of the neighbouring metacarpal (MC3), rendered from
+the case's own parameters, measured as if it were MC2: QC must flag it.
+``--geometry N``: N standard phantoms also cropped around the hand and rendered at XtremeCT II's
+resolution (60.7 µm, 3x coarser as small phantoms are): D100 against the whole scan's, Dice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _case_params(truth: dict):
+    from vbmd_rt.synth import families, phantom
+
+    fam = truth.get("family", "standard")
+    if fam == "standard":
+        return phantom.sample_case(truth["case_seed"], truth["size"])
+    return families.sample_random(truth["case_seed"], truth["size"], families.parse_family(fam))
+
+
+def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]:
+    from vbmd_rt.runtime import measure, qc
+    from vbmd_rt.runtime.io import aim
+    from vbmd_rt.synth import phantom
+
+    rows = []
+    for i, truth_file in enumerate(sorted(folder.glob("*.truth.json"))):
+        truth = json.loads(truth_file.read_text())
+        name = truth["name"]
+        scan = aim.read_aim(folder / f"{name}.AIM")
+        gt = np.asarray(aim.read_aim(folder / f"{name}_GT.AIM").data) != 0
+        r = predictor.run(folder / f"{name}.AIM")
+        fam = truth.get("family_params", {"name": "standard"})
+        row = {
+            "folder": folder.name,
+            "case": name,
+            "family": truth.get("family", "standard"),
+            "texture": fam.get("texture", "bandpass"),
+            "shape": fam.get("shape", "ellipse"),
+            "scanner": fam.get("scanner", "xct1"),
+            "dice": measure.dice(r.mask, gt),
+            "d100_error": None if r.d100_mg_ha_cm3 is None else r.d100_mg_ha_cm3 - truth["d100_mg_ha_cm3"],
+            "qc": r.qc["status"],
+            "reasons": r.qc["reasons"],
+            "seconds": r.timings_s["total"],
+            "qc_seconds": r.timings_s.get("qc", 0.0),
+        }
+        if i < wrong_bone:
+            p = _case_params(truth)
+            if any(b.name == "MC3" for b in p.bones):
+                _, wrong = phantom.render_case(p, truth_bone="MC3")
+                spacing = scan.header.element_size_mm[::-1]
+                m = measure.vbmd(scan.data, wrong, spacing[::-1], scan.calibration)
+                v = qc.assess_mask(scan.data, wrong, spacing, scan.calibration, m)
+                row["wrong_bone_qc"] = v["status"]
+                row["wrong_bone_reasons"] = v["reasons"]
+        rows.append(row)
+        log(
+            f"{folder.name}/{name} {row['family']}: Dice {row['dice']:.3f}, D100 error "
+            f"{row['d100_error'] if row['d100_error'] is None else round(row['d100_error'], 1)}, QC {row['qc']}"
+            + (f", wrong bone: {row['wrong_bone_qc']}" if "wrong_bone_qc" in row else "")
+        )
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    d = np.array([r["dice"] for r in rows])
+    err = np.array([r["d100_error"] for r in rows if r["d100_error"] is not None])
+    bad = [r for r in rows if r["dice"] < 0.90]
+    good = [r for r in rows if r["dice"] >= 0.90]
+    wrong = [r for r in rows if "wrong_bone_qc" in r]
+    return {
+        "cases": len(rows),
+        "dice_mean": round(float(d.mean()), 4),
+        "dice_min": round(float(d.min()), 4),
+        "d100_bias": round(float(err.mean()), 2) if err.size else None,
+        "d100_max_abs_error": round(float(np.abs(err).max()), 2) if err.size else None,
+        "bad_cases": len(bad),
+        "bad_flagged": sum(r["qc"] == "review" for r in bad),
+        "good_cases": len(good),
+        "good_flagged": sum(r["qc"] == "review" for r in good),
+        "wrong_bone_cases": len(wrong),
+        "wrong_bone_flagged": sum(r["wrong_bone_qc"] == "review" for r in wrong),
+        "seconds_median": round(float(np.median([r["seconds"] for r in rows])), 3),
+        "qc_seconds_median": round(float(np.median([r["qc_seconds"] for r in rows])), 3),
+    }
+
+
+def geometry_check(predictor, count: int, seed: int, log) -> list[dict]:
+    """Whole scan vs a crop around the hand vs the same anatomy at 60.7 µm (x3 = 0.182 mm)."""
+    from vbmd_rt.runtime import measure
+    from vbmd_rt.synth import phantom
+
+    out = []
+    for i in range(count):
+        case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        p = phantom.sample_case(case_seed, "small")
+        scan, truth = phantom.render_case(p)
+        spacing = (p.voxel_mm,) * 3
+        cal = p.cal
+        whole = predictor.run(scan, spacing=spacing, calibration=cal)
+        # A crop around the hand: everything brighter than air, plus 4 mm.
+        fg = np.flatnonzero((scan.max(axis=0) > cal.stored(-100)).any(axis=0))
+        fy = np.flatnonzero((scan.max(axis=0) > cal.stored(-100)).any(axis=1))
+        pad = int(4 / p.voxel_mm)
+        y0, y1 = max(0, fy[0] - pad), min(scan.shape[1], fy[-1] + pad)
+        x0, x1 = max(0, fg[0] - pad), min(scan.shape[2], fg[-1] + pad)
+        cropped = predictor.run(np.ascontiguousarray(scan[:, y0:y1, x0:x1]), spacing=spacing, calibration=cal)
+        crop_dice = measure.dice(cropped.mask, whole.mask[:, y0:y1, x0:x1])
+        # The same anatomy at XtremeCT II's voxel size: every length in mm kept, blur kept in mm.
+        v2 = 0.0607 * 3
+        f = p.voxel_mm / v2
+        p2 = dataclasses.replace(
+            p,
+            voxel_mm=v2,
+            nxy=int(round(p.nxy * f / 16)) * 16,
+            slices=int(round(p.slices * f)),
+            psf_sigma_vox=p.psf_sigma_vox * f,
+            psf_sigma_z_vox=p.psf_sigma_z_vox * f,
+        )
+        scan2, truth2 = phantom.render_case(p2)
+        fine = predictor.run(scan2, spacing=(v2,) * 3, calibration=cal)
+        row = {
+            "case_seed": case_seed,
+            "whole_d100": whole.d100_mg_ha_cm3,
+            "whole_dice": measure.dice(whole.mask, truth),
+            "crop_d100_difference": cropped.d100_mg_ha_cm3 - whole.d100_mg_ha_cm3,
+            "crop_dice_vs_whole": crop_dice,
+            "xct2_d100_difference": fine.d100_mg_ha_cm3 - whole.d100_mg_ha_cm3,
+            "xct2_dice_vs_truth": measure.dice(fine.mask, truth2),
+            "qc": [whole.qc["status"], cropped.qc["status"], fine.qc["status"]],
+        }
+        out.append(row)
+        log(
+            f"geometry {i}: crop dD100 {row['crop_d100_difference']:+.2f} Dice {crop_dice:.4f}; "
+            f"60.7 µm dD100 {row['xct2_d100_difference']:+.2f} Dice {row['xct2_dice_vs_truth']:.4f}"
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="*", type=Path)
+    ap.add_argument("--model", default=None, help="an exported model folder (default: the bundled model)")
+    ap.add_argument("--wrong-bone", type=int, default=0)
+    ap.add_argument("--geometry", type=int, default=0)
+    ap.add_argument("--geometry-seed", type=int, default=4242)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    a = ap.parse_args()
+    import vbmd_rt
+
+    t0 = time.time()
+    report: dict = {"model": a.model or "bundled", "folders": {}, "facets": {}}
+    rows: list[dict] = []
+    with vbmd_rt.Predictor(a.model) as predictor:
+        for folder in a.folders:
+            got = evaluate_folder(predictor, folder, a.wrong_bone, lambda s: print(s, flush=True))
+            rows += got
+            report["folders"][folder.name] = summary(got)
+        for facet in ("texture", "shape", "scanner"):
+            report["facets"][facet] = {
+                v: summary([r for r in rows if r[facet] == v]) for v in sorted({r[facet] for r in rows})
+            }
+        if a.geometry:
+            g = geometry_check(predictor, a.geometry, a.geometry_seed, lambda s: print(s, flush=True))
+            report["geometry"] = {
+                "cases": g,
+                "crop_max_abs_d100_difference": max(abs(r["crop_d100_difference"]) for r in g),
+                "crop_min_dice": min(r["crop_dice_vs_whole"] for r in g),
+                "xct2_max_abs_d100_difference": max(abs(r["xct2_d100_difference"]) for r in g),
+                "xct2_min_dice": min(r["xct2_dice_vs_truth"] for r in g),
+            }
+    report["cases"] = rows
+    report["seconds"] = round(time.time() - t0, 1)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        json.dumps(
+            {
+                "folders": report["folders"],
+                "geometry": {k: v for k, v in report.get("geometry", {}).items() if k != "cases"},
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The QC verdict: every result says pass or review, with reasons; wrong or broken masks are flagged."""
+
+import numpy as np
+import pytest
+
+from vbmd_rt.runtime import measure, qc
+from vbmd_rt.synth import phantom
+
+
+@pytest.fixture(scope="module")
+def case():
+    seed = int(np.random.SeedSequence([77, 0]).generate_state(1)[0])  # PHANTOM_0000 of the shared fixture
+    p = phantom.sample_case(seed, "small")
+    scan, truth = phantom.render_case(p)
+    return p, scan, truth
+
+
+def _verdict(case, mask):
+    p, scan, _ = case
+    sp = (p.voxel_mm,) * 3
+    return qc.assess_mask(scan, mask, sp, p.cal, measure.vbmd(scan, mask, sp, p.cal))
+
+
+def test_the_true_mask_passes(case):
+    v = _verdict(case, case[2])
+    assert v["status"] == "pass", v["reasons"]
+    assert v["baseline"]["dice"] > 0.9 and v["baseline"]["row_end"] is True
+    assert v["shape"]["pieces_fraction"] == 0 and v["shape"]["first_slice"] == 0
+
+
+def test_the_neighbouring_metacarpal_is_flagged_as_not_mc2(case):
+    p = case[0]
+    _, mc3 = phantom.render_case(p, truth_bone="MC3")
+    v = _verdict(case, mc3)
+    assert v["status"] == "review"
+    assert any("end of the metacarpal row" in r for r in v["reasons"])
+
+
+def test_a_head_cut_in_two_is_flagged(case):
+    mask = case[2].copy()
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    head = slice(zs[len(zs) // 2], zs[-1] + 1)
+    xs = np.flatnonzero(mask[head].any(axis=(0, 1)))
+    mask[head, :, (xs[0] + xs[-1]) // 2 :] = 0  # half of the head lost along a plane
+    v = _verdict(case, mask)
+    assert v["status"] == "review", v
+
+
+def test_lost_shaft_slices_are_flagged(case):
+    mask = case[2].copy()
+    mask[:8] = 0  # 2 mm of shaft missing at the stack's start
+    v = _verdict(case, mask)
+    assert any("after the first slice" in r for r in v["reasons"])
+
+
+def test_a_mask_in_pieces_is_flagged(case):
+    mask = case[2].copy()
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    ys = np.flatnonzero(mask.any(axis=(0, 2)))
+    mask[zs[0] : zs[-1] + 1, (ys[0] + ys[-1]) // 2 - 1 : (ys[0] + ys[-1]) // 2 + 2, :] = 0
+    v = _verdict(case, mask)
+    assert v["status"] == "review" and any("pieces" in r for r in v["reasons"])
+
+
+def test_an_empty_mask_is_flagged(case):
+    v = _verdict(case, np.zeros_like(case[2]))
+    assert v["status"] == "review" and "empty" in v["reasons"][0]
+
+
+def test_implausible_measures_are_named():
+    v = qc.verdict(
+        {
+            "shape": {
+                "slices": 10,
+                "length_mm": 2.0,
+                "gap_slices": 0,
+                "pieces_fraction": 0.0,
+                "solidity": 0.95,
+                "area_jump": 0.0,
+                "touches_edge": True,
+                "first_slice": 0,
+                "slice_mm": 0.082,
+            }
+        },
+        {"bone_volume_mm3": 50.0, "mean_slice_area_mm2": 10.0, "d100_mg_ha_cm3": 1400.0},
+    )
+    text = " ".join(v["reasons"])
+    for word in ("length", "volume", "area", "D100", "edge"):
+        assert word in text
+    assert (
+        v["status"] == "review" and v["limits"]["d100_mg"] == [80.0, 650.0] or v["limits"]["d100_mg"] == (80.0, 650.0)
+    )
+
+
+def test_network_confidence_counts_uncertain_voxels_and_second_structures():
+    prob = np.zeros((8, 32, 32), np.float32)
+    prob[2:6, 4:12, 4:12] = 0.95
+    prob[2:6, 20:24, 20:24] = 0.95
+    prob[2:6, 12, 4:12] = 0.5
+    c = qc.confidence(prob)
+    assert c["second_component"] == pytest.approx(16 * 4 / (64 * 4), abs=1e-3)
+    assert 0 < c["uncertain_fraction"] < 0.2
+
+
+def test_every_run_result_carries_a_verdict(phantoms, tmp_path):
+    import json
+
+    from tests.conftest import cli
+
+    r = cli("run", phantoms / "PHANTOM_0000.AIM", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())
+    assert res["qc"]["status"] in ("pass", "review") and isinstance(res["qc"]["reasons"], list)
+    assert {"baseline", "confidence", "shape"} <= set(res["qc"])
+    assert "qc" in res["timings_s"]
+
+
+def test_a_barely_working_network_is_flagged(phantoms):
+    """A network whose output is noise around the bone (here: the truth blurred into a blob) gets review."""
+    from scipy import ndimage
+
+    import vbmd_rt
+    from vbmd_rt.runtime.io import aim
+
+    scan = aim.read_aim(phantoms / "PHANTOM_0000.AIM")
+    gt = np.asarray(aim.read_aim(phantoms / "PHANTOM_0000_GT.AIM").data) != 0
+    blob = ndimage.binary_dilation(gt, iterations=6) & ~ndimage.binary_erosion(gt, iterations=2)
+    sp = scan.header.element_size_mm[::-1]
+    v = qc.assess_mask(scan.data, blob, sp, scan.calibration, measure.vbmd(scan.data, blob, sp[::-1], scan.calibration))
+    assert measure.dice(blob, gt) < 0.9
+    assert v["status"] == "review", v
+    assert vbmd_rt  # the package imports without torch
