@@ -264,12 +264,22 @@ class Watcher:
 
     @staticmethod
     def _parses(path: Path) -> bool:
-        """The header is valid and all the data it declares is in the file (a copy still running is not)."""
+        """The header is valid and all the data it declares is in the file (a copy still running is not).
+
+        A preallocated file has its full size from the start: there, a greyscale scan whose data still ends
+        in a block of zero bytes (no real scan's last slice is noise-free) is taken as still being written.
+        """
         try:
-            aim.read_header(path)
-        except VbmdInputError:
+            hdr = aim.read_header(path)
+            if hdr.type_code != aim.TYPE_INT16 or hdr.data_length == 0:
+                return True
+            n = min(hdr.data_length, 1 << 16)
+            with open(path, "rb") as f:
+                f.seek(hdr.byte_offset + hdr.data_length - n)
+                tail = f.read(n)
+        except (VbmdInputError, OSError):
             return False
-        return True
+        return tail.count(0) != len(tail)
 
     def handle(self, path: Path, key: str) -> bool:
         """Process one arrived scan; True when done."""
