@@ -234,7 +234,7 @@ def _run_scan(
     name = scan_name(path)
     targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
     with outputs.Transaction(out, name, targets, options.overwrite) as txn:
-        files = outputs_for(name, txn.staging, options.report_html, options.save_prob)  # type: ignore[arg-type]
+        files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
         return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)
 
 
