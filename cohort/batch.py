@@ -186,6 +186,7 @@ def process(
     stage=None,
     reraise_internal: bool = False,
     wait: bool = True,
+    on_wait=None,
 ) -> dict | None:
     """One scan with resume semantics; returns its summary row (status done, skipped or failed).
 
@@ -206,7 +207,7 @@ def process(
                 outputs.retire_stale(out, name, json_name, path.name, _fingerprint(path))
         return row(path, "failed", error=e)
     try:
-        lock = outputs.scan_lock(out, name, wait=wait)
+        lock = outputs.scan_lock(out, name, wait=wait, on_wait=(lambda _: on_wait(path.name)) if on_wait else None)
         lock.__enter__()
     except outputs.ScanBusy:
         return None
@@ -243,7 +244,13 @@ def _fingerprint(path: Path) -> dict | None:
 
 
 def run_local(
-    files: list[Path], out: Path, predictor: Predictor, options: pipeline.RunOptions, on_row=None, stage=None
+    files: list[Path],
+    out: Path,
+    predictor: Predictor,
+    options: pipeline.RunOptions,
+    on_row=None,
+    stage=None,
+    on_wait=None,
 ) -> list[dict]:
     """The scans one after the other in this process, with one loaded predictor."""
     rows: dict[int, dict] = {}
@@ -257,7 +264,9 @@ def run_local(
         if on_row:
             on_row(r)
     for i in busy:  # ...waited for, then reused (skipped) when that run finished them
-        r = process(files[i], out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None)
+        r = process(
+            files[i], out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None, on_wait=on_wait
+        )
         assert r is not None
         rows[i] = r
         if on_row:

@@ -250,3 +250,24 @@ def test_two_runs_on_one_out_compute_each_scan_once(scans, tmp_path):
     lines = [ln for o, e in texts for ln in (o + e).splitlines() if ln.startswith("S") and "D100" in ln]
     done = [ln for ln in lines if "skipped" not in ln]
     assert len(lines) == 8 and sorted(ln.split(":")[0] for ln in done) == [f"S{i}.AIM" for i in range(4)], lines
+
+
+def test_a_scan_another_process_is_writing_is_waited_for_and_reused_not_computed_again(scans, predictor, tmp_path):
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    for i in range(3):
+        shutil.copy2(scans / "A.AIM", d / f"S{i}.AIM")
+    cmd = [sys.executable, "-m", "vbmd_rt", "run", str(d), "-o", str(out), "--model", "classical"]
+    with outputs.scan_lock(out, "S0"):  # as another run writing S0 would hold it
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while not ((out / "S1.json").exists() and (out / "S2.json").exists()) and time.monotonic() - t0 < 120:
+            time.sleep(0.05)  # the others first...
+        assert (out / "S1.json").exists() and p.poll() is None  # ...then it waits for S0
+        [r] = _run(predictor, [d / "S0.AIM"], out)  # "the other run" finishes S0 (the lock is re-entrant)
+        assert r["status"] == "done"
+    o, e = p.communicate(timeout=120)
+    assert p.returncode == 0, e
+    assert "S0.AIM: another vbmd-rt run" in o + e
+    s0 = [ln for ln in (o + e).splitlines() if ln.startswith("S0.AIM: D100")]
+    assert len(s0) == 1 and "skipped" in s0[0]

@@ -141,7 +141,11 @@ def run(
                 def stage(i, s):
                     bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
 
-                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage)
+                def on_wait(name):
+                    if not quiet:
+                        bar.console.print(f"{name}: another vbmd-rt run on {out} is writing it; waiting for it")
+
+                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
     if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
