@@ -232,3 +232,18 @@ def test_cli_reports_a_lying_header_in_one_line(tmp_path):
     p.write_bytes(struct.pack("<5i", 20, 140, 1, 129, 0) + bytes(body) + b"\0" + b"\0" * 200)
     r = cli("info", p)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "inconsistent" in r.stderr
+
+
+@needs_samples
+def test_a_log_written_the_itk_way_without_its_nul_is_accepted(tmp_path):
+    """ITK's writer counts no NUL and ends the log with a newline: the same voxels."""
+
+    def edit(r):
+        log_len = struct.unpack("<i", r[8:12])[0]
+        assert r[160 + log_len - 1] == 0
+        del r[160 + log_len - 1]
+        _i32(r, 8, -1)
+
+    p = _mutant(tmp_path, GREY, edit)
+    a, b = aim.read_aim(p), aim.read_aim(SAMPLES / GREY)
+    assert a.header.byte_offset == b.header.byte_offset - 1 and np.array_equal(a.data, b.data)

@@ -251,15 +251,22 @@ def _check_data_length(path, dim, type_code, data_len: int, start: int, assoc_le
             )
 
 
-def _check_log(path, raw: bytes) -> None:
-    """A Scanco processing log is text ending in exactly one NUL: the declared log length is checked by that.
+def _check_log(path, raw: bytes, next_byte: bytes = b"") -> None:
+    """The declared log length must end where the log does: one byte more takes the first data byte into
+    the log, one byte less leaves the log's last byte in front of the data; both shift every voxel.
 
-    One byte more takes the first data byte into the log (and shifts every voxel), one byte less cuts the NUL.
+    Scanco (IPL, AimIO) ends the log with exactly one NUL, counted in its length; ITK's writer counts no NUL
+    and ends the text with a newline. Anything else (a NUL inside, binary bytes at the end, or a newline-ended
+    log directly followed by a NUL: a Scanco log declared one byte short) is refused.
     """
     if not raw:
         return
-    if raw[-1] != 0 or (len(raw) > 1 and raw[-2] == 0) or raw.find(b"\0") != len(raw) - 1:
-        _fail(path, f"header is inconsistent: the processing log length ({len(raw)} bytes) does not end at its NUL")
+    first_nul = raw.find(b"\0")
+    if first_nul == len(raw) - 1 and (len(raw) == 1 or raw[-2] != 0):
+        return  # Scanco: text, then one NUL
+    if first_nul < 0 and raw.endswith(b"\n") and next_byte != b"\0":
+        return  # ITK: text ending in a newline, no NUL
+    _fail(path, f"header is inconsistent: the processing log length ({len(raw)} bytes) does not end at the log's end")
 
 
 def _check_geometry(path, el, position=_ZERO3, offset=_ZERO3) -> None:
@@ -354,7 +361,7 @@ def _v020_header(f, path, size) -> AimHeader:
         _fail(path, "truncated: the processing log runs past the end of the file")
     w = np.frombuffer(_read_exact(f, 140, path), dtype="<i4")
     raw_log = _read_exact(f, log_len, path)
-    _check_log(path, raw_log)
+    _check_log(path, raw_log, f.read(1))
     log = _log_text(raw_log)
     code = _type_checked(path, int(w[5]) & 0xFFFFFFFF)
     dim = _triple(w[9:12])
@@ -396,7 +403,7 @@ def _v030_header(f, path, size) -> AimHeader:
     ints = np.frombuffer(raw[:16], dtype="<i4")
     q = np.frombuffer(raw[16:208], dtype="<i8")
     raw_log = _read_exact(f, log_len, path)
-    _check_log(path, raw_log)
+    _check_log(path, raw_log, f.read(1))
     log = _log_text(raw_log)
     code = _type_checked(path, int(ints[3]) & 0xFFFFFFFF)
     if any(abs(int(v)) > 1 << 40 for v in q[:21]):
