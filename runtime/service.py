@@ -3,8 +3,9 @@ in OUT without anyone typing.
 
 * **Exactly once, across restarts.** ``OUT/.vbmd-rt/journal.jsonl`` records ``start``, then ``done`` or
   ``failed`` for each scan, keyed by its name, size and modification time (fsynced before and after the
-  work). A scan that was started but not finished (the service was killed) has whatever it left in OUT
-  removed and is done again; a scan done or failed is not taken again unless the file changes.
+  work). A scan that was started but not finished (the service was killed) left nothing half-written
+  (outputs are one transaction) and is done again; a scan done or failed is not taken again unless the
+  file changes.
 * **Arrival.** A file counts as arrived when ``NAME.AIM.done`` (the marker) newer than the file is beside
   it (a marker written before the copy, or left from an older export, is ignored), or when its size and
   modification time have not changed for ``stable_for`` seconds *and* its header parses completely (the
@@ -157,7 +158,8 @@ class Watcher:
         return f
 
     def recover(self) -> None:
-        """Scans started but not finished (the service was killed): remove what they left, do them again."""
+        """Scans started but not finished (the service was killed): do them again, or, the second time the
+        service died on one, send it to failed/ (a poison file must not block the queue)."""
         for e in self.journal.unfinished():
             attempt = int(e.get("attempt", 1))
             if attempt >= MAX_ATTEMPTS:  # a poison file: it must not take the service down again
