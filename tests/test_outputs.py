@@ -271,3 +271,18 @@ def test_a_scan_another_process_is_writing_is_waited_for_and_reused_not_computed
     assert "S0.AIM: another vbmd-rt run" in o + e
     s0 = [ln for ln in (o + e).splitlines() if ln.startswith("S0.AIM: D100")]
     assert len(s0) == 1 and "skipped" in s0[0]
+
+
+def test_a_result_of_vbmd_rt_0_1_is_redone_once_and_kept_as_history(scans, predictor, tmp_path):
+    out = tmp_path / "out"
+    _run(predictor, [scans / "A.AIM"], out)
+    res = json.loads((out / "A.json").read_text())
+    for k in ("outputs", "history", "run_key", "time"):
+        res.pop(k)
+    res["scan"].pop("fingerprint")
+    res["vbmd_rt_version"] = "0.1.0"
+    (out / "A.json").write_text(json.dumps(res))  # as 0.1 wrote it: no manifest, no fingerprint
+    [r] = _run(predictor, [scans / "A.AIM"], out)  # its files are known as vbmd-rt's: no --overwrite needed
+    assert r["status"] == "done"
+    new = json.loads((out / "A.json").read_text())
+    assert len(new["history"]) == 1 and _run(predictor, [scans / "A.AIM"], out)[0]["status"] == "skipped"
