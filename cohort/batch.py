@@ -253,6 +253,8 @@ def run_local(
     on_wait=None,
 ) -> list[dict]:
     """The scans one after the other in this process, with one loaded predictor."""
+    with contextlib.suppress(OSError, VbmdInputError):
+        outputs.clean_staging(out)  # what runs killed before this one left staged
     rows: dict[int, dict] = {}
     busy = []
     for i, f in enumerate(files):  # scans another run on this OUT is writing now come last...

@@ -178,6 +178,8 @@ class Watcher:
         for tmp in self.out.glob(".*.tmp-*"):  # temporaries of atomic writes cut off by a kill
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        with contextlib.suppress(OSError, VbmdInputError):
+            outputs.clean_staging(self.out)  # staged files of transactions cut off by a kill
 
     def _retire_stale(self, path: Path) -> None:
         """A failed re-export: the result of the earlier version must not stand as this scan's (to history)."""

@@ -286,3 +286,15 @@ def test_a_result_of_vbmd_rt_0_1_is_redone_once_and_kept_as_history(scans, predi
     assert r["status"] == "done"
     new = json.loads((out / "A.json").read_text())
     assert len(new["history"]) == 1 and _run(predictor, [scans / "A.AIM"], out)[0]["status"] == "skipped"
+
+
+def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_path):
+    out = tmp_path / "out"
+    args = ("run", scans / "A.AIM", "-o", out, "--model", "classical", "-q")
+    assert _env_cli({outputs.KILL_AFTER_ENV: "1"}, *args).returncode == 137  # mask renamed, PNG and JSON staged
+    [st] = (out / ".vbmd-rt" / "staging").iterdir()
+    assert {p.name for p in st.iterdir()} == {"A.png", "A.json", "manifest.json"}
+    assert outputs.clean_staging(out) > 0
+    assert [p.name for p in st.iterdir()] == ["manifest.json"]
+    assert "A_SEG.AIM" in outputs.owned_files(out, "A", "A.json")  # still known as vbmd-rt's
+    assert cli(*args).returncode == 0 and not list((out / ".vbmd-rt" / "staging").iterdir())

@@ -53,6 +53,7 @@ __all__ = [
     "Transaction",
     "retire_stale",
     "InputChanged",
+    "clean_staging",
 ]
 
 
@@ -344,6 +345,33 @@ class Transaction:
     def __exit__(self, *exc) -> None:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def clean_staging(out: str | os.PathLike) -> int:
+    """Free the space of staging folders that killed runs left (a staged full-size mask is ~700 MB).
+
+    Only folders whose scan nobody is writing now; their ``manifest.json`` is kept while it exists, as it
+    tells the next run of that scan which files in OUT are vbmd-rt's. Returns the bytes freed.
+    """
+    root = _staging_root(Path(out))
+    freed = 0
+    if not root.is_dir():
+        return 0
+    for st in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            with scan_lock(out, st.name.rsplit(".", 1)[0], wait=False):
+                keep = (st / "manifest.json").is_file()
+                for f in st.iterdir():
+                    if keep and f.name == "manifest.json":
+                        continue
+                    with contextlib.suppress(OSError):
+                        freed += f.stat().st_size
+                        f.unlink()
+                if not keep:
+                    shutil.rmtree(st, ignore_errors=True)
+        except (ScanBusy, OSError, VbmdInputError):
+            continue
+    return freed
 
 
 def _fsync_dir(folder: Path) -> None:
