@@ -2,9 +2,13 @@
 
 ``vbmd-rt run DIR... -o OUT`` goes through here:
 
-* **resume**: a scan whose outputs exist and are valid (its JSON, written last, parses and names a mask
-  whose header matches the scan) is skipped; outputs of a scan that was cut off (no JSON) are removed
-  and the scan is done again; ``--overwrite`` redoes everything;
+* **resume**: a scan is skipped only when its result records this very input (fingerprint: size, mtime,
+  sampled content hash), the same model and options, and its files are still what the result's manifest
+  says; a changed input is redone and the old result kept in ``OUT/.vbmd-rt/history/``; a scan cut off by a
+  kill left nothing half-written (``outputs.Transaction``) and is done again; ``--overwrite`` redoes
+  everything; two inputs with one output name are refused before any work;
+* **concurrency**: a scan another run on the same OUT is writing is taken last, waited for and then reused,
+  so two runs on one OUT never compute a scan twice;
 * **shards**: ``--num-parts N --part-id K`` takes every N-th scan of the sorted list, starting at K, so
   a SLURM array needs no coordinator; each part writes its own summary;
 * **Dask** (``--cluster local`` or ``tcp://HOST:PORT``): one task per scan; each worker process loads
@@ -33,8 +37,8 @@ from pathlib import Path
 from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
 from vbmd_rt.runtime import pipeline
-from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.io import aim, naming
+from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.io import naming, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
 STATUSES = ("done", "skipped", "failed")
@@ -86,28 +90,51 @@ def output_files(name: str, out: Path, options: pipeline.RunOptions) -> list[Pat
     return list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
 
 
-def existing_result(path: Path, out: Path, options: pipeline.RunOptions) -> dict | None:
-    """The result of a finished run of this scan in ``out``, or ``None`` when it is not complete and valid.
+def existing_result(
+    path: Path, out: Path, options: pipeline.RunOptions, key: dict | None = None, fp: dict | None = None
+) -> dict | None:
+    """The result of a finished run of this very input in ``out``, or ``None`` when it must be (re)done.
 
-    Valid: the JSON parses and has the result keys, it is for a file of this name, and its mask exists
-    with a header of the scan's dimensions; the PNG (and HTML, probability map when asked) exist.
+    Reused only when the JSON is vbmd-rt's, names this file, records this input's fingerprint (size, mtime
+    and sampled content hash), the same model and options (``key``: ``pipeline.run_key``; None: any), and
+    every output it lists is still what its manifest says (so a mix left by a kill is never trusted).
     """
     name = naming.scan_name(path)
     files = output_files(name, out, options)
-    js = files[-1]
-    try:
-        result = json.loads(js.read_text())
-        mask = out / result["mask"]["file"]
-        hdr = aim.read_header(mask)
-        ok = (
-            result["scan"]["file"] == path.name
-            and list(hdr.shape) == list(result["scan"]["shape_zyx"])
-            and "d100_mg_ha_cm3" in result
-            and all(f.is_file() for f in files)
-        )
-    except (OSError, ValueError, KeyError, TypeError, VbmdInputError):
+    result = outputs.read_result(files[-1])
+    if result is None:
         return None
-    return result if ok else None
+    try:
+        fp = fp or outputs.fingerprint(path)
+    except OSError:
+        return None
+    expected = [f.name for f in files[:-1]]
+    run_key = key if key is not None else result.get("run_key")
+    return result if outputs.reusable(result, out, path.name, fp, run_key, expected) else None
+
+
+def check_names(files: list[Path], batch: bool | None = None) -> None:
+    """Refuse, before any work, inputs whose outputs would collide: two scans of one name (``d1/S.AIM`` and
+    ``d2/S.AIM``, or ``Y.AIM`` and ``Y.ISQ``; case-insensitively, as on the scanner's file systems), and in a
+    batch a scan whose outputs would be the batch summary (``summary.AIM``)."""
+    batch = len(files) > 1 if batch is None else batch
+    seen: dict[str, Path] = {}
+    for f in files:
+        name = naming.scan_name(f)
+        key = name.casefold()
+        if key in seen and seen[key] != f:
+            raise VbmdInputError(
+                f,
+                f"has the same output name as {seen[key]} (both would write {name}.json, {name}_SEG.AIM, ...)",
+                "rename one, or run them into different -o folders",
+            )
+        seen[key] = f
+        if batch and naming.is_reserved_name(name):
+            raise VbmdInputError(
+                f,
+                f"would write {name}.json, the name of the batch summary",
+                "rename the scan (e.g. to " + name + "_1" + f.suffix + "), or run it on its own",
+            )
 
 
 def remove_partial(name: str, out: Path, options: pipeline.RunOptions) -> list[Path]:
@@ -158,41 +185,95 @@ def process(
     options: pipeline.RunOptions,
     stage=None,
     reraise_internal: bool = False,
-) -> dict:
+    wait: bool = True,
+    on_wait=None,
+) -> dict | None:
     """One scan with resume semantics; returns its summary row (status done, skipped or failed).
 
-    Bad input fails the scan (``error_kind`` input). An internal error does too, or is raised when
-    ``reraise_internal`` (so Dask retries it).
+    Under the scan's lock in ``out``: another process writing the same scan (a second run on this OUT)
+    is waited for, and its result then reused; with ``wait=False`` such a scan returns None at once (the
+    caller comes back to it). Bad input fails the scan (``error_kind`` input); a result of another version
+    of this input then goes to history instead of standing as this scan's. An internal error fails the
+    scan too, or is raised when ``reraise_internal`` (so Dask retries it).
     """
     path, out = Path(path), Path(out)
-    if not options.overwrite:
-        done = existing_result(path, out, options)
-        if done is not None:
-            return row(path, "skipped", done)
-        if not (out / f"{naming.scan_name(path)}.json").exists():  # a JSON that does not validate is kept,
-            remove_partial(naming.scan_name(path), out, options)  # and run_scan refuses to overwrite it
+    name = naming.scan_name(path)
+    json_name = naming.outputs_for(name, out)["json"].name
     try:
-        result = predictor.run_to(path, out, options, stage=stage)
+        pipeline.read_scan(path)  # bad input fails before anything is created in OUT
+    except VbmdInputError as e:
+        if (out / json_name).exists():  # the result of an earlier version of this input must not stand
+            with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(out, name):
+                outputs.retire_stale(out, name, json_name, path.name, _fingerprint(path))
+        return row(path, "failed", error=e)
+    try:
+        lock = outputs.scan_lock(out, name, wait=wait, on_wait=(lambda _: on_wait(path.name)) if on_wait else None)
+        lock.__enter__()
+    except outputs.ScanBusy:
+        return None
     except VbmdInputError as e:
         return row(path, "failed", error=e)
-    except Exception as e:
-        if reraise_internal:
-            raise
-        return row(path, "failed", error=e)
-    return row(path, "done", result)
+    try:
+        fp = _fingerprint(path)
+        if not options.overwrite and fp is not None:
+            key = pipeline.run_key(predictor.model, predictor.backend, options)
+            done = existing_result(path, out, options, key, fp)
+            if done is not None:
+                return row(path, "skipped", done)
+        try:
+            result = predictor.run_to(path, out, options, stage=stage)
+        except VbmdInputError as e:
+            if not isinstance(e, outputs.InputChanged):
+                with contextlib.suppress(OSError, VbmdInputError):
+                    outputs.retire_stale(out, name, json_name, path.name, fp)
+            return row(path, "failed", error=e)
+        except Exception as e:
+            if reraise_internal:
+                raise
+            return row(path, "failed", error=e)
+        return row(path, "done", result)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _fingerprint(path: Path) -> dict | None:
+    try:
+        return outputs.fingerprint(path)
+    except OSError:
+        return None  # run_scan says what is wrong with the path
 
 
 def run_local(
-    files: list[Path], out: Path, predictor: Predictor, options: pipeline.RunOptions, on_row=None, stage=None
+    files: list[Path],
+    out: Path,
+    predictor: Predictor,
+    options: pipeline.RunOptions,
+    on_row=None,
+    stage=None,
+    on_wait=None,
 ) -> list[dict]:
     """The scans one after the other in this process, with one loaded predictor."""
-    rows = []
-    for i, f in enumerate(files):
-        r = process(f, out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None)
-        rows.append(r)
+    with contextlib.suppress(OSError, VbmdInputError):
+        outputs.clean_staging(out)  # what runs killed before this one left staged
+    rows: dict[int, dict] = {}
+    busy = []
+    for i, f in enumerate(files):  # scans another run on this OUT is writing now come last...
+        r = process(f, out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None, wait=False)
+        if r is None:
+            busy.append(i)
+            continue
+        rows[i] = r
         if on_row:
             on_row(r)
-    return rows
+    for i in busy:  # ...waited for, then reused (skipped) when that run finished them
+        r = process(
+            files[i], out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None, on_wait=on_wait
+        )
+        assert r is not None
+        rows[i] = r
+        if on_row:
+            on_row(r)
+    return [rows[i] for i in range(len(files))]
 
 
 # --------------------------------------------------------------------------- Dask
@@ -309,6 +390,8 @@ def _gpu_count() -> int:
 def write_summary(out: Path, rows: list[dict], num_parts: int = 1, part_id: int = 0, extra: dict | None = None):
     """``OUT/summary.csv`` and ``OUT/summary.json`` (``summary.part-K-of-N.*`` for a shard), atomically."""
     csv_name, json_name = naming.summary_names(num_parts, part_id)
+    if outputs.read_result(out / json_name) is not None:  # a scan's result, never overwritten by a summary
+        raise OutputError(out / json_name, "is a scan's result, not a batch summary", "choose another -o")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -340,6 +423,7 @@ def write_summary(out: Path, rows: list[dict], num_parts: int = 1, part_id: int 
 __all__ = [
     "Job",
     "shard",
+    "check_names",
     "existing_result",
     "remove_partial",
     "process",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ import numpy as np
 
 from vbmd_rt import __version__
 from vbmd_rt.runtime import measure, preprocess, qc, report, resources
-from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
+from vbmd_rt.runtime.errors import CalibrationError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.inference.window import sliding_window
-from vbmd_rt.runtime.io import aim, proclog
+from vbmd_rt.runtime.io import aim, outputs, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
@@ -225,27 +224,56 @@ def read_scan(path: Path) -> aim.Scan:
     return scan
 
 
+def model_sha(model: Model, backend: Backend) -> str | None:
+    """The sha256 of the ONNX the backend runs (None for the weightless classical model)."""
+    return backend.onnx_sha256 or model.sha256("fp32")
+
+
+def run_key(model: Model, backend: Backend, options: RunOptions) -> dict:
+    """What, besides the input, decides a result: a result is reused only when this matches."""
+    sha = model_sha(model, backend)
+    return {
+        "model": model.name,
+        "model_sha256": sha or f"{model.name}-{__version__}",  # the classical model is its code's version
+        "precision": backend.precision,
+        "side": options.side,
+    }
+
+
 def run_scan(
     path: str | Path, out: str | Path, model: Model, backend: Backend, options: RunOptions | None = None, stage=None
 ) -> dict:
     """Process one scan into ``out``; return the result written to ``OUT/NAME.json``.
 
-    Raises ``VbmdInputError`` for problems the user must fix; then nothing of this scan is left in ``out``.
+    All of the scan's files appear together or not at all (``outputs.Transaction``), under the scan's lock
+    in ``out``; files at the outputs' names that vbmd-rt did not write are refused without ``overwrite``.
+    Raises ``VbmdInputError`` for problems the user must fix; then nothing of this scan changed in ``out``.
     """
+    read_scan(Path(path))  # bad input is refused before anything is created in OUT (a header and a memory map)
+    with outputs.scan_lock(out, scan_name(Path(path))):
+        return _run_scan(path, out, model, backend, options, stage)
+
+
+def _run_scan(
+    path: str | Path, out: str | Path, model: Model, backend: Backend, options: RunOptions | None = None, stage=None
+) -> dict:
     options = options or RunOptions()
     path, out = Path(path), Path(out)
     timer = Timer()
     t_start = time.perf_counter()
     name = scan_name(path)
-    files = outputs_for(name, out, options.report_html, options.save_prob)
-    if not options.overwrite:
-        for f in files.values():
-            if f.exists():
-                raise OutputError(f, "output already exists", "pass --overwrite to replace it, or choose another -o")
+    targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
+    with outputs.Transaction(out, name, targets, options.overwrite) as txn:
+        files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
+        return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)
+
+
+def _process(path, out, model, backend, options, stage, timer, t_start, files, txn) -> dict:
     stage = stage or (lambda s: None)
     stage("read")
     with timer("read"):
         scan = read_scan(path)
+        fp = outputs.fingerprint(path)
     stage("segment")
     a = analyse(
         scan.data,
@@ -293,7 +321,9 @@ def run_scan(
             "element_size_mm": [float(v) for v in scan.header.element_size_mm],
             "position": [int(v) for v in scan.header.position],
             "scanner": proclog.public_fields(scan.header.log),
+            "fingerprint": fp,
         },
+        "run_key": run_key(model, backend, options),
         "mask": {"file": files["mask"].name, "type": "char", "values": [0, 127], "voxels": m["voxels"]},
         "qc": info["qc"],
         "warnings": warnings,
@@ -329,7 +359,12 @@ def run_scan(
         if options.report_html:
             atomic_write_bytes(files["html"], report.html_report(result, png).encode(), overwrite=True)
             written.append(files["html"])
-        atomic_write_bytes(files["json"], (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
+        if not outputs.unchanged_since(path, fp):
+            raise outputs.InputChanged(
+                path, "changed while it was being processed (still being copied?)", "run it again once complete"
+            )
+        result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        txn.commit(result)  # the staged files into OUT, the JSON last: all of them or none
     except BaseException:
         for f in written:  # nothing partial: a scan's outputs exist together or not at all
             with contextlib.suppress(OSError):

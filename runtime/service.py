@@ -3,13 +3,25 @@ in OUT without anyone typing.
 
 * **Exactly once, across restarts.** ``OUT/.vbmd-rt/journal.jsonl`` records ``start``, then ``done`` or
   ``failed`` for each scan, keyed by its name, size and modification time (fsynced before and after the
-  work). A scan that was started but not finished (the service was killed) has whatever it left in OUT
-  removed and is done again; a scan done or failed is not taken again unless the file changes.
-* **Arrival.** A file counts as arrived when ``NAME.AIM.done`` (the marker) appears beside it, or when
-  its size and modification time have not changed for ``stable_for`` seconds; a half-copied file is
-  never read. Hidden files, markers and masks are not scans.
+  work). A scan that was started but not finished (the service was killed) left nothing half-written
+  (outputs are one transaction) and is done again; a scan done or failed is not taken again unless the
+  file changes.
+* **Arrival.** A file counts as arrived when ``NAME.AIM.done`` (the marker) newer than the file is beside
+  it (a marker written before the copy, or left from an older export, is ignored), or when its size and
+  modification time have not changed for ``stable_for`` seconds *and* its header parses completely (the
+  declared data is all there). A stable file that still does not parse after ``5 * stable_for`` seconds
+  is processed, and so fails with the reason. A scan whose file changes while it is processed is not
+  written (``outputs.InputChanged``) and is taken again once stable. Hidden files, markers and masks are
+  not scans.
+* **Re-exports.** A scan that comes again under its name with other content is redone; the old result is
+  kept in ``OUT/.vbmd-rt/history/`` and listed in the new JSON. Two files with one output name (``Y.AIM``
+  and ``Y.ISQ``): the second is refused (``failed/``), never mixed into the first's outputs.
+* **Poison files.** A scan during which the service died twice (killed by the OOM killer, a crash in a
+  native library) goes to ``failed/`` with that reason and is not taken again: it never blocks the queue.
 * **Failures** go to ``OUT/failed/NAME.error.json`` (reason and kind, no patient data) and the journal;
-  the service goes on. Inputs are never moved, changed or deleted unless ``move_done`` is given.
+  the service goes on. Inputs are never moved, changed or deleted unless ``move_done`` is given. Outputs
+  are written as one transaction (``outputs.Transaction``): a kill leaves nothing half-written, and only
+  files vbmd-rt wrote are ever replaced.
 * **Safety.** Symlinks and names that would leave IN are refused. One service per OUT (a lock file).
 * **Health.** ``OUT/.vbmd-rt/health.json`` is rewritten at every poll (state, counts, time): the
   container's HEALTHCHECK runs ``vbmd-rt health OUT``, which fails when it is stale.
@@ -32,13 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError, print_traceback_if_debug
-from vbmd_rt.runtime.io import naming
+from vbmd_rt.runtime.io import aim, naming, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
 STATE_DIR = ".vbmd-rt"
 MARKER = ".done"
+MAX_ATTEMPTS = 2  # a scan during which the service died this often goes to failed/
+PARSE_GRACE = 5  # a stable file that does not parse is processed (and fails) after this many stable_for
 
 
 def _now() -> str:
@@ -145,21 +158,48 @@ class Watcher:
         return f
 
     def recover(self) -> None:
-        """Scans started but not finished (the service was killed): remove what they left, do them again."""
+        """Scans started but not finished (the service was killed): do them again, or, the second time the
+        service died on one, send it to failed/ (a poison file must not block the queue)."""
         for e in self.journal.unfinished():
-            name = naming.scan_name(Path(e["name"]))
-            self._remove_outputs(name)
-            self.journal.record("abandoned", e["name"], e["key"])
+            attempt = int(e.get("attempt", 1))
+            if attempt >= MAX_ATTEMPTS:  # a poison file: it must not take the service down again
+                self._fail(
+                    self.in_dir / e["name"],
+                    e["key"],
+                    "crash",
+                    f"the service died {attempt} times while processing this scan (killed, e.g. by the "
+                    "out-of-memory killer, or crashed)",
+                    "check the scan (vbmd-rt info); give the service more memory or lower --max-memory",
+                )
+                continue
+            self.journal.record("abandoned", e["name"], e["key"], attempt=attempt)
             self.counts.recovered += 1
-            self.log(f"recovered: {e['name']} was cut off; its partial outputs were removed and it will be redone")
+            self.log(f"recovered: {e['name']} was cut off (nothing of it was written); it will be redone")
         for tmp in self.out.glob(".*.tmp-*"):  # temporaries of atomic writes cut off by a kill
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        with contextlib.suppress(OSError, VbmdInputError):
+            outputs.clean_staging(self.out)  # staged files of transactions cut off by a kill
 
-    def _remove_outputs(self, name: str) -> None:
-        from vbmd_rt.cohort.batch import remove_partial
+    def _retire_stale(self, path: Path) -> None:
+        """A failed re-export: the result of the earlier version must not stand as this scan's (to history)."""
+        name = naming.scan_name(path)
+        try:
+            fp = outputs.fingerprint(path)
+        except OSError:
+            fp = None
+        with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(self.out, name):
+            if outputs.retire_stale(self.out, name, f"{name}.json", path.name, fp):
+                self.log(f"{path.name}: the result of its earlier version was moved to {STATE_DIR}/history")
 
-        remove_partial(name, self.out, pipeline.RunOptions(report_html=True, save_prob=True))
+    def _owner(self, name: str) -> str | None:
+        """The file that already writes the outputs of ``name``'s scan name (``Y.AIM`` for ``Y.ISQ``)."""
+        key = naming.scan_name(Path(name)).casefold()
+        for other, e in self.journal.state.items():
+            if other != name and e["event"] in ("start", "done", "abandoned"):
+                if naming.scan_name(Path(other)).casefold() == key:
+                    return other
+        return None
 
     # ------------------------------------------------------------------ one pass
     def _key(self, st: os.stat_result) -> str:
@@ -207,14 +247,43 @@ class Watcher:
                 continue
             if not entry.is_file(follow_symlinks=False):
                 continue
-            marker = name + MARKER in names
+            marker = name + MARKER in names and self._marker_newer(p, st)
             first = self._seen.get(name)
             if first is None or first[0] != key:
                 self._seen[name] = (key, now)
                 first = self._seen[name]
-            if marker or (self.stable_for > 0 and now - first[1] >= self.stable_for):
+            stable = self.stable_for > 0 and now - first[1] >= self.stable_for
+            if marker or (stable and (self._parses(p) or now - first[1] >= PARSE_GRACE * self.stable_for)):
                 found.append((st.st_mtime_ns, p, key))
         return [(p, key) for _, p, key in sorted(found)]
+
+    @staticmethod
+    def _marker_newer(path: Path, st: os.stat_result) -> bool:
+        """``NAME.AIM.done`` counts only when written after the file: an early or stale marker is ignored."""
+        try:
+            m = os.stat(path.with_name(path.name + MARKER), follow_symlinks=False)
+        except OSError:
+            return False
+        return m.st_mtime_ns >= st.st_mtime_ns
+
+    @staticmethod
+    def _parses(path: Path) -> bool:
+        """The header is valid and all the data it declares is in the file (a copy still running is not).
+
+        A preallocated file has its full size from the start: there, a greyscale scan whose data still ends
+        in a block of zero bytes (no real scan's last slice is noise-free) is taken as still being written.
+        """
+        try:
+            hdr = aim.read_header(path)
+            if hdr.type_code != aim.TYPE_INT16 or hdr.data_length == 0:
+                return True
+            n = min(hdr.data_length, 1 << 16)
+            with open(path, "rb") as f:
+                f.seek(hdr.byte_offset + hdr.data_length - n)
+                tail = f.read(n)
+        except (VbmdInputError, OSError):
+            return False
+        return tail.count(0) != len(tail)
 
     def handle(self, path: Path, key: str) -> bool:
         """Process one arrived scan; True when done."""
@@ -224,12 +293,31 @@ class Watcher:
                 return False
         except OSError:
             return False
-        self._remove_outputs(naming.scan_name(path))  # e.g. a changed scan of the same name: redo it whole
-        self.journal.record("start", name, key)
+        owner = self._owner(name)
+        if owner is not None:
+            self._fail(
+                path,
+                key,
+                "input",
+                f"has the same output name as {owner}, which this service already processes into this folder",
+                "rename one of them",
+                retire=False,
+            )
+            return False
+        prev = self.journal.state.get(name)
+        attempt = 1
+        if prev is not None and prev["event"] == "abandoned" and prev["key"] == key:
+            attempt = int(prev.get("attempt", 1)) + 1
+        self.journal.record("start", name, key, attempt=attempt)
         self.write_health("busy", scan=name, busy_since=_now())
         t0 = time.perf_counter()
         try:
             result = self.process(path)
+        except outputs.InputChanged:
+            self.journal.record("changed", name, key)  # not arrived after all: taken again once stable
+            self._seen.pop(name, None)
+            self.log(f"{name} changed while it was processed; nothing written, it will be taken again")
+            return False
         except VbmdInputError as e:
             self._fail(path, key, "input", e.problem, e.fix, shown=str(e))
             return False
@@ -255,7 +343,16 @@ class Watcher:
             self._move(path)
         return True
 
-    def _fail(self, path: Path, key: str, kind: str, problem: str, fix: str | None, shown: str | None = None):
+    def _fail(
+        self,
+        path: Path,
+        key: str,
+        kind: str,
+        problem: str,
+        fix: str | None,
+        shown: str | None = None,
+        retire: bool = True,
+    ):
         name = path.name
         err = {
             "scan": name,
@@ -272,7 +369,8 @@ class Watcher:
             )
         except VbmdInputError as e:
             self.log(f"warning: cannot write the failed list ({e})")
-        self._remove_outputs(naming.scan_name(path))
+        if retire:
+            self._retire_stale(path)
         self.journal.record("failed", name, key, kind=kind)
         self.counts.failed += 1
         self.log(f"failed: {shown or f'{name}: {problem}'}")
@@ -363,6 +461,11 @@ class Watcher:
         signal.signal(signal.SIGINT, _stop)
 
 
+def device_of(backend_name: str) -> str:
+    """``cpu`` or ``cuda``: where a backend of this name runs (TensorRT always on the GPU)."""
+    return "cpu" if backend_name == "classical" or backend_name.endswith("-cpu") else "cuda"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -394,5 +497,6 @@ def health(out: str | Path, max_age: float = 120.0) -> tuple[bool, str]:
     if state == "busy":
         state = f"busy with {h.get('scan')} since {h.get('busy_since')}"
     be = h.get("backend") or {}
-    on = f" on {be.get('name')} ({be.get('precision')})" if be.get("name") else ""
+    dev = f"{be.get('device')}, " if be.get("device") else ""
+    on = f" on {dev}{be.get('name')} ({be.get('precision')})" if be.get("name") else ""
     return True, f"{state}{on}: {counts}, last beat {age:.0f} s ago"

@@ -11,6 +11,15 @@ import pytest
 
 from tests.conftest import cli, tiny_scan
 from vbmd_rt.cohort import batch as cohort
+from vbmd_rt.runtime.io.outputs import KILL_AFTER_ENV
+
+
+def cli_env(env, *args):
+    import subprocess
+    import sys
+
+    e = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], capture_output=True, text=True, env=e)
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +53,19 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     rows = _summary(out)
     assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}
     assert all(float(r["d100_mg_ha_cm3"]) > 0 and r["backend"] == "classical" for r in rows.values())
-    # A scan cut off after its mask was written (no JSON), and a temporary left by the kill.
-    (out / "P2.json").unlink()
-    (out / ".P2.png.tmp-abc").write_bytes(b"x")
-    seg = (out / "P2_SEG.AIM").stat().st_mtime_ns
+    # A redo of P2 killed right after its new mask was renamed into place: new mask, old JSON and PNG.
     keep = (out / "P0.json").read_bytes()
+    old_p2 = (out / "P2.json").read_bytes()
+    r = cli_env({KILL_AFTER_ENV: "1"}, "run", scans / "P2.AIM", "-o", out, "--model", "classical", "--overwrite", "-q")
+    assert r.returncode == 137 and (out / "P2.json").read_bytes() == old_p2
+    seg = (out / "P2_SEG.AIM").stat().st_mtime_ns
     r = cli("run", scans, "-o", out, "--model", "classical")
     assert r.returncode == 0, r.stderr
     rows = _summary(out)
-    assert [n for n, r in rows.items() if r["status"] == "done"] == ["P2.AIM"]
+    assert [n for n, r in rows.items() if r["status"] == "done"] == ["P2.AIM"]  # the mix is not trusted
     assert sum(r["status"] == "skipped" for r in rows.values()) == 5 and "5 of 6 scans skipped" in r.stderr
     assert (out / "P2.json").exists() and (out / "P2_SEG.AIM").stat().st_mtime_ns != seg
-    assert not list(out.glob(".P2*")) and (out / "P0.json").read_bytes() == keep
+    assert not list((out / ".vbmd-rt" / "staging").iterdir()) and (out / "P0.json").read_bytes() == keep
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scans"] == 6 and summary["skipped"] == 5 and summary["d100_mg_ha_cm3"]["n"] == 6
     r = cli("run", scans, "-o", out, "--model", "classical", "--overwrite", "-q")

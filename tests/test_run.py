@@ -102,7 +102,7 @@ def test_not_an_aim(tmp_path):
     out = tmp_path / "out"
     r = cli("run", bad, "-o", out, "-q")
     assert r.returncode == 2 and str(bad) in _only_error(r)
-    assert list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] in ([], [".vbmd-rt"])  # no output, at most the locks folder
 
 
 def test_truncated_scan(cases, tmp_path):

@@ -24,9 +24,9 @@ compressed codecs live apart in ``codecs``.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -75,6 +75,14 @@ _DTYPES: dict[int, np.dtype] = {
 V030_MAGIC = b"AIMDATA_V030   \0"
 ISQ_MAGIC = b"CTDATA-HEADER_V1"
 MAX_DIM = 1 << 20  # no scanner writes a side longer than a million voxels
+# What real scanners write (Scanco XtremeCT I/II, vivaCT, µCT 35-100 and their IPL derivatives, downsampled
+# up to a few mm): a header outside these ranges lies, and is refused with the field named.
+MIN_VOXEL_MM = 0.0005  # 0.5 µm, finer than any Scanco µCT
+MAX_VOXEL_MM = 2.0  # a heavily downsampled AIM; 8.2 or 82 mm (82 µm x 100, x 1000) is no voxel
+MAX_VOXEL_RATIO = 100.0  # anisotropy: slices 100 x thicker than the pixels are no scan
+MAX_SIDE_XY = 16384  # pixels a slice side (XtremeCT I: 1536, XtremeCT II: 2304)
+MAX_SLICES = 100_000
+MAX_POSITION = 1 << 20  # |position| and offset in voxels
 _ZERO3 = (0, 0, 0)
 
 
@@ -195,8 +203,12 @@ def _float_to_vax(values) -> bytes:
 def _check_dims(path, dim, type_code, avail: int) -> int:
     if any(d <= 0 for d in dim):
         _fail(path, f"header gives non-positive dimensions {list(dim)}")
-    if any(d > MAX_DIM for d in dim):
-        _fail(path, f"header gives absurd dimensions {list(dim)}")
+    if any(d > MAX_DIM for d in dim) or dim[0] > MAX_SIDE_XY or dim[1] > MAX_SIDE_XY or dim[2] > MAX_SLICES:
+        _fail(
+            path,
+            f"header gives absurd dimensions {list(dim)} (x y z; real scanners write at most "
+            f"{MAX_SIDE_XY} x {MAX_SIDE_XY} x {MAX_SLICES})",
+        )
     n = dim[0] * dim[1] * dim[2]
     if type_code in (TYPE_INT16, TYPE_CHAR):
         need = n * _DTYPES[type_code].itemsize
@@ -210,6 +222,71 @@ def _check_dims(path, dim, type_code, avail: int) -> int:
     return n
 
 
+def _check_data_length(path, dim, type_code, data_len: int, start: int, assoc_len: int, size: int) -> None:
+    """The declared data length against the dimensions and type, and the blocks against the file.
+
+    For int16 and char data the length is exactly what the dimensions need (one byte more in the log length,
+    or one slice fewer in the dimensions, is caught here instead of decoding shifted or missing voxels);
+    compressed streams are checked against the dimensions when decoded.
+    """
+    if start + data_len > size:
+        _fail(path, f"truncated: header declares {data_len} bytes of data, the file holds {max(0, size - start)}")
+    if start + data_len + assoc_len > size:
+        _fail(path, f"truncated: header declares {assoc_len} bytes of associated data past the end of the file")
+    if type_code in (TYPE_INT16, TYPE_CHAR):
+        need = dim[0] * dim[1] * dim[2] * _DTYPES[type_code].itemsize
+        if data_len != need:
+            _fail(
+                path,
+                f"header is inconsistent: it declares {data_len} bytes of data, but dimensions {list(dim)} "
+                f"of {TYPE_NAMES[type_code]} need {need}",
+            )
+    elif type_code == TYPE_BITPACKED:
+        need = ((dim[0] + 1) // 2) * ((dim[1] + 1) // 2) * ((dim[2] + 1) // 2) + 1
+        if data_len != need:
+            _fail(
+                path,
+                f"header is inconsistent: it declares {data_len} bytes of bit-packed data, "
+                f"dimensions {list(dim)} need {need}",
+            )
+
+
+def _check_log(path, raw: bytes, next_byte: bytes = b"") -> None:
+    """The declared log length must end where the log does: one byte more takes the first data byte into
+    the log, one byte less leaves the log's last byte in front of the data; both shift every voxel.
+
+    Scanco (IPL, AimIO) ends the log with exactly one NUL, counted in its length; ITK's writer counts no NUL
+    and ends the text with a newline. Anything else (a NUL inside, binary bytes at the end, or a newline-ended
+    log directly followed by a NUL: a Scanco log declared one byte short) is refused.
+    """
+    if not raw:
+        return
+    first_nul = raw.find(b"\0")
+    if first_nul == len(raw) - 1 and (len(raw) == 1 or raw[-2] != 0):
+        return  # Scanco: text, then one NUL
+    if first_nul < 0 and raw.endswith(b"\n") and next_byte != b"\0":
+        return  # ITK: text ending in a newline, no NUL
+    _fail(path, f"header is inconsistent: the processing log length ({len(raw)} bytes) does not end at the log's end")
+
+
+def _check_geometry(path, el, position=_ZERO3, offset=_ZERO3) -> None:
+    """Element size, position and offset in the range of real scanners, naming the field that is not."""
+    if not all(np.isfinite(el)) or any(e <= 0 for e in el):
+        _fail(path, f"header gives an invalid element size {[float(e) for e in el]} mm")
+    if any(e < MIN_VOXEL_MM or e > MAX_VOXEL_MM for e in el):
+        _fail(
+            path,
+            f"header gives an element size of {' x '.join(f'{e:.6g}' for e in el)} mm, outside the range of "
+            f"real scanners ({MIN_VOXEL_MM}-{MAX_VOXEL_MM} mm)",
+        )
+    if max(el) / min(el) > MAX_VOXEL_RATIO:
+        _fail(path, f"header gives an element size of {' x '.join(f'{e:.6g}' for e in el)} mm: too anisotropic")
+    if any(abs(v) > MAX_POSITION for v in position):
+        _fail(path, f"header gives an absurd position {list(position)}")
+    if any(v < 0 or v > MAX_POSITION for v in offset):
+        _fail(path, f"header gives an absurd offset {list(offset)}")
+
+
 def _read_exact(f, n: int, path) -> bytes:
     b = f.read(n)
     if len(b) != n:
@@ -220,16 +297,8 @@ def _read_exact(f, n: int, path) -> bytes:
 def read_header(path: str | os.PathLike) -> AimHeader:
     """Read and validate the header of an AIM (v020/v030) or ISQ file, without the data."""
     path = os.fspath(path)
-    p = Path(path)
-    if p.is_dir():
-        _fail(path, "is a folder, not an AIM file", "give the path of a .AIM file")
-    try:
-        size = p.stat().st_size
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise AimFormatError(path, "file not found", "check the path") from None
-    except OSError as e:
-        raise AimFormatError(path, f"cannot open ({e.strerror})", "check the file's permissions") from None
+    f = _open_regular(path)
+    size = os.fstat(f.fileno()).st_size
     with f:
         head = f.read(16)
         if len(head) < 16:
@@ -243,6 +312,32 @@ def read_header(path: str | os.PathLike) -> AimHeader:
             return _v020_header(f, path, size)
         _fail(path, "not an AIM or ISQ file (unknown header)")
     raise AssertionError("unreachable")
+
+
+def _open_regular(path: str):
+    """Open ``path`` for reading, refusing anything but a regular file *before* it can block.
+
+    A named pipe called ``f.AIM`` would hang a plain ``open``; a device would be read forever. The file is
+    opened non-blocking and checked with ``fstat`` on the open descriptor, so it cannot be swapped in between.
+    """
+    if os.path.isdir(path):
+        _fail(path, "is a folder, not an AIM file", "give the path of a .AIM file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise AimFormatError(path, "file not found", "check the path") from None
+    except OSError as e:
+        raise AimFormatError(path, f"cannot open ({e.strerror})", "check the file's permissions") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            _fail(path, "is not a regular file (a pipe, device or socket)", "give the path of a complete AIM/ISQ file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _type_checked(path, code: int) -> int:
@@ -265,22 +360,22 @@ def _v020_header(f, path, size) -> AimHeader:
     if start > size:
         _fail(path, "truncated: the processing log runs past the end of the file")
     w = np.frombuffer(_read_exact(f, 140, path), dtype="<i4")
-    log = _log_text(_read_exact(f, log_len, path))
+    raw_log = _read_exact(f, log_len, path)
+    _check_log(path, raw_log, f.read(1))
+    log = _log_text(raw_log)
     code = _type_checked(path, int(w[5]) & 0xFFFFFFFF)
     dim = _triple(w[9:12])
-    avail = min(data_len, size - start) if code != TYPE_INT16 and code != TYPE_CHAR else size - start
-    if data_len > size - start:
-        _fail(path, f"truncated: header declares {data_len} bytes of data, the file holds {size - start}")
-    _check_dims(path, dim, code, avail)
+    _check_dims(path, dim, code, size - start if code in (TYPE_INT16, TYPE_CHAR) else min(data_len, size - start))
+    _check_data_length(path, dim, code, data_len, start, assoc_len, size)
     el = _vax_to_float(w[27:30])
-    if not all(np.isfinite(el)) or any(e <= 0 for e in el):
-        _fail(path, f"header gives invalid element size {el}")
+    position, offset = _triple(w[6:9]), _triple(w[12:15])
+    _check_geometry(path, el, position, offset)
     return AimHeader(
         version=2,
         type_code=code,
         dim=dim,
-        position=_triple(w[6:9]),
-        offset=_triple(w[12:15]),
+        position=position,
+        offset=offset,
         element_size_mm=el,
         processing_log=log,
         supdim=_triple(w[15:18]),
@@ -307,25 +402,27 @@ def _v030_header(f, path, size) -> AimHeader:
     raw = _read_exact(f, 224, path)
     ints = np.frombuffer(raw[:16], dtype="<i4")
     q = np.frombuffer(raw[16:208], dtype="<i8")
-    log = _log_text(_read_exact(f, log_len, path))
+    raw_log = _read_exact(f, log_len, path)
+    _check_log(path, raw_log, f.read(1))
+    log = _log_text(raw_log)
     code = _type_checked(path, int(ints[3]) & 0xFFFFFFFF)
     if any(abs(int(v)) > 1 << 40 for v in q[:21]):
         _fail(path, "header gives absurd dimensions or positions")
     dim = _triple(q[3:6])
-    if data_len > size - start:
-        _fail(path, f"truncated: header declares {data_len} bytes of data, the file holds {size - start}")
-    avail = min(data_len, size - start) if code not in (TYPE_INT16, TYPE_CHAR) else size - start
-    _check_dims(path, dim, code, avail)
+    _check_dims(path, dim, code, size - start if code in (TYPE_INT16, TYPE_CHAR) else min(data_len, size - start))
+    _check_data_length(path, dim, code, data_len, start, assoc_len, size)
     el_nm = q[21:24]
     if any(v <= 0 for v in el_nm):
-        _fail(path, f"header gives invalid element size {list(el_nm)} nm")
+        _fail(path, f"header gives an invalid element size {[int(v) for v in el_nm]} nm")
     el = _ftriple(float(np.float32(v / 1e6)) for v in el_nm)
+    position, offset = _triple(q[0:3]), _triple(q[6:9])
+    _check_geometry(path, el, position, offset)
     return AimHeader(
         version=3,
         type_code=code,
         dim=dim,
-        position=_triple(q[0:3]),
-        offset=_triple(q[6:9]),
+        position=position,
+        offset=offset,
         element_size_mm=el,
         processing_log=log,
         supdim=_triple(q[9:12]),
@@ -395,10 +492,21 @@ def _isq_header(f, path, size) -> AimHeader:
     if start > size:
         _fail(path, "truncated: the header runs past the end of the file")
     _check_dims(path, dim, TYPE_INT16, size - start)
+    need = dim[0] * dim[1] * dim[2] * 2
+    # nr_of_bytes is a 32-bit field (it wraps past 2 GiB); nr_of_blocks counts whole 512-byte blocks.
+    if fields["nr_of_bytes"] and fields["nr_of_bytes"] & 0xFFFFFFFF != need & 0xFFFFFFFF:
+        _fail(
+            path,
+            f"header is inconsistent: it declares {fields['nr_of_bytes']} bytes of data, "
+            f"but dimensions {list(dim)} of int16 need {need}",
+        )
+    if fields["nr_of_blocks"] and fields["nr_of_blocks"] not in (need // 512, -(-need // 512)):
+        _fail(path, f"header is inconsistent: {fields['nr_of_blocks']} data blocks for {need} bytes of data")
     um = (fields["dimx_um"], fields["dimy_um"], fields["dimz_um"])
     if any(u <= 0 for u in um):
         _fail(path, f"header gives invalid physical size {list(um)} um")
     el = _ftriple(float(np.float32(u / d / 1000.0)) for u, d in zip(um, dim, strict=True))
+    _check_geometry(path, el)
     cal = None
     if start > 512:
         f.seek(512)
@@ -444,14 +552,19 @@ def _read_data(path, hdr: AimHeader, mmap: bool) -> np.ndarray:
     isz = 8 if hdr.version == 3 else 4
     if raw.size < isz:
         _fail(path, "truncated: compressed data missing")
-    # The stream starts with its own length (prefix included). Very old files store it
-    # big-endian; where neither reading fits, the pre-header's data length bounds the stream.
-    declared = raw.size
+    # The stream starts with its own length (prefix included), which equals the pre-header's data length
+    # in every file Scanco writes; very old files store it big-endian. Where neither reading agrees, one
+    # of the two lengths lies, and which voxels the file holds is unknown.
+    declared = None
     for order in ("<", ">"):
-        v = int(raw[:isz].view(f"{order}i{isz}")[0])
-        if isz <= v <= raw.size:
-            declared = v
+        if int(raw[:isz].view(f"{order}i{isz}")[0]) == raw.size:
+            declared = raw.size
             break
+    if declared is None:
+        _fail(
+            path,
+            f"header is inconsistent: the compressed data's own length does not match the declared {raw.size} bytes",
+        )
     stream = raw[isz:declared]
     if code == TYPE_BINARY_RLE:
         return decode_binary_rle(stream, n, path).reshape(hdr.shape)

@@ -31,7 +31,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = True):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600: follow the umask as a plain open would
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -41,6 +41,20 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = True):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask_mode() -> int:
+    """0666 less the process's umask (read without changing it where /proc tells)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:

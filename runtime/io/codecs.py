@@ -18,8 +18,11 @@ def _fail(path, problem, fix="check that this is an AIM/ISQ file written by Scan
     raise AimFormatError(path, problem, fix)
 
 
-def decode_binary_rle(stream: np.ndarray, n: int, path=None) -> np.ndarray:
+def decode_binary_rle(stream: np.ndarray, n: int, path=None, exact: bool = True) -> np.ndarray:
     """Decode binary run-length data (after the length prefix): 2 value bytes, then counts.
+
+    ``exact``: the runs must add up to exactly ``n`` voxels (else :class:`AimFormatError`); without it,
+    runs past ``n`` are ignored as padding.
 
     A count byte ``c < 255`` is ``c`` voxels of the current value, then the value toggles; 255
     is 254 voxels with no toggle (so long runs need no escape).
@@ -35,6 +38,9 @@ def decode_binary_rle(stream: np.ndarray, n: int, path=None) -> np.ndarray:
     ends = np.cumsum(lengths)
     if counts.size == 0 or ends[-1] < n:
         _fail(path, f"truncated: binary run-length data holds {0 if not counts.size else int(ends[-1])} of {n} voxels")
+    if exact and int(ends[-1]) != n:
+        # Scanco's streams hold exactly the voxels of the dimensions: more means the dimensions lie.
+        _fail(path, f"header is inconsistent: binary run-length data holds {int(ends[-1])} voxels, the dimensions {n}")
     last = int(np.searchsorted(ends, n))  # runs past n are padding
     lengths = lengths[: last + 1].copy()
     lengths[-1] -= int(ends[last]) - n
@@ -85,6 +91,8 @@ def _decode_char_rle(stream: np.ndarray, n: int, path) -> np.ndarray:
     ends = np.cumsum(counts)
     if counts.size == 0 or ends[-1] < n:
         _fail(path, "truncated: run-length data holds fewer voxels than the dimensions")
+    if int(ends[-1]) != n:
+        _fail(path, f"header is inconsistent: run-length data holds {int(ends[-1])} voxels, the dimensions {n}")
     last = int(np.searchsorted(ends, n))
     counts = counts[: last + 1].copy()
     counts[-1] -= int(ends[last]) - n

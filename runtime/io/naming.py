@@ -54,6 +54,12 @@ def outputs_for(name: str, out: Path, report_html: bool = False, save_prob: bool
     return files
 
 
+def is_reserved_name(name: str) -> bool:
+    """A scan NAME whose ``NAME.json`` would be a batch summary's file (``summary``, ``summary.part-K-of-N``)."""
+    key = name.casefold()
+    return key == SUMMARY_STEM or key.startswith(f"{SUMMARY_STEM}.part-")
+
+
 def summary_names(num_parts: int = 1, part_id: int = 0) -> tuple[str, str]:
     """``summary.csv``/``.json``, or ``summary.part-K-of-N.*`` for one part of a sharded cohort."""
     stem = SUMMARY_STEM if num_parts == 1 else f"{SUMMARY_STEM}.part-{part_id}-of-{num_parts}"

@@ -101,6 +101,7 @@ def run(
     files = naming.expand_inputs(scans)
     if not files:
         raise VbmdInputError(scans[0], "holds no scan files (*.AIM, *.ISQ)", "give scan files or a folder of them")
+    cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding: one OUT
     files = cohort.shard(files, num_parts, part_id)
     options = pipeline.RunOptions(
         side=side,
@@ -140,7 +141,11 @@ def run(
                 def stage(i, s):
                     bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
 
-                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage)
+                def on_wait(name):
+                    if not quiet:
+                        bar.console.print(f"{name}: another vbmd-rt run on {out} is writing it; waiting for it")
+
+                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
     if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
@@ -148,7 +153,11 @@ def run(
         if not quiet:
             typer.echo(f"summary: {csv_path}", err=True)
     if skipped and not quiet:
-        typer.echo(f"{skipped} of {len(rows)} scans skipped: their outputs exist (--overwrite redoes them)", err=True)
+        typer.echo(
+            f"{skipped} of {len(rows)} scans skipped: their results match the input, model and options"
+            " (--overwrite redoes them)",
+            err=True,
+        )
     if failed:
         typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
         raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
@@ -164,7 +173,9 @@ def _print_row(r: dict, quiet: bool, echo) -> None:
     if quiet:
         return
     d = r["d100_mg_ha_cm3"]
-    tail = "skipped (outputs exist)" if r["status"] == "skipped" else f"{r['total_s']:.1f} s"
+    tail = (
+        "skipped (done before: same input, model and options)" if r["status"] == "skipped" else f"{r['total_s']:.1f} s"
+    )
     echo(
         f"{r['scan']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
         f"{r['slices']} slices, {r['side'] or '?'} hand, {tail}"

@@ -41,8 +41,10 @@ def watch(
         raise typer.BadParameter("--report takes html")
     from vbmd_rt.cli.scans import _max_memory
 
+    # No overwrite: a re-exported scan replaces only what vbmd-rt wrote for it (the old result goes to
+    # history); a file at an output's name that vbmd-rt did not write sends the scan to failed/.
     options = pipeline.RunOptions(
-        report_html=report == "html", overwrite=True, save_prob=save_prob, max_memory=_max_memory(max_memory)
+        report_html=report == "html", overwrite=False, save_prob=save_prob, max_memory=_max_memory(max_memory)
     )
     job = cohort.Job(
         model=None if model is None else str(model), backend=backend, device=device, threads=threads, options=options
@@ -57,14 +59,17 @@ def watch(
             out,
             lambda p: predictor.run_to(p, out, options),
             stable_for=stable_for,
-            backend_info=predictor.backend.describe(),
+            backend_info={**predictor.backend.describe(), "device": service.device_of(predictor.backend.name)},
             poll=poll,
             move_done=move_done,
             log=log,
         )
         w.install_signal_handlers()
         be = predictor.backend
-        log(f"vbmd-rt watch: {in_dir} -> {out}; backend {be.name} ({be.precision}); model {predictor.model.name}")
+        log(
+            f"vbmd-rt watch: {in_dir} -> {out}; device {service.device_of(be.name)}, backend {be.name} "
+            f"({be.precision}); model {predictor.model.name}"
+        )
         counts = w.run(once=once)
     log(f"stopped: {counts.done} done, {counts.failed} failed, {counts.recovered} recovered")
 
