@@ -55,7 +55,9 @@ def synth(
                 f"{t['side']} hand, motion grade {t['motion_grade']}, {len(t['erosions'])} erosions"
             )
     if preview:
-        png = phantom.preview(out, Path(out) / "preview.png")
+        from vbmd_rt.synth.preview import preview as montage
+
+        png = montage(out, Path(out) / "preview.png")
         if not quiet:
             typer.echo(f"preview: {png}")
 
