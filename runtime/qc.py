@@ -13,8 +13,9 @@ reader needs to trust it or not. Three groups of checks:
 * **Plausibility** of the native mask: one piece per slice, solid cross-sections, a smooth area profile
   along z, starting at the stack's first slice (an MCP scan starts mid-shaft), not touching the image's
   edge, length, volume, mean area and D100 in anatomical ranges.
-* **Confidence** of the network: the share of uncertain voxels (probability between 0.1 and 0.9) around
-  the mask, and a second structure the network also marks.
+* **Confidence** of the network: the share of uncertain voxels (probability between 0.1 and 0.9) per
+  voxel inside the mask. The size of a second structure the network also marked (and postprocessing
+  dropped) is reported too, but does not decide: on phantoms it came with good and bad masks alike.
 
 ``review`` is not an error: the mask and D100 are still written (exit code 0), with the reasons.
 """
@@ -41,7 +42,6 @@ class Limits:
     baseline_dice: float = 0.5  # mask vs the baseline's region of the same bone, model grid
     baseline_d100_mg: float = 40.0  # |D100(mask) - D100(baseline)| on the model grid
     uncertain_fraction: float = 0.35  # voxels 0.1 < p < 0.9 per voxel inside the mask
-    second_component: float = 0.15  # a second structure of this fraction of the first
     pieces_fraction: float = 0.1  # share of slices where the mask falls apart into pieces
     solidity: float = 0.85  # median area / convex hull area of the cross-sections
     area_jump: float = 0.35  # largest relative change of the area from one slice to the next (shaft/neck)
@@ -278,8 +278,6 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
         u = conf.get("uncertain_fraction")
         if u is not None and u > limits.uncertain_fraction:
             reasons.append(f"the network is unsure of the boundary ({u:.0%} uncertain voxels)")
-        if conf.get("second_component", 0.0) > limits.second_component:
-            reasons.append(f"the network also marks another structure ({conf['second_component']:.0%} of MC2's size)")
     if shape.get("slices"):
         if shape["pieces_fraction"] > limits.pieces_fraction:
             reasons.append(f"the mask falls apart into pieces on {shape['pieces_fraction']:.0%} of its slices")

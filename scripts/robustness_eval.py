@@ -137,7 +137,12 @@ def geometry_check(predictor, count: int, seed: int, log) -> list[dict]:
         )
         scan2, truth2 = phantom.render_case(p2)
         fine = predictor.run(scan2, spacing=(v2,) * 3, calibration=cal)
+        true1 = measure.vbmd(scan, truth, spacing, cal)["d100_mg_ha_cm3"]
+        true2 = measure.vbmd(scan2, truth2, (v2,) * 3, cal)["d100_mg_ha_cm3"]
         row = {
+            "whole_d100_error": whole.d100_mg_ha_cm3 - true1,
+            "xct2_d100_error": fine.d100_mg_ha_cm3 - true2,
+            "xct2_truth_d100_difference": true2 - true1,
             "case_seed": case_seed,
             "whole_d100": whole.d100_mg_ha_cm3,
             "whole_dice": measure.dice(whole.mask, truth),
@@ -186,6 +191,8 @@ def main() -> None:
                 "crop_min_dice": min(r["crop_dice_vs_whole"] for r in g),
                 "xct2_max_abs_d100_difference": max(abs(r["xct2_d100_difference"]) for r in g),
                 "xct2_min_dice": min(r["xct2_dice_vs_truth"] for r in g),
+                "xct2_max_abs_d100_error": max(abs(r["xct2_d100_error"]) for r in g),
+                "whole_max_abs_d100_error": max(abs(r["whole_d100_error"]) for r in g),
             }
     report["cases"] = rows
     report["seconds"] = round(time.time() - t0, 1)
