@@ -160,7 +160,7 @@ def shape_for(kind: str, rng: np.random.Generator, head: bool) -> dict | None:
 
 def sample_random(seed: int, size: str, allowed: dict[str, tuple[str, ...]]):
     """One domain-randomised case (``phantom.CaseParams``) from ``seed``, drawn from ``allowed`` choices."""
-    from vbmd_rt.synth.phantom import Bone, CaseParams
+    from vbmd_rt.synth.phantom import Bone, CaseParams, erosion
 
     rng = np.random.default_rng([seed, 0x72616E64])
     texture = str(rng.choice(allowed["texture"]))
@@ -278,18 +278,7 @@ def sample_random(seed: int, size: str, allowed: dict[str, tuple[str, ...]]):
                 "density": float(rng.uniform(350, 800)),
             }
         )
-    erosions = []
-    if rng.random() < 0.35:
-        mc2 = bones[0]
-        for _ in range(int(rng.integers(1, 4))):
-            erosions.append(
-                {
-                    "bone": "MC2",
-                    "z_mm": float(mc2.tip - mc2.dome * rng.uniform(0.3, 1.8)),
-                    "angle_deg": float(rng.uniform(0, 360)),
-                    "radius_mm": float(rng.uniform(0.8, 2.4)),
-                }
-            )
+    erosions = [erosion(rng, bones[0]) for _ in range(int(rng.integers(1, 4)))] if rng.random() < 0.35 else []
     period = float(rng.uniform(0.5, 1.2))
     return CaseParams(
         seed=seed,

@@ -222,26 +222,9 @@ def sample_case(seed: int, size: str = "small") -> CaseParams:
         )
     erosions = []
     if rng.random() < 0.35:
-        mc2 = bones[0]
-        for _ in range(int(rng.integers(1, 4))):
-            erosions.append(
-                {
-                    "bone": "MC2",
-                    "z_mm": float(mc2.tip - mc2.dome * rng.uniform(0.3, 1.8)),
-                    "angle_deg": float(rng.uniform(0, 360)),
-                    "radius_mm": float(rng.uniform(0.8, 2.4)),
-                }
-            )
+        erosions += [erosion(rng, bones[0]) for _ in range(int(rng.integers(1, 4)))]
         if rng.random() < 0.5:
-            other = bones[int(rng.integers(1, 4))]
-            erosions.append(
-                {
-                    "bone": other.name,
-                    "z_mm": float(other.tip - other.dome * rng.uniform(0.3, 1.5)),
-                    "angle_deg": float(rng.uniform(0, 360)),
-                    "radius_mm": float(rng.uniform(0.8, 2.0)),
-                }
-            )
+            erosions.append(erosion(rng, bones[int(rng.integers(1, 4))], reach=1.5, radius_mm=2.0))
     # Apparent trabecular density of the head (150-350, lower in osteopenia) sets the fraction.
     marrow = rng.uniform(-20, 60)
     tissue = rng.uniform(850, 1000)
@@ -272,6 +255,17 @@ def sample_case(seed: int, size: str = "small") -> CaseParams:
         bones=bones,
         erosions=erosions,
     )
+
+
+def erosion(rng: np.random.Generator, b: Bone, reach: float = 1.8, radius_mm: float = 2.4) -> dict:
+    """A cortical erosion of bone ``b``: a pit at a random angle, between 0.3 and ``reach`` dome lengths
+    from its tip, 0.8 to ``radius_mm`` in radius."""
+    return {
+        "bone": b.name,
+        "z_mm": float(b.tip - b.dome * rng.uniform(0.3, reach)),
+        "angle_deg": float(rng.uniform(0, 360)),
+        "radius_mm": float(rng.uniform(0.8, radius_mm)),
+    }
 
 
 # --------------------------------------------------------------------------- rendering
