@@ -159,7 +159,7 @@ def _row_end(stored, mask, spacing_zyx, cal, levels, p, off_row: float = 0.45) -
         if sl is None:
             continue
         sel = labels[sl] == j
-        if sel.any(axis=(1, 2)).sum() < reach // 2 or sel.sum() / reach * px_mm2 < 8.0:
+        if sel.any(axis=(1, 2)).sum() < reach // 2 or sel.sum() / reach * px_mm2 < 3.0:
             continue  # fragments, not a shaft
         _, yy, xx = np.nonzero(sel)
         centres.append(((yy.mean() + sl[1].start) * spacing_zyx[1], (xx.mean() + sl[2].start) * spacing_zyx[2]))
