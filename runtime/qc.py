@@ -233,17 +233,17 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
     gaps = int((a == 0).sum())
     # The area profile's jumps, on the proximal 75 % (the dome narrows fast by nature); a 1 mm running
     # median keeps partial-volume flicker out.
-    k = max(1, int(round(1.0 / sz)))
-    smooth = ndimage.median_filter(a, size=2 * k + 1, mode="nearest")
+    half = max(1, int(round(1.0 / sz)))
+    smooth = ndimage.median_filter(a, size=2 * half + 1, mode="nearest")
     part = smooth[: max(2, int(0.75 * smooth.size))]
-    jumps = np.abs(np.diff(part)) / np.maximum(part[:-1], 1.0) / k if part.size > 1 else np.zeros(1)
+    jumps = np.abs(np.diff(part)) / np.maximum(part[:-1], 1.0) / half if part.size > 1 else np.zeros(1)
     return {
         "slices": int(zs.size),
         "length_mm": round(float(zs[-1] - zs[0] + 1) * sz, 2),
         "gap_slices": gaps,
         "pieces_fraction": round(pieces / zs.size, 4),
         "solidity": round(float(np.median(solid)), 4) if solid else None,
-        "area_jump": round(float(jumps.max()) * k, 4) if jumps.size else 0.0,
+        "area_jump": round(float(jumps.max()) * half, 4) if jumps.size else 0.0,
         "touches_edge": edge,
         "first_slice": int(z0 + zs[0]),
         "slice_mm": sz,
