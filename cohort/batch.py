@@ -34,7 +34,7 @@ from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
 from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.io import aim, naming
+from vbmd_rt.runtime.io import aim, naming, nifti
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
 STATUSES = ("done", "skipped", "failed")
@@ -83,7 +83,10 @@ def shard(files: list[Path], num_parts: int = 1, part_id: int = 0) -> list[Path]
 
 def output_files(name: str, out: Path, options: pipeline.RunOptions) -> list[Path]:
     """Every file ``run`` may write for scan ``name`` (the JSON last)."""
-    return list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
+    files = list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
+    if options.export:  # NAME.nii.gz / NAME_SEG.nii.gz (or .mha), before the JSON
+        files[-1:-1] = [out / n for n in nifti.export_names(name, options.export)]
+    return files
 
 
 def existing_result(path: Path, out: Path, options: pipeline.RunOptions) -> dict | None:
@@ -101,7 +104,8 @@ def existing_result(path: Path, out: Path, options: pipeline.RunOptions) -> dict
         hdr = aim.read_header(mask)
         ok = (
             result["scan"]["file"] == path.name
-            and list(hdr.shape) == list(result["scan"]["shape_zyx"])
+            and result["mask"].get("format", "char") == options.mask_format
+            and (options.mask_format == "cropped" or list(hdr.shape) == list(result["scan"]["shape_zyx"]))
             and "d100_mg_ha_cm3" in result
             and all(f.is_file() for f in files)
         )

@@ -20,7 +20,7 @@ from vbmd_rt.runtime import measure, preprocess, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, OutputError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.inference.window import sliding_window
-from vbmd_rt.runtime.io import aim, proclog
+from vbmd_rt.runtime.io import aim, masks, nifti, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
@@ -172,6 +172,8 @@ class RunOptions:
     overwrite: bool = False
     save_prob: bool = False
     max_memory: int | None = None  # bytes; None: three quarters of the RAM (resources.default_max_memory)
+    mask_format: str = "rle"  # rle | cropped | char (runtime.io.masks)
+    export: str | None = None  # nifti | mha: scan and mask for 3D Slicer as well (runtime.io.nifti)
 
 
 def read_scan(path: Path) -> aim.Scan:
@@ -264,20 +266,23 @@ def run_scan(
             "position": [int(v) for v in scan.header.position],
             "scanner": proclog.public_fields(scan.header.log),
         },
-        "mask": {"file": files["mask"].name, "type": "char", "values": [0, 127], "voxels": m["voxels"]},
+        "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
         "warnings": warnings,
         "vbmd_rt_version": __version__,
     }
+    box = None if model.classical else info.get("box")  # the network's work region bounds its mask
     written: list[Path] = []
     try:
         with timer("write"):
             check_writable_dir(out)
-            np.multiply(mask, 127, out=mask)
             entry = (
                 f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
                 f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm"
             )
-            aim.write_aim(files["mask"], mask, scan.header, type="char", log_entry=entry, overwrite=True)
+            result["mask"] = {
+                **masks.write_mask(files["mask"], mask, scan.header, options.mask_format, entry, box),
+                "voxels": m["voxels"],
+            }
             written.append(files["mask"])
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
@@ -290,9 +295,12 @@ def run_scan(
                     overwrite=True,
                 )
                 written.append(files["prob"])
-            png = report.png_bytes(report.montage(scan.data, mask, cal))
+            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box))
             atomic_write_bytes(files["png"], png, overwrite=True)
             written.append(files["png"])
+            if options.export:
+                written.extend(out / n for n in nifti.export_names(name, options.export))
+                nifti.export_pair(out, name, scan, mask, options.export)
         result["timings_s"] = {k: round(timer.seconds.get(k, 0.0), 4) for k in STAGES}
         result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         if options.report_html:

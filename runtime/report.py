@@ -36,14 +36,22 @@ def _panel(img: np.ndarray, mask: np.ndarray, size: int, label: str, lo: float, 
     return rgb
 
 
-def montage(data: np.ndarray, mask: np.ndarray, calibration: Calibration | None, size: int = 320) -> np.ndarray:
-    """BGR image: four axial slices through MC2 (crop around it) and a coronal view, contours drawn."""
+def montage(
+    data: np.ndarray, mask: np.ndarray, calibration: Calibration | None, size: int = 320, box=None
+) -> np.ndarray:
+    """BGR image: four axial slices through MC2 (crop around it) and a coronal view, contours drawn.
+
+    ``box`` (z0, z1, y0, y1, x0, x1), where given, bounds the mask's non-zero voxels (saves a pass over
+    a full-size volume)."""
+    from vbmd_rt.runtime.io.masks import bounding_box
+
     lo, hi = _window(data, calibration)
-    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    bb = bounding_box(mask, box)
     panels = []
-    if zs.size:
-        ys = np.flatnonzero(mask.any(axis=(0, 2)))
-        xs = np.flatnonzero(mask.any(axis=(0, 1)))
+    if bb is not None:
+        zs = np.array([bb[0].start, bb[0].stop - 1])
+        ys = np.array([bb[1].start, bb[1].stop - 1])
+        xs = np.array([bb[2].start, bb[2].stop - 1])
         cy, cx = (ys[0] + ys[-1]) // 2, (xs[0] + xs[-1]) // 2
         half = int(max(ys[-1] - ys[0], xs[-1] - xs[0]) * 0.9) + 8
         y0, y1 = max(cy - half, 0), min(cy + half, data.shape[1])
