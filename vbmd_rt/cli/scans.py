@@ -77,6 +77,15 @@ def run(
         1, "--num-parts", min=1, help="Split the cohort into N parts (e.g. a SLURM array)..."
     ),
     part_id: int = typer.Option(0, "--part-id", min=0, help="...and run part K (0-based)."),
+    mask_format: str = typer.Option(
+        "rle",
+        "--mask-format",
+        help="Mask AIM: rle (binary run-length, full geometry), cropped (char cut to the bone, with its "
+        "position) or char (full-size char, the largest).",
+    ),
+    export: str | None = typer.Option(
+        None, "--export", help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz) or mha."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png, summary.csv.
@@ -96,6 +105,7 @@ def run(
         raise typer.BadParameter("--report takes html")
     if side not in ("auto", "left", "right"):
         raise typer.BadParameter("--side must be auto, left or right")
+    _check_mask_options(mask_format, export)
     mem = _max_memory(max_memory)  # argument checks before anything is created
     check_writable_dir(out)
     files = naming.expand_inputs(scans)
@@ -108,6 +118,8 @@ def run(
         overwrite=overwrite,
         save_prob=save_prob,
         max_memory=mem,
+        mask_format=mask_format,
+        export=export,
     )
     job = cohort.Job(
         model=None if model is None else str(model),
@@ -197,3 +209,48 @@ def _max_memory(text: str | None) -> int | None:
         return parse_size(text)
     except ValueError:
         raise typer.BadParameter(f"--max-memory takes a size such as 16G or 512M, not {text!r}") from None
+
+
+def _check_mask_options(mask_format: str, export: str | None) -> None:
+    from vbmd_rt.runtime.io.masks import MASK_FORMATS
+    from vbmd_rt.runtime.io.nifti import EXPORT_FORMATS
+
+    if mask_format not in MASK_FORMATS:
+        raise typer.BadParameter(f"--mask-format takes {', '.join(MASK_FORMATS)}, not {mask_format!r}")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"--export takes {' or '.join(EXPORT_FORMATS)}, not {export!r}")
+
+
+@app.command()
+def measure(
+    scan: Path = typer.Argument(..., help="The scan (AIM or ISQ) the mask was drawn on."),
+    mask: Path = typer.Argument(
+        ..., help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write NAME.json and NAME.png here (default: print)."),
+    export: str | None = typer.Option(None, "--export", help="Also write scan and mask as nifti (.nii.gz) or mha."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs in OUT."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+):
+    """D100 from a given (e.g. corrected) mask: the same measurement and JSON as `run`, no network.
+
+    The mask must lie on the scan's grid (same voxel size; cropped masks are placed by their position)
+    and hold voxels, else exit 2. A mask far from an MC2 (size, density, contrast) is measured and
+    flagged (qc status review).
+    """
+    from vbmd_rt.runtime.remeasure import measure_mask
+
+    _check_mask_options("rle", export)
+    if export is not None and out is None:
+        raise typer.BadParameter("--export needs -o OUT")
+    r = measure_mask(scan, mask, out, export=export, overwrite=overwrite)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    d = r["d100_mg_ha_cm3"]
+    typer.echo(
+        f"{r['scan']['file']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
+        f"{r['slices']} slices, {r['side'] or '?'} hand, mask {r['mask']['file']}, qc {r['qc']['status']}"
+    )
+    for w in r["warnings"]:
+        typer.echo(f"  warning: {w}")

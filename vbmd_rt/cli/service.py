@@ -32,6 +32,8 @@ def watch(
     poll: float = typer.Option(2.0, "--poll", min=0.05, help="Seconds between looks at the input folder."),
     move_done: Path | None = typer.Option(None, "--move-done", help="Move finished scans (and markers) here."),
     once: bool = typer.Option(False, "--once", help="Process what is in the folder, then exit."),
+    mask_format: str = typer.Option("rle", "--mask-format", help="Mask AIM: rle, cropped or char (see `run`)."),
+    export: str | None = typer.Option(None, "--export", help="Also write scan and mask as nifti or mha."),
 ):
     """Serve a folder: every scan that arrives in IN is processed exactly once into OUT (SIGTERM stops)."""
     from vbmd_rt.cohort import batch as cohort
@@ -39,10 +41,16 @@ def watch(
 
     if report not in (None, "html"):
         raise typer.BadParameter("--report takes html")
-    from vbmd_rt.cli.scans import _max_memory
+    from vbmd_rt.cli.scans import _check_mask_options, _max_memory
 
+    _check_mask_options(mask_format, export)
     options = pipeline.RunOptions(
-        report_html=report == "html", overwrite=True, save_prob=save_prob, max_memory=_max_memory(max_memory)
+        report_html=report == "html",
+        overwrite=True,
+        save_prob=save_prob,
+        max_memory=_max_memory(max_memory),
+        mask_format=mask_format,
+        export=export,
     )
     job = cohort.Job(
         model=None if model is None else str(model), backend=backend, device=device, threads=threads, options=options
