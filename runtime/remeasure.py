@@ -47,7 +47,9 @@ def plausibility(data, mask, m: dict, calibration) -> list[str]:
         reasons.append(f"D100 {d:.0f} mg HA/cm3 is outside {PLAUSIBLE_D100[0]:.0f}-{PLAUSIBLE_D100[1]:.0f}")
     a = m["mean_slice_area_mm2"]
     if not PLAUSIBLE_AREA_MM2[0] <= a <= PLAUSIBLE_AREA_MM2[1]:
-        reasons.append(f"mean slice area {a:.0f} mm2 is outside {PLAUSIBLE_AREA_MM2[0]:.0f}-{PLAUSIBLE_AREA_MM2[1]:.0f}")
+        reasons.append(
+            f"mean slice area {a:.0f} mm2 is outside {PLAUSIBLE_AREA_MM2[0]:.0f}-{PLAUSIBLE_AREA_MM2[1]:.0f}"
+        )
     if calibration is not None:
         contrast = bone_contrast(data, mask, 1.0 / calibration.per_unit)  # in mg HA/cm³
         if contrast < CONTRAST_FLOOR_MG:
@@ -79,13 +81,17 @@ def measure_mask(
         if not overwrite:
             for f in files.values():
                 if f.exists():
-                    raise OutputError(f, "output already exists", "pass --overwrite to replace it, or choose another -o")
+                    raise OutputError(
+                        f, "output already exists", "pass --overwrite to replace it, or choose another -o"
+                    )
     with timer("read"):
         scan = read_scan(scan_path)
         mask = masks.read_mask_file(mask_path, scan.header)
     voxels = int(np.count_nonzero(mask))
     if voxels == 0:
-        raise VbmdInputError(mask_path, "is empty on this scan's grid", "pass a mask with MC2 in it, drawn on this scan")
+        raise VbmdInputError(
+            mask_path, "is empty on this scan's grid", "pass a mask with MC2 in it, drawn on this scan"
+        )
     cal = scan.calibration
     with timer("vbmd"):
         m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
@@ -103,7 +109,15 @@ def measure_mask(
         "side_source": "detected",
         "backend": {"name": "given-mask", "precision": None},
         "model": {"name": "given mask", "architecture": None, "sha256": None, "intended_use": None},
-        "calibration": None if cal is None else {**cal.to_dict()},
+        "calibration": None
+        if cal is None
+        else {
+            "slope": cal.slope,
+            "intercept": cal.intercept,
+            "mu_scaling": cal.mu_scaling,
+            "mu_water": cal.mu_water,
+            "mg_ha_cm3_per_unit": cal.per_unit,
+        },
         "timings_s": {},
         "scan": {
             "file": scan_path.name,

@@ -66,7 +66,7 @@ def encode_in_box(mask: np.ndarray, box, value: int = MASK_VALUE) -> BinaryRle:
     shape = tuple(int(v) for v in mask.shape)
     n = int(np.prod(shape))
     if box is None:
-        return BinaryRle(shape, encode_run_lengths(np.array([n]), (0, value)))  # type: ignore[arg-type]
+        return BinaryRle(shape, encode_run_lengths(np.array([n]), (0, value)))
     sub = np.asarray(mask[box]) != 0
     pad = np.zeros((sub.shape[0], sub.shape[1], sub.shape[2] + 2), dtype=np.int8)
     pad[:, :, 1:-1] = sub
@@ -85,7 +85,7 @@ def encode_in_box(mask: np.ndarray, box, value: int = MASK_VALUE) -> BinaryRle:
     bounds = np.empty(starts.size * 2 + 2, dtype=np.int64)
     bounds[0], bounds[-1] = 0, n
     bounds[1:-1:2], bounds[2:-1:2] = starts, ends
-    return BinaryRle(shape, encode_run_lengths(np.diff(bounds), (0, value)))  # type: ignore[arg-type]
+    return BinaryRle(shape, encode_run_lengths(np.diff(bounds), (0, value)))
 
 
 def write_mask(
@@ -121,9 +121,7 @@ def write_mask(
             header,
             position=tuple(int(p) + c for p, c in zip(header.position, corner, strict=True)),
             # the scan's offset border, as far as it reaches into the box
-            offset=tuple(
-                int(min(max(o - c, 0), d)) for o, c, d in zip(header.offset, corner, dims, strict=True)
-            ),
+            offset=tuple(int(min(max(o - c, 0), d)) for o, c, d in zip(header.offset, corner, dims, strict=True)),
         )
         written = aim.write_aim(path, data, tmpl, type="char", log_entry=log_entry)
     else:
@@ -194,9 +192,7 @@ def place_on_grid(path, data: np.ndarray, element_size_mm, position_xyz, scan_he
         inside = data != 0
         # voxels of the block that fall outside the scan must all be background
         src = tuple(slice(max(0, -a), min(d, n - a)) for a, d, n in zip(start, data.shape, shape, strict=True))
-        if any(s.stop <= s.start for s in src) or int(np.count_nonzero(inside)) != int(
-            np.count_nonzero(inside[src])
-        ):
+        if any(s.stop <= s.start for s in src) or int(np.count_nonzero(inside)) != int(np.count_nonzero(inside[src])):
             _fail(
                 path,
                 f"mask (position {tuple(position_xyz)}, {dx} x {dy} x {dz} voxels) reaches outside the scan "
@@ -212,7 +208,7 @@ def place_on_grid(path, data: np.ndarray, element_size_mm, position_xyz, scan_he
 
 def _read_gobj(path: Path):
     try:
-        import py_aimio  # type: ignore[import-not-found]
+        import py_aimio
     except ImportError:
         _fail(path, "GOBJ contours need aimio-py", "pip install aimio-py, or convert the GOBJ to a mask AIM")
     data, meta = py_aimio.read_gobj(str(path))  # (z, y, x), cropped to the contours, with its position
