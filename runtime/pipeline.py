@@ -265,6 +265,7 @@ def run_scan(
             "element_size_mm": [float(v) for v in scan.header.element_size_mm],
             "position": [int(v) for v in scan.header.position],
             "scanner": proclog.public_fields(scan.header.log),
+            "date": proclog.scan_date(scan.header.processing_log),
         },
         "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
         "warnings": warnings,
@@ -304,7 +305,8 @@ def run_scan(
         result["timings_s"] = {k: round(timer.seconds.get(k, 0.0), 4) for k in STAGES}
         result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         if options.report_html:
-            atomic_write_bytes(files["html"], report.html_report(result, png).encode(), overwrite=True)
+            extra = report.details(scan.data, mask, cal, scan.header.element_size_mm, box)
+            atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
             written.append(files["html"])
         atomic_write_bytes(files["json"], (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
     except BaseException:

@@ -126,6 +126,7 @@ def measure_mask(
             "element_size_mm": [float(v) for v in scan.header.element_size_mm],
             "position": [int(v) for v in scan.header.position],
             "scanner": proclog.public_fields(scan.header.log),
+            "date": proclog.scan_date(scan.header.processing_log),
         },
         "mask": {"file": mask_path.name, "sha256": _sha256(mask_path), "voxels": voxels, "source": "given"},
         "qc": {"status": "review" if reasons else "pass", "reasons": reasons},
