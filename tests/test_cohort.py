@@ -129,7 +129,7 @@ def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
         rows = cohort.run_dask(sorted(d.iterdir()), out, job, cluster=lc.scheduler_address, retries=1)
         t.join()
     assert killed.is_set()
-    assert [r["status"] for r in rows] == ["done"] * 6, rows
+    assert [r["status"] for r in rows] == ["done"] * 6, [(r["scan"], r["error"]) for r in rows]
     assert len(list(out.glob("W*.json"))) == 6 and not list(out.glob(".*tmp*"))
     cohort.write_summary(out, rows)
     assert len(_summary(out)) == 6
