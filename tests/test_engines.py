@@ -102,6 +102,11 @@ def test_plan_keys_and_mismatch_messages(model):
 
 
 def test_tensorrt_backends_without_a_gpu_say_so(tmp_path):
+    import numpy as np
+
+    from vbmd_rt.runtime.io.aim import write_aim
+
+    write_aim(tmp_path / "x.AIM", np.zeros((4, 8, 8), np.int16))  # an input that exists: the backend is the problem
     r = subprocess.run(
         [
             sys.executable,

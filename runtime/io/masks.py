@@ -11,7 +11,7 @@ A full XtremeCT scan's mask is 700 MB as full-size char, almost all of it backgr
   as IPL stores masks (``gobj_to_aim``); the scan's grid is restored from the position.
 * ``char``: full-size char 0/127, the old behaviour.
 
-``mask_on_grid`` is the inverse for any mask file (AIM of any type, cropped or not, GOBJ through
+``read_mask_file`` (with ``place_on_grid``) is the inverse for any mask file (AIM of any type, cropped or not, GOBJ through
 aimio-py, NIfTI): it places the mask's voxels on the scan's grid by position, and refuses masks whose
 voxel size or extent does not fit the scan.
 """

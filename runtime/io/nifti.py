@@ -8,8 +8,8 @@ direction = identity. NIfTI stores RAS, so its affine is ``diag(-sx, -sy, sz)`` 
 three formats, like AIM, so a (z, y, x) array is written as it is.
 
 A calibrated int16 scan is written to NIfTI with ``scl_slope``/``scl_inter`` so that viewers show
-mg HA/cm³; MetaImage has no scaling and keeps the stored values (the calibration is in the file's
-comment-free ``ElementType`` alone: use NIfTI where density matters).
+mg HA/cm³; MetaImage has no scaling field, so its scan keeps the stored values (use NIfTI where the
+viewer should show density).
 """
 
 from __future__ import annotations
