@@ -50,11 +50,27 @@ def plausibility(data, mask, m: dict, calibration) -> list[str]:
         reasons.append(
             f"mean slice area {a:.0f} mm2 is outside {PLAUSIBLE_AREA_MM2[0]:.0f}-{PLAUSIBLE_AREA_MM2[1]:.0f}"
         )
+    pieces = _objects_per_slice(mask)
+    if pieces > 1:
+        reasons.append(f"the mask holds {pieces} separate objects on a typical slice: one bone (MC2) expected")
     if calibration is not None:
         contrast = bone_contrast(data, mask, 1.0 / calibration.per_unit)  # in mg HA/cm³
         if contrast < CONTRAST_FLOOR_MG:
             reasons.append(f"the mask is not brighter than its surroundings ({contrast:.0f} mg HA/cm3): is it on bone?")
     return reasons
+
+
+def _objects_per_slice(mask) -> int:
+    """Median count of separate objects (more than 20 voxels, 8-connected) on up to nine slices."""
+    import cv2
+
+    from vbmd_rt.runtime.postprocess import sample_slices
+
+    counts = []
+    for k in sample_slices(mask):
+        n, _, st, _ = cv2.connectedComponentsWithStats((np.asarray(mask[k]) != 0).astype(np.uint8), connectivity=8)
+        counts.append(int(np.count_nonzero(st[1:, cv2.CC_STAT_AREA] > 20)))
+    return int(np.median(counts)) if counts else 0
 
 
 def measure_mask(

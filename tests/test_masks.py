@@ -218,3 +218,16 @@ def test_measure_flags_a_mask_on_soft_tissue_for_review(run_out, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["qc"]["status"] == "review" and res["qc"]["reasons"]
+
+
+def test_measure_flags_a_mask_of_two_bones_for_review(run_out, tmp_path):
+    cases, out = run_out
+    hdr = aim.read_header(cases / "PHANTOM_0000.AIM")
+    m = masks.read_mask_file(out / "PHANTOM_0000_SEG.AIM", hdr).astype(np.int8) * 127
+    zs = np.flatnonzero(m.reshape(m.shape[0], -1).any(axis=1))
+    m[zs[0] : zs[-1] + 1, 5:25, 5:25] = 127  # a second object on every slice of MC2
+    aim.write_aim(tmp_path / "two.aim", m, hdr, type="char")
+    r = cli("measure", cases / "PHANTOM_0000.AIM", tmp_path / "two.aim", "--json")
+    assert r.returncode == 0, r.stderr
+    qc = json.loads(r.stdout)["qc"]
+    assert qc["status"] == "review" and any("separate objects" in x for x in qc["reasons"])
