@@ -79,9 +79,11 @@ def measure_mask(
     out: str | Path | None = None,
     export: str | None = None,
     overwrite: bool = False,
+    report_html: bool = False,
 ) -> dict:
-    """D100 of ``scan_path`` inside ``mask_path``; with ``out``: ``OUT/NAME.json`` and ``NAME.png`` (and the
-    NIfTI/MHA pair with ``export``), written only after every check passed. Returns the result."""
+    """D100 of ``scan_path`` inside ``mask_path``; with ``out``: ``OUT/NAME.json`` and ``NAME.png`` (the
+    HTML report with ``report_html``, the NIfTI/MHA pair with ``export``), written only after every check
+    passed. Returns the result."""
     from vbmd_rt.runtime.pipeline import STAGES, Timer, read_scan
 
     scan_path, mask_path = Path(scan_path), Path(mask_path)
@@ -92,6 +94,8 @@ def measure_mask(
     if out is not None:
         out = Path(out)
         files = {"png": out / f"{name}.png", "json": out / f"{name}.json"}
+        if report_html:
+            files["html"] = out / f"{name}.html"
         if export:
             files.update({n: out / n for n in nifti.export_names(name, export)})
         if not overwrite:
@@ -161,6 +165,10 @@ def measure_mask(
                     written.extend(out / n for n in nifti.export_names(name, export))
                     nifti.export_pair(out, name, scan, mask, export)
             result["timings_s"] = _timings(timer, t0, STAGES)
+            if report_html:
+                extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)
+                atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
+                written.append(files["html"])
             atomic_write_bytes(files["json"], (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
         except BaseException:
             for f in written:

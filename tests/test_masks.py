@@ -165,8 +165,11 @@ def test_measure_on_runs_own_mask_reproduces_its_d100_exactly(run_out, tmp_path)
     cases, out = run_out
     res = json.loads((out / "PHANTOM_0000.json").read_text())
     assert res["mask"]["type"] == "binary-rle"
-    r = cli("measure", cases / "PHANTOM_0000.AIM", out / "PHANTOM_0000_SEG.AIM", "-o", tmp_path / "m")
+    r = cli(
+        "measure", cases / "PHANTOM_0000.AIM", out / "PHANTOM_0000_SEG.AIM", "-o", tmp_path / "m", "--report", "html"
+    )
     assert r.returncode == 0, r.stderr
+    assert 'class="qc pass"' in (tmp_path / "m" / "PHANTOM_0000.html").read_text()
     again = json.loads((tmp_path / "m" / "PHANTOM_0000.json").read_text())
     for k in ("d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side", "calibration"):
         assert again[k] == res[k], k

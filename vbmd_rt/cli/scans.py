@@ -261,7 +261,7 @@ def _check_mask_options(mask_format: str, export: str | None) -> None:
 @app.command(
     epilog=examples(
         "vbmd-rt measure scans/PHANTOM_0000.AIM results/PHANTOM_0000_SEG.AIM",
-        "vbmd-rt measure scans/P1.AIM corrected/P1_SEG.nii.gz -o remeasured",
+        "vbmd-rt measure scans/P1.AIM corrected/P1_SEG.nii.gz -o remeasured --report html",
         "vbmd-rt measure scans/P1.AIM P1_MC2.GOBJ --json",
     )
 )
@@ -275,6 +275,7 @@ def measure(
         None, "--export", help="Also write scan and mask as nifti (.nii.gz) or mha."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs in OUT."),
+    report: Literal["html"] | None = typer.Option(None, "--report", help="Also write the HTML report (needs -o)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ):
     """D100 from a given (e.g. corrected) mask: the same measurement and JSON as `run`, no network.
@@ -286,9 +287,9 @@ def measure(
     from vbmd_rt.runtime.remeasure import measure_mask
 
     _check_mask_options("rle", export)
-    if export is not None and out is None:
-        raise typer.BadParameter("--export needs -o OUT")
-    r = measure_mask(scan, mask, out, export=export, overwrite=overwrite)
+    if (export is not None or report is not None) and out is None:
+        raise typer.BadParameter("--export and --report need -o OUT")
+    r = measure_mask(scan, mask, out, export=export, overwrite=overwrite, report_html=report == "html")
     if as_json:
         typer.echo(json.dumps(r, indent=2))
         return
