@@ -281,7 +281,7 @@ def run_scan(
                 f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm"
             )
             result["mask"] = {
-                **masks.write_mask(files["mask"], mask, scan.header, options.mask_format, entry, box),
+                **masks.write_mask(files["mask"], mask, scan.header, options.mask_format, entry, box, m["voxels"]),
                 "voxels": m["voxels"],
             }
             written.append(files["mask"])

@@ -77,6 +77,13 @@ def test_box_encoding_equals_the_whole_volume_encoder(full_width):
     assert fast.stream == slow and fast.shape == m.shape
 
 
+def test_a_wrong_box_hint_never_drops_voxels_when_the_count_is_given(tmp_path):
+    hdr, m = _header(), _mask(False)
+    wrong = (0, 9, 0, 11, 0, 5)  # misses most of the object
+    masks.write_mask(tmp_path / "w.aim", m, hdr, "rle", box=wrong, voxels=int(m.sum()))
+    np.testing.assert_array_equal(masks.read_mask_file(tmp_path / "w.aim", hdr), m)
+
+
 def test_an_empty_mask_is_one_background_run(tmp_path):
     hdr = _header()
     m = np.zeros(hdr.shape, np.uint8)

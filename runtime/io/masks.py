@@ -95,18 +95,24 @@ def write_mask(
     fmt: str = "rle",
     log_entry: str | None = None,
     box=None,
+    voxels: int | None = None,
 ) -> dict:
     """Write a (z, y, x) mask (non-zero inside) of the scan ``header`` describes, atomically.
 
     ``fmt`` is ``rle``, ``cropped`` or ``char`` (see the module's docstring); ``box`` is an optional
-    (z0, z1, y0, y1, x0, x1) outside which the mask is zero (it saves scanning the whole volume).
-    Returns the facts for the result JSON: file, format, AIM type, values, dimensions and position.
+    (z0, z1, y0, y1, x0, x1) outside which the mask is zero (it saves scanning the whole volume); with
+    ``voxels`` (the mask's count, e.g. from ``measure.vbmd``) a box that misses some is caught and the
+    whole volume is searched instead. Returns the facts for the result JSON: file, format, AIM type, values, dimensions and position.
     """
     if fmt not in MASK_FORMATS:
         raise ValueError(f"mask format must be one of {', '.join(MASK_FORMATS)}, not {fmt!r}")
     if tuple(mask.shape) != tuple(header.shape):
         raise ValueError(f"mask shape {mask.shape} is not the scan's {header.shape}")
     tight = bounding_box(mask, box)
+    if box is not None and voxels is not None:
+        inside = 0 if tight is None else int(np.count_nonzero(np.asarray(mask[tight])))
+        if inside != voxels:  # the hint was wrong: never drop a voxel for speed
+            tight = bounding_box(mask)
     if fmt == "rle" and any(header.offset):
         fmt = "cropped"  # AimIO refuses run-length files with an offset border
     if fmt == "rle":
