@@ -38,7 +38,7 @@ from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
 from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
-from vbmd_rt.runtime.io import naming, outputs
+from vbmd_rt.runtime.io import naming, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
 STATUSES = ("done", "skipped", "failed")
@@ -56,7 +56,17 @@ ROW_FIELDS = (
     "warnings",
     "error_kind",
     "error",
+    "model",
+    "model_sha256",
+    "vbmd_rt_version",
+    "qc_status",
+    "qc_reasons",
+    "values",
 )
+# Digits kept in summary.csv: D100 to 0.1 mg HA/cm³ (the measurement's own noise is larger), volume
+# to 0.1 mm³, area to 0.01 mm², seconds to the millisecond. summary.json keeps every digit.
+CSV_DIGITS = {"d100_mg_ha_cm3": 1, "bone_volume_mm3": 1, "mean_slice_area_mm2": 2}
+VALUES = {"done": "computed", "skipped": "reused"}  # where a row's values come from
 
 
 @dataclass
@@ -87,7 +97,10 @@ def shard(files: list[Path], num_parts: int = 1, part_id: int = 0) -> list[Path]
 
 def output_files(name: str, out: Path, options: pipeline.RunOptions) -> list[Path]:
     """Every file ``run`` may write for scan ``name`` (the JSON last)."""
-    return list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
+    files = list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
+    if options.export:  # NAME.nii.gz / NAME_SEG.nii.gz (or .mha), before the JSON
+        files[-1:-1] = [out / n for n in nifti.export_names(name, options.export)]
+    return files
 
 
 def existing_result(
@@ -102,7 +115,7 @@ def existing_result(
     name = naming.scan_name(path)
     files = output_files(name, out, options)
     result = outputs.read_result(files[-1])
-    if result is None:
+    if result is None or result.get("mask", {}).get("format", "char") != options.mask_format:
         return None
     try:
         fp = fp or outputs.fingerprint(path)
@@ -168,6 +181,15 @@ def row(
         for k, v in result.get("timings_s", {}).items():
             r[f"{k}_s"] = v
         r["warnings"] = " | ".join(result.get("warnings", [])) or None
+        model = result.get("model") or {}
+        r["model"] = model.get("name")
+        r["model_sha256"] = model.get("sha256")
+        r["vbmd_rt_version"] = result.get("vbmd_rt_version")
+        qc = result.get("qc")
+        if isinstance(qc, dict):  # pass | review, and why
+            r["qc_status"] = qc.get("status")
+            r["qc_reasons"] = " | ".join(str(x) for x in qc.get("reasons") or []) or None
+    r["values"] = VALUES.get(status)
     if error is not None:
         r["error_kind"] = error_kind or ("input" if isinstance(error, VbmdInputError) else "internal")
         r["error"] = (
@@ -387,6 +409,14 @@ def _gpu_count() -> int:
 # --------------------------------------------------------------------------- summary
 
 
+def _csv_value(key: str, value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return round(value, CSV_DIGITS.get(key, 3))
+    return value
+
+
 def write_summary(out: Path, rows: list[dict], num_parts: int = 1, part_id: int = 0, extra: dict | None = None):
     """``OUT/summary.csv`` and ``OUT/summary.json`` (``summary.part-K-of-N.*`` for a shard), atomically."""
     csv_name, json_name = naming.summary_names(num_parts, part_id)
@@ -396,7 +426,7 @@ def write_summary(out: Path, rows: list[dict], num_parts: int = 1, part_id: int 
     w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in ROW_FIELDS})
+        w.writerow({k: _csv_value(k, r.get(k)) for k in ROW_FIELDS})
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     d100 = [r["d100_mg_ha_cm3"] for r in rows if r["status"] != "failed" and r["d100_mg_ha_cm3"] is not None]
     summary = {

@@ -185,6 +185,10 @@ def _fmt(s: dict, digits: int = 3) -> str:
     return "n/a" if not s or s.get("mean") is None else f"{s['mean']:.{digits}f} ({s['sd']:.{digits}f})"
 
 
+def _ci(ci, digits: int = 2) -> str:
+    return "" if not ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def markdown(report: dict) -> str:
     seg, d = report["segmentation"], report["d100"]
     lines = [
@@ -205,9 +209,13 @@ def markdown(report: dict) -> str:
         ba = d["bland_altman"]
         lines += [
             f"D100 on {d['n']} cases: reference {_fmt(d['truth'], 2)}, automatic {_fmt(d['pred'], 2)} mg HA/cm³; "
-            f"Pearson r {d['pearson_r']:.4f} (p {d['pearson_p']:.1e}), Spearman ρ {d['spearman_rho']:.4f} "
-            f"(p {d['spearman_p']:.1e}), ICC(A,1) {d['icc_a1']:.4f}, ICC(C,1) {d['icc_c1']:.4f}; "
-            f"Bland-Altman bias {ba['bias']:+.2f}, 95% limits {ba['loa_low']:+.2f} to {ba['loa_high']:+.2f}.",
+            f"Pearson r {d['pearson_r']:.4f} (p {d['pearson_p']:.2g}), Spearman ρ {d['spearman_rho']:.4f} "
+            f"(p {d['spearman_p']:.2g}, {d.get('spearman_p_method', 't approximation')}), "
+            f"ICC(A,1) {d['icc_a1']:.4f} {_ci(d.get('icc_a1_ci95'), 3)}, "
+            f"ICC(C,1) {d['icc_c1']:.4f} {_ci(d.get('icc_c1_ci95'), 3)}; "
+            f"Bland-Altman bias {ba['bias']:+.2f} {_ci(ba.get('bias_ci95'))}, 95% limits of agreement "
+            f"{ba['loa_low']:+.2f} {_ci(ba.get('loa_low_ci95'))} to {ba['loa_high']:+.2f} {_ci(ba.get('loa_high_ci95'))} "
+            "(95% CIs in brackets).",
             "",
         ]
     lines.append(
@@ -254,18 +262,33 @@ def plots(report: dict) -> dict[str, bytes]:
         ylim=(lo, hi),
         xlabel="reference D100 (mg HA/cm³)",
         ylabel="automatic D100 (mg HA/cm³)",
-        title=f"r = {d['pearson_r']:.4f}, ICC(A,1) = {d['icc_a1']:.3f}",
+        title=f"n = {len(cases)}, r = {d['pearson_r']:.4f}\n"
+        f"ICC(A,1) = {d['icc_a1']:.3f} {_ci(d.get('icc_a1_ci95'), 3)} (95% CI)",
+    )
+    ax.text(
+        0.03,
+        0.97,
+        f"Spearman ρ {d['spearman_rho']:.3f}, p {d['spearman_p']:.2g}\n({d.get('spearman_p_method', '')})",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
     )
     out["d100_scatter.png"] = _png(fig)
     ba = d["bland_altman"]
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    ax.axhline(0, color="0.6", lw=0.8, zorder=0)  # no difference
+    for key in ("bias", "loa_low", "loa_high"):
+        ci = ba.get(f"{key}_ci95")
+        if ci:
+            ax.axhspan(ci[0], ci[1], color="#1f77b4" if key == "bias" else "#d62728", alpha=0.12, lw=0)
     ax.scatter((a + b) / 2, a - b, s=14, color="#1f77b4")
     for y, style in ((ba["bias"], "-"), (ba["loa_low"], "--"), (ba["loa_high"], "--")):
         ax.axhline(y, color="k", ls=style, lw=0.8)
     ax.set(
         xlabel="mean of the two D100 (mg HA/cm³)",
         ylabel="automatic − reference (mg HA/cm³)",
-        title=f"bias {ba['bias']:+.2f}, limits {ba['loa_low']:+.2f} / {ba['loa_high']:+.2f}",
+        title=f"n = {len(cases)}: bias {ba['bias']:+.2f} {_ci(ba.get('bias_ci95'))}\n"
+        f"95% limits {ba['loa_low']:+.2f} / {ba['loa_high']:+.2f} (shaded: their 95% CIs)",
     )
     out["bland_altman.png"] = _png(fig)
     return out

@@ -19,7 +19,7 @@ from vbmd_rt.runtime import measure, preprocess, qc, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.inference.window import sliding_window
-from vbmd_rt.runtime.io import aim, outputs, proclog
+from vbmd_rt.runtime.io import aim, masks, nifti, outputs, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
@@ -201,6 +201,8 @@ class RunOptions:
     overwrite: bool = False
     save_prob: bool = False
     max_memory: int | None = None  # bytes; None: three quarters of the RAM (resources.default_max_memory)
+    mask_format: str = "rle"  # rle | cropped | char (runtime.io.masks)
+    export: str | None = None  # nifti | mha: scan and mask for 3D Slicer as well (runtime.io.nifti)
 
 
 def read_scan(path: Path) -> aim.Scan:
@@ -263,6 +265,8 @@ def _run_scan(
     t_start = time.perf_counter()
     name = scan_name(path)
     targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
+    if options.export:
+        targets += list(nifti.export_names(name, options.export))
     with outputs.Transaction(out, name, targets, options.overwrite) as txn:
         files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
         return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)
@@ -322,23 +326,27 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
             "position": [int(v) for v in scan.header.position],
             "scanner": proclog.public_fields(scan.header.log),
             "fingerprint": fp,
+            "date": proclog.scan_date(scan.header.processing_log),
         },
         "run_key": run_key(model, backend, options),
-        "mask": {"file": files["mask"].name, "type": "char", "values": [0, 127], "voxels": m["voxels"]},
+        "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
         "qc": info["qc"],
         "warnings": warnings,
         "vbmd_rt_version": __version__,
     }
+    box = None if model.classical else info.get("box")  # the network's work region bounds its mask
     written: list[Path] = []
     try:
         with timer("write"):
             check_writable_dir(out)
-            np.multiply(mask, 127, out=mask)
             entry = (
                 f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
                 f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm"
             )
-            aim.write_aim(files["mask"], mask, scan.header, type="char", log_entry=entry, overwrite=True)
+            result["mask"] = {
+                **masks.write_mask(files["mask"], mask, scan.header, options.mask_format, entry, box, m["voxels"]),
+                "voxels": m["voxels"],
+            }
             written.append(files["mask"])
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
@@ -351,13 +359,18 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                     overwrite=True,
                 )
                 written.append(files["prob"])
-            png = report.png_bytes(report.montage(scan.data, mask, cal))
+            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box))
             atomic_write_bytes(files["png"], png, overwrite=True)
             written.append(files["png"])
+            if options.export:  # into the staging folder: part of the scan's transaction
+                name, staging = scan_name(path), files["mask"].parent
+                written.extend(staging / n for n in nifti.export_names(name, options.export))
+                nifti.export_pair(staging, name, scan, mask, options.export)
         result["timings_s"] = {k: round(timer.seconds.get(k, 0.0), 4) for k in STAGES}
         result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         if options.report_html:
-            atomic_write_bytes(files["html"], report.html_report(result, png).encode(), overwrite=True)
+            extra = report.details(scan.data, mask, cal, scan.header.element_size_mm, box)
+            atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
             written.append(files["html"])
         if not outputs.unchanged_since(path, fp):
             raise outputs.InputChanged(

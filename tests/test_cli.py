@@ -67,3 +67,86 @@ def test_info_on_a_file_we_wrote(tmp_path):
     r = run("info", p, "--json")
     assert json.loads(r.stdout)["shape_zyx"] == [3, 4, 5]
     assert json.loads(r.stdout)["calibration"] is None
+
+
+# --------------------------------------------------------------------------- help, arguments, output (issue 16)
+
+COMMANDS = ["run", "measure", "watch", "health", "info", "synth", "eval", "bench", "train", "export", "calib"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_has_examples_and_shows_flags_as_flags(command):
+    from typer.testing import CliRunner
+
+    from vbmd_rt.cli import app
+
+    r = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "Examples:" in r.output and f"vbmd-rt {command}" in r.output.split("Examples:")[1]
+    assert "<bool>" not in r.output
+
+
+def test_choices_are_shown_as_choices_and_checked():
+    from typer.testing import CliRunner
+
+    from vbmd_rt.cli import app
+
+    out = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
+    for choices in ("auto|left|right", "rle|cropped|char", "nifti|mha", "auto|cpu|cuda"):
+        assert choices in out
+    r = run("run", "x.AIM", "-o", "out", "--mask-format", "zip")
+    assert r.returncode == 2 and "rle" in r.stderr
+
+
+def test_a_missing_input_creates_no_output_folder(tmp_path):
+    r = run("run", tmp_path / "nope.AIM", "-o", tmp_path / "out")
+    assert r.returncode == 2 and "nope.AIM" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    r = run("watch", tmp_path / "no-inbox", "-o", tmp_path / "out2", "--once")
+    assert r.returncode == 2 and "no-inbox" in r.stderr and not (tmp_path / "out2").exists()
+
+
+def test_nested_patient_folders_need_and_take_recursive(phantoms, tmp_path):
+    from .conftest import tiny_scan
+
+    for p in ("patient1", "patient2"):
+        (tmp_path / "cohort" / p).mkdir(parents=True)
+        tiny_scan(phantoms / "PHANTOM_0000.AIM", tmp_path / "cohort" / p / f"{p.upper()}_MCP.AIM", slices=12)
+    r = run("run", tmp_path / "cohort", "-o", tmp_path / "out", "--model", "classical")
+    assert r.returncode == 2 and "--recursive" in r.stderr and not (tmp_path / "out").exists()
+    r = run("run", tmp_path / "cohort", "-o", tmp_path / "out", "--model", "classical", "--recursive")
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (tmp_path / "out").glob("*.json")} >= {"PATIENT1_MCP.json", "PATIENT2_MCP.json"}
+    # piped output: one plain line per scan, never wrapped at 80 columns
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PATIENT")]
+    assert len(lines) == 2 and all("mg HA/cm3" in ln and ln.rstrip().endswith(" s") for ln in lines), r.stdout
+
+
+def test_same_scan_names_in_two_folders_are_refused_before_any_work(phantoms, tmp_path):
+    from .conftest import tiny_scan
+
+    for p in ("a", "b"):
+        (tmp_path / "c" / p).mkdir(parents=True)
+        tiny_scan(phantoms / "PHANTOM_0000.AIM", tmp_path / "c" / p / "MCP.AIM", slices=12)
+    r = run("run", tmp_path / "c", "-o", tmp_path / "out", "--recursive")
+    assert r.returncode == 2 and "same name" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_missing_extra_exits_2_with_the_install_command(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("modelopt") is not None:
+        pytest.skip("the int8 extra is installed here")
+    r = run("export", "--engine", "trt", "--precision", "int8", "--calib", tmp_path / "c.npz")
+    assert r.returncode == 2 and "pip install 'vbmd-rt[int8]'" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_watch_takes_o_and_the_old_positional_out(tmp_path):
+    (tmp_path / "in").mkdir()
+    for args in (["-o", tmp_path / "o1"], [tmp_path / "o2"]):
+        r = run("watch", tmp_path / "in", *args, "--once", "--model", "classical")
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o1" / ".vbmd-rt").is_dir() and (tmp_path / "o2" / ".vbmd-rt").is_dir()
+    r = run("watch", tmp_path / "in", tmp_path / "o3", "-o", tmp_path / "o4", "--once")
+    assert r.returncode == 2 and not (tmp_path / "o3").exists()

@@ -64,6 +64,10 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     rows = _summary(out)
     assert [n for n, r in rows.items() if r["status"] == "done"] == ["P2.AIM"]  # the mix is not trusted
     assert sum(r["status"] == "skipped" for r in rows.values()) == 5 and "5 of 6 scans skipped" in r.stderr
+    assert {n: r["values"] for n, r in rows.items()} == {
+        f"P{i}.AIM": "computed" if i == 2 else "reused" for i in range(6)
+    }
+    assert all(r["model"] == "classical" and r["vbmd_rt_version"] for r in rows.values())
     assert (out / "P2.json").exists() and (out / "P2_SEG.AIM").stat().st_mtime_ns != seg
     assert not list((out / ".vbmd-rt" / "staging").iterdir()) and (out / "P0.json").read_bytes() == keep
     summary = json.loads((out / "summary.json").read_text())
@@ -135,7 +139,7 @@ def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
         rows = cohort.run_dask(sorted(d.iterdir()), out, job, cluster=lc.scheduler_address, retries=1)
         t.join()
     assert killed.is_set()
-    assert [r["status"] for r in rows] == ["done"] * 6, rows
+    assert [r["status"] for r in rows] == ["done"] * 6, [(r["scan"], r["error"]) for r in rows]
     assert len(list(out.glob("W*.json"))) == 6 and not list(out.glob(".*tmp*"))
     cohort.write_summary(out, rows)
     assert len(_summary(out)) == 6
@@ -157,3 +161,31 @@ def test_remove_partial_touches_only_its_own_scan(tmp_path):
     removed = {p.name for p in cohort.remove_partial("P1", tmp_path, options)}
     assert removed == {"P1_SEG.AIM", "P1.png", ".P1.png.tmp-x1"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [".P10.png.tmp-x2", ".P10_SEG.AIM.tmp-x3", "P10_SEG.AIM"]
+
+
+def test_summary_csv_rounds_and_names_model_version_qc_and_origin(tmp_path):
+    result = {
+        "d100_mg_ha_cm3": 415.7255637786248,
+        "bone_volume_mm3": 1300.098834700676,
+        "mean_slice_area_mm2": 121.123456,
+        "slices": 120,
+        "side": "left",
+        "backend": {"name": "onnxruntime-cpu", "precision": "fp32"},
+        "model": {"name": "default", "sha256": "ab" * 32},
+        "timings_s": {"read": 0.00051234, "total": 3.84951},
+        "warnings": [],
+        "qc": {"status": "review", "reasons": ["low contrast", "D100 high"]},
+        "vbmd_rt_version": "9.9.9",
+    }
+    rows = [cohort.row(tmp_path / "A.AIM", "done", result), cohort.row(tmp_path / "B.AIM", "skipped", result)]
+    csv_path, json_path = cohort.write_summary(tmp_path, rows)
+    got = _summary(tmp_path)
+    a = got["A.AIM"]
+    assert a["d100_mg_ha_cm3"] == "415.7" and a["bone_volume_mm3"] == "1300.1" and a["mean_slice_area_mm2"] == "121.12"
+    assert a["read_s"] == "0.001" and a["total_s"] == "3.85"
+    assert a["model"] == "default" and a["model_sha256"] == "ab" * 32 and a["vbmd_rt_version"] == "9.9.9"
+    assert a["qc_status"] == "review" and a["qc_reasons"] == "low contrast | D100 high"
+    assert a["values"] == "computed" and got["B.AIM"]["values"] == "reused"
+    assert json.loads(json_path.read_text())["rows"][0]["d100_mg_ha_cm3"] == 415.7255637786248  # JSON: every digit
+    no_qc = cohort.row(tmp_path / "C.AIM", "done", {k: v for k, v in result.items() if k != "qc"})
+    assert no_qc["qc_status"] is None and no_qc["qc_reasons"] is None

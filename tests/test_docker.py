@@ -38,7 +38,7 @@ def test_image_shape():
 
 def test_cmd_and_healthcheck_run_outside_docker(tmp_path):
     cmd, health = _json_after("CMD"), _json_after("HEALTHCHECK.*?CMD")
-    assert cmd[:3] == ["watch", "/data/in", "/data/out"] and health[:3] == ["vbmd-rt", "health", "/data/out"]
+    assert cmd[:4] == ["watch", "/data/in", "-o", "/data/out"] and health[:3] == ["vbmd-rt", "health", "/data/out"]
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     sub = {"/data/in": str(inp), "/data/out": str(out)}
@@ -59,3 +59,43 @@ def test_the_image_copies_every_package_folder():
     missing = [d for d in sorted(folders) if f"COPY {d} ./{d}" not in text]
     assert not missing, f"Dockerfile.trt does not copy {missing}: the wheel it builds would lack them"
     assert "-c /tmp/constraints.txt" in text  # the image installs the tested versions
+
+
+def test_oci_labels_and_base_image_args():
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    for label in ("title", "description", "version", "licenses", "base.name"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert re.search(r"^ARG TRT_IMAGE=nvcr.io/nvidia/tensorrt:[\w.-]+(@sha256:[0-9a-f]{64})?$", text, re.M)
+
+
+def test_pin_script_rewrites_tags_to_tag_at_digest():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import pin_base_images as pin
+    finally:
+        sys.path.pop(0)
+    text = DOCKERFILE.read_text()
+    pinned = pin.pin(text, lookup=lambda tag: "sha256:" + "ab" * 32)
+    assert pin.unpinned(pinned) == [] and "tensorrt:25.10-py3@sha256:abab" in pinned
+    assert pin.pin(pinned, lookup=lambda tag: "sha256:" + "cd" * 32).count("@sha256:cdcd") == 2  # re-pins
+
+
+def test_readme_docker_run_restarts_and_names_a_mounted_model():
+    readme = (ROOT / "README.md").read_text()
+    runs = re.findall(r"^docker run -d.*?(?<!\\)\n", readme, re.S | re.M)  # the service's commands, continued lines
+    assert runs and all("--restart unless-stopped" in r for r in runs)
+    assert "VBMD_RT_MODEL" in readme and "nvidia-container-toolkit" in readme.lower().replace(" ", "-")
+
+
+def test_the_service_takes_its_model_from_vbmd_rt_model(tmp_path):
+    import os
+
+    (tmp_path / "in").mkdir()
+    env = {**os.environ, "VBMD_RT_MODEL": "classical"}
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "watch", tmp_path / "in", "-o", tmp_path / "out", "--once"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0 and "model classical" in r.stderr, r.stderr

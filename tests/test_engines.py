@@ -26,6 +26,13 @@ def model(tmp_path, monkeypatch):
     return load_model(folder)
 
 
+def test_plans_of_the_bundled_model_go_to_the_engine_cache_not_into_the_package(model, tmp_path):
+    bundled = load_model()
+    assert engines.is_bundled(bundled) and not engines.is_bundled(model)
+    assert engines.writable_dir(bundled) == tmp_path / "cache" / "engines"  # $VBMD_RT_CACHE/engines
+    assert engines.writable_dir(model) == model.folder / "engines"  # a model folder the user named
+
+
 def test_rtx_build_for_sm75_has_the_io_the_runtime_expects(model):
     pytest.importorskip("tensorrt_rtx")
     plan, rec = engines.build(model, "rtx", sm="75", log=lambda s: None)
@@ -54,6 +61,8 @@ def test_rtx_build_from_the_command_line(model):
     )
     assert r.returncode == 0, r.stderr
     assert "sm_75" in r.stdout and len(list((model.folder / "engines").glob("*.plan"))) == 1
+    (plan,) = (model.folder / "engines").glob("*.plan")
+    assert str(plan) in r.stdout  # every build says where its plan is
     r = subprocess.run(
         [sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "90", "--model", model.folder],
         capture_output=True,
@@ -93,6 +102,11 @@ def test_plan_keys_and_mismatch_messages(model):
 
 
 def test_tensorrt_backends_without_a_gpu_say_so(tmp_path):
+    import numpy as np
+
+    from vbmd_rt.runtime.io.aim import write_aim
+
+    write_aim(tmp_path / "x.AIM", np.zeros((4, 8, 8), np.int16))  # an input that exists: the backend is the problem
     r = subprocess.run(
         [
             sys.executable,

@@ -60,6 +60,9 @@ def test_icc_against_shrout_fleiss():
     r = metrics.icc(x)
     assert r["icc_a1"] == pytest.approx(0.29, abs=0.005)  # ICC(2,1)
     assert r["icc_c1"] == pytest.approx(0.71, abs=0.005)  # ICC(3,1)
+    # 95% CIs as pingouin and R's irr give them for Shrout & Fleiss' table
+    assert r["icc_a1_ci95"] == pytest.approx([0.02, 0.76], abs=0.005)
+    assert r["icc_c1_ci95"] == pytest.approx([0.34, 0.95], abs=0.005)
 
 
 def test_agreement_by_hand():
@@ -120,3 +123,32 @@ def test_eval_with_nothing_to_compare(evaluated, tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "no results" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_spearman_p_is_exact_at_small_n():
+    import itertools
+
+    # n = 5 in the same order: exactly 2 of the 120 orderings are as extreme (rho = +1 or -1)
+    r = metrics.spearman([1.0, 2, 3, 4, 5], [2.0, 3, 4, 5, 7])
+    assert r["rho"] == pytest.approx(1.0) and r["p"] == pytest.approx(2 / 120) and "exact" in r["p_method"]
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random(6), rng.random(6)
+    rho = stats.spearmanr(a, b).statistic
+    null = [stats.spearmanr(a, b[list(p)]).statistic for p in itertools.permutations(range(6))]  # by brute force
+    assert metrics.spearman(a, b)["p"] == pytest.approx(np.mean(np.abs(null) >= abs(rho) - 1e-12))
+    assert metrics.spearman(np.arange(12.0), np.arange(12.0) ** 2)["p_method"] == "t approximation"
+
+
+def test_bland_altman_limits_have_confidence_intervals():
+    rng = np.random.default_rng(2)
+    b = rng.normal(280, 40, 30)
+    a = b - 5 + rng.normal(0, 3, 30)
+    ba = metrics.bland_altman(a, b)
+    for key in ("bias", "loa_low", "loa_high"):
+        lo, hi = ba[f"{key}_ci95"]
+        assert lo < ba[key] < hi
+    # Bland & Altman 1999: the limits' CIs are sqrt(3) times as wide as the bias's
+    width = lambda k: ba[f"{k}_ci95"][1] - ba[f"{k}_ci95"][0]  # noqa: E731
+    assert width("loa_low") == pytest.approx(np.sqrt(3) * width("bias"))

@@ -117,3 +117,100 @@ def test_ruff_format_is_clean():
         pytest.skip("ruff not installed")
     r = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every command in README.md's shell blocks, as argument lists (continuations joined, `&&` split,
+    comments dropped)."""
+    import shlex
+
+    blocks, lang, cur = [], None, []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, cur = line[3:].strip(), []
+            else:
+                if lang in ("", "bash", "sh", "shell"):
+                    blocks.append("\n".join(cur))
+                lang = None
+        elif lang is not None:
+            cur.append(line)
+    cmds = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                args = shlex.split(part.replace("$SLURM_ARRAY_TASK_ID", "0"), comments=True)
+                if args:
+                    cmds.append(args)
+    return cmds
+
+
+def test_readme_vbmd_rt_commands_parse_as_typed():
+    """Each `vbmd-rt` command of the README goes through the CLI's own parser (options, choices, arguments);
+    each script it runs exists; each make target is in the Makefile; installed commands carry their path."""
+    import click
+    import typer
+
+    from vbmd_rt.cli import app
+
+    root = typer.main.get_command(app)
+    cmds = _readme_commands()
+    seen = 0
+    make = (ROOT / "Makefile").read_text()
+    for args in cmds:
+        exe = args[0]
+        if exe.endswith("vbmd-rt"):
+            ctx = click.Context(root, info_name="vbmd-rt")
+            sub = root.get_command(ctx, args[1])
+            assert sub is not None, f"README: no command {args[1]!r} in {' '.join(args)}"
+            try:
+                sub.make_context(args[1], list(args[2:]), parent=ctx)
+            except click.exceptions.Exit:
+                pass
+            except click.UsageError as e:
+                raise AssertionError(f"README: `{' '.join(args)}` does not parse: {e}") from None
+            seen += 1
+        elif exe.endswith("python") and len(args) > 1 and args[1].endswith(".py"):
+            assert exe.startswith(".venv/bin/"), f"README: `{' '.join(args)}` needs the .venv's python"
+            assert (ROOT / args[1]).is_file(), args
+        elif exe == "make":
+            assert f"\n{args[1]}:" in make or f" {args[1]}" in make.split("\n.PHONY:")[1].split("\n")[0], args
+        elif exe in ("python", "python3", "pytest", "ruff", "mypy") and args[1:3] != ["-m", "venv"]:
+            raise AssertionError(f"README: `{' '.join(args)}` runs outside .venv (write .venv/bin/{exe})")
+    assert seen >= 3
+
+
+def test_readme_tour_runs_as_typed_after_make_demo(phantoms, tmp_path):
+    """The README's tour block, each line run for real in a folder laid out as after `make demo`."""
+    import json
+    import re
+
+    from tests.conftest import phantom_copies
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## After `make demo`.*?```\n(.*?)```", text, flags=re.S).group(1)
+    phantom_copies(phantoms, tmp_path / "demo-out" / "scans", 1)
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "run", "demo-out/scans/PHANTOM_0000.AIM", "-o", "demo-out/results", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )  # what `make demo` did
+    assert r.returncode == 0, r.stderr
+    for line in block.strip().splitlines():
+        args = line.split()
+        assert args[0] == ".venv/bin/vbmd-rt", line
+        r = subprocess.run([sys.executable, "-m", "vbmd_rt", *args[1:]], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, f"README: `{line}` failed: {r.stderr}"
+    d100 = json.loads((tmp_path / "demo-out/results/PHANTOM_0000.json").read_text())["d100_mg_ha_cm3"]
+    assert (tmp_path / "demo-out/slicer/PHANTOM_0000_SEG.nii.gz").is_file()
+    assert (tmp_path / "demo-out/cohort-results/summary.csv").is_file()
+    assert (
+        f"{d100:.1f}"
+        in subprocess.run(
+            [sys.executable, "-m", "vbmd_rt", *block.splitlines()[1].split()[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )

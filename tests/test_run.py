@@ -69,7 +69,7 @@ def test_outputs_json_and_mask_line_up_with_truth(cases, results, i):
     seg = aim.read_aim(results / f"{name}_SEG.AIM")
     gt = aim.read_aim(cases / f"{name}_GT.AIM")
     scan = aim.read_header(cases / f"{name}.AIM")
-    assert seg.header.type_name == "char" and seg.header.version == scan.version
+    assert seg.header.type_name == "binary-rle" and seg.header.version == scan.version
     assert seg.header.position == scan.position and seg.header.shape == scan.shape
     assert seg.header.element_size_mm == pytest.approx(scan.element_size_mm)
     assert set(np.unique(seg.data)) <= {0, 127}

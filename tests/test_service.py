@@ -262,6 +262,8 @@ def test_full_disk_gives_a_clear_error_and_no_corrupt_files(source, tmp_path):
                 "-q",
                 "--model",
                 "classical",
+                "--mask-format",
+                "char",  # 20 MB: does not fit (the default run-length mask would)
             ],
             capture_output=True,
             text=True,

@@ -93,8 +93,21 @@ def search_dirs(model: Model) -> list[Path]:
     return [model.folder / "engines", cache_dir()]
 
 
+def is_bundled(model: Model) -> bool:
+    """The model shipped inside the package (its folder belongs to pip: nothing is written there)."""
+    from vbmd_rt.runtime.model import default_model_dir
+
+    try:
+        return model.folder.resolve() == default_model_dir()
+    except OSError:
+        return False
+
+
 def writable_dir(model: Model) -> Path:
-    """Where a new plan goes: beside the model when that folder is writable, else the engine cache."""
+    """Where a new plan goes: the engine cache for the bundled model (a plan inside site-packages would
+    outlive ``pip uninstall``); beside a model folder the user named when it is writable, else the cache."""
+    if is_bundled(model):
+        return cache_dir()
     own = model.folder / "engines"
     for d in (own, cache_dir()):
         try:
@@ -281,7 +294,7 @@ def build(
     )
     found, _ = select(model, key)
     if found is not None:
-        log(f"{found.name}: an engine with this key exists")
+        log(f"{found}: an engine with this key exists")
         return found, json.loads(found.with_name(found.name + ".json").read_text())
     onnx = onnx_path or model.onnx("fp16" if precision == "fp16" else precision)
     typed = flavour == "rtx" or hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")

@@ -34,7 +34,13 @@ from vbmd_rt.runtime.errors import AimFormatError
 from vbmd_rt.runtime.io import proclog
 from vbmd_rt.runtime.io.atomic import atomic_write
 from vbmd_rt.runtime.io.calibration import Calibration, calibration_from_log
-from vbmd_rt.runtime.io.codecs import _decode_bitpacked, _decode_char_rle, decode_binary_rle, encode_binary_rle
+from vbmd_rt.runtime.io.codecs import (
+    BinaryRle,
+    _decode_bitpacked,
+    _decode_char_rle,
+    decode_binary_rle,
+    encode_binary_rle,
+)
 
 __all__ = [
     "AimHeader",
@@ -625,7 +631,7 @@ def _stored(data: np.ndarray, type_code: int) -> tuple[np.ndarray, np.ndarray | 
 
 def write_aim(
     path: str | os.PathLike,
-    data: np.ndarray,
+    data: np.ndarray | BinaryRle,
     header: AimHeader | None = None,
     *,
     type: str | int | None = None,
@@ -635,6 +641,7 @@ def write_aim(
 ) -> AimHeader:
     """Write ``data`` (z, y, x) as an AIM file, atomically; return the header written.
 
+    ``data`` may also be a :class:`~vbmd_rt.runtime.io.codecs.BinaryRle` (written as binary run-length).
     ``header`` is the template: position, offset, element size, sup/sub fields and the
     processing log come from it (default: origin, 82 µm, empty log). ``version`` is 2 or 3
     (default: the template's; ISQ templates become v020). ``type`` is "int16", "char" or
@@ -643,9 +650,12 @@ def write_aim(
     """
     from vbmd_rt import __version__ as _rt_version
 
-    data = np.asarray(data)
-    if data.ndim != 3:
-        raise ValueError("AIM data must be 3-D (z, y, x)")
+    if isinstance(data, BinaryRle):  # encoded by the caller (runtime.io.masks: from the bone's box alone)
+        type = TYPE_BINARY_RLE
+    else:
+        data = np.asarray(data)
+        if data.ndim != 3:
+            raise ValueError("AIM data must be 3-D (z, y, x)")
     if type is None:
         code = TYPE_INT16 if data.dtype == np.int16 else TYPE_CHAR
     elif isinstance(type, str):
@@ -659,8 +669,12 @@ def write_aim(
     if code == TYPE_BINARY_RLE and any(tmpl.offset):
         # AimIO (and so IPL's readers) assert on compressed binaries with an offset border.
         raise ValueError("binary run-length AIMs cannot carry an offset; write type 'char' instead")
-    arr, payload = _stored(data, code)
-    dim = (arr.shape[2], arr.shape[1], arr.shape[0])
+    if isinstance(data, BinaryRle):
+        shape, payload = data.shape, data.stream
+    else:
+        arr, payload = _stored(data, code)
+        shape = arr.shape
+    dim = (shape[2], shape[1], shape[0])
     log = tmpl.processing_log
     if log_entry:
         log = proclog.append_entry(log, f"vbmd-rt {_rt_version}", log_entry)

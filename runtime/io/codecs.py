@@ -9,6 +9,8 @@ A stream that holds fewer voxels than the dimensions need is an :class:`AimForma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from vbmd_rt.runtime.errors import AimFormatError
@@ -70,12 +72,27 @@ def _binary_transitions(flat: np.ndarray, values: tuple[int, int], chunk: int = 
 def encode_binary_rle(flat: np.ndarray, values: tuple[int, int]) -> bytes:
     """Inverse of :func:`decode_binary_rle` (without the length prefix)."""
     flat = np.asarray(flat).ravel()
-    v0, v1 = values
     change = _binary_transitions(flat, values)
     starts = np.concatenate(([0], change))
     lengths = np.diff(np.concatenate((starts, [flat.size])))
-    if flat.size and flat[0] == v1:
+    if flat.size and flat[0] == values[1]:
         lengths = np.concatenate(([0], lengths))  # the stream starts with values[0]
+    return encode_run_lengths(lengths, values)
+
+
+@dataclass(frozen=True)
+class BinaryRle:
+    """A binary mask already run-length encoded (``write_aim`` writes it as is): ``shape`` is (z, y, x),
+    ``stream`` the data after the length prefix (the two values, then the counts)."""
+
+    shape: tuple[int, int, int]
+    stream: bytes
+
+
+def encode_run_lengths(lengths: np.ndarray, values: tuple[int, int]) -> bytes:
+    """Runs of alternating value (``values[0]`` first; a run may be 0 long) -> binary run-length stream."""
+    v0, v1 = values
+    lengths = np.asarray(lengths, dtype=np.int64)
     # A run of L: (L-1)//254 bytes of 255 (254 each, no toggle), then the rest (1..254).
     full = np.where(lengths > 0, (lengths - 1) // 254, 0)
     rest = lengths - 254 * full

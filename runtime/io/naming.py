@@ -32,16 +32,35 @@ def is_scan_file(path: Path) -> bool:
     return ext.lower() in SCAN_SUFFIXES and not stem.upper().endswith(NOT_SCANS)
 
 
-def expand_inputs(items: list[str | Path]) -> list[Path]:
-    """Files as given; folders become their scan files (masks named *_SEG/_GT/_MASK/_PROB are skipped)."""
+def expand_inputs(items: list[str | Path], recursive: bool = False) -> list[Path]:
+    """Files as given; folders become their scan files (masks named *_SEG/_GT/_MASK/_PROB are skipped),
+    with ``recursive`` also those in their subfolders (a folder of per-patient folders)."""
     out: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and is_scan_file(q)))
+            found = p.rglob("*") if recursive else p.iterdir()
+            out.extend(sorted(q for q in found if q.is_file() and is_scan_file(q)))
         else:
             out.append(p)
     return out
+
+
+def has_nested_scans(folder: Path) -> bool:
+    """A folder whose subfolders hold scans (for the hint to use ``--recursive``)."""
+    return any(q.is_file() and is_scan_file(q) for q in Path(folder).rglob("*"))
+
+
+def same_names(files: list[Path]) -> list[tuple[Path, Path]]:
+    """Pairs of scans that would write the same outputs (NAME.AIM in two patient folders)."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for f in files:
+        n = scan_name(f)
+        if n in seen and seen[n].resolve() != f.resolve():
+            clashes.append((seen[n], f))
+        seen.setdefault(n, f)
+    return clashes
 
 
 def outputs_for(name: str, out: Path, report_html: bool = False, save_prob: bool = False) -> dict[str, Path]:

@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 import time
 
-__all__ = ["parse_log", "append_entry", "field_line", "SEPARATOR", "PUBLIC_FIELDS", "public_fields"]
+__all__ = [
+    "parse_log",
+    "append_entry",
+    "field_line",
+    "SEPARATOR",
+    "PUBLIC_FIELDS",
+    "public_fields",
+    "scan_date",
+]
 
 # Fields that describe the scanner, the acquisition and the calibration: safe to print.
 PUBLIC_FIELDS = (
@@ -113,3 +121,17 @@ def append_entry(log: str, tool: str, operation: str, when: float | None = None)
         lines.append(field_line("Operation", cur))
     lines.append(SEPARATOR)
     return body + "\n".join(lines) + "\n"
+
+
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+
+def scan_date(log: str) -> str | None:
+    """The date of the log's first ``Time`` line (IPL writes it when the scan's AIM is created from the
+    ISQ), as ``YYYY-MM-DD``; the date alone, no time of day, no other field. ``None`` when absent."""
+    import re
+
+    m = re.search(r"^Time\s+(\d{1,2})-([A-Z]{3})-(\d{4})", log or "", re.M | re.I)
+    if not m or m.group(2).upper() not in _MONTHS:
+        return None
+    return f"{m.group(3)}-{_MONTHS.index(m.group(2).upper()) + 1:02d}-{int(m.group(1)):02d}"

@@ -13,6 +13,27 @@ import typer
 from vbmd_rt import __version__
 from vbmd_rt.runtime.errors import VbmdInputError, debug_enabled
 
+
+def _flags_without_type() -> None:
+    """Help shows ``--overwrite`` as a flag, not ``--overwrite <bool>`` (this Typer labels every option
+    with its type; a flag takes no value)."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # another Typer: its own display
+        return
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_vbmd_rt", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._vbmd_rt = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
+
 app = typer.Typer(
     name="vbmd-rt",
     help="Fully automatic vBMD of the second metacarpal (MC2) in HR-pQCT hand scans.",
@@ -35,6 +56,30 @@ def _root(
     ),
 ):
     """vbmd-rt: read AIM/ISQ scans, segment MC2, report calibrated vBMD (D100)."""
+
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: ``Examples:`` and one command a line (kept as typed, not re-wrapped)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Exit 2 with the install command when an optional dependency is missing (checked before any work)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise VbmdInputError(
+            None, f"{what} needs the {extra} extra ({module} is not installed)", f"pip install 'vbmd-rt[{extra}]'"
+        )
+
+
+def plain_output() -> bool:
+    """True when stdout is not a terminal (a pipe, a file, a log): print plain lines, never wrapped."""
+    return not sys.stdout.isatty()
 
 
 def run_app(argv: list[str] | None = None) -> None:

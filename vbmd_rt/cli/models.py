@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app
+from vbmd_rt.cli.app import app, examples, require_extra
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "vbmd-rt synth phantoms --cases 40 --seed 1 && vbmd-rt train phantoms -o run1 --epochs 20",
+        "vbmd-rt train annotated/ -o run2 --arch unet2d --val-data held-out/",
+        "vbmd-rt train annotated/ -o run2 --resume run2/last.pt",
+    )
+)
 def train(
     data: Path = typer.Argument(..., help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: best.pt, last.pt, train.json."),
-    arch: str = typer.Option("unet3d", "--arch", help="unet3d or unet2d."),
-    epochs: int = typer.Option(20, "--epochs", min=1),
+    arch: Literal["unet3d", "unet2d"] = typer.Option("unet3d", "--arch", help="Network: the paper's 3D or 2D U-Net."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Passes over --steps batches."),
     steps: int = typer.Option(200, "--steps", min=1, help="Steps per epoch."),
     lr: float | None = typer.Option(None, "--lr", help="Default: 1e-5 (2D), 1e-4 (3D), as the paper."),
     batch: int | None = typer.Option(None, "--batch", help="Default: 4 (2D), 1 (3D)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the sampling and the weights."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", "--device", help="Where to train."),
     val_data: Path | None = typer.Option(None, "--val-data", help="Held-out folder instead of the 20% split."),
     init_resnet34: Path | None = typer.Option(None, "--init-resnet34", help="ImageNet ResNet34 state dict (2D)."),
-    schedule: str = typer.Option("constant", "--schedule", help="constant or poly."),
+    schedule: Literal["constant", "poly"] = typer.Option("constant", "--schedule", help="Learning-rate schedule."),
     resume: Path | None = typer.Option(None, "--resume", help="Go on from a last.pt."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for loading cases."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Train the 2D or 3D U-Net on scan/mask pairs; the best checkpoint goes to OUT/best.pt."""
     from rich.progress import Progress
@@ -33,8 +40,7 @@ def train(
     from vbmd_rt.export.train import TrainConfig
     from vbmd_rt.export.train import train as do_train
 
-    if arch not in ("unet3d", "unet2d"):
-        raise typer.BadParameter("--arch must be unet3d or unet2d")
+    require_extra("torch", "train", "vbmd-rt train")
     cfg = TrainConfig(
         data=str(data),
         out=str(out),
@@ -60,16 +66,24 @@ def train(
     typer.echo(f"best checkpoint: {best}\nexport it with: vbmd-rt export {best} -o MODEL")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "vbmd-rt export run1/best.pt -o model1",
+        "vbmd-rt export --engine rtx --sm 75   (the bundled model; the plan goes to the engine cache)",
+        "vbmd-rt export --engine trt --model model1   (on the workstation's GPU; beside model1)",
+        "vbmd-rt export --engine trt --precision int8 --calib calib.npz   (int8 extra)",
+    )
+)
 def export(
     checkpoint: Path | None = typer.Argument(None, help="A best.pt from `vbmd-rt train` (default: the bundled model)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for model.onnx, model.fp16.onnx, model.json."),
     validation: Path | None = typer.Option(None, "--validation", help="A validation JSON to put in the card."),
     name: str | None = typer.Option(None, "--name", help="Model name in the card."),
-    engine: str | None = typer.Option(
+    engine: Literal["rtx", "trt"] | None = typer.Option(
         None,
         "--engine",
-        help="Also build an engine: rtx (TensorRT-RTX, any machine) or trt (classic TensorRT, on this GPU).",
+        help="Also build an engine: rtx (TensorRT-RTX, any machine) or trt (classic TensorRT, on this GPU). "
+        "Plans go beside a model folder you name (--model, -o), else to $VBMD_RT_CACHE/engines.",
     ),
     sm: str = typer.Option("75", "--sm", help="TensorRT-RTX target compute capability (75: RTX 2080)."),
     model: Path | None = typer.Option(
@@ -78,7 +92,9 @@ def export(
         "-m",
         help="Build the engine for this exported model (default: what -o holds, else the bundled model).",
     ),
-    precision: str = typer.Option("fp16", "--precision", help="fp16, or int8 (needs `vbmd-rt calib` data: --calib)."),
+    precision: Literal["fp16", "int8"] = typer.Option(
+        "fp16", "--precision", help="Engine precision; int8 needs `vbmd-rt calib` data (--calib) and the int8 extra."
+    ),
     calib: Path | None = typer.Option(None, "--calib", help="Calibration slices from `vbmd-rt calib` (INT8)."),
     batch: str = typer.Option("1,16,32", "--batch", help="2D profile: min,opt,max slices per batch."),
 ):
@@ -91,12 +107,17 @@ def export(
     from vbmd_rt.runtime.inference import engines
     from vbmd_rt.runtime.model import load_model
 
-    if engine not in (None, "rtx", "trt"):
-        raise typer.BadParameter("--engine takes rtx or trt")
-    if precision not in ("fp16", "int8"):
-        raise typer.BadParameter("--precision takes fp16 or int8")
+    if precision == "int8":  # every argument and extra checked before any work
+        if engine is None:
+            raise typer.BadParameter("--precision int8 is for engines: add --engine trt")
+        if calib is None:
+            raise typer.BadParameter("--precision int8 needs --calib CALIB.npz from `vbmd-rt calib`")
+        require_extra("modelopt", "int8", "--precision int8")
+    if engine is not None:
+        require_extra("tensorrt_rtx" if engine == "rtx" else "tensorrt", engine, f"--engine {engine}")
     target = model
     if checkpoint is not None or engine is None:
+        require_extra("torch", "train", "exporting a checkpoint")
         from vbmd_rt.export.onnx_export import export as do_export
 
         out = out or Path("model")
@@ -136,7 +157,12 @@ def export(
     )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "vbmd-rt calib phantoms/ -o calib.npz -n 64",
+        "vbmd-rt calib scans/ -o calib.npz && vbmd-rt export --engine trt --precision int8 --calib calib.npz",
+    )
+)
 def calib(
     data: list[Path] = typer.Argument(..., help="Scans (or folders of them) to take calibration inputs from."),
     out: Path = typer.Option(..., "--out", "-o", help="The calibration file (.npz)."),
@@ -145,7 +171,7 @@ def calib(
     heldout: float = typer.Option(
         0.25, "--heldout", min=0.05, max=0.9, help="Share of cases kept out for the INT8 gate."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the choice of inputs."),
 ):
     """INT8 calibration inputs picked over cases, slice positions and motion grades (for export --precision int8)."""
     from vbmd_rt.calib import select

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app
+from vbmd_rt.cli.app import app, examples, plain_output, require_extra
 
 
-@app.command()
+@app.command(epilog=examples("vbmd-rt info scans/PHANTOM_0000.AIM", "vbmd-rt info scans/PHANTOM_0000.AIM --json"))
 def info(
     file: Path = typer.Argument(..., help="AIM or ISQ file."),
     as_json: bool = typer.Option(False, "--json", help="Print the header as JSON."),
@@ -51,17 +52,26 @@ def info(
         typer.echo(hdr.processing_log)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "vbmd-rt run scans/PHANTOM_0000.AIM -o results",
+        "vbmd-rt run scans/ -o results --report html --export nifti",
+        "vbmd-rt run cohort/ -o results --recursive   (a folder of per-patient folders)",
+        "vbmd-rt run cohort/ -o results --num-parts 4 --part-id $SLURM_ARRAY_TASK_ID",
+    )
+)
 def run(
     scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Exported model folder, or classical (default: the bundled network)."
     ),
-    backend: str = typer.Option("auto", "--backend", "-b", help="auto, tensorrt, tensorrt-rtx, onnxruntime or torch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    side: str = typer.Option("auto", "--side", help="auto (detected), left or right."),
-    report: str | None = typer.Option(None, "--report", help="Also write a report: html."),
+    backend: Literal["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"] = typer.Option(
+        "auto", "--backend", "-b", help="Inference backend (auto: the fastest one here)."
+    ),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", "--device", help="Where the network runs."),
+    side: Literal["auto", "left", "right"] = typer.Option("auto", "--side", help="Hand side (auto: detected)."),
+    report: Literal["html"] | None = typer.Option(None, "--report", help="Also write a report page."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo scans whose outputs exist (default: skip them)."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM (probability x100)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
@@ -77,6 +87,16 @@ def run(
         1, "--num-parts", min=1, help="Split the cohort into N parts (e.g. a SLURM array)..."
     ),
     part_id: int = typer.Option(0, "--part-id", min=0, help="...and run part K (0-based)."),
+    mask_format: Literal["rle", "cropped", "char"] = typer.Option(
+        "rle",
+        "--mask-format",
+        help="Mask AIM: rle (binary run-length, full geometry), cropped (char cut to the bone, with its "
+        "position) or char (full-size char, the largest).",
+    ),
+    export: Literal["nifti", "mha"] | None = typer.Option(
+        None, "--export", help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz) or mha."
+    ),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take scans in subfolders of a folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png, summary.csv.
@@ -88,27 +108,26 @@ def run(
 
     from vbmd_rt.cohort import batch as cohort
     from vbmd_rt.runtime import pipeline
-    from vbmd_rt.runtime.errors import VbmdInputError
-    from vbmd_rt.runtime.io import naming
     from vbmd_rt.runtime.io.atomic import check_writable_dir
 
-    if report not in (None, "html"):
-        raise typer.BadParameter("--report takes html")
-    if side not in ("auto", "left", "right"):
-        raise typer.BadParameter("--side must be auto, left or right")
+    _check_mask_options(mask_format, export)
     mem = _max_memory(max_memory)  # argument checks before anything is created
-    check_writable_dir(out)
-    files = naming.expand_inputs(scans)
-    if not files:
-        raise VbmdInputError(scans[0], "holds no scan files (*.AIM, *.ISQ)", "give scan files or a folder of them")
+    if backend == "torch":
+        require_extra("torch", "train", "--backend torch")
+    if cluster:
+        require_extra("distributed", "cluster", "--cluster")
+    files = _scan_files(scans, recursive)
     cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding: one OUT
     files = cohort.shard(files, num_parts, part_id)
+    check_writable_dir(out)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
         overwrite=overwrite,
         save_prob=save_prob,
         max_memory=mem,
+        mask_format=mask_format,
+        export=export,
     )
     job = cohort.Job(
         model=None if model is None else str(model),
@@ -122,8 +141,10 @@ def run(
     with Progress(disable=quiet, transient=True) as bar:
         task = bar.add_task("scans", total=len(files))
 
+        echo = typer.echo if plain_output() else bar.console.print  # piped: whole lines, never wrapped
+
         def on_row(r):
-            _print_row(r, quiet, bar.console.print)
+            _print_row(r, quiet, echo)
             bar.advance(task)
 
         if cluster:
@@ -161,6 +182,34 @@ def run(
     if failed:
         typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
         raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
+
+
+def _scan_files(items: list[Path], recursive: bool = False) -> list[Path]:
+    """The scans to process, checked before anything is created: every path given exists, a folder holds
+    scans (or says to use --recursive), and no two scans would write the same outputs."""
+    from vbmd_rt.runtime.errors import VbmdInputError
+    from vbmd_rt.runtime.io import naming
+
+    for item in items:
+        if not item.exists():
+            raise VbmdInputError(item, "no such file or folder", "check the path")
+    files = naming.expand_inputs(items, recursive=recursive)
+    if not files:
+        nested = not recursive and any(i.is_dir() and naming.has_nested_scans(i) for i in items)
+        raise VbmdInputError(
+            items[0],
+            "holds no scan files (*.AIM, *.ISQ)" + (" at its top level" if nested else ""),
+            "add --recursive to take the scans in its subfolders" if nested else "give scan files or a folder of them",
+        )
+    clashes = naming.same_names(files)
+    if clashes:
+        a, b = clashes[0]
+        raise VbmdInputError(
+            b,
+            f"has the same name as {a}, so their outputs would collide",
+            "rename one, or run each folder with its own -o",
+        )
+    return files
 
 
 def _print_row(r: dict, quiet: bool, echo) -> None:
@@ -208,3 +257,57 @@ def _max_memory(text: str | None) -> int | None:
         return parse_size(text)
     except ValueError:
         raise typer.BadParameter(f"--max-memory takes a size such as 16G or 512M, not {text!r}") from None
+
+
+def _check_mask_options(mask_format: str, export: str | None) -> None:
+    from vbmd_rt.runtime.io.masks import MASK_FORMATS
+    from vbmd_rt.runtime.io.nifti import EXPORT_FORMATS
+
+    if mask_format not in MASK_FORMATS:
+        raise typer.BadParameter(f"--mask-format takes {', '.join(MASK_FORMATS)}, not {mask_format!r}")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"--export takes {' or '.join(EXPORT_FORMATS)}, not {export!r}")
+
+
+@app.command(
+    epilog=examples(
+        "vbmd-rt measure scans/PHANTOM_0000.AIM results/PHANTOM_0000_SEG.AIM",
+        "vbmd-rt measure scans/P1.AIM corrected/P1_SEG.nii.gz -o remeasured --report html",
+        "vbmd-rt measure scans/P1.AIM P1_MC2.GOBJ --json",
+    )
+)
+def measure(
+    scan: Path = typer.Argument(..., help="The scan (AIM or ISQ) the mask was drawn on."),
+    mask: Path = typer.Argument(
+        ..., help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write NAME.json and NAME.png here (default: print)."),
+    export: Literal["nifti", "mha"] | None = typer.Option(
+        None, "--export", help="Also write scan and mask as nifti (.nii.gz) or mha."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs in OUT."),
+    report: Literal["html"] | None = typer.Option(None, "--report", help="Also write the HTML report (needs -o)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+):
+    """D100 from a given (e.g. corrected) mask: the same measurement and JSON as `run`, no network.
+
+    The mask must lie on the scan's grid (same voxel size; cropped masks are placed by their position)
+    and hold voxels, else exit 2. A mask far from an MC2 (size, density, contrast) is measured and
+    flagged (qc status review).
+    """
+    from vbmd_rt.runtime.remeasure import measure_mask
+
+    _check_mask_options("rle", export)
+    if (export is not None or report is not None) and out is None:
+        raise typer.BadParameter("--export and --report need -o OUT")
+    r = measure_mask(scan, mask, out, export=export, overwrite=overwrite, report_html=report == "html")
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    d = r["d100_mg_ha_cm3"]
+    typer.echo(
+        f"{r['scan']['file']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
+        f"{r['slices']} slices, {r['side'] or '?'} hand, mask {r['mask']['file']}, qc {r['qc']['status']}"
+    )
+    for w in r["warnings"]:
+        typer.echo(f"  warning: {w}")

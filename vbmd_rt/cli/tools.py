@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app
+from vbmd_rt.cli.app import app, examples
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "vbmd-rt synth demo-out/scans --cases 1 --seed 7",
+        "vbmd-rt synth phantoms --cases 20 --size full --workers 2 --preview",
+    )
+)
 def synth(
     out: Path = typer.Argument(..., help="Output folder (created if missing)."),
     cases: int = typer.Option(1, "--cases", "-n", min=1, help="Number of cases."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed; the same seed and version give the same files."),
-    size: str = typer.Option("small", "--size", help="full: 82 µm, 1536 x 1536; small: 246 µm, 512 x 512."),
+    size: Literal["small", "full"] = typer.Option(
+        "small", "--size", help="full: 82 µm, 1536 x 1536; small: 246 µm, 512 x 512."
+    ),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first case (to extend a cohort)."),
     preview: bool = typer.Option(False, "--preview", help="Also write OUT/preview.png, a montage of slices."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the files do not depend on it)."),
@@ -62,7 +70,13 @@ def synth(
             typer.echo(f"preview: {png}")
 
 
-@app.command(name="eval")
+@app.command(
+    name="eval",
+    epilog=examples(
+        "vbmd-rt run phantoms -o pred --save-prob && vbmd-rt eval --pred pred --truth phantoms -o report",
+        "vbmd-rt eval --pred pred --truth experts.csv -o report --d100-cases 30",
+    ),
+)
 def eval_(
     pred: Path = typer.Option(
         ..., "--pred", help="Output folder of `vbmd-rt run` (NAME.json, NAME_SEG.AIM, NAME_PROB.AIM)."
@@ -72,7 +86,7 @@ def eval_(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder: eval.json, eval.md, cases.csv, plots."),
     d100_cases: int | None = typer.Option(None, "--d100-cases", min=3, help="D100 statistics on the first N cases."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Agreement with expert contours: Dice, IoU, accuracy, AUC, HD95; D100 Pearson/Spearman/ICC/Bland-Altman."""
     from vbmd_rt.evaluation.evaluate import evaluate_outputs, markdown, write_report
@@ -87,12 +101,20 @@ def eval_(
             typer.echo("(plots need matplotlib: pip install 'vbmd-rt[eval]')", err=True)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "vbmd-rt bench --size full --runs 5 -o bench.json",
+        "vbmd-rt bench --size small --runs 1 --backends onnxruntime --no-2d",
+        "vbmd-rt bench --backends tensorrt,onnxruntime   (on the GPU workstation)",
+    )
+)
 def bench(
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the results as JSON here."),
-    size: str = typer.Option("full", "--size", help="full (1536 x 1536, the paper's setting) or small."),
+    size: Literal["full", "small"] = typer.Option(
+        "full", "--size", help="full (1536 x 1536, the paper's setting) or small."
+    ),
     runs: int = typer.Option(5, "--runs", min=1, help="Measured runs per backend (after the warm-up)."),
-    warmup: int = typer.Option(1, "--warmup", min=0),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Unmeasured runs first (page cache, JIT)."),
     backends: str | None = typer.Option(
         None, "--backends", help="Comma list, e.g. onnxruntime,classical (default: all here)."
     ),

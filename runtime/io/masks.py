@@ -1,0 +1,221 @@
+"""Mask files: write a run's MC2 mask compactly, read any mask back onto a scan's grid.
+
+A full XtremeCT scan's mask is 700 MB as full-size char, almost all of it background. Written here:
+
+* ``rle`` (default): binary run-length (``0x00150001``), the scanner's own compact mask type, full
+  geometry (same dimensions, position and offset as the scan). It is encoded from the bone's bounding
+  box alone (runs outside it are known to be background), so a full-size mask takes tens of
+  milliseconds and a few hundred KB. AimIO refuses run-length files with an offset border, so a scan
+  with an offset gets ``cropped`` instead.
+* ``cropped``: char 0/127 cut to the bone's bounding box, its position moved by the box's corner,
+  as IPL stores masks (``gobj_to_aim``); the scan's grid is restored from the position.
+* ``char``: full-size char 0/127, the old behaviour.
+
+``read_mask_file`` (with ``place_on_grid``) is the inverse for any mask file (AIM of any type, cropped or not, GOBJ through
+aimio-py, NIfTI): it places the mask's voxels on the scan's grid by position, and refuses masks whose
+voxel size or extent does not fit the scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.io.codecs import BinaryRle, encode_run_lengths
+
+MASK_FORMATS = ("rle", "cropped", "char")
+MASK_VALUE = 127  # IPL's object value in char masks
+
+
+def bounding_box(mask: np.ndarray, hint=None) -> tuple[slice, slice, slice] | None:
+    """Tight (z, y, x) box of the non-zero voxels, or None for an empty mask.
+
+    ``hint`` (z0, z1, y0, y1, x0, x1), e.g. postprocess's work region, bounds the search: outside it the
+    mask must be zero, and only the voxels inside it are looked at.
+    """
+    if hint is None:
+        z0, y0, x0 = 0, 0, 0
+        region = mask
+    else:
+        z0, _, y0, _, x0, _ = (int(v) for v in hint)
+        region = mask[int(hint[0]) : int(hint[1]), int(hint[2]) : int(hint[3]), int(hint[4]) : int(hint[5])]
+    zs = np.flatnonzero(region.reshape(region.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return None
+    sub = region[zs[0] : zs[-1] + 1]
+    ys = np.flatnonzero(sub.any(axis=(0, 2)))
+    xs = np.flatnonzero(sub.any(axis=(0, 1)))
+    return (
+        slice(z0 + int(zs[0]), z0 + int(zs[-1]) + 1),
+        slice(y0 + int(ys[0]), y0 + int(ys[-1]) + 1),
+        slice(x0 + int(xs[0]), x0 + int(xs[-1]) + 1),
+    )
+
+
+def encode_in_box(mask: np.ndarray, box, value: int = MASK_VALUE) -> BinaryRle:
+    """Binary run-length of a (z, y, x) mask (non-zero inside) that is zero outside ``box``.
+
+    Runs are found row by row inside the box; the flat index of every run's start and end gives the
+    stream. Cost and memory scale with the box, not the scan.
+    """
+    shape = tuple(int(v) for v in mask.shape)
+    n = int(np.prod(shape))
+    if box is None:
+        return BinaryRle(shape, encode_run_lengths(np.array([n]), (0, value)))
+    sub = np.asarray(mask[box]) != 0
+    pad = np.zeros((sub.shape[0], sub.shape[1], sub.shape[2] + 2), dtype=np.int8)
+    pad[:, :, 1:-1] = sub
+    d = np.diff(pad, axis=2)
+    kz, ky, kx = np.nonzero(d)  # C order: the flat order of the file
+    flat = ((kz + box[0].start) * shape[1] + (ky + box[1].start)) * shape[2] + (kx + box[2].start)
+    flat = flat.astype(np.int64)
+    # Starts and ends alternate; a run ending at a row's last voxel and one starting at the next row's
+    # first voxel meet (only when the box spans the whole width): merge them into one run.
+    starts, ends = flat[0::2], flat[1::2]
+    touch = ends[:-1] == starts[1:]
+    drop_end = np.concatenate((touch, [False]))
+    drop_start = np.concatenate(([False], touch))
+    starts = starts[~drop_start]
+    ends = ends[~drop_end]
+    bounds = np.empty(starts.size * 2 + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, n
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    return BinaryRle(shape, encode_run_lengths(np.diff(bounds), (0, value)))
+
+
+def write_mask(
+    path: str | os.PathLike,
+    mask: np.ndarray,
+    header: aim.AimHeader,
+    fmt: str = "rle",
+    log_entry: str | None = None,
+    box=None,
+    voxels: int | None = None,
+) -> dict:
+    """Write a (z, y, x) mask (non-zero inside) of the scan ``header`` describes, atomically.
+
+    ``fmt`` is ``rle``, ``cropped`` or ``char`` (see the module's docstring); ``box`` is an optional
+    (z0, z1, y0, y1, x0, x1) outside which the mask is zero (it saves scanning the whole volume); with
+    ``voxels`` (the mask's count, e.g. from ``measure.vbmd``) a box that misses some is caught and the
+    whole volume is searched instead. Returns the facts for the result JSON: file, format, AIM type, values, dimensions and position.
+    """
+    if fmt not in MASK_FORMATS:
+        raise ValueError(f"mask format must be one of {', '.join(MASK_FORMATS)}, not {fmt!r}")
+    if tuple(mask.shape) != tuple(header.shape):
+        raise ValueError(f"mask shape {mask.shape} is not the scan's {header.shape}")
+    tight = bounding_box(mask, box)
+    if box is not None and voxels is not None:
+        inside = 0 if tight is None else int(np.count_nonzero(np.asarray(mask[tight])))
+        if inside != voxels:  # the hint was wrong: never drop a voxel for speed
+            tight = bounding_box(mask)
+    if fmt == "rle" and any(header.offset):
+        fmt = "cropped"  # AimIO refuses run-length files with an offset border
+    if fmt == "rle":
+        written = aim.write_aim(path, encode_in_box(mask, tight), header, log_entry=log_entry)
+    elif fmt == "cropped":
+        sl = tight or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
+        corner = (sl[2].start, sl[1].start, sl[0].start)  # x, y, z
+        sub = np.asarray(mask[sl])
+        data = np.where(sub != 0, np.int8(MASK_VALUE), np.int8(0)).astype(np.int8)
+        dims = (data.shape[2], data.shape[1], data.shape[0])
+        tmpl = dataclasses.replace(
+            header,
+            position=tuple(int(p) + c for p, c in zip(header.position, corner, strict=True)),
+            # the scan's offset border, as far as it reaches into the box
+            offset=tuple(int(min(max(o - c, 0), d)) for o, c, d in zip(header.offset, corner, dims, strict=True)),
+        )
+        written = aim.write_aim(path, data, tmpl, type="char", log_entry=log_entry)
+    else:
+        data = np.where(np.asarray(mask) != 0, np.int8(MASK_VALUE), np.int8(0)).astype(np.int8)
+        written = aim.write_aim(path, data, header, type="char", log_entry=log_entry)
+    return {
+        "file": Path(path).name,
+        "format": fmt,
+        "type": written.type_name,
+        "values": [0, MASK_VALUE],
+        "dimensions_xyz": [int(v) for v in written.dim],
+        "position_xyz": [int(v) for v in written.position],
+    }
+
+
+# --------------------------------------------------------------------------- reading any mask
+
+
+def _fail(path, problem, fix):
+    raise VbmdInputError(path, problem, fix)
+
+
+def read_mask_file(path: str | os.PathLike, scan_header: aim.AimHeader) -> np.ndarray:
+    """Any mask file -> uint8 (z, y, x) 0/1 mask on the scan's grid.
+
+    AIM of any type (char, binary or char run-length, bit-packed; full size or cropped with its
+    position), GOBJ contours (needs aimio-py), NIfTI (``.nii``/``.nii.gz``, on the scan's grid or
+    placed by its origin). Raises ``VbmdInputError`` (exit 2) for a mask that does not fit the scan.
+    """
+    p = Path(path)
+    if not p.is_file():
+        _fail(p, "no such file", "check the mask's path")
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        from vbmd_rt.runtime.io import nifti
+
+        data, el, pos = nifti.read_as_grid(p, scan_header)
+    elif name.endswith(".gobj"):
+        data, el, pos = _read_gobj(p)
+    else:
+        m = aim.read_aim(p, mmap=False)
+        if m.header.version == 4:
+            _fail(p, "is an ISQ scan, not a mask", "pass the mask (AIM, GOBJ or NIfTI)")
+        if not m.header.is_mask:
+            _fail(p, "is a greyscale int16 AIM, not a mask", "pass the mask (char or binary AIM, GOBJ or NIfTI)")
+        data, el, pos = np.asarray(m.data), m.header.element_size_mm, m.header.position
+    return place_on_grid(p, data, el, pos, scan_header)
+
+
+def place_on_grid(path, data: np.ndarray, element_size_mm, position_xyz, scan_header: aim.AimHeader) -> np.ndarray:
+    """A mask block with its voxel size and position -> uint8 0/1 on the scan's grid (checked)."""
+    el_s = np.asarray(scan_header.element_size_mm, dtype=np.float64)
+    if not np.allclose(np.asarray(element_size_mm, dtype=np.float64), el_s, rtol=1e-4, atol=1e-7):
+        _fail(
+            path,
+            f"voxel size {tuple(round(float(v), 6) for v in element_size_mm)} mm differs from the scan's "
+            f"{tuple(round(float(v), 6) for v in el_s)} mm",
+            "resample the mask to the scan's grid, or pass the scan it was drawn on",
+        )
+    shape = scan_header.shape
+    # position is in voxels of the full scan; the scan itself sits at its own position
+    rel = [int(p) - int(s) for p, s in zip(position_xyz, scan_header.position, strict=True)]  # x, y, z
+    dz, dy, dx = data.shape
+    start = (rel[2], rel[1], rel[0])
+    stop = (rel[2] + dz, rel[1] + dy, rel[0] + dx)
+    out = np.zeros(shape, dtype=np.uint8)
+    if any(a < 0 for a in start) or any(b > n for b, n in zip(stop, shape, strict=True)):
+        inside = data != 0
+        # voxels of the block that fall outside the scan must all be background
+        src = tuple(slice(max(0, -a), min(d, n - a)) for a, d, n in zip(start, data.shape, shape, strict=True))
+        if any(s.stop <= s.start for s in src) or int(np.count_nonzero(inside)) != int(np.count_nonzero(inside[src])):
+            _fail(
+                path,
+                f"mask (position {tuple(position_xyz)}, {dx} x {dy} x {dz} voxels) reaches outside the scan "
+                f"(position {tuple(scan_header.position)}, {shape[2]} x {shape[1]} x {shape[0]})",
+                "pass the mask drawn on this scan",
+            )
+        dst = tuple(slice(a + s.start, a + s.stop) for a, s in zip(start, src, strict=True))
+        out[dst] = inside[src]
+        return out
+    out[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = data != 0
+    return out
+
+
+def _read_gobj(path: Path):
+    try:
+        import py_aimio
+    except ImportError:
+        _fail(path, "GOBJ contours need aimio-py", "pip install aimio-py, or convert the GOBJ to a mask AIM")
+    data, meta = py_aimio.read_gobj(str(path))  # (z, y, x), cropped to the contours, with its position
+    return np.asarray(data), tuple(meta["element_size"]), tuple(meta["position"])
