@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from vbmd_rt.runtime.io.calibration import Calibration
+from vbmd_rt.synth.case import Bone, CaseParams, erosion
 
 TEXTURES = ("bandpass", "grf", "rodplate", "aniso", "blobs")
 SHAPES = ("ellipse", "fourier", "condyle")
@@ -160,7 +161,6 @@ def shape_for(kind: str, rng: np.random.Generator, head: bool) -> dict | None:
 
 def sample_random(seed: int, size: str, allowed: dict[str, tuple[str, ...]]):
     """One domain-randomised case (``phantom.CaseParams``) from ``seed``, drawn from ``allowed`` choices."""
-    from vbmd_rt.synth.phantom import Bone, CaseParams, erosion
 
     rng = np.random.default_rng([seed, 0x72616E64])
     texture = str(rng.choice(allowed["texture"]))

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -50,6 +50,7 @@ from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.synth import families
+from vbmd_rt.synth.case import XTREMECT_CALIBRATION, Bone, CaseParams, erosion  # noqa: F401
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -62,8 +63,6 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = "1.1"  # 1.1: the random family; standard cases are unchanged
-# XtremeCT I calibration as in shared/aim-samples/bonelabdata_aluminum.aim.
-XTREMECT_CALIBRATION = Calibration(8192.0, 1441.13599, -356.445007, 0.2464)
 SIZES = {"full": (0.082, 1536), "small": (0.246, 512)}
 AIR = -356.0 + 0.0  # mu = 0: the stored value 0 is the calibration's intercept
 
@@ -96,70 +95,6 @@ def _xtremect_log(cal: Calibration = XTREMECT_CALIBRATION, scanner: str = "Xtrem
         sep,
     ]
     return "\n".join(rows) + "\n"
-
-
-@dataclass
-class Bone:
-    """One metacarpal and its proximal phalanx, in mm (x, y in-plane; z along the scan)."""
-
-    name: str
-    x0: float
-    y0: float
-    dx: float  # drift of the centre per mm of z
-    dy: float
-    curv: float  # quadratic bow of the shaft (mm per mm²)
-    shaft: tuple[float, float]  # semi-axes of the shaft
-    head: tuple[float, float]  # semi-axes of the head
-    angle: float  # degrees, in-plane rotation of the cross-section
-    tip: float  # z of the distal end of the head dome
-    dome: float  # length of the dome
-    neck: float  # length of the shaft-to-head transition
-    cortex_shaft: float
-    cortex_head: float
-    gap: float  # joint space
-    phalanx: tuple[float, float]  # semi-axes of the phalanx base
-    cup: float  # depth of the phalanx base's concavity
-    shape_shaft: dict | None = None  # cross-section model (families.outline); None: an ellipse
-    shape_head: dict | None = None
-    porosity: float = 0.0  # fraction of the cortex that is pores
-
-
-@dataclass
-class CaseParams:
-    seed: int
-    size: str
-    voxel_mm: float
-    nxy: int
-    slices: int
-    side: str
-    motion_grade: int
-    rings: bool
-    osteopenia: bool
-    cortex_density: float
-    tissue_density: float  # of trabecular bone at this resolution
-    trab_fraction_head: float
-    trab_fraction_shaft: float
-    trab_apparent_head: float
-    marrow_density: float
-    soft_density: float
-    noise_sd: float
-    psf_sigma_vox: float
-    psf_sigma_z_vox: float
-    cupping: float
-    hand: tuple[float, float, float, float, float]  # cx, cy, a, b, angle
-    bones: list[Bone] = field(default_factory=list)
-    erosions: list[dict] = field(default_factory=list)
-    family: dict = field(default_factory=lambda: {"name": "standard"})
-    calibration: tuple[float, float, float, float] | None = None  # mu_scaling, slope, intercept, mu_water
-    scanner: str = "XtremeCT"
-    extras: dict = field(default_factory=dict)  # fat, tendons, sesamoids (the random family)
-
-    @property
-    def cal(self) -> Calibration:
-        return XTREMECT_CALIBRATION if self.calibration is None else Calibration(*self.calibration)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sample_case(seed: int, size: str = "small") -> CaseParams:
@@ -255,17 +190,6 @@ def sample_case(seed: int, size: str = "small") -> CaseParams:
         bones=bones,
         erosions=erosions,
     )
-
-
-def erosion(rng: np.random.Generator, b: Bone, reach: float = 1.8, radius_mm: float = 2.4) -> dict:
-    """A cortical erosion of bone ``b``: a pit at a random angle, between 0.3 and ``reach`` dome lengths
-    from its tip, 0.8 to ``radius_mm`` in radius."""
-    return {
-        "bone": b.name,
-        "z_mm": float(b.tip - b.dome * rng.uniform(0.3, reach)),
-        "angle_deg": float(rng.uniform(0, 360)),
-        "radius_mm": float(rng.uniform(0.8, radius_mm)),
-    }
 
 
 # --------------------------------------------------------------------------- rendering
