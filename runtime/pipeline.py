@@ -265,8 +265,8 @@ def _run_scan(
     t_start = time.perf_counter()
     name = scan_name(path)
     targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
-    if options.export:
-        targets += list(nifti.export_names(name, options.export))
+    if options.export:  # before the JSON, which the transaction commits last
+        targets[-1:-1] = nifti.export_names(name, options.export)
     with outputs.Transaction(out, name, targets, options.overwrite) as txn:
         files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
         return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)

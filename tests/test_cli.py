@@ -129,7 +129,7 @@ def test_same_scan_names_in_two_folders_are_refused_before_any_work(phantoms, tm
         (tmp_path / "c" / p).mkdir(parents=True)
         tiny_scan(phantoms / "PHANTOM_0000.AIM", tmp_path / "c" / p / "MCP.AIM", slices=12)
     r = run("run", tmp_path / "c", "-o", tmp_path / "out", "--recursive")
-    assert r.returncode == 2 and "same name" in r.stderr and not (tmp_path / "out").exists()
+    assert r.returncode == 2 and "same output name" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_a_missing_extra_exits_2_with_the_install_command(tmp_path):

@@ -201,15 +201,7 @@ def _scan_files(items: list[Path], recursive: bool = False) -> list[Path]:
             "holds no scan files (*.AIM, *.ISQ)" + (" at its top level" if nested else ""),
             "add --recursive to take the scans in its subfolders" if nested else "give scan files or a folder of them",
         )
-    clashes = naming.same_names(files)
-    if clashes:
-        a, b = clashes[0]
-        raise VbmdInputError(
-            b,
-            f"has the same name as {a}, so their outputs would collide",
-            "rename one, or run each folder with its own -o",
-        )
-    return files
+    return files  # two scans with one output name: refused by cohort.check_names
 
 
 def _print_row(r: dict, quiet: bool, echo) -> None:
