@@ -56,7 +56,12 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     # A redo of P2 killed right after its new mask was renamed into place: new mask, old JSON and PNG.
     keep = (out / "P0.json").read_bytes()
     old_p2 = (out / "P2.json").read_bytes()
-    r = cli_env({KILL_AFTER_ENV: "1"}, "run", scans / "P2.AIM", "-o", out, "--model", "classical", "--overwrite", "-q")
+    # (another mask format, so that the new mask's bytes differ from the old: run-length masks of one scan
+    # are otherwise identical, and then no mix exists)
+    r = cli_env(
+        {KILL_AFTER_ENV: "1"},
+        *("run", scans / "P2.AIM", "-o", out, "--model", "classical", "--overwrite", "-q", "--mask-format", "char"),
+    )
     assert r.returncode == 137 and (out / "P2.json").read_bytes() == old_p2
     seg = (out / "P2_SEG.AIM").stat().st_mtime_ns
     r = cli("run", scans, "-o", out, "--model", "classical")
