@@ -308,26 +308,9 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
             "sha256": backend.onnx_sha256 or model.sha256("fp32"),
             "intended_use": model.card.intended_use,
         },
-        "calibration": None
-        if cal is None
-        else {
-            "slope": cal.slope,
-            "intercept": cal.intercept,
-            "mu_scaling": cal.mu_scaling,
-            "mu_water": cal.mu_water,
-            "mg_ha_cm3_per_unit": cal.per_unit,
-        },
+        "calibration": calibration_record(cal),
         "timings_s": {},
-        "scan": {
-            "file": path.name,
-            "shape_zyx": list(scan.header.shape),
-            "version": scan.header.version,
-            "element_size_mm": [float(v) for v in scan.header.element_size_mm],
-            "position": [int(v) for v in scan.header.position],
-            "scanner": proclog.public_fields(scan.header.log),
-            "fingerprint": fp,
-            "date": proclog.scan_date(scan.header.processing_log),
-        },
+        "scan": {**scan_record(path, scan), "fingerprint": fp},
         "run_key": run_key(model, backend, options),
         "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
         "qc": info["qc"],
@@ -384,6 +367,32 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 f.unlink()
         raise
     return result
+
+
+def calibration_record(cal) -> dict | None:
+    """The result JSON's ``calibration``: the density equation the D100 was computed with."""
+    if cal is None:
+        return None
+    return {
+        "slope": cal.slope,
+        "intercept": cal.intercept,
+        "mu_scaling": cal.mu_scaling,
+        "mu_water": cal.mu_water,
+        "mg_ha_cm3_per_unit": cal.per_unit,
+    }
+
+
+def scan_record(path: Path, scan: aim.Scan) -> dict:
+    """The result JSON's ``scan``: file name, geometry, the log's public fields and the scan date."""
+    return {
+        "file": path.name,
+        "shape_zyx": list(scan.header.shape),
+        "version": scan.header.version,
+        "element_size_mm": [float(v) for v in scan.header.element_size_mm],
+        "position": [int(v) for v in scan.header.position],
+        "scanner": proclog.public_fields(scan.header.log),
+        "date": proclog.scan_date(scan.header.processing_log),
+    }
 
 
 def _model_grid_header(header: aim.AimHeader, geometry) -> aim.AimHeader:

@@ -3,7 +3,8 @@
 The same measurement as ``vbmd-rt run`` (``measure.vbmd`` on the scan's grid), the same result JSON,
 with the network replaced by the given mask. The mask is checked before it is measured: it must fit the
 scan's grid (voxel size, extent) and hold voxels; a mask that is not brighter than its surroundings or
-whose size or density is far from an MC2's is measured but flagged for review.
+whose size or density is far from an MC2's is measured but flagged for review, and the mask gets the
+same QC verdict as ``run``'s (``qc.assess_mask``: baseline agreement, which bone, shape, ranges).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import measure, report
+from vbmd_rt.runtime import measure, qc, report
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
-from vbmd_rt.runtime.io import masks, nifti, proclog
+from vbmd_rt.runtime.io import masks, nifti
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import scan_name
 from vbmd_rt.runtime.postprocess import detect_side
-from vbmd_rt.runtime.qc import bone_contrast
 
 # What an MC2 of an adult hand looks like (the paper's cohort: D100 147-377, mean slice area 122 mm²),
 # with wide margins: outside these a mask is measured but flagged for review.
@@ -54,7 +54,7 @@ def plausibility(data, mask, m: dict, calibration) -> list[str]:
     if pieces > 1:
         reasons.append(f"the mask holds {pieces} separate objects on a typical slice: one bone (MC2) expected")
     if calibration is not None:
-        contrast = bone_contrast(data, mask, 1.0 / calibration.per_unit)  # in mg HA/cm³
+        contrast = qc.bone_contrast(data, mask, 1.0 / calibration.per_unit)  # in mg HA/cm³
         if contrast < CONTRAST_FLOOR_MG:
             reasons.append(f"the mask is not brighter than its surroundings ({contrast:.0f} mg HA/cm3): is it on bone?")
     return reasons
@@ -84,7 +84,7 @@ def measure_mask(
     """D100 of ``scan_path`` inside ``mask_path``; with ``out``: ``OUT/NAME.json`` and ``NAME.png`` (the
     HTML report with ``report_html``, the NIfTI/MHA pair with ``export``), written only after every check
     passed. Returns the result."""
-    from vbmd_rt.runtime.pipeline import STAGES, Timer, read_scan
+    from vbmd_rt.runtime.pipeline import STAGES, Timer, calibration_record, read_scan, scan_record
 
     scan_path, mask_path = Path(scan_path), Path(mask_path)
     timer = Timer()
@@ -115,7 +115,8 @@ def measure_mask(
     cal = scan.calibration
     with timer("vbmd"):
         m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
-        reasons = plausibility(scan.data, mask, m, cal)
+        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m)
+        reasons = plausibility(scan.data, mask, m, cal) + verdict["reasons"]
         side = detect_side(scan.data, mask)
     warnings = [f"mask needs review: {r}" for r in reasons]
     if cal is None:
@@ -129,27 +130,11 @@ def measure_mask(
         "side_source": "detected",
         "backend": {"name": "given-mask", "precision": None},
         "model": {"name": "given mask", "architecture": None, "sha256": None, "intended_use": None},
-        "calibration": None
-        if cal is None
-        else {
-            "slope": cal.slope,
-            "intercept": cal.intercept,
-            "mu_scaling": cal.mu_scaling,
-            "mu_water": cal.mu_water,
-            "mg_ha_cm3_per_unit": cal.per_unit,
-        },
+        "calibration": calibration_record(cal),
         "timings_s": {},
-        "scan": {
-            "file": scan_path.name,
-            "shape_zyx": list(scan.header.shape),
-            "version": scan.header.version,
-            "element_size_mm": [float(v) for v in scan.header.element_size_mm],
-            "position": [int(v) for v in scan.header.position],
-            "scanner": proclog.public_fields(scan.header.log),
-            "date": proclog.scan_date(scan.header.processing_log),
-        },
+        "scan": scan_record(scan_path, scan),
         "mask": {"file": mask_path.name, "sha256": _sha256(mask_path), "voxels": voxels, "source": "given"},
-        "qc": {"status": "review" if reasons else "pass", "reasons": reasons},
+        "qc": {**verdict, "status": "review" if reasons else "pass", "reasons": reasons},
         "warnings": warnings,
         "vbmd_rt_version": __version__,
     }
