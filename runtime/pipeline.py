@@ -23,7 +23,7 @@ from vbmd_rt.runtime.io import aim, masks, nifti, outputs, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
-from vbmd_rt.runtime.postprocess import detect_side, postprocess
+from vbmd_rt.runtime.postprocess import detect_side, largest_component, postprocess
 
 
 class Timer:
@@ -100,8 +100,6 @@ def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibrati
         stored = vol * np.float32(spec.std)
         stored += np.float32(spec.mean)
         grid_mm = tuple(float(s) * f for s, f in zip(spacing_zyx, geometry.scale, strict=True))
-        from vbmd_rt.runtime.postprocess import largest_component
-
         checks["baseline"] = qc.baseline(stored, largest_component(prob > model.threshold), grid_mm, calibration)
     return checks
 
