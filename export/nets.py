@@ -252,6 +252,12 @@ class UNet3D(nn.Module):
 def build(arch: str, config: dict | None = None) -> nn.Module:
     """Build a network from the model card's ``architecture`` and ``config``."""
     config = dict(config or {})
+    if arch == "bonewin2d":
+        from vbmd_rt.export.bonewin import BoneWinNet
+
+        net = BoneWinNet(**(config or {}))
+        net.config = {"widths": list(net.widths)}
+        return net
     if arch == "unet2d":
         return UNet2D(**{k: tuple(v) for k, v in config.items() if k in ("blocks", "widths", "decoder")})
     if arch == "unet3d":

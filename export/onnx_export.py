@@ -52,6 +52,9 @@ class WithSigmoid(torch.nn.Module):
 
 
 def example_input(arch: str, size: int = 512) -> torch.Tensor:
+    a = architecture(arch)
+    if a.bone_window:
+        return torch.randn(2, a.channels, a.input_px, a.input_px)
     if arch == "unet2d":
         return torch.randn(2, 1, size, size)
     return torch.randn(1, 1, 32, 64, 96)
@@ -61,7 +64,7 @@ def export_onnx(net: torch.nn.Module, arch: str, path: Path) -> None:
     """FP32 ONNX of ``sigmoid(net(image))`` with the dynamic axes the runtime uses."""
     model = WithSigmoid(net).eval()
     x = example_input(arch)
-    if arch == "unet2d":
+    if architecture(arch).window_mode == "slices":
         dyn = {"image": {0: torch.export.Dim("batch", min=1, max=256)}}
     else:
         dyn = {
@@ -217,6 +220,15 @@ def check_samples(card: ModelCard, count: int = 2, seed: int = 5) -> list[np.nda
 
     spec = card.preprocessing
     out = []
+    if card.arch.bone_window:
+        from vbmd_rt.runtime import bonewin
+
+        for i in range(count):
+            p = phantom.sample_case(seed * 1000 + i, "small")
+            scan, truth = phantom.render_case(p)
+            x = bonewin.inputs_for_check(scan, truth, (p.voxel_mm,) * 3, p.cal)
+            out.append(np.ascontiguousarray(x))
+        return out
     for i in range(count):
         p = phantom.sample_case(seed * 1000 + i, "small")
         scan, _ = phantom.render_case(p)
@@ -251,6 +263,10 @@ def export(
         base.pop("export_checks", None)
     else:
         ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+        if "recipe" in ck and "card" not in ck:  # a one-bone segmenter's training checkpoint
+            from vbmd_rt.export.bonewin import export_model
+
+            return export_model(Path(checkpoint), out, extra_card, check_cases)
         base = dict(ck["card"])
         net = nets.build(base["architecture"], base.get("config"))
         net.load_state_dict(ck["model"])
@@ -262,14 +278,16 @@ def export(
     card.intended_use = card.intended_use or INTENDED_USE
     arch = card.architecture
     size, mult = card.preprocessing.size, card.arch.multiple
+    a = card.arch
     card.input = TensorSpec(
         "image",
         "float32",
-        ("batch", 1, size, size)
+        ("batch", a.channels, a.input_px or size, a.input_px or size)
         if card.window.mode == "slices"
         else (1, 1, f"z (multiple of {mult})", f"y (multiple of {mult})", f"x (multiple of {mult})"),
     )
-    card.output = TensorSpec("prob", "float32", card.input.shape, "probability that the voxel is in MC2")
+    out_shape = (card.input.shape[0], 1, *card.input.shape[2:]) if a.bone_window else card.input.shape
+    card.output = TensorSpec("prob", "float32", out_shape, "probability that the voxel is in MC2")
     card.parameters = nets.count_parameters(net)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:

@@ -176,8 +176,11 @@ def track(bone: np.ndarray, spacing_zyx, p: Params = Params()) -> np.ndarray:
     return out
 
 
-def pick_mc2(labels: np.ndarray, spacing_zyx, p: Params = Params()) -> int:
+def pick_mc2(labels: np.ndarray, spacing_zyx, p: Params = Params(), near=None) -> int:
     """Label of MC2 among the tracked bones, or 0 when no metacarpal is found.
+
+    ``near`` (y, x on this grid): where the identification stage (``runtime.identify``) put MC2's shaft;
+    the metacarpal nearest to it is taken. Without it, the baseline's own rule:
 
     Metacarpals are the bones present through the proximal slices; MC2 is the one of the two at the
     ends of their row with the larger head (largest cross-section before the joint): MC5, at the other
@@ -195,10 +198,12 @@ def pick_mc2(labels: np.ndarray, spacing_zyx, p: Params = Params()) -> int:
         area = area[: joint_slice(area, p)]
         if area.max() * voxel_mm2 < 2.0:
             continue
-        xs = np.flatnonzero((first == lab).any(axis=(0, 1)))
-        cands.append((float(xs.mean()), int(lab), float(area.max())))
+        ys, xs = np.nonzero((first == lab).any(axis=0))
+        cands.append((float(xs.mean()), int(lab), float(area.max()), float(ys.mean())))
     if not cands:
         return 0
+    if near is not None:
+        return min(cands, key=lambda c: (c[0] - near[1]) ** 2 + (c[3] - near[0]) ** 2)[1]
     cands.sort()
     typical = float(np.median([c[2] for c in cands]))
     cands = [c for c in cands if c[2] >= 0.4 * typical]  # fragments are not metacarpals
@@ -216,8 +221,13 @@ def joint_slice(area: np.ndarray, p: Params = Params()) -> int:
     return int(area.size)
 
 
-def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params()) -> tuple[np.ndarray, dict]:
+def segment(
+    data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), near=None
+) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts, as the network path gives.
+
+    ``near``: MC2's shaft (native y, x) as the identification stage found it; without it, the baseline's
+    own choice (``pick_mc2``).
 
     Bones are found and tracked on a grid of about 0.16 mm (2x coarser for 82 µm scans); MC2's region is
     then resampled (linear, at 0.5) onto the native grid.
@@ -228,7 +238,7 @@ def segment(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(
     levels = thresholds(data, spacing_zyx, cal, p, factor)
     labels = track(bone_components(data, spacing_zyx, cal, p, factor, levels) > 0, coarse_spacing, p)
     n = int(labels.max())
-    lab = pick_mc2(labels, coarse_spacing, p)
+    lab = pick_mc2(labels, coarse_spacing, p, None if near is None else (near[0] / factor, near[1] / factor))
     mask = np.zeros(data.shape, np.uint8)
     if lab == 0:
         return mask, {"components": n, "box": None, "empty": True, "thresholds_mg_ha_cm3": levels}

@@ -43,11 +43,16 @@ class Architecture:
     z_mode: str  # preprocess.Spec.z_mode
     crop: bool  # whether the hand's box is cut out (the 2D net takes whole 512 x 512 slices)
     profile_batches: tuple[int, int, int]  # TensorRT optimisation profile (min, opt, max) of the batch axis
+    channels: int = 1  # input channels
+    input_px: int | None = None  # fixed in-plane input size (the MC2 window); None: the card's size / the hand box
+    bone_window: bool = False  # sees the MC2-centred window of runtime.bonewin (after runtime.identify)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "unet3d": Architecture("unet3d", "volume", 80, 16, 16, "isotropic", True, (1, 1, 1)),
     "unet2d": Architecture("unet2d", "slices", 16, 0, 32, "native", False, (1, 16, 32)),
+    # The one-bone segmenter: 2D, five context slices and the identified region as channels, 160 x 160.
+    "bonewin2d": Architecture("bonewin2d", "slices", 32, 0, 16, "isotropic", True, (1, 32, 64), 6, 160, True),
 }
 
 

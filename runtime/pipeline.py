@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import measure, preprocess, qc, report, resources
+from vbmd_rt.runtime import bonewin, classical, identify, measure, preprocess, qc, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.inference.window import sliding_window
@@ -52,16 +52,19 @@ def segment(
     calibration=None,
     path=None,
     checks: bool = True,
+    log: str | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, components, warnings...).
+    """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, identity, components...).
 
-    The classical model needs the voxel size and density calibration; the networks do not. With
-    ``checks``, the network's QC checks on the model grid (``qc.baseline``, ``qc.confidence``) go into
-    ``info["checks"]`` (timed as the ``qc`` stage).
+    The bundled one-bone segmenter and ``--model classical`` both take MC2 from the identification stage
+    (``runtime.identify``), which raises ``identify.NotAHand`` for scans that hold no metacarpal. With
+    ``checks``, the QC checks that need the model grid (identity, agreement with the identified region,
+    network confidence) go into ``info["checks"]``. ``log``: the scan's processing log (a hand side it
+    states is evidence for the identity).
     """
     timer = timer or Timer()
-    if model.classical:
-        return _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path)
+    if model.classical or model.card.arch.bone_window:
+        return _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zyx, calibration, path, checks, log)
     spec = model.spec
     with timer("preprocess"):
         vol, geometry = preprocess.to_model(data, spec, side, spacing_zyx=spacing_zyx)
@@ -92,6 +95,61 @@ def segment(
     return mask, info
 
 
+def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zyx, calibration, path, checks, log):
+    """Identification, then MC2's envelope: the one-bone network in the window over the identified bone, or
+    the classical contour of the identified bone."""
+    if spacing_zyx is None:
+        raise ValueError("the identification stage needs the voxel size (spacing_zyx)")
+    if model.classical and calibration is None:
+        raise CalibrationError(
+            path,
+            "has no density calibration, which the classical model needs to threshold",
+            "use a network model (the default), or a calibrated scan",
+        )
+    grid = bonewin.GRID if model.classical else model.spec
+    with timer("preprocess"):
+        vol, geometry = preprocess.to_model(data, grid, "auto", spacing_zyx=spacing_zyx)
+        vol = bonewin.to_input_units(vol, calibration)
+    with timer("identify"):
+        idt = identify.identify(vol, float(grid.spacing_mm), side, log, path)
+    prob = None
+    if model.classical:
+        mc2 = idt.candidates[idt.choice]
+        sy, sx = geometry.scale[1], geometry.scale[2]
+        near = ((mc2.y_mm / grid.spacing_mm + geometry.crop[0]) * sy, (mc2.x_mm / grid.spacing_mm + geometry.crop[2]) * sx)
+        with timer("inference"):
+            mask, info = classical.segment(data, spacing_zyx, calibration, near=near)
+        with timer("postprocess"):
+            on_grid = preprocess.to_model_mask(mask, geometry) > 0.5
+    else:
+        with timer("inference"):
+            prob, win = bonewin.predict(vol, idt.region, backend.infer, model.window.roi_slices)
+        with timer("postprocess"):
+            mask, info = postprocess(prob, geometry, model.threshold)
+            on_grid = largest_component(prob > model.threshold)
+        info["window"] = win.to_dict()
+    info["identity"] = idt.to_dict()
+    if checks and not info["empty"]:
+        with timer("qc"):
+            c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}
+            c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, idt.region), 4)}
+            if prob is not None:
+                c["confidence"] = qc.confidence(prob, model.threshold)
+            info["checks"] = c
+    info.update(
+        {
+            "side": idt.side,
+            "side_source": idt.side_source if side == "auto" else "given",
+            "model_grid": list(geometry.model_shape),
+            "crop": list(geometry.crop),
+        }
+    )
+    if keep_prob:
+        info["prob"] = preprocess.from_model(prob, geometry) if prob is not None else mask.astype(np.float32)
+        info["geometry"] = geometry if prob is not None else None
+    return mask, info
+
+
 def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibration) -> dict:
     """The network's confidence and its agreement with the classical baseline, on the model grid."""
     checks: dict = {"confidence": qc.confidence(prob, model.threshold)}
@@ -102,28 +160,6 @@ def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibrati
         grid_mm = tuple(float(s) * f for s, f in zip(spacing_zyx, geometry.scale, strict=True))
         checks["baseline"] = qc.baseline(stored, largest_component(prob > model.threshold), grid_mm, calibration)
     return checks
-
-
-def _segment_classical(data, side, timer, keep_prob, spacing_zyx, calibration, path):
-    from vbmd_rt.runtime import classical
-
-    if calibration is None:
-        raise CalibrationError(
-            path,
-            "has no density calibration, which the classical model needs to threshold",
-            "use a network model (the default), or a calibrated scan",
-        )
-    if spacing_zyx is None:
-        raise ValueError("the classical model needs the voxel size (spacing_zyx)")
-    with timer("inference"):
-        mask, info = classical.segment(data, spacing_zyx, calibration)
-    with timer("postprocess"):
-        found = side if side != "auto" else detect_side(data, mask)
-    info.update({"side": found, "side_source": "given" if side != "auto" else "detected"})
-    if keep_prob:
-        info["prob"] = mask.astype(np.float32)
-        info["geometry"] = None
-    return mask, info
 
 
 @dataclass
@@ -147,6 +183,7 @@ def analyse(
     keep_prob: bool = False,
     path=None,
     max_memory: int | None = None,
+    log: str | None = None,
 ) -> Analysis:
     """Segment and measure one (z, y, x) scan already in memory (or memory-mapped): no files written.
 
@@ -168,6 +205,7 @@ def analyse(
         spacing_zyx=spacing_zyx,
         calibration=calibration,
         path=path,
+        log=log,
     )
     if info.get("rejected"):
         warnings.append(
@@ -288,6 +326,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         keep_prob=options.save_prob,
         path=path,
         max_memory=options.max_memory,
+        log=scan.header.processing_log,
     )
     mask, info, m, warnings, cal = a.mask, a.info, a.measures, a.warnings, scan.calibration
     detected = info["side"]
@@ -311,11 +350,12 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         "scan": {**scan_record(path, scan), "fingerprint": fp},
         "run_key": run_key(model, backend, options),
         "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
+        "identity": info.get("identity"),
         "qc": info["qc"],
         "warnings": warnings,
         "vbmd_rt_version": __version__,
     }
-    box = None if model.classical else info.get("box")  # the network's work region bounds its mask
+    box = info.get("box")  # the network's work region bounds its mask
     written: list[Path] = []
     try:
         with timer("write"):
@@ -401,4 +441,4 @@ def _model_grid_header(header: aim.AimHeader, geometry) -> aim.AimHeader:
     return dataclasses.replace(header, element_size_mm=el, offset=(0, 0, 0))
 
 
-STAGES = ("read", "preprocess", "inference", "postprocess", "vbmd", "qc", "write")
+STAGES = ("read", "preprocess", "identify", "inference", "postprocess", "vbmd", "qc", "write")

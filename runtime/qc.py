@@ -40,6 +40,8 @@ class Limits:
 
     # The baseline's thresholds fail on some bones (low-density cortex, fat), so only gross disagreement counts.
     baseline_dice: float = 0.5  # mask vs the baseline's region of the same bone, model grid
+    identity_margin: float = 2.0  # log-odds lead of the identified MC2 over the next bone (runtime.identify)
+    region_dice: float = 0.6  # mask vs the identified bone's coarse region (model grid)
     baseline_d100_mg: float = 40.0  # |D100(mask) - D100(baseline)| on the model grid
     uncertain_fraction: float = 0.35  # voxels 0.1 < p < 0.9 per voxel inside the mask
     pieces_fraction: float = 0.1  # share of slices where the mask falls apart into pieces
@@ -79,11 +81,13 @@ def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
 
 
 def confidence(prob: np.ndarray, threshold: float = 0.5) -> dict:
-    """Uncertain voxels per voxel inside, and the size of the second-largest structure the network marks
-    relative to the largest (model grid)."""
+    """The share of uncertain voxels (0.1 < p < 0.9) among the voxels the network marks or is unsure of
+    (a fraction in 0-1), and the size of the second-largest structure it marks relative to the largest
+    (model grid)."""
     inside = prob > threshold
-    n_in = int(inside.sum())
-    uncertain = int(((prob > 0.1) & (prob < 0.9)).sum())
+    unsure = (prob > 0.1) & (prob < 0.9)
+    n_in = int((inside | unsure).sum())
+    uncertain = int(unsure.sum())
     labels, n = ndimage.label(inside, structure=np.ones((3, 3, 3), bool))
     second = 0.0
     if n > 1:
@@ -273,11 +277,19 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
                 reasons.append(f"D100 differs from the classical baseline's by {dd:+.0f} mg HA/cm³")
             if base.get("row_end") is False:
                 reasons.append("the bone is not at an end of the metacarpal row: it may not be MC2")
+    ident = checks.get("identity")
+    if ident:
+        reasons.extend(ident.get("reasons", []))
+    agree = checks.get("agreement")
+    if agree and agree.get("dice_with_identified_region") is not None:
+        d = agree["dice_with_identified_region"]
+        if d < limits.region_dice:
+            reasons.append(f"the mask does not follow the identified bone (Dice {d:.2f} with its region)")
     conf = checks.get("confidence")
     if conf:
         u = conf.get("uncertain_fraction")
         if u is not None and u > limits.uncertain_fraction:
-            reasons.append(f"the network is unsure of the boundary ({u:.0%} uncertain voxels)")
+            reasons.append(f"the network is unsure of the boundary ({min(u, 1.0):.0%} of its voxels uncertain)")
     if shape.get("slices"):
         if shape["pieces_fraction"] > limits.pieces_fraction:
             reasons.append(f"the mask falls apart into pieces on {shape['pieces_fraction']:.0%} of its slices")
@@ -286,7 +298,9 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
         if shape.get("solidity") is not None and shape["solidity"] < limits.solidity:
             reasons.append(f"cross-sections are not solid (solidity {shape['solidity']:.2f})")
         if shape["area_jump"] > limits.area_jump:
-            reasons.append(f"the cross-section's area jumps by {shape['area_jump']:.0%} between slices")
+            reasons.append(
+                f"the cross-section's area changes {1 + shape['area_jump']:.1f}-fold between neighbouring slices"
+            )
         late = shape["first_slice"] * float(shape.get("slice_mm", 0.0))
         if late > limits.late_start_mm:
             reasons.append(

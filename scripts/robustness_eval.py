@@ -57,6 +57,8 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
             "d100_error": None if r.d100_mg_ha_cm3 is None else r.d100_mg_ha_cm3 - truth["d100_mg_ha_cm3"],
             "qc": r.qc["status"],
             "reasons": r.qc["reasons"],
+            "identity_margin": (r.identity or {}).get("margin"),
+            "bones": fam.get("bones"),
             "seconds": r.timings_s["total"],
             "qc_seconds": r.timings_s.get("qc", 0.0),
         }
@@ -86,6 +88,7 @@ def summary(rows: list[dict]) -> dict:
     bad = [r for r in rows if r["dice"] < 0.90]
     good = [r for r in rows if r["dice"] >= 0.90]
     wrong = [r for r in rows if "wrong_bone_qc" in r]
+    other_bone = [r for r in rows if r["dice"] < 0.3]  # the mask lies on another bone (or none)
     return {
         "cases": len(rows),
         "dice_mean": round(float(d.mean()), 4),
@@ -96,6 +99,10 @@ def summary(rows: list[dict]) -> dict:
         "bad_flagged": sum(r["qc"] == "review" for r in bad),
         "good_cases": len(good),
         "good_flagged": sum(r["qc"] == "review" for r in good),
+        "right_bone": len(rows) - len(other_bone),
+        "right_bone_fraction": round(1 - len(other_bone) / len(rows), 4),
+        "other_bone_flagged": f"{sum(r['qc'] == 'review' for r in other_bone)} of {len(other_bone)}",
+        "good_flagged_fraction": round(sum(r["qc"] == "review" for r in good) / max(1, len(good)), 4),
         "wrong_bone_cases": len(wrong),
         "wrong_bone_flagged": sum(r["wrong_bone_qc"] == "review" for r in wrong),
         "seconds_median": round(float(np.median([r["seconds"] for r in rows])), 3),

@@ -42,6 +42,11 @@ class Result:
     timings_s: dict[str, float]
     info: dict = field(default_factory=dict)
 
+    @property
+    def identity(self) -> dict | None:
+        """The identification stage's record (candidates, evidence, choice, margin), where the model has one."""
+        return self.info.get("identity")
+
     def to_dict(self) -> dict:
         """The JSON-able part (everything but the mask)."""
         return {k: v for k, v in self.__dict__.items() if k not in ("mask", "info")}
@@ -99,8 +104,9 @@ class Predictor:
             with timer("read"):
                 s = pipeline.read_scan(Path(scan))
             data, spacing, calibration, path = s.data, s.header.element_size_mm[::-1], s.calibration, Path(scan)
+            log = s.header.processing_log
         else:
-            data, path = np.asarray(scan), None
+            data, path, log = np.asarray(scan), None, None
             if data.ndim != 3:
                 raise ValueError(f"expected a (z, y, x) array, got shape {data.shape}")
             if spacing is None:
@@ -115,6 +121,7 @@ class Predictor:
             timer,
             path=path,
             max_memory=self.max_memory,
+            log=log,
         )
         timings = {k: round(timer.seconds.get(k, 0.0), 4) for k in pipeline.STAGES if k != "write"}
         timings["total"] = round(time.perf_counter() - t0, 4)

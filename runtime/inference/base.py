@@ -60,7 +60,8 @@ def input_spec_for(model, batch: tuple[int, int, int] | None = None) -> InputSpe
     size = int(model.spec.size)
     batch = batch or a.profile_batches
     if a.window_mode == "slices":
-        return InputSpec(name, dtype, (batch[0], 1, size, size), (batch[1], 1, size, size), (batch[2], 1, size, size))
+        c, size = a.channels, a.input_px or size
+        return InputSpec(name, dtype, (batch[0], c, size, size), (batch[1], c, size, size), (batch[2], c, size, size))
     z = int(model.window.roi_slices)
     return InputSpec(
         name,

@@ -20,7 +20,10 @@ from vbmd_rt.cli.app import app, examples, require_extra
 def train(
     data: Path = typer.Argument(..., help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: best.pt, last.pt, train.json."),
-    arch: Literal["unet3d", "unet2d"] = typer.Option("unet3d", "--arch", help="Network: the paper's 3D or 2D U-Net."),
+    arch: Literal["unet3d", "unet2d", "bonewin2d"] = typer.Option(
+        "unet3d", "--arch", help="Network: the paper's 3D or 2D U-Net, or the one-bone segmenter (CPU recipe)."
+    ),
+    minutes: float = typer.Option(60.0, "--minutes", help="bonewin2d: wall-time budget (a rerun resumes)."),
     epochs: int = typer.Option(20, "--epochs", min=1, help="Passes over --steps batches."),
     steps: int = typer.Option(200, "--steps", min=1, help="Steps per epoch."),
     lr: float | None = typer.Option(None, "--lr", help="Default: 1e-5 (2D), 1e-4 (3D), as the paper."),
@@ -34,13 +37,23 @@ def train(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for loading cases."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
-    """Train the 2D or 3D U-Net on scan/mask pairs; the best checkpoint goes to OUT/best.pt."""
+    """Train the 2D or 3D U-Net on scan/mask pairs; the best checkpoint goes to OUT/best.pt.
+
+    ``--arch bonewin2d`` trains the one-bone segmenter on 2 CPU cores within ``--minutes`` (OUT/last.pt,
+    resumed by the same command); DATA is a folder of NAME.AIM + NAME_GT.AIM pairs."""
     from rich.progress import Progress
 
     from vbmd_rt.export.train import TrainConfig
     from vbmd_rt.export.train import train as do_train
 
     require_extra("torch", "train", "vbmd-rt train")
+    if arch == "bonewin2d":
+        from vbmd_rt.export import bonewin
+
+        recipe = bonewin.Recipe(data=[str(data)], out=str(out), cache=str(out / "cache"), minutes=minutes, seed=seed)
+        last = bonewin.train(recipe, log=(lambda m: None) if quiet else typer.echo)
+        typer.echo(f"last checkpoint: {last} (export: vbmd-rt export {last} -o MODEL)")
+        return
     cfg = TrainConfig(
         data=str(data),
         out=str(out),

@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app, examples
+from vbmd_rt.cli.app import app, examples, require_extra
 
 
 @app.command(
@@ -106,6 +106,7 @@ def eval_(
         "vbmd-rt bench --size full --runs 5 -o bench.json",
         "vbmd-rt bench --size small --runs 1 --backends onnxruntime --no-2d",
         "vbmd-rt bench --backends tensorrt,onnxruntime   (on the GPU workstation)",
+        "vbmd-rt bench --train   (training steps/s per architecture; needs torch)",
     )
 )
 def bench(
@@ -123,8 +124,19 @@ def bench(
     no_2d: bool = typer.Option(False, "--no-2d", help="Skip the 2D net (exporting an untrained one needs torch)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
     cache: Path = typer.Option(Path(".cache/bench"), "--cache", help="Where the phantom (and the 2D net) are kept."),
+    train: bool = typer.Option(False, "--train", help="Training throughput per architecture instead (needs torch)."),
 ):
     """Latency per stage vs the paper's 33 s, network-only latency, the physical floor, peak memory."""
+    if train:
+        require_extra("torch", "train", "benchmarking training")
+        import json
+
+        from vbmd_rt.bench import train_speed
+
+        report = train_speed.run(threads=threads or 2, log=lambda s: typer.echo(s))
+        if out:
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        return
     from vbmd_rt.bench import suite
 
     if size not in ("full", "small"):

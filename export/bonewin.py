@@ -1,0 +1,342 @@
+"""The one-bone segmenter (``bonewin2d``) and its CPU training recipe.
+
+The network sees the MC2-centred window of ``runtime.bonewin`` (39 mm, 0.246 mm, five context slices and
+the identified region as a sixth channel) and returns MC2's periosteal envelope in the middle slice. It is
+a small 2D U-Net built for 2 CPU cores: a space-to-depth stem (160 x 160 x 6 becomes 80 x 80 x 24 without
+a full-resolution convolution), four levels of 24-96 channels, a pixel-shuffle head back to 160 x 160.
+
+Training is the normal path on a CPU:
+
+* phantoms are read once and cached as windows around the true MC2 (``cache``: float16 image, the truth,
+  and several degraded versions of the "which bone" prior, as the identification stage gives it: coarser,
+  dilated or eroded, shifted, ending up to 4 mm early or late);
+* each step draws 2D samples with nnU-Net-style augmentation (rotation, scale, mirror, intensity scale and
+  shift, noise, blur) on the fly, which costs milliseconds;
+* the learning rate follows a cosine over a *time* budget (``--minutes``), so a run on a slow machine ends
+  on time with a finished schedule; ``last.pt`` is written every ``save_every`` steps and a killed run
+  resumes from it where it stopped (steps, optimiser, elapsed time, random state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vbmd_rt.runtime import bonewin
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+
+CACHE_PX = 200  # cached window: the training window plus room for shifts and rotations
+WIDTHS = (16, 32, 48, 64)
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BoneWinNet(nn.Module):
+    """(N, CHANNELS, 160, 160) -> (N, 1, 160, 160) logits of MC2's envelope in the middle slice."""
+
+    def __init__(self, in_channels: int = bonewin.CHANNELS, widths=WIDTHS):
+        super().__init__()
+        self.widths = tuple(int(v) for v in widths)
+        self.stem = nn.PixelUnshuffle(2)
+        w = list(widths)
+        self.enc = nn.ModuleList([_block(in_channels * 4, w[0])])
+        for a, b in zip(w[:-1], w[1:], strict=True):
+            self.enc.append(_block(a, b, stride=2))
+        self.dec = nn.ModuleList([_block(b + a, a) for a, b in zip(w[:-1], w[1:], strict=True)][::-1])
+        self.head = nn.Conv2d(w[0], 4, 1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x):
+        skips = []
+        y = self.stem(x)
+        for i, e in enumerate(self.enc):
+            y = e(y)
+            if i < len(self.enc) - 1:
+                skips.append(y)
+        for d in self.dec:
+            s = skips.pop()
+            y = F.interpolate(y, size=s.shape[-2:], mode="bilinear", align_corners=False)
+            y = d(torch.cat([y, s], dim=1))
+        return self.shuffle(self.head(y))
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """Scan and truth pairs in a phantom folder (``NAME.AIM`` + ``NAME_GT.AIM``), sorted."""
+    out = []
+    for gt in sorted(folder.glob("*_GT.AIM")):
+        scan = gt.with_name(gt.name[: -len("_GT.AIM")] + ".AIM")
+        if scan.is_file():
+            out.append((scan, gt))
+    return out
+
+
+def degrade(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A truth region (bool, model grid) made to look like the identification stage's coarse region: on a
+    2x coarser grid, dilated or eroded by up to 1 mm, shifted by up to 1.5 mm, its distal end moved by up
+    to 4 mm either way (extended slices repeat the last one, as a phalanx merged into the head would)."""
+    z, ny, nx = truth.shape
+    c = truth[: z // 2 * 2, : ny // 2 * 2, : nx // 2 * 2].reshape(z // 2, 2, ny // 2, 2, nx // 2, 2).mean((1, 3, 5)) > 0.5
+    r = int(rng.integers(-2, 3))
+    if r:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(r) + 1, 2 * abs(r) + 1))
+        op = cv2.dilate if r > 0 else cv2.erode
+        c = np.stack([op(s.astype(np.uint8), k) > 0 for s in c])
+    if rng.random() < 0.5:
+        dy, dx = (int(v) for v in rng.integers(-3, 4, size=2))
+        c = np.roll(c, (dy, dx), axis=(1, 2))
+    zs = np.flatnonzero(c.any(axis=(1, 2)))
+    if zs.size:
+        end = int(zs[-1])
+        shift = int(rng.integers(-8, 9))
+        if shift < 0:
+            c[max(end + 1 + shift, 1) :] = False
+        elif shift > 0:
+            c[end + 1 : end + 1 + shift] = c[end]
+    up = np.zeros(truth.shape, bool)
+    up[: z // 2 * 2, : ny // 2 * 2, : nx // 2 * 2] = c.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    return up
+
+
+def cache_case(scan_path: Path, gt_path: Path, rng: np.random.Generator, priors: int = 4) -> dict | None:
+    """One phantom as training windows: image (z, CACHE_PX, CACHE_PX) float16 in network units, truth uint8,
+    ``priors`` degraded prior channels (float16); slices from the first to 8 mm past the joint."""
+    scan = aim.read_aim(scan_path)
+    spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
+    vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
+    vol = bonewin.to_input_units(vol, scan.calibration)
+    gt = aim.read_aim(gt_path)
+    truth = to_model_mask(np.asarray(gt.data) != 0, geo) > 0.5
+    if not truth.any():
+        return None
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    extra = int(round(8.0 / bonewin.GRID.spacing_mm))
+    z1 = min(truth.shape[0], int(zs[-1]) + 1 + extra)
+    win = bonewin.place(truth, 0)
+    half = (CACHE_PX - bonewin.WINDOW_PX) // 2
+    big = bonewin.Window(win.y0 - half, win.x0 - half, 0, z1, CACHE_PX)
+    air = float(np.percentile(vol[:, ::8, ::8], 1))
+    img = bonewin.cut(vol[:z1], big, air)
+    t = bonewin.cut(truth[:z1], big, False)
+    ps = [bonewin.prior(bonewin.cut(degrade(truth, rng)[:z1], big, False)) for _ in range(priors)]
+    return {
+        "name": scan_path.stem,
+        "image": img.astype(np.float16),
+        "truth": t.astype(np.uint8),
+        "priors": np.stack(ps).astype(np.float16),
+    }
+
+
+def build_cache(folders: list[Path], out: Path, seed: int = 0, log=print) -> list[Path]:
+    """Cache every pair of ``folders`` under ``out`` (``NAME.npz``; existing files are kept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for folder in folders:
+        for i, (scan, gt) in enumerate(pairs(folder)):
+            f = out / f"{folder.name}__{scan.stem}.npz"
+            if not f.exists():
+                try:
+                    case = cache_case(scan, gt, np.random.default_rng([seed, i, len(folder.name)]))
+                except (OSError, ValueError) as e:  # a phantom still being written: next time
+                    log(f"skipped {scan.name}: {e}")
+                    continue
+                if case is None:
+                    continue
+                tmp = f.with_suffix(".tmp.npz")
+                np.savez(tmp, image=case["image"], truth=case["truth"], priors=case["priors"])
+                tmp.replace(f)
+                log(f"cached {f.name} {case['image'].shape}")
+            files.append(f)
+    return files
+
+
+# --------------------------------------------------------------------------- sampling and augmentation
+
+
+def sample(case: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (CHANNELS, 160, 160) input and (160, 160) target from a cached case."""
+    img, truth, priors = case["image"], case["truth"], case["priors"]
+    n = img.shape[0]
+    k = int(rng.integers(0, n))
+    idx = np.clip(k + np.asarray(bonewin.CONTEXT), 0, n - 1)
+    chans = [img[j].astype(np.float32) for j in idx]
+    chans.append(priors[int(rng.integers(0, priors.shape[0]))][k].astype(np.float32))
+    target = truth[k].astype(np.float32)
+    size = bonewin.WINDOW_PX
+    angle = float(rng.uniform(0, 360))
+    scale = float(rng.uniform(0.85, 1.18))
+    c = CACHE_PX / 2.0
+    shift = rng.uniform(-14, 14, size=2)
+    m = cv2.getRotationMatrix2D((c, c), angle, scale)
+    m[:, 2] += (size / 2.0 - c) + shift  # the cache window's centre to the training window's, jittered
+    if rng.random() < 0.5:  # a left hand
+        m = np.array([[-1, 0, size - 1], [0, 1, 0]], np.float64) @ np.vstack([m, [0, 0, 1]])
+    warp = [
+        cv2.warpAffine(ch, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        for ch in chans[:-1]
+    ]
+    warp.append(cv2.warpAffine(chans[-1], m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0))
+    tgt = cv2.warpAffine(target, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0) > 0.5
+    x = np.stack(warp)
+    im = x[:-1]
+    im *= np.float32(rng.uniform(0.7, 1.35))  # SynthSeg-like: the densities are not what is learnt
+    im += np.float32(rng.uniform(-0.1, 0.1))
+    if rng.random() < 0.3:
+        s = float(rng.uniform(0.4, 1.2))
+        for j in range(im.shape[0]):
+            im[j] = cv2.GaussianBlur(im[j], (0, 0), s)
+    if rng.random() < 0.5:
+        im += rng.normal(0, rng.uniform(0.01, 0.08), im.shape).astype(np.float32)
+    if rng.random() < 0.1:  # no usable prior: the bone at the centre
+        x[-1] = 0.0
+    return x, tgt.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class Recipe:
+    data: list[str]  # phantom folders (NAME.AIM + NAME_GT.AIM)
+    out: str
+    cache: str
+    minutes: float = 60.0  # wall-time budget of the training loop; the learning rate follows it
+    batch: int = 24
+    lr: float = 2e-3
+    threads: int = 2
+    save_every: int = 50
+    refresh_every: int = 300  # steps between looks for phantoms added to the data folders meanwhile
+    seed: int = 0
+    widths: tuple[int, ...] = WIDTHS
+    init: str | None = None  # warm start from a checkpoint (a fine-tune on more families)
+    notes: dict = field(default_factory=dict)
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+
+
+def train(r: Recipe, log=print) -> Path:
+    """Train (or resume) a ``bonewin2d`` network; returns ``OUT/last.pt``. Stops when the time budget is spent."""
+    torch.set_num_threads(r.threads)
+    out = Path(r.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases: dict[Path, dict] = {}
+
+    def refresh() -> list[dict]:
+        for f in build_cache([Path(d) for d in r.data], Path(r.cache), r.seed, log):
+            if f not in cases:
+                with np.load(f) as z:
+                    cases[f] = {k: z[k] for k in ("image", "truth", "priors")}
+        log(f"{len(cases)} cases, {sum(c['image'].shape[0] for c in cases.values())} slices")
+        return list(cases.values())
+
+    pool = refresh()
+    net = BoneWinNet(widths=r.widths).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=r.lr, weight_decay=1e-4)
+    state = {"step": 0, "seconds": 0.0, "history": []}
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        state = ck["state"]
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ck["rng"]
+        log(f"resumed at step {state['step']} ({state['seconds'] / 60:.1f} min)")
+    else:
+        rng = np.random.default_rng(r.seed)
+        if r.init:
+            net.load_state_dict(torch.load(r.init, weights_only=False)["net"])
+    budget = r.minutes * 60.0
+    net.train()
+    losses: list[float] = []
+    t_mark = time.perf_counter()
+    while state["seconds"] < budget:
+        lr = r.lr * 0.5 * (1 + math.cos(math.pi * min(state["seconds"] / budget, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if r.refresh_every and state["step"] and state["step"] % r.refresh_every == 0:
+            pool = refresh()
+            t_mark = time.perf_counter()  # caching is not training time
+        xs, ys = zip(*(sample(pool[int(rng.integers(0, len(pool)))], rng) for _ in range(r.batch)), strict=True)
+        x = torch.from_numpy(np.stack(xs)).to(memory_format=torch.channels_last)
+        y = torch.from_numpy(np.stack(ys))[:, None]
+        loss = dice_bce(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        now = time.perf_counter()
+        state["seconds"] += now - t_mark
+        t_mark = now
+        state["step"] += 1
+        if state["step"] % r.save_every == 0 or state["seconds"] >= budget:
+            entry = {"step": state["step"], "minutes": round(state["seconds"] / 60, 2), "loss": float(np.mean(losses))}
+            entry["cases"] = len(pool)
+            state["history"].append(entry)
+            losses = []
+            log(json.dumps(entry))
+            tmp = out / "last.pt.tmp"
+            torch.save(
+                {"net": net.state_dict(), "opt": opt.state_dict(), "state": state, "rng": rng.bit_generator.state,
+                 "recipe": asdict(r)},
+                tmp,
+            )
+            tmp.replace(last)
+            t_mark = time.perf_counter()  # saving is not training time
+    return last
+
+
+def export_model(last: Path, out: Path, record: dict | None = None, check_cases: int = 2) -> dict:
+    """``last.pt`` of a training run -> ``out``: FP32 and FP16 ONNX and the model card (``export.onnx_export``)."""
+    from vbmd_rt.export import onnx_export
+
+    ck = torch.load(last, weights_only=False, map_location="cpu")
+    widths = list(ck.get("recipe", {}).get("widths", WIDTHS))
+    card = {
+        "architecture": "bonewin2d",
+        "name": "vbmd-rt-mc2-bonewin2d-phantom",
+        "preprocessing": bonewin.GRID.to_dict(),
+        "threshold": 0.5,
+        "config": {"widths": widths},
+        "description": (
+            "One-bone segmenter: MC2's periosteal envelope in a 39 mm window centred on the bone that the "
+            "identification stage named; 2D with five context slices and the identified region as inputs"
+        ),
+        "training": record or {},
+    }
+    tmp = out.parent / (out.name + ".ckpt.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"card": card, "model": ck["net"]}, tmp)
+    try:
+        return onnx_export.export(tmp, out, check_cases=check_cases, name=card["name"])
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,156 @@
+"""The MC2-centred window: what the one-bone segmenter sees, shared by inference and training.
+
+The identification stage (``runtime.identify``) says which bone is MC2 and where it lies on the coarse
+grid; the segmenter then only has to draw that bone's periosteal envelope. It sees a window of fixed
+*physical* size centred on MC2 (``WINDOW_PX`` x ``WINDOW_PX`` model voxels of ``SPACING_MM``: 39 mm, enough
+for the widest head, the joint and the phalanx base), one slice at a time with neighbours above and below
+as context (``CONTEXT``, in model slices), plus one channel that says which bone is meant: the identified
+region, blurred (``PRIOR_SIGMA_MM``). Cropping makes the network independent of how many bones, thumbs
+and tendons surround MC2, and makes training and inference cheap (a 2D network on 160 x 160 inputs).
+
+Intensities are calibrated densities (mg HA/cm³ / 1000): the physical quantity, the same on XtremeCT I and
+II. A scan without calibration is mapped by its own soft-tissue and cortex levels instead (and is
+``review`` for other reasons).
+
+Everything here is numpy and OpenCV: ``export.bonewin`` imports it, so training and inference cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from vbmd_rt.runtime.preprocess import MODEL_SPACING_MM, Spec
+
+WINDOW_PX = 160  # 39.4 mm at 0.246 mm
+CONTEXT = (-4, -2, 0, 2, 4)  # model slices (0.246 mm) around the slice predicted
+PRIOR_SIGMA_MM = 1.0
+DENSITY_UNIT = 1000.0  # mg HA/cm³ per unit of network input
+EXTEND_MM = 4.0  # slices predicted beyond the identified region's ends (its joint estimate may be short)
+CHANNELS = len(CONTEXT) + 1
+
+#: The model grid the window is cut from: millimetre-isotropic, hand box, stored units (no normalisation).
+GRID = Spec(size=512, spacing_mm=MODEL_SPACING_MM, z_mode="isotropic", mean=0.0, std=1.0, multiple=16, margin=12)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where the window lies on the (cropped) model grid: its top-left corner in y and x, and the slices."""
+
+    y0: int
+    x0: int
+    z0: int
+    z1: int
+    size: int = WINDOW_PX
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.y0, self.y0 + self.size, self.x0, self.x0 + self.size
+
+    def to_dict(self) -> dict:
+        return {"y0": self.y0, "x0": self.x0, "z0": self.z0, "z1": self.z1, "size": self.size}
+
+
+def to_input_units(vol: np.ndarray, cal) -> np.ndarray:
+    """Stored values (float32, in place) -> network units: calibrated mg HA/cm³ / 1000; without a calibration,
+    the scan's own levels (its median -> 0, its 99.9th percentile -> 1)."""
+    if cal is not None:
+        m, b = cal.density_equation()
+        vol *= np.float32(m / DENSITY_UNIT)
+        vol += np.float32(b / DENSITY_UNIT)
+        return vol
+    sample = vol[:, ::4, ::4]
+    lo, hi = np.percentile(sample, [50, 99.9]) if sample.size else (0.0, 1.0)
+    vol -= np.float32(lo)
+    vol *= np.float32(1.0 / max(float(hi - lo), 1e-6))
+    return vol
+
+
+def place(region: np.ndarray, extend_slices: int) -> Window:
+    """The window over a region (bool, model grid): centred on its box in y/x, its slices plus
+    ``extend_slices`` at both ends (clipped to the grid)."""
+    zs = np.flatnonzero(region.any(axis=(1, 2)))
+    ys = np.flatnonzero(region.any(axis=(0, 2)))
+    xs = np.flatnonzero(region.any(axis=(0, 1)))
+    cy, cx = (ys[0] + ys[-1] + 1) // 2, (xs[0] + xs[-1] + 1) // 2
+    z0 = max(0, int(zs[0]) - extend_slices)
+    z1 = min(region.shape[0], int(zs[-1]) + 1 + extend_slices)
+    return Window(int(cy) - WINDOW_PX // 2, int(cx) - WINDOW_PX // 2, z0, z1)
+
+
+def cut(vol: np.ndarray, win: Window, fill: float) -> np.ndarray:
+    """``vol[:, y0:y1, x0:x1]`` for the window's box, padded with ``fill`` outside the grid (all slices)."""
+    y0, y1, x0, x1 = win.box
+    z, ny, nx = vol.shape
+    out = np.full((z, y1 - y0, x1 - x0), fill, dtype=vol.dtype)
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
+    if sy1 > sy0 and sx1 > sx0:
+        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = vol[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+def paste(prob: np.ndarray, win: Window, shape: tuple[int, int, int]) -> np.ndarray:
+    """Window probabilities (z1 - z0, size, size) back onto a zero model grid of ``shape``."""
+    out = np.zeros(shape, np.float32)
+    y0, y1, x0, x1 = win.box
+    _, ny, nx = shape
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
+    if sy1 > sy0 and sx1 > sx0:
+        out[win.z0 : win.z1, sy0:sy1, sx0:sx1] = prob[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    return out
+
+
+def prior(region: np.ndarray, spacing_mm: float = MODEL_SPACING_MM) -> np.ndarray:
+    """The "which bone" channel: the identified region (bool or 0/1, windowed), blurred by ``PRIOR_SIGMA_MM``
+    in 3D, float32 in [0, 1]."""
+    s = PRIOR_SIGMA_MM / spacing_mm
+    out = np.asarray(region, dtype=np.float32)
+    out = ndimage.gaussian_filter1d(out, s, axis=0, mode="nearest")
+    for k in range(out.shape[0]):
+        out[k] = cv2.GaussianBlur(out[k], (0, 0), sigmaX=s, borderType=cv2.BORDER_CONSTANT)
+    return out
+
+
+def batch(image: np.ndarray, pri: np.ndarray, ks) -> np.ndarray:
+    """Network inputs for the slices ``ks`` of a windowed volume: (len(ks), CHANNELS, size, size) float32,
+    the context slices (clipped at the volume's ends) then the prior of the slice itself."""
+    n = image.shape[0]
+    ks = np.asarray(list(ks), dtype=np.int64)
+    out = np.empty((ks.size, CHANNELS) + image.shape[1:], np.float32)
+    for c, off in enumerate(CONTEXT):
+        out[:, c] = image[np.clip(ks + off, 0, n - 1)]
+    out[:, -1] = pri[ks]
+    return out
+
+
+def predict(vol: np.ndarray, region: np.ndarray, infer, batch_size: int = 32) -> tuple[np.ndarray, Window]:
+    """MC2 probabilities on the model grid from a volume in network units and the identified region (both
+    the cropped model grid): the window over the region, every slice of it through ``infer`` (any
+    callable ``(b, CHANNELS, size, size) -> (b, 1, size, size)``, a backend's or a torch module's)."""
+    win = place(region, int(round(EXTEND_MM / GRID.spacing_mm)))
+    air = float(np.percentile(vol[:, ::8, ::8], 1)) if vol.size else 0.0
+    image = cut(vol[win.z0 : win.z1], win, air)
+    pri = prior(cut(region[win.z0 : win.z1], win, False))
+    out = np.empty(image.shape, np.float32)
+    for a in range(0, image.shape[0], batch_size):
+        ks = range(a, min(a + batch_size, image.shape[0]))
+        out[a : a + len(ks)] = np.asarray(infer(batch(image, pri, ks)), dtype=np.float32)[:, 0]
+    return paste(out, win, vol.shape), win
+
+
+def inputs_for_check(scan: np.ndarray, truth: np.ndarray, spacing_zyx, cal, count: int = 2) -> np.ndarray:
+    """Network inputs of ``count`` slices through the middle of a phantom's MC2 (its true region as the
+    prior): the export's ONNX-vs-torch check runs on what the runtime feeds."""
+    from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+
+    vol, geo = to_model(scan, GRID, spacing_zyx=spacing_zyx)
+    vol = to_input_units(vol, cal)
+    region = to_model_mask(np.asarray(truth) != 0, geo) > 0.5
+    win = place(region, 0)
+    image = cut(vol[win.z0 : win.z1], win, float(vol.min()))
+    pri = prior(cut(region[win.z0 : win.z1], win, False))
+    mid = image.shape[0] // 2
+    return batch(image, pri, range(mid, mid + count))

@@ -1,0 +1,558 @@
+"""Which bone is MC2: a stage of its own, on a coarse grid, for the network and the classical contour alike.
+
+1. **Bones as instances.** The model grid (0.246 mm, the hand's box) is reduced 2x to about 0.5 mm; bone is
+   what the dual thresholds of the classical baseline find (levels from the scan's own soft tissue and
+   cortex), and every bone is tracked slice by slice from the proximal end (``classical.track``): a
+   phalanx beyond a joint, a sesamoid or a thumb are separate instances.
+2. **Metacarpals.** An MCP scan starts mid-shaft, so the metacarpals (and a thumb that lies in the stack)
+   are the instances that run through the proximal slices with the cross-section of a shaft. Per
+   candidate: position of the shaft, shaft and head cross-sections, the joint level (where the shrinking
+   head meets the phalanx), whether it touches the edge of the field of view.
+3. **Hypotheses.** Every consistent naming is scored: MC2 at one end of the row, with or without a thumb
+   beyond it. Evidence, in log-odds units:
+
+   * *row shape*: the row (the thumb excluded) is a gentle arch; a thumb lies off it, beyond MC2;
+   * *the other end*: with three or more metacarpals the other end is MC4 or MC5, with a smaller head and
+     a more proximal joint than MC2's; with two it is MC3, larger and more distal (the anatomy of the
+     hand: MC3 is the longest metacarpal, MC5 the shortest);
+   * *the side*: ``side`` given by the user (``--side``) or a hand side written in the scan's log; model
+     space is a right hand, MC2 on the -x side.
+
+   The choice is the best hypothesis; its ``margin`` is the log-odds lead over the best hypothesis naming
+   another bone. A small margin is a QC ``review`` with the reason.
+4. **The region.** The chosen bone's tracked region up to its joint, back on the model grid: the
+   "which bone" input of the one-bone segmenter (``runtime.bonewin``) and the classical contour's MC2.
+
+A field of view that cannot hold a metacarpal, or a scan with no metacarpal-like bone, is not a hand
+scan: ``NotAHand`` (exit 2 in the CLI).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from vbmd_rt.runtime import classical, qc
+from vbmd_rt.runtime.errors import VbmdInputError
+
+MIN_FOV_MM = 15.0  # a metacarpal head is 15-25 mm wide: a smaller field of view holds none
+REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the identity is left to a reader
+PARAMS = classical.Params(close_mm=1.5, group_mm=1.0, min_volume_mm3=10.0)
+
+
+class NotAHand(VbmdInputError):
+    """The scan holds no metacarpal: a phantom, a crop of bone, another site."""
+
+
+@dataclass
+class Bone:
+    label: int
+    x_mm: float  # shaft centre over the proximal slices, model grid (x, y)
+    y_mm: float
+    shaft_mm2: float
+    head_mm2: float
+    joint_mm: float  # z of the joint (the end of the bone's own region); the stack's end when not in view
+    joint_in_view: bool
+    length_mm: float
+    edge: bool  # touches the field of view's edge
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "centre_mm": [round(self.x_mm, 1), round(self.y_mm, 1)],
+            "shaft_area_mm2": round(self.shaft_mm2, 1),
+            "head_area_mm2": round(self.head_mm2, 1),
+            "joint_mm": round(self.joint_mm, 1),
+            "joint_in_view": self.joint_in_view,
+            "at_edge": self.edge,
+            **({"evidence": self.evidence} if self.evidence else {}),
+        }
+
+
+@dataclass
+class Identity:
+    """The stage's result: the candidates with their evidence, the choice and its margin, MC2's region."""
+
+    candidates: list[Bone]
+    choice: int | None  # index into candidates
+    margin: float
+    side: str | None  # the hand side this naming implies
+    side_source: str  # "given", "log" or "anatomy"
+    thumb: int | None
+    reasons: list[str]
+    region: np.ndarray | None = None  # bool, the model grid (cropped), MC2 up to its joint
+    hypotheses: list[dict] = field(default_factory=list)
+
+    @property
+    def review(self) -> bool:
+        return bool(self.reasons)
+
+    def to_dict(self) -> dict:
+        return {
+            "candidates": [b.to_dict() for b in self.candidates],
+            "choice": self.choice,
+            "thumb": self.thumb,
+            "margin": round(float(self.margin), 2) if math.isfinite(self.margin) else None,
+            "side": self.side,
+            "side_source": self.side_source,
+            "hypotheses": self.hypotheses[:4],
+            "review_reasons": self.reasons,
+        }
+
+
+# --------------------------------------------------------------------------- step 1-2: instances
+
+
+def _reduce2(vol: np.ndarray) -> np.ndarray:
+    z, y, x = (s // 2 * 2 for s in vol.shape)
+    if min(z, y, x) == 0:
+        return vol.astype(np.float32)
+    return vol[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _levels(coarse: np.ndarray, p=PARAMS) -> tuple[float, float]:
+    """Hysteresis levels (network units, mg HA/cm³ / 1000) from the hand's soft tissue and cortex."""
+    v = coarse[:: max(1, coarse.shape[0] // 12)].ravel()
+    lo, hi = float(v.min()), float(v.max())
+    grey = np.clip((v - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    hand = v[grey > otsu]
+    if hand.size == 0:
+        return p.min_low_mg / 1000, p.min_high_mg / 1000
+    tissue, cortex = float(np.median(hand)), float(np.percentile(hand, 99.5))
+    span = max(cortex - tissue, 0.0)
+    return max(p.min_low_mg / 1000, tissue + p.low_frac * span), max(p.min_high_mg / 1000, tissue + p.high_frac * span)
+
+
+def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
+    """Tracked bone instances (int32 labels) of a coarse volume in network units."""
+    low, high = _levels(coarse, p)
+    sm = np.empty_like(coarse)
+    s = max(0.3, p.sigma_mm / spacing_mm)
+    for k in range(coarse.shape[0]):
+        sm[k] = cv2.GaussianBlur(coarse[k], (0, 0), s, borderType=cv2.BORDER_REPLICATE)
+    labels, n = ndimage.label(sm > low, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(labels[sm > high])] = True
+    keep[0] = False
+    bone = keep[labels]
+    return track(bone, spacing_mm, p)
+
+
+def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_radius_mm: float = 1.2) -> np.ndarray:
+    """A 2D piece of bone (bool) -> labels 1..n of the bones it holds (touching shafts or heads): the filled
+    cross-section is cut by a watershed on its distance map, one seed per peak at least ``min_gap_mm``
+    from a higher one."""
+    filled = ndimage.binary_fill_holes(piece)
+    edt = ndimage.distance_transform_edt(filled) * spacing_mm
+    size = max(3, int(round(min_gap_mm / spacing_mm)) | 1)
+    peaks = (edt >= ndimage.maximum_filter(edt, size=size)) & (edt > min_radius_mm)
+    seeds, n = ndimage.label(ndimage.binary_dilation(peaks, iterations=1))
+    if n <= 1:
+        return piece.astype(np.int32)
+    # Two seeds with no clear neck between them (the distance map along the segment joining them stays
+    # above 3/4 of the lower peak) are one bone: an elongated or lobed cross-section.
+    cs = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
+    hs = ndimage.maximum(edt, seeds, range(1, n + 1))
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            t = np.linspace(0, 1, 24)
+            yy = np.round(cs[i][0] + t * (cs[j][0] - cs[i][0])).astype(int)
+            xx = np.round(cs[i][1] + t * (cs[j][1] - cs[i][1])).astype(int)
+            if edt[yy, xx].min() > 0.75 * min(hs[i], hs[j]):
+                parent[root(j)] = root(i)
+    lut = np.zeros(n + 1, np.int32)
+    roots = sorted({root(i) for i in range(n)})
+    for i in range(n):
+        lut[i + 1] = roots.index(root(i)) + 1
+    seeds = lut[seeds]
+    n = len(roots)
+    if n <= 1:
+        return piece.astype(np.int32)
+    # Each voxel to its nearest seed, weighted by the seed's radius (a power diagram of the discs).
+    idx = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    centres = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
+    radii = np.array(ndimage.maximum(edt, seeds, range(1, n + 1)))
+    yy, xx = np.nonzero(piece)
+    d = np.stack([np.hypot(yy - cy, xx - cx) * spacing_mm / max(r, 1e-6) for (cy, cx), r in zip(centres, radii, strict=True)])
+    out = np.zeros(piece.shape, np.int32)
+    out[yy, xx] = np.argmin(d, axis=0) + 1
+    del idx
+    return out
+
+
+def track(bone: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
+    """Bone instances tracked slice by slice from the proximal end (int32 labels), as ``classical.track``,
+    with touching bones kept apart: a new piece that holds several bones (shafts touching in the first
+    slice) is split on its distance map, and a piece touching several bones of the slice before is shared
+    between them by distance."""
+    close, group = classical._disc(p.close_mm / spacing_mm), classical._disc(p.group_mm / spacing_mm)
+    min_px = max(4, int(p.min_volume_mm3 / 20.0 / (spacing_mm * spacing_mm)))
+    out = np.zeros(bone.shape, np.int32)
+    prev = np.zeros(bone.shape[1:], np.int32)
+    next_label = 1
+    eight = np.ones((3, 3), bool)
+    for k in range(bone.shape[0]):
+        pieces, n = ndimage.label(bone[k], structure=eight)
+        assigned = np.zeros_like(prev)
+        unowned = np.zeros(prev.shape, bool)
+        near = None
+        for j, sl in enumerate(ndimage.find_objects(pieces), start=1):
+            piece = pieces[sl] == j
+            owners = np.unique(prev[sl][piece])
+            owners = owners[owners > 0]
+            if owners.size == 1:
+                assigned[sl][piece] = owners[0]
+            elif owners.size > 1:
+                if near is None:
+                    idx = ndimage.distance_transform_edt(prev == 0, return_distances=False, return_indices=True)
+                    near = prev[idx[0], idx[1]]
+                assigned[sl][piece] = near[sl][piece]
+            else:
+                unowned[sl][piece] = True
+        if unowned.any():
+            closed = cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group) > 0
+            groups, g = ndimage.label(closed, structure=eight)
+            for j, sl in enumerate(ndimage.find_objects(groups), start=1):
+                parts = split(cv2.morphologyEx((groups[sl] == j).astype(np.uint8), cv2.MORPH_CLOSE, close) > 0, spacing_mm)
+                for q in range(1, int(parts.max()) + 1):
+                    sel = (parts == q) & unowned[sl]
+                    if sel.sum() >= min_px:
+                        assigned[sl][sel] = next_label
+                        next_label += 1
+        cur = np.zeros_like(prev)
+        for lab, sl in enumerate(ndimage.find_objects(assigned), start=1):
+            if sl is None:
+                continue
+            pad = close.shape[0]
+            sl = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in sl)
+            m = cv2.morphologyEx((assigned[sl] == lab).astype(np.uint8), cv2.MORPH_CLOSE, close)
+            filled = ndimage.binary_fill_holes(m)
+            hull = classical._hull(m)
+            if filled.sum() < p.hull_fill * hull.sum():
+                filled = hull
+            cur[sl][filled & (cur[sl] == 0)] = lab
+        out[k] = cur
+        prev = cur
+    return out
+
+
+def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
+    """The metacarpal-like instances: through the proximal slices, with a shaft's cross-section."""
+    nz = labels.shape[0]
+    reach = max(2, int(round(max(nz * p.proximal_fraction, 2.0 / spacing_mm))))
+    px2 = spacing_mm * spacing_mm
+    first = labels[:reach]
+    out = []
+    objs = ndimage.find_objects(labels)
+    for lab in np.unique(first[first > 0]):
+        sl = objs[lab - 1]
+        sub = labels[sl] == lab
+        area = np.zeros(nz)
+        area[sl[0]] = sub.sum(axis=(1, 2)) * px2
+        present = np.flatnonzero(area[:reach] > 0)
+        if present.size < reach // 2:
+            continue
+        shaft = float(np.median(area[:reach][area[:reach] > 0]))
+        if shaft < 8.0 or shaft > 600.0:  # a fragment, or not a bone of a hand
+            continue
+        end = classical.joint_slice(area, p)
+        zs = np.flatnonzero(area[:end] > 0)
+        last = int(zs[-1]) + 1 if zs.size else end
+        ys, xs = np.nonzero((labels[:reach] == lab).any(axis=0))
+        edge = bool(
+            sl[1].start == 0 or sl[2].start == 0 or sl[1].stop >= labels.shape[1] or sl[2].stop >= labels.shape[2]
+        )
+        out.append(
+            Bone(
+                label=int(lab),
+                x_mm=float(xs.mean()) * spacing_mm,
+                y_mm=float(ys.mean()) * spacing_mm,
+                shaft_mm2=shaft,
+                head_mm2=float(area[:last].max()),
+                joint_mm=last * spacing_mm,
+                joint_in_view=last < nz - 2,
+                length_mm=last * spacing_mm,
+                edge=edge,
+            )
+        )
+    if out:  # pieces far smaller than the typical shaft are not metacarpals
+        typical = float(np.median([b.shaft_mm2 for b in out]))
+        out = [b for b in out if b.shaft_mm2 >= 0.3 * typical]
+    return out
+
+
+def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> bool:
+    """Join a small candidate that touches a larger one in the proximal slices (a piece of its cortex
+    that the tracking started as a bone of its own) into it, in place; True when something was joined."""
+    bones = candidates(labels, spacing_mm, p)
+    if len(bones) < 2:
+        return False
+    reach = max(2, int(round(max(labels.shape[0] * p.proximal_fraction, 2.0 / spacing_mm))))
+    slab = labels[:reach]
+    typical = float(np.median([b.shaft_mm2 for b in bones]))
+    for b in sorted(bones, key=lambda b: b.shaft_mm2):
+        if b.shaft_mm2 >= 0.6 * typical:
+            break
+        ring = ndimage.binary_dilation(slab == b.label, iterations=2) & (slab != b.label) & (slab > 0)
+        if not ring.any():
+            continue
+        touching = np.bincount(slab[ring]).argmax()
+        if any(o.label == touching and o.shaft_mm2 > b.shaft_mm2 for o in bones):
+            labels[labels == b.label] = touching
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- step 3: hypotheses
+
+SIDE_WORDS = re.compile(r"\b(left|right|links|rechts|gauche|droite|sinistra|destra)\b", re.IGNORECASE)
+_SIDE_OF = {"left": "left", "links": "left", "gauche": "left", "sinistra": "left"}
+
+
+def side_from_log(log: str | None) -> str | None:
+    """A hand side the scan's log states (a line naming the hand or the side), or None."""
+    if not log:
+        return None
+    found = set()
+    for line in log.splitlines():
+        low = line.lower()
+        if "hand" in low or "side" in low or "seite" in low or "site" in low:
+            for w in SIDE_WORDS.findall(line):
+                found.add(_SIDE_OF.get(w.lower(), "right"))
+    return found.pop() if len(found) == 1 else None
+
+
+def _frame(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = c - c.mean(axis=0)
+    if len(c) < 2:
+        return np.zeros(len(c)), np.zeros(len(c))
+    axes = np.linalg.svd(d, full_matrices=False)[2]
+    along, across = d @ axes[0], d @ axes[1]
+    if axes[0][0] < 0:  # along runs towards +x in the image
+        along = -along
+    return along, across
+
+
+def _row_residual(pts: np.ndarray) -> float:
+    """How far a row's bones lie off a line (two or three bones) or a parabola (four or more), in mm."""
+    if len(pts) < 3:
+        return 0.0
+    along, across = _frame(pts)
+    fit = np.polyfit(along, across, 1 if len(pts) == 3 else 2)
+    return float(np.sqrt(np.mean((across - np.polyval(fit, along)) ** 2)))
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a[0] * b[1] - a[1] * b[0])
+
+
+def _off_row(rest: np.ndarray, p: np.ndarray) -> float:
+    """Distance (mm) of point ``p`` from the line (two or three bones) or parabola through ``rest``."""
+    if len(rest) < 2:
+        return 0.0
+    c = rest.mean(axis=0)
+    axes = np.linalg.svd(rest - c, full_matrices=False)[2]
+    along, across = (rest - c) @ axes[0], (rest - c) @ axes[1]
+    fit = np.polyfit(along, across, 1 if len(rest) <= 3 else 2)
+    q = (p - c) @ axes[0], (p - c) @ axes[1]
+    return abs(float(q[1] - np.polyval(fit, q[0])))
+
+
+FEATURES = (
+    "row2_head", "row3_head", "row2_joint", "row3_joint", "row2_shaft", "row3_shaft",
+    "thumb", "thumb_off_row", "thumb_beyond", "thumb_next_to_mc2", "thumb_distance", "thumb_size",
+    "no_thumb_end_off_row", "row_residual", "mc2_at_edge", "other_at_edge",
+    "trend_head", "trend_joint",
+)
+#: Weights of the evidence (log-odds per unit), fitted on the training families by
+#: ``scripts/calibrate_identity.py`` (a conditional logit over the hypotheses of each case).
+WEIGHTS = {
+    "row2_head": 0.0,
+    "row3_head": 2.24,
+    "row2_joint": -1.02,
+    "row3_joint": 0.55,
+    "row2_shaft": 2.35,
+    "row3_shaft": 0.06,
+    "thumb": -6.37,
+    "thumb_off_row": 2.96,
+    "thumb_beyond": 2.74,
+    "thumb_next_to_mc2": -0.71,
+    "thumb_distance": -1.31,
+    "thumb_size": -0.81,
+    "no_thumb_end_off_row": -3.06,
+    "row_residual": -8.04,
+    "mc2_at_edge": 0.67,
+    "other_at_edge": -0.55,
+    "trend_head": 0.0,
+    "trend_joint": 0.0,
+}
+SIDE_WEIGHT = 8.0  # a side given by the user or written in the log outweighs anatomy
+
+
+def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | None:
+    """The evidence for "bone ``mc2`` is MC2, bone ``thumb`` the thumb (None: no thumb)", as ``FEATURES``;
+    None when the naming is impossible (MC2 not an end of the row)."""
+    row = [i for i in range(len(bones)) if i != thumb]
+    pts = np.array([[bones[i].x_mm, bones[i].y_mm] for i in row])
+    along, _ = _frame(pts)
+    order = [row[j] for j in np.argsort(along)]
+    if mc2 not in (order[0], order[-1]) or len(row) < 2:
+        return None
+    other = order[-1] if mc2 == order[0] else order[0]
+    spacing = max(float(np.median(np.diff(np.sort(along)))), 8.0)
+    a, b = bones[mc2], bones[other]
+    f = dict.fromkeys(FEATURES, 0.0)
+    two = len(row) == 2
+    head = float(np.clip(math.log(max(a.head_mm2, 1) / max(b.head_mm2, 1)), -1.0, 1.0))
+    shaft = float(np.clip(math.log(max(a.shaft_mm2, 1) / max(b.shaft_mm2, 1)), -1.0, 1.0))
+    joint = float(np.clip(a.joint_mm - b.joint_mm, -6.0, 6.0)) / 3.0 if a.joint_in_view and b.joint_in_view else 0.0
+    f["row2_head" if two else "row3_head"] = head
+    f["row2_shaft" if two else "row3_shaft"] = shaft
+    f["row2_joint" if two else "row3_joint"] = joint
+    f["row_residual"] = min(_row_residual(pts) / spacing, 2.0)
+    if len(row) >= 3:  # along the row away from MC2: MC3 is the longest metacarpal, MC5 the shortest and smallest
+        ordered = order if mc2 == order[0] else order[::-1]
+        nxt, far = bones[ordered[1]], bones[ordered[-1]]
+        f["trend_head"] = float(np.clip(math.log(max(nxt.head_mm2, 1) / max(far.head_mm2, 1)), -1.0, 1.0))
+        if nxt.joint_in_view and far.joint_in_view:
+            f["trend_joint"] = float(np.clip(nxt.joint_mm - far.joint_mm, -6.0, 6.0)) / 3.0
+    f["mc2_at_edge"], f["other_at_edge"] = float(a.edge), float(b.edge)
+    if thumb is not None:
+        t = bones[thumb]
+        p_t, p_2, p_o = (np.array([x.x_mm, x.y_mm]) for x in (t, a, b))
+        axis = (p_2 - p_o) / max(float(np.linalg.norm(p_2 - p_o)), 1e-6)
+        f["thumb"] = 1.0
+        f["thumb_off_row"] = float(np.clip(abs(_cross(axis, p_t - p_2)) / spacing, 0.0, 2.0))
+        f["thumb_beyond"] = float(np.clip(float((p_t - p_2) @ axis) / spacing, -1.5, 2.0))
+        dist = [np.hypot(x.x_mm - t.x_mm, x.y_mm - t.y_mm) if i != thumb else np.inf for i, x in enumerate(bones)]
+        f["thumb_next_to_mc2"] = 1.0 if int(np.argmin(dist)) == mc2 else -1.0
+        f["thumb_distance"] = float(np.clip(min(dist) / spacing, 0.0, 3.0))
+        f["thumb_size"] = float(np.clip(math.log(max(t.shaft_mm2, 1) / max(a.shaft_mm2, 1)), -1.0, 1.0))
+    elif len(row) >= 3:
+        f["no_thumb_end_off_row"] = max(
+            min(_off_row(pts[[j for j in range(len(row)) if row[j] != e]], pts[row.index(e)]) / spacing, 2.0)
+            for e in (mc2, other)
+        )
+    return np.array([f[k] for k in FEATURES])
+
+
+def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tuple[list[dict], float]:
+    """Every consistent naming, best first (each: mc2, thumb, score, evidence), and the margin: the
+    log-odds of the chosen bone over the best other bone, each summed over its thumb hypotheses."""
+    w = np.array([(weights or WEIGHTS)[k] for k in FEATURES])
+    xs = np.array([b.x_mm for b in bones])
+    hyps = []
+    for mc2 in range(len(bones)):
+        for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
+            f = features(bones, mc2, thumb)
+            if f is None:
+                continue
+            ev = {k: round(float(v * wk), 2) for k, v, wk in zip(FEATURES, f, w, strict=True) if v * wk}
+            if side is not None:  # model space is a right hand: MC2 on the row's -x end
+                others = [b.x_mm for i, b in enumerate(bones) if i not in (mc2, thumb)]
+                low = xs[mc2] < float(np.mean(others))
+                ev["side"] = SIDE_WEIGHT if low == (side == "right") else -SIDE_WEIGHT
+            hyps.append({"mc2": mc2, "thumb": thumb, "score": round(float(sum(ev.values())), 2), "evidence": ev})
+    hyps.sort(key=lambda h: -h["score"])
+    if not hyps:
+        return [], 0.0
+    per_bone: dict[int, float] = {}
+    for h in hyps:
+        per_bone[h["mc2"]] = float(np.logaddexp(per_bone.get(h["mc2"], -np.inf), h["score"]))
+    best = max(per_bone, key=lambda i: per_bone[i])
+    hyps.sort(key=lambda h: (h["mc2"] != best, -h["score"]))  # the chosen bone's namings first
+    ranked = sorted(per_bone.values(), reverse=True)
+    margin = ranked[0] - ranked[1] if len(ranked) > 1 else math.inf
+    return hyps, margin
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def identify(
+    vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None
+) -> Identity:
+    """MC2 on a model-grid volume in network units (``runtime.bonewin.to_input_units``), (z, y, x) at
+    ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override)."""
+    fov = (vol.shape[1] * spacing_mm, vol.shape[2] * spacing_mm)
+    if min(fov) < MIN_FOV_MM:
+        raise NotAHand(
+            path,
+            f"field of view {fov[1]:.1f} x {fov[0]:.1f} mm cannot hold a metacarpal head (at least {MIN_FOV_MM:.0f} mm)",
+            "pass an HR-pQCT scan of the MCP joints of the hand",
+        )
+    coarse = _reduce2(vol)
+    cs = 2 * spacing_mm
+    labels = instances(coarse, cs)
+    for _ in range(4):
+        if not merge_pieces(labels, cs):
+            break
+    bones = candidates(labels, cs)
+    if not bones:
+        raise NotAHand(
+            path,
+            "holds no metacarpal (no bone runs through the proximal slices with a shaft's cross-section)",
+            "pass an HR-pQCT scan of the MCP joints of the hand (MC2 along the scan's z axis)",
+        )
+    given = side if side in ("left", "right") else None
+    logged = side_from_log(log) if given is None else None
+    hint, source = (given, "given") if given else ((logged, "log") if logged else (None, "anatomy"))
+    reasons: list[str] = []
+    if len(bones) == 1:
+        choice, thumb, margin, hyps = 0, None, 0.0, []
+        reasons.append("only one metacarpal in view: it cannot be confirmed as MC2")
+    else:
+        hyps, margin = name(bones, hint)
+        if not hyps:
+            raise NotAHand(path, "holds no row of metacarpals", "pass an HR-pQCT scan of the MCP joints of the hand")
+        choice, thumb = hyps[0]["mc2"], hyps[0]["thumb"]
+        for h in hyps[:1]:
+            bones[choice].evidence = h["evidence"]
+        if margin < REVIEW_MARGIN:
+            alt = next(h for h in hyps if h["mc2"] != choice)
+            reasons.append(
+                f"MC2 not clearly identified: bone {bones[choice].label} leads bone {bones[alt['mc2']].label}"
+                f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
+            )
+    mc2 = bones[choice]
+    others = [b for i, b in enumerate(bones) if i != choice and i != thumb]
+    found_side = None
+    if others:
+        mean_x = float(np.mean([b.x_mm for b in others]))
+        found_side = "right" if mc2.x_mm < mean_x else "left"
+    if hint and found_side and hint != found_side and source == "given":
+        reasons.append(f"the side given ({hint}) puts MC2 where anatomy does not")
+    region = labels == mc2.label
+    end = int(round(mc2.joint_mm / cs))
+    region[end:] = False
+    up = np.zeros(vol.shape, bool)
+    z, y, x = region.shape
+    up[: 2 * z, : 2 * y, : 2 * x] = region.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    return Identity(
+        candidates=bones,
+        choice=choice,
+        margin=margin,
+        side=hint or found_side,
+        side_source=source if hint else "anatomy",
+        thumb=thumb,
+        reasons=reasons,
+        region=up,
+        hypotheses=hyps,
+    )
+
+
+__all__ = ["Identity", "NotAHand", "identify", "side_from_log", "REVIEW_MARGIN"]

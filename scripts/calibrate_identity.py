@@ -1,0 +1,115 @@
+"""Fit the identification stage's evidence weights on training-family phantoms (never the held-out ones).
+
+    python scripts/calibrate_identity.py DATA/train_rand DATA/train_std [--out weights.json]
+
+For every case: the model grid, the bone instances and metacarpal candidates of ``runtime.identify``; the
+true MC2 is the candidate whose region overlaps the phantom's truth mask. The weights maximise the
+likelihood of the true MC2 under a conditional logit over the case's namings (each MC2 candidate summed
+over its thumb hypotheses), with a small L2 penalty. Prints the accuracy before and after, and the weights
+to paste into ``runtime.identify.WEIGHTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+from vbmd_rt.runtime import bonewin, identify
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+
+
+def case_bones(scan_path: Path, gt_path: Path):
+    """(metacarpal candidates, index of the true MC2 among them) or None."""
+    scan = aim.read_aim(scan_path)
+    spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
+    vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
+    vol = bonewin.to_input_units(vol, scan.calibration)
+    coarse = identify._reduce2(vol)
+    cs = 2 * bonewin.GRID.spacing_mm
+    labels = identify.instances(coarse, cs)
+    for _ in range(4):
+        if not identify.merge_pieces(labels, cs):
+            break
+    bones = identify.candidates(labels, cs)
+    truth = to_model_mask(np.asarray(aim.read_aim(gt_path).data) != 0, geo) > 0.5
+    t = identify._reduce2(truth.astype(np.float32)) > 0.5
+    z = min(t.shape[0], labels.shape[0])
+    overlap = [int((labels[:z] == b.label)[t[:z]].sum()) for b in bones]
+    if len(bones) < 2 or max(overlap) == 0:
+        return None
+    return bones, int(np.argmax(overlap))
+
+
+def case_features(bones, true):
+    """(features per naming, MC2 candidate per naming, index of the true MC2 candidate) or None."""
+    feats, owners = [], []
+    for mc2 in range(len(bones)):
+        for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
+            f = identify.features(bones, mc2, thumb)
+            if f is not None:
+                feats.append(f)
+                owners.append(mc2)
+    if true not in owners:
+        return None
+    return np.array(feats), np.array(owners), true
+
+
+def loglik(w, cases, l2=0.05):
+    total = 0.0
+    for f, owners, true in cases:
+        s = f @ w
+        total += logsumexp(s[owners == true]) - logsumexp(s)
+    return -total + l2 * float(w @ w)
+
+
+def accuracy(w, cases) -> float:
+    right = 0
+    for f, owners, true in cases:
+        s = f @ w
+        per = {o: logsumexp(s[owners == o]) for o in set(owners.tolist())}
+        right += max(per, key=per.get) == true
+    return right / max(1, len(cases))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None, help="keep the candidates here (a refit is then instant)")
+    a = ap.parse_args()
+    found = pickle.loads(a.cache.read_bytes()) if a.cache and a.cache.exists() else {}
+    cases, skipped = [], 0
+    for folder in a.folders:
+        for gt in sorted(folder.glob("*_GT.AIM")):
+            key = str(gt)
+            if key not in found:
+                found[key] = case_bones(gt.with_name(gt.name[: -len("_GT.AIM")] + ".AIM"), gt)
+            c = None if found[key] is None else case_features(*found[key])
+            if c is None:
+                skipped += 1
+            else:
+                cases.append(c)
+    if a.cache:
+        a.cache.write_bytes(pickle.dumps(found))
+    w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])
+    print(f"{len(cases)} cases ({skipped} without a named choice: one candidate, or MC2 not a candidate)")
+    print(f"accuracy with the current weights: {accuracy(w0, cases):.3f}")
+    res = minimize(loglik, w0, args=(cases,), method="L-BFGS-B")
+    w = res.x
+    print(f"accuracy after fitting: {accuracy(w, cases):.3f} (log-likelihood {-res.fun:.1f})")
+    weights = {k: round(float(v), 2) for k, v in zip(identify.FEATURES, w, strict=True)}
+    print(json.dumps(weights))
+    if a.out:
+        a.out.write_text(json.dumps(weights, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
