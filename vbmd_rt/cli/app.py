@@ -63,18 +63,34 @@ def examples(*lines: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
 
 
+def require_module(module: str, what: str, install: str) -> None:
+    """Exit 2 with ``install`` (a pip line) when ``module`` cannot be imported; checked before any work,
+    without importing it."""
+    from vbmd_rt.runtime.inference.base import installed
+
+    if not installed(module):
+        raise VbmdInputError(None, f"{what} needs {module}, which is not installed", install)
+
+
 def require_extra(module: str, extra: str, what: str) -> None:
     """Exit 2 with the install command when an optional dependency is missing (checked before any work)."""
-    import importlib.util
+    from vbmd_rt.runtime.inference.base import installed
 
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
+    if not installed(module):
         raise VbmdInputError(
             None, f"{what} needs the {extra} extra ({module} is not installed)", f"pip install 'vbmd-rt[{extra}]'"
         )
+
+
+def require_backend(backend: str, model: object = None) -> None:
+    """Before any work (nothing created yet): exit 2 with the pip line when the backend ``backend`` would
+    need ONNX Runtime and none is installed (``auto`` falls back to it unless TensorRT is installed)."""
+    from vbmd_rt.runtime.inference.base import installed, require_onnxruntime
+
+    if model is not None and str(model) == "classical":
+        return
+    if backend == "onnxruntime" or (backend == "auto" and not (installed("tensorrt") or installed("tensorrt_rtx"))):
+        require_onnxruntime()
 
 
 def plain_output() -> bool:

@@ -35,12 +35,12 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Train the 2D or 3D U-Net on scan/mask pairs; the best checkpoint goes to OUT/best.pt."""
+    require_extra("torch", "train", "vbmd-rt train")  # before importing export.train, which imports torch
     from rich.progress import Progress
 
     from vbmd_rt.export.train import TrainConfig
     from vbmd_rt.export.train import train as do_train
 
-    require_extra("torch", "train", "vbmd-rt train")
     cfg = TrainConfig(
         data=str(data),
         out=str(out),
@@ -118,6 +118,8 @@ def export(
     target = model
     if checkpoint is not None or engine is None:
         require_extra("torch", "train", "exporting a checkpoint")
+        require_extra("onnx", "train", "exporting a checkpoint")
+        require_extra("onnxscript", "train", "exporting a checkpoint")
         from vbmd_rt.export.onnx_export import export as do_export
 
         out = out or Path("model")

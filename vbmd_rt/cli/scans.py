@@ -8,7 +8,7 @@ from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app, examples, plain_output, require_extra
+from vbmd_rt.cli.app import app, examples, plain_output, require_backend, require_extra
 
 
 @app.command(epilog=examples("vbmd-rt info scans/PHANTOM_0000.AIM", "vbmd-rt info scans/PHANTOM_0000.AIM --json"))
@@ -116,6 +116,10 @@ def run(
         require_extra("torch", "train", "--backend torch")
     if cluster:
         require_extra("distributed", "cluster", "--cluster")
+    elif backend != "torch":
+        require_backend(backend, model)  # a missing ONNX Runtime: exit 2 with its pip line, OUT not created
+    if cluster:
+        require_backend(backend, model)  # the workers import it from the same environment
     files = _scan_files(scans, recursive)
     cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding: one OUT
     files = cohort.shard(files, num_parts, part_id)

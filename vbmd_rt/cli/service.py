@@ -8,7 +8,7 @@ from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app, examples
+from vbmd_rt.cli.app import app, examples, require_backend
 
 
 @app.command(
@@ -70,6 +70,7 @@ def watch(
         raise VbmdInputError(in_dir, "is not a folder", "give the folder the scanner writes into")
 
     _check_mask_options(mask_format, export)
+    require_backend(backend, model)
     # No overwrite: a re-exported scan replaces only what vbmd-rt wrote for it (the old result goes to
     # history); a file at an output's name that vbmd-rt did not write sends the scan to failed/.
     options = pipeline.RunOptions(

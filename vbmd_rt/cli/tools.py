@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app, examples
+from vbmd_rt.cli.app import app, examples, require_extra
 
 
 @app.command(
@@ -129,13 +129,24 @@ def bench(
 
     if size not in ("full", "small"):
         raise typer.BadParameter("--size must be full or small")
+    names = backends.split(",") if backends else None
+    if not no_network or names is None or "onnxruntime" in names:  # the network latency runs on ONNX Runtime
+        from vbmd_rt.runtime.inference.base import require_onnxruntime
+
+        require_onnxruntime()
+    if names is not None and "torch" in names:
+        require_extra("torch", "train", "--backends torch")
+    if names is not None and "tensorrt" in names:
+        require_extra("tensorrt", "trt", "--backends tensorrt")
+    if names is not None and "tensorrt-rtx" in names:
+        require_extra("tensorrt_rtx", "rtx", "--backends tensorrt-rtx")
     suite.run(
         out,
         size=size,
         runs=runs,
         warmup=warmup,
         cache=cache,
-        backends=backends.split(",") if backends else None,
+        backends=names,
         model2d=model2d,
         network=not no_network,
         threads=threads,
