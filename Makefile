@@ -1,12 +1,12 @@
 # Two entry points (see README.md):
 #   make demo   set up from nothing (the plain install: vbmd-rt with ONNX Runtime on the CPU, no extra) and
 #               run the main job on a bundled example
-#   make test   set up from nothing (with the dev, train, cluster, eval and rtx (TensorRT-RTX) extras) and
-#               run the tests
+#   make test   set up from nothing (with the dev, itk (ITK's Scanco reader, a test oracle), train, cluster,
+#               eval and rtx (TensorRT-RTX) extras) and run the tests
 # Every install takes its exact versions from constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev,train,cluster,eval,rtx
+EXTRAS ?= dev,itk,train,cluster,eval,rtx
 # base: no extra at all (pip install -e .), what a plain `pip install vbmd-rt` gives.
 DEMO_EXTRAS ?= base
 PY := $(VENV)/bin/python

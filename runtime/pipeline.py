@@ -337,6 +337,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                     _model_grid_header(scan.header, info["geometry"]),
                     type="char",
                     log_entry="MC2 probability x100 on the model grid",
+                    values=masks.PROB_VALUES,
                     overwrite=True,
                 )
                 written.append(files["prob"])
