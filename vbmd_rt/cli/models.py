@@ -18,7 +18,9 @@ from vbmd_rt.cli.app import app, examples, require_extra
     )
 )
 def train(
-    data: Path = typer.Argument(..., help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: best.pt, last.pt, train.json."),
     arch: Literal["unet3d", "unet2d"] = typer.Option("unet3d", "--arch", help="Network: the paper's 3D or 2D U-Net."),
     epochs: int = typer.Option(20, "--epochs", min=1, help="Passes over --steps batches."),
@@ -75,7 +77,9 @@ def train(
     )
 )
 def export(
-    checkpoint: Path | None = typer.Argument(None, help="A best.pt from `vbmd-rt train` (default: the bundled model)."),
+    checkpoint: Path | None = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="A best.pt from `vbmd-rt train` (default: the bundled model)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for model.onnx, model.fp16.onnx, model.json."),
     validation: Path | None = typer.Option(None, "--validation", help="A validation JSON to put in the card."),
     name: str | None = typer.Option(None, "--name", help="Model name in the card."),
@@ -166,7 +170,9 @@ def export(
     )
 )
 def calib(
-    data: list[Path] = typer.Argument(..., help="Scans (or folders of them) to take calibration inputs from."),
+    data: list[Path] = typer.Argument(
+        ..., metavar="DATA...", help="Scans (or folders of them) to take calibration inputs from."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The calibration file (.npz)."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder (default: the bundled one)."),
     count: int = typer.Option(64, "--count", "-n", min=1, help="Calibration inputs (slices for 2D, windows for 3D)."),

@@ -13,7 +13,7 @@ from vbmd_rt.cli.app import app, examples, plain_output, require_backend, requir
 
 @app.command(epilog=examples("vbmd-rt info scans/PHANTOM_0000.AIM", "vbmd-rt info scans/PHANTOM_0000.AIM --json"))
 def info(
-    file: Path = typer.Argument(..., help="AIM or ISQ file."),
+    file: Path = typer.Argument(..., metavar="FILE", help="AIM or ISQ file."),
     as_json: bool = typer.Option(False, "--json", help="Print the header as JSON."),
     show_log: bool = typer.Option(False, "--show-log", help="Also print the processing log (contains patient fields)."),
 ):
@@ -61,7 +61,7 @@ def info(
     )
 )
 def run(
-    scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
+    scans: list[Path] = typer.Argument(..., metavar="SCAN...", help="Scan files (AIM or ISQ) or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Exported model folder, or classical (default: the bundled network)."
@@ -223,7 +223,7 @@ def _print_row(r: dict, quiet: bool, echo) -> None:
     )
     echo(
         f"{r['scan']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
-        f"{r['slices']} slices, {r['side'] or '?'} hand, {tail}"
+        f"{r['slices']} slices, {r['side'] or '?'} hand, qc {r.get('qc_status') or '?'}, {tail}"
         + "".join(f"\n  warning: {w}" for w in (r["warnings"] or "").split(" | ") if w)
     )
 
@@ -273,9 +273,11 @@ def _check_mask_options(mask_format: str, export: str | None) -> None:
     )
 )
 def measure(
-    scan: Path = typer.Argument(..., help="The scan (AIM or ISQ) the mask was drawn on."),
+    scan: Path = typer.Argument(..., metavar="SCAN", help="The scan (AIM or ISQ) the mask was drawn on."),
     mask: Path = typer.Argument(
-        ..., help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI."
+        ...,
+        metavar="MASK",
+        help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write NAME.json and NAME.png here (default: print)."),
     export: Literal["nifti", "mha"] | None = typer.Option(

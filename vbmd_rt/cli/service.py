@@ -19,7 +19,7 @@ from vbmd_rt.cli.app import app, examples, require_backend
     )
 )
 def watch(
-    in_dir: Path = typer.Argument(..., help="Folder the scanner writes scans into."),
+    in_dir: Path = typer.Argument(..., metavar="IN", help="Folder the scanner writes scans into."),
     out_arg: Path | None = typer.Argument(
         None, metavar="[OUT]", help="Output folder, as -o (kept for older command lines).", show_default=False
     ),
@@ -111,7 +111,7 @@ def watch(
 
 @app.command(epilog=examples("vbmd-rt health /data/out", "vbmd-rt health /data/out --max-age 60"))
 def health(
-    out: Path = typer.Argument(..., help="The output folder of a running `vbmd-rt watch`."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The output folder of a running `vbmd-rt watch`."),
     max_age: float = typer.Option(120.0, "--max-age", help="Seconds after which a silent service counts as dead."),
 ):
     """Exit 0 when the watch service on OUT is alive (for a container HEALTHCHECK), 1 otherwise."""

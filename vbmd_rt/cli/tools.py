@@ -14,10 +14,11 @@ from vbmd_rt.cli.app import app, examples, require_extra
     epilog=examples(
         "vbmd-rt synth demo-out/scans --cases 1 --seed 7",
         "vbmd-rt synth phantoms --cases 20 --size full --workers 2 --preview",
+        "vbmd-rt synth phantoms --cases 20 --family random --seed 1 --preview",
     )
 )
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (created if missing)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder (created if missing)."),
     cases: int = typer.Option(1, "--cases", "-n", min=1, help="Number of cases."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed; the same seed and version give the same files."),
     size: Literal["small", "full"] = typer.Option(
@@ -34,10 +35,7 @@ def synth(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
-    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json.
-
-    Example: vbmd-rt synth phantoms/ --cases 20 --family random --seed 1 --preview
-    """
+    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json."""
     from rich.progress import Progress
 
     from vbmd_rt.synth import phantom
