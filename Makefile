@@ -28,7 +28,7 @@ test: setup
 demo: demo-setup
 	$(VENV)/bin/vbmd-rt synth demo-out/scans --cases 1 --size small --seed 7
 	$(VENV)/bin/vbmd-rt run demo-out/scans/PHANTOM_0000.AIM -o demo-out/results --report html --overwrite
-	@echo "truth: $$(grep -o '"d100_mg_ha_cm3": [0-9.]*' demo-out/scans/PHANTOM_0000.truth.json)"
+	@$(PY) -c 'import json; r = json.load(open("demo-out/results/PHANTOM_0000.json")); t = json.load(open("demo-out/scans/PHANTOM_0000.truth.json")); print("D100 measured %.1f mg HA/cm3 (qc %s), true %.1f mg HA/cm3 (the phantom'"'"'s truth)" % (r["d100_mg_ha_cm3"], r["qc"]["status"], t["d100_mg_ha_cm3"]))'
 
 bench: setup
 	$(VENV)/bin/vbmd-rt bench --size full --runs 5 -o bench.json

@@ -46,7 +46,7 @@ def assert_exit_2_with(code: int, err: str, pip_line: str) -> None:
 
 
 def test_onnxruntime_is_a_base_dependency_and_gpu_never_brings_a_second_one():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(d.startswith("onnxruntime>") for d in project["dependencies"])
