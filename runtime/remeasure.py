@@ -149,6 +149,8 @@ def measure_mask(
                 if export:
                     written.extend(out / n for n in nifti.export_names(name, export))
                     nifti.export_pair(out, name, scan, mask, export)
+                    if export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
+                        result.update(nifti.scan_sidecar(scan, export))
             result["timings_s"] = _timings(timer, t0, STAGES)
             if report_html:
                 extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)

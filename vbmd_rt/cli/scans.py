@@ -93,8 +93,10 @@ def run(
         help="Mask AIM: rle (binary run-length, full geometry), cropped (char cut to the bone, with its "
         "position) or char (full-size char, the largest).",
     ),
-    export: Literal["nifti", "mha"] | None = typer.Option(
-        None, "--export", help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz) or mha."
+    export: Literal["nifti", "mha", "nii"] | None = typer.Option(
+        None,
+        "--export",
+        help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz), nii (.nii, uncompressed) or mha; NIfTI with JSON sidecars (Scanco calibration, units); the NIfTI mask is cropped with --mask-format cropped.",
     ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take scans in subfolders of a folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -262,7 +264,7 @@ def _check_mask_options(mask_format: str, export: str | None) -> None:
     if mask_format not in MASK_FORMATS:
         raise typer.BadParameter(f"--mask-format takes {', '.join(MASK_FORMATS)}, not {mask_format!r}")
     if export is not None and export not in EXPORT_FORMATS:
-        raise typer.BadParameter(f"--export takes {' or '.join(EXPORT_FORMATS)}, not {export!r}")
+        raise typer.BadParameter(f"--export takes {', '.join(EXPORT_FORMATS)}, not {export!r}")
 
 
 @app.command(
@@ -280,8 +282,8 @@ def measure(
         help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write NAME.json and NAME.png here (default: print)."),
-    export: Literal["nifti", "mha"] | None = typer.Option(
-        None, "--export", help="Also write scan and mask as nifti (.nii.gz) or mha."
+    export: Literal["nifti", "mha", "nii"] | None = typer.Option(
+        None, "--export", help="Also write scan and mask as nifti (.nii.gz), nii (.nii) or mha."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs in OUT."),
     report: Literal["html"] | None = typer.Option(None, "--report", help="Also write the HTML report (needs -o)."),

@@ -51,8 +51,8 @@ def watch(
     mask_format: Literal["rle", "cropped", "char"] = typer.Option(
         "rle", "--mask-format", help="Mask AIM: rle, cropped or char (see `run`)."
     ),
-    export: Literal["nifti", "mha"] | None = typer.Option(
-        None, "--export", help="Also write scan and mask as nifti or mha."
+    export: Literal["nifti", "mha", "nii"] | None = typer.Option(
+        None, "--export", help="Also write scan and mask as nifti (.nii.gz), nii (.nii) or mha."
     ),
 ):
     """Serve a folder: every scan that arrives in IN is processed exactly once into OUT (SIGTERM stops)."""
