@@ -341,7 +341,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                     overwrite=True,
                 )
                 written.append(files["prob"])
-            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box))
+            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box, result=result))
             atomic_write_bytes(files["png"], png, overwrite=True)
             written.append(files["png"])
             if options.export:  # into the staging folder: part of the scan's transaction

@@ -143,7 +143,7 @@ def measure_mask(
         written: list[Path] = []
         try:
             with timer("write"):
-                png = report.png_bytes(report.montage(scan.data, mask, cal))
+                png = report.png_bytes(report.montage(scan.data, mask, cal, result=result))
                 atomic_write_bytes(files["png"], png, overwrite=True)
                 written.append(files["png"])
                 if export:

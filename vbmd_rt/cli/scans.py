@@ -19,6 +19,7 @@ def info(
 ):
     """Header of an AIM/ISQ file: dimensions, voxel size, type, position, calibration."""
     from vbmd_rt.runtime.io.aim import read_header
+    from vbmd_rt.runtime.report import calibration_text
 
     hdr = read_header(file)
     d = hdr.describe()
@@ -35,13 +36,7 @@ def info(
         ("voxel size (mm)", " x ".join(f"{v:.6g}" for v in d["element_size_mm"])),
         ("position (x y z)", " ".join(map(str, d["position_xyz"]))),
         ("physical size (mm)", " x ".join(f"{v:.2f}" for v in d["physical_size_mm"])),
-        (
-            "calibration",
-            "none (density unavailable)"
-            if cal is None
-            else f"{cal['mg_ha_cm3_per_unit']:.6g} mg HA/cm3 per unit {cal['intercept']:+.6g} "
-            f"(Mu_Scaling {cal['mu_scaling']:g}, slope {cal['slope']:g})",
-        ),
+        ("calibration", "none (density unavailable)" if cal is None else calibration_text(cal, plain=True)),
     ]
     for k, v in d["scanner"].items():
         rows.append((k, str(v)))
