@@ -94,6 +94,13 @@ def run(
         help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz), nii (.nii, uncompressed) or mha; NIfTI with JSON sidecars (Scanco calibration, units); the NIfTI mask is cropped with --mask-format cropped.",
     ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take scans in subfolders of a folder."),
+    layout: Literal["flat", "bids"] = typer.Option(
+        "flat",
+        "--layout",
+        help="flat: every output in OUT; bids: a BIDS-style derivative, OUT/derivatives/vbmd-rt/ with "
+        "dataset_description.json, sub-*/ses-*/ folders (from the inputs' names or folders) and vbmd.tsv "
+        "with units (vbmd.json).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png, summary.csv.
@@ -104,6 +111,7 @@ def run(
     from rich.progress import Progress
 
     from vbmd_rt.cohort import batch as cohort
+    from vbmd_rt.cohort import bids
     from vbmd_rt.runtime import pipeline
     from vbmd_rt.runtime.io.atomic import check_writable_dir
 
@@ -117,10 +125,24 @@ def run(
         require_backend(backend, model)  # a missing ONNX Runtime: exit 2 with its pip line, OUT not created
     if cluster:
         require_backend(backend, model)  # the workers import it from the same environment
+    if layout == "bids" and (cluster or num_parts > 1):
+        from vbmd_rt.runtime.errors import VbmdInputError
+
+        raise VbmdInputError(
+            None, "--layout bids runs the cohort in this process", "leave out --cluster and --num-parts"
+        )
     files = _scan_files(scans, recursive)
-    cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding: one OUT
+    groups = None
+    if layout == "bids":
+        groups = bids.groups(out, files)  # one output folder per subject and session
+        for group in groups.values():
+            cohort.check_names(group, batch=False)
+    else:
+        cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding
     files = cohort.shard(files, num_parts, part_id)
     check_writable_dir(out)
+    if groups is not None:
+        bids.write_description(out)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
@@ -167,10 +189,36 @@ def run(
                     if not quiet:
                         bar.console.print(f"{name}: another vbmd-rt run on {out} is writing it; waiting for it")
 
-                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
+                if groups is None:
+                    rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
+                else:
+                    by_file: dict = {}
+                    for folder, group in groups.items():
+                        check_writable_dir(folder)
+                        first = len(by_file)
+                        by_file.update(
+                            zip(
+                                group,
+                                cohort.run_local(
+                                    group,
+                                    folder,
+                                    predictor,
+                                    options,
+                                    on_row=on_row,
+                                    stage=lambda i, s, first=first: stage(first + i, s),
+                                    on_wait=on_wait,
+                                ),
+                                strict=True,
+                            )
+                        )
+                    rows = [by_file[f] for f in files]
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
-    if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
+    if groups is not None:  # the derivative's table, one row per scan, with units in vbmd.json
+        tsv, _ = bids.write_table(out, rows, files)
+        if not quiet:
+            typer.echo(f"table: {tsv}", err=True)
+    elif len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
         csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id)
         if not quiet:
             typer.echo(f"summary: {csv_path}", err=True)
