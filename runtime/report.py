@@ -119,7 +119,8 @@ def _header(width: int, result: dict) -> np.ndarray:
     and how the pictures are oriented, so that the PNG alone tells pass from review."""
     band = np.full((HEADER_PX, width, 3), 32, np.uint8)
     scan = result.get("scan") or {}
-    qc = result.get("qc") if isinstance(result.get("qc"), dict) else {}
+    raw_qc = result.get("qc")
+    qc: dict = raw_qc if isinstance(raw_qc, dict) else {}
     status = qc.get("status") or "n/a"
     reasons = qc.get("reasons") or []
     d100 = result.get("d100_mg_ha_cm3")
@@ -377,7 +378,8 @@ def qc_checks(result: dict) -> list[tuple[str, str, str]]:
     """(check, value, limit) for every QC check the result's verdict is based on, as far as the result
     records them (a check whose value is not in the result is left out: e.g. no baseline for a given
     mask, no confidence for the classical model)."""
-    qc = result.get("qc") if isinstance(result.get("qc"), dict) else {}
+    raw_qc = result.get("qc")
+    qc: dict = raw_qc if isinstance(raw_qc, dict) else {}
     limits = qc.get("limits") or {}
     rows = []
 
