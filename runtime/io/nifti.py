@@ -122,6 +122,28 @@ def write_mha(path: str | os.PathLike, data: np.ndarray, element_size_mm, positi
     return path
 
 
+def _box(m: np.ndarray, hint=None) -> tuple[slice, slice, slice] | None:
+    """Tight (z, y, x) box of a boolean mask; ``hint`` (z0, z1, y0, y1, x0, x1) bounds the search where
+    it holds every voxel (as ``masks.bounding_box``, which imports this module)."""
+    z0 = y0 = x0 = 0
+    region = m
+    if hint is not None:
+        z0, z1, y0, y1, x0, x1 = (int(v) for v in hint)
+        region = m[z0:z1, y0:y1, x0:x1]
+        if int(np.count_nonzero(region)) != int(np.count_nonzero(m)):
+            z0 = y0 = x0 = 0
+            region = m
+    axes = [np.flatnonzero(region.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))]
+    if any(a.size == 0 for a in axes):
+        return None
+    (zs, ys, xs), (oz, oy, ox) = axes, (z0, y0, x0)
+    return (
+        slice(oz + int(zs[0]), oz + int(zs[-1]) + 1),
+        slice(oy + int(ys[0]), oy + int(ys[-1]) + 1),
+        slice(ox + int(xs[0]), ox + int(xs[-1]) + 1),
+    )
+
+
 def scan_sidecar(scan, fmt: str) -> dict:
     """The scan export's sidecar keys (ormir-mids' names): the Scanco calibration from the header and
     the unit of the values a reader gets (NIfTI applies ``scl_slope``/``scl_inter``: mg HA/cm³ where
@@ -176,9 +198,7 @@ def export_pair(
     m = np.asarray(mask) != 0
     mpos = pos
     if cropped:
-        from vbmd_rt.runtime.io.masks import bounding_box
-
-        sl = bounding_box(m, box) or bounding_box(m) or (slice(0, 1), slice(0, 1), slice(0, 1))
+        sl = _box(m, box) or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
         m = np.ascontiguousarray(m[sl])
         mpos = tuple(int(p) + s.start for p, s in zip(pos, (sl[2], sl[1], sl[0]), strict=True))
     ext = _EXTENSIONS[fmt]

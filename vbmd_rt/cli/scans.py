@@ -119,12 +119,10 @@ def run(
     mem = _max_memory(max_memory)  # argument checks before anything is created
     if backend == "torch":
         require_extra("torch", "train", "--backend torch")
+    else:  # a missing ONNX Runtime: exit 2 with its pip line, OUT not created (Dask workers share it)
+        require_backend(backend, model)
     if cluster:
         require_extra("distributed", "cluster", "--cluster")
-    elif backend != "torch":
-        require_backend(backend, model)  # a missing ONNX Runtime: exit 2 with its pip line, OUT not created
-    if cluster:
-        require_backend(backend, model)  # the workers import it from the same environment
     if layout == "bids" and (cluster or num_parts > 1):
         from vbmd_rt.runtime.errors import VbmdInputError
 
