@@ -1,20 +1,21 @@
 # Two entry points (see README.md):
-#   make demo   set up from nothing (vbmd-rt with ONNX Runtime on the CPU only) and run the main job on a
-#               bundled example
-#   make test   set up from nothing (with the test, training, cluster, eval and TensorRT-RTX extras) and run
-#               the tests
+#   make demo   set up from nothing (the plain install: vbmd-rt with ONNX Runtime on the CPU, no extra) and
+#               run the main job on a bundled example
+#   make test   set up from nothing (with the dev, itk (ITK's Scanco reader, a test oracle), train, cluster,
+#               eval and rtx (TensorRT-RTX) extras) and run the tests
 # Every install takes its exact versions from constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= cpu,dev,train,cluster,eval,rtx
-DEMO_EXTRAS ?= cpu
+EXTRAS ?= dev,itk,train,cluster,eval,rtx
+# base: no extra at all (pip install -e .), what a plain `pip install vbmd-rt` gives.
+DEMO_EXTRAS ?= base
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 
 $(VENV)/.installed-%: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip==25.3
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[$*]"
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".$(if $(filter base,$*),,[$*])"
 	touch $@
 
 .PHONY: setup demo-setup test demo bench lint typecheck clean
@@ -27,7 +28,7 @@ test: setup
 demo: demo-setup
 	$(VENV)/bin/vbmd-rt synth demo-out/scans --cases 1 --size small --seed 7
 	$(VENV)/bin/vbmd-rt run demo-out/scans/PHANTOM_0000.AIM -o demo-out/results --report html --overwrite
-	@echo "truth: $$(grep -o '"d100_mg_ha_cm3": [0-9.]*' demo-out/scans/PHANTOM_0000.truth.json)"
+	@$(PY) -c 'import json; r = json.load(open("demo-out/results/PHANTOM_0000.json")); t = json.load(open("demo-out/scans/PHANTOM_0000.truth.json")); print("D100 measured %.1f mg HA/cm3 (qc %s), true %.1f mg HA/cm3 (the phantom'"'"'s truth)" % (r["d100_mg_ha_cm3"], r["qc"]["status"], t["d100_mg_ha_cm3"]))'
 
 bench: setup
 	$(VENV)/bin/vbmd-rt bench --size full --runs 5 -o bench.json

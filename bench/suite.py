@@ -385,7 +385,11 @@ def table(report: dict) -> str:
         f"scan: {report['scan']['size']}, {report['scan']['slices']} slices, {report['scan']['bytes'] / 2**20:.0f} MiB; "
         "seconds, median (min-max)"
     ]
-    head = f"{'backend':22s}" + "".join(f"{s:>17s}" for s in STAGES) + f"{'vs 33 s':>9s}{'floor':>8s}{'RSS/scan':>9s}"
+    head = (
+        f"{'backend':22s}"
+        + "".join(f"{s:>17s}" for s in STAGES)
+        + f"{'vs 33 s':>9s}{'floor s':>8s}{'peak RSS GiB':>13s}{'RSS/scan':>10s}"
+    )
     lines.append(head)
     for label, st in report["stages"].items():
         if "median" not in st:
@@ -394,8 +398,13 @@ def table(report: dict) -> str:
         cells = "".join(f"{st['median'][s]:7.2f} ({st['min'][s]:.2f}-{st['max'][s]:.2f})".rjust(17) for s in STAGES)
         lines.append(
             f"{label + ' ' + st['precision']:22s}{cells}{st['ratio_to_paper_3d']:9.3f}"
-            f"{st['floor']['floor_s']:8.2f}{st['peak_rss_over_scan']:9.2f}"
+            f"{st['floor']['floor_s']:8.2f}{st['median']['peak_rss_bytes'] / 2**30:13.2f}"
+            f"{st['peak_rss_over_scan']:9.2f}x"
         )
+    lines.append(
+        "vs 33 s: median total / the paper's 32.98 s; floor s: the least time possible here; peak RSS GiB: the "
+        "process's peak resident memory; RSS/scan: that peak as a multiple (x) of the scan file's size"
+    )
     net = report.get("network")
     if net:
         n3 = net["unet3d"]

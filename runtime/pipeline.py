@@ -238,7 +238,7 @@ class RunOptions:
     save_prob: bool = False
     max_memory: int | None = None  # bytes; None: three quarters of the RAM (resources.default_max_memory)
     mask_format: str = "rle"  # rle | cropped | char (runtime.io.masks)
-    export: str | None = None  # nifti | mha: scan and mask for 3D Slicer as well (runtime.io.nifti)
+    export: str | None = None  # nifti | nii | mha: scan and mask for 3D Slicer as well (runtime.io.nifti)
 
 
 def read_scan(path: Path) -> aim.Scan:
@@ -377,16 +377,20 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                     _model_grid_header(scan.header, info["geometry"]),
                     type="char",
                     log_entry="MC2 probability x100 on the model grid",
+                    values=masks.PROB_VALUES,
                     overwrite=True,
                 )
                 written.append(files["prob"])
-            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box))
+            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box, result=result))
             atomic_write_bytes(files["png"], png, overwrite=True)
             written.append(files["png"])
             if options.export:  # into the staging folder: part of the scan's transaction
                 name, staging = scan_name(path), files["mask"].parent
                 written.extend(staging / n for n in nifti.export_names(name, options.export))
-                nifti.export_pair(staging, name, scan, mask, options.export)
+                cropped = options.mask_format == "cropped"
+                nifti.export_pair(staging, name, scan, mask, options.export, cropped=cropped, box=box)
+                if options.export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
+                    result.update(nifti.scan_sidecar(scan, options.export))
         result["timings_s"] = {k: round(timer.seconds.get(k, 0.0), 4) for k in STAGES}
         result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         if options.report_html:

@@ -143,12 +143,14 @@ def measure_mask(
         written: list[Path] = []
         try:
             with timer("write"):
-                png = report.png_bytes(report.montage(scan.data, mask, cal))
+                png = report.png_bytes(report.montage(scan.data, mask, cal, result=result))
                 atomic_write_bytes(files["png"], png, overwrite=True)
                 written.append(files["png"])
                 if export:
                     written.extend(out / n for n in nifti.export_names(name, export))
                     nifti.export_pair(out, name, scan, mask, export)
+                    if export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
+                        result.update(nifti.scan_sidecar(scan, export))
             result["timings_s"] = _timings(timer, t0, STAGES)
             if report_html:
                 extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)

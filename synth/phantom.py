@@ -49,6 +49,7 @@ from vbmd_rt.runtime.io import proclog
 from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import Calibration
+from vbmd_rt.runtime.io.masks import MASK_VALUES
 from vbmd_rt.synth import families
 from vbmd_rt.synth.case import XTREMECT_CALIBRATION, Bone, CaseParams, erosion  # noqa: F401
 
@@ -62,7 +63,7 @@ __all__ = [
     "XTREMECT_CALIBRATION",
 ]
 
-GENERATOR_VERSION = "1.1"  # 1.1: the random family; standard cases are unchanged
+GENERATOR_VERSION = "1.2"  # 1.1: the random family; 1.2: the _GT log says its values are objects (scans unchanged)
 SIZES = {"full": (0.082, 1536), "small": (0.246, 512)}
 AIR = -356.0 + 0.0  # mu = 0: the stored value 0 is the calibration's intercept
 
@@ -572,7 +573,11 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
         when=0,
     )
     write_aim(
-        out / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), replace(hdr, processing_log=gt_log), type="char"
+        out / f"{name}_GT.AIM",
+        truth.view(np.int8) * np.int8(127),
+        replace(hdr, processing_log=gt_log),
+        type="char",
+        values=MASK_VALUES,  # read as 0/127 by every reader, ITK's too
     )
     t = truth_of(scan, truth, p)
     t.update(name=name, seed=seed, case_seed=case_seed, index=index, family=family)

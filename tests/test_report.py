@@ -93,3 +93,85 @@ def test_scan_date_is_the_date_alone_from_the_first_time_line():
     )
     assert scan_date(log) == "2007-07-30"
     assert scan_date("Patient Name  X\n") is None and scan_date("") is None
+
+
+# --------------------------------------------------------------------------- issue 21: what a technician needs
+
+
+def _qc():
+    return {
+        "status": "pass",
+        "reasons": [],
+        "baseline": {"dice": 0.95, "d100_difference_mg_ha_cm3": -3.4, "row_end": True},
+        "shape": {"pieces_fraction": 0.0, "gap_slices": 0, "solidity": 0.97, "area_jump": 0.06, "length_mm": 13.5},
+        "limits": {
+            "baseline_dice": 0.5,
+            "baseline_d100_mg": 40.0,
+            "pieces_fraction": 0.1,
+            "solidity": 0.85,
+            "area_jump": 0.35,
+            "length_mm": [4.0, 45.0],
+            "d100_mg": [80.0, 650.0],
+        },
+    }
+
+
+def test_the_png_says_what_it_is_when_given_the_result():
+    data, mask = _hand()
+    r = _result(qc={"status": "review", "reasons": ["mask touches the scan's edge"]})
+    r["scan"]["element_size_mm"] = [0.082, 0.082, 0.082]
+    plain = report.montage(data, mask, CAL, size=160, element_size_mm=(0.082, 0.082, 0.082))
+    img = report.montage(data, mask, CAL, size=160, result=r)
+    assert img.shape == (160 + report.HEADER_PX, 6 * 160, 3)  # a band on top of the same pictures
+    np.testing.assert_array_equal(img[report.HEADER_PX :], plain)
+    band = img[: report.HEADER_PX].astype(int)
+    assert (band > 200).any()  # text
+    orange_text = (band[..., 2] > 200) & (band[..., 1] > 100) & (band[..., 0] < 100)
+    assert orange_text.any()  # the review verdict in its colour
+    # each panel has a white scale bar along its bottom left
+    for p in range(6):
+        strip = plain[-14:-8, p * 160 + 8 : p * 160 + 40]
+        assert (strip.min(axis=2) > 200).sum() > 20, p
+
+
+def test_scale_bar_length_matches_the_voxel_size():
+    img = np.zeros((100, 200, 3), np.uint8)
+    report._scale_bar(img, 10.0)  # 10 px per mm: at most a third of 200 px -> 5 mm = 50 px
+    row = img[-12, :, 0]
+    assert int((row > 200).sum()) == pytest.approx(48, abs=2)
+
+
+def test_html_puts_the_phantom_notice_up_front_and_lists_the_checks_of_a_pass():
+    data, mask = _hand()
+    extra = report.details(data, mask, CAL, (0.082, 0.082, 0.082))
+    r = _result(qc=_qc(), model={"name": "default", "sha256": "ab" * 32, "intended_use": "Trained on phantoms"})
+    r["scan"]["element_size_mm"] = [0.082, 0.082, 0.082]
+    page = report.html_report(r, b"\x89PNG", extra)
+    notice = page.index('class="notice"')
+    assert notice < page.index("<img") and "Trained on phantoms only." in page
+    assert '<p class="note">' not in page
+    checks = page.split("<h2>Quality checks</h2>")[1].split("</table>")[0]
+    for words in ("classical baseline", "solidity", "MC2 length", "D100 (mg HA/cm³)"):
+        assert words in checks
+    assert "&gt;= 0.5" in checks and "4 to 45" in checks
+    assert "Voxel size (mm)</th><td>0.082 x 0.082 x 0.082" in page
+    assert "intercept -356.445 mg HA/cm³" in page
+    assert "<details><summary>Timings (1.0 s in total)" in page
+
+
+def test_histogram_marks_d100_and_has_a_y_axis():
+    svg = report._svg_hist({"counts": [1, 5, 9, 4], "edges": [100, 200, 300, 400, 500], "unit": "mg HA/cm³"}, 301.2)
+    assert 'class="d100"' in svg and "D100 301.2" in svg and ">voxels</text>" in svg and ">9</text>" in svg
+    x = float(re.search(r'class="d100" x1="([\d.]+)"', svg).group(1))
+    assert 58 + 0.5 * (560 - 58 - 34) == pytest.approx(x, abs=2)  # 301.2 is half-way from 100 to 500
+
+
+def test_profiles_start_at_zero_and_say_proximal_and_distal():
+    svg = report._svg_profile([(2, 120.0, 300.0), (3, 118.0, 290.0), (9, 60.0, 310.0)], 2, "mean density", "#000")
+    assert "z 2 (proximal)" in svg and "z 9 (distal)" in svg
+    assert re.search(r">0</text>", svg)
+
+
+def test_info_and_report_write_the_calibration_alike():
+    text = report.calibration_text(CAL.to_dict(), plain=True)
+    assert text.startswith("mg HA/cm3 = 0.17592 x stored value - 356.445") and "intercept -356.445 mg HA/cm3" in text

@@ -33,6 +33,38 @@ def installed(module: str) -> bool:
         return False
 
 
+ORT_INSTALL = "pip install onnxruntime"  # a base dependency of vbmd-rt; missing only after a broken swap
+ORT_GPU_SWAP = 'pip uninstall -y onnxruntime onnxruntime-gpu && pip install "onnxruntime-gpu>=1.20,<2"'
+
+
+def _distribution(name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def ort_conflict() -> str | None:
+    """A problem line when onnxruntime and onnxruntime-gpu are both installed (they share one package
+    folder, and the CUDA provider disappears), else None."""
+    if _distribution("onnxruntime") and _distribution("onnxruntime-gpu"):
+        return "onnxruntime and onnxruntime-gpu are both installed (the CUDA provider may be lost)"
+    return None
+
+
+def require_onnxruntime() -> None:
+    """Exit-2 error (with the pip line) when no ONNX Runtime can be imported, checked before any work."""
+    if not installed("onnxruntime"):
+        raise BackendError(
+            None,
+            "ONNX Runtime is not installed (onnxruntime, a dependency of vbmd-rt)",
+            f"{ORT_INSTALL}, or for CUDA: {ORT_GPU_SWAP}",
+        )
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The network input a backend accepts: name, dtype and the shape range (``opt`` is the usual shape)."""

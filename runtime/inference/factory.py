@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import os
 
-from vbmd_rt.runtime.inference.base import Backend, BackendError, NoNetwork, input_spec_for, installed
+from vbmd_rt.runtime.inference.base import (
+    ORT_GPU_SWAP,
+    Backend,
+    BackendError,
+    NoNetwork,
+    input_spec_for,
+    installed,
+    ort_conflict,
+)
 from vbmd_rt.runtime.inference.ort_backend import OnnxRuntimeBackend
 from vbmd_rt.runtime.inference.trt_backend import TensorRTBackend
 from vbmd_rt.runtime.model import Model
@@ -130,12 +138,17 @@ def create(name: str, model: Model, device: str = "auto", threads: int | None = 
             return OnnxRuntimeBackend(
                 model, "cuda", threads=threads, reason="; ".join(skipped + ["onnxruntime-cuda: CUDA provider found"])
             )
-        skipped.append("onnxruntime-cuda: " + ("no CUDA provider" if gpus else "no CUDA GPU"))
+        conflict = ort_conflict() if gpus else None
+        skipped.append(
+            "onnxruntime-cuda: "
+            + ("no CUDA provider" + (f" ({conflict}; {ORT_GPU_SWAP})" if conflict else "") if gpus else "no CUDA GPU")
+        )
         if device == "cuda":
             raise BackendError(
                 None,
                 "--device cuda was asked for, but no backend here can use the GPU (" + "; ".join(skipped) + ")",
-                "pip install 'vbmd-rt[gpu]' (or [trt]), or use --device cpu",
+                "pip install 'vbmd-rt[trt]' (TensorRT), or replace onnxruntime by onnxruntime-gpu "
+                f"({ORT_GPU_SWAP}), or use --device cpu",
             )
     return OnnxRuntimeBackend(
         model, "cpu", threads=threads, reason="; ".join(skipped + ["onnxruntime-cpu"]) if skipped else "device cpu"

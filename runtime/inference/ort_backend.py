@@ -6,7 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from vbmd_rt.runtime.inference.base import Backend, BackendError, input_spec_for
+from vbmd_rt.runtime.inference.base import (
+    ORT_GPU_SWAP,
+    Backend,
+    BackendError,
+    input_spec_for,
+    ort_conflict,
+    require_onnxruntime,
+)
 from vbmd_rt.runtime.model import Model
 
 
@@ -21,6 +28,7 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         reason: str = "",
     ):
+        require_onnxruntime()
         precision = precision or ("fp16" if device == "cuda" and "fp16" in model.card.files else "fp32")
         super().__init__(input_spec_for(model), precision, reason)
         self.model = model
@@ -38,10 +46,11 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         if not wanted:
+            conflict = ort_conflict()
             raise BackendError(
                 None,
-                "ONNX Runtime here has no CUDA provider",
-                "install the gpu extra (pip install 'vbmd-rt[gpu]') or use --device cpu",
+                "ONNX Runtime here has no CUDA provider" + (f": {conflict}" if conflict else ""),
+                f"replace onnxruntime by onnxruntime-gpu: {ORT_GPU_SWAP}; or use --device cpu",
             )
         return [*wanted, "CPUExecutionProvider"]
 

@@ -637,6 +637,7 @@ def write_aim(
     type: str | int | None = None,
     version: int | None = None,
     log_entry: str | None = None,
+    values: tuple[str, str, float, float] | None = None,
     overwrite: bool = True,
 ) -> AimHeader:
     """Write ``data`` (z, y, x) as an AIM file, atomically; return the header written.
@@ -646,7 +647,9 @@ def write_aim(
     processing log come from it (default: origin, 82 µm, empty log). ``version`` is 2 or 3
     (default: the template's; ISQ templates become v020). ``type`` is "int16", "char" or
     "binary-rle" (default: int16 for int16 data, char otherwise). ``log_entry`` appends one
-    block to the log naming vbmd-rt and what was done.
+    block to the log naming vbmd-rt and what was done. ``values`` (name, units, min, max) says the
+    values are not the scan's densities (a mask's objects, a probability): IPL's parameter lines and an
+    identity scaling after the entry (:func:`proclog.values_block`), so that no reader rescales them.
     """
     from vbmd_rt import __version__ as _rt_version
 
@@ -678,6 +681,8 @@ def write_aim(
     log = tmpl.processing_log
     if log_entry:
         log = proclog.append_entry(log, f"vbmd-rt {_rt_version}", log_entry)
+    if values is not None:
+        log = proclog.append_values(log, *values)
     log_b = log.encode("latin-1", errors="replace") + b"\0"
     if code == TYPE_BINARY_RLE:
         isz = 8 if ver == 3 else 4

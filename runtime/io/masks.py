@@ -25,11 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.io import aim, proclog
 from vbmd_rt.runtime.io.codecs import BinaryRle, encode_run_lengths
 
 MASK_FORMATS = ("rle", "cropped", "char")
 MASK_VALUE = 127  # IPL's object value in char masks
+# The log's last block says what the values are (IPL's parameter lines) and scales them by 1, so that
+# readers that rescale by the log's calibration (ITK's Scanco reader) read 0/127 as IPL's masks read.
+MASK_VALUES = (*proclog.OBJECTS, 0, MASK_VALUE)
+PROB_VALUES = ("Probability x100", "[%]", 0, 100)  # NAME_PROB.AIM (--save-prob), char 0..100
 
 
 def bounding_box(mask: np.ndarray, hint=None) -> tuple[slice, slice, slice] | None:
@@ -116,7 +120,7 @@ def write_mask(
     if fmt == "rle" and any(header.offset):
         fmt = "cropped"  # AimIO refuses run-length files with an offset border
     if fmt == "rle":
-        written = aim.write_aim(path, encode_in_box(mask, tight), header, log_entry=log_entry)
+        written = aim.write_aim(path, encode_in_box(mask, tight), header, log_entry=log_entry, values=MASK_VALUES)
     elif fmt == "cropped":
         sl = tight or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
         corner = (sl[2].start, sl[1].start, sl[0].start)  # x, y, z
@@ -129,10 +133,10 @@ def write_mask(
             # the scan's offset border, as far as it reaches into the box
             offset=tuple(int(min(max(o - c, 0), d)) for o, c, d in zip(header.offset, corner, dims, strict=True)),
         )
-        written = aim.write_aim(path, data, tmpl, type="char", log_entry=log_entry)
+        written = aim.write_aim(path, data, tmpl, type="char", log_entry=log_entry, values=MASK_VALUES)
     else:
         data = np.where(np.asarray(mask) != 0, np.int8(MASK_VALUE), np.int8(0)).astype(np.int8)
-        written = aim.write_aim(path, data, header, type="char", log_entry=log_entry)
+        written = aim.write_aim(path, data, header, type="char", log_entry=log_entry, values=MASK_VALUES)
     return {
         "file": Path(path).name,
         "format": fmt,

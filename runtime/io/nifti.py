@@ -9,7 +9,12 @@ three formats, like AIM, so a (z, y, x) array is written as it is.
 
 A calibrated int16 scan is written to NIfTI with ``scl_slope``/``scl_inter`` so that viewers show
 mg HA/cm³; MetaImage has no scaling field, so its scan keeps the stored values (use NIfTI where the
-viewer should show density).
+viewer should show density). ``nifti`` writes ``.nii.gz``, ``nii`` uncompressed ``.nii`` (ORMIR-XCT's
+readers want it). NIfTI exports come with JSON sidecars (ormir-mids' keys: ``ScancoMuScaling``,
+``ScancoDensitySlope``, ``ScancoDensityIntercept``, ``ScancoMuWater``, and the unit of the values): the
+mask's is ``NAME_SEG.json``; the scan's sidecar would be ``NAME.json``, which is the result JSON, so
+the scan's keys go into the result JSON (:func:`scan_sidecar`). With a cropped mask (``--mask-format
+cropped``) the NIfTI mask is cropped to the bone too, its origin moved to the box.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 from vbmd_rt.runtime.errors import VbmdInputError
 from vbmd_rt.runtime.io.atomic import atomic_write
 
-EXPORT_FORMATS = ("nifti", "mha")
+EXPORT_FORMATS = ("nifti", "mha", "nii")
+_EXTENSIONS = {"nifti": ".nii.gz", "nii": ".nii", "mha": ".mha"}
+DENSITY_UNIT = "mg HA/cm3"
 _NIFTI_CODES = {np.dtype("uint8"): (2, 8), np.dtype("int16"): (4, 16), np.dtype("int8"): (256, 8)}
 _MET_TYPES = {np.dtype("uint8"): "MET_UCHAR", np.dtype("int16"): "MET_SHORT", np.dtype("int8"): "MET_CHAR"}
 
@@ -115,29 +122,104 @@ def write_mha(path: str | os.PathLike, data: np.ndarray, element_size_mm, positi
     return path
 
 
-def export_pair(out_dir: Path, name: str, scan, mask: np.ndarray, fmt: str) -> list[Path]:
-    """``NAME.nii.gz``/``NAME_SEG.nii.gz`` (or ``.mha``): the scan (density where calibrated) and its mask
-    (uint8 0/1), both on the scan's grid and position, so they open aligned in 3D Slicer."""
+def _box(m: np.ndarray, hint=None) -> tuple[slice, slice, slice] | None:
+    """Tight (z, y, x) box of a boolean mask; ``hint`` (z0, z1, y0, y1, x0, x1) bounds the search where
+    it holds every voxel (as ``masks.bounding_box``, which imports this module)."""
+    z0 = y0 = x0 = 0
+    region = m
+    if hint is not None:
+        z0, z1, y0, y1, x0, x1 = (int(v) for v in hint)
+        region = m[z0:z1, y0:y1, x0:x1]
+        if int(np.count_nonzero(region)) != int(np.count_nonzero(m)):
+            z0 = y0 = x0 = 0
+            region = m
+    axes = [np.flatnonzero(region.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))]
+    if any(a.size == 0 for a in axes):
+        return None
+    (zs, ys, xs), (oz, oy, ox) = axes, (z0, y0, x0)
+    return (
+        slice(oz + int(zs[0]), oz + int(zs[-1]) + 1),
+        slice(oy + int(ys[0]), oy + int(ys[-1]) + 1),
+        slice(ox + int(xs[0]), ox + int(xs[-1]) + 1),
+    )
+
+
+def scan_sidecar(scan, fmt: str) -> dict:
+    """The scan export's sidecar keys (ormir-mids' names): the Scanco calibration from the header and
+    the unit of the values a reader gets (NIfTI applies ``scl_slope``/``scl_inter``: mg HA/cm³ where
+    calibrated; MetaImage keeps the stored, native values)."""
+    cal = scan.calibration
+    scaled = fmt != "mha" and cal is not None
+    return {
+        "ScancoMuScaling": None if cal is None else float(cal.mu_scaling),
+        "ScancoDensitySlope": None if cal is None else float(cal.slope),
+        "ScancoDensityIntercept": None if cal is None else float(cal.intercept),
+        "ScancoMuWater": None if cal is None else cal.mu_water,
+        "ScancoDensityUnit": None if cal is None else cal.unit,
+        "Units": DENSITY_UNIT if scaled else "native",
+        "UnitsDescription": (
+            "values as read with scl_slope/scl_inter applied: mg HA/cm3 = stored x ScancoDensitySlope / "
+            "ScancoMuScaling + ScancoDensityIntercept; the stored int16 are Scanco native units "
+            "(linear attenuation in 1/cm x ScancoMuScaling)"
+            if scaled
+            else "Scanco native units as stored (linear attenuation in 1/cm x ScancoMuScaling); mg HA/cm3 = "
+            "value x ScancoDensitySlope / ScancoMuScaling + ScancoDensityIntercept"
+        ),
+    }
+
+
+def mask_sidecar(scan, cropped: bool) -> dict:
+    """``NAME_SEG.json``: what the mask's values are, and the scan's calibration keys (the pair's)."""
+    keys = {k: v for k, v in scan_sidecar(scan, "nifti").items() if k.startswith("Scanco")}
+    return {
+        **keys,
+        "Units": "label",
+        "Labels": {"0": "background", "1": "MC2 (second metacarpal, periosteal)"},
+        "Cropped": cropped,
+        "Source": "vbmd-rt",
+    }
+
+
+def export_pair(
+    out_dir: Path, name: str, scan, mask: np.ndarray, fmt: str, cropped: bool = False, box=None
+) -> list[Path]:
+    """``NAME.nii.gz``/``NAME_SEG.nii.gz`` (``.nii`` for ``nii``, ``.mha``): the scan (density where
+    calibrated) and its mask (uint8 0/1), placed so that they open aligned in 3D Slicer; NIfTI also gets
+    the mask's sidecar ``NAME_SEG.json`` (the scan's keys: :func:`scan_sidecar`, in the result JSON).
+    ``cropped``: the mask only over the bone's box (``box``: a hint, see ``masks.bounding_box``), its
+    position moved to the box, as the cropped mask AIM."""
+    import json
+
+    from vbmd_rt.runtime.io.atomic import atomic_write_bytes
+
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}")
     el, pos = scan.header.element_size_mm, scan.header.position
     m = np.asarray(mask) != 0
+    mpos = pos
+    if cropped:
+        sl = _box(m, box) or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
+        m = np.ascontiguousarray(m[sl])
+        mpos = tuple(int(p) + s.start for p, s in zip(pos, (sl[2], sl[1], sl[0]), strict=True))
+    ext = _EXTENSIONS[fmt]
     if fmt == "mha":
         return [
-            write_mha(out_dir / f"{name}.mha", np.asarray(scan.data), el, pos),
-            write_mha(out_dir / f"{name}_SEG.mha", m.view(np.uint8), el, pos),
+            write_mha(out_dir / f"{name}{ext}", np.asarray(scan.data), el, pos),
+            write_mha(out_dir / f"{name}_SEG{ext}", m.view(np.uint8), el, mpos),
         ]
     cal = scan.calibration
     slope, inter = (1.0, 0.0) if cal is None else (float(cal.per_unit), float(cal.intercept))
-    return [
-        write_nifti(out_dir / f"{name}.nii.gz", np.asarray(scan.data), el, pos, slope, inter),
-        write_nifti(out_dir / f"{name}_SEG.nii.gz", m.view(np.uint8), el, pos),
+    side = out_dir / f"{name}_SEG.json"
+    atomic_write_bytes(side, (json.dumps(mask_sidecar(scan, cropped), indent=2) + "\n").encode(), overwrite=True)
+    return [  # the images; the sidecar is the last of export_names
+        write_nifti(out_dir / f"{name}{ext}", np.asarray(scan.data), el, pos, slope, inter),
+        write_nifti(out_dir / f"{name}_SEG{ext}", m.view(np.uint8), el, mpos),
     ]
 
 
 def export_names(name: str, fmt: str) -> list[str]:
-    ext = ".mha" if fmt == "mha" else ".nii.gz"
-    return [f"{name}{ext}", f"{name}_SEG{ext}"]
+    ext = _EXTENSIONS[fmt]
+    return [f"{name}{ext}", f"{name}_SEG{ext}"] + ([] if fmt == "mha" else [f"{name}_SEG.json"])
 
 
 # --------------------------------------------------------------------------- reading (masks for `measure`)

@@ -19,6 +19,9 @@ __all__ = [
     "PUBLIC_FIELDS",
     "public_fields",
     "scan_date",
+    "values_block",
+    "append_values",
+    "OBJECTS",
 ]
 
 # Fields that describe the scanner, the acquisition and the calibration: safe to print.
@@ -121,6 +124,44 @@ def append_entry(log: str, tool: str, operation: str, when: float | None = None)
         lines.append(field_line("Operation", cur))
     lines.append(SEPARATOR)
     return body + "\n".join(lines) + "\n"
+
+
+# What a mask's values are, in IPL's words (its /threshold and /gobj_maskaimpeel_ow write these).
+OBJECTS = ("Segmented Objects", "[object]")
+
+
+def values_block(name: str, units: str, lo: float, hi: float) -> list[str]:
+    """The lines that say what a file's values are when they are not the scan's densities (a mask's
+    objects, a probability): IPL's parameter lines (``Parameter name``, ``Scaled by factor 1``, the data
+    range), then an identity scaling (``Mu_Scaling 1``, ``Density: slope 1``, ``Density: intercept 0``)
+    that overrides the scan's calibration further up the log (the last entry of a key wins).
+
+    Without it, readers that rescale stored values by the log's calibration take the mask for
+    densities: ITK's Scanco reader (itk-ioscanco) rescales uncompressed data (char) to HU when
+    ``Mu_Scaling`` > 1 and ``HU: mu water`` > 0, or by ``Density: slope / Mu_Scaling`` and the intercept
+    otherwise, unless that slope is 1 and the intercept 0; a char 0/127 mask then reads as 24/87.
+    """
+    return [
+        field_line("Parameter name", name),
+        field_line("Parameter units", units),
+        field_line("Scaled by factor", 1),
+        field_line("Minimum data value", f"{lo:.5f}"),
+        field_line("Maximum data value", f"{hi:.5f}"),
+        "! The values above are stored as they are, not densities: identity scaling for".ljust(80),
+        "! readers that rescale by the log's calibration (Mu_Scaling, Density: slope).".ljust(80),
+        field_line("Mu_Scaling", 1),
+        field_line("Density: slope", "1.00000000e+00"),
+        field_line("Density: intercept", "0.00000000e+00"),
+    ]
+
+
+def append_values(log: str, name: str, units: str, lo: float, hi: float) -> str:
+    """``log`` with :func:`values_block` appended (between separators); the original text kept."""
+    body = log.rstrip("\0")
+    if body and not body.endswith("\n"):
+        body += "\n"
+    lines = [] if body.rstrip().endswith(SEPARATOR) else [SEPARATOR]
+    return body + "\n".join([*lines, *values_block(name, units, lo, hi), SEPARATOR]) + "\n"
 
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")

@@ -7,6 +7,16 @@ package imports them all, so ``vbmd_rt.cli.app`` never imports a command module 
 from vbmd_rt.cli import models, scans, service, tools  # noqa: F401  (register the commands)
 from vbmd_rt.cli.app import app, run_app
 
+# --help lists the commands in this order: the main job first, then measuring, data, models, the service.
+ORDER = ("run", "measure", "info", "synth", "eval", "train", "export", "calib", "watch", "health", "bench")
+
+
+def _name(cmd) -> str:
+    return cmd.name or cmd.callback.__name__.rstrip("_").replace("_", "-")
+
+
+app.registered_commands.sort(key=lambda c: ORDER.index(_name(c)) if _name(c) in ORDER else len(ORDER))
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``vbmd-rt``, ``python -m vbmd_rt``, ``python -m vbmd_rt.cli``)."""

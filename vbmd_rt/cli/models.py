@@ -18,7 +18,9 @@ from vbmd_rt.cli.app import app, examples, require_extra
     )
 )
 def train(
-    data: Path = typer.Argument(..., help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="Folder of scan + mask pairs (e.g. from `vbmd-rt synth`) or a CSV."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: best.pt, last.pt, train.json."),
     arch: Literal["unet3d", "unet2d", "bonewin2d"] = typer.Option(
         "unet3d", "--arch", help="Network: the paper's 3D or 2D U-Net, or the one-bone segmenter (CPU recipe)."
@@ -41,12 +43,12 @@ def train(
 
     ``--arch bonewin2d`` trains the one-bone segmenter on 2 CPU cores within ``--minutes`` (OUT/last.pt,
     resumed by the same command); DATA is a folder of NAME.AIM + NAME_GT.AIM pairs."""
+    require_extra("torch", "train", "vbmd-rt train")  # before importing export.train, which imports torch
     from rich.progress import Progress
 
     from vbmd_rt.export.train import TrainConfig
     from vbmd_rt.export.train import train as do_train
 
-    require_extra("torch", "train", "vbmd-rt train")
     if arch == "bonewin2d":
         from vbmd_rt.export import bonewin
 
@@ -88,7 +90,9 @@ def train(
     )
 )
 def export(
-    checkpoint: Path | None = typer.Argument(None, help="A best.pt from `vbmd-rt train` (default: the bundled model)."),
+    checkpoint: Path | None = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="A best.pt from `vbmd-rt train` (default: the bundled model)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for model.onnx, model.fp16.onnx, model.json."),
     validation: Path | None = typer.Option(None, "--validation", help="A validation JSON to put in the card."),
     name: str | None = typer.Option(None, "--name", help="Model name in the card."),
@@ -131,6 +135,8 @@ def export(
     target = model
     if checkpoint is not None or engine is None:
         require_extra("torch", "train", "exporting a checkpoint")
+        require_extra("onnx", "train", "exporting a checkpoint")
+        require_extra("onnxscript", "train", "exporting a checkpoint")
         from vbmd_rt.export.onnx_export import export as do_export
 
         out = out or Path("model")
@@ -177,7 +183,9 @@ def export(
     )
 )
 def calib(
-    data: list[Path] = typer.Argument(..., help="Scans (or folders of them) to take calibration inputs from."),
+    data: list[Path] = typer.Argument(
+        ..., metavar="DATA...", help="Scans (or folders of them) to take calibration inputs from."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The calibration file (.npz)."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Exported model folder (default: the bundled one)."),
     count: int = typer.Option(64, "--count", "-n", min=1, help="Calibration inputs (slices for 2D, windows for 3D)."),

@@ -8,17 +8,18 @@ from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app, examples, plain_output, require_extra
+from vbmd_rt.cli.app import app, examples, plain_output, require_backend, require_extra
 
 
 @app.command(epilog=examples("vbmd-rt info scans/PHANTOM_0000.AIM", "vbmd-rt info scans/PHANTOM_0000.AIM --json"))
 def info(
-    file: Path = typer.Argument(..., help="AIM or ISQ file."),
+    file: Path = typer.Argument(..., metavar="FILE", help="AIM or ISQ file."),
     as_json: bool = typer.Option(False, "--json", help="Print the header as JSON."),
     show_log: bool = typer.Option(False, "--show-log", help="Also print the processing log (contains patient fields)."),
 ):
     """Header of an AIM/ISQ file: dimensions, voxel size, type, position, calibration."""
     from vbmd_rt.runtime.io.aim import read_header
+    from vbmd_rt.runtime.report import calibration_text
 
     hdr = read_header(file)
     d = hdr.describe()
@@ -35,13 +36,7 @@ def info(
         ("voxel size (mm)", " x ".join(f"{v:.6g}" for v in d["element_size_mm"])),
         ("position (x y z)", " ".join(map(str, d["position_xyz"]))),
         ("physical size (mm)", " x ".join(f"{v:.2f}" for v in d["physical_size_mm"])),
-        (
-            "calibration",
-            "none (density unavailable)"
-            if cal is None
-            else f"{cal['mg_ha_cm3_per_unit']:.6g} mg HA/cm3 per unit {cal['intercept']:+.6g} "
-            f"(Mu_Scaling {cal['mu_scaling']:g}, slope {cal['slope']:g})",
-        ),
+        ("calibration", "none (density unavailable)" if cal is None else calibration_text(cal, plain=True)),
     ]
     for k, v in d["scanner"].items():
         rows.append((k, str(v)))
@@ -61,7 +56,7 @@ def info(
     )
 )
 def run(
-    scans: list[Path] = typer.Argument(..., help="Scan files (AIM or ISQ) or folders of them."),
+    scans: list[Path] = typer.Argument(..., metavar="SCAN...", help="Scan files (AIM or ISQ) or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Exported model folder, or classical (default: the bundled network)."
@@ -93,10 +88,19 @@ def run(
         help="Mask AIM: rle (binary run-length, full geometry), cropped (char cut to the bone, with its "
         "position) or char (full-size char, the largest).",
     ),
-    export: Literal["nifti", "mha"] | None = typer.Option(
-        None, "--export", help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz) or mha."
+    export: Literal["nifti", "mha", "nii"] | None = typer.Option(
+        None,
+        "--export",
+        help="Also write scan and mask for 3D Slicer/ITK-SNAP: nifti (.nii.gz), nii (.nii, uncompressed) or mha; NIfTI with JSON sidecars (Scanco calibration, units); the NIfTI mask is cropped with --mask-format cropped.",
     ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take scans in subfolders of a folder."),
+    layout: Literal["flat", "bids"] = typer.Option(
+        "flat",
+        "--layout",
+        help="flat: every output in OUT; bids: a BIDS-style derivative, OUT/derivatives/vbmd-rt/ with "
+        "dataset_description.json, sub-*/ses-*/ folders (from the inputs' names or folders) and vbmd.tsv "
+        "with units (vbmd.json).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Segment MC2 and measure vBMD, fully automatically: OUT/NAME_SEG.AIM, NAME.json, NAME.png, summary.csv.
@@ -107,6 +111,7 @@ def run(
     from rich.progress import Progress
 
     from vbmd_rt.cohort import batch as cohort
+    from vbmd_rt.cohort import bids
     from vbmd_rt.runtime import pipeline
     from vbmd_rt.runtime.io.atomic import check_writable_dir
 
@@ -114,12 +119,28 @@ def run(
     mem = _max_memory(max_memory)  # argument checks before anything is created
     if backend == "torch":
         require_extra("torch", "train", "--backend torch")
+    else:  # a missing ONNX Runtime: exit 2 with its pip line, OUT not created (Dask workers share it)
+        require_backend(backend, model)
     if cluster:
         require_extra("distributed", "cluster", "--cluster")
+    if layout == "bids" and (cluster or num_parts > 1):
+        from vbmd_rt.runtime.errors import VbmdInputError
+
+        raise VbmdInputError(
+            None, "--layout bids runs the cohort in this process", "leave out --cluster and --num-parts"
+        )
     files = _scan_files(scans, recursive)
-    cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding: one OUT
+    groups = None
+    if layout == "bids":
+        groups = bids.groups(out, files)  # one output folder per subject and session
+        for group in groups.values():
+            cohort.check_names(group, batch=False)
+    else:
+        cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding
     files = cohort.shard(files, num_parts, part_id)
     check_writable_dir(out)
+    if groups is not None:
+        bids.write_description(out)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
@@ -166,10 +187,36 @@ def run(
                     if not quiet:
                         bar.console.print(f"{name}: another vbmd-rt run on {out} is writing it; waiting for it")
 
-                rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
+                if groups is None:
+                    rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
+                else:
+                    by_file: dict = {}
+                    for folder, group in groups.items():
+                        check_writable_dir(folder)
+                        first = len(by_file)
+                        by_file.update(
+                            zip(
+                                group,
+                                cohort.run_local(
+                                    group,
+                                    folder,
+                                    predictor,
+                                    options,
+                                    on_row=on_row,
+                                    stage=lambda i, s, first=first: stage(first + i, s),
+                                    on_wait=on_wait,
+                                ),
+                                strict=True,
+                            )
+                        )
+                    rows = [by_file[f] for f in files]
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
-    if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
+    if groups is not None:  # the derivative's table, one row per scan, with units in vbmd.json
+        tsv, _ = bids.write_table(out, rows, files)
+        if not quiet:
+            typer.echo(f"table: {tsv}", err=True)
+    elif len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
         csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id)
         if not quiet:
             typer.echo(f"summary: {csv_path}", err=True)
@@ -219,7 +266,7 @@ def _print_row(r: dict, quiet: bool, echo) -> None:
     )
     echo(
         f"{r['scan']}: D100 {'n/a' if d is None else f'{d:.1f}'} mg HA/cm3, {r['bone_volume_mm3']:.0f} mm3, "
-        f"{r['slices']} slices, {r['side'] or '?'} hand, {tail}"
+        f"{r['slices']} slices, {r['side'] or '?'} hand, qc {r.get('qc_status') or '?'}, {tail}"
         + "".join(f"\n  warning: {w}" for w in (r["warnings"] or "").split(" | ") if w)
     )
 
@@ -258,7 +305,7 @@ def _check_mask_options(mask_format: str, export: str | None) -> None:
     if mask_format not in MASK_FORMATS:
         raise typer.BadParameter(f"--mask-format takes {', '.join(MASK_FORMATS)}, not {mask_format!r}")
     if export is not None and export not in EXPORT_FORMATS:
-        raise typer.BadParameter(f"--export takes {' or '.join(EXPORT_FORMATS)}, not {export!r}")
+        raise typer.BadParameter(f"--export takes {', '.join(EXPORT_FORMATS)}, not {export!r}")
 
 
 @app.command(
@@ -269,13 +316,15 @@ def _check_mask_options(mask_format: str, export: str | None) -> None:
     )
 )
 def measure(
-    scan: Path = typer.Argument(..., help="The scan (AIM or ISQ) the mask was drawn on."),
+    scan: Path = typer.Argument(..., metavar="SCAN", help="The scan (AIM or ISQ) the mask was drawn on."),
     mask: Path = typer.Argument(
-        ..., help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI."
+        ...,
+        metavar="MASK",
+        help="The MC2 mask: AIM of any type (char, run-length, cropped with its position), GOBJ or NIfTI.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write NAME.json and NAME.png here (default: print)."),
-    export: Literal["nifti", "mha"] | None = typer.Option(
-        None, "--export", help="Also write scan and mask as nifti (.nii.gz) or mha."
+    export: Literal["nifti", "mha", "nii"] | None = typer.Option(
+        None, "--export", help="Also write scan and mask as nifti (.nii.gz), nii (.nii) or mha."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs in OUT."),
     report: Literal["html"] | None = typer.Option(None, "--report", help="Also write the HTML report (needs -o)."),

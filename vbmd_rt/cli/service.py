@@ -8,7 +8,7 @@ from typing import Literal
 
 import typer
 
-from vbmd_rt.cli.app import app, examples
+from vbmd_rt.cli.app import app, examples, require_backend
 
 
 @app.command(
@@ -19,7 +19,7 @@ from vbmd_rt.cli.app import app, examples
     )
 )
 def watch(
-    in_dir: Path = typer.Argument(..., help="Folder the scanner writes scans into."),
+    in_dir: Path = typer.Argument(..., metavar="IN", help="Folder the scanner writes scans into."),
     out_arg: Path | None = typer.Argument(
         None, metavar="[OUT]", help="Output folder, as -o (kept for older command lines).", show_default=False
     ),
@@ -51,8 +51,8 @@ def watch(
     mask_format: Literal["rle", "cropped", "char"] = typer.Option(
         "rle", "--mask-format", help="Mask AIM: rle, cropped or char (see `run`)."
     ),
-    export: Literal["nifti", "mha"] | None = typer.Option(
-        None, "--export", help="Also write scan and mask as nifti or mha."
+    export: Literal["nifti", "mha", "nii"] | None = typer.Option(
+        None, "--export", help="Also write scan and mask as nifti (.nii.gz), nii (.nii) or mha."
     ),
 ):
     """Serve a folder: every scan that arrives in IN is processed exactly once into OUT (SIGTERM stops)."""
@@ -70,6 +70,7 @@ def watch(
         raise VbmdInputError(in_dir, "is not a folder", "give the folder the scanner writes into")
 
     _check_mask_options(mask_format, export)
+    require_backend(backend, model)
     # No overwrite: a re-exported scan replaces only what vbmd-rt wrote for it (the old result goes to
     # history); a file at an output's name that vbmd-rt did not write sends the scan to failed/.
     options = pipeline.RunOptions(
@@ -110,7 +111,7 @@ def watch(
 
 @app.command(epilog=examples("vbmd-rt health /data/out", "vbmd-rt health /data/out --max-age 60"))
 def health(
-    out: Path = typer.Argument(..., help="The output folder of a running `vbmd-rt watch`."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The output folder of a running `vbmd-rt watch`."),
     max_age: float = typer.Option(120.0, "--max-age", help="Seconds after which a silent service counts as dead."),
 ):
     """Exit 0 when the watch service on OUT is alive (for a container HEALTHCHECK), 1 otherwise."""

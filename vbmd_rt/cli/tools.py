@@ -14,10 +14,11 @@ from vbmd_rt.cli.app import app, examples, require_extra
     epilog=examples(
         "vbmd-rt synth demo-out/scans --cases 1 --seed 7",
         "vbmd-rt synth phantoms --cases 20 --size full --workers 2 --preview",
+        "vbmd-rt synth phantoms --cases 20 --family random --seed 1 --preview",
     )
 )
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (created if missing)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder (created if missing)."),
     cases: int = typer.Option(1, "--cases", "-n", min=1, help="Number of cases."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed; the same seed and version give the same files."),
     size: Literal["small", "full"] = typer.Option(
@@ -34,10 +35,7 @@ def synth(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
-    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json.
-
-    Example: vbmd-rt synth phantoms/ --cases 20 --family random --seed 1 --preview
-    """
+    """Synthetic HR-pQCT phantoms of MC2 with exact truth: NAME.AIM, NAME_GT.AIM, NAME.truth.json."""
     from rich.progress import Progress
 
     from vbmd_rt.synth import phantom
@@ -141,13 +139,24 @@ def bench(
 
     if size not in ("full", "small"):
         raise typer.BadParameter("--size must be full or small")
+    names = backends.split(",") if backends else None
+    if not no_network or names is None or "onnxruntime" in names:  # the network latency runs on ONNX Runtime
+        from vbmd_rt.runtime.inference.base import require_onnxruntime
+
+        require_onnxruntime()
+    if names is not None and "torch" in names:
+        require_extra("torch", "train", "--backends torch")
+    if names is not None and "tensorrt" in names:
+        require_extra("tensorrt", "trt", "--backends tensorrt")
+    if names is not None and "tensorrt-rtx" in names:
+        require_extra("tensorrt_rtx", "rtx", "--backends tensorrt-rtx")
     suite.run(
         out,
         size=size,
         runs=runs,
         warmup=warmup,
         cache=cache,
-        backends=backends.split(",") if backends else None,
+        backends=names,
         model2d=model2d,
         network=not no_network,
         threads=threads,
