@@ -242,7 +242,7 @@ def network_latency(
     from vbmd_rt.runtime.model import load_model
 
     out: dict = {}
-    m3 = load_model(None)
+    m3 = load_model("unet3d")
     s = aim.read_aim(scan)
     vol, geom = preprocess.to_model(s.data, m3.spec, spacing_zyx=s.header.element_size_mm[::-1])
     window, _ = sw.fit_window(vol.shape[0], m3.window.roi_slices, m3.window.multiple)

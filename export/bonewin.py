@@ -100,7 +100,10 @@ def degrade(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     2x coarser grid, dilated or eroded by up to 1 mm, shifted by up to 1.5 mm, its distal end moved by up
     to 4 mm either way (extended slices repeat the last one, as a phalanx merged into the head would)."""
     z, ny, nx = truth.shape
-    c = truth[: z // 2 * 2, : ny // 2 * 2, : nx // 2 * 2].reshape(z // 2, 2, ny // 2, 2, nx // 2, 2).mean((1, 3, 5)) > 0.5
+    c = (
+        truth[: z // 2 * 2, : ny // 2 * 2, : nx // 2 * 2].reshape(z // 2, 2, ny // 2, 2, nx // 2, 2).mean((1, 3, 5))
+        > 0.5
+    )
     r = int(rng.integers(-2, 3))
     if r:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(r) + 1, 2 * abs(r) + 1))
@@ -306,8 +309,13 @@ def train(r: Recipe, log=print) -> Path:
             log(json.dumps(entry))
             tmp = out / "last.pt.tmp"
             torch.save(
-                {"net": net.state_dict(), "opt": opt.state_dict(), "state": state, "rng": rng.bit_generator.state,
-                 "recipe": asdict(r)},
+                {
+                    "net": net.state_dict(),
+                    "opt": opt.state_dict(),
+                    "state": state,
+                    "rng": rng.bit_generator.state,
+                    "recipe": asdict(r),
+                },
                 tmp,
             )
             tmp.replace(last)
@@ -331,7 +339,12 @@ def export_model(last: Path, out: Path, record: dict | None = None, check_cases:
             "One-bone segmenter: MC2's periosteal envelope in a 39 mm window centred on the bone that the "
             "identification stage named; 2D with five context slices and the identified region as inputs"
         ),
-        "training": record or {},
+        "training": {k: v for k, v in (record or {}).items() if k != "history"},
+        "training_data": {
+            k: (record or {})[k]
+            for k in ("recipe", "families", "held_out", "steps", "train_minutes", "hardware", "init")
+            if k in (record or {})
+        },
     }
     tmp = out.parent / (out.name + ".ckpt.pt")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -187,7 +188,9 @@ def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_rad
     centres = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
     radii = np.array(ndimage.maximum(edt, seeds, range(1, n + 1)))
     yy, xx = np.nonzero(piece)
-    d = np.stack([np.hypot(yy - cy, xx - cx) * spacing_mm / max(r, 1e-6) for (cy, cx), r in zip(centres, radii, strict=True)])
+    d = np.stack(
+        [np.hypot(yy - cy, xx - cx) * spacing_mm / max(r, 1e-6) for (cy, cx), r in zip(centres, radii, strict=True)]
+    )
     out = np.zeros(piece.shape, np.int32)
     out[yy, xx] = np.argmin(d, axis=0) + 1
     del idx
@@ -227,7 +230,9 @@ def track(bone: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
             closed = cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group) > 0
             groups, g = ndimage.label(closed, structure=eight)
             for j, sl in enumerate(ndimage.find_objects(groups), start=1):
-                parts = split(cv2.morphologyEx((groups[sl] == j).astype(np.uint8), cv2.MORPH_CLOSE, close) > 0, spacing_mm)
+                parts = split(
+                    cv2.morphologyEx((groups[sl] == j).astype(np.uint8), cv2.MORPH_CLOSE, close) > 0, spacing_mm
+                )
                 for q in range(1, int(parts.max()) + 1):
                     sel = (parts == q) & unowned[sl]
                     if sel.sum() >= min_px:
@@ -303,6 +308,25 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> bool:
         return False
     reach = max(2, int(round(max(labels.shape[0] * p.proximal_fraction, 2.0 / spacing_mm))))
     slab = labels[:reach]
+    k = reach // 2
+    for i, a in enumerate(bones):  # two candidates that are halves of one cross-section: no neck between
+        for b in bones[i + 1 :]:
+            if math.hypot(a.x_mm - b.x_mm, a.y_mm - b.y_mm) > 16.0:
+                continue
+            ma, mb = slab[k] == a.label, slab[k] == b.label
+            if not ma.any() or not mb.any():
+                continue
+            union = ndimage.binary_fill_holes(ndimage.binary_closing(ma | mb, iterations=2))
+            edt = ndimage.distance_transform_edt(union)
+            ca, cb = ndimage.center_of_mass(ma), ndimage.center_of_mass(mb)
+            t = np.linspace(0, 1, 32)
+            yy = np.clip(np.round(ca[0] + t * (cb[0] - ca[0])).astype(int), 0, union.shape[0] - 1)
+            xx = np.clip(np.round(ca[1] + t * (cb[1] - ca[1])).astype(int), 0, union.shape[1] - 1)
+            peak = min(float(edt[ma].max()), float(edt[mb].max()))
+            if peak > 0 and edt[yy, xx].min() > 0.6 * peak:
+                keep, drop = (a, b) if a.shaft_mm2 >= b.shaft_mm2 else (b, a)
+                labels[labels == drop.label] = keep.label
+                return True
     typical = float(np.median([b.shaft_mm2 for b in bones]))
     for b in sorted(bones, key=lambda b: b.shaft_mm2):
         if b.shaft_mm2 >= 0.6 * typical:
@@ -373,32 +397,46 @@ def _off_row(rest: np.ndarray, p: np.ndarray) -> float:
 
 
 FEATURES = (
-    "row2_head", "row3_head", "row2_joint", "row3_joint", "row2_shaft", "row3_shaft",
-    "thumb", "thumb_off_row", "thumb_beyond", "thumb_next_to_mc2", "thumb_distance", "thumb_size",
-    "no_thumb_end_off_row", "row_residual", "mc2_at_edge", "other_at_edge",
-    "trend_head", "trend_joint",
+    "row2_head",
+    "row3_head",
+    "row2_joint",
+    "row3_joint",
+    "row2_shaft",
+    "row3_shaft",
+    "thumb",
+    "thumb_off_row",
+    "thumb_beyond",
+    "thumb_next_to_mc2",
+    "thumb_distance",
+    "thumb_size",
+    "no_thumb_end_off_row",
+    "row_residual",
+    "mc2_at_edge",
+    "other_at_edge",
+    "trend_head",
+    "trend_joint",
 )
 #: Weights of the evidence (log-odds per unit), fitted on the training families by
 #: ``scripts/calibrate_identity.py`` (a conditional logit over the hypotheses of each case).
 WEIGHTS = {
-    "row2_head": 0.0,
-    "row3_head": 2.24,
-    "row2_joint": -1.02,
-    "row3_joint": 0.55,
-    "row2_shaft": 2.35,
-    "row3_shaft": 0.06,
-    "thumb": -6.37,
-    "thumb_off_row": 2.96,
-    "thumb_beyond": 2.74,
-    "thumb_next_to_mc2": -0.71,
-    "thumb_distance": -1.31,
-    "thumb_size": -0.81,
-    "no_thumb_end_off_row": -3.06,
-    "row_residual": -8.04,
-    "mc2_at_edge": 0.67,
-    "other_at_edge": -0.55,
-    "trend_head": 0.0,
-    "trend_joint": 0.0,
+    "row2_head": -0.2,
+    "row3_head": 0.44,
+    "row2_joint": -0.44,
+    "row3_joint": 0.51,
+    "row2_shaft": 3.0,
+    "row3_shaft": 0.51,
+    "thumb": -6.3,
+    "thumb_off_row": 2.85,
+    "thumb_beyond": 2.47,
+    "thumb_next_to_mc2": -0.76,
+    "thumb_distance": -0.09,
+    "thumb_size": -1.17,
+    "no_thumb_end_off_row": -2.56,
+    "row_residual": -8.34,
+    "mc2_at_edge": 0.2,
+    "other_at_edge": -0.17,
+    "trend_head": 1.62,
+    "trend_joint": 0.86,
 }
 SIDE_WEIGHT = 8.0  # a side given by the user or written in the log outweighs anatomy
 
@@ -455,7 +493,7 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
     log-odds of the chosen bone over the best other bone, each summed over its thumb hypotheses."""
     w = np.array([(weights or WEIGHTS)[k] for k in FEATURES])
     xs = np.array([b.x_mm for b in bones])
-    hyps = []
+    hyps: list[dict[str, Any]] = []
     for mc2 in range(len(bones)):
         for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
             f = features(bones, mc2, thumb)
@@ -483,9 +521,7 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
 # --------------------------------------------------------------------------- the stage
 
 
-def identify(
-    vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None
-) -> Identity:
+def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None) -> Identity:
     """MC2 on a model-grid volume in network units (``runtime.bonewin.to_input_units``), (z, y, x) at
     ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override)."""
     fov = (vol.shape[1] * spacing_mm, vol.shape[2] * spacing_mm)
@@ -498,7 +534,7 @@ def identify(
     coarse = _reduce2(vol)
     cs = 2 * spacing_mm
     labels = instances(coarse, cs)
-    for _ in range(4):
+    for _ in range(8):
         if not merge_pieces(labels, cs):
             break
     bones = candidates(labels, cs)
@@ -513,7 +549,8 @@ def identify(
     hint, source = (given, "given") if given else ((logged, "log") if logged else (None, "anatomy"))
     reasons: list[str] = []
     if len(bones) == 1:
-        choice, thumb, margin, hyps = 0, None, 0.0, []
+        choice, thumb, margin = 0, None, 0.0
+        hyps: list[dict[str, Any]] = []
         reasons.append("only one metacarpal in view: it cannot be confirmed as MC2")
     else:
         hyps, margin = name(bones, hint)

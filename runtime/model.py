@@ -247,6 +247,13 @@ def default_model_dir() -> Path:
     return Path(vbmd_rt.__file__).resolve().parent / "models" / "default"
 
 
+def bundled_models() -> list[str]:
+    """Names of the models inside the package: ``default`` (the one-bone segmenter) and ``unet3d`` (the
+    paper's 3D U-Net, trained on standard phantoms; kept for comparisons and engine benchmarks)."""
+    root = default_model_dir().parent
+    return sorted(p.name for p in root.iterdir() if (p / CARD_NAME).is_file()) if root.is_dir() else []
+
+
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -313,6 +320,8 @@ def load_model(where: str | Path | None = None) -> Model:
     weightless classical baseline (``"classical"``)."""
     if where is not None and str(where) == CLASSICAL and not Path(where).exists():
         return Model(CLASSICAL_CARD, Path("."))
+    if where is not None and not Path(where).exists() and str(where) in bundled_models():
+        where = default_model_dir().parent / str(where)  # a bundled model by name, e.g. "unet3d"
     path = Path(where) if where is not None else default_model_dir()
     card_path = path / CARD_NAME if path.is_dir() else path
     if not card_path.is_file():

@@ -64,7 +64,9 @@ def segment(
     """
     timer = timer or Timer()
     if model.classical or model.card.arch.bone_window:
-        return _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zyx, calibration, path, checks, log)
+        return _segment_identified(
+            data, model, backend, side, timer, keep_prob, spacing_zyx, calibration, path, checks, log
+        )
     spec = model.spec
     with timer("preprocess"):
         vol, geometry = preprocess.to_model(data, spec, side, spacing_zyx=spacing_zyx)
@@ -116,7 +118,10 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     if model.classical:
         mc2 = idt.candidates[idt.choice]
         sy, sx = geometry.scale[1], geometry.scale[2]
-        near = ((mc2.y_mm / grid.spacing_mm + geometry.crop[0]) * sy, (mc2.x_mm / grid.spacing_mm + geometry.crop[2]) * sx)
+        near = (
+            (mc2.y_mm / grid.spacing_mm + geometry.crop[0]) * sy,
+            (mc2.x_mm / grid.spacing_mm + geometry.crop[2]) * sx,
+        )
         with timer("inference"):
             mask, info = classical.segment(data, spacing_zyx, calibration, near=near)
         with timer("postprocess"):

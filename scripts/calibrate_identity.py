@@ -35,7 +35,7 @@ def case_bones(scan_path: Path, gt_path: Path):
     coarse = identify._reduce2(vol)
     cs = 2 * bonewin.GRID.spacing_mm
     labels = identify.instances(coarse, cs)
-    for _ in range(4):
+    for _ in range(8):
         if not identify.merge_pieces(labels, cs):
             break
     bones = identify.candidates(labels, cs)

@@ -50,7 +50,11 @@ def main() -> None:
     ap.add_argument("--train-random", type=int, default=160)
     ap.add_argument("--all-families", type=int, default=0, help="also train on N cases of every family")
     ap.add_argument("--init", default=None, help="warm start from this checkpoint")
-    ap.add_argument("--skip-synth", action="store_true", help="train on what DATA holds now (phantoms made meanwhile join every 300 steps)")
+    ap.add_argument(
+        "--skip-synth",
+        action="store_true",
+        help="train on what DATA holds now (phantoms made meanwhile join every 300 steps)",
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("VBMD_RT_THREADS", "2")))
     ap.add_argument("--export", default=None, metavar="MODEL", help="export RUN/last.pt to this model folder and stop")
     a = ap.parse_args()
@@ -84,11 +88,15 @@ def main() -> None:
     state = torch.load(last, weights_only=False)["state"]
     record = {
         "recipe": "scripts/train_default_model.py",
-        "families": {n: {"family": f, "cases": c, "seed": SEEDS[n]} for n, (f, c) in folders.items()},
+        "families": {
+            n: {"family": f, "cases": len(list((data / n).glob("*_GT.AIM"))), "seed": SEEDS[n]}
+            for n, (f, c) in folders.items()
+        },
         "held_out": ["random:texture=rodplate", "random:texture=blobs", "random:shape=condyle"],
         "steps": state["step"],
         "train_minutes": round(state["seconds"] / 60, 1),
         "wall_minutes_this_call": round((time.time() - t0) / 60, 1),
+        "cases_used": state["history"][-1].get("cases") if state["history"] else None,
         "hardware": f"{platform.processor() or platform.machine()}, {a.threads} CPU threads, no GPU",
         "history": state["history"],
         "init": a.init,

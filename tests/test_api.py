@@ -65,7 +65,7 @@ def test_a_backend_runs_only_while_active():
 
 
 def test_a_backend_refuses_input_outside_its_spec():
-    be = create("onnxruntime", load_model(None), "cpu")
+    be = create("onnxruntime", load_model("unet3d"), "cpu")
     assert be.input_spec.name == "image" and be.input_spec.max_shape[2] == ARCHITECTURES["unet3d"].window
     with be, pytest.raises(ValueError, match="outside"):
         be.infer(np.zeros((1, 1, 96, 64, 64), np.float32))  # more slices than the window

@@ -47,7 +47,8 @@ def results(cases, tmp_path_factory):
 
 def test_bundled_model_card_is_complete():
     m = load_model()
-    assert m.architecture == "unet3d"
+    assert m.architecture == "bonewin2d"
+    assert m.card.training_data.get("train_minutes") and m.card.training_data.get("steps")
     for key in ("fp32", "fp16"):
         m.onnx(key)  # sha256 checked
         assert m.card.files[key].bytes < 10 * 2**20
