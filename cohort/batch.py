@@ -2,8 +2,8 @@
 
 ``vbmd-rt run DIR... -o OUT`` goes through here:
 
-* **resume**: a scan is skipped only when its result records this very input (fingerprint: size, mtime,
-  sampled content hash), the same model and options, and its files are still what the result's manifest
+* **resume**: a scan is skipped only when its result records this very input (fingerprint: size and a
+  blake2b of the whole content, ``outputs.same_input``), the same model and options, and its files are still what the result's manifest
   says; a changed input is redone and the old result kept in ``OUT/.vbmd-rt/history/``; a scan cut off by a
   kill left nothing half-written (``outputs.Transaction``) and is done again; ``--overwrite`` redoes
   everything; two inputs with one output name are refused before any work;
@@ -108,8 +108,8 @@ def existing_result(
 ) -> dict | None:
     """The result of a finished run of this very input in ``out``, or ``None`` when it must be (re)done.
 
-    Reused only when the JSON is vbmd-rt's, names this file, records this input's fingerprint (size, mtime
-    and sampled content hash), the same model and options (``key``: ``pipeline.run_key``; None: any), and
+    Reused only when the JSON is vbmd-rt's, names this file, records this input's fingerprint (size and
+    whole-content hash), the same model and options (``key``: ``pipeline.run_key``; None: any), and
     every output it lists is still what its manifest says (so a mix left by a kill is never trusted).
     """
     name = naming.scan_name(path)
@@ -119,7 +119,7 @@ def existing_result(
         return None
     try:
         fp = fp or outputs.fingerprint(path)
-    except OSError:
+    except (OSError, VbmdInputError):
         return None
     expected = [f.name for f in files[:-1]]
     run_key = key if key is not None else result.get("run_key")
@@ -222,7 +222,7 @@ def process(
     name = naming.scan_name(path)
     json_name = naming.outputs_for(name, out)["json"].name
     try:
-        pipeline.read_scan(path)  # bad input fails before anything is created in OUT
+        pipeline.check_scan(path)  # bad input fails before anything is created in OUT (the header alone)
     except VbmdInputError as e:
         if (out / json_name).exists():  # the result of an earlier version of this input must not stand
             with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(out, name):
@@ -236,7 +236,8 @@ def process(
     except VbmdInputError as e:
         return row(path, "failed", error=e)
     try:
-        fp = _fingerprint(path)
+        # The whole content hashed (one read), only where a result stands that it could match.
+        fp = _fingerprint(path) if (out / json_name).exists() else None
         if not options.overwrite and fp is not None:
             key = pipeline.run_key(predictor.model, predictor.backend, options)
             done = existing_result(path, out, options, key, fp)
@@ -261,7 +262,7 @@ def process(
 def _fingerprint(path: Path) -> dict | None:
     try:
         return outputs.fingerprint(path)
-    except OSError:
+    except (OSError, VbmdInputError):
         return None  # run_scan says what is wrong with the path
 
 

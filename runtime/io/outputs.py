@@ -1,9 +1,9 @@
 """A scan's outputs as one transaction, tied to the input they came from.
 
-* **Fingerprint.** A scan is known by its size, its modification time (ns) and a sha256 of its first 64 KiB
-  (header and processing log), 16 blocks of 64 KiB spread over the data and its last 64 KiB: about 1 MiB
-  read of a 1.5 GB scan, the whole file when it is smaller. A result is reused only when the fingerprint,
-  the model and the options that change the result all match (``reusable``).
+* **Fingerprint.** A scan is known by its size, mtime and a blake2b of its whole content, computed in the same
+  pass as its one read (``aim.read_whole``); the inode is recorded to see a change during processing. A
+  result is reused only when the fingerprint, the model and the options that change the result all match
+  (``reusable``). Manifests record each output's size and blake2b.
 * **Transaction.** Every file of a scan is written into a hidden staging folder
   ``OUT/.vbmd-rt/staging/NAME.<pid>-<random>/``, then a manifest of them (names, sizes, hashes, the input's
   fingerprint) is written there, then the files are renamed into OUT and the result JSON, which carries the
@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
 STATE_DIR = ".vbmd-rt"
 BLOCK = 1 << 16
 SAMPLED_BLOCKS = 16
-FINGERPRINT_METHOD = f"sha256 of head, {SAMPLED_BLOCKS} spread and tail blocks of {BLOCK} bytes (whole file if small)"
 KILL_AFTER_ENV = "VBMD_RT_TEST_KILL_AFTER_RENAME"  # fault injection for the tests: die after N renames
 
 __all__ = [
@@ -69,7 +69,16 @@ class ScanBusy(Exception):
 
 
 def content_hash(path: str | os.PathLike, size: int | None = None) -> str:
-    """sha256 of a file's head, spread blocks and tail (the whole file when that is no more)."""
+    """blake2b of every byte of a file (``aim.FINGERPRINT_METHOD``)."""
+    h = aim.content_hasher()
+    with open(path, "rb") as f:
+        while block := f.read(aim.READ_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sampled_hash(path: str | os.PathLike, size: int | None = None) -> str:
+    """sha256 of a file's head, spread blocks and tail: the manifests of vbmd-rt 0.2, read to own their files."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         n = os.fstat(f.fileno()).st_size if size is None else size
@@ -86,38 +95,60 @@ def content_hash(path: str | os.PathLike, size: int | None = None) -> str:
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
-    """The input's identity: ``size``, ``mtime_ns`` and ``sha256_sampled`` (see the module's doc)."""
+    """The input's identity: ``size``, ``mtime_ns``, ``inode`` and ``blake2b`` of its whole content.
+
+    The one "exactly once" key of ``run``, cohorts and the watch service (``same_input`` compares size, mtime
+    and content: a copy with another scan's size and mtime, or a change anywhere in the data, is another input).
+    A file that changes while it is hashed raises ``InputChanged``.
+    """
     st = os.stat(path)
+    digest = content_hash(path)
+    st2 = os.stat(path)
+    if (st2.st_size, st2.st_mtime_ns, st2.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+        raise InputChanged(path, "changed while it was being read (still being copied?)", "run it again once complete")
     return {
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
-        "sha256_sampled": content_hash(path, st.st_size),
-        "method": FINGERPRINT_METHOD,
+        "inode": st.st_ino,
+        "blake2b": digest,
+        "method": aim.FINGERPRINT_METHOD,
     }
 
 
+def fingerprint_of(scan) -> dict:
+    """The fingerprint of a scan read by ``aim.read_whole`` (hashed in its one read), as ``fingerprint``."""
+    return dict(scan.fingerprint) if scan.fingerprint else fingerprint(scan.path)
+
+
 def same_input(a: dict | None, b: dict | None) -> bool:
-    keys = ("size", "mtime_ns", "sha256_sampled")
-    return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in keys)  # type: ignore[union-attr]
+    """One input: the same size, mtime and hash of the whole content (a touched file is redone; a file with
+    another's size and mtime, or changed anywhere, is another input)."""
+    if not a or not b or not a.get("blake2b"):
+        return False
+    return all(a.get(k) == b.get(k) for k in ("size", "mtime_ns", "blake2b"))
 
 
 def unchanged_since(path: str | os.PathLike, fp: dict) -> bool:
-    """Cheap check (stat only) that the file is still the one fingerprinted."""
+    """Cheap check (stat only) that the file is still the one fingerprinted: size, mtime and inode."""
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return st.st_size == fp["size"] and st.st_mtime_ns == fp["mtime_ns"]
+    same = st.st_size == fp["size"] and st.st_mtime_ns == fp["mtime_ns"]
+    return same and fp.get("inode", st.st_ino) == st.st_ino
 
 
 def file_record(path: Path) -> dict:
-    st = path.stat()
-    return {"size": st.st_size, "sha256_sampled": content_hash(path, st.st_size)}
+    return {"size": path.stat().st_size, "blake2b": content_hash(path)}
 
 
 def _matches(path: Path, rec: dict) -> bool:
     try:
-        return path.is_file() and path.stat().st_size == rec.get("size") and file_record(path) == rec
+        if not path.is_file() or path.stat().st_size != rec.get("size"):
+            return False
+        if "blake2b" in rec:
+            return content_hash(path) == rec["blake2b"]
+        return "sha256_sampled" in rec and sampled_hash(path) == rec["sha256_sampled"]  # a 0.2 manifest
     except OSError:
         return False
 
