@@ -84,7 +84,7 @@ def measure_mask(
     """D100 of ``scan_path`` inside ``mask_path``; with ``out``: ``OUT/NAME.json`` and ``NAME.png`` (the
     HTML report with ``report_html``, the NIfTI/MHA pair with ``export``), written only after every check
     passed. Returns the result."""
-    from vbmd_rt.runtime.pipeline import STAGES, Timer, calibration_record, read_scan, scan_record
+    from vbmd_rt.runtime.pipeline import NO_CALIBRATION, STAGES, Timer, calibration_record, read_scan, scan_record
 
     scan_path, mask_path = Path(scan_path), Path(mask_path)
     timer = Timer()
@@ -118,6 +118,8 @@ def measure_mask(
         verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m)
         reasons = plausibility(scan.data, mask, m, cal) + verdict["reasons"]
         side = detect_side(scan.data, mask)
+    if cal is None:  # no D100 without a calibration: never a pass
+        reasons.append(NO_CALIBRATION)
     warnings = [f"mask needs review: {r}" for r in reasons]
     if cal is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed")

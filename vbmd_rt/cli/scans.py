@@ -180,7 +180,8 @@ def run(
             err=True,
         )
     if failed:
-        typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
+        if len(files) > 1:  # one scan: its own error line is the one line
+            typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
         raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
 
 

@@ -1,0 +1,273 @@
+"""Issue 23: never a signal, a stale pass or a mixed result. One test (or more) per row of the issue's table."""
+
+import dataclasses
+import os
+import struct
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLES, cli, needs_samples, tiny_scan
+from vbmd_rt.runtime import pipeline
+from vbmd_rt.runtime.errors import AimFormatError, CalibrationError, VbmdInputError
+from vbmd_rt.runtime.io import aim, masks, proclog
+from vbmd_rt.runtime.io.calibration import calibration_from_log
+from vbmd_rt.runtime.io.codecs import BinaryRle
+
+PATIENT = "Patient Name                  DOE^JANE_SECRET"
+
+
+@pytest.fixture(scope="module")
+def tiny(phantoms, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny23")
+    return tiny_scan(phantoms / "PHANTOM_0000.AIM", d / "T.AIM", slices=20)
+
+
+@pytest.fixture(scope="module")
+def classical():
+    from vbmd_rt import Predictor
+
+    with Predictor("classical", device="cpu") as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from vbmd_rt import Predictor
+
+    with Predictor(None, device="cpu", threads=1) as p:
+        yield p
+
+
+def _variant(src: Path, dst: Path, data=None, log: str | None = None, **header) -> Path:
+    """``src`` rewritten with other voxels, log or header fields."""
+    s = aim.read_aim(src, mmap=False)
+    hdr = dataclasses.replace(s.header, **header)
+    if log is not None:
+        hdr = dataclasses.replace(hdr, processing_log=log)
+    aim.write_aim(dst, s.data if data is None else data, hdr)
+    return dst
+
+
+def _with_field(log: str, key: str, value) -> str:
+    lines = [ln for ln in log.split("\n") if not ln.startswith(key)]
+    return "\n".join(lines).rstrip("\n") + "\n" + proclog.field_line(key, value) + "\n"
+
+
+# --------------------------------------------------------------------------- row 1: a file changing under us
+
+
+def test_row1_truncated_while_read_is_refused_not_a_signal(tiny, tmp_path):
+    p = tmp_path / "S.AIM"
+    p.write_bytes(tiny.read_bytes())
+
+    def truncate(header):  # after the header, before the voxels: as `truncate -s` during `run`
+        os.truncate(p, header.byte_offset + 1000)
+
+    with pytest.raises(AimFormatError, match="changed while it was being read"):
+        pipeline.read_scan(p, check=truncate)
+
+
+def test_row1_overwritten_while_read_is_refused(tiny, tmp_path):
+    p = tmp_path / "S.AIM"
+    p.write_bytes(tiny.read_bytes())
+
+    def replace(header):  # another file moved over the name (same size): another inode
+        other = tmp_path / "other.AIM"
+        other.write_bytes(tiny.read_bytes())
+        os.replace(other, p)
+
+    with pytest.raises(AimFormatError, match="changed while it was being read"):
+        pipeline.read_scan(p, check=replace)
+
+
+def test_row1_run_on_a_file_truncated_during_the_read_exits_cleanly(tiny, tmp_path, classical, monkeypatch):
+    p, out = tmp_path / "S.AIM", tmp_path / "out"
+    p.write_bytes(tiny.read_bytes())
+    real = aim._read_hashed
+
+    def cut_then_read(f, view, h, path):
+        os.truncate(p, os.path.getsize(p) // 2)
+        return real(f, view, h, path)
+
+    monkeypatch.setattr(aim, "_read_hashed", cut_then_read)
+    with pytest.raises(VbmdInputError, match="changed while it was being read"):
+        classical.run_to(p, out, pipeline.RunOptions())
+    left = [q for q in out.rglob("*") if q.is_file() and q.suffix != ".lock"]
+    assert left == []  # nothing staged or committed
+
+
+def test_row1_scan_is_read_into_memory_with_its_fingerprint(tiny):
+    s = pipeline.read_scan(tiny)
+    assert not isinstance(s.data, np.memmap) and s.data.flags.owndata
+    fp = s.fingerprint
+    assert fp["size"] == tiny.stat().st_size and len(fp["blake2b"]) == 64
+    from vbmd_rt.runtime.io import outputs
+
+    assert outputs.same_input(outputs.fingerprint(tiny), fp)
+
+
+# --------------------------------------------------------------------------- row 8: headers that pass the checks
+
+
+@pytest.mark.parametrize("el", [0.0005, 2.0, 0.01, 1.5])
+def test_row8_voxel_size_outside_20um_to_1mm_is_exit_2(tiny, tmp_path, classical, el):
+    p = _variant(tiny, tmp_path / "V.AIM", element_size_mm=(el, el, el))
+    with pytest.raises(VbmdInputError, match="voxel size"):
+        classical.run_to(p, tmp_path / "out", pipeline.RunOptions())
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def test_row8_tiny_density_slope_is_exit_2_not_zero_division(tiny, tmp_path, classical):
+    log = _with_field(aim.read_header(tiny).processing_log, "Density: slope", "5e-324")
+    p = _variant(tiny, tmp_path / "Z.AIM", log=log)
+    with pytest.raises(CalibrationError, match="Density: slope"):
+        classical.run_to(p, tmp_path / "out", pipeline.RunOptions())
+
+
+@pytest.mark.parametrize("shape,el", [((2, 200, 200), 1.0), ((1, 20, 500), 0.082), ((30, 16384, 20), 0.082)])
+def test_row8_geometry_the_model_cannot_take_is_exit_2(tiny, tmp_path, bundled, shape, el):
+    p = _variant(tiny, tmp_path / "G.AIM", data=np.full(shape, 1000, np.int16), element_size_mm=(el, el, el))
+    with pytest.raises(VbmdInputError):
+        bundled.run_to(p, tmp_path / "out", pipeline.RunOptions())
+
+
+def test_row8_cli_voxel_size_gives_one_line_and_exit_2(tiny, tmp_path):
+    p = _variant(tiny, tmp_path / "V.AIM", element_size_mm=(2.0, 2.0, 2.0))
+    r = cli("run", p, "-o", tmp_path / "out", "--model", "classical", "-q")
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "voxel size" in r.stderr
+
+
+# --------------------------------------------------------------------------- row 14: absurd calibrations
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("Density: intercept", "1e39"),
+        ("Density: slope", "-1441.13599"),
+        ("Mu_Scaling", "1e12"),
+        ("HU: mu water", "1e30"),
+    ],
+)
+def test_row14_absurd_calibration_is_refused_without_warnings(tiny, tmp_path, classical, key, value):
+    log = _with_field(aim.read_header(tiny).processing_log, key, value)
+    p = _variant(tiny, tmp_path / "C.AIM", log=log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw RuntimeWarning (overflow, divide) on the way
+        with pytest.raises(CalibrationError, match=key):
+            classical.run_to(p, tmp_path / "out", pipeline.RunOptions())
+
+
+def test_row14_no_calibration_is_review_never_pass(tiny, tmp_path, bundled):
+    log = "\n".join(
+        ln for ln in aim.read_header(tiny).processing_log.split("\n") if not ln.startswith(("Density", "Mu_Scaling"))
+    )
+    p = _variant(tiny, tmp_path / "N.AIM", log=log)
+    assert aim.read_header(p).calibration is None
+    r = bundled.run_to(p, tmp_path / "out", pipeline.RunOptions())
+    assert r["d100_mg_ha_cm3"] is None
+    assert r["qc"]["status"] == "review" and any("calibration" in x for x in r["qc"]["reasons"])
+
+
+def test_row14_cr_only_log_keeps_its_calibration(tiny):
+    log = aim.read_header(tiny).processing_log
+    lf = calibration_from_log(proclog.parse_log(log))
+    cr = calibration_from_log(proclog.parse_log(log.replace("\n", "\r")))
+    crlf = calibration_from_log(proclog.parse_log(log.replace("\n", "\r\n")))
+    assert lf is not None and cr == lf and crlf == lf
+
+
+# --------------------------------------------------------------------------- row 13: --save-prob and patient fields
+
+
+def test_row13_prob_aim_carries_no_patient_fields(tiny, tmp_path, classical):
+    log = aim.read_header(tiny).processing_log
+    log = log.replace("Patient Name", "Original Patient") + PATIENT + "\nPatient Index                 4711\n"
+    p = _variant(tiny, tmp_path / "P.AIM", log=log)
+    out = tmp_path / "out"
+    classical.run_to(p, out, pipeline.RunOptions(save_prob=True))
+    prob_log = aim.read_header(out / "P_PROB.AIM").processing_log
+    assert "DOE^JANE" not in prob_log and "Patient" not in prob_log and "4711" not in prob_log
+    assert "Density: slope" in prob_log and "Mu_Scaling" in prob_log  # the calibration stays
+    assert "DOE^JANE" in aim.read_header(out / "P_SEG.AIM").processing_log  # the mask keeps it: IPL needs it
+
+
+# --------------------------------------------------------------------------- row 10: ISQ header blocks
+
+
+@needs_samples
+def test_row10_isq_with_a_padded_header_block_count_is_refused(tmp_path):
+    raw = bytearray((SAMPLES / "ormir_xct_test_isq.ISQ").read_bytes())
+    raw[508:512] = struct.pack("<i", struct.unpack("<i", raw[508:512])[0] + 1)
+    p = tmp_path / "padded.ISQ"
+    p.write_bytes(bytes(raw) + bytes(512))  # a block more at the end: the late read would fit
+    with pytest.raises(AimFormatError, match="inconsistent"):
+        aim.read_aim(p, mmap=False)
+
+
+@needs_samples
+def test_row10_isq_with_trailing_blocks_is_refused(tmp_path):
+    p = tmp_path / "tail.ISQ"
+    p.write_bytes((SAMPLES / "ormir_xct_test_isq.ISQ").read_bytes() + bytes(1024))
+    with pytest.raises(AimFormatError, match="inconsistent"):
+        aim.read_header(p)
+
+
+@needs_samples
+def test_row10_isq_without_data_size_is_refused(tmp_path):
+    raw = bytearray((SAMPLES / "ormir_xct_test_isq.ISQ").read_bytes())
+    raw[20:28] = bytes(8)  # nr_of_bytes = nr_of_blocks = 0
+    p = tmp_path / "nosize.ISQ"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(AimFormatError, match="nr_of_bytes"):
+        aim.read_header(p)
+
+
+@needs_samples
+def test_row10_the_real_isq_still_reads():
+    s = aim.read_aim(SAMPLES / "ormir_xct_test_isq.ISQ", mmap=False)
+    assert s.header.shape == (25, 25, 25)
+
+
+# --------------------------------------------------------------------------- row 9: memory before refusal
+
+
+def _rle_bomb(path: Path, n: int = 1000) -> Path:
+    """A binary run-length AIM of a few MB that declares n^3 voxels."""
+    runs = -(-(n**3) // 254)
+    counts = np.full(runs, 255, np.uint8)
+    counts[-1] = (n**3 - 254 * (runs - 1)) or 254  # the last run toggles: exactly n^3 voxels
+    stream = bytes([0, 127]) + counts.tobytes()
+    aim.write_aim(path, BinaryRle((n, n, n), stream))
+    return path
+
+
+def test_row9_compressed_mask_is_refused_before_it_is_decoded(tmp_path):
+    p = _rle_bomb(tmp_path / "BOMB.AIM")
+    assert p.stat().st_size < 10 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(VbmdInputError, match="mask"):
+            pipeline.read_scan(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20  # not the 1 GB of its voxels
+
+
+def test_row9_measure_refuses_an_oversized_mask_before_decoding(tiny, tmp_path):
+    p = _rle_bomb(tmp_path / "BOMB_SEG.AIM")
+    scan_header = aim.read_header(tiny)
+    tracemalloc.start()
+    try:
+        with pytest.raises(VbmdInputError):
+            masks.read_mask_file(p, scan_header)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
