@@ -423,7 +423,11 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         if options.report_html:
             extra = report.details(scan.data, mask, cal, scan.header.element_size_mm, box)
-            atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
+            atomic_write_bytes(
+                files["html"],
+                report.html_report(result, png, extra).encode("utf-8", "backslashreplace"),
+                overwrite=True,
+            )
             written.append(files["html"])
         if not outputs.unchanged_since(path, fp):
             raise outputs.InputChanged(

@@ -271,3 +271,82 @@ def test_row9_measure_refuses_an_oversized_mask_before_decoding(tiny, tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20
+
+
+# --------------------------------------------------------------------------- row 11: file names
+
+
+def test_row11_long_odd_and_newline_names_never_stop_a_batch_or_its_summary(tiny, tmp_path, classical, capsys):
+    from vbmd_rt.cli.scans import _print_row
+    from vbmd_rt.cohort import batch as cohort
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    names = [
+        "A" * 251 + ".AIM",  # the longest name a file system takes: its outputs would not fit
+        "B" * 240 + ".AIM",
+        os.fsdecode(b"caf\xe9.AIM"),  # latin-1 bytes: not UTF-8
+        "new\nline.AIM",
+        "plain.AIM",
+    ]
+    files = []
+    for n in names:
+        (d / n).write_bytes(tiny.read_bytes())
+        files.append(d / n)
+    rows = cohort.run_local(files, out, classical, pipeline.RunOptions())
+    assert [r["status"] for r in rows] == ["done"] * len(names), [r["error"] for r in rows]
+    for r in rows:
+        _print_row(r, False, print)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(names)  # one line a scan: the newline is escaped
+    assert any("new\\nline.AIM" in x for x in lines) and any("caf\\xe9.AIM" in x for x in lines)
+    csv_path, _ = cohort.write_summary(out, rows)
+    assert len(csv_path.read_text().splitlines()) == 1 + len(names)
+    assert all(len(os.fsencode(p.name)) <= 255 for p in out.rglob("*"))
+    long_json = [p for p in out.glob("AAAA*.json")]
+    assert len(long_json) == 1 and "~" in long_json[0].name
+
+
+def test_row11_two_long_names_with_one_prefix_stay_apart():
+    from vbmd_rt.runtime.io.naming import scan_name
+
+    a, b = scan_name(Path("x" * 240 + "1.AIM")), scan_name(Path("x" * 240 + "2.AIM"))
+    assert a != b and len(a.encode()) <= 150 and len(b.encode()) <= 150
+
+
+def test_row11_error_lines_escape_newlines_and_undecodable_bytes():
+    e = VbmdInputError(os.fsdecode(b"bad\n\xff.AIM"), "is broken", "fix it")
+    assert "\n" not in str(e) and "\\xff" in str(e) and "\\n" in str(e)
+
+
+# --------------------------------------------------------------------------- row 5: summaries are outputs too
+
+
+@pytest.mark.parametrize("foreign", ["summary.csv", "summary.json"])
+def test_row5_a_users_summary_is_never_replaced_without_overwrite(tmp_path, foreign):
+    from vbmd_rt.cohort import batch as cohort
+    from vbmd_rt.runtime.errors import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / foreign).write_text("the user's own table\n")
+    with pytest.raises(OutputError, match="not written by vbmd-rt"):
+        cohort.check_summary(out)
+    with pytest.raises(OutputError, match="not written by vbmd-rt"):
+        cohort.write_summary(out, [])
+    assert (out / foreign).read_text() == "the user's own table\n"
+    cohort.write_summary(out, [], overwrite=True)  # --overwrite replaces it
+    cohort.write_summary(out, [])  # and then it is ours: a later batch replaces it freely
+    assert "vbmd_rt_version" in (out / "summary.json").read_text()
+
+
+def test_row5_cli_batch_into_a_folder_with_a_users_summary_exits_2_before_work(tiny, tmp_path):
+    d = tmp_path / "F"
+    d.mkdir()
+    for n in ("A.AIM", "B.AIM"):
+        (d / n).write_bytes(tiny.read_bytes())
+    (d / "summary.csv").write_text("patient,score\n1,2\n")
+    r = cli("run", d, "-o", d, "--model", "classical", "-q")
+    assert r.returncode == 2 and "summary.csv" in r.stderr
+    assert (d / "summary.csv").read_text() == "patient,score\n1,2\n"
+    assert not (d / "A.json").exists()  # refused before any work

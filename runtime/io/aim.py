@@ -626,6 +626,13 @@ def content_hasher():
     return hashlib.blake2b(digest_size=32)
 
 
+def content_hasher_of(data: bytes) -> str:
+    """``content_hasher``'s hex digest of ``data``."""
+    h = content_hasher()
+    h.update(data)
+    return h.hexdigest()
+
+
 def _changed(path) -> None:
     raise AimFormatError(
         path,

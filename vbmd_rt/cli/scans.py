@@ -120,6 +120,8 @@ def run(
     cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding: one OUT
     files = cohort.shard(files, num_parts, part_id)
     check_writable_dir(out)
+    if len(files) > 1 or cluster or num_parts > 1:  # a user's summary.csv in OUT is refused before any work
+        cohort.check_summary(out, num_parts, part_id, overwrite)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
@@ -170,7 +172,7 @@ def run(
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
     if len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
-        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id)
+        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id, overwrite=overwrite)
         if not quiet:
             typer.echo(f"summary: {csv_path}", err=True)
     if skipped and not quiet:
