@@ -10,7 +10,6 @@ same QC verdict as ``run``'s (``qc.assess_mask``: baseline agreement, which bone
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from vbmd_rt import __version__
 from vbmd_rt.runtime import measure, qc, report
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
-from vbmd_rt.runtime.io import masks, nifti
+from vbmd_rt.runtime.io import masks, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import scan_name
 from vbmd_rt.runtime.postprocess import detect_side
@@ -93,11 +92,12 @@ def measure_mask(
     files = {}
     if out is not None:
         out = Path(out)
-        files = {"png": out / f"{name}.png", "json": out / f"{name}.json"}
+        files = {"png": out / f"{name}.png"}
         if report_html:
             files["html"] = out / f"{name}.html"
         if export:
             files.update({n: out / n for n in nifti.export_names(name, export)})
+        files["json"] = out / f"{name}.json"  # last: the transaction commits it last
         if not overwrite:
             for f in files.values():
                 if f.exists():
@@ -134,7 +134,7 @@ def measure_mask(
         "model": {"name": "given mask", "architecture": None, "sha256": None, "intended_use": None},
         "calibration": calibration_record(cal),
         "timings_s": {},
-        "scan": scan_record(scan_path, scan),
+        "scan": {**scan_record(scan_path, scan), "fingerprint": outputs.fingerprint_of(scan)},
         "mask": {"file": mask_path.name, "sha256": _sha256(mask_path), "voxels": voxels, "source": "given"},
         "qc": {**verdict, "status": "review" if reasons else "pass", "reasons": reasons},
         "warnings": warnings,
@@ -142,25 +142,22 @@ def measure_mask(
     }
     if out is not None:
         check_writable_dir(out)
-        written: list[Path] = []
-        try:
+        # One transaction, as run's: every file staged, then switched in with the JSON last (a kill leaves
+        # the previous result whole, or no result; never a new PNG beside an old JSON). Files of an earlier
+        # result that this one does not write (run's mask, which may be the mask measured here) are kept.
+        targets = [f.name for f in files.values()]
+        with outputs.scan_lock(out, name), outputs.Transaction(out, name, targets, True, prune=False) as txn:
             with timer("write"):
                 png = report.png_bytes(report.montage(scan.data, mask, cal))
-                atomic_write_bytes(files["png"], png, overwrite=True)
-                written.append(files["png"])
+                atomic_write_bytes(txn.path(files["png"].name), png, overwrite=True)
                 if export:
-                    written.extend(out / n for n in nifti.export_names(name, export))
-                    nifti.export_pair(out, name, scan, mask, export)
+                    nifti.export_pair(txn.staging, name, scan, mask, export)
             result["timings_s"] = _timings(timer, t0, STAGES)
             if report_html:
                 extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)
-                atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
-                written.append(files["html"])
-            atomic_write_bytes(files["json"], (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
-        except BaseException:
-            for f in written:
-                f.unlink(missing_ok=True)
-            raise
+                html = report.html_report(result, png, extra).encode("utf-8", "backslashreplace")
+                atomic_write_bytes(txn.path(files["html"].name), html, overwrite=True)
+            txn.commit(result)
     else:
         result["timings_s"] = _timings(timer, t0, STAGES)
     return result

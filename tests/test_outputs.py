@@ -181,10 +181,11 @@ def test_overwrite_replaces_foreign_files(scans, predictor, tmp_path):
     assert (out / "A.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("renames", [0, 1, 2, 3])
+@pytest.mark.parametrize("renames", [0, 1, 2, 3, 4])
 def test_a_kill_after_any_rename_under_overwrite_leaves_nothing_trusted(scans, tmp_path, renames):
-    """A re-exported S.AIM redone with --overwrite --report html (mask, png, html, then the JSON), killed after
-    ``renames`` renames: the old JSON is never trusted with new files, and a plain run finishes the job."""
+    """A re-exported S.AIM redone with --overwrite --report html (the old JSON taken down, mask, png, html,
+    then the new JSON), killed after ``renames`` renames: a JSON never stands beside files it does not name
+    (issue 23 row 3), and a plain run finishes the job."""
     d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
     shutil.copy2(scans / "A.AIM", d / "S.AIM")
@@ -194,10 +195,12 @@ def test_a_kill_after_any_rename_under_overwrite_leaves_nothing_trusted(scans, t
     shutil.copy2(scans / "B.AIM", d / "S.AIM")
     r = _env_cli({outputs.KILL_AFTER_ENV: str(renames)}, *args, "--overwrite")
     assert r.returncode == 137
-    assert json.loads((out / "S.json").read_text()) == before  # the commit (the JSON's rename) never happened
-    old_fp, old_key = before["scan"]["fingerprint"], before["run_key"]
-    expected = ["S_SEG.AIM", "S.png", "S.html"]
-    assert outputs.reusable(before, out, "S.AIM", old_fp, old_key, expected) == (renames == 0)
+    if renames == 0:  # killed before the switch: the previous result stands, whole
+        assert json.loads((out / "S.json").read_text()) == before
+        old_fp, old_key = before["scan"]["fingerprint"], before["run_key"]
+        assert outputs.reusable(before, out, "S.AIM", old_fp, old_key, ["S_SEG.AIM", "S.png", "S.html"])
+    else:  # during the switch: no result at all, never the old JSON beside new files
+        assert not (out / "S.json").exists()
     assert cohort.existing_result(d / "S.AIM", out, pipeline.RunOptions(report_html=True)) is None
     r = cli(*args)  # no --overwrite: what the killed run renamed is known to be ours
     assert r.returncode == 0, r.stderr

@@ -6,10 +6,11 @@
   (``reusable``). Manifests record each output's size and blake2b.
 * **Transaction.** Every file of a scan is written into a hidden staging folder
   ``OUT/.vbmd-rt/staging/NAME.<pid>-<random>/``, then a manifest of them (names, sizes, hashes, the input's
-  fingerprint) is written there, then the files are renamed into OUT and the result JSON, which carries the
-  same manifest, is renamed last: the commit. A kill before the JSON's rename leaves the previous JSON, whose
-  manifest no longer matches the files, so nothing is trusted and the scan is redone; the staging folder's
-  manifest tells the next run which of the files in OUT it wrote.
+  fingerprint) is written there; then the previous JSON is taken down (into the staging folder), the files
+  are renamed into OUT and the result JSON, which carries the same manifest, is renamed last: the commit. So
+  a JSON never stands beside files it does not name: a kill before the switch leaves the previous result
+  whole, a kill during it leaves no result, and the scan is redone; the staging folder's manifest and the
+  previous JSON tell the next run which of the files in OUT it wrote (and what goes to history).
 * **Ownership.** The tool replaces or deletes only files that a manifest of its own (the committed JSON, or
   a staging folder left by a kill) lists with the same size and hash. Anything else at an output's name
   (``NAME_SEG.AIM`` of another tool, a user's ``NAME.png``) is refused without ``--overwrite``.
@@ -33,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.errors import OutputError, OutputUnavailable, VbmdInputError
 from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
@@ -41,6 +42,7 @@ STATE_DIR = ".vbmd-rt"
 BLOCK = 1 << 16
 SAMPLED_BLOCKS = 16
 KILL_AFTER_ENV = "VBMD_RT_TEST_KILL_AFTER_RENAME"  # fault injection for the tests: die after N renames
+PREVIOUS = "previous.json"  # in a staging folder: the result its commit took down before switching files
 
 __all__ = [
     "fingerprint",
@@ -248,6 +250,9 @@ def owned_files(out: Path, name: str, json_name: str) -> dict[str, dict | None]:
             manifests.append(m["outputs"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        prev = read_result(st / PREVIOUS)  # the result a killed commit took down: its files are still ours
+        if prev is not None and isinstance(prev.get("outputs"), dict):
+            manifests.append(prev["outputs"])
     for m in manifests:
         for f, rec in m.items():
             if isinstance(rec, dict) and _matches(out / f, rec):
@@ -303,7 +308,10 @@ class Transaction:
             t.commit("NAME.json", result)               # result gets "outputs" and "history"
     """
 
-    def __init__(self, out: str | os.PathLike, name: str, targets: list[str], overwrite: bool = False):
+    def __init__(
+        self, out: str | os.PathLike, name: str, targets: list[str], overwrite: bool = False, prune: bool = True
+    ):
+        self.prune = prune  # remove files of the previous result that this one does not write (run: yes)
         self.out = Path(out)
         self.name = name
         self.targets = list(targets)  # file names in OUT, the JSON last
@@ -324,7 +332,10 @@ class Transaction:
                         "exists and was not written by vbmd-rt for this scan",
                         "pass --overwrite to replace it, or choose another -o",
                     )
+        self.previous = None
         for st in _leftover_stagings(self.out, self.name):  # a killed run's: its manifest was read above
+            if self.previous is None:  # a commit killed mid-switch: the result it took down goes to history
+                self.previous = read_result(st / PREVIOUS)
             shutil.rmtree(st, ignore_errors=True)
         root = state_dir(self.out, "staging")
         self.staging = root / f"{self.name}.{os.getpid()}-{secrets.token_hex(4)}"
@@ -340,7 +351,7 @@ class Transaction:
         assert self.staging is not None
         files = [f for f in self.targets[:-1] if self.path(f).is_file()]
         outputs = {f: file_record(self.path(f)) for f in files}
-        old = read_result(self.out / self.json_name)
+        old = read_result(self.out / self.json_name) or self.previous
         history = list((old or {}).get("history") or [])
         if old is not None and not (
             same_input((old.get("scan") or {}).get("fingerprint"), (result.get("scan") or {}).get("fingerprint"))
@@ -354,19 +365,29 @@ class Transaction:
         manifest = {"scan": self.name, "outputs": outputs, "fingerprint": (result.get("scan") or {}).get("fingerprint")}
         atomic_write_bytes(self.staging / "manifest.json", (json.dumps(manifest) + "\n").encode())
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
-        for i, f in enumerate([*files, self.json_name]):
+        # The switch: the old JSON is taken down first (into the staging folder, where the next run finds it),
+        # then the files are renamed into OUT, then the new JSON: at no moment does a JSON stand beside files
+        # it does not name. A kill in between leaves no result (and the staging folder's manifest and
+        # previous result, which tell the next run what is ours); the scan is then done again.
+        steps = [(self.out / self.json_name, self.staging / PREVIOUS)]
+        steps += [(self.path(f), self.out / f) for f in [*files, self.json_name]]
+        for i, (src, dst) in enumerate(steps):
             if i == kill_after:
                 os._exit(137)  # fault injection (tests only): as if killed between two renames
+            if i == 0 and not (src.exists() or src.is_symlink()):
+                continue
             try:
-                os.replace(self.path(f), self.out / f)
+                os.replace(src, dst)
+                if i == 0:
+                    _fsync_dir(self.out)  # the old JSON is gone before any file changes
             except OSError as e:
-                raise OutputError(
-                    self.out / f, f"cannot write ({e.strerror})", "check free space and permissions"
+                raise OutputUnavailable(
+                    dst, f"cannot write ({e.strerror})", "check free space and permissions"
                 ) from None
         self.committed = True
         # Files of the previous result that this one does not write (e.g. NAME_PROB.AIM of an earlier
         # --save-prob run) would be left unlisted by any manifest: they go, being ours.
-        for f in self.owned:
+        for f in self.owned if self.prune else ():
             if f not in outputs and f != self.json_name:
                 with contextlib.suppress(OSError):
                     (self.out / f).unlink()
@@ -393,7 +414,7 @@ def clean_staging(out: str | os.PathLike) -> int:
             with scan_lock(out, st.name.rsplit(".", 1)[0], wait=False):
                 keep = (st / "manifest.json").is_file()
                 for f in st.iterdir():
-                    if keep and f.name == "manifest.json":
+                    if keep and f.name in ("manifest.json", PREVIOUS):
                         continue
                     with contextlib.suppress(OSError):
                         freed += f.stat().st_size
