@@ -350,3 +350,176 @@ def test_row5_cli_batch_into_a_folder_with_a_users_summary_exits_2_before_work(t
     assert r.returncode == 2 and "summary.csv" in r.stderr
     assert (d / "summary.csv").read_text() == "patient,score\n1,2\n"
     assert not (d / "A.json").exists()  # refused before any work
+
+
+# --------------------------------------------------------------------------- rows 2, 6, 12: the watch service
+
+
+def _watcher(in_dir, out, process=None, **kw):
+    from vbmd_rt.runtime import service
+    from vbmd_rt.runtime.inference.factory import create
+    from vbmd_rt.runtime.model import load_model
+
+    model = load_model("classical")
+    be = create("auto", model)
+    kw.setdefault("log", lambda s: None)
+    run = process or (lambda p: pipeline.run_scan(p, out, model, be, pipeline.RunOptions()))
+    return service.Watcher(in_dir, out, run, **kw)
+
+
+def _arrived(w):
+    """Candidates once their files have been stable for ``stable_for``."""
+    import time
+
+    w.candidates()
+    time.sleep(w.stable_for * 2)
+    return w.candidates()
+
+
+def _close(w):
+    w.journal.close()
+    w._lock.close()
+
+
+def test_row2_a_stalled_preallocated_copy_is_never_processed(tiny, tmp_path):
+    import time
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    raw = tiny.read_bytes()
+    hdr = aim.read_header(tiny)
+    with open(inp / "P.AIM", "wb") as f:  # fallocate to full size, copy a third, then the copy stalls
+        f.truncate(len(raw))
+        f.write(raw[: hdr.byte_offset + hdr.data_length // 3])
+    w = _watcher(inp, out, stable_for=0.1)
+    assert w.candidates() == []
+    time.sleep(0.8)  # stable for 8 x stable_for: past the grace given to headers that never parse
+    assert w.candidates() == []
+    (inp / "P.AIM.done").write_bytes(b"")  # the copier's marker, newer than the file: it has arrived
+    os.utime(inp / "P.AIM.done", ns=(time.time_ns() + 10**9,) * 2)
+    assert [p.name for p, _ in w.candidates()] == ["P.AIM"]
+    _close(w)
+
+
+def test_row6_watch_redoes_another_scan_with_the_same_size_and_mtime(phantoms, tiny, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    other = tiny_scan(phantoms / "PHANTOM_0001.AIM", tmp_path / "other.AIM", slices=20)
+    assert other.stat().st_size == tiny.stat().st_size
+    (inp / "X.AIM").write_bytes(tiny.read_bytes())
+    w = _watcher(inp, out, stable_for=0.05)
+    os.utime(inp / "X.AIM", ns=(10**18, 10**18))
+    [(p, key)] = _arrived(w)
+    assert w.handle(p, key)
+    first = (out / "X.json").read_text()
+    assert w.candidates() == []  # done: settled
+    (inp / "X.AIM").write_bytes(other.read_bytes())  # cp other.AIM IN/X.AIM; touch -r orig IN/X.AIM
+    os.utime(inp / "X.AIM", ns=(10**18, 10**18))
+    [(p, key2)] = _arrived(w)
+    assert key2 != key and w.handle(p, key2)
+    assert (out / "X.json").read_text() != first
+    _close(w)
+
+
+def test_row12_full_disk_is_retried_with_health_red_and_nothing_in_failed(tiny, tmp_path):
+    import time
+
+    from vbmd_rt.runtime import service
+    from vbmd_rt.runtime.errors import OutputUnavailable
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "S.AIM").write_bytes(tiny.read_bytes())
+    calls = []
+    w = None
+
+    def process(p):
+        calls.append(p.name)
+        if len(calls) == 1:
+            raise OutputUnavailable(out / "S_SEG.AIM", "cannot write (No space left on device)", "free space")
+        return inner.process(p)
+
+    inner = _watcher(tmp_path / "in", tmp_path / "out2", stable_for=0.05)
+    w = _watcher(inp, out, process=process, stable_for=0.05, poll=0.05)
+    [(p, key)] = _arrived(w)
+    assert not w.handle(p, key)
+    assert not (out / "failed").exists() or not list((out / "failed").iterdir())  # not bad input
+    ok, msg = service.health(out)
+    assert not ok and "No space left" in msg
+    assert w.candidates() == []  # backing off
+    time.sleep(0.3)
+    [(p, key)] = _arrived(w)  # the cause is gone: retried
+    assert w.handle(p, key)
+    w.write_health("idle")
+    assert service.health(out)[0]
+    _close(w)
+    _close(inner)
+
+
+# --------------------------------------------------------------------------- rows 3, 4: one switch per scan
+
+
+def _kill_env(renames: int) -> dict:
+    from vbmd_rt.runtime.io import outputs
+
+    return {**os.environ, outputs.KILL_AFTER_ENV: str(renames)}
+
+
+def _consistent(out: Path, name: str) -> bool:
+    """No JSON, or a JSON whose every listed file is what it records."""
+    import json
+
+    from vbmd_rt.runtime.io import outputs
+
+    p = out / f"{name}.json"
+    if not p.exists():
+        return True
+    r = json.loads(p.read_text())
+    return all(outputs.file_record(out / f) == rec for f, rec in r["outputs"].items())
+
+
+@pytest.mark.parametrize("renames", [0, 1, 2, 3])
+def test_row4_measure_is_one_transaction(phantoms, tiny, tmp_path, renames):
+    import subprocess
+    import sys
+
+    scan = tmp_path / "S.AIM"
+    scan.write_bytes((phantoms / "PHANTOM_0000.AIM").read_bytes())
+    gt = aim.read_aim(phantoms / "PHANTOM_0000_GT.AIM", mmap=False)
+    half = np.asarray(gt.data).copy()
+    half[: half.shape[0] // 2] = 0
+    aim.write_aim(tmp_path / "HALF_MASK.AIM", half, gt.header, type="char")
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "vbmd_rt", "measure", scan]
+    r = subprocess.run([*base, phantoms / "PHANTOM_0000_GT.AIM", "-o", out, "--report", "html"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    before = (out / "S.json").read_bytes()
+    assert _consistent(out, "S")
+    r = subprocess.run(
+        [*base, tmp_path / "HALF_MASK.AIM", "-o", out, "--report", "html", "--overwrite"],
+        capture_output=True,
+        env=_kill_env(renames),
+    )
+    assert r.returncode == 137
+    assert _consistent(out, "S")  # never a new PNG beside an old JSON
+    assert (out / "S.json").exists() == (renames == 0)
+    if renames == 0:
+        assert (out / "S.json").read_bytes() == before
+    r = subprocess.run([*base, tmp_path / "HALF_MASK.AIM", "-o", out, "--overwrite"], capture_output=True)
+    assert r.returncode == 0 and _consistent(out, "S")
+
+
+def test_row3_kill_in_the_commit_window_never_leaves_the_old_json_beside_the_new_mask(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    (d / "S.AIM").write_bytes(tiny.read_bytes())
+    args = [sys.executable, "-m", "vbmd_rt", "run", d / "S.AIM", "-o", out, "--model", "classical", "-q"]
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    for renames, fmt in [(1, "char"), (2, "rle"), (3, "char")]:  # another mask format: the new mask differs
+        r = subprocess.run([*args, "--overwrite", "--mask-format", fmt], capture_output=True, env=_kill_env(renames))
+        assert r.returncode == 137 and _consistent(out, "S") and not (out / "S.json").exists()
+        r = subprocess.run([*args, "--mask-format", fmt], capture_output=True)  # a plain run finishes the job
+        assert r.returncode == 0 and _consistent(out, "S") and (out / "S.json").exists()
