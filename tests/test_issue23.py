@@ -523,3 +523,32 @@ def test_row3_kill_in_the_commit_window_never_leaves_the_old_json_beside_the_new
         assert r.returncode == 137 and _consistent(out, "S") and not (out / "S.json").exists()
         r = subprocess.run([*args, "--mask-format", fmt], capture_output=True)  # a plain run finishes the job
         assert r.returncode == 0 and _consistent(out, "S") and (out / "S.json").exists()
+
+
+# --------------------------------------------------------------------------- the fuzz corpus of issue 23's kinds
+
+
+@needs_samples
+def test_fuzz_corpus_23_is_refused_or_read_as_the_file_is_and_run_refuses_what_it_must(tmp_path, classical):
+    from vbmd_rt.bench import fuzz_aim
+
+    cases = fuzz_aim.corpus_23(60, seed=23)
+    assert {c.kind.split(":")[0].split("=")[0].split("-")[0] for c in cases} >= {"calib", "el", "isq", "bomb"}
+    refs = {p.name: fuzz_aim.truth(p) for p in fuzz_aim.sample_files()}
+    ran = 0
+    for c in cases:
+        p = tmp_path / f"case{c.id}{Path(c.sample).suffix or '.AIM'}"
+        p.write_bytes(c.data)
+        r = fuzz_aim.check_23(c, p, refs.get(c.sample))
+        assert r["verdict"] in ("accepted", "refused"), (c.kind, r)
+        if r["verdict"] == "accepted" and c.kind.startswith(("calib:", "el-range")):
+            el = aim.read_header(p).element_size_mm
+            if c.kind.startswith("calib:") and aim.read_header(p).calibration is None:
+                continue  # a value the log parser cannot read ("nan"): no calibration, a review case
+            if all(0.02 <= e <= 1.0 for e in el) and c.kind.startswith("el-range"):
+                continue
+            with pytest.raises(VbmdInputError):
+                classical.run_to(p, tmp_path / f"out{c.id}", pipeline.RunOptions())
+            ran += 1
+        p.unlink()
+    assert ran >= 5
