@@ -296,7 +296,8 @@ def test_a_result_of_vbmd_rt_0_1_is_redone_once_and_kept_as_history(scans, predi
 def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_path):
     out = tmp_path / "out"
     args = ("run", scans / "A.AIM", "-o", out, "--model", "classical", "-q")
-    assert _env_cli({outputs.KILL_AFTER_ENV: "1"}, *args).returncode == 137  # mask renamed, PNG and JSON staged
+    # step 0 takes the previous JSON down (none here), step 1 renames the mask: PNG and JSON still staged
+    assert _env_cli({outputs.KILL_AFTER_ENV: "2"}, *args).returncode == 137
     [st] = (out / ".vbmd-rt" / "staging").iterdir()
     assert {p.name for p in st.iterdir()} == {"A.png", "A.json", "manifest.json"}
     assert outputs.clean_staging(out) > 0
