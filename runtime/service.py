@@ -224,7 +224,7 @@ class Watcher:
         if self.journal.settled_stat(name, stat_key):
             return True
         cached = self._hashes.get(name)
-        return bool(cached) and cached[0] == stat_key and self.journal.settled(name, cached[1])
+        return cached is not None and cached[0] == stat_key and self.journal.settled(name, cached[1])
 
     def _key(self, path: Path, st: os.stat_result) -> str | None:
         """The journal's key: size, mtime and a blake2b of the whole content (``outputs.fingerprint``, the one

@@ -678,10 +678,10 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
             raw = None
             if hdr.type_code in (TYPE_INT16, TYPE_CHAR):
                 data = np.empty(hdr.shape, dtype=_DTYPES[hdr.type_code])
-                _read_hashed(f, memoryview(data.reshape(-1)).cast("B"), h, path)
+                _read_hashed(f, memoryview(data.reshape(-1)).cast("B"), h, path)  # type: ignore[arg-type]
             else:
                 raw = np.empty(hdr.data_length, dtype=np.uint8)
-                _read_hashed(f, memoryview(raw), h, path)
+                _read_hashed(f, memoryview(raw), h, path)  # type: ignore[arg-type]
             total = hdr.byte_offset + hdr.data_length
             while chunk := f.read(READ_CHUNK):  # associated data and padding: part of the file's identity
                 h.update(chunk)

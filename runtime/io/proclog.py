@@ -90,7 +90,7 @@ def public_log(text: str) -> str:
     """The log with only its public lines: separators and the fields of ``PUBLIC_FIELDS`` (scanner,
     acquisition, calibration). For outputs other than the mask AIM (``NAME_PROB.AIM``): no patient name,
     index, file path, date or free text reaches them."""
-    keep = []
+    keep: list[str] = []
     for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         line = raw.rstrip("\0").rstrip()
         if line.startswith("!"):
