@@ -552,3 +552,33 @@ def test_fuzz_corpus_23_is_refused_or_read_as_the_file_is_and_run_refuses_what_i
             ran += 1
         p.unlink()
     assert ran >= 5
+
+
+# --------------------------------------------------------------------------- row 7: a change the sampled hash missed
+
+
+def test_row7_run_redoes_a_scan_changed_between_the_sampled_blocks(phantoms, tmp_path, classical):
+    from vbmd_rt.cohort import batch as cohort
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    p = tiny_scan(phantoms / "PHANTOM_0000.AIM", d / "S.AIM", slices=24, factor=2)  # 3 MB: > 18 blocks of 64 KiB
+    assert p.stat().st_size > 18 * 2**16
+    [r] = cohort.run_local([p], out, classical, pipeline.RunOptions())
+    assert r["status"] == "done"
+    from vbmd_rt.runtime.io import outputs
+
+    st = p.stat()
+    sampled = outputs.sampled_hash(p)  # the key of 0.2
+    hdr = aim.read_header(p)
+    n, block = st.st_size, 2**16
+    step = (n - 2 * block) // 17
+    at = (block + step + block + (step - block) // 2) // 2 * 2  # between two of the blocks 0.2's hash sampled
+    assert at > hdr.byte_offset
+    with open(p, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack("<h", 30000))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
+    assert outputs.sampled_hash(p) == sampled  # the change the sampled fingerprint missed
+    [r] = cohort.run_local([p], out, classical, pipeline.RunOptions())
+    assert r["status"] == "done"  # not skipped: the fingerprint covers every byte
