@@ -33,6 +33,7 @@ Log lines name scans by file name only; the processing log's patient fields neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -52,6 +53,7 @@ STATE_DIR = ".vbmd-rt"
 MARKER = ".done"
 MAX_ATTEMPTS = 2  # a scan during which the service died this often goes to failed/
 PARSE_GRACE = 5  # a stable file that does not parse is processed (and fails) after this many stable_for
+ENVIRONMENTAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}  # the machine's fault
 RETRY_POLLS = 5  # an environmental failure (OUT full or not writable) is retried after this many polls
 
 
@@ -208,7 +210,7 @@ class Watcher:
         """The file that already writes the outputs of ``name``'s scan name (``Y.AIM`` for ``Y.ISQ``)."""
         key = naming.scan_name(Path(name)).casefold()
         for other, e in self.journal.state.items():
-            if other != name and e["event"] in ("start", "done", "abandoned"):
+            if other != name and e["event"] in ("start", "done", "abandoned", "retry"):
                 if naming.scan_name(Path(other)).casefold() == key:
                     return other
         return None
@@ -387,6 +389,9 @@ class Watcher:
             self._fail(path, key, "input", e.problem, e.fix, shown=str(e), stat=stat_key)
             return False
         except Exception as e:  # noqa: BLE001 - one bad scan must not stop the service
+            if isinstance(e, OSError) and e.errno in ENVIRONMENTAL_ERRNOS:  # a write of OUT, unwrapped
+                self._environment(path, key, OutputUnavailable(self.out, f"cannot write ({e.strerror})", "free space"))
+                return False
             self._fail(
                 path,
                 key,

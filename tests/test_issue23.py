@@ -421,7 +421,9 @@ def test_row6_watch_redoes_another_scan_with_the_same_size_and_mtime(phantoms, t
     _close(w)
 
 
-def test_row12_full_disk_is_retried_with_health_red_and_nothing_in_failed(tiny, tmp_path):
+@pytest.mark.parametrize("raw", [False, True])
+def test_row12_full_disk_is_retried_with_health_red_and_nothing_in_failed(tiny, tmp_path, raw):
+    import errno
     import time
 
     from vbmd_rt.runtime import service
@@ -436,6 +438,8 @@ def test_row12_full_disk_is_retried_with_health_red_and_nothing_in_failed(tiny, 
     def process(p):
         calls.append(p.name)
         if len(calls) == 1:
+            if raw:  # an OSError no writer wrapped
+                raise OSError(errno.ENOSPC, "No space left on device")
             raise OutputUnavailable(out / "S_SEG.AIM", "cannot write (No space left on device)", "free space")
         return inner.process(p)
 
