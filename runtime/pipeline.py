@@ -208,7 +208,7 @@ class RunOptions:
 # Outside them a header lies (or the scan is no HR-pQCT of a hand), and resampling it would take gigabytes.
 SCAN_VOXEL_MM = (0.02, 1.0)
 NO_CALIBRATION = "no usable density calibration in the header: D100 not computed"
-MIN_SLICE_MM = 16.0  # a slice narrower than this holds no MC2 (8-12 mm across) with its surroundings
+MIN_SLICE_MM = 1.0  # a slice narrower than this is no image of a bone (MC2: 8-12 mm across)
 MIN_SLICE_PIXELS = 16  # the smallest slice the model's window and the classical contouring take
 
 

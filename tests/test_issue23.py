@@ -128,11 +128,24 @@ def test_row8_tiny_density_slope_is_exit_2_not_zero_division(tiny, tmp_path, cla
         classical.run_to(p, tmp_path / "out", pipeline.RunOptions())
 
 
-@pytest.mark.parametrize("shape,el", [((2, 200, 200), 1.0), ((1, 20, 500), 0.082), ((30, 16384, 20), 0.082)])
+@pytest.mark.parametrize("shape,el", [((2, 200, 200), 1.0), ((1, 8, 500), 0.082), ((1, 16, 5000), 0.082)])
 def test_row8_geometry_the_model_cannot_take_is_exit_2(tiny, tmp_path, bundled, shape, el):
     p = _variant(tiny, tmp_path / "G.AIM", data=np.full(shape, 1000, np.int16), element_size_mm=(el, el, el))
     with pytest.raises(VbmdInputError):
         bundled.run_to(p, tmp_path / "out", pipeline.RunOptions())
+
+
+@pytest.mark.parametrize("shape,el", [((1, 64, 64), 0.082), ((2, 200, 200), 0.082), ((5, 17, 17), 1.0)])
+def test_row8_odd_geometries_run_or_are_refused_never_an_internal_error(tiny, tmp_path, bundled, classical, shape, el):
+    """A uniform image (no hand found) used to reach the engine with a shape it was not built for."""
+    data = np.full(shape, 1000, np.int16)
+    p = _variant(tiny, tmp_path / "O.AIM", data=data, element_size_mm=(el, el, el))
+    for predictor in (bundled, classical):
+        try:
+            r = predictor.run_to(p, tmp_path / "out", pipeline.RunOptions(overwrite=True))
+            assert r["qc"]["status"] == "review"
+        except VbmdInputError:
+            pass
 
 
 def test_row8_cli_voxel_size_gives_one_line_and_exit_2(tiny, tmp_path):
