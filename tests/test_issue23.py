@@ -600,3 +600,32 @@ def test_row7_run_redoes_a_scan_changed_between_the_sampled_blocks(phantoms, tmp
     assert outputs.sampled_hash(p) == sampled  # the change the sampled fingerprint missed
     [r] = cohort.run_local([p], out, classical, pipeline.RunOptions())
     assert r["status"] == "done"  # not skipped: the fingerprint covers every byte
+
+
+@pytest.mark.parametrize("fail_at,json_stays", [("T_SEG.AIM", True), ("T.png", False)])
+def test_row3_a_rename_failing_in_the_switch_leaves_a_consistent_result(
+    tiny, tmp_path, classical, monkeypatch, fail_at, json_stays
+):
+    import json
+
+    from vbmd_rt.runtime.io import outputs
+
+    out = tmp_path / "out"
+    classical.run_to(tiny, out, pipeline.RunOptions())
+    before = (out / "T.json").read_bytes()
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out / fail_at:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    with pytest.raises(VbmdInputError, match="No space left"):
+        classical.run_to(tiny, out, pipeline.RunOptions(overwrite=True, mask_format="char"))
+    monkeypatch.setattr(outputs.os, "replace", real)
+    assert _consistent(out, "T") and (out / "T.json").exists() == json_stays
+    if json_stays:
+        assert (out / "T.json").read_bytes() == before
+    r = classical.run_to(tiny, out, pipeline.RunOptions(mask_format="char"))  # no --overwrite: ours, all of it
+    assert _consistent(out, "T") and json.loads((out / "T.json").read_text())["mask"]["format"] == r["mask"]["format"]

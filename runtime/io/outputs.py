@@ -319,6 +319,8 @@ class Transaction:
         self.json_name = self.targets[-1]
         self.staging: Path | None = None
         self.committed = False
+        self.switched = 0  # steps of the commit's switch done
+        self.keep_staging = False
 
     def __enter__(self) -> Transaction:
         check_writable_dir(self.out)
@@ -381,9 +383,11 @@ class Transaction:
                 if i == 0:
                     _fsync_dir(self.out)  # the old JSON is gone before any file changes
             except OSError as e:
+                self._abort_switch(i)
                 raise OutputUnavailable(
                     dst, f"cannot write ({e.strerror})", "check free space and permissions"
                 ) from None
+            self.switched = i + 1
         self.committed = True
         # Files of the previous result that this one does not write (e.g. NAME_PROB.AIM of an earlier
         # --save-prob run) would be left unlisted by any manifest: they go, being ours.
@@ -394,8 +398,19 @@ class Transaction:
         _fsync_dir(self.out)
         return result
 
+    def _abort_switch(self, failed_step: int) -> None:
+        """A rename failed: before any file was switched, the previous JSON goes back up (the previous result
+        stands whole); after, the staging folder is kept (its manifest and the previous JSON tell the next
+        run what is ours and what goes to history)."""
+        prev = self.staging / PREVIOUS if self.staging is not None else None
+        if failed_step <= 1 and prev is not None and prev.exists():
+            with contextlib.suppress(OSError):
+                os.replace(prev, self.out / self.json_name)
+                return
+        self.keep_staging = failed_step > 1
+
     def __exit__(self, *exc) -> None:
-        if self.staging is not None:
+        if self.staging is not None and not self.keep_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
