@@ -8,7 +8,10 @@ holds (type, dimensions, where the data starts, how long it is) and, where the d
 to the same voxels. Everything else must be refused with a ``VbmdInputError``: never another exception,
 never a hang.
 
-``python bench/fuzz_aim.py [--cases 620] [--seed 15] [--run N] [--json out.json]`` runs every case in a worker
+Issue 23 adds ``corpus_23`` (``KINDS_23``: voxel sizes the reader takes and ``run`` refuses, calibration
+extremes, ISQ header blocks, compressed bombs), 400 cases by default on top of the 620.
+
+``python bench/fuzz_aim.py [--cases 620] [--cases-23 400] [--seed 15] [--run N] [--json out.json]`` runs every case in a worker
 process (restarted when a case hangs past ``--timeout`` s) and prints the counts, the slowest case and the
 peak RSS; ``--run N`` also puts the first N accepted greyscale cases of files under 1 MB through
 ``Predictor.run_to`` (classical and bundled model). ``tests/test_aim_fuzz.py`` runs the reader part of the
@@ -202,6 +205,114 @@ def corpus(n: int = 620, seed: int = 15, folder: Path = SAMPLES, max_bytes: int 
     return cases
 
 
+# Issue 23's kinds: a header in range but wrong for ``run`` (a voxel size the reader takes, ``run`` refuses),
+# calibration extremes (same log length: the geometry stays, only ``run`` must refuse), ISQ header blocks
+# (a padded block count, blocks past the data, no data size) and compressed bombs (a few MB declaring
+# 10^8-10^9 voxels: refused from the header, before decoding).
+KINDS_23 = ("calib", "el-range", "isq-blocks", "bomb")
+CALIB_KEYS = ("Density: slope", "Density: intercept", "Mu_Scaling", "HU: mu water")
+CALIB_VALUES = ("5e-324", "-1441.1", "1e39", "0", "-1", "1e30", "nan", "1e-9")
+EL_IN_READER_RANGE = (0.0005, 2.0, 0.019, 1.05)  # the reader takes them; run refuses (20 µm-1 mm)
+
+
+def _bomb(n: int) -> bytes:
+    """A binary run-length AIM v020 declaring n^3 voxels, in about n^3/254 bytes."""
+    import numpy as np
+
+    from vbmd_rt.runtime.io.aim import write_aim
+    from vbmd_rt.runtime.io.codecs import BinaryRle
+
+    runs = -(-(n**3) // 254)
+    counts = np.full(runs, 255, np.uint8)
+    counts[-1] = (n**3 - 254 * (runs - 1)) or 254
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "bomb.AIM"
+        write_aim(p, BinaryRle((n, n, n), bytes([0, 127]) + counts.tobytes()))
+        return p.read_bytes()
+
+
+def corpus_23(n: int = 400, seed: int = 23, folder: Path = SAMPLES) -> list[Case]:
+    """``n`` cases of issue 23's kinds (``KINDS_23``), the same for a seed; ids from 100000."""
+    rng = random.Random(seed)
+    files = sample_files(folder)
+    originals = {p.name: p.read_bytes() for p in files}
+    greyscale = [p.name for p in files if _get(originals[p.name], _fields(originals[p.name])["type"]) == 0x00020002]
+    isq = [p.name for p in files if p.suffix.lower() == ".isq"]
+    calibrated = [g for g in greyscale if b"Density: slope" in originals[g]]
+    bombs: dict[int, bytes] = {}
+    cases: list[Case] = []
+    for i in range(n):
+        kind = KINDS_23[i % len(KINDS_23)]
+        if kind == "calib" and calibrated:
+            name = calibrated[(i // len(KINDS_23)) % len(calibrated)]
+            raw = bytearray(originals[name])
+            key = rng.choice(CALIB_KEYS)
+            at = raw.find(key.encode())
+            value = rng.choice(CALIB_VALUES)
+            if at >= 0:
+                end = raw.find(b"\n", at)
+                line = bytes(raw[at:end])
+                old = line[len(key) :].strip()
+                vat = at + line.rfind(old)
+                if len(value) <= len(old):  # same length: the log length and data start stay
+                    raw[vat : vat + len(old)] = value.encode().ljust(len(old))
+                    kind = f"calib:{key}={value}"
+            cases.append(Case(100000 + i, name, kind, bytes(raw), False))
+        elif kind == "el-range" and greyscale:
+            name = greyscale[(i // len(KINDS_23)) % len(greyscale)]
+            raw = bytearray(originals[name])
+            f = _fields(raw)
+            el = rng.choice(EL_IN_READER_RANGE)
+            for a in range(3):
+                pos, w = f["el"][a]
+                if f["fmt"] == "v020":
+                    raw[pos : pos + 4] = _vax(el)
+                elif f["fmt"] == "v030":
+                    _put(raw, (pos, w), int(round(el * 1e6)))
+                else:  # ISQ: physical size in µm of the dimension
+                    _put(raw, (pos, w), int(round(el * 1000 * _get(raw, f["dim"][a]))))
+            cases.append(Case(100000 + i, name, f"el-range={el}", bytes(raw), False))
+        elif kind == "isq-blocks" and isq:
+            name = isq[(i // len(KINDS_23)) % len(isq)]
+            raw = bytearray(originals[name])
+            how = rng.choice(["padded-count", "trailing-blocks", "no-size"])
+            if how == "padded-count":
+                _put(raw, (508, 4), _get(raw, (508, 4)) + 1)
+                raw += bytes(512)
+            elif how == "trailing-blocks":
+                raw += bytes(rng.choice([512, 1024, 4096]))
+            else:
+                raw[20:28] = bytes(8)
+            cases.append(Case(100000 + i, name, f"isq-{how}", bytes(raw), True))
+        else:
+            side = rng.choice([400, 600])
+            if side not in bombs:
+                bombs[side] = _bomb(side)
+            cases.append(Case(100000 + i, "bomb", f"bomb-{side}^3", bombs[side], True))
+    return cases
+
+
+def check_23(case: Case, path: Path, ref: dict | None) -> dict:
+    """Issue 23's verdicts: bombs and ISQ block lies must be refused (bombs by ``run``'s header checks, before
+    any decoding); calibration and voxel-size cases read as the file is (``check``), and ``run`` refuses them
+    (``--run``)."""
+    from vbmd_rt.runtime.errors import VbmdInputError
+    from vbmd_rt.runtime.pipeline import check_scan
+
+    t0 = time.perf_counter()
+    if case.kind.startswith("bomb"):
+        try:
+            check_scan(path)
+        except VbmdInputError as e:
+            return {"verdict": "refused", "error": e.problem, "s": time.perf_counter() - t0}
+        return {"verdict": "lie", "lies": ["a mask taken for a scan"], "s": time.perf_counter() - t0}
+    r = check(case, path, ref or {})
+    if case.kind.startswith("isq-") and r["verdict"] == "accepted":
+        r["verdict"] = "lie"  # the voxels would start in the wrong place, or the size is unknown
+        r["lies"] = ["isq blocks"]
+    return r
+
+
 def truth(path: Path) -> dict:
     """What the unmutated file holds, as the oracle compares it."""
     from vbmd_rt.runtime.io.aim import read_aim
@@ -273,7 +384,7 @@ def _worker() -> None:
         req = json.loads(line)
         case = Case(req["id"], req["sample"], req["kind"], b"", req["touches_data"])
         path = Path(req["path"])
-        r = check(case, path, req["ref"])
+        r = check_23(case, path, req["ref"]) if case.id >= 100000 else check(case, path, req["ref"])
         if req.get("run") and r["verdict"] == "accepted":
             r["run"] = _run_case(path, req["run"], predictors)
         r["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -301,8 +412,8 @@ def _run_case(path: Path, models: list[str], predictors: dict) -> dict:
     return out
 
 
-def campaign(n: int, seed: int, run: int, timeout: float, models: list[str]) -> dict:
-    cases = corpus(n, seed)
+def campaign(n: int, seed: int, run: int, timeout: float, models: list[str], n23: int = 400) -> dict:
+    cases = corpus(n, seed) + corpus_23(n23, seed)
     refs = {p.name: truth(p) for p in sample_files()}
     sizes = {p.name: p.stat().st_size for p in sample_files()}
     results = []
@@ -310,10 +421,10 @@ def campaign(n: int, seed: int, run: int, timeout: float, models: list[str]) -> 
     runs_left = run
     with tempfile.TemporaryDirectory() as tmp:
         for c in cases:
-            ext = Path(c.sample).suffix
+            ext = Path(c.sample).suffix or ".AIM"
             path = Path(tmp) / f"case{c.id:04d}{ext}"
             path.write_bytes(c.data)
-            greyscale = refs[c.sample]["type_code"] == 0x00020002
+            greyscale = c.sample in refs and refs[c.sample]["type_code"] == 0x00020002
             want_run = runs_left > 0 and greyscale and sizes[c.sample] < 2**20
             req = {
                 "id": c.id,
@@ -321,7 +432,7 @@ def campaign(n: int, seed: int, run: int, timeout: float, models: list[str]) -> 
                 "kind": c.kind,
                 "touches_data": c.touches_data,
                 "path": str(path),
-                "ref": refs[c.sample],
+                "ref": refs.get(c.sample),
                 "run": models if want_run else None,
             }
             if proc is None:
@@ -369,6 +480,7 @@ def campaign(n: int, seed: int, run: int, timeout: float, models: list[str]) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=620)
+    ap.add_argument("--cases-23", type=int, default=400, help="issue 23's kinds (KINDS_23) on top of --cases")
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--run", type=int, default=0, help="accepted greyscale cases also put through run_to")
     ap.add_argument("--models", default="classical,bundled")
@@ -382,7 +494,7 @@ def main(argv=None) -> int:
     if not sample_files():
         print(f"no sample AIM files in {SAMPLES}", file=sys.stderr)
         return 2
-    rep = campaign(a.cases, a.seed, a.run, a.timeout, a.models.split(","))
+    rep = campaign(a.cases, a.seed, a.run, a.timeout, a.models.split(","), a.cases_23)
     text = json.dumps(rep, indent=2)
     print(text)
     if a.json:

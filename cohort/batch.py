@@ -2,8 +2,8 @@
 
 ``vbmd-rt run DIR... -o OUT`` goes through here:
 
-* **resume**: a scan is skipped only when its result records this very input (fingerprint: size, mtime,
-  sampled content hash), the same model and options, and its files are still what the result's manifest
+* **resume**: a scan is skipped only when its result records this very input (fingerprint: size and a
+  blake2b of the whole content, ``outputs.same_input``), the same model and options, and its files are still what the result's manifest
   says; a changed input is redone and the old result kept in ``OUT/.vbmd-rt/history/``; a scan cut off by a
   kill left nothing half-written (``outputs.Transaction``) and is done again; ``--overwrite`` redoes
   everything; two inputs with one output name are refused before any work;
@@ -37,8 +37,8 @@ from pathlib import Path
 from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
 from vbmd_rt.runtime import pipeline
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError
-from vbmd_rt.runtime.io import naming, nifti, outputs
+from vbmd_rt.runtime.errors import OutputError, VbmdInputError, printable
+from vbmd_rt.runtime.io import aim, naming, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
 STATUSES = ("done", "skipped", "failed")
@@ -108,8 +108,8 @@ def existing_result(
 ) -> dict | None:
     """The result of a finished run of this very input in ``out``, or ``None`` when it must be (re)done.
 
-    Reused only when the JSON is vbmd-rt's, names this file, records this input's fingerprint (size, mtime
-    and sampled content hash), the same model and options (``key``: ``pipeline.run_key``; None: any), and
+    Reused only when the JSON is vbmd-rt's, names this file, records this input's fingerprint (size and
+    whole-content hash), the same model and options (``key``: ``pipeline.run_key``; None: any), and
     every output it lists is still what its manifest says (so a mix left by a kill is never trusted).
     """
     name = naming.scan_name(path)
@@ -119,7 +119,7 @@ def existing_result(
         return None
     try:
         fp = fp or outputs.fingerprint(path)
-    except OSError:
+    except (OSError, VbmdInputError):
         return None
     expected = [f.name for f in files[:-1]]
     run_key = key if key is not None else result.get("run_key")
@@ -172,7 +172,7 @@ def row(
     error_kind: str | None = None,
 ) -> dict:
     r = {k: None for k in ROW_FIELDS}
-    r.update(scan=path.name, status=status)
+    r.update(scan=naming.display_name(path), status=status)  # one line, whatever the file is called
     if result:
         for k in ("d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side"):
             r[k] = result.get(k)
@@ -192,7 +192,7 @@ def row(
     r["values"] = VALUES.get(status)
     if error is not None:
         r["error_kind"] = error_kind or ("input" if isinstance(error, VbmdInputError) else "internal")
-        r["error"] = (
+        r["error"] = printable(
             str(error)
             if isinstance(error, VbmdInputError)
             else (error if isinstance(error, str) else f"{type(error).__name__}: {error}")
@@ -222,21 +222,26 @@ def process(
     name = naming.scan_name(path)
     json_name = naming.outputs_for(name, out)["json"].name
     try:
-        pipeline.read_scan(path)  # bad input fails before anything is created in OUT
+        pipeline.check_scan(path)  # bad input fails before anything is created in OUT (the header alone)
     except VbmdInputError as e:
         if (out / json_name).exists():  # the result of an earlier version of this input must not stand
             with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(out, name):
                 outputs.retire_stale(out, name, json_name, path.name, _fingerprint(path))
         return row(path, "failed", error=e)
     try:
-        lock = outputs.scan_lock(out, name, wait=wait, on_wait=(lambda _: on_wait(path.name)) if on_wait else None)
+        lock = outputs.scan_lock(
+            out, name, wait=wait, on_wait=(lambda _: on_wait(naming.display_name(path))) if on_wait else None
+        )
         lock.__enter__()
     except outputs.ScanBusy:
         return None
     except VbmdInputError as e:
         return row(path, "failed", error=e)
+    except OSError as e:  # the lock cannot be made (a name the file system refuses): this scan fails alone
+        return row(path, "failed", error=OutputError(path, f"cannot lock its outputs ({e.strerror})", "rename it"))
     try:
-        fp = _fingerprint(path)
+        # The whole content hashed (one read), only where a result stands that it could match.
+        fp = _fingerprint(path) if (out / json_name).exists() else None
         if not options.overwrite and fp is not None:
             key = pipeline.run_key(predictor.model, predictor.backend, options)
             done = existing_result(path, out, options, key, fp)
@@ -261,8 +266,17 @@ def process(
 def _fingerprint(path: Path) -> dict | None:
     try:
         return outputs.fingerprint(path)
-    except OSError:
+    except (OSError, VbmdInputError):
         return None  # run_scan says what is wrong with the path
+
+
+def _guarded(path: Path, out: Path, predictor: Predictor, options: pipeline.RunOptions, **kw) -> dict | None:
+    """``process``, with anything it did not turn into a row (a name the file system or the terminal cannot
+    take) failing this scan alone: one bad name never stops a batch or its summary."""
+    try:
+        return process(path, out, predictor, options, **kw)
+    except (OSError, UnicodeError, ValueError) as e:
+        return row(path, "failed", error=e)
 
 
 def run_local(
@@ -280,7 +294,7 @@ def run_local(
     rows: dict[int, dict] = {}
     busy = []
     for i, f in enumerate(files):  # scans another run on this OUT is writing now come last...
-        r = process(f, out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None, wait=False)
+        r = _guarded(f, out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None, wait=False)
         if r is None:
             busy.append(i)
             continue
@@ -288,7 +302,7 @@ def run_local(
         if on_row:
             on_row(r)
     for i in busy:  # ...waited for, then reused (skipped) when that run finished them
-        r = process(
+        r = _guarded(
             files[i], out, predictor, options, stage=(lambda s, i=i: stage(i, s)) if stage else None, on_wait=on_wait
         )
         assert r is not None
@@ -417,11 +431,67 @@ def _csv_value(key: str, value):
     return value
 
 
-def write_summary(out: Path, rows: list[dict], num_parts: int = 1, part_id: int = 0, extra: dict | None = None):
-    """``OUT/summary.csv`` and ``OUT/summary.json`` (``summary.part-K-of-N.*`` for a shard), atomically."""
+def _own_summary_json(path: Path) -> dict | None:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return d if isinstance(d, dict) and "rows" in d and "vbmd_rt_version" in d else None
+
+
+def foreign_summaries(out: Path, num_parts: int = 1, part_id: int = 0) -> list[Path]:
+    """The summary files in ``out`` that vbmd-rt did not write (a user's ``summary.csv``): never replaced
+    without ``--overwrite``. Ours: a summary JSON of vbmd-rt, and a CSV whose hash that JSON records (or,
+    from older versions, that starts with vbmd-rt's header)."""
     csv_name, json_name = naming.summary_names(num_parts, part_id)
-    if outputs.read_result(out / json_name) is not None:  # a scan's result, never overwritten by a summary
-        raise OutputError(out / json_name, "is a scan's result, not a batch summary", "choose another -o")
+    out = Path(out)
+    foreign = []
+    own = _own_summary_json(out / json_name)
+    if (out / json_name).exists() or (out / json_name).is_symlink():
+        if own is None:
+            foreign.append(out / json_name)
+    p = out / csv_name
+    if p.exists() or p.is_symlink():
+        recorded = ((own or {}).get("csv") or {}).get("blake2b")
+        try:
+            ours = p.is_file() and (
+                outputs.content_hash(p) == recorded
+                if recorded
+                else p.open("rb").readline().rstrip(b"\r\n") == ",".join(ROW_FIELDS).encode()
+            )
+        except OSError:
+            ours = False
+        if not ours:
+            foreign.append(p)
+    return foreign
+
+
+def check_summary(out: Path, num_parts: int = 1, part_id: int = 0, overwrite: bool = False) -> None:
+    """Before any work: refuse a batch whose summary would replace files vbmd-rt did not write."""
+    csv_name, json_name = naming.summary_names(num_parts, part_id)
+    if outputs.read_result(Path(out) / json_name) is not None:  # a scan's result, never overwritten
+        raise OutputError(Path(out) / json_name, "is a scan's result, not a batch summary", "choose another -o")
+    if not overwrite:
+        for p in foreign_summaries(out, num_parts, part_id):
+            raise OutputError(
+                p,
+                "exists and was not written by vbmd-rt (the batch summary would replace it)",
+                "move it away, pass --overwrite to replace it, or choose another -o",
+            )
+
+
+def write_summary(
+    out: Path,
+    rows: list[dict],
+    num_parts: int = 1,
+    part_id: int = 0,
+    extra: dict | None = None,
+    overwrite: bool = False,
+):
+    """``OUT/summary.csv`` and ``OUT/summary.json`` (``summary.part-K-of-N.*`` for a shard), atomically.
+    Files at those names that vbmd-rt did not write are refused without ``overwrite`` (``check_summary``)."""
+    csv_name, json_name = naming.summary_names(num_parts, part_id)
+    check_summary(out, num_parts, part_id, overwrite)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -445,7 +515,9 @@ def write_summary(out: Path, rows: list[dict], num_parts: int = 1, part_id: int 
         **(extra or {}),
         "rows": rows,
     }
-    atomic_write_bytes(out / csv_name, buf.getvalue().encode())
+    body = buf.getvalue().encode("utf-8", "backslashreplace")
+    summary["csv"] = {"file": csv_name, "blake2b": aim.content_hasher_of(body)}
+    atomic_write_bytes(out / csv_name, body)
     atomic_write_bytes(out / json_name, (json.dumps(summary, indent=2) + "\n").encode())
     return out / csv_name, out / json_name
 
@@ -461,5 +533,7 @@ __all__ = [
     "run_local",
     "run_dask",
     "write_summary",
+    "check_summary",
+    "foreign_summaries",
     "ROW_FIELDS",
 ]

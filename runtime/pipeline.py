@@ -17,10 +17,11 @@ import numpy as np
 from vbmd_rt import __version__
 from vbmd_rt.runtime import bonewin, classical, identify, measure, preprocess, qc, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, VbmdInputError
-from vbmd_rt.runtime.inference.base import Backend
+from vbmd_rt.runtime.inference.base import Backend, InputShapeError
 from vbmd_rt.runtime.inference.window import sliding_window
 from vbmd_rt.runtime.io import aim, masks, nifti, outputs, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
+from vbmd_rt.runtime.io.calibration import implausible as implausible_calibration
 from vbmd_rt.runtime.io.naming import outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.postprocess import detect_side, largest_component, postprocess
@@ -246,25 +247,81 @@ class RunOptions:
     export: str | None = None  # nifti | nii | mha: scan and mask for 3D Slicer as well (runtime.io.nifti)
 
 
-def read_scan(path: Path) -> aim.Scan:
-    """Read a greyscale scan (AIM or ISQ); refuse masks with a clear message."""
+# Voxel sizes vbmd-rt measures: HR-pQCT (XtremeCT I 82 µm, II 60.7 µm) and its downsampled AIMs, with margins.
+# Outside them a header lies (or the scan is no HR-pQCT of a hand), and resampling it would take gigabytes.
+SCAN_VOXEL_MM = (0.02, 1.0)
+NO_CALIBRATION = "no usable density calibration in the header: D100 not computed"
+MIN_SLICE_MM = 1.0  # a slice narrower than this is no image of a bone (MC2: 8-12 mm across)
+MIN_SLICE_PIXELS = 16  # the smallest slice the model's window and the classical contouring take
+
+
+def check_scan(path: Path, header: aim.AimHeader | None = None) -> aim.AimHeader:
+    """Refuse from the header alone, before any voxel is read or decoded: a mask, an ISQ that is not one,
+    a voxel size outside ``SCAN_VOXEL_MM``, a density calibration outside physical ranges. Returns the header."""
+    path = Path(path)
+    if header is None:
+        if not path.exists():
+            raise VbmdInputError(path, "no such file", "check the path")
+        if path.is_dir():
+            raise VbmdInputError(path, "is a folder", "give scan files or a folder of them")
+        header = aim.read_header(path)
+    if header.is_mask:
+        raise VbmdInputError(
+            path,
+            f"is a segmentation mask ({header.type_name}), not a greyscale scan",
+            "pass the scan itself (int16 AIM or ISQ)",
+        )
+    if path.suffix.lower() == ".isq" and header.version != 4:
+        raise VbmdInputError(path, "is named .ISQ but is not an ISQ file", "rename it to .AIM")
+    if min(header.shape) < 1:
+        raise VbmdInputError(path, "holds no voxels", "pass a complete scan")
+    lo, hi = SCAN_VOXEL_MM
+    el = header.element_size_mm
+    if any(not lo * (1 - 1e-6) <= float(e) <= hi * (1 + 1e-6) for e in el):  # float32 in the header
+        raise VbmdInputError(
+            path,
+            f"has a voxel size of {' x '.join(f'{float(e):.6g}' for e in el)} mm, outside the {lo * 1000:g} µm "
+            f"to {hi:g} mm that vbmd-rt measures",
+            "check the header (vbmd-rt info): HR-pQCT scans have 0.06-0.25 mm voxels",
+        )
+    nx, ny = header.dim[0], header.dim[1]
+    if min(nx, ny) < MIN_SLICE_PIXELS or min(nx * el[0], ny * el[1]) < MIN_SLICE_MM:
+        raise VbmdInputError(
+            path,
+            f"has slices of {nx} x {ny} voxels ({nx * el[0]:.3g} x {ny * el[1]:.3g} mm), too small to hold an MC2 "
+            f"and its surroundings (at least {MIN_SLICE_PIXELS} voxels and {MIN_SLICE_MM:g} mm a side)",
+            "pass the whole scan of the hand, not a cut-out (check the header: vbmd-rt info)",
+        )
+    cal = header.calibration
+    why = None if cal is None else implausible_calibration(cal)
+    if why:
+        raise CalibrationError(
+            path,
+            f"has an impossible density calibration in its header: {why}",
+            "check the scan's processing log (vbmd-rt info), or export it again from the scanner",
+        )
+    return header
+
+
+def read_scan(path: Path, check=None) -> aim.Scan:
+    """Read a greyscale scan (AIM or ISQ) into memory once, its whole content hashed in the same pass
+    (``scan.fingerprint``); refuse masks and impossible headers (``check_scan``, and ``check(header)``)
+    before any voxel is read. A file that changes while it is read is refused, never a signal."""
+    path = Path(path)
     if not path.exists():
         raise VbmdInputError(path, "no such file", "check the path")
     if path.is_dir():
         raise VbmdInputError(path, "is a folder", "give scan files or a folder of them")
+
+    def checks(header):
+        check_scan(path, header)
+        if check is not None:
+            check(header)
+
     try:
-        scan = aim.read_isq(path) if path.suffix.lower() == ".isq" else aim.read_aim(path)
+        return aim.read_whole(path, check=checks)
     except PermissionError:
         raise VbmdInputError(path, "cannot be read (permission denied)", "check the file's permissions") from None
-    if scan.header.is_mask:
-        raise VbmdInputError(
-            path,
-            f"is a segmentation mask ({scan.header.type_name}), not a greyscale scan",
-            "pass the scan itself (int16 AIM or ISQ)",
-        )
-    if min(scan.header.shape) < 1:
-        raise VbmdInputError(path, "holds no voxels", "pass a complete scan")
-    return scan
 
 
 def model_sha(model: Model, backend: Backend) -> str | None:
@@ -292,7 +349,10 @@ def run_scan(
     in ``out``; files at the outputs' names that vbmd-rt did not write are refused without ``overwrite``.
     Raises ``VbmdInputError`` for problems the user must fix; then nothing of this scan changed in ``out``.
     """
-    read_scan(Path(path))  # bad input is refused before anything is created in OUT (a header and a memory map)
+    options = options or RunOptions()
+    hdr = check_scan(Path(path))  # bad input is refused before anything is created in OUT (the header alone)
+    spec = None if model.classical else model.spec
+    resources.check_memory(path, hdr.shape, hdr.element_size_mm[::-1], spec, options.max_memory)
     with outputs.scan_lock(out, scan_name(Path(path))):
         return _run_scan(path, out, model, backend, options, stage)
 
@@ -310,7 +370,14 @@ def _run_scan(
         targets[-1:-1] = nifti.export_names(name, options.export)
     with outputs.Transaction(out, name, targets, options.overwrite) as txn:
         files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
-        return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)
+        try:
+            return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)
+        except InputShapeError as e:  # a geometry the header allows but the model's engine cannot take
+            raise VbmdInputError(
+                path,
+                f"its geometry does not fit the model ({e})",
+                "check the dimensions and voxel size in the header (vbmd-rt info)",
+            ) from None
 
 
 def _process(path, out, model, backend, options, stage, timer, t_start, files, txn) -> dict:
@@ -318,7 +385,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
     stage("read")
     with timer("read"):
         scan = read_scan(path)
-        fp = outputs.fingerprint(path)
+        fp = outputs.fingerprint_of(scan)
     stage("segment")
     a = analyse(
         scan.data,
@@ -336,6 +403,9 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
     mask, info, m, warnings, cal = a.mask, a.info, a.measures, a.warnings, scan.calibration
     detected = info["side"]
     stage("write")
+    if cal is None and info["qc"].get("status") != "review":  # no D100 without a calibration: never a pass
+        reasons = [*info["qc"].get("reasons", []), NO_CALIBRATION]
+        info["qc"] = {**info["qc"], "status": "review", "reasons": reasons}
     result = {
         "d100_mg_ha_cm3": m["d100_mg_ha_cm3"],
         "bone_volume_mm3": m["bone_volume_mm3"],
@@ -376,10 +446,12 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
             written.append(files["mask"])
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
+                grid = _model_grid_header(scan.header, info["geometry"])  # its log without patient fields:
+                grid = dataclasses.replace(grid, processing_log=proclog.public_log(grid.processing_log))
                 aim.write_aim(
                     files["prob"],
                     prob,
-                    _model_grid_header(scan.header, info["geometry"]),
+                    grid,
                     type="char",
                     log_entry="MC2 probability x100 on the model grid",
                     values=masks.PROB_VALUES,
@@ -400,7 +472,11 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         if options.report_html:
             extra = report.details(scan.data, mask, cal, scan.header.element_size_mm, box)
-            atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
+            atomic_write_bytes(
+                files["html"],
+                report.html_report(result, png, extra).encode("utf-8", "backslashreplace"),
+                overwrite=True,
+            )
             written.append(files["html"])
         if not outputs.unchanged_since(path, fp):
             raise outputs.InputChanged(

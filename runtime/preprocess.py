@@ -158,13 +158,13 @@ def hand_box(volume: np.ndarray, multiple: int, margin: int) -> tuple[int, int, 
     mean = volume.mean(axis=0, dtype=np.float64)
     lo, hi = np.percentile(mean, [1, 99.5])
     if not np.isfinite(hi - lo) or hi - lo <= 0:
-        return 0, ny, 0, nx
+        return _round_box(0, ny, ny, multiple) + _round_box(0, nx, nx, multiple)
     u8 = np.clip((mean - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     _, fg = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 0.002 * ny * nx]
-    if not keep:
-        return 0, ny, 0, nx
+    if not keep:  # the whole image, its sizes rounded up like any box (the model takes multiples only)
+        return _round_box(0, ny, ny, multiple) + _round_box(0, nx, nx, multiple)
     y0 = min(stats[i, cv2.CC_STAT_TOP] for i in keep)
     x0 = min(stats[i, cv2.CC_STAT_LEFT] for i in keep)
     y1 = max(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT] for i in keep)

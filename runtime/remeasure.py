@@ -10,7 +10,6 @@ same QC verdict as ``run``'s (``qc.assess_mask``: baseline agreement, which bone
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from vbmd_rt import __version__
 from vbmd_rt.runtime import measure, qc, report
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
-from vbmd_rt.runtime.io import masks, nifti
+from vbmd_rt.runtime.io import masks, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import scan_name
 from vbmd_rt.runtime.postprocess import detect_side
@@ -84,7 +83,7 @@ def measure_mask(
     """D100 of ``scan_path`` inside ``mask_path``; with ``out``: ``OUT/NAME.json`` and ``NAME.png`` (the
     HTML report with ``report_html``, the NIfTI/MHA pair with ``export``), written only after every check
     passed. Returns the result."""
-    from vbmd_rt.runtime.pipeline import STAGES, Timer, calibration_record, read_scan, scan_record
+    from vbmd_rt.runtime.pipeline import NO_CALIBRATION, STAGES, Timer, calibration_record, read_scan, scan_record
 
     scan_path, mask_path = Path(scan_path), Path(mask_path)
     timer = Timer()
@@ -93,11 +92,12 @@ def measure_mask(
     files = {}
     if out is not None:
         out = Path(out)
-        files = {"png": out / f"{name}.png", "json": out / f"{name}.json"}
+        files = {"png": out / f"{name}.png"}
         if report_html:
             files["html"] = out / f"{name}.html"
         if export:
             files.update({n: out / n for n in nifti.export_names(name, export)})
+        files["json"] = out / f"{name}.json"  # last: the transaction commits it last
         if not overwrite:
             for f in files.values():
                 if f.exists():
@@ -118,6 +118,8 @@ def measure_mask(
         verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m)
         reasons = plausibility(scan.data, mask, m, cal) + verdict["reasons"]
         side = detect_side(scan.data, mask)
+    if cal is None:  # no D100 without a calibration: never a pass
+        reasons.append(NO_CALIBRATION)
     warnings = [f"mask needs review: {r}" for r in reasons]
     if cal is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed")
@@ -132,7 +134,7 @@ def measure_mask(
         "model": {"name": "given mask", "architecture": None, "sha256": None, "intended_use": None},
         "calibration": calibration_record(cal),
         "timings_s": {},
-        "scan": scan_record(scan_path, scan),
+        "scan": {**scan_record(scan_path, scan), "fingerprint": outputs.fingerprint_of(scan)},
         "mask": {"file": mask_path.name, "sha256": _sha256(mask_path), "voxels": voxels, "source": "given"},
         "qc": {**verdict, "status": "review" if reasons else "pass", "reasons": reasons},
         "warnings": warnings,
@@ -140,27 +142,24 @@ def measure_mask(
     }
     if out is not None:
         check_writable_dir(out)
-        written: list[Path] = []
-        try:
+        # One transaction, as run's: every file staged, then switched in with the JSON last (a kill leaves
+        # the previous result whole, or no result; never a new PNG beside an old JSON). Files of an earlier
+        # result that this one does not write (run's mask, which may be the mask measured here) are kept.
+        targets = [f.name for f in files.values()]
+        with outputs.scan_lock(out, name), outputs.Transaction(out, name, targets, True, prune=False) as txn:
             with timer("write"):
                 png = report.png_bytes(report.montage(scan.data, mask, cal, result=result))
-                atomic_write_bytes(files["png"], png, overwrite=True)
-                written.append(files["png"])
+                atomic_write_bytes(txn.path(files["png"].name), png, overwrite=True)
                 if export:
-                    written.extend(out / n for n in nifti.export_names(name, export))
-                    nifti.export_pair(out, name, scan, mask, export)
+                    nifti.export_pair(txn.staging, name, scan, mask, export)
                     if export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
                         result.update(nifti.scan_sidecar(scan, export))
             result["timings_s"] = _timings(timer, t0, STAGES)
             if report_html:
                 extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)
-                atomic_write_bytes(files["html"], report.html_report(result, png, extra).encode(), overwrite=True)
-                written.append(files["html"])
-            atomic_write_bytes(files["json"], (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
-        except BaseException:
-            for f in written:
-                f.unlink(missing_ok=True)
-            raise
+                html = report.html_report(result, png, extra).encode("utf-8", "backslashreplace")
+                atomic_write_bytes(txn.path(files["html"].name), html, overwrite=True)
+            txn.commit(result)
     else:
         result["timings_s"] = _timings(timer, t0, STAGES)
     return result

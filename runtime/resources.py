@@ -8,8 +8,8 @@ watch service, would kill the same file again on every restart).
 
 The estimate follows what ``pipeline.segment`` allocates: the slices resampled in-plane to the model's
 spacing (float32), the model-space volume and its copies (crop, probabilities, the uncropped grid, the
-component labels: five float32-sized arrays), and at native resolution the uint8 mask, its hole-filled
-copy and the write buffer, plus the interpreter with its libraries.
+component labels: five float32-sized arrays), and at native resolution the int16 scan read into memory,
+the uint8 mask, its hole-filled copy and the write buffer, plus the interpreter with its libraries.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vbmd_rt.runtime.errors import VbmdInputError
 BASELINE_BYTES = 400 * 2**20  # Python, numpy, OpenCV, ONNX Runtime and the model
 MODEL_COPIES = 5
 NATIVE_MASK_COPIES = 3
+SCAN_BYTES_PER_VOXEL = 2  # int16, held in memory
 
 
 def physical_memory() -> int:
@@ -46,12 +47,13 @@ def estimate_bytes(shape_zyx: tuple[int, int, int], spacing_zyx, spec: preproces
     """
     z, ny, nx = (int(v) for v in shape_zyx)
     native = z * ny * nx
+    scan = SCAN_BYTES_PER_VOXEL * native  # the scan itself, read into memory (no memory map: issue 23)
     if spec is None:
-        return BASELINE_BYTES + 4 * native + NATIVE_MASK_COPIES * native  # + int32 component labels
+        return BASELINE_BYTES + scan + 4 * native + NATIVE_MASK_COPIES * native  # + int32 component labels
     (mz, my, mx), _ = preprocess.model_grid((z, ny, nx), spec, spacing_zyx)
     resized = z * my * mx * 4
     model = mz * my * mx * 4
-    return BASELINE_BYTES + resized + MODEL_COPIES * model + NATIVE_MASK_COPIES * native
+    return BASELINE_BYTES + scan + resized + MODEL_COPIES * model + NATIVE_MASK_COPIES * native
 
 
 def check_memory(path, shape_zyx, spacing_zyx, spec: preprocess.Spec | None, max_bytes: int | None) -> int:

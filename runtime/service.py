@@ -33,6 +33,7 @@ Log lines name scans by file name only; the processing log's patient fields neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError, print_traceback_if_debug
+from vbmd_rt.runtime.errors import OutputError, OutputUnavailable, VbmdInputError, print_traceback_if_debug
 from vbmd_rt.runtime.io import aim, naming, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
@@ -52,6 +53,8 @@ STATE_DIR = ".vbmd-rt"
 MARKER = ".done"
 MAX_ATTEMPTS = 2  # a scan during which the service died this often goes to failed/
 PARSE_GRACE = 5  # a stable file that does not parse is processed (and fails) after this many stable_for
+ENVIRONMENTAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}  # the machine's fault
+RETRY_POLLS = 5  # an environmental failure (OUT full or not writable) is retried after this many polls
 
 
 def _now() -> str:
@@ -86,6 +89,12 @@ class Journal:
     def settled(self, name: str, key: str) -> bool:
         e = self.state.get(name)
         return e is not None and e["key"] == key and e["event"] in ("done", "failed")
+
+    def settled_stat(self, name: str, stat_key: str) -> bool:
+        """Settled, and the file is still the one it was settled with (inode, size, mtime and ctime): no
+        need to hash it again. A copy over it, even with ``touch -r``, changes its ctime."""
+        e = self.state.get(name)
+        return e is not None and e.get("stat") == stat_key and e["event"] in ("done", "failed")
 
     def close(self) -> None:
         self._f.close()
@@ -127,7 +136,11 @@ class Watcher:
         self.log = log
         self.stop = threading.Event()
         self.counts = Counts()
-        self._seen: dict[str, tuple[str, float]] = {}  # name -> (key, first time this key was seen)
+        self._seen: dict[str, tuple[str, float]] = {}  # name -> (stat key, first time this key was seen)
+        self._hashes: dict[str, tuple[str, str]] = {}  # name -> (stat key, content key): hashed once a version
+        self._incomplete: dict[str, bool] = {}  # name -> its header parses but its data is not all there
+        self._retry_at: dict[str, float] = {}  # name -> when an environmental failure is retried
+        self._env_error: str | None = None
         self._refused: set[tuple[str, str]] = set()
         if not self.in_dir.is_dir():
             raise VbmdInputError(
@@ -170,6 +183,7 @@ class Watcher:
                     f"the service died {attempt} times while processing this scan (killed, e.g. by the "
                     "out-of-memory killer, or crashed)",
                     "check the scan (vbmd-rt info); give the service more memory or lower --max-memory",
+                    stat=e.get("stat"),
                 )
                 continue
             self.journal.record("abandoned", e["name"], e["key"], attempt=attempt)
@@ -186,7 +200,7 @@ class Watcher:
         name = naming.scan_name(path)
         try:
             fp = outputs.fingerprint(path)
-        except OSError:
+        except (OSError, VbmdInputError):
             fp = None
         with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(self.out, name):
             if outputs.retire_stale(self.out, name, f"{name}.json", path.name, fp):
@@ -196,14 +210,40 @@ class Watcher:
         """The file that already writes the outputs of ``name``'s scan name (``Y.AIM`` for ``Y.ISQ``)."""
         key = naming.scan_name(Path(name)).casefold()
         for other, e in self.journal.state.items():
-            if other != name and e["event"] in ("start", "done", "abandoned"):
+            if other != name and e["event"] in ("start", "done", "abandoned", "retry"):
                 if naming.scan_name(Path(other)).casefold() == key:
                     return other
         return None
 
     # ------------------------------------------------------------------ one pass
-    def _key(self, st: os.stat_result) -> str:
-        return f"{st.st_size}:{st.st_mtime_ns}"
+    @staticmethod
+    def _stat_key(st: os.stat_result) -> str:
+        """Cheap: has the file changed since we last looked (for stability and for skipping settled files)."""
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+    def _settled(self, name: str, stat_key: str) -> bool:
+        """Done or failed, for this very version of the file (by its stat, or by its content key hashed)."""
+        if self.journal.settled_stat(name, stat_key):
+            return True
+        cached = self._hashes.get(name)
+        return cached is not None and cached[0] == stat_key and self.journal.settled(name, cached[1])
+
+    def _key(self, path: Path, st: os.stat_result) -> str | None:
+        """The journal's key: size, mtime and a blake2b of the whole content (``outputs.fingerprint``, the one
+        key of run and cohorts), hashed once per version of the file. None while it changes under us."""
+        sk = self._stat_key(st)
+        cached = self._hashes.get(path.name)
+        if cached and cached[0] == sk:
+            return cached[1]
+        try:
+            fp = outputs.fingerprint(path)
+        except (OSError, VbmdInputError):
+            return None
+        key = f"{fp['size']}:{fp['mtime_ns']}:{fp['blake2b']}"
+        if sk != self._stat_key(os.stat(path, follow_symlinks=False)):
+            return None
+        self._hashes[path.name] = (sk, key)
+        return key
 
     def candidates(self) -> list[tuple[Path, str]]:
         """Arrived scans not yet settled, oldest first; refuses (once) what must not be read."""
@@ -226,8 +266,10 @@ class Watcher:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished
-            key = self._key(st)
-            if self.journal.settled(name, key):
+            key = self._stat_key(st)
+            if self._settled(name, key):
+                continue
+            if self._retry_at.get(name, 0.0) > now:  # an environmental failure (disk full): retried later
                 continue
             if (
                 entry.is_symlink()
@@ -243,6 +285,7 @@ class Watcher:
                         "input",
                         "is a symbolic link or leaves the input folder: refused",
                         "copy the scan itself into the input folder",
+                        stat=key,
                     )
                 continue
             if not entry.is_file(follow_symlinks=False):
@@ -253,8 +296,16 @@ class Watcher:
                 self._seen[name] = (key, now)
                 first = self._seen[name]
             stable = self.stable_for > 0 and now - first[1] >= self.stable_for
-            if marker or (stable and (self._parses(p) or now - first[1] >= PARSE_GRACE * self.stable_for)):
-                found.append((st.st_mtime_ns, p, key))
+            complete = self._complete(p) if stable and not marker else None
+            # A header that never parses is processed after a grace (and fails, saying why); a header that
+            # parses with its data not all there (a preallocated file, a stalled copy) is never taken
+            # without its marker: a half-copied scan is not a scan.
+            late = complete is None and stable and now - first[1] >= PARSE_GRACE * self.stable_for
+            if marker or complete or (late and not self._incomplete.get(name)):
+                content = self._key(p, st)
+                if content is None or self.journal.settled(name, content):
+                    continue
+                found.append((st.st_mtime_ns, p, content))
         return [(p, key) for _, p, key in sorted(found)]
 
     @staticmethod
@@ -266,33 +317,45 @@ class Watcher:
             return False
         return m.st_mtime_ns >= st.st_mtime_ns
 
-    @staticmethod
-    def _parses(path: Path) -> bool:
-        """The header is valid and all the data it declares is in the file (a copy still running is not).
+    def _complete(self, path: Path) -> bool | None:
+        """True: the header is valid and all the data it declares is in the file. None: the header does not
+        parse (yet). False: it parses, but the data is not all there yet.
 
         A preallocated file has its full size from the start: there, a greyscale scan whose data still ends
-        in a block of zero bytes (no real scan's last slice is noise-free) is taken as still being written.
+        in a block of zero bytes (no real scan's last slice is noise-free) is still being written, however
+        long it has not changed (a stalled copy).
         """
         try:
             hdr = aim.read_header(path)
-            if hdr.type_code != aim.TYPE_INT16 or hdr.data_length == 0:
-                return True
-            n = min(hdr.data_length, 1 << 16)
+        except (VbmdInputError, OSError):
+            self._incomplete.pop(path.name, None)
+            return None
+        if hdr.type_code != aim.TYPE_INT16 or hdr.data_length == 0:
+            return True
+        n = min(hdr.data_length, 1 << 16)
+        try:
             with open(path, "rb") as f:
                 f.seek(hdr.byte_offset + hdr.data_length - n)
                 tail = f.read(n)
-        except (VbmdInputError, OSError):
-            return False
-        return tail.count(0) != len(tail)
+        except OSError:
+            return None
+        done = len(tail) == n and tail.count(0) != len(tail)
+        self._incomplete[path.name] = not done
+        return done
+
+    def _parses(self, path: Path) -> bool:
+        return bool(self._complete(path))
 
     def handle(self, path: Path, key: str) -> bool:
         """Process one arrived scan; True when done."""
         name = path.name
         try:  # the file may have changed since it was listed: then it has not arrived yet
-            if self._key(path.stat(follow_symlinks=False)) != key:
+            st = path.stat(follow_symlinks=False)
+            if self._key(path, st) != key:
                 return False
         except OSError:
             return False
+        stat_key = self._stat_key(st)
         owner = self._owner(name)
         if owner is not None:
             self._fail(
@@ -302,13 +365,14 @@ class Watcher:
                 f"has the same output name as {owner}, which this service already processes into this folder",
                 "rename one of them",
                 retire=False,
+                stat=stat_key,
             )
             return False
         prev = self.journal.state.get(name)
         attempt = 1
         if prev is not None and prev["event"] == "abandoned" and prev["key"] == key:
             attempt = int(prev.get("attempt", 1)) + 1
-        self.journal.record("start", name, key, attempt=attempt)
+        self.journal.record("start", name, key, attempt=attempt, stat=stat_key)
         self.write_health("busy", scan=name, busy_since=_now())
         t0 = time.perf_counter()
         try:
@@ -318,23 +382,37 @@ class Watcher:
             self._seen.pop(name, None)
             self.log(f"{name} changed while it was processed; nothing written, it will be taken again")
             return False
+        except OutputUnavailable as e:  # OUT full or not writable: not the scan's fault; retried once it is fixed
+            self._environment(path, key, e)
+            return False
         except VbmdInputError as e:
-            self._fail(path, key, "input", e.problem, e.fix, shown=str(e))
+            self._fail(path, key, "input", e.problem, e.fix, shown=str(e), stat=stat_key)
             return False
         except Exception as e:  # noqa: BLE001 - one bad scan must not stop the service
+            if isinstance(e, OSError) and e.errno in ENVIRONMENTAL_ERRNOS:  # a write of OUT, unwrapped
+                self._environment(path, key, OutputUnavailable(self.out, f"cannot write ({e.strerror})", "free space"))
+                return False
             self._fail(
                 path,
                 key,
                 "internal",
                 f"{type(e).__name__}: {e}",
                 "report this with the scan's header (vbmd-rt info); set VBMD_RT_DEBUG=1 for a traceback",
+                stat=stat_key,
             )
             print_traceback_if_debug()
             return False
+        self._retry_at.pop(name, None)
+        self._env_error = None
         with contextlib.suppress(OSError):
             (self.failed_dir / f"{naming.scan_name(path)}.error.json").unlink()  # an earlier failure is stale
         self.journal.record(
-            "done", name, key, d100_mg_ha_cm3=result.get("d100_mg_ha_cm3"), seconds=round(time.perf_counter() - t0, 3)
+            "done",
+            name,
+            key,
+            d100_mg_ha_cm3=result.get("d100_mg_ha_cm3"),
+            seconds=round(time.perf_counter() - t0, 3),
+            stat=stat_key,
         )
         self.counts.done += 1
         d = result.get("d100_mg_ha_cm3")
@@ -352,6 +430,7 @@ class Watcher:
         fix: str | None,
         shown: str | None = None,
         retire: bool = True,
+        stat: str | None = None,
     ):
         name = path.name
         err = {
@@ -371,9 +450,20 @@ class Watcher:
             self.log(f"warning: cannot write the failed list ({e})")
         if retire:
             self._retire_stale(path)
-        self.journal.record("failed", name, key, kind=kind)
+        self.journal.record("failed", name, key, kind=kind, **({"stat": stat} if stat else {}))
         self.counts.failed += 1
         self.log(f"failed: {shown or f'{name}: {problem}'}")
+
+    def _environment(self, path: Path, key: str, e: OutputUnavailable) -> None:
+        """A failure of OUT (disk full, permissions), not of the scan: nothing goes to failed/, the scan stays
+        unsettled and is retried after a back-off, and health turns red until a scan is written again."""
+        name = path.name
+        self.journal.record("retry", name, key, reason=e.problem)
+        self._seen.pop(name, None)
+        self._retry_at[name] = time.monotonic() + self.poll * RETRY_POLLS
+        self._env_error = str(e)
+        self.write_health("error", error=str(e), scan=name)
+        self.log(f"cannot write the result of {name}: {e}; it will be retried")
 
     def _move(self, path: Path) -> None:
         assert self.move_done is not None
@@ -424,7 +514,10 @@ class Watcher:
         beat.start()
         try:
             while not self.stop.is_set():
-                self.write_health("idle")
+                if self._env_error is None:
+                    self.write_health("idle")
+                else:
+                    self.write_health("error", error=self._env_error)
                 todo = self.candidates()
                 for path, key in todo:
                     if self.stop.is_set():
@@ -447,7 +540,7 @@ class Watcher:
         if self.stable_for <= 0:
             return False
         return any(
-            not self.journal.settled(n, k) and (n, k) not in self._refused
+            not self._settled(n, k) and (n, k) not in self._refused and not self._incomplete.get(n)
             for n, (k, _) in self._seen.items()
             if (self.in_dir / n).exists()
         )
@@ -493,6 +586,8 @@ def health(out: str | Path, max_age: float = 120.0) -> tuple[bool, str]:
         return False, f"the service's process {h['pid']} is gone (last beat {age:.0f} s ago, {counts})"
     if age > max_age:
         return False, f"health file is {age:.0f} s old (limit {max_age:.0f} s): the service is stuck or gone"
+    if h.get("status") == "error":  # alive, but it cannot write its results (disk full, permissions)
+        return False, f"cannot write results: {h.get('error')} (scans wait and are retried; {counts})"
     state = h.get("status")
     if state == "busy":
         state = f"busy with {h.get('scan')} since {h.get('busy_since')}"

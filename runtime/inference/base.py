@@ -65,6 +65,10 @@ def require_onnxruntime() -> None:
         )
 
 
+class InputShapeError(ValueError):
+    """A model input outside the shapes the engine was built for (a scan's geometry the model cannot take)."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The network input a backend accepts: name, dtype and the shape range (``opt`` is the usual shape)."""
@@ -79,7 +83,7 @@ class InputSpec:
         if len(shape) != len(self.min_shape) or not all(
             lo <= s <= hi for s, lo, hi in zip(shape, self.min_shape, self.max_shape, strict=True)
         ):
-            raise ValueError(
+            raise InputShapeError(
                 f"input {self.name!r} of shape {tuple(shape)} is outside {self.min_shape}..{self.max_shape}"
             )
 

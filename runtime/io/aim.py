@@ -23,6 +23,7 @@ compressed codecs live apart in ``codecs``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
@@ -48,6 +49,7 @@ __all__ = [
     "read_aim",
     "read_isq",
     "read_header",
+    "read_whole",
     "write_aim",
     "encode_binary_rle",
     "decode_binary_rle",
@@ -171,6 +173,7 @@ class Scan:
     data: np.ndarray
     header: AimHeader
     path: str | None = None
+    fingerprint: dict | None = None  # read_whole: the file's identity and a hash of every byte read
 
     @property
     def calibration(self) -> Calibration | None:
@@ -304,19 +307,24 @@ def read_header(path: str | os.PathLike) -> AimHeader:
     """Read and validate the header of an AIM (v020/v030) or ISQ file, without the data."""
     path = os.fspath(path)
     f = _open_regular(path)
-    size = os.fstat(f.fileno()).st_size
     with f:
-        head = f.read(16)
-        if len(head) < 16:
-            _fail(path, "empty or too short to be an AIM file" if size else "empty file")
-        if head == ISQ_MAGIC:
-            return _isq_header(f, path, size)
-        if head == V030_MAGIC:
-            return _v030_header(f, path, size)
-        pre = struct.unpack("<4i", head)
-        if pre[0] == 20 and pre[1] == 140:
-            return _v020_header(f, path, size)
-        _fail(path, "not an AIM or ISQ file (unknown header)")
+        return _header_of(f, path, os.fstat(f.fileno()).st_size)
+
+
+def _header_of(f, path, size: int) -> AimHeader:
+    """The header of the open file ``f`` (of ``size`` bytes), read from its start."""
+    f.seek(0)
+    head = f.read(16)
+    if len(head) < 16:
+        _fail(path, "empty or too short to be an AIM file" if size else "empty file")
+    if head == ISQ_MAGIC:
+        return _isq_header(f, path, size)
+    if head == V030_MAGIC:
+        return _v030_header(f, path, size)
+    pre = struct.unpack("<4i", head)
+    if pre[0] == 20 and pre[1] == 140:
+        return _v020_header(f, path, size)
+    _fail(path, "not an AIM or ISQ file (unknown header)")
     raise AssertionError("unreachable")
 
 
@@ -499,7 +507,30 @@ def _isq_header(f, path, size) -> AimHeader:
         _fail(path, "truncated: the header runs past the end of the file")
     _check_dims(path, dim, TYPE_INT16, size - start)
     need = dim[0] * dim[1] * dim[2] * 2
-    # nr_of_bytes is a 32-bit field (it wraps past 2 GiB); nr_of_blocks counts whole 512-byte blocks.
+    # The data ends where the file does (at most padded to a whole 512-byte block). A file with a block or
+    # more past the data has a header block count that does not match it (a padded count reads every voxel
+    # 256 places late): which bytes are the voxels is unknown, so it is refused.
+    extra = size - start - need
+    if extra >= 512:
+        _fail(
+            path,
+            f"header is inconsistent: its data offset ({blocks} header blocks) and dimensions {list(dim)} leave "
+            f"{extra} bytes of the file unaccounted for",
+        )
+    # Extended header blocks begin with Scanco's "MultiHeader" directory. Blocks that do not are no header: a
+    # padded block count that would start the voxels a block late.
+    if blocks > 0:
+        f.seek(512)
+        if not f.read(16).startswith(b"MultiHeader"):
+            _fail(
+                path,
+                f"header is inconsistent: its data offset counts {blocks} extended header blocks, "
+                "but they hold no extended header (every voxel would be read late)",
+            )
+    # nr_of_bytes is a 32-bit field (it wraps past 2 GiB); nr_of_blocks counts whole 512-byte blocks. Scanco
+    # always fills both; a header with neither does not say how much data it has.
+    if not fields["nr_of_bytes"] and not fields["nr_of_blocks"] and need & 0xFFFFFFFF:
+        _fail(path, "header gives no data size (nr_of_bytes and nr_of_blocks are both 0)")
     if fields["nr_of_bytes"] and fields["nr_of_bytes"] & 0xFFFFFFFF != need & 0xFFFFFFFF:
         _fail(
             path,
@@ -549,10 +580,18 @@ def _read_data(path, hdr: AimHeader, mmap: bool) -> np.ndarray:
         with open(path, "rb") as f:
             f.seek(hdr.byte_offset)
             arr = np.fromfile(f, dtype=dtype, count=n)
+        if arr.size != n:
+            _changed(path)
         return arr.reshape(hdr.shape)
     with open(path, "rb") as f:
         f.seek(hdr.byte_offset)
         raw = np.frombuffer(f.read(hdr.data_length), dtype=np.uint8)
+    return _decode_compressed(path, hdr, raw)
+
+
+def _decode_compressed(path, hdr: AimHeader, raw: np.ndarray) -> np.ndarray:
+    code = hdr.type_code
+    n = hdr.dim[0] * hdr.dim[1] * hdr.dim[2]
     if code == TYPE_BITPACKED:
         return _decode_bitpacked(raw, hdr.dim, path).reshape(hdr.shape)
     isz = 8 if hdr.version == 3 else 4
@@ -577,14 +616,113 @@ def _read_data(path, hdr: AimHeader, mmap: bool) -> np.ndarray:
     return _decode_char_rle(stream, n, path).reshape(hdr.shape)
 
 
+# One read of the whole file, hashed in the same pass: the scan's identity for resume, watch and cohorts.
+FINGERPRINT_METHOD = "blake2b-256 of every byte of the file"
+READ_CHUNK = 16 << 20
+
+
+def content_hasher():
+    """The hash of a file's whole content (``fingerprint['blake2b']``)."""
+    return hashlib.blake2b(digest_size=32)
+
+
+def content_hasher_of(data: bytes) -> str:
+    """``content_hasher``'s hex digest of ``data``."""
+    h = content_hasher()
+    h.update(data)
+    return h.hexdigest()
+
+
+def _changed(path) -> None:
+    raise AimFormatError(
+        path,
+        "changed while it was being read (truncated, overwritten or still being copied)",
+        "run it again once the file is complete and no longer written to",
+    )
+
+
+def _read_hashed(f, view: memoryview, h, path) -> None:
+    """Fill ``view`` from ``f`` in chunks, hashing each; a short read means the file shrank under us."""
+    at, n = 0, len(view)
+    while at < n:
+        got = f.readinto(view[at : min(n, at + READ_CHUNK)])
+        if not got:
+            _changed(path)
+        h.update(view[at : at + got])
+        at += got
+
+
+def read_whole(path: str | os.PathLike, check=None) -> Scan:
+    """Read an AIM/ISQ file into memory from one open descriptor, hashing every byte in the same pass.
+
+    ``check(header)`` runs after the header is read and before any voxel data is read or decoded (refuse a
+    mask, a voxel size or a memory need there). No memory map: a file truncated or overwritten while it is
+    read gives :class:`AimFormatError` (exit 2), never a SIGBUS. The file must be the same (size, mtime,
+    inode) at the end of the read as when it was opened. The returned scan's ``fingerprint`` holds ``size``,
+    ``mtime_ns``, ``inode`` and ``blake2b`` (of the whole file).
+    """
+    path = os.fspath(path)
+    f = _open_regular(path)
+    with f:
+        st0 = os.fstat(f.fileno())
+        hdr = _header_of(f, path, st0.st_size)
+        if check is not None:
+            check(hdr)
+        h = content_hasher()
+        try:
+            f.seek(0)
+            head = f.read(hdr.byte_offset)
+            if len(head) != hdr.byte_offset:
+                _changed(path)
+            h.update(head)
+            raw = None
+            if hdr.type_code in (TYPE_INT16, TYPE_CHAR):
+                data = np.empty(hdr.shape, dtype=_DTYPES[hdr.type_code])
+                _read_hashed(f, memoryview(data.reshape(-1)).cast("B"), h, path)  # type: ignore[arg-type]
+            else:
+                raw = np.empty(hdr.data_length, dtype=np.uint8)
+                _read_hashed(f, memoryview(raw), h, path)  # type: ignore[arg-type]
+            total = hdr.byte_offset + hdr.data_length
+            while chunk := f.read(READ_CHUNK):  # associated data and padding: part of the file's identity
+                h.update(chunk)
+                total += len(chunk)
+            st1 = os.fstat(f.fileno())
+        except OSError as e:
+            raise AimFormatError(path, f"cannot read ({e.strerror})", "check the file") from None
+    try:
+        st2 = os.stat(path)
+    except OSError:
+        st2 = None
+    same = (st0.st_size, st0.st_mtime_ns)
+    if (
+        total != st0.st_size
+        or (st1.st_size, st1.st_mtime_ns) != same
+        or st2 is None
+        or (st2.st_size, st2.st_mtime_ns, st2.st_ino, st2.st_dev) != (*same, st0.st_ino, st0.st_dev)
+    ):
+        _changed(path)
+    if raw is not None:
+        data = _decode_compressed(path, hdr, raw)
+    fp = {
+        "size": st0.st_size,
+        "mtime_ns": st0.st_mtime_ns,
+        "inode": st0.st_ino,
+        "blake2b": h.hexdigest(),
+        "method": FINGERPRINT_METHOD,
+    }
+    return Scan(data=data, header=hdr, path=path, fingerprint=fp)
+
+
 def read_aim(path: str | os.PathLike, mmap: bool = True) -> Scan:
     """Read an AIM (v020 or v030) or ISQ file.
 
     Returns a :class:`Scan` whose ``data`` is (z, y, x): int16 for greyscale (a read-only
-    memory map unless ``mmap=False``), int8 for char and binary masks (decoded in memory).
-    Raises :class:`AimFormatError` naming the file for anything that is not a complete,
-    supported AIM/ISQ file.
+    memory map unless ``mmap=False``, which reads it into memory once: :func:`read_whole`), int8 for
+    char and binary masks (decoded in memory). Raises :class:`AimFormatError` naming the file for
+    anything that is not a complete, supported AIM/ISQ file.
     """
+    if not mmap:
+        return read_whole(path)
     hdr = read_header(path)
     try:
         data = _read_data(os.fspath(path), hdr, mmap)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from vbmd_rt.runtime.errors import OutputError
+from vbmd_rt.runtime.errors import OutputError, OutputUnavailable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "check_writable_dir"]
 
@@ -25,7 +25,9 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = True):
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     except OSError as e:
-        raise OutputError(path.parent, f"cannot write here ({e.strerror})", "choose a writable output folder") from None
+        raise OutputUnavailable(
+            path.parent, f"cannot write here ({e.strerror})", "choose a writable output folder"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -36,7 +38,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = True):
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise OutputError(path, f"cannot write ({e.strerror})", "check free space and permissions") from None
+        raise OutputUnavailable(path, f"cannot write ({e.strerror})", "check free space and permissions") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -73,9 +75,9 @@ def check_writable_dir(path: str | os.PathLike, create: bool = True) -> Path:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OutputError(
+            raise OutputUnavailable(
                 path, f"cannot create output folder ({e.strerror})", "choose a writable location"
             ) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(path, "output folder is not writable", "choose a writable output folder")
+        raise OutputUnavailable(path, "output folder is not writable", "choose a writable output folder")
     return path

@@ -17,7 +17,18 @@ import numpy as np
 
 from vbmd_rt.runtime.errors import CalibrationError
 
-__all__ = ["Calibration", "calibration_from_log", "to_density", "from_density"]
+__all__ = ["Calibration", "calibration_from_log", "implausible", "to_density", "from_density", "PHYSICAL"]
+
+# What a physical Scanco calibration can be (XtremeCT I: Mu_Scaling 8192, slope 1441.1 mg HA/cm³ per 1/cm,
+# intercept -356.4 mg HA/cm³, mu water 0.2464 1/cm; XtremeCT II and the µCTs: slopes ~1000-3000, intercepts
+# ~-100 to -800, mu water 0.2-0.9 1/cm by energy), with wide margins. Outside them the header lies, and a D100
+# computed from it (1e39, or negative) would be nonsense: the scan is refused, naming the field.
+PHYSICAL = {
+    "Mu_Scaling": (1.0, 1e6),
+    "Density: slope": (10.0, 1e5),  # mg HA/cm³ per (1/cm); never negative or zero
+    "Density: intercept": (-1e4, 1e4),  # mg HA/cm³
+    "HU: mu water": (0.01, 10.0),  # 1/cm
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,23 @@ def calibration_from_log(parsed: dict[str, object]) -> Calibration | None:
     mu_water = float(mu_water) if isinstance(mu_water, (int, float)) and mu_water > 0 else None
     unit = parsed.get("Density: unit")
     return Calibration(mu_scaling, slope, intercept, mu_water, unit if isinstance(unit, str) else "mg HA/ccm")
+
+
+def implausible(cal: Calibration) -> str | None:
+    """Why ``cal`` cannot be a physical calibration (the field and its value), or None when it can."""
+    values = {
+        "Mu_Scaling": cal.mu_scaling,
+        "Density: slope": cal.slope,
+        "Density: intercept": cal.intercept,
+        "HU: mu water": cal.mu_water,
+    }
+    for key, v in values.items():
+        if v is None:
+            continue
+        lo, hi = PHYSICAL[key]
+        if not (np.isfinite(v) and lo <= v <= hi):
+            return f"{key} {v:.6g} is outside the physical range {lo:g} to {hi:g}"
+    return None
 
 
 def _require(cal: Calibration | None, path=None) -> Calibration:

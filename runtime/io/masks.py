@@ -172,13 +172,28 @@ def read_mask_file(path: str | os.PathLike, scan_header: aim.AimHeader) -> np.nd
     elif name.endswith(".gobj"):
         data, el, pos = _read_gobj(p)
     else:
-        m = aim.read_aim(p, mmap=False)
-        if m.header.version == 4:
-            _fail(p, "is an ISQ scan, not a mask", "pass the mask (AIM, GOBJ or NIfTI)")
-        if not m.header.is_mask:
-            _fail(p, "is a greyscale int16 AIM, not a mask", "pass the mask (char or binary AIM, GOBJ or NIfTI)")
+        m = aim.read_whole(p, check=lambda h: _check_mask_header(p, h, scan_header))  # before any decoding
         data, el, pos = np.asarray(m.data), m.header.element_size_mm, m.header.position
     return place_on_grid(p, data, el, pos, scan_header)
+
+
+def _check_mask_header(p: Path, header: aim.AimHeader, scan_header: aim.AimHeader) -> None:
+    """Refuse from the mask's header alone, before its (possibly compressed) data is decoded: a scan, another
+    grid, or a block of more than twice the scan's voxels (a run-length stream can claim 10^9 voxels in a few MB)."""
+    if header.version == 4:
+        _fail(p, "is an ISQ scan, not a mask", "pass the mask (AIM, GOBJ or NIfTI)")
+    if not header.is_mask:
+        _fail(p, "is a greyscale int16 AIM, not a mask", "pass the mask (char or binary AIM, GOBJ or NIfTI)")
+    el, el_s = (np.asarray(e, dtype=np.float64) for e in (header.element_size_mm, scan_header.element_size_mm))
+    if not np.allclose(el, el_s, rtol=1e-4, atol=1e-7):
+        place_on_grid(p, np.zeros((0, 0, 0), np.uint8), header.element_size_mm, header.position, scan_header)
+    if int(np.prod(header.dim, dtype=np.int64)) > 2 * int(np.prod(scan_header.dim, dtype=np.int64)):
+        _fail(
+            p,
+            f"mask of {' x '.join(map(str, header.dim))} voxels is larger than the scan "
+            f"({' x '.join(map(str, scan_header.dim))})",
+            "pass the mask drawn on this scan",
+        )
 
 
 def place_on_grid(path, data: np.ndarray, element_size_mm, position_xyz, scan_header: aim.AimHeader) -> np.ndarray:

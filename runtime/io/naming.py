@@ -6,8 +6,11 @@ and dataset discovery agree on them (and on which files are never taken as scans
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+from vbmd_rt.runtime.errors import printable
 
 SCAN_SUFFIXES = (".aim", ".isq")
 MASK_SUFFIXES = ("_GT", "_MASK", "_SEG")  # masks beside a scan: NAME_GT.AIM etc.
@@ -18,11 +21,35 @@ TRUTH_SUFFIX = ".truth.json"  # a phantom's truth
 SUMMARY_STEM = "summary"  # OUT/summary.csv and summary.json of a batch
 
 
+MAX_NAME_BYTES = 150  # NAME in bytes: NAME_SEG.AIM, .NAME_SEG.AIM.tmp-*, NAME.<time>.json stay under 255
+
+
 def scan_name(path: Path) -> str:
-    """NAME of ``NAME.AIM`` (also ``NAME.AIM;1`` as OpenVMS writes it)."""
+    """NAME of ``NAME.AIM`` (also ``NAME.AIM;1`` as OpenVMS writes it): the stem of every output and lock.
+
+    A stem too long for its outputs' names to fit a file system's 255 bytes is shortened: its first
+    characters, ``~`` and 10 hex digits of a hash of the whole stem (so two long names stay apart).
+    """
     name = path.name.split(";")[0]
     stem, ext = os.path.splitext(name)
-    return stem if ext.lower() in SCAN_SUFFIXES else name
+    name = stem if ext.lower() in SCAN_SUFFIXES else name
+    raw = os.fsencode(name)
+    if len(raw) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.blake2b(raw, digest_size=5).hexdigest()
+    keep, size = [], 0
+    for ch in name:
+        n = len(os.fsencode(ch))
+        if size + n > MAX_NAME_BYTES - 11:
+            break
+        keep.append(ch)
+        size += n
+    return "".join(keep) + "~" + digest
+
+
+def display_name(path: Path | str) -> str:
+    """A file's name for one line of output: newlines and undecodable bytes escaped."""
+    return printable(Path(path).name)
 
 
 def is_scan_file(path: Path) -> bool:

@@ -1,15 +1,16 @@
 """A scan's outputs as one transaction, tied to the input they came from.
 
-* **Fingerprint.** A scan is known by its size, its modification time (ns) and a sha256 of its first 64 KiB
-  (header and processing log), 16 blocks of 64 KiB spread over the data and its last 64 KiB: about 1 MiB
-  read of a 1.5 GB scan, the whole file when it is smaller. A result is reused only when the fingerprint,
-  the model and the options that change the result all match (``reusable``).
+* **Fingerprint.** A scan is known by its size, mtime and a blake2b of its whole content, computed in the same
+  pass as its one read (``aim.read_whole``); the inode is recorded to see a change during processing. A
+  result is reused only when the fingerprint, the model and the options that change the result all match
+  (``reusable``). Manifests record each output's size and blake2b.
 * **Transaction.** Every file of a scan is written into a hidden staging folder
   ``OUT/.vbmd-rt/staging/NAME.<pid>-<random>/``, then a manifest of them (names, sizes, hashes, the input's
-  fingerprint) is written there, then the files are renamed into OUT and the result JSON, which carries the
-  same manifest, is renamed last: the commit. A kill before the JSON's rename leaves the previous JSON, whose
-  manifest no longer matches the files, so nothing is trusted and the scan is redone; the staging folder's
-  manifest tells the next run which of the files in OUT it wrote.
+  fingerprint) is written there; then the previous JSON is taken down (into the staging folder), the files
+  are renamed into OUT and the result JSON, which carries the same manifest, is renamed last: the commit. So
+  a JSON never stands beside files it does not name: a kill before the switch leaves the previous result
+  whole, a kill during it leaves no result, and the scan is redone; the staging folder's manifest and the
+  previous JSON tell the next run which of the files in OUT it wrote (and what goes to history).
 * **Ownership.** The tool replaces or deletes only files that a manifest of its own (the committed JSON, or
   a staging folder left by a kill) lists with the same size and hash. Anything else at an output's name
   (``NAME_SEG.AIM`` of another tool, a user's ``NAME.png``) is refused without ``--overwrite``.
@@ -33,14 +34,15 @@ import threading
 import time
 from pathlib import Path
 
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.errors import OutputError, OutputUnavailable, VbmdInputError
+from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
 STATE_DIR = ".vbmd-rt"
 BLOCK = 1 << 16
 SAMPLED_BLOCKS = 16
-FINGERPRINT_METHOD = f"sha256 of head, {SAMPLED_BLOCKS} spread and tail blocks of {BLOCK} bytes (whole file if small)"
 KILL_AFTER_ENV = "VBMD_RT_TEST_KILL_AFTER_RENAME"  # fault injection for the tests: die after N renames
+PREVIOUS = "previous.json"  # in a staging folder: the result its commit took down before switching files
 
 __all__ = [
     "fingerprint",
@@ -69,7 +71,16 @@ class ScanBusy(Exception):
 
 
 def content_hash(path: str | os.PathLike, size: int | None = None) -> str:
-    """sha256 of a file's head, spread blocks and tail (the whole file when that is no more)."""
+    """blake2b of every byte of a file (``aim.FINGERPRINT_METHOD``)."""
+    h = aim.content_hasher()
+    with open(path, "rb") as f:
+        while block := f.read(aim.READ_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sampled_hash(path: str | os.PathLike, size: int | None = None) -> str:
+    """sha256 of a file's head, spread blocks and tail: the manifests of vbmd-rt 0.2, read to own their files."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         n = os.fstat(f.fileno()).st_size if size is None else size
@@ -86,38 +97,60 @@ def content_hash(path: str | os.PathLike, size: int | None = None) -> str:
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
-    """The input's identity: ``size``, ``mtime_ns`` and ``sha256_sampled`` (see the module's doc)."""
+    """The input's identity: ``size``, ``mtime_ns``, ``inode`` and ``blake2b`` of its whole content.
+
+    The one "exactly once" key of ``run``, cohorts and the watch service (``same_input`` compares size, mtime
+    and content: a copy with another scan's size and mtime, or a change anywhere in the data, is another input).
+    A file that changes while it is hashed raises ``InputChanged``.
+    """
     st = os.stat(path)
+    digest = content_hash(path)
+    st2 = os.stat(path)
+    if (st2.st_size, st2.st_mtime_ns, st2.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+        raise InputChanged(path, "changed while it was being read (still being copied?)", "run it again once complete")
     return {
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
-        "sha256_sampled": content_hash(path, st.st_size),
-        "method": FINGERPRINT_METHOD,
+        "inode": st.st_ino,
+        "blake2b": digest,
+        "method": aim.FINGERPRINT_METHOD,
     }
 
 
+def fingerprint_of(scan) -> dict:
+    """The fingerprint of a scan read by ``aim.read_whole`` (hashed in its one read), as ``fingerprint``."""
+    return dict(scan.fingerprint) if scan.fingerprint else fingerprint(scan.path)
+
+
 def same_input(a: dict | None, b: dict | None) -> bool:
-    keys = ("size", "mtime_ns", "sha256_sampled")
-    return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in keys)  # type: ignore[union-attr]
+    """One input: the same size, mtime and hash of the whole content (a touched file is redone; a file with
+    another's size and mtime, or changed anywhere, is another input)."""
+    if not a or not b or not a.get("blake2b"):
+        return False
+    return all(a.get(k) == b.get(k) for k in ("size", "mtime_ns", "blake2b"))
 
 
 def unchanged_since(path: str | os.PathLike, fp: dict) -> bool:
-    """Cheap check (stat only) that the file is still the one fingerprinted."""
+    """Cheap check (stat only) that the file is still the one fingerprinted: size, mtime and inode."""
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return st.st_size == fp["size"] and st.st_mtime_ns == fp["mtime_ns"]
+    same = st.st_size == fp["size"] and st.st_mtime_ns == fp["mtime_ns"]
+    return same and fp.get("inode", st.st_ino) == st.st_ino
 
 
 def file_record(path: Path) -> dict:
-    st = path.stat()
-    return {"size": st.st_size, "sha256_sampled": content_hash(path, st.st_size)}
+    return {"size": path.stat().st_size, "blake2b": content_hash(path)}
 
 
 def _matches(path: Path, rec: dict) -> bool:
     try:
-        return path.is_file() and path.stat().st_size == rec.get("size") and file_record(path) == rec
+        if not path.is_file() or path.stat().st_size != rec.get("size"):
+            return False
+        if "blake2b" in rec:
+            return content_hash(path) == rec["blake2b"]
+        return "sha256_sampled" in rec and sampled_hash(path) == rec["sha256_sampled"]  # a 0.2 manifest
     except OSError:
         return False
 
@@ -217,6 +250,9 @@ def owned_files(out: Path, name: str, json_name: str) -> dict[str, dict | None]:
             manifests.append(m["outputs"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        prev = read_result(st / PREVIOUS)  # the result a killed commit took down: its files are still ours
+        if prev is not None and isinstance(prev.get("outputs"), dict):
+            manifests.append(prev["outputs"])
     for m in manifests:
         for f, rec in m.items():
             if isinstance(rec, dict) and _matches(out / f, rec):
@@ -272,7 +308,10 @@ class Transaction:
             t.commit("NAME.json", result)               # result gets "outputs" and "history"
     """
 
-    def __init__(self, out: str | os.PathLike, name: str, targets: list[str], overwrite: bool = False):
+    def __init__(
+        self, out: str | os.PathLike, name: str, targets: list[str], overwrite: bool = False, prune: bool = True
+    ):
+        self.prune = prune  # remove files of the previous result that this one does not write (run: yes)
         self.out = Path(out)
         self.name = name
         self.targets = list(targets)  # file names in OUT, the JSON last
@@ -280,6 +319,8 @@ class Transaction:
         self.json_name = self.targets[-1]
         self.staging: Path | None = None
         self.committed = False
+        self.switched = 0  # steps of the commit's switch done
+        self.keep_staging = False
 
     def __enter__(self) -> Transaction:
         check_writable_dir(self.out)
@@ -293,7 +334,10 @@ class Transaction:
                         "exists and was not written by vbmd-rt for this scan",
                         "pass --overwrite to replace it, or choose another -o",
                     )
+        self.previous = None
         for st in _leftover_stagings(self.out, self.name):  # a killed run's: its manifest was read above
+            if self.previous is None:  # a commit killed mid-switch: the result it took down goes to history
+                self.previous = read_result(st / PREVIOUS)
             shutil.rmtree(st, ignore_errors=True)
         root = state_dir(self.out, "staging")
         self.staging = root / f"{self.name}.{os.getpid()}-{secrets.token_hex(4)}"
@@ -309,7 +353,7 @@ class Transaction:
         assert self.staging is not None
         files = [f for f in self.targets[:-1] if self.path(f).is_file()]
         outputs = {f: file_record(self.path(f)) for f in files}
-        old = read_result(self.out / self.json_name)
+        old = read_result(self.out / self.json_name) or self.previous
         history = list((old or {}).get("history") or [])
         if old is not None and not (
             same_input((old.get("scan") or {}).get("fingerprint"), (result.get("scan") or {}).get("fingerprint"))
@@ -323,27 +367,50 @@ class Transaction:
         manifest = {"scan": self.name, "outputs": outputs, "fingerprint": (result.get("scan") or {}).get("fingerprint")}
         atomic_write_bytes(self.staging / "manifest.json", (json.dumps(manifest) + "\n").encode())
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
-        for i, f in enumerate([*files, self.json_name]):
+        # The switch: the old JSON is taken down first (into the staging folder, where the next run finds it),
+        # then the files are renamed into OUT, then the new JSON: at no moment does a JSON stand beside files
+        # it does not name. A kill in between leaves no result (and the staging folder's manifest and
+        # previous result, which tell the next run what is ours); the scan is then done again.
+        steps = [(self.out / self.json_name, self.staging / PREVIOUS)]
+        steps += [(self.path(f), self.out / f) for f in [*files, self.json_name]]
+        for i, (src, dst) in enumerate(steps):
             if i == kill_after:
                 os._exit(137)  # fault injection (tests only): as if killed between two renames
+            if i == 0 and not (src.exists() or src.is_symlink()):
+                continue
             try:
-                os.replace(self.path(f), self.out / f)
+                os.replace(src, dst)
+                if i == 0:
+                    _fsync_dir(self.out)  # the old JSON is gone before any file changes
             except OSError as e:
-                raise OutputError(
-                    self.out / f, f"cannot write ({e.strerror})", "check free space and permissions"
+                self._abort_switch(i)
+                raise OutputUnavailable(
+                    dst, f"cannot write ({e.strerror})", "check free space and permissions"
                 ) from None
+            self.switched = i + 1
         self.committed = True
         # Files of the previous result that this one does not write (e.g. NAME_PROB.AIM of an earlier
         # --save-prob run) would be left unlisted by any manifest: they go, being ours.
-        for f in self.owned:
+        for f in self.owned if self.prune else ():
             if f not in outputs and f != self.json_name:
                 with contextlib.suppress(OSError):
                     (self.out / f).unlink()
         _fsync_dir(self.out)
         return result
 
+    def _abort_switch(self, failed_step: int) -> None:
+        """A rename failed: before any file was switched, the previous JSON goes back up (the previous result
+        stands whole); after, the staging folder is kept (its manifest and the previous JSON tell the next
+        run what is ours and what goes to history)."""
+        prev = self.staging / PREVIOUS if self.staging is not None else None
+        if failed_step <= 1 and prev is not None and prev.exists():
+            with contextlib.suppress(OSError):
+                os.replace(prev, self.out / self.json_name)
+                return
+        self.keep_staging = failed_step > 1
+
     def __exit__(self, *exc) -> None:
-        if self.staging is not None:
+        if self.staging is not None and not self.keep_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -362,7 +429,7 @@ def clean_staging(out: str | os.PathLike) -> int:
             with scan_lock(out, st.name.rsplit(".", 1)[0], wait=False):
                 keep = (st / "manifest.json").is_file()
                 for f in st.iterdir():
-                    if keep and f.name == "manifest.json":
+                    if keep and f.name in ("manifest.json", PREVIOUS):
                         continue
                     with contextlib.suppress(OSError):
                         freed += f.stat().st_size

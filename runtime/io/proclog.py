@@ -18,6 +18,7 @@ __all__ = [
     "SEPARATOR",
     "PUBLIC_FIELDS",
     "public_fields",
+    "public_log",
     "scan_date",
     "values_block",
     "append_values",
@@ -65,11 +66,11 @@ def _value(text: str):
 def parse_log(text: str) -> dict[str, object]:
     """Parse a processing log into ``{key: value}``; numbers become int/float.
 
-    Later blocks win over earlier ones for repeated keys (IPL appends the newest operation
+    Line ends may be LF, CRLF or CR alone (old Macintosh exports). Later blocks win over earlier ones for repeated keys (IPL appends the newest operation
     last). Lines without a two-space separator are kept under their own text with value "".
     """
     out: dict[str, object] = {}
-    for raw in text.replace("\r", "").split("\n"):
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):  # CRLF, CR-only and LF logs alike
         line = raw.rstrip("\0").strip()
         if not line or line.startswith("!"):
             continue
@@ -86,6 +87,23 @@ def parse_log(text: str) -> dict[str, object]:
 def public_fields(parsed: dict[str, object]) -> dict[str, object]:
     """The subset of a parsed log that identifies no patient (scanner, calibration)."""
     return {k: parsed[k] for k in PUBLIC_FIELDS if k in parsed}
+
+
+def public_log(text: str) -> str:
+    """The log with only its public lines: separators and the fields of ``PUBLIC_FIELDS`` (scanner,
+    acquisition, calibration). For outputs other than the mask AIM (``NAME_PROB.AIM``): no patient name,
+    index, file path, date or free text reaches them."""
+    keep: list[str] = []
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        line = raw.rstrip("\0").rstrip()
+        if line.startswith("!"):
+            if not keep or keep[-1] != SEPARATOR:
+                keep.append(SEPARATOR)  # a comment line may carry free text: only the separator is kept
+            continue
+        parts = [p for p in _SPLIT.split(line.strip()) if p]
+        if len(parts) >= 2 and parts[0] in PUBLIC_FIELDS:
+            keep.append(line)
+    return "\n".join(keep) + "\n" if keep else ""
 
 
 SEPARATOR = "!" + "-" * 79

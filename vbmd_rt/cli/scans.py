@@ -141,6 +141,8 @@ def run(
     check_writable_dir(out)
     if groups is not None:
         bids.write_description(out)
+    elif len(files) > 1 or cluster or num_parts > 1:  # a user's summary.csv in OUT is refused before any work
+        cohort.check_summary(out, num_parts, part_id, overwrite)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
@@ -217,7 +219,7 @@ def run(
         if not quiet:
             typer.echo(f"table: {tsv}", err=True)
     elif len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
-        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id)
+        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id, overwrite=overwrite)
         if not quiet:
             typer.echo(f"summary: {csv_path}", err=True)
     if skipped and not quiet:
@@ -227,7 +229,8 @@ def run(
             err=True,
         )
     if failed:
-        typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
+        if len(files) > 1:  # one scan: its own error line is the one line
+            typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
         raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
 
 
