@@ -81,6 +81,16 @@ def _fixed(vol: np.ndarray, shape: tuple[int, int, int], centre_z: int) -> np.nd
 def samples(model: Model, path: Path, positions: list[float]) -> list[np.ndarray]:
     scan = pipeline.read_scan(path)
     vol, _ = preprocess.to_model(scan.data, model.spec, spacing_zyx=scan.header.element_size_mm[::-1])
+    if model.card.arch.bone_window:  # the runtime's own inputs: identified bone, its window, one slice each
+        from vbmd_rt.runtime import bonewin, identify
+
+        vol = bonewin.to_input_units(vol, scan.calibration)
+        idt = identify.identify(vol, float(model.spec.spacing_mm), log=scan.header.processing_log, path=path)
+        win = bonewin.place(idt.region, int(round(bonewin.EXTEND_MM / model.spec.spacing_mm)))
+        image = bonewin.cut(vol[win.z0 : win.z1], win, float(np.percentile(vol[:, ::8, ::8], 1)))
+        pri = bonewin.prior(bonewin.cut(idt.region[win.z0 : win.z1], win, False))
+        ks = [int(round(p * (image.shape[0] - 1))) for p in positions]
+        return [x for x in bonewin.batch(image, pri, ks)]  # (CHANNELS, size, size) each
     out = []
     for p in positions:
         k = int(round(p * (vol.shape[0] - 1)))

@@ -321,35 +321,3 @@ def train(r: Recipe, log=print) -> Path:
             tmp.replace(last)
             t_mark = time.perf_counter()  # saving is not training time
     return last
-
-
-def export_model(last: Path, out: Path, record: dict | None = None, check_cases: int = 2) -> dict:
-    """``last.pt`` of a training run -> ``out``: FP32 and FP16 ONNX and the model card (``export.onnx_export``)."""
-    from vbmd_rt.export import onnx_export
-
-    ck = torch.load(last, weights_only=False, map_location="cpu")
-    widths = list(ck.get("recipe", {}).get("widths", WIDTHS))
-    card = {
-        "architecture": "bonewin2d",
-        "name": "vbmd-rt-mc2-bonewin2d-phantom",
-        "preprocessing": bonewin.GRID.to_dict(),
-        "threshold": 0.5,
-        "config": {"widths": widths},
-        "description": (
-            "One-bone segmenter: MC2's periosteal envelope in a 39 mm window centred on the bone that the "
-            "identification stage named; 2D with five context slices and the identified region as inputs"
-        ),
-        "training": {k: v for k, v in (record or {}).items() if k != "history"},
-        "training_data": {
-            k: (record or {})[k]
-            for k in ("recipe", "families", "held_out", "steps", "train_minutes", "hardware", "init")
-            if k in (record or {})
-        },
-    }
-    tmp = out.parent / (out.name + ".ckpt.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"card": card, "model": ck["net"]}, tmp)
-    try:
-        return onnx_export.export(tmp, out, check_cases=check_cases, name=card["name"])
-    finally:
-        tmp.unlink(missing_ok=True)

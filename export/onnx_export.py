@@ -264,9 +264,7 @@ def export(
     else:
         ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
         if "recipe" in ck and "card" not in ck:  # a one-bone segmenter's training checkpoint
-            from vbmd_rt.export.bonewin import export_model
-
-            return export_model(Path(checkpoint), out, extra_card, check_cases)
+            return export_bonewin(Path(checkpoint), out, extra_card, check_cases)
         base = dict(ck["card"])
         net = nets.build(base["architecture"], base.get("config"))
         net.load_state_dict(ck["model"])
@@ -329,3 +327,36 @@ def export_untrained(arch: str, out: str | Path, seed: int = 0) -> dict:
         ck = Path(tmp) / "untrained.pt"
         torch.save({"card": card, "model": net.state_dict()}, ck)
         return export(ck, out, check_cases=1, name=f"untrained-{arch}")
+
+
+def export_bonewin(last: Path, out: Path, record: dict | None = None, check_cases: int = 2) -> dict:
+    """``last.pt`` of a training run -> ``out``: FP32 and FP16 ONNX and the model card (``export.onnx_export``)."""
+    from vbmd_rt.export.bonewin import WIDTHS
+    from vbmd_rt.runtime import bonewin
+
+    ck = torch.load(last, weights_only=False, map_location="cpu")
+    widths = list(ck.get("recipe", {}).get("widths", WIDTHS))
+    card = {
+        "architecture": "bonewin2d",
+        "name": "vbmd-rt-mc2-bonewin2d-phantom",
+        "preprocessing": bonewin.GRID.to_dict(),
+        "threshold": 0.5,
+        "config": {"widths": widths},
+        "description": (
+            "One-bone segmenter: MC2's periosteal envelope in a 39 mm window centred on the bone that the "
+            "identification stage named; 2D with five context slices and the identified region as inputs"
+        ),
+        "training": {k: v for k, v in (record or {}).items() if k != "history"},
+        "training_data": {
+            k: (record or {})[k]
+            for k in ("recipe", "families", "held_out", "steps", "train_minutes", "hardware", "init")
+            if k in (record or {})
+        },
+    }
+    tmp = out.parent / (out.name + ".ckpt.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"card": card, "model": ck["net"]}, tmp)
+    try:
+        return export(tmp, out, check_cases=check_cases, name=card["name"])
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -30,6 +30,14 @@ class TorchBackend(Backend):
     @classmethod
     def from_model(cls, model, device: str = "auto", precision: str | None = None) -> TorchBackend:
         """From a runtime ``Model`` (card + folder): the weights of its FP32 ONNX."""
+        if model.card.arch.bone_window:
+            from vbmd_rt.runtime.inference.base import BackendError
+
+            raise BackendError(
+                model.folder,
+                "the torch backend reads U-Net weights back from ONNX; this model's ONNX has its batch norm folded",
+                "use --backend onnxruntime (or auto), or --model unet3d with --backend torch",
+            )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         net = nets.build(model.architecture, model.card.config)

@@ -226,6 +226,8 @@ def analyse(
         checks = dict(info.pop("checks", {}))
         checks["shape"] = qc.plausibility(mask, spacing_zyx, _box(info.get("box")))
         info["qc"] = qc.verdict(checks, m)
+        if calibration is None:  # no D100 without a calibration: never a pass
+            info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], NO_CALIBRATION]}
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings)
@@ -403,9 +405,6 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
     mask, info, m, warnings, cal = a.mask, a.info, a.measures, a.warnings, scan.calibration
     detected = info["side"]
     stage("write")
-    if cal is None and info["qc"].get("status") != "review":  # no D100 without a calibration: never a pass
-        reasons = [*info["qc"].get("reasons", []), NO_CALIBRATION]
-        info["qc"] = {**info["qc"], "status": "review", "reasons": reasons}
     result = {
         "d100_mg_ha_cm3": m["d100_mg_ha_cm3"],
         "bone_volume_mm3": m["bone_volume_mm3"],

@@ -31,8 +31,16 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _ORANGE, _WHITE = (0, 200, 255), (255, 255, 255)
 
 
+def _ascii(text: str) -> str:
+    """What OpenCV's Hershey fonts can draw: printable ASCII, at most 200 characters (others become ``?``;
+    OpenCV can crash on what it cannot encode)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text)[:200])
+
+
 def _text(img: np.ndarray, text: str, org, scale: float = 0.5, colour=_WHITE, thick: int = 1) -> None:
-    """Text with a dark outline, readable on bone and on background alike."""
+    """Text with a dark outline, readable on bone and on background alike. OpenCV's fonts are ASCII: other
+    characters (a file name's, µ, ³) are shown as ``?``, and a line is cut to what a picture can hold."""
+    text = _ascii(text)
     x, y = org
     for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1)):  # the same glyphs shifted: a thicker stroke
         cv2.putText(img, text, (x + dx, y + dy), _FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)  # widens them
@@ -127,7 +135,7 @@ def _header(width: int, result: dict) -> np.ndarray:
     el = scan.get("element_size_mm") or []
     line1 = f"{scan.get('file', '?')}   D100 {'n/a' if d100 is None else f'{d100:.1f}'} mg HA/cm3"
     _text(band, line1, (10, 24), 0.65, _WHITE, 2)
-    (tw, _), _ = cv2.getTextSize(line1, _FONT, 0.65, 2)
+    (tw, _), _ = cv2.getTextSize(_ascii(line1), _FONT, 0.65, 2)
     colour = (80, 200, 80) if status == "pass" else (40, 150, 255)
     verdict = f"QC: {status.upper()}" + (f" - {reasons[0]}" if status == "review" and reasons else "")
     if status == "review" and len(reasons) > 1:

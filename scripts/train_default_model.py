@@ -60,9 +60,9 @@ def main() -> None:
     a = ap.parse_args()
     data, out = Path(a.data), Path(a.out)
     if a.export:
-        from vbmd_rt.export.bonewin import export_model
+        from vbmd_rt.export.onnx_export import export_bonewin
 
-        export_model(out / "last.pt", Path(a.export), json.loads((out / "train.json").read_text()))
+        export_bonewin(out / "last.pt", Path(a.export), json.loads((out / "train.json").read_text()))
         return
     folders = {"train_std": ("standard", a.train_standard), "train_rand": (f"random:{HOLD_OUT}", a.train_random)}
     if a.all_families:

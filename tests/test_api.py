@@ -51,7 +51,7 @@ def test_predictor_on_an_array_needs_spacing_and_gives_the_same_mask(run_out):
 
 
 def test_a_backend_runs_only_while_active():
-    be = create("onnxruntime", load_model(None), "cpu")
+    be = create("onnxruntime", load_model("unet3d"), "cpu")
     x = np.zeros((1, 1, 16, 64, 64), np.float32)
     with pytest.raises(RuntimeError, match="inactive"):
         be.infer(x)
@@ -84,11 +84,14 @@ def test_device_cuda_without_a_gpu_is_an_input_error_not_a_cpu_run(run_out, tmp_
 
 
 def test_the_model_card_round_trips_without_machine_paths(tmp_path):
-    m = load_model(None)
+    m = load_model("unet3d")
     d = m.card.to_dict()
     again = ModelCard.from_dict(json.loads(json.dumps(d)))
     assert again == m.card
     assert again.window == WindowSpec("volume", 80, 16, 16)
+    bundled = load_model(None).card
+    assert ModelCard.from_dict(json.loads(json.dumps(bundled.to_dict()))) == bundled
+    assert bundled.window == WindowSpec("slices", 32, 0, 16)
     assert not d["training"]["data"].startswith("/")  # a folder name, not this machine's path
     folder = tmp_path / "m"
     shutil.copytree(m.folder, folder)

@@ -16,7 +16,7 @@ def test_flops_of_the_bundled_net_match_torch():
 
     from vbmd_rt.export import nets
 
-    model = load_model(None)
+    model = load_model("unet3d")
     net = nets.build(model.architecture, model.card.config).eval()
     shape = (1, 1, 16, 64, 96)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -61,3 +61,14 @@ def test_bench_small_report(tmp_path):
     assert rep["machine"]["cores"] >= 1 and rep["throughput"]["memory_copy_gb_s"] > 0
     assert "vs 33 s" in r.stdout and "3D net" in r.stdout
     assert rep["network"]["unet3d"]["onnxruntime-cpu"]["per_window_s"]["median"] > 0
+
+
+def test_training_throughput_is_measured_per_architecture():
+    pytest.importorskip("torch")
+    from vbmd_rt.bench import train_speed
+
+    r = train_speed.run(archs=("bonewin2d",), steps=1, log=lambda s: None)["bonewin2d"]
+    assert r["input"] == [24, 6, 160, 160] and r["parameters"] > 100_000
+    assert r["steps_per_s"] > 0 and r["output_voxels_per_s"] == pytest.approx(
+        24 * 160 * 160 / r["seconds_per_step"], rel=0.01
+    )

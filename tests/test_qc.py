@@ -111,8 +111,10 @@ def test_every_run_result_carries_a_verdict(phantoms, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())
     assert res["qc"]["status"] in ("pass", "review") and isinstance(res["qc"]["reasons"], list)
-    assert {"baseline", "confidence", "shape"} <= set(res["qc"])
-    assert "qc" in res["timings_s"]
+    assert {"identity", "agreement", "confidence", "shape"} <= set(res["qc"])
+    assert "qc" in res["timings_s"] and "identify" in res["timings_s"]
+    ident = res["identity"]
+    assert ident["candidates"][ident["choice"]]["evidence"] and ident["margin"] is not None
 
 
 def test_a_barely_working_network_is_flagged(phantoms):

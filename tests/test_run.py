@@ -62,7 +62,17 @@ def test_outputs_json_and_mask_line_up_with_truth(cases, results, i):
     truth = json.loads((cases / f"{name}.truth.json").read_text())
     res = json.loads((results / f"{name}.json").read_text())
     assert KEYS <= set(res)
-    assert set(res["timings_s"]) == {"read", "preprocess", "inference", "postprocess", "vbmd", "qc", "write", "total"}
+    assert set(res["timings_s"]) == {
+        "read",
+        "preprocess",
+        "identify",
+        "inference",
+        "postprocess",
+        "vbmd",
+        "qc",
+        "write",
+        "total",
+    }
     assert res["backend"]["name"] == "onnxruntime-cpu"
     assert res["model"]["sha256"] == load_model().sha256("fp32")
     assert res["side"] == truth["side"]
@@ -134,16 +144,16 @@ def test_uncalibrated_scan_still_gets_a_mask(cases, tmp_path):
     assert (tmp_path / "out" / "NOCAL_SEG.AIM").exists()
 
 
-def test_scan_without_bone_gives_an_empty_mask_and_a_warning(cases, tmp_path):
+def test_scan_without_bone_is_refused_as_not_a_hand(cases, tmp_path):
+    """No metacarpal, no result: exit 2 with one line, never a D100 (the identification stage decides)."""
     s = aim.read_aim(cases / "PHANTOM_0001.AIM")
     air = np.full(s.header.shape, -2000, np.int16) + np.random.default_rng(0).integers(
         -50, 50, s.header.shape, dtype=np.int16
     )
     aim.write_aim(tmp_path / "AIR.AIM", air, s.header)
     r = cli("run", tmp_path / "AIR.AIM", "-o", tmp_path / "out", "-q")
-    assert r.returncode == 0, r.stderr
-    res = json.loads((tmp_path / "out" / "AIR.json").read_text())
-    assert res["bone_volume_mm3"] == 0 and res["d100_mg_ha_cm3"] is None and res["warnings"]
+    assert r.returncode == 2 and "metacarpal" in _only_error(r)
+    assert not (tmp_path / "out" / "AIR.json").exists()
 
 
 def test_out_not_writable(cases, tmp_path):
