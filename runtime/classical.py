@@ -117,13 +117,14 @@ def _hull(m: np.ndarray) -> np.ndarray:
     return out.astype(bool)
 
 
-def track(bone: np.ndarray, spacing_zyx, p: Params = Params()) -> np.ndarray:
+def track(bone: np.ndarray, spacing_zyx, p: Params = Params(), split=None) -> np.ndarray:
     """Periosteal regions of every bone, tracked slice by slice from the proximal end (int32 labels).
 
     A slice's bone pieces take the label of the region they overlap in the slice before; a piece that
     touches two regions (neighbouring heads) is split between them by distance; a piece that touches
     none starts a new bone (a phalanx beyond the joint). Each bone's pieces are then closed and filled
-    on their own, so a phalanx cup around a head never swallows it.
+    on their own, so a phalanx cup around a head never swallows it. ``split(mask) -> labels``: how a new
+    group of pieces is cut into bones (``runtime.identify.split``: touching shafts); None keeps it whole.
     """
     px = float(np.mean(spacing_zyx[1:]))
     min_px = max(4, int(p.min_volume_mm3 / 20.0 / (px * px)))
@@ -155,11 +156,18 @@ def track(bone: np.ndarray, spacing_zyx, p: Params = Params()) -> np.ndarray:
                 groups, g = ndimage.label(
                     cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group), structure=eight
                 )
-                for j in range(1, g + 1):
-                    piece = (groups == j) & unowned
-                    if piece.sum() >= min_px:
-                        assigned[piece] = next_label
-                        next_label += 1
+                for j, gsl in enumerate(ndimage.find_objects(groups), start=1):
+                    whole = groups[gsl] == j
+                    if split is None:
+                        parts = [whole]
+                    else:
+                        cut = split(cv2.morphologyEx(whole.astype(np.uint8), cv2.MORPH_CLOSE, close) > 0)
+                        parts = [cut == q for q in range(1, int(cut.max()) + 1)]
+                    for part in parts:
+                        sel = part & unowned[gsl]
+                        if sel.sum() >= min_px:
+                            assigned[gsl][sel] = next_label
+                            next_label += 1
         cur = np.zeros_like(prev)
         for lab in np.unique(assigned[assigned > 0]):
             sl = ndimage.find_objects((assigned == lab).astype(np.uint8))[0]

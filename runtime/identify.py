@@ -198,61 +198,10 @@ def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_rad
 
 
 def track(bone: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
-    """Bone instances tracked slice by slice from the proximal end (int32 labels), as ``classical.track``,
-    with touching bones kept apart: a new piece that holds several bones (shafts touching in the first
-    slice) is split on its distance map, and a piece touching several bones of the slice before is shared
-    between them by distance."""
-    close, group = classical._disc(p.close_mm / spacing_mm), classical._disc(p.group_mm / spacing_mm)
-    min_px = max(4, int(p.min_volume_mm3 / 20.0 / (spacing_mm * spacing_mm)))
-    out = np.zeros(bone.shape, np.int32)
-    prev = np.zeros(bone.shape[1:], np.int32)
-    next_label = 1
-    eight = np.ones((3, 3), bool)
-    for k in range(bone.shape[0]):
-        pieces, n = ndimage.label(bone[k], structure=eight)
-        assigned = np.zeros_like(prev)
-        unowned = np.zeros(prev.shape, bool)
-        near = None
-        for j, sl in enumerate(ndimage.find_objects(pieces), start=1):
-            piece = pieces[sl] == j
-            owners = np.unique(prev[sl][piece])
-            owners = owners[owners > 0]
-            if owners.size == 1:
-                assigned[sl][piece] = owners[0]
-            elif owners.size > 1:
-                if near is None:
-                    idx = ndimage.distance_transform_edt(prev == 0, return_distances=False, return_indices=True)
-                    near = prev[idx[0], idx[1]]
-                assigned[sl][piece] = near[sl][piece]
-            else:
-                unowned[sl][piece] = True
-        if unowned.any():
-            closed = cv2.morphologyEx(unowned.astype(np.uint8), cv2.MORPH_CLOSE, group) > 0
-            groups, g = ndimage.label(closed, structure=eight)
-            for j, sl in enumerate(ndimage.find_objects(groups), start=1):
-                parts = split(
-                    cv2.morphologyEx((groups[sl] == j).astype(np.uint8), cv2.MORPH_CLOSE, close) > 0, spacing_mm
-                )
-                for q in range(1, int(parts.max()) + 1):
-                    sel = (parts == q) & unowned[sl]
-                    if sel.sum() >= min_px:
-                        assigned[sl][sel] = next_label
-                        next_label += 1
-        cur = np.zeros_like(prev)
-        for lab, sl in enumerate(ndimage.find_objects(assigned), start=1):
-            if sl is None:
-                continue
-            pad = close.shape[0]
-            sl = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in sl)
-            m = cv2.morphologyEx((assigned[sl] == lab).astype(np.uint8), cv2.MORPH_CLOSE, close)
-            filled = ndimage.binary_fill_holes(m)
-            hull = classical._hull(m)
-            if filled.sum() < p.hull_fill * hull.sum():
-                filled = hull
-            cur[sl][filled & (cur[sl] == 0)] = lab
-        out[k] = cur
-        prev = cur
-    return out
+    """Bone instances tracked slice by slice from the proximal end (int32 labels): ``classical.track`` with
+    touching bones kept apart (a new group of pieces that holds several bones, shafts touching in the first
+    slice, is cut on its distance map by ``split``)."""
+    return classical.track(bone, (spacing_mm,) * 3, p, split=lambda m: split(m, spacing_mm))
 
 
 def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
