@@ -62,6 +62,7 @@ class Bone:
     length_mm: float
     edge: bool  # touches the field of view's edge
     evidence: dict = field(default_factory=dict)
+    name: str = ""  # the naming chosen: MC2, MC3 ... along the row, thumb; "" for a bone off the naming
 
     def to_dict(self) -> dict:
         return {
@@ -72,6 +73,7 @@ class Bone:
             "joint_mm": round(self.joint_mm, 1),
             "joint_in_view": self.joint_in_view,
             "at_edge": self.edge,
+            "name": self.name,
             **({"evidence": self.evidence} if self.evidence else {}),
         }
 
@@ -470,6 +472,17 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
 # --------------------------------------------------------------------------- the stage
 
 
+def _name_row(bones: list[Bone], choice: int, thumb: int | None) -> None:
+    """Names for the picture and the record: MC2, then MC3, MC4, MC5 along the row away from it, the thumb."""
+    row = [i for i in range(len(bones)) if i != thumb]
+    p2 = np.array([bones[choice].x_mm, bones[choice].y_mm])
+    row.sort(key=lambda i: float(np.hypot(bones[i].x_mm - p2[0], bones[i].y_mm - p2[1])))
+    for k, i in enumerate(row):
+        bones[i].name = f"MC{k + 2}" if k < 4 else "MC?"
+    if thumb is not None:
+        bones[thumb].name = "thumb"
+
+
 def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None) -> Identity:
     """MC2 on a model-grid volume in network units (``runtime.bonewin.to_input_units``), (z, y, x) at
     ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override)."""
@@ -515,6 +528,7 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
                 f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
             )
     mc2 = bones[choice]
+    _name_row(bones, choice, thumb)
     others = [b for i, b in enumerate(bones) if i != choice and i != thumb]
     found_side = None
     if others:

@@ -135,6 +135,13 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
     info["identity"] = idt.to_dict()
+    sy, sx = geometry.scale[1], geometry.scale[2]
+    for c in info["identity"]["candidates"]:  # where each bone is on the scan, for the picture
+        x_mm, y_mm = c["centre_mm"]
+        c["native_yx"] = [
+            round((y_mm / grid.spacing_mm + geometry.crop[0]) * sy, 1),
+            round((x_mm / grid.spacing_mm + geometry.crop[2]) * sx, 1),
+        ]
     if checks and not info["empty"]:
         with timer("qc"):
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}

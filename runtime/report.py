@@ -96,9 +96,11 @@ def context_panel(
     lo: float,
     hi: float,
     mm_per_px: float | None = None,
+    names: list | None = None,
 ) -> np.ndarray:
     """The whole slice (every bone of the hand) with the measured bone filled in colour and boxed, so a
-    wrong bone is visible at a glance; ``bb`` is its (z, y, x) box, ``mm_per_px`` the voxel size in-plane."""
+    wrong bone is visible at a glance; ``bb`` is its (z, y, x) box, ``mm_per_px`` the voxel size in-plane,
+    ``names`` [(name, native y, native x)...] labels the bones the identification stage named."""
     step = max(1, int(np.ceil(max(img.shape) / (2 * size))))  # decimate first: a 1536² slice in a few ms
     small, m = np.asarray(img[::step, ::step]), np.asarray(mask[::step, ::step]) != 0
     rgb = cv2.cvtColor(_grey(small, lo, hi), cv2.COLOR_GRAY2BGR)
@@ -114,6 +116,10 @@ def context_panel(
     rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     canvas = np.zeros((size, size, 3), np.uint8)
     canvas[: rgb.shape[0], : rgb.shape[1]] = rgb
+    for name, y, x in names or ():
+        if name:
+            org = (int(x / step * scale) - 10, int(y / step * scale) + 4)
+            _text(canvas, str(name), org, 0.4, _ORANGE if name == "MC2" else _WHITE)
     _text(canvas, label, (6, 18))
     _scale_bar(canvas, scale / (step * mm_per_px) if mm_per_px else None)
     return canvas
@@ -181,7 +187,11 @@ def montage(
         ys = np.array([bb[1].start, bb[1].stop - 1])
         xs = np.array([bb[2].start, bb[2].stop - 1])
         km = int((zs[0] + zs[-1]) // 2)
-        panels.append(context_panel(data[km], mask[km], bb, size, f"whole slice z {km}: bone measured", lo, hi, ex))
+        ident = (result or {}).get("identity") or {}
+        names = [(c.get("name"), *c["native_yx"]) for c in ident.get("candidates", []) if "native_yx" in c]
+        panels.append(
+            context_panel(data[km], mask[km], bb, size, f"whole slice z {km}: bone measured", lo, hi, ex, names)
+        )
         cy, cx = (ys[0] + ys[-1]) // 2, (xs[0] + xs[-1]) // 2
         half = int(max(ys[-1] - ys[0], xs[-1] - xs[0]) * 0.9) + 8
         y0, y1 = max(cy - half, 0), min(cy + half, data.shape[1])
