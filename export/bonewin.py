@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vbmd_rt.runtime import bonewin
+from vbmd_rt.runtime import bonewin, identify
 from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.preprocess import to_model, to_model_mask
 
@@ -99,11 +99,7 @@ def degrade(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A truth region (bool, model grid) made to look like the identification stage's coarse region: on a
     2x coarser grid, dilated or eroded by up to 1 mm, shifted by up to 1.5 mm, its distal end moved by up
     to 4 mm either way (extended slices repeat the last one, as a phalanx merged into the head would)."""
-    z, ny, nx = truth.shape
-    c = (
-        truth[: z // 2 * 2, : ny // 2 * 2, : nx // 2 * 2].reshape(z // 2, 2, ny // 2, 2, nx // 2, 2).mean((1, 3, 5))
-        > 0.5
-    )
+    c = identify.reduce2(truth) > 0.5  # the identification stage's coarse grid
     r = int(rng.integers(-2, 3))
     if r:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(r) + 1, 2 * abs(r) + 1))
@@ -120,9 +116,7 @@ def degrade(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             c[max(end + 1 + shift, 1) :] = False
         elif shift > 0:
             c[end + 1 : end + 1 + shift] = c[end]
-    up = np.zeros(truth.shape, bool)
-    up[: z // 2 * 2, : ny // 2 * 2, : nx // 2 * 2] = c.repeat(2, 0).repeat(2, 1).repeat(2, 2)
-    return up
+    return identify.expand2(c, truth.shape)
 
 
 def cache_case(scan_path: Path, gt_path: Path, rng: np.random.Generator, priors: int = 4) -> dict | None:

@@ -112,7 +112,8 @@ class Identity:
 # --------------------------------------------------------------------------- step 1-2: instances
 
 
-def _reduce2(vol: np.ndarray) -> np.ndarray:
+def reduce2(vol: np.ndarray) -> np.ndarray:
+    """Block mean over 2 x 2 x 2 voxels (float32; odd edges dropped): the coarse grid."""
     z, y, x = (s // 2 * 2 for s in vol.shape)
     if min(z, y, x) == 0:
         return vol.astype(np.float32)
@@ -131,6 +132,14 @@ def _levels(coarse: np.ndarray, p=PARAMS) -> tuple[float, float]:
     tissue, cortex = float(np.median(hand)), float(np.percentile(hand, 99.5))
     span = max(cortex - tissue, 0.0)
     return max(p.min_low_mg / 1000, tissue + p.low_frac * span), max(p.min_high_mg / 1000, tissue + p.high_frac * span)
+
+
+def expand2(coarse: np.ndarray, shape) -> np.ndarray:
+    """A coarse-grid volume back on the grid of ``shape`` (each voxel repeated 2 x 2 x 2; odd edges 0)."""
+    out = np.zeros(shape, coarse.dtype)
+    z, y, x = coarse.shape
+    out[: 2 * z, : 2 * y, : 2 * x] = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    return out
 
 
 def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
@@ -456,7 +465,6 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
                 low = xs[mc2] < float(np.mean(others))
                 ev["side"] = SIDE_WEIGHT if low == (side == "right") else -SIDE_WEIGHT
             hyps.append({"mc2": mc2, "thumb": thumb, "score": round(float(sum(ev.values())), 2), "evidence": ev})
-    hyps.sort(key=lambda h: -h["score"])
     if not hyps:
         return [], 0.0
     per_bone: dict[int, float] = {}
@@ -470,6 +478,17 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
 
 
 # --------------------------------------------------------------------------- the stage
+
+
+def find_candidates(vol: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[Bone]]:
+    """Steps 1-2 on a model-grid volume in network units: the instances on the 2x coarser grid (cortex
+    pieces joined) and the metacarpal candidates among them."""
+    cs = 2 * spacing_mm
+    labels = instances(reduce2(vol), cs)
+    for _ in range(8):
+        if not merge_pieces(labels, cs):
+            break
+    return labels, candidates(labels, cs)
 
 
 def _name_row(bones: list[Bone], choice: int, thumb: int | None) -> None:
@@ -493,13 +512,8 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
             f"field of view {fov[1]:.1f} x {fov[0]:.1f} mm cannot hold a metacarpal head (at least {MIN_FOV_MM:.0f} mm)",
             "pass an HR-pQCT scan of the MCP joints of the hand",
         )
-    coarse = _reduce2(vol)
+    labels, bones = find_candidates(vol, spacing_mm)
     cs = 2 * spacing_mm
-    labels = instances(coarse, cs)
-    for _ in range(8):
-        if not merge_pieces(labels, cs):
-            break
-    bones = candidates(labels, cs)
     if not bones:
         raise NotAHand(
             path,
@@ -519,8 +533,7 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
         if not hyps:
             raise NotAHand(path, "holds no row of metacarpals", "pass an HR-pQCT scan of the MCP joints of the hand")
         choice, thumb = hyps[0]["mc2"], hyps[0]["thumb"]
-        for h in hyps[:1]:
-            bones[choice].evidence = h["evidence"]
+        bones[choice].evidence = hyps[0]["evidence"]
         if margin < REVIEW_MARGIN:
             alt = next(h for h in hyps if h["mc2"] != choice)
             reasons.append(
@@ -539,9 +552,7 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
     region = labels == mc2.label
     end = int(round(mc2.joint_mm / cs))
     region[end:] = False
-    up = np.zeros(vol.shape, bool)
-    z, y, x = region.shape
-    up[: 2 * z, : 2 * y, : 2 * x] = region.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    up = expand2(region, vol.shape)
     return Identity(
         candidates=bones,
         choice=choice,

@@ -115,16 +115,17 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         vol = bonewin.to_input_units(vol, calibration)
     with timer("identify"):
         idt = identify.identify(vol, float(grid.spacing_mm), side, log, path)
+    sy, sx = geometry.scale[1], geometry.scale[2]
+
+    def native_yx(y_mm: float, x_mm: float) -> tuple[float, float]:
+        """A point of the (cropped) model grid, in mm, as native (y, x) voxel coordinates."""
+        return (y_mm / grid.spacing_mm + geometry.crop[0]) * sy, (x_mm / grid.spacing_mm + geometry.crop[2]) * sx
+
     prob = None
     if model.classical:
         mc2 = idt.candidates[idt.choice]
-        sy, sx = geometry.scale[1], geometry.scale[2]
-        near = (
-            (mc2.y_mm / grid.spacing_mm + geometry.crop[0]) * sy,
-            (mc2.x_mm / grid.spacing_mm + geometry.crop[2]) * sx,
-        )
         with timer("inference"):
-            mask, info = classical.segment(data, spacing_zyx, calibration, near=near)
+            mask, info = classical.segment(data, spacing_zyx, calibration, near=native_yx(mc2.y_mm, mc2.x_mm))
         with timer("postprocess"):
             on_grid = preprocess.to_model_mask(mask, geometry) > 0.5
     else:
@@ -135,13 +136,8 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
     info["identity"] = idt.to_dict()
-    sy, sx = geometry.scale[1], geometry.scale[2]
-    for c in info["identity"]["candidates"]:  # where each bone is on the scan, for the picture
-        x_mm, y_mm = c["centre_mm"]
-        c["native_yx"] = [
-            round((y_mm / grid.spacing_mm + geometry.crop[0]) * sy, 1),
-            round((x_mm / grid.spacing_mm + geometry.crop[2]) * sx, 1),
-        ]
+    for c, b in zip(info["identity"]["candidates"], idt.candidates, strict=True):  # for the picture
+        c["native_yx"] = [round(v, 1) for v in native_yx(b.y_mm, b.x_mm)]
     if checks and not info["empty"]:
         with timer("qc"):
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}

@@ -32,15 +32,9 @@ def case_bones(scan_path: Path, gt_path: Path):
     spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
     vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
     vol = bonewin.to_input_units(vol, scan.calibration)
-    coarse = identify._reduce2(vol)
-    cs = 2 * bonewin.GRID.spacing_mm
-    labels = identify.instances(coarse, cs)
-    for _ in range(8):
-        if not identify.merge_pieces(labels, cs):
-            break
-    bones = identify.candidates(labels, cs)
+    labels, bones = identify.find_candidates(vol, bonewin.GRID.spacing_mm)
     truth = to_model_mask(np.asarray(aim.read_aim(gt_path).data) != 0, geo) > 0.5
-    t = identify._reduce2(truth.astype(np.float32)) > 0.5
+    t = identify.reduce2(truth) > 0.5
     z = min(t.shape[0], labels.shape[0])
     overlap = [int((labels[:z] == b.label)[t[:z]].sum()) for b in bones]
     if len(bones) < 2 or max(overlap) == 0:
