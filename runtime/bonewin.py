@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from vbmd_rt.runtime.preprocess import MODEL_SPACING_MM, Spec
+from vbmd_rt.runtime.preprocess import MODEL_SPACING_MM, Spec, crop_pad, uncrop
 
 WINDOW_PX = 160  # 39.4 mm at 0.246 mm
 CONTEXT = (-4, -2, 0, 2, 4)  # model slices (0.246 mm) around the slice predicted
@@ -83,23 +83,13 @@ def place(region: np.ndarray, extend_slices: int) -> Window:
 
 def cut(vol: np.ndarray, win: Window, fill: float) -> np.ndarray:
     """``vol[:, y0:y1, x0:x1]`` for the window's box, padded with ``fill`` outside the grid (all slices)."""
-    y0, y1, x0, x1 = win.box
-    z, ny, nx = vol.shape
-    out = np.full((z, y1 - y0, x1 - x0), fill, dtype=vol.dtype)
-    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
-    if sy1 > sy0 and sx1 > sx0:
-        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = vol[:, sy0:sy1, sx0:sx1]
-    return out
+    return crop_pad(vol, win.box, fill)
 
 
 def paste(prob: np.ndarray, win: Window, shape: tuple[int, int, int]) -> np.ndarray:
     """Window probabilities (z1 - z0, size, size) back onto a zero model grid of ``shape``."""
     out = np.zeros(shape, np.float32)
-    y0, y1, x0, x1 = win.box
-    _, ny, nx = shape
-    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
-    if sy1 > sy0 and sx1 > sx0:
-        out[win.z0 : win.z1, sy0:sy1, sx0:sx1] = prob[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    out[win.z0 : win.z1] = uncrop(prob.astype(np.float32, copy=False), win.box, shape[1:])
     return out
 
 
