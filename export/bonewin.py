@@ -290,7 +290,7 @@ def train(r: Recipe, log=print) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         now = time.perf_counter()
         state["seconds"] += now - t_mark
         t_mark = now

@@ -117,7 +117,7 @@ def _hull(m: np.ndarray) -> np.ndarray:
     return out.astype(bool)
 
 
-def track(bone: np.ndarray, spacing_zyx, p: Params = Params(), split=None) -> np.ndarray:
+def track(bone: np.ndarray, spacing_zyx, p: Params = Params(), split=None, init=None) -> np.ndarray:
     """Periosteal regions of every bone, tracked slice by slice from the proximal end (int32 labels).
 
     A slice's bone pieces take the label of the region they overlap in the slice before; a piece that
@@ -125,13 +125,15 @@ def track(bone: np.ndarray, spacing_zyx, p: Params = Params(), split=None) -> np
     none starts a new bone (a phalanx beyond the joint). Each bone's pieces are then closed and filled
     on their own, so a phalanx cup around a head never swallows it. ``split(mask) -> labels``: how a new
     group of pieces is cut into bones (``runtime.identify.split``: touching shafts); None keeps it whole.
+    ``init``: labels of a slice before the first (``runtime.identify.shafts``: the shafts found on the mean
+    of the proximal slab), so that a cortex broken into arcs in the first slice starts as one bone.
     """
     px = float(np.mean(spacing_zyx[1:]))
     min_px = max(4, int(p.min_volume_mm3 / 20.0 / (px * px)))
     close, group = _disc(p.close_mm / px), _disc(p.group_mm / px)
     out = np.zeros(bone.shape, np.int32)
-    prev = np.zeros(bone.shape[1:], np.int32)
-    next_label = 1
+    prev = np.zeros(bone.shape[1:], np.int32) if init is None else np.asarray(init, np.int32)
+    next_label = int(prev.max()) + 1
     eight = np.ones((3, 3), bool)
     for k in range(bone.shape[0]):
         pieces, n = ndimage.label(bone[k], structure=eight)

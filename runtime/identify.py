@@ -154,7 +154,75 @@ def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
     keep[np.unique(labels[sm > high])] = True
     keep[0] = False
     bone = keep[labels]
-    return track(bone, spacing_mm, p)
+    return track(bone, spacing_mm, p, init=shafts(sm, low, high, spacing_mm, p))
+
+
+def reach(nz: int, spacing_mm: float, p=PARAMS) -> int:
+    """Slices of the proximal slab, where every metacarpal is a shaft: 15 % of the stack, at least 2 mm."""
+    return max(2, int(round(max(nz * p.proximal_fraction, 2.0 / spacing_mm))))
+
+
+def fill_open(mask: np.ndarray, max_px: int) -> np.ndarray:
+    """Holes filled, also the marrow of a bone that the field of view's edge cuts open: every background
+    component but the largest (the hand's soft tissue and the air) up to ``max_px`` pixels."""
+    bg, n = ndimage.label(~mask)
+    if n <= 1:
+        return mask.copy()
+    sizes = np.bincount(bg.ravel())
+    sizes[0] = 0
+    fill = sizes <= max_px
+    fill[0] = fill[int(sizes.argmax())] = False
+    return mask | fill[bg]
+
+
+def enclosed(mask: np.ndarray, spacing_mm: float, radius_mm: float = 8.0, need: int = 13) -> np.ndarray:
+    """Background pixels that bone surrounds: a ray in at least ``need`` of 16 directions meets ``mask``
+    within ``radius_mm``. The marrow of a cortex ring with a gap is enclosed; the soft tissue between
+    bones and outside them is not."""
+    steps = max(1, int(round(radius_mm / spacing_mm)))
+    h, w = mask.shape
+    pad = np.zeros((h + 2 * steps, w + 2 * steps), bool)
+    pad[steps : steps + h, steps : steps + w] = mask
+    hits = np.zeros(mask.shape, np.uint8)
+    for a in np.arange(16) * (2 * math.pi / 16):
+        seen = np.zeros(mask.shape, bool)
+        for r in range(1, steps + 1):
+            dy, dx = int(round(r * math.sin(a))), int(round(r * math.cos(a)))
+            seen |= pad[steps + dy : steps + dy + h, steps + dx : steps + dx + w]
+        hits += seen
+    return (hits >= need) & ~mask
+
+
+def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS) -> np.ndarray:
+    """The metacarpal shafts on the mean of the proximal slab (int32 labels, 2D): averaged over 2 mm or
+    more, a thin or noisy cortex is a closed ring, so each shaft is one filled cross-section, cut from its
+    neighbours on the distance map (``split``). The tracker starts from these (``classical.track(init=)``)."""
+    mean = sm[: reach(sm.shape[0], spacing_mm, p)].mean(axis=0)
+    eight = np.ones((3, 3), bool)
+    lab, n = ndimage.label(mean > low, structure=eight)
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(lab[mean > 0.5 * (low + high)])] = True  # the mean has no noise peaks: a lower seed level
+    keep[0] = False
+    close = classical._disc(p.close_mm / spacing_mm)
+    bone = cv2.morphologyEx(keep[lab].astype(np.uint8), cv2.MORPH_CLOSE, close) > 0
+    max_px = int(400.0 / spacing_mm**2)  # no metacarpal shaft is larger in cross-section
+    bone = fill_open(bone, max_px)
+    inner = enclosed(bone, spacing_mm)
+    if inner.any():  # rings with a gap: their marrow, closed to the cortex around it
+        bone = cv2.morphologyEx((bone | inner).astype(np.uint8), cv2.MORPH_CLOSE, close) > 0
+        bone = fill_open(bone, max_px)
+    pieces, n = ndimage.label(bone, structure=eight)
+    out = np.zeros(bone.shape, np.int32)
+    for j, sl in enumerate(ndimage.find_objects(pieces), start=1):
+        cut = split(pieces[sl] == j, spacing_mm)
+        for q in range(1, int(cut.max()) + 1):
+            part = cut == q
+            hull = classical._hull(part.astype(np.uint8))
+            if part.sum() < p.hull_fill * hull.sum() and hull.sum() <= max_px:  # a ring with a gap: its hull
+                part = hull
+            top = int(out.max())
+            out[sl][part & (out[sl] == 0)] = top + 1
+    return out
 
 
 def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_radius_mm: float = 1.2) -> np.ndarray:
@@ -208,19 +276,19 @@ def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_rad
     return out
 
 
-def track(bone: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
+def track(bone: np.ndarray, spacing_mm: float, p=PARAMS, init=None) -> np.ndarray:
     """Bone instances tracked slice by slice from the proximal end (int32 labels): ``classical.track`` with
     touching bones kept apart (a new group of pieces that holds several bones, shafts touching in the first
     slice, is cut on its distance map by ``split``)."""
-    return classical.track(bone, (spacing_mm,) * 3, p, split=lambda m: split(m, spacing_mm))
+    return classical.track(bone, (spacing_mm,) * 3, p, split=lambda m: split(m, spacing_mm), init=init)
 
 
 def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
     """The metacarpal-like instances: through the proximal slices, with a shaft's cross-section."""
     nz = labels.shape[0]
-    reach = max(2, int(round(max(nz * p.proximal_fraction, 2.0 / spacing_mm))))
+    top = reach(nz, spacing_mm, p)
     px2 = spacing_mm * spacing_mm
-    first = labels[:reach]
+    first = labels[:top]
     out = []
     objs = ndimage.find_objects(labels)
     for lab in np.unique(first[first > 0]):
@@ -228,16 +296,16 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
         sub = labels[sl] == lab
         area = np.zeros(nz)
         area[sl[0]] = sub.sum(axis=(1, 2)) * px2
-        present = np.flatnonzero(area[:reach] > 0)
-        if present.size < reach // 2:
+        present = np.flatnonzero(area[:top] > 0)
+        if present.size < top // 2:
             continue
-        shaft = float(np.median(area[:reach][area[:reach] > 0]))
+        shaft = float(np.median(area[:top][area[:top] > 0]))
         if shaft < 8.0 or shaft > 600.0:  # a fragment, or not a bone of a hand
             continue
         end = classical.joint_slice(area, p)
         zs = np.flatnonzero(area[:end] > 0)
         last = int(zs[-1]) + 1 if zs.size else end
-        ys, xs = np.nonzero((labels[:reach] == lab).any(axis=0))
+        ys, xs = np.nonzero((labels[:top] == lab).any(axis=0))
         edge = bool(
             sl[1].start == 0 or sl[2].start == 0 or sl[1].stop >= labels.shape[1] or sl[2].stop >= labels.shape[2]
         )
@@ -266,9 +334,9 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> bool:
     bones = candidates(labels, spacing_mm, p)
     if len(bones) < 2:
         return False
-    reach = max(2, int(round(max(labels.shape[0] * p.proximal_fraction, 2.0 / spacing_mm))))
-    slab = labels[:reach]
-    k = reach // 2
+    top = reach(labels.shape[0], spacing_mm, p)
+    slab = labels[:top]
+    k = top // 2
     for i, a in enumerate(bones):  # two candidates that are halves of one cross-section: no neck between
         for b in bones[i + 1 :]:
             if math.hypot(a.x_mm - b.x_mm, a.y_mm - b.y_mm) > 16.0:
@@ -340,6 +408,17 @@ def _row_residual(pts: np.ndarray) -> float:
     return float(np.sqrt(np.mean((across - np.polyval(fit, along)) ** 2)))
 
 
+def _joint_spread(row: list[Bone]) -> float:
+    """How far the row's most deviant joint lies from the row's median joint, in 3 mm (2: a bone whose joint
+    is beyond the stack while the others' are in view): the metacarpal heads end within a few mm of each
+    other, the thumb's joint lies elsewhere."""
+    inview = [b.joint_mm for b in row if b.joint_in_view]
+    if len(inview) < 2:
+        return 0.0
+    med = float(np.median(inview))
+    return max(min(abs(b.joint_mm - med) / 3.0, 2.0) if b.joint_in_view else 2.0 for b in row)
+
+
 def _cross(a: np.ndarray, b: np.ndarray) -> float:
     return float(a[0] * b[1] - a[1] * b[0])
 
@@ -369,8 +448,10 @@ FEATURES = (
     "thumb_next_to_mc2",
     "thumb_distance",
     "thumb_size",
+    "thumb_joint_off",
     "no_thumb_end_off_row",
     "row_residual",
+    "row_joint_spread",
     "mc2_at_edge",
     "other_at_edge",
     "trend_head",
@@ -379,25 +460,30 @@ FEATURES = (
 #: Weights of the evidence (log-odds per unit), fitted on the training families by
 #: ``scripts/calibrate_identity.py`` (a conditional logit over the hypotheses of each case).
 WEIGHTS = {
-    "row2_head": -0.2,
-    "row3_head": 0.44,
-    "row2_joint": -0.44,
-    "row3_joint": 0.51,
-    "row2_shaft": 3.0,
-    "row3_shaft": 0.51,
-    "thumb": -6.3,
-    "thumb_off_row": 2.85,
-    "thumb_beyond": 2.47,
-    "thumb_next_to_mc2": -0.76,
-    "thumb_distance": -0.09,
-    "thumb_size": -1.17,
-    "no_thumb_end_off_row": -2.56,
-    "row_residual": -8.34,
-    "mc2_at_edge": 0.2,
-    "other_at_edge": -0.17,
-    "trend_head": 1.62,
-    "trend_joint": 0.86,
+    "row2_head": 0.2,
+    "row3_head": 1.79,
+    "row2_joint": -0.43,
+    "row3_joint": 0.28,
+    "row2_shaft": 0.12,
+    "row3_shaft": -0.23,
+    "thumb": -7.64,
+    "thumb_off_row": 6.38,
+    "thumb_beyond": 4.17,
+    "thumb_next_to_mc2": -2.06,
+    "thumb_distance": -1.11,
+    "thumb_size": -2.59,
+    "thumb_joint_off": 0.94,
+    "no_thumb_end_off_row": -1.47,
+    "row_residual": -8.6,
+    "row_joint_spread": 0.06,
+    "mc2_at_edge": 0.23,
+    "other_at_edge": -0.76,
+    "trend_head": 2.6,
+    "trend_joint": 1.03,
 }
+#: Candidates that cannot all be whole metacarpals (calibrated on the training families: no correct naming
+#: there has a shaft below 0.3x or above 3x the median, or more than five candidates).
+MAX_CANDIDATES, FRAGMENT_RATIO, MERGED_RATIO = 5, 0.3, 3.0
 SIDE_WEIGHT = 8.0  # a side given by the user or written in the log outweighs anatomy
 
 
@@ -422,6 +508,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
     f["row2_shaft" if two else "row3_shaft"] = shaft
     f["row2_joint" if two else "row3_joint"] = joint
     f["row_residual"] = min(_row_residual(pts) / spacing, 2.0)
+    f["row_joint_spread"] = _joint_spread([bones[i] for i in row])
     if len(row) >= 3:  # along the row away from MC2: MC3 is the longest metacarpal, MC5 the shortest and smallest
         ordered = order if mc2 == order[0] else order[::-1]
         nxt, far = bones[ordered[1]], bones[ordered[-1]]
@@ -440,6 +527,10 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
         f["thumb_next_to_mc2"] = 1.0 if int(np.argmin(dist)) == mc2 else -1.0
         f["thumb_distance"] = float(np.clip(min(dist) / spacing, 0.0, 3.0))
         f["thumb_size"] = float(np.clip(math.log(max(t.shaft_mm2, 1) / max(a.shaft_mm2, 1)), -1.0, 1.0))
+        joints = [bones[i].joint_mm for i in row if bones[i].joint_in_view]
+        if joints:  # the thumb's joint is far from the row's, or beyond the stack (its phalanx starts elsewhere)
+            off = abs(t.joint_mm - float(np.median(joints))) / 3.0 if t.joint_in_view else 2.0
+            f["thumb_joint_off"] = float(np.clip(off, 0.0, 2.0))
     elif len(row) >= 3:
         f["no_thumb_end_off_row"] = max(
             min(_off_row(pts[[j for j in range(len(row)) if row[j] != e]], pts[row.index(e)]) / spacing, 2.0)
@@ -491,6 +582,20 @@ def find_candidates(vol: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, lis
     return labels, candidates(labels, cs)
 
 
+def irregular(bones: list[Bone]) -> str:
+    """Why the candidates do not look like one hand's metacarpals (a cortex found in pieces, two shafts
+    taken as one, more bones than a hand has), or "": the naming then rests on a wrong row."""
+    if len(bones) > MAX_CANDIDATES:
+        return f"{len(bones)} metacarpal candidates, a hand has at most {MAX_CANDIDATES} (thumb included)"
+    areas = np.array([b.shaft_mm2 for b in bones])
+    med = float(np.median(areas))
+    if areas.min() < FRAGMENT_RATIO * med:
+        return f"a shaft of {areas.min():.0f} mm² against a median of {med:.0f} mm² (a piece of a bone?)"
+    if areas.max() > MERGED_RATIO * med:
+        return f"a shaft of {areas.max():.0f} mm² against a median of {med:.0f} mm² (two bones as one?)"
+    return ""
+
+
 def _name_row(bones: list[Bone], choice: int, thumb: int | None) -> None:
     """Names for the picture and the record: MC2, then MC3, MC4, MC5 along the row away from it, the thumb."""
     row = [i for i in range(len(bones)) if i != thumb]
@@ -534,6 +639,9 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
             raise NotAHand(path, "holds no row of metacarpals", "pass an HR-pQCT scan of the MCP joints of the hand")
         choice, thumb = hyps[0]["mc2"], hyps[0]["thumb"]
         bones[choice].evidence = hyps[0]["evidence"]
+        odd = irregular(bones)
+        if odd:
+            reasons.append(f"bone instances uncertain: {odd}")
         if margin < REVIEW_MARGIN:
             alt = next(h for h in hyps if h["mc2"] != choice)
             reasons.append(

@@ -1,12 +1,18 @@
 """Fit the identification stage's evidence weights on training-family phantoms (never the held-out ones).
 
     python scripts/calibrate_identity.py DATA/train_rand DATA/train_std [--out weights.json]
+        [--stream 300 --stream-seed 21000 --cache candidates.pkl]
 
 For every case: the model grid, the bone instances and metacarpal candidates of ``runtime.identify``; the
 true MC2 is the candidate whose region overlaps the phantom's truth mask. The weights maximise the
 likelihood of the true MC2 under a conditional logit over the case's namings (each MC2 candidate summed
 over its thumb hypotheses), with a small L2 penalty. Prints the accuracy before and after, and the weights
 to paste into ``runtime.identify.WEIGHTS``.
+
+``--stream N``: N more phantoms of the training families (``HOLD_OUT`` of ``train_default_model.py``: never
+the held-out textures and shapes), made one at a time into a temporary folder, reduced to their candidates
+and deleted (the candidates of 300 cases take 20 minutes and no disk). The bundled weights: train_rand,
+train_std and ``--stream 300 --stream-seed 21000``, 439 cases with a naming, 90 % right after fitting.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +83,11 @@ def accuracy(w, cases) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("folders", nargs="*", type=Path)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None, help="keep the candidates here (a refit is then instant)")
+    ap.add_argument("--stream", type=int, default=0, help="also N phantoms of the training families, made and deleted")
+    ap.add_argument("--stream-seed", type=int, default=21000)
     a = ap.parse_args()
     found = pickle.loads(a.cache.read_bytes()) if a.cache and a.cache.exists() else {}
     cases, skipped = [], 0
@@ -91,6 +101,28 @@ def main() -> None:
                 skipped += 1
             else:
                 cases.append(c)
+    if a.stream:
+        from train_default_model import HOLD_OUT
+
+        from vbmd_rt.synth import phantom
+
+        tmp = Path(tempfile.mkdtemp(prefix="vbmd_rt_calib_"))
+        try:
+            for i in range(a.stream):
+                key = f"stream/{a.stream_seed}/{i}"
+                if key not in found:
+                    phantom.synth_case(tmp, i, a.stream_seed, "small", f"random:{HOLD_OUT}")
+                    name = phantom.case_name(i)
+                    found[key] = case_bones(tmp / f"{name}.AIM", tmp / f"{name}_GT.AIM")
+                    for f in tmp.glob(name + "*"):
+                        f.unlink()
+                c = None if found[key] is None else case_features(*found[key])
+                if c is None:
+                    skipped += 1
+                else:
+                    cases.append(c)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if a.cache:
         a.cache.write_bytes(pickle.dumps(found))
     w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])

@@ -53,21 +53,23 @@ def test_the_users_side_overrides_anatomy():
     assert idt.reasons  # and a reader is told that anatomy disagrees
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19 open: on some randomised hands with a thumb the identity is wrong with a margin above "
-    "the review limit (2 of 11 wrong bones pass QC on the seed-7000 set)",
-)
-def test_randomised_hand_with_a_thumb_is_identified():
+def _thumb_hands(count: int):
     allowed = families.parse_family("random")
-    for seed in range(40, 80):
+    for seed in range(40, 400):
         p = families.sample_random(seed, "small", allowed)
-        if any(b.name == "T1" for b in p.bones) and len(p.bones) >= 4:
-            break
-    scan, truth = phantom.render_case(p)
-    vol, geo = _grid(scan, (p.voxel_mm,) * 3, p.cal)
-    idt = identify.identify(vol, bonewin.GRID.spacing_mm)
-    assert _on_truth(idt, truth, geo) > 0.5 or idt.review  # right, or left to a reader: never silently wrong
+        if any(b.name == "T1" for b in p.bones):
+            yield p
+            count -= 1
+            if count == 0:
+                return
+
+
+def test_randomised_hands_with_a_thumb_are_identified_or_reviewed():
+    for p in _thumb_hands(3):
+        scan, truth = phantom.render_case(p)
+        vol, geo = _grid(scan, (p.voxel_mm,) * 3, p.cal)
+        idt = identify.identify(vol, bonewin.GRID.spacing_mm)
+        assert _on_truth(idt, truth, geo) > 0.5 or idt.review  # right, or left to a reader: never silently wrong
 
 
 def test_side_written_in_the_log_is_read():
@@ -100,6 +102,56 @@ def test_touching_shafts_are_split_into_bones():
     assert parts[30, 30] != parts[30, 64]
     one = ((yy - 30) ** 2 / 20**2 + (xx - 50) ** 2 / 28**2) < 1  # an elongated shaft stays one bone
     assert identify.split(one, 0.25).max() == 1
+
+
+def _ring_slab(shape, rings, cortex=0.9, marrow=0.05, gap_deg=0.0, slices=6):
+    """A proximal slab (z, y, x) in network units: cortex rings (cy, cx, outer radius px, thickness px),
+    each optionally open over ``gap_deg`` degrees on its +x side."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.zeros(shape, np.float32)
+    for cy, cx, r, t in rings:
+        d = np.hypot(yy - cy, xx - cx)
+        ang = np.degrees(np.abs(np.arctan2(yy - cy, xx - cx)))
+        img[d < r - t] = marrow
+        img[(d < r) & (d >= r - t) & (ang >= gap_deg / 2)] = cortex
+    return np.repeat(img[None], slices, axis=0)
+
+
+def test_shafts_close_rings_with_gaps_and_keep_touching_shafts_apart():
+    cs = 0.5
+    open_ring = _ring_slab((60, 120), [(30, 30, 14, 2)], gap_deg=70)
+    seeds = identify.shafts(open_ring, 0.3, 0.6, cs)
+    assert seeds.max() == 1
+    assert seeds[30, 30] == 1  # the marrow is inside the bone, not soft tissue
+    touching = _ring_slab((60, 120), [(30, 30, 14, 2), (30, 57, 14, 2), (30, 86, 12, 2)])
+    seeds = identify.shafts(touching, 0.3, 0.6, cs)
+    assert seeds.max() == 3
+    assert len({int(seeds[30, 30]), int(seeds[30, 57]), int(seeds[30, 86])}) == 3
+
+
+def test_a_shaft_cut_by_the_field_of_view_is_filled():
+    slab = _ring_slab((60, 120), [(30, 6, 14, 2), (30, 60, 12, 2)])  # the first ring runs off the left edge
+    seeds = identify.shafts(slab, 0.3, 0.6, 0.5)
+    assert seeds.max() == 2
+    assert seeds[30, 2] > 0 and seeds[30, 2] != seeds[30, 60]
+
+
+def test_ray_enclosure_marks_marrow_but_not_the_tissue_between_bones():
+    ring = _ring_slab((60, 160), [(30, 30, 14, 2), (30, 120, 14, 2)], gap_deg=60)[0] > 0.5
+    inner = identify.enclosed(ring, 0.5)
+    assert inner[30, 30] and inner[30, 120]
+    assert not inner[30, 75]  # soft tissue between the two bones
+    assert not inner[2, 2]
+
+
+def test_candidates_that_cannot_be_whole_metacarpals_are_reviewed():
+    def bone(area):
+        return identify.Bone(0, 0.0, 0.0, area, area * 2, 15.0, True, 15.0, False)
+
+    assert identify.irregular([bone(60), bone(70), bone(55), bone(50)]) == ""
+    assert "piece" in identify.irregular([bone(60), bone(70), bone(12), bone(50)])
+    assert "two bones" in identify.irregular([bone(60), bone(70), bone(250), bone(50)])
+    assert "at most" in identify.irregular([bone(60)] * 6)
 
 
 def test_hypotheses_prefer_the_row_end_beside_the_thumb():
@@ -145,7 +197,7 @@ def test_the_cpu_recipe_caches_trains_resumes_and_exports(phantoms, tmp_path):
     last = recipe.train(r, log=lambda s: None)
     first = torch.load(last, weights_only=False)["state"]
     assert first["step"] >= 1 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
-    r.minutes = 0.04
+    r.minutes = first["seconds"] / 60 + 0.02  # more budget than the first call spent, however loaded the machine
     again = torch.load(recipe.train(r, log=lambda s: None), weights_only=False)["state"]
     assert again["step"] > first["step"] and again["seconds"] >= first["seconds"]
     card = export_bonewin(last, tmp_path / "model", {"steps": again["step"]}, check_cases=1)
