@@ -11,8 +11,9 @@ reader needs to trust it or not. Three groups of checks:
   are the regions that run through the proximal slices, and MC2 is an end of their row (the thumb, off
   the row's line, does not count), so a mask on a middle bone is flagged.
 * **Plausibility** of the native mask: one piece per slice, solid cross-sections, a smooth area profile
-  along z, starting at the stack's first slice (an MCP scan starts mid-shaft), not touching the image's
-  edge, length, volume, mean area and D100 in anatomical ranges.
+  along z, starting at the stack's first slice (an MCP scan starts mid-shaft) and ending before its last
+  (the joint is in view: a mask that runs to the end holds the phalanx or a head cut by the stack), not
+  touching the image's edge, length, volume, mean area and D100 in anatomical ranges.
 * **Confidence** of the network: the share of uncertain voxels (probability between 0.1 and 0.9) per
   voxel inside the mask. The size of a second structure the network also marked (and postprocessing
   dropped) is reported too, but does not decide: on phantoms it came with good and bad masks alike.
@@ -308,6 +309,11 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
             )
         if shape["touches_edge"]:
             reasons.append("the mask touches the image's edge: part of the bone may be outside the scan")
+        if shape.get("touches_last_slice"):
+            reasons.append(
+                "the mask runs to the stack's last slice: MC2's joint is not in view or was not found"
+                " (the mask may hold the phalanx)"
+            )
         _range(reasons, "MC2 length", shape["length_mm"], limits.length_mm, "mm")
         _range(reasons, "bone volume", measures.get("bone_volume_mm3"), limits.volume_mm3, "mm³")
         _range(reasons, "mean slice area", measures.get("mean_slice_area_mm2"), limits.mean_area_mm2, "mm²")
