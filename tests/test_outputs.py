@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import cli, tiny_scan
+from tests.conftest import cli_here, tiny_scan
 from vbmd_rt.cohort import batch as cohort
 from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.errors import OutputError
@@ -132,7 +132,7 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(scans, tmp_
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(scans / "A.AIM", tmp_path / rel)
         out = tmp_path / f"out-{a.replace('/', '_')}"
-        r = cli("run", tmp_path / a, tmp_path / b, "-o", out, "--model", "classical", "-q")
+        r = cli_here("run", tmp_path / a, tmp_path / b, "-o", out, "--model", "classical", "-q")
         assert r.returncode == 2 and "same output name" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
         assert not list(out.glob("*.json"))
@@ -140,11 +140,11 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(scans, tmp_
 
 def test_a_scan_named_summary_cannot_collide_with_the_batch_summary(scans, tmp_path):
     shutil.copy2(scans / "A.AIM", tmp_path / "summary.AIM")
-    r = cli("run", tmp_path / "summary.AIM", scans / "B.AIM", "-o", tmp_path / "out", "--model", "classical", "-q")
+    r = cli_here("run", tmp_path / "summary.AIM", scans / "B.AIM", "-o", tmp_path / "out", "--model", "classical", "-q")
     assert r.returncode == 2 and "batch summary" in r.stderr
     # alone it is fine, and a later batch into the same OUT never overwrites its result
     out = tmp_path / "out2"
-    assert cli("run", tmp_path / "summary.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
+    assert cli_here("run", tmp_path / "summary.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
     scan_result = (out / "summary.json").read_bytes()
     with pytest.raises(OutputError, match="scan's result"):
         cohort.write_summary(out, [])
@@ -157,7 +157,7 @@ def test_output_in_the_input_folder_leaves_foreign_files_and_never_reads_outputs
     shutil.copy2(scans / "A.AIM", d / "A.AIM")
     (d / "A_SEG.AIM").write_bytes(b"an expert's mask, not ours")
     (d / "A.png").write_bytes(b"a user's picture")
-    r = cli("run", d, "-o", d, "--model", "classical", "-q", "--save-prob")
+    r = cli_here("run", d, "-o", d, "--model", "classical", "-q", "--save-prob")
     assert r.returncode == 2 and "not written by vbmd-rt" in r.stderr
     assert (d / "A_SEG.AIM").read_bytes() == b"an expert's mask, not ours" and (
         d / "A.png"
@@ -165,7 +165,7 @@ def test_output_in_the_input_folder_leaves_foreign_files_and_never_reads_outputs
     (d / "A_SEG.AIM").unlink()
     (d / "A.png").unlink()
     for _ in range(2):  # the second run finds A_SEG.AIM, A_PROB.AIM beside A.AIM: not scans, and A is done
-        r = cli("run", d, "-o", d, "--model", "classical", "--save-prob")
+        r = cli_here("run", d, "-o", d, "--model", "classical", "--save-prob")
         assert r.returncode == 0, r.stderr
     assert "skipped" in r.stdout + r.stderr and "A_PROB" not in r.stdout + r.stderr
     assert r.returncode == 0 and (d / "A_PROB.AIM").is_file()
@@ -190,7 +190,7 @@ def test_a_kill_after_any_rename_under_overwrite_leaves_nothing_trusted(scans, t
     d.mkdir()
     shutil.copy2(scans / "A.AIM", d / "S.AIM")
     args = ("run", d / "S.AIM", "-o", out, "--model", "classical", "--report", "html", "-q")
-    assert cli(*args).returncode == 0
+    assert cli_here(*args).returncode == 0
     before = json.loads((out / "S.json").read_text())
     shutil.copy2(scans / "B.AIM", d / "S.AIM")
     r = _env_cli({outputs.KILL_AFTER_ENV: str(renames)}, *args, "--overwrite")
@@ -202,7 +202,7 @@ def test_a_kill_after_any_rename_under_overwrite_leaves_nothing_trusted(scans, t
     else:  # during the switch: no result at all, never the old JSON beside new files
         assert not (out / "S.json").exists()
     assert cohort.existing_result(d / "S.AIM", out, pipeline.RunOptions(report_html=True)) is None
-    r = cli(*args)  # no --overwrite: what the killed run renamed is known to be ours
+    r = cli_here(*args)  # no --overwrite: what the killed run renamed is known to be ours
     assert r.returncode == 0, r.stderr
     after = json.loads((out / "S.json").read_text())
     assert after["slices"] != before["slices"] and len(after["history"]) == 1
@@ -303,4 +303,4 @@ def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_p
     assert outputs.clean_staging(out) > 0
     assert [p.name for p in st.iterdir()] == ["manifest.json"]
     assert "A_SEG.AIM" in outputs.owned_files(out, "A", "A.json")  # still known as vbmd-rt's
-    assert cli(*args).returncode == 0 and not list((out / ".vbmd-rt" / "staging").iterdir())
+    assert cli_here(*args).returncode == 0 and not list((out / ".vbmd-rt" / "staging").iterdir())
