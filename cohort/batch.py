@@ -240,15 +240,24 @@ def process(
     except OSError as e:  # the lock cannot be made (a name the file system refuses): this scan fails alone
         return row(path, "failed", error=OutputError(path, f"cannot lock its outputs ({e.strerror})", "rename it"))
     try:
-        # The whole content hashed (one read), only where a result stands that it could match.
-        fp = _fingerprint(path) if (out / json_name).exists() else None
-        if not options.overwrite and fp is not None:
-            key = pipeline.run_key(predictor.model, predictor.backend, options)
-            done = existing_result(path, out, options, key, fp)
-            if done is not None:
-                return row(path, "skipped", done)
+        fp = None
         try:
-            result = predictor.run_to(path, out, options, stage=stage)
+            # One read of the whole file, hashed in the same pass: its fingerprint decides whether a result
+            # standing in OUT is this input's, and the same read is what the pipeline processes.
+            timer = pipeline.Timer()
+            if stage:
+                stage("read")
+            with timer("read"):
+                scan = pipeline.read_for_run(path, predictor.model, options)
+            fp = outputs.fingerprint_of(scan)
+            if not options.overwrite and (out / json_name).exists():
+                key = pipeline.run_key(predictor.model, predictor.backend, options)
+                done = existing_result(path, out, options, key, fp)
+                if done is not None:
+                    return row(path, "skipped", done)
+            result = pipeline.run_scan(
+                path, out, predictor.model, predictor.backend, options, stage=stage, scan=scan, timer=timer
+            )
         except VbmdInputError as e:
             if not isinstance(e, outputs.InputChanged):
                 with contextlib.suppress(OSError, VbmdInputError):
