@@ -137,7 +137,7 @@ def _worker_processes(pid: int) -> list:
 
 def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
     """``run --cluster local``: a worker process killed mid-cohort has its scans rescheduled (on the other
-    worker, or on the one its nanny restarts) and every scan is done once, with nothing half-written.
+    worker, or on the one its nanny restarts) and every scan ends with one valid result, nothing half-written.
 
     The cohort runs as users run it, in its own process with one Dask client; the kill comes from outside.
     (It once ran inside pytest with a second client on the test's LocalCluster, where the retried scan failed
@@ -174,7 +174,10 @@ def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
     assert p.returncode == 0, err
     assert done_before < 6  # the kill came mid-cohort
     rows = _summary(out)
-    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}, rows
+    # done, or skipped where the killed worker had finished the scan (its JSON written) before the scheduler
+    # heard of it: the rescheduled task then finds that valid result and reuses it; none failed
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} <= {"done", "skipped"}, rows
+    assert all(float(r["d100_mg_ha_cm3"]) > 0 for r in rows.values())
     assert len(list(out.glob("W*.json"))) == 6 and not list(out.glob(".*tmp*"))
 
 
