@@ -92,6 +92,7 @@ MAX_SIDE_XY = 16384  # pixels a slice side (XtremeCT I: 1536, XtremeCT II: 2304)
 MAX_SLICES = 100_000
 MAX_POSITION = 1 << 20  # |position| and offset in voxels
 _ZERO3 = (0, 0, 0)
+XTREMECT_VOXEL_MM = 0.082  # isotropic voxel of Scanco's XtremeCT (I) hand scans: a header's default
 
 
 @dataclass
@@ -106,7 +107,7 @@ class AimHeader:
     dim: tuple[int, int, int]
     position: tuple[int, int, int] = _ZERO3
     offset: tuple[int, int, int] = _ZERO3
-    element_size_mm: tuple[float, float, float] = (0.082, 0.082, 0.082)
+    element_size_mm: tuple[float, float, float] = (XTREMECT_VOXEL_MM, XTREMECT_VOXEL_MM, XTREMECT_VOXEL_MM)
     processing_log: str = ""
     supdim: tuple[int, int, int] = _ZERO3
     suppos: tuple[int, int, int] = _ZERO3
