@@ -27,6 +27,7 @@ import hashlib
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -634,6 +635,45 @@ def content_hasher_of(data: bytes) -> str:
     return h.hexdigest()
 
 
+class _HashBehind:
+    """A hash fed from a second thread, so that hashing a chunk overlaps reading the next (hashlib and the
+    file read both release the GIL): the read costs about the time of the hash alone, not their sum.
+    ``update`` queues a buffer, which must not change afterwards; ``hexdigest`` waits for the queue."""
+
+    def __init__(self, h):
+        import queue
+
+        self._h, self._error, self._abort = h, None, False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="vbmd-rt-hash", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (buf := self._queue.get()) is not None:
+            if self._error is None and not self._abort:
+                try:
+                    self._h.update(buf)
+                except BaseException as e:  # noqa: BLE001 - raised again by hexdigest
+                    self._error = e
+
+    def update(self, buf) -> None:
+        self._queue.put(buf)
+
+    def close(self, abort: bool = False) -> None:
+        """Stop the thread once every queued buffer is hashed (``abort``: the rest is dropped, the read
+        failed); safe to call twice."""
+        self._abort = self._abort or abort
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._h.hexdigest()
+
+
 def _changed(path) -> None:
     raise AimFormatError(
         path,
@@ -669,7 +709,8 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
         hdr = _header_of(f, path, st0.st_size)
         if check is not None:
             check(hdr)
-        h = content_hasher()
+        h = _HashBehind(content_hasher())  # hashed in a second thread while the next chunk is read
+        read = False
         try:
             f.seek(0)
             head = f.read(hdr.byte_offset)
@@ -688,8 +729,11 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
                 h.update(chunk)
                 total += len(chunk)
             st1 = os.fstat(f.fileno())
+            read = True
         except OSError as e:
             raise AimFormatError(path, f"cannot read ({e.strerror})", "check the file") from None
+        finally:
+            h.close(abort=not read)  # also when the read failed: no thread left behind
     try:
         st2 = os.stat(path)
     except OSError:
