@@ -104,7 +104,7 @@ def test_row1_scan_is_read_into_memory_with_its_fingerprint(tiny):
     s = pipeline.read_scan(tiny)
     assert not isinstance(s.data, np.memmap) and s.data.flags.owndata
     fp = s.fingerprint
-    assert fp["size"] == tiny.stat().st_size and len(fp["blake2b"]) == 64
+    assert fp["size"] == tiny.stat().st_size and len(fp["sha256"]) == 64
     from vbmd_rt.runtime.io import outputs
 
     assert outputs.same_input(outputs.fingerprint(tiny), fp)

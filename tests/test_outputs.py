@@ -52,14 +52,14 @@ def test_fingerprint_hashes_the_whole_content(tmp_path):
     with open(p, "wb") as f:
         f.truncate(8 * 2**20)  # sparse: 8 MiB
     fp = outputs.fingerprint(p)
-    assert fp["size"] == 8 * 2**20 and len(fp["blake2b"]) == 64
+    assert fp["size"] == 8 * 2**20 and len(fp["sha256"]) == 64
     with open(p, "r+b") as f:
         f.seek(3 * 2**20 + 12345)  # not in the head, the tail or any of 16 spread 64 KiB blocks
         f.write(b"x")
     os.utime(p, ns=(fp["mtime_ns"], fp["mtime_ns"]))  # same size, same mtime
     changed = outputs.fingerprint(p)
     assert changed["mtime_ns"] == fp["mtime_ns"]
-    assert changed["blake2b"] != fp["blake2b"] and not outputs.same_input(changed, fp)
+    assert changed["sha256"] != fp["sha256"] and not outputs.same_input(changed, fp)
     assert outputs.same_input(outputs.fingerprint(p), changed)
 
 
@@ -291,6 +291,39 @@ def test_a_result_of_vbmd_rt_0_1_is_redone_once_and_kept_as_history(scans, predi
     assert r["status"] == "done"
     new = json.loads((out / "A.json").read_text())
     assert len(new["history"]) == 1 and _run(predictor, [scans / "A.AIM"], out)[0]["status"] == "skipped"
+
+
+def test_a_result_with_the_blake2b_hashes_of_earlier_versions_is_reused_not_redone(scans, predictor, tmp_path):
+    """Results, manifests and summaries written before the fingerprint became sha256 record blake2b: the
+    upgrade redoes no scan and takes no earlier output for someone else's."""
+    out = tmp_path / "out"
+    _run(predictor, [scans / "A.AIM"], out)
+    res = json.loads((out / "A.json").read_text())
+    fp = res["scan"]["fingerprint"]
+    assert "sha256" in fp and all("sha256" in rec for rec in res["outputs"].values())
+    fp["blake2b"] = outputs.content_hash(scans / "A.AIM", key="blake2b")  # as earlier versions wrote it
+    del fp["sha256"]
+    for f, rec in res["outputs"].items():
+        rec["blake2b"] = outputs.content_hash(out / f, key="blake2b")
+        del rec["sha256"]
+    (out / "A.json").write_text(json.dumps(res))
+    assert not outputs.same_input(outputs.fingerprint(scans / "A.AIM"), fp)  # no hash in common...
+    before = (out / "A.json").read_bytes()
+    [r] = _run(predictor, [scans / "A.AIM"], out)  # ...so the file is hashed the old way too, and matches
+    assert r["status"] == "skipped" and (out / "A.json").read_bytes() == before
+    with open(out / "A.png", "ab") as f:  # an earlier manifest still tells a changed output
+        f.write(b"x")
+    assert cohort.existing_result(scans / "A.AIM", out, pipeline.RunOptions()) is None
+    assert "not written by vbmd-rt" in _run(predictor, [scans / "A.AIM"], out)[0]["error"]  # not ours any more
+    assert _run(predictor, [scans / "A.AIM"], out, overwrite=True)[0]["status"] == "done"
+    assert "sha256" in json.loads((out / "A.json").read_text())["scan"]["fingerprint"]
+    cohort.write_summary(out, [])  # an earlier summary: its JSON records the CSV's blake2b
+    summary = json.loads((out / "summary.json").read_text())
+    summary["csv"] = {"file": "summary.csv", "blake2b": outputs.content_hash(out / "summary.csv", key="blake2b")}
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert cohort.foreign_summaries(out) == []
+    (out / "summary.csv").write_text("a user's table\n")
+    assert cohort.foreign_summaries(out) == [out / "summary.csv"]
 
 
 def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_path):

@@ -619,13 +619,22 @@ def _decode_compressed(path, hdr: AimHeader, raw: np.ndarray) -> np.ndarray:
 
 
 # One read of the whole file, hashed in the same pass: the scan's identity for resume, watch and cohorts.
-FINGERPRINT_METHOD = "blake2b-256 of every byte of the file"
+# sha256: with the CPU's SHA extensions about twice as fast as blake2b here (1.47 GB: 2.0 s against 4.3 s
+# on a loaded 2-core EPYC); results, manifests and summaries of earlier versions record blake2b, still read.
+FINGERPRINT_KEY = "sha256"
+FINGERPRINT_METHOD = "sha256 of every byte of the file"
+CONTENT_KEYS = ("sha256", "blake2b")  # the content hashes a fingerprint or a manifest may hold, newest first
 READ_CHUNK = 16 << 20
 
 
-def content_hasher():
-    """The hash of a file's whole content (``fingerprint['blake2b']``)."""
-    return hashlib.blake2b(digest_size=32)
+def content_hasher(key: str = FINGERPRINT_KEY):
+    """The hash of a file's whole content (``fingerprint['sha256']``; ``key='blake2b'``: the hash records
+    written before the fingerprint became sha256 hold)."""
+    if key == "sha256":
+        return hashlib.sha256()
+    if key == "blake2b":
+        return hashlib.blake2b(digest_size=32)
+    raise ValueError(f"no content hash {key!r}")
 
 
 def content_hasher_of(data: bytes) -> str:
@@ -700,7 +709,7 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
     mask, a voxel size or a memory need there). No memory map: a file truncated or overwritten while it is
     read gives :class:`AimFormatError` (exit 2), never a SIGBUS. The file must be the same (size, mtime,
     inode) at the end of the read as when it was opened. The returned scan's ``fingerprint`` holds ``size``,
-    ``mtime_ns``, ``inode`` and ``blake2b`` (of the whole file).
+    ``mtime_ns``, ``inode`` and ``sha256`` (of the whole file, ``FINGERPRINT_KEY``).
     """
     path = os.fspath(path)
     f = _open_regular(path)
@@ -752,7 +761,7 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
         "size": st0.st_size,
         "mtime_ns": st0.st_mtime_ns,
         "inode": st0.st_ino,
-        "blake2b": h.hexdigest(),
+        FINGERPRINT_KEY: h.hexdigest(),
         "method": FINGERPRINT_METHOD,
     }
     return Scan(data=data, header=hdr, path=path, fingerprint=fp)
