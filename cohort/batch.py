@@ -3,7 +3,7 @@
 ``vbmd-rt run DIR... -o OUT`` goes through here:
 
 * **resume**: a scan is skipped only when its result records this very input (fingerprint: size and a
-  blake2b of the whole content, ``outputs.same_input``), the same model and options, and its files are still what the result's manifest
+  sha256 of the whole content, ``outputs.same_input``), the same model and options, and its files are still what the result's manifest
   says; a changed input is redone and the old result kept in ``OUT/.vbmd-rt/history/``; a scan cut off by a
   kill left nothing half-written (``outputs.Transaction``) and is done again; ``--overwrite`` redoes
   everything; two inputs with one output name are refused before any work;
@@ -121,6 +121,7 @@ def existing_result(
         fp = fp or outputs.fingerprint(path)
     except (OSError, VbmdInputError):
         return None
+    fp = outputs.comparable(fp, (result.get("scan") or {}).get("fingerprint"), path)  # an earlier result: blake2b
     expected = [f.name for f in files[:-1]]
     run_key = key if key is not None else result.get("run_key")
     return result if outputs.reusable(result, out, path.name, fp, run_key, expected) else None
@@ -240,15 +241,24 @@ def process(
     except OSError as e:  # the lock cannot be made (a name the file system refuses): this scan fails alone
         return row(path, "failed", error=OutputError(path, f"cannot lock its outputs ({e.strerror})", "rename it"))
     try:
-        # The whole content hashed (one read), only where a result stands that it could match.
-        fp = _fingerprint(path) if (out / json_name).exists() else None
-        if not options.overwrite and fp is not None:
-            key = pipeline.run_key(predictor.model, predictor.backend, options)
-            done = existing_result(path, out, options, key, fp)
-            if done is not None:
-                return row(path, "skipped", done)
+        fp = None
         try:
-            result = predictor.run_to(path, out, options, stage=stage)
+            # One read of the whole file, hashed in the same pass: its fingerprint decides whether a result
+            # standing in OUT is this input's, and the same read is what the pipeline processes.
+            timer = pipeline.Timer()
+            if stage:
+                stage("read")
+            with timer("read"):
+                scan = pipeline.read_for_run(path, predictor.model, options)
+            fp = outputs.fingerprint_of(scan)
+            if not options.overwrite and (out / json_name).exists():
+                key = pipeline.run_key(predictor.model, predictor.backend, options)
+                done = existing_result(path, out, options, key, fp)
+                if done is not None:
+                    return row(path, "skipped", done)
+            result = pipeline.run_scan(
+                path, out, predictor.model, predictor.backend, options, stage=stage, scan=scan, timer=timer
+            )
         except VbmdInputError as e:
             if not isinstance(e, outputs.InputChanged):
                 with contextlib.suppress(OSError, VbmdInputError):
@@ -452,11 +462,12 @@ def foreign_summaries(out: Path, num_parts: int = 1, part_id: int = 0) -> list[P
             foreign.append(out / json_name)
     p = out / csv_name
     if p.exists() or p.is_symlink():
-        recorded = ((own or {}).get("csv") or {}).get("blake2b")
+        rec = (own or {}).get("csv") or {}
+        key = next((k for k in aim.CONTENT_KEYS if rec.get(k)), None)  # sha256; blake2b in earlier summaries
         try:
             ours = p.is_file() and (
-                outputs.content_hash(p) == recorded
-                if recorded
+                outputs.content_hash(p, key=key) == rec[key]
+                if key
                 else p.open("rb").readline().rstrip(b"\r\n") == ",".join(ROW_FIELDS).encode()
             )
         except OSError:
@@ -516,7 +527,7 @@ def write_summary(
         "rows": rows,
     }
     body = buf.getvalue().encode("utf-8", "backslashreplace")
-    summary["csv"] = {"file": csv_name, "blake2b": aim.content_hasher_of(body)}
+    summary["csv"] = {"file": csv_name, aim.FINGERPRINT_KEY: aim.content_hasher_of(body)}
     atomic_write_bytes(out / csv_name, body)
     atomic_write_bytes(out / json_name, (json.dumps(summary, indent=2) + "\n").encode())
     return out / csv_name, out / json_name

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from vbmd_rt.runtime.preprocess import MODEL_SPACING_MM
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -34,7 +36,7 @@ class AugmentConfig:
     p_noise: float = 0.3
     p_blur: float = 0.2
     p_lowres: float = 0.2
-    spacing_mm: float = 0.246
+    spacing_mm: float = MODEL_SPACING_MM
 
 
 def _u(gen: torch.Generator, a: float, b: float) -> float:

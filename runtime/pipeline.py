@@ -345,30 +345,67 @@ def run_key(model: Model, backend: Backend, options: RunOptions) -> dict:
     }
 
 
+def read_for_run(path: str | Path, model: Model, options: RunOptions | None = None) -> aim.Scan:
+    """``read_scan`` with ``run``'s refusals from the header, before any voxel is read: ``check_scan`` and
+    the memory the scan would need with this model (``resources.check_memory``). One open, one pass."""
+    options = options or RunOptions()
+    spec = None if model.classical else model.spec
+
+    def memory(h: aim.AimHeader) -> None:
+        resources.check_memory(path, h.shape, h.element_size_mm[::-1], spec, options.max_memory)
+
+    return read_scan(Path(path), check=memory)
+
+
 def run_scan(
-    path: str | Path, out: str | Path, model: Model, backend: Backend, options: RunOptions | None = None, stage=None
+    path: str | Path,
+    out: str | Path,
+    model: Model,
+    backend: Backend,
+    options: RunOptions | None = None,
+    stage=None,
+    scan: aim.Scan | None = None,
+    timer: Timer | None = None,
 ) -> dict:
     """Process one scan into ``out``; return the result written to ``OUT/NAME.json``.
 
     All of the scan's files appear together or not at all (``outputs.Transaction``), under the scan's lock
     in ``out``; files at the outputs' names that vbmd-rt did not write are refused without ``overwrite``.
     Raises ``VbmdInputError`` for problems the user must fix; then nothing of this scan changed in ``out``.
+    ``scan``: the file already read (``read_for_run``, e.g. by a cohort that needed its fingerprint), so that
+    it is not read again; ``timer`` then holds the time that read took.
+
+    The file is opened once: read whole and hashed in one pass (``read_for_run``), its header checked before
+    any voxel is read, so bad input is refused before anything is created in OUT.
     """
     options = options or RunOptions()
-    hdr = check_scan(Path(path))  # bad input is refused before anything is created in OUT (the header alone)
-    spec = None if model.classical else model.spec
-    resources.check_memory(path, hdr.shape, hdr.element_size_mm[::-1], spec, options.max_memory)
+    timer = timer or Timer()
+    if scan is None:
+        with timer("read"):
+            scan = read_for_run(path, model, options)
+    else:  # read (and its header checked) by the caller: checked again from the header in memory, no open
+        check_scan(Path(path), scan.header)
+        spec = None if model.classical else model.spec
+        hdr = scan.header
+        resources.check_memory(path, hdr.shape, hdr.element_size_mm[::-1], spec, options.max_memory)
     with outputs.scan_lock(out, scan_name(Path(path))):
-        return _run_scan(path, out, model, backend, options, stage)
+        return _run_scan(path, out, model, backend, options, stage, scan, timer)
 
 
 def _run_scan(
-    path: str | Path, out: str | Path, model: Model, backend: Backend, options: RunOptions | None = None, stage=None
+    path: str | Path,
+    out: str | Path,
+    model: Model,
+    backend: Backend,
+    options: RunOptions | None = None,
+    stage=None,
+    scan: aim.Scan | None = None,
+    timer: Timer | None = None,
 ) -> dict:
     options = options or RunOptions()
     path, out = Path(path), Path(out)
-    timer = Timer()
-    t_start = time.perf_counter()
+    timer = timer or Timer()
+    t_start = time.perf_counter() - sum(timer.seconds.values())  # what the caller timed for this scan counts
     name = scan_name(path)
     targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
     if options.export:  # before the JSON, which the transaction commits last
@@ -376,7 +413,7 @@ def _run_scan(
     with outputs.Transaction(out, name, targets, options.overwrite) as txn:
         files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
         try:
-            return _process(path, out, model, backend, options, stage, timer, t_start, files, txn)
+            return _process(path, out, model, backend, options, stage, timer, t_start, files, txn, scan)
         except InputShapeError as e:  # a geometry the header allows but the model's engine cannot take
             raise VbmdInputError(
                 path,
@@ -385,11 +422,12 @@ def _run_scan(
             ) from None
 
 
-def _process(path, out, model, backend, options, stage, timer, t_start, files, txn) -> dict:
+def _process(path, out, model, backend, options, stage, timer, t_start, files, txn, scan=None) -> dict:
     stage = stage or (lambda s: None)
     stage("read")
     with timer("read"):
-        scan = read_scan(path)
+        if scan is None:
+            scan = read_scan(path)
         fp = outputs.fingerprint_of(scan)
     stage("segment")
     a = analyse(

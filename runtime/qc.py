@@ -32,8 +32,6 @@ from scipy import ndimage
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.postprocess import sample_slices
 
-MIN_CONTRAST = 0.15  # in units of the training data's standard deviation (about 40 mg HA/cm³ for the default)
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -53,9 +51,15 @@ class Limits:
     volume_mm3: tuple[float, float] = (250.0, 12000.0)
     mean_area_mm2: tuple[float, float] = (30.0, 320.0)
     d100_mg: tuple[float, float] = (80.0, 650.0)
+    # Bone is brighter than the ring of 4 voxels around it (``bone_contrast``): a given mask (``assess_mask``)
+    # by this many mg HA/cm³, a network's output by this many standard deviations of its training data
+    # (about 40 mg HA/cm³ for the default model; below it the output is taken as no bone at all).
+    contrast_mg: float = 20.0
+    network_contrast_sd: float = 0.15
 
 
 LIMITS = Limits()
+MIN_CONTRAST = LIMITS.network_contrast_sd  # the network's output below this is no bone (runtime.pipeline)
 
 
 def bone_contrast(data: np.ndarray, mask: np.ndarray, scale: float) -> float:
@@ -107,7 +111,7 @@ def baseline(stored: np.ndarray, mask: np.ndarray, spacing_zyx, cal: Calibration
     Bones are tracked from the first slice (where the shafts are) to just past the mask, inside the mask's
     box widened by 3 mm: the neighbours it may have bled into are in, the rest of the hand is not.
     """
-    from vbmd_rt.runtime import classical
+    from vbmd_rt.runtime import classical, measure
 
     p = classical.Params()
     levels = classical.thresholds(stored, spacing_zyx, cal, p)
@@ -131,11 +135,9 @@ def baseline(stored: np.ndarray, mask: np.ndarray, spacing_zyx, cal: Calibration
         return {"dice": 0.0, "d100_difference_mg_ha_cm3": None, "bone": "none", "row_end": row_end}
     mine = labels == int(np.argmax(counts))
     mine[classical.joint_slice(mine.sum(axis=(1, 2)), p) :] = False
-    inter = int((mine & msub).sum())
-    dice = 2 * inter / max(1, int(mine.sum()) + int(mask.sum()))
-    k, b = cal.density_equation()
-    d_mask = float(stored[mask].mean(dtype=np.float64)) * k + b
-    d_base = float(sub[mine].mean(dtype=np.float64)) * k + b if mine.any() else None
+    dice = measure.dice(mine, msub)  # the mask lies inside its box: msub is all of it
+    d_mask = cal.density(float(stored[mask].mean(dtype=np.float64)))
+    d_base = cal.density(float(sub[mine].mean(dtype=np.float64))) if mine.any() else None
     return {
         "dice": round(dice, 4),
         "d100_difference_mg_ha_cm3": None if d_base is None else round(d_mask - d_base, 2),
@@ -291,9 +293,17 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
         u = conf.get("uncertain_fraction")
         if u is not None and u > limits.uncertain_fraction:
             reasons.append(f"the network is unsure of the boundary ({min(u, 1.0):.0%} of its voxels uncertain)")
+    contrast = checks.get("contrast")
+    if contrast and contrast.get("mg_ha_cm3") is not None and contrast["mg_ha_cm3"] < limits.contrast_mg:
+        reasons.append(
+            f"the mask is not brighter than its surroundings ({contrast['mg_ha_cm3']:.0f} mg HA/cm³): is it on bone?"
+        )
     if shape.get("slices"):
         if shape["pieces_fraction"] > limits.pieces_fraction:
-            reasons.append(f"the mask falls apart into pieces on {shape['pieces_fraction']:.0%} of its slices")
+            reasons.append(
+                f"the mask falls apart into pieces (separate objects) on {shape['pieces_fraction']:.0%} of its"
+                " slices: one bone (MC2) expected"
+            )
         if shape.get("gap_slices"):
             reasons.append(f"the mask skips {shape['gap_slices']} slices")
         if shape.get("solidity") is not None and shape["solidity"] < limits.solidity:
@@ -338,15 +348,19 @@ def assess_mask(
     spacing_zyx,
     calibration: Calibration | None,
     measures: dict,
-    grid_mm: float = 0.246,
+    grid_mm: float | None = None,
     box=None,
 ) -> dict:
     """The verdict on any MC2 mask of a scan (a network's, the classical model's, an edited one): shape
-    plausibility, and agreement with the classical baseline on a ``grid_mm`` grid where calibrated."""
+    plausibility, and where calibrated its contrast with its surroundings and agreement with the classical
+    baseline on a ``grid_mm`` grid. One set of limits (``LIMITS``) for ``run`` and ``measure``."""
     from vbmd_rt.runtime import preprocess
 
+    grid_mm = preprocess.MODEL_SPACING_MM if grid_mm is None else grid_mm  # the bundled models' grid
     checks: dict = {}
     if calibration is not None and np.any(mask):
+        per_mg = bone_contrast(data, mask, 1.0 / calibration.per_unit)  # stored units -> mg HA/cm³
+        checks["contrast"] = {"mg_ha_cm3": round(per_mg, 1) if np.isfinite(per_mg) else None}
         spec = preprocess.Spec(spacing_mm=grid_mm, crop=False)
         (mz, my, mx), _ = preprocess.model_grid(data.shape, spec, spacing_zyx)
         vol = preprocess.resample_z(

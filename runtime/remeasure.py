@@ -3,13 +3,13 @@
 The same measurement as ``vbmd-rt run`` (``measure.vbmd`` on the scan's grid), the same result JSON,
 with the network replaced by the given mask. The mask is checked before it is measured: it must fit the
 scan's grid (voxel size, extent) and hold voxels; a mask that is not brighter than its surroundings or
-whose size or density is far from an MC2's is measured but flagged for review, and the mask gets the
-same QC verdict as ``run``'s (``qc.assess_mask``: baseline agreement, which bone, shape, ranges).
+whose size or density is far from an MC2's is measured but flagged for review: the mask gets the same QC
+verdict as ``run``'s, with the same limits (``qc.assess_mask``, ``qc.LIMITS``: contrast, baseline agreement,
+which bone, shape, ranges).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -21,55 +21,8 @@ from vbmd_rt.runtime.errors import OutputError, VbmdInputError
 from vbmd_rt.runtime.io import masks, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.naming import scan_name
+from vbmd_rt.runtime.model import sha256_of
 from vbmd_rt.runtime.postprocess import detect_side
-
-# What an MC2 of an adult hand looks like (the paper's cohort: D100 147-377, mean slice area 122 mm²),
-# with wide margins: outside these a mask is measured but flagged for review.
-PLAUSIBLE_D100 = (50.0, 900.0)
-PLAUSIBLE_AREA_MM2 = (30.0, 400.0)
-CONTRAST_FLOOR_MG = 20.0  # the mask's median density above the ring around it, mg HA/cm³
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def plausibility(data, mask, m: dict, calibration) -> list[str]:
-    """Reasons a measured mask needs a look (empty list: plausible)."""
-    reasons = []
-    d = m["d100_mg_ha_cm3"]
-    if d is not None and not PLAUSIBLE_D100[0] <= d <= PLAUSIBLE_D100[1]:
-        reasons.append(f"D100 {d:.0f} mg HA/cm3 is outside {PLAUSIBLE_D100[0]:.0f}-{PLAUSIBLE_D100[1]:.0f}")
-    a = m["mean_slice_area_mm2"]
-    if not PLAUSIBLE_AREA_MM2[0] <= a <= PLAUSIBLE_AREA_MM2[1]:
-        reasons.append(
-            f"mean slice area {a:.0f} mm2 is outside {PLAUSIBLE_AREA_MM2[0]:.0f}-{PLAUSIBLE_AREA_MM2[1]:.0f}"
-        )
-    pieces = _objects_per_slice(mask)
-    if pieces > 1:
-        reasons.append(f"the mask holds {pieces} separate objects on a typical slice: one bone (MC2) expected")
-    if calibration is not None:
-        contrast = qc.bone_contrast(data, mask, 1.0 / calibration.per_unit)  # in mg HA/cm³
-        if contrast < CONTRAST_FLOOR_MG:
-            reasons.append(f"the mask is not brighter than its surroundings ({contrast:.0f} mg HA/cm3): is it on bone?")
-    return reasons
-
-
-def _objects_per_slice(mask) -> int:
-    """Median count of separate objects (more than 20 voxels, 8-connected) on up to nine slices."""
-    import cv2
-
-    from vbmd_rt.runtime.postprocess import sample_slices
-
-    counts = []
-    for k in sample_slices(mask):
-        n, _, st, _ = cv2.connectedComponentsWithStats((np.asarray(mask[k]) != 0).astype(np.uint8), connectivity=8)
-        counts.append(int(np.count_nonzero(st[1:, cv2.CC_STAT_AREA] > 20)))
-    return int(np.median(counts)) if counts else 0
 
 
 def measure_mask(
@@ -115,8 +68,8 @@ def measure_mask(
     cal = scan.calibration
     with timer("vbmd"):
         m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
-        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m)
-        reasons = plausibility(scan.data, mask, m, cal) + verdict["reasons"]
+        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m)  # run's limits
+        reasons = list(verdict["reasons"])
         side = detect_side(scan.data, mask)
     if cal is None:  # no D100 without a calibration: never a pass
         reasons.append(NO_CALIBRATION)
@@ -135,7 +88,7 @@ def measure_mask(
         "calibration": calibration_record(cal),
         "timings_s": {},
         "scan": {**scan_record(scan_path, scan), "fingerprint": outputs.fingerprint_of(scan)},
-        "mask": {"file": mask_path.name, "sha256": _sha256(mask_path), "voxels": voxels, "source": "given"},
+        "mask": {"file": mask_path.name, "sha256": sha256_of(mask_path), "voxels": voxels, "source": "given"},
         "qc": {**verdict, "status": "review" if reasons else "pass", "reasons": reasons},
         "warnings": warnings,
         "vbmd_rt_version": __version__,

@@ -11,7 +11,7 @@ import json
 import cv2
 import numpy as np
 
-from vbmd_rt.runtime.io.calibration import Calibration
+from vbmd_rt.runtime.io.calibration import Calibration, to_density
 
 
 def _grey(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -257,7 +257,7 @@ def details(
     values = sub_d[sub_m]
     unit = "stored value"
     if calibration is not None:
-        values = values * np.float32(calibration.per_unit) + np.float32(calibration.intercept)
+        values = to_density(values, calibration)  # the scan's density equation (runtime.io.calibration)
         unit = "mg HA/cm³"
     lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
     counts, edges = np.histogram(values, bins=60, range=(float(lo), float(hi) if hi > lo else float(lo) + 1))

@@ -229,7 +229,7 @@ class Watcher:
         return cached is not None and cached[0] == stat_key and self.journal.settled(name, cached[1])
 
     def _key(self, path: Path, st: os.stat_result) -> str | None:
-        """The journal's key: size, mtime and a blake2b of the whole content (``outputs.fingerprint``, the one
+        """The journal's key: size, mtime and a sha256 of the whole content (``outputs.fingerprint``, the one
         key of run and cohorts), hashed once per version of the file. None while it changes under us."""
         sk = self._stat_key(st)
         cached = self._hashes.get(path.name)
@@ -239,7 +239,7 @@ class Watcher:
             fp = outputs.fingerprint(path)
         except (OSError, VbmdInputError):
             return None
-        key = f"{fp['size']}:{fp['mtime_ns']}:{fp['blake2b']}"
+        key = f"{fp['size']}:{fp['mtime_ns']}:{fp[aim.FINGERPRINT_KEY]}"
         if sk != self._stat_key(os.stat(path, follow_symlinks=False)):
             return None
         self._hashes[path.name] = (sk, key)

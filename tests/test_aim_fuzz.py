@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REFERENCE, SAMPLES, cli, needs_samples
+from tests.conftest import REFERENCE, SAMPLES, cli_here, needs_samples
 from vbmd_rt.bench import fuzz_aim
 from vbmd_rt.runtime.errors import AimFormatError, VbmdInputError
 from vbmd_rt.runtime.io import aim
@@ -230,7 +230,7 @@ def test_cli_reports_a_lying_header_in_one_line(tmp_path):
     body = bytearray(hdr.tobytes())
     body[108:120] = (el[2:4] + el[0:2]) * 3
     p.write_bytes(struct.pack("<5i", 20, 140, 1, 129, 0) + bytes(body) + b"\0" + b"\0" * 200)
-    r = cli("info", p)
+    r = cli_here("info", p)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "inconsistent" in r.stderr
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vbmd_rt
-from tests.conftest import cli, phantom_copies
+from tests.conftest import cli_here, phantom_copies
 from vbmd_rt.runtime.errors import VbmdInputError
 from vbmd_rt.runtime.inference import engines
 from vbmd_rt.runtime.inference.base import BackendError, InputSpec
@@ -22,7 +22,7 @@ from vbmd_rt.runtime.model import ARCHITECTURES, CARD_NAME, ModelCard, ModelErro
 def run_out(phantoms, tmp_path_factory):
     src = phantom_copies(phantoms, tmp_path_factory.mktemp("api-in"), 1)
     out = tmp_path_factory.mktemp("api-out")
-    r = cli("run", src / "PHANTOM_0000.AIM", "-o", out, "-q")
+    r = cli_here("run", src / "PHANTOM_0000.AIM", "-o", out, "-q")
     assert r.returncode == 0, r.stderr
     return src / "PHANTOM_0000.AIM", out
 
@@ -78,7 +78,7 @@ def test_device_cuda_without_a_gpu_is_an_input_error_not_a_cpu_run(run_out, tmp_
         pytest.skip("this machine has a GPU")
     with pytest.raises(BackendError, match="no CUDA GPU"):
         create("auto", load_model(None), "cuda")
-    r = cli("run", run_out[0], "-o", tmp_path / "o", "--device", "cuda")
+    r = cli_here("run", run_out[0], "-o", tmp_path / "o", "--device", "cuda")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--device cpu" in r.stderr
     assert not (tmp_path / "o" / "PHANTOM_0000.json").exists()
 
@@ -179,11 +179,11 @@ def test_memory_is_predicted_from_the_header_and_refused_past_the_limit(run_out,
     assert huge > resources.physical_memory()
     with vbmd_rt.Predictor(max_memory=100 * 2**20) as p, pytest.raises(VbmdInputError, match="--max-memory"):
         p.run(run_out[0])
-    r = cli("run", run_out[0], "-o", tmp_path / "o", "--max-memory", "100M", "-q")
+    r = cli_here("run", run_out[0], "-o", tmp_path / "o", "--max-memory", "100M", "-q")
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert r.returncode == 2 and len(errors) == 1 and "PHANTOM_0000.AIM" in errors[0] and "--max-memory" in errors[0]
     assert not list((tmp_path / "o").glob("PHANTOM_0000*"))
-    r = cli("run", run_out[0], "-o", tmp_path / "never", "--max-memory", "lots")
+    r = cli_here("run", run_out[0], "-o", tmp_path / "never", "--max-memory", "lots")
     assert r.returncode == 2 and not (tmp_path / "never").exists()  # a bad argument creates nothing
 
 

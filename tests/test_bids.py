@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vbmd_rt.cohort import bids
 
-from .conftest import cli, tiny_scan
+from .conftest import cli_here, tiny_scan
 
 
 def test_entities_come_from_the_name_first_then_the_folders():
@@ -29,7 +29,7 @@ def test_run_layout_bids_writes_a_derivative(phantoms, tmp_path):
     tiny_scan(phantoms / "PHANTOM_0001.AIM", b / "sub-02_ses-2_hrpqct.AIM")
     tiny_scan(phantoms / "PHANTOM_0002.AIM", b / "SCAN.AIM")  # same name as the first: another folder
     out = tmp_path / "out"
-    r = cli("run", tmp_path / "in", "-o", out, "--recursive", "--model", "classical", "--layout", "bids", "-q")
+    r = cli_here("run", tmp_path / "in", "-o", out, "--recursive", "--model", "classical", "--layout", "bids", "-q")
     assert r.returncode == 0, r.stderr
     root = out / "derivatives" / "vbmd-rt"
     desc = json.loads((root / "dataset_description.json").read_text())
@@ -57,5 +57,5 @@ def test_run_layout_bids_writes_a_derivative(phantoms, tmp_path):
 def test_layout_bids_runs_in_this_process(tmp_path):
     scan = tmp_path / "S.AIM"
     scan.write_bytes(b"\0" * 64)
-    r = cli("run", scan, "-o", tmp_path / "out", "--layout", "bids", "--num-parts", "2")
+    r = cli_here("run", scan, "-o", tmp_path / "out", "--layout", "bids", "--num-parts", "2")
     assert r.returncode == 2 and "--layout bids" in r.stderr and not (tmp_path / "out").exists()

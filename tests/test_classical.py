@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli_here
 from vbmd_rt.runtime import classical, measure
 from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.model import load_model
@@ -72,7 +72,7 @@ def test_classical_segmentation_of_phantoms(cases):
 
 
 def test_run_with_the_classical_model(cases, tmp_path):
-    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", tmp_path, "--model", "classical", "--save-prob", "-q")
+    r = cli_here("run", cases / "PHANTOM_0000.AIM", "-o", tmp_path, "--model", "classical", "--save-prob", "-q")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "PHANTOM_0000.json").read_text())
     truth = json.loads((cases / "PHANTOM_0000.truth.json").read_text())
@@ -89,12 +89,12 @@ def test_classical_refuses_an_uncalibrated_scan(cases, tmp_path):
     bare = tmp_path / "in" / "BARE.AIM"
     bare.parent.mkdir()
     aim.write_aim(bare, np.asarray(scan.data), dataclasses.replace(scan.header, processing_log=""))
-    r = cli("run", bare, "-o", tmp_path / "out", "--model", "classical", "-q")
+    r = cli_here("run", bare, "-o", tmp_path / "out", "--model", "classical", "-q")
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "BARE.AIM" in errors[0] and "calibration" in errors[0], r.stderr
     assert not list((tmp_path / "out").glob("BARE*"))
-    r = cli(
+    r = cli_here(
         "run", cases / "PHANTOM_0000.AIM", "-o", tmp_path / "o2", "--model", "classical", "--backend", "onnxruntime"
     )
     assert r.returncode == 2 and "classical" in r.stderr

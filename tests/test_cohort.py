@@ -3,13 +3,11 @@
 import csv
 import json
 import os
-import signal
-import threading
 import time
 
 import pytest
 
-from tests.conftest import cli, tiny_scan
+from tests.conftest import cli, cli_here, tiny_scan
 from vbmd_rt.cohort import batch as cohort
 from vbmd_rt.runtime.io.outputs import KILL_AFTER_ENV
 
@@ -48,7 +46,7 @@ def test_shards_cover_the_cohort_once(tmp_path):
 
 def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     out = tmp_path / "out"
-    r = cli("run", scans, "-o", out, "--model", "classical", "-q")
+    r = cli_here("run", scans, "-o", out, "--model", "classical", "-q")
     assert r.returncode == 0, r.stderr
     rows = _summary(out)
     assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}
@@ -65,7 +63,7 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     )
     assert r.returncode == 137 and not (out / "P2.json").exists() and old_p2
     seg = (out / "P2_SEG.AIM").stat().st_mtime_ns
-    r = cli("run", scans, "-o", out, "--model", "classical")
+    r = cli_here("run", scans, "-o", out, "--model", "classical")
     assert r.returncode == 0, r.stderr
     rows = _summary(out)
     assert [n for n, r in rows.items() if r["status"] == "done"] == ["P2.AIM"]  # the mix is not trusted
@@ -78,25 +76,25 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     assert not list((out / ".vbmd-rt" / "staging").iterdir()) and (out / "P0.json").read_bytes() == keep
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scans"] == 6 and summary["skipped"] == 5 and summary["d100_mg_ha_cm3"]["n"] == 6
-    r = cli("run", scans, "-o", out, "--model", "classical", "--overwrite", "-q")
+    r = cli_here("run", scans, "-o", out, "--model", "classical", "--overwrite", "-q")
     assert r.returncode == 0 and {r["status"] for r in _summary(out).values()} == {"done"}
 
 
 def test_an_invalid_result_is_not_taken_for_done(scans, tmp_path):
     out = tmp_path / "out"
-    assert cli("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
+    assert cli_here("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
     options = cohort.pipeline.RunOptions()
     assert cohort.existing_result(scans / "P0.AIM", out, options) is not None
     (out / "P0_SEG.AIM").write_bytes(b"garbage")
     assert cohort.existing_result(scans / "P0.AIM", out, options) is None
-    r = cli("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q")
+    r = cli_here("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q")
     assert r.returncode == 2 and "--overwrite" in r.stderr  # the JSON is kept: the user decides
 
 
 def test_parts_write_their_own_summaries(scans, tmp_path):
     out = tmp_path / "out"
     for k in range(2):
-        r = cli("run", scans, "-o", out, "--model", "classical", "-q", "--num-parts", 2, "--part-id", k)
+        r = cli_here("run", scans, "-o", out, "--model", "classical", "-q", "--num-parts", 2, "--part-id", k)
         assert r.returncode == 0, r.stderr
     a, b = _summary(out, "summary.part-0-of-2.csv"), _summary(out, "summary.part-1-of-2.csv")
     assert len(a) == len(b) == 3 and not set(a) & set(b)
@@ -119,40 +117,68 @@ def test_dask_local_cluster_with_a_bad_scan(scans, tmp_path):
     assert "BAD.AIM" in r.stderr and "1 of 4 scans failed" in r.stderr
 
 
-# Slow (run with -m slow): under load, the scan retried after the kill fails in about 2 of 5 runs with
-# distributed's "Event ... is bound to a different event loop", so it is kept out of the default suite
-# until that is understood.
-@pytest.mark.slow
+def _worker_processes(pid: int) -> list:
+    """The Dask worker processes of a ``--cluster local`` run (its nannies spawn them as child processes)."""
+    import psutil
+
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for k in kids:
+        try:
+            if "spawn_main" in " ".join(k.cmdline()):
+                found.append(k)
+        except psutil.Error:
+            continue
+    return found
+
+
 def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
-    distributed = pytest.importorskip("distributed")
-    src = phantoms
-    d = tmp_path / "in"
+    """``run --cluster local``: a worker process killed mid-cohort has its scans rescheduled (on the other
+    worker, or on the one its nanny restarts) and every scan ends with one valid result, nothing half-written.
+
+    The cohort runs as users run it, in its own process with one Dask client; the kill comes from outside.
+    (It once ran inside pytest with a second client on the test's LocalCluster, where the retried scan failed
+    in about 2 of 5 runs with distributed's "Event ... is bound to a different event loop".)"""
+    import subprocess
+    import sys
+
+    pytest.importorskip("distributed")
+    pytest.importorskip("psutil")
+    d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
     for i in range(6):  # the network on small phantoms: seconds per scan, so the kill lands mid-cohort
-        os.link(src / "PHANTOM_0000.AIM", d / f"W{i}.AIM")
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
-        distributed.Client(lc) as client,
-    ):
-        pids = list(client.run(os.getpid).values())
-        out = tmp_path / "out"
-        killed = threading.Event()
-
-        def kill_one():
-            if _wait_for(lambda: len(list(out.glob("*.json"))) >= 1, 120):
-                os.kill(pids[0], signal.SIGKILL)
-                killed.set()
-
-        t = threading.Thread(target=kill_one)
-        t.start()
-        job = cohort.Job(model=None, backend="onnxruntime", device="cpu", threads=1)
-        rows = cohort.run_dask(sorted(d.iterdir()), out, job, cluster=lc.scheduler_address, retries=1)
-        t.join()
-    assert killed.is_set()
-    assert [r["status"] for r in rows] == ["done"] * 6, [(r["scan"], r["error"]) for r in rows]
+        os.link(phantoms / "PHANTOM_0000.AIM", d / f"W{i}.AIM")
+    cmd = [sys.executable, "-m", "vbmd_rt", "run", d, "-o", out, "--cluster", "local", "--workers", "2"]
+    p = subprocess.Popen(
+        [*map(str, cmd), "--retries", "1", "--threads", "1", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _wait_for(lambda: len(_worker_processes(p.pid)) == 2 or p.poll() is not None, 120)
+        assert _wait_for(lambda: len(list(out.glob("W*.json"))) >= 1 or p.poll() is not None, 300)
+        assert p.poll() is None, "the cohort finished before the kill; the test needs slower scans"
+        done_before = len(list(out.glob("W*.json")))
+        victim = _worker_processes(p.pid)[0]
+        victim.kill()
+        victim.wait(30)
+        _, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert done_before < 6  # the kill came mid-cohort
+    rows = _summary(out)
+    # done, or skipped where the killed worker had finished the scan (its JSON written) before the scheduler
+    # heard of it: the rescheduled task then finds that valid result and reuses it; none failed
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} <= {"done", "skipped"}, rows
+    assert all(float(r["d100_mg_ha_cm3"]) > 0 for r in rows.values())
     assert len(list(out.glob("W*.json"))) == 6 and not list(out.glob(".*tmp*"))
-    cohort.write_summary(out, rows)
-    assert len(_summary(out)) == 6
 
 
 def _wait_for(cond, timeout):

@@ -3,13 +3,12 @@ engine-vs-ONNX-Runtime agreement on a GPU (marked gpu)."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import cli_here
 from vbmd_rt.calib import quantize, select
 from vbmd_rt.runtime.inference import engines
 from vbmd_rt.runtime.inference import factory as backends
@@ -67,20 +66,12 @@ def test_rtx_build_for_sm75_has_the_io_the_runtime_expects(model):
 
 def test_rtx_build_from_the_command_line(model):
     pytest.importorskip("tensorrt_rtx")
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "75", "--model", model.folder],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("export", "--engine", "rtx", "--sm", "75", "--model", model.folder)
     assert r.returncode == 0, r.stderr
     assert "sm_75" in r.stdout and len(list((model.folder / "engines").glob("*.plan"))) == 1
     (plan,) = (model.folder / "engines").glob("*.plan")
     assert str(plan) in r.stdout  # every build says where its plan is
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "export", "--engine", "rtx", "--sm", "90", "--model", model.folder],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("export", "--engine", "rtx", "--sm", "90", "--model", model.folder)
     assert r.returncode == 2 and "--sm 90" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -120,22 +111,7 @@ def test_tensorrt_backends_without_a_gpu_say_so(tmp_path):
     from vbmd_rt.runtime.io.aim import write_aim
 
     write_aim(tmp_path / "x.AIM", np.zeros((4, 8, 8), np.int16))  # an input that exists: the backend is the problem
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vbmd_rt",
-            "run",
-            tmp_path / "x.AIM",
-            "-o",
-            tmp_path / "o",
-            "--backend",
-            "tensorrt-rtx",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("run", tmp_path / "x.AIM", "-o", tmp_path / "o", "--backend", "tensorrt-rtx", "-q")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert ("needs a CUDA GPU" in r.stderr) or ("not installed" in r.stderr)
     if backends.cuda_device_count() == 0:
@@ -169,9 +145,7 @@ def test_calibration_picks_spread_over_cases_positions_and_grades(scans):
 
 def test_calib_file_and_int8_gate(scans, tmp_path):
     out = tmp_path / "calib.npz"
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "calib", scans, "-o", out, "-n", "6"], capture_output=True, text=True
-    )
+    r = cli_here("calib", scans, "-o", out, "-n", "6")
     assert r.returncode == 0, r.stderr
     arrays, meta = select.load(out)
     # The bundled one-bone segmenter: its window inputs (five slices in density / 1000, the prior).

@@ -1,17 +1,15 @@
 """`vbmd-rt eval`: each metric and statistic against scipy or hand-computed values, then end to end."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from scipy import spatial, stats
 
+from tests.conftest import cli_here
 from vbmd_rt.evaluation import metrics
 from vbmd_rt.runtime import measure
 from vbmd_rt.runtime.io import aim
-from vbmd_rt.synth import phantom
 
 
 def test_overlap_by_hand():
@@ -78,22 +76,13 @@ def test_agreement_by_hand():
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    d = tmp_path_factory.mktemp("truth")
-    phantom.synth(d, 3, seed=78)
+def evaluated(phantoms, tmp_path_factory):
+    d = phantoms  # the session's phantoms, with their true masks and truth (read only)
     pred = tmp_path_factory.mktemp("pred")
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "run", d, "-o", pred, "--model", "classical", "--save-prob", "-q"],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("run", d, "-o", pred, "--model", "classical", "--save-prob", "-q")
     assert r.returncode == 0, r.stderr
     rep = tmp_path_factory.mktemp("report")
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "eval", "--pred", pred, "--truth", d, "-o", rep],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("eval", "--pred", pred, "--truth", d, "-o", rep)
     assert r.returncode == 0, r.stderr
     return d, pred, rep, r.stdout
 
@@ -117,11 +106,7 @@ def test_eval_end_to_end(evaluated):
 
 def test_eval_with_nothing_to_compare(evaluated, tmp_path):
     d, _, _, _ = evaluated
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "eval", "--pred", tmp_path, "--truth", d, "-o", tmp_path / "rep"],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("eval", "--pred", tmp_path, "--truth", d, "-o", tmp_path / "rep")
     assert r.returncode == 2 and "no results" in r.stderr and "Traceback" not in r.stderr
 
 

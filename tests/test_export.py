@@ -1,17 +1,15 @@
 """The torch side: networks, training, ONNX export (FP32 and FP16) and the model card."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import cli, phantom_copies  # noqa: E402
+from tests.conftest import cli_here, phantom_copies  # noqa: E402
 from vbmd_rt.export import nets  # noqa: E402
-from vbmd_rt.export.onnx_export import export, to_fp16  # noqa: E402
+from vbmd_rt.export.onnx_export import export  # noqa: E402
 from vbmd_rt.export.train import TrainConfig, train  # noqa: E402
 from vbmd_rt.runtime.model import load_model  # noqa: E402
 from vbmd_rt.synth import phantom  # noqa: E402
@@ -42,14 +40,34 @@ def test_resnet34_init_sums_rgb_kernels(tmp_path):
     assert torch.equal(net.encoder.layer3[0].conv1.weight, donor.layer3[0].conv1.weight)
 
 
-def test_fp16_keeps_norm_and_sigmoid_in_fp32(tmp_path):
+# The training tests run on a 4x coarser model grid (128 px of 0.984 mm instead of 512 of 0.246): what they
+# check (checkpoints, card, resume, export, the run with the exported model) does not depend on the grid,
+# and a 3D U-Net step on 512 x 512 x 32 voxels takes tens of seconds on 2 CPU cores.
+SMALL_GRID = {"size": 128, "spacing_mm": 0.984}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("phantoms")
+    phantom.synth(d, 4, seed=5)
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        data=str(d), out=str(run), epochs=1, steps_per_epoch=2, window=32, max_val_cases=1, seed=3, **SMALL_GRID
+    )
+    return d, run, train(cfg, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The trained checkpoint exported once (FP32, FP16, card): the export tests read it."""
+    out = tmp_path_factory.mktemp("exported") / "model"
+    return out, export(trained[2], out)
+
+
+def test_fp16_keeps_norm_and_sigmoid_in_fp32(exported):
     import onnx
 
-    from vbmd_rt.export.onnx_export import export_onnx
-
-    export_onnx(nets.UNet3D(widths=(2, 2, 2, 2, 2)).eval(), "unet3d", tmp_path / "m.onnx")
-    to_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
-    m = onnx.load(str(tmp_path / "m16.onnx"))
+    m = onnx.load(str(exported[0] / "model.fp16.onnx"))
     types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.value_info, *m.graph.output, *m.graph.input]}
     conv_inputs = {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
     conv_w = [i for i in m.graph.initializer if i.name in conv_inputs]
@@ -59,15 +77,6 @@ def test_fp16_keeps_norm_and_sigmoid_in_fp32(tmp_path):
     assert types[sig.input[0]] == onnx.TensorProto.FLOAT
     means = [n for n in m.graph.node if n.op_type == "ReduceMean"]
     assert means and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in means)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("phantoms")
-    phantom.synth(d, 4, seed=5)
-    run = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(data=str(d), out=str(run), epochs=1, steps_per_epoch=2, window=32, max_val_cases=1, seed=3)
-    return d, run, train(cfg, log=lambda s: None)
 
 
 def test_training_writes_checkpoints_and_card(trained):
@@ -81,7 +90,9 @@ def test_training_writes_checkpoints_and_card(trained):
 
 def test_training_resumes(trained):
     d, run, _ = trained
-    cfg = TrainConfig(data=str(d), out=str(run), epochs=2, steps_per_epoch=2, window=32, max_val_cases=1, seed=3)
+    cfg = TrainConfig(
+        data=str(d), out=str(run), epochs=2, steps_per_epoch=2, window=32, max_val_cases=1, seed=3, **SMALL_GRID
+    )
     train(cfg, resume=str(run / "last.pt"), log=lambda s: None)
     card = json.loads((run / "train.json").read_text())
     assert [h["epoch"] for h in card["training"]["history"]] in ([0, 1], [0])
@@ -101,35 +112,21 @@ def test_training_is_deterministic_on_cpu(tmp_path, trained):
             max_val_cases=1,
             seed=3,
             device="cpu",
+            **SMALL_GRID,
         )
         best = train(cfg, log=lambda s: None)
         weights.append(torch.load(best, weights_only=False)["model"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_export_checks_and_runs(trained, tmp_path):
-    d, _, best = trained
-    card = export(best, tmp_path / "model")
+def test_export_checks_and_runs(trained, exported, tmp_path):
+    d, _, _ = trained
+    folder, card = exported
     assert card["export_checks"]["fp32_vs_torch_max_abs"] <= 1e-4
     assert card["export_checks"]["fp16_vs_fp32_mask_dice_min"] >= 0.99  # untrained: probabilities near 0.5
-    m = load_model(tmp_path / "model")
+    m = load_model(folder)
     assert m.onnx("fp32").stat().st_size < 10 * 2**20 and m.onnx("fp16").exists()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vbmd_rt",
-            "run",
-            d / "PHANTOM_0000.AIM",
-            "-o",
-            tmp_path / "out",
-            "--model",
-            tmp_path / "model",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("run", d / "PHANTOM_0000.AIM", "-o", tmp_path / "out", "--model", folder, "-q")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())["model"]["sha256"] == m.sha256("fp32")
 
@@ -169,9 +166,9 @@ def test_torch_backend_runs_the_bundled_model_like_onnxruntime(phantoms, tmp_pat
 
     phantom_copies(phantoms, tmp_path / "in", 1)
     for backend in ("torch", "onnxruntime"):
-        r = cli("run", tmp_path / "in", "-o", tmp_path / backend, "--backend", backend, "--model", "unet3d", "-q")
+        r = cli_here("run", tmp_path / "in", "-o", tmp_path / backend, "--backend", backend, "--model", "unet3d", "-q")
         assert r.returncode == 0, r.stderr
-    r = cli("run", tmp_path / "in", "-o", tmp_path / "default-torch", "--backend", "torch", "-q")
+    r = cli_here("run", tmp_path / "in", "-o", tmp_path / "default-torch", "--backend", "torch", "-q")
     assert r.returncode == 2 and "onnxruntime" in r.stderr
     a = aim.read_aim(tmp_path / "torch" / "PHANTOM_0000_SEG.AIM").data
     b = aim.read_aim(tmp_path / "onnxruntime" / "PHANTOM_0000_SEG.AIM").data

@@ -94,11 +94,11 @@ def test_every_texture_thresholds_to_the_asked_fraction(kind):
 
 
 def test_cli_synth_random_family_and_a_bad_family(tmp_path):
-    from tests.conftest import cli
+    from tests.conftest import cli_here
 
-    r = cli("synth", tmp_path / "ok", "--cases", "1", "--family", "random:texture=grf", "--seed", "2", "-q")
+    r = cli_here("synth", tmp_path / "ok", "--cases", "1", "--family", "random:texture=grf", "--seed", "2", "-q")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "ok" / "PHANTOM_0000.truth.json").read_text())["family_params"]["texture"] == "grf"
-    r = cli("synth", tmp_path / "bad", "--family", "random:texture=plaid")
+    r = cli_here("synth", tmp_path / "bad", "--family", "random:texture=plaid")
     assert r.returncode == 2 and "texture" in r.stderr
     assert not (tmp_path / "bad").exists()

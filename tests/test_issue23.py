@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLES, cli, needs_samples, tiny_scan
+from tests.conftest import SAMPLES, cli_here, needs_samples, tiny_scan
 from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.errors import AimFormatError, CalibrationError, VbmdInputError
 from vbmd_rt.runtime.io import aim, masks, proclog
@@ -104,7 +104,7 @@ def test_row1_scan_is_read_into_memory_with_its_fingerprint(tiny):
     s = pipeline.read_scan(tiny)
     assert not isinstance(s.data, np.memmap) and s.data.flags.owndata
     fp = s.fingerprint
-    assert fp["size"] == tiny.stat().st_size and len(fp["blake2b"]) == 64
+    assert fp["size"] == tiny.stat().st_size and len(fp["sha256"]) == 64
     from vbmd_rt.runtime.io import outputs
 
     assert outputs.same_input(outputs.fingerprint(tiny), fp)
@@ -150,7 +150,7 @@ def test_row8_odd_geometries_run_or_are_refused_never_an_internal_error(tiny, tm
 
 def test_row8_cli_voxel_size_gives_one_line_and_exit_2(tiny, tmp_path):
     p = _variant(tiny, tmp_path / "V.AIM", element_size_mm=(2.0, 2.0, 2.0))
-    r = cli("run", p, "-o", tmp_path / "out", "--model", "classical", "-q")
+    r = cli_here("run", p, "-o", tmp_path / "out", "--model", "classical", "-q")
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "voxel size" in r.stderr
 
@@ -359,7 +359,7 @@ def test_row5_cli_batch_into_a_folder_with_a_users_summary_exits_2_before_work(t
     for n in ("A.AIM", "B.AIM"):
         (d / n).write_bytes(tiny.read_bytes())
     (d / "summary.csv").write_text("patient,score\n1,2\n")
-    r = cli("run", d, "-o", d, "--model", "classical", "-q")
+    r = cli_here("run", d, "-o", d, "--model", "classical", "-q")
     assert r.returncode == 2 and "summary.csv" in r.stderr
     assert (d / "summary.csv").read_text() == "patient,score\n1,2\n"
     assert not (d / "A.json").exists()  # refused before any work
@@ -508,7 +508,7 @@ def test_row4_measure_is_one_transaction(phantoms, tiny, tmp_path, renames):
     aim.write_aim(tmp_path / "HALF_MASK.AIM", half, gt.header, type="char")
     out = tmp_path / "out"
     base = [sys.executable, "-m", "vbmd_rt", "measure", scan]
-    r = subprocess.run([*base, phantoms / "PHANTOM_0000_GT.AIM", "-o", out, "--report", "html"], capture_output=True)
+    r = cli_here("measure", scan, phantoms / "PHANTOM_0000_GT.AIM", "-o", out, "--report", "html")
     assert r.returncode == 0, r.stderr
     before = (out / "S.json").read_bytes()
     assert _consistent(out, "S")
@@ -522,7 +522,7 @@ def test_row4_measure_is_one_transaction(phantoms, tiny, tmp_path, renames):
     assert (out / "S.json").exists() == (renames == 0)
     if renames == 0:
         assert (out / "S.json").read_bytes() == before
-    r = subprocess.run([*base, tmp_path / "HALF_MASK.AIM", "-o", out, "--overwrite"], capture_output=True)
+    r = cli_here("measure", scan, tmp_path / "HALF_MASK.AIM", "-o", out, "--overwrite")
     assert r.returncode == 0 and _consistent(out, "S")
 
 
@@ -533,12 +533,13 @@ def test_row3_kill_in_the_commit_window_never_leaves_the_old_json_beside_the_new
     d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
     (d / "S.AIM").write_bytes(tiny.read_bytes())
-    args = [sys.executable, "-m", "vbmd_rt", "run", d / "S.AIM", "-o", out, "--model", "classical", "-q"]
-    assert subprocess.run(args, capture_output=True).returncode == 0
+    cmd = ["run", d / "S.AIM", "-o", out, "--model", "classical", "-q"]
+    args = [sys.executable, "-m", "vbmd_rt", *cmd]
+    assert cli_here(*cmd).returncode == 0
     for renames, fmt in [(1, "char"), (2, "rle"), (3, "char")]:  # another mask format: the new mask differs
         r = subprocess.run([*args, "--overwrite", "--mask-format", fmt], capture_output=True, env=_kill_env(renames))
         assert r.returncode == 137 and _consistent(out, "S") and not (out / "S.json").exists()
-        r = subprocess.run([*args, "--mask-format", fmt], capture_output=True)  # a plain run finishes the job
+        r = cli_here(*cmd, "--mask-format", fmt)  # a plain run finishes the job
         assert r.returncode == 0 and _consistent(out, "S") and (out / "S.json").exists()
 
 

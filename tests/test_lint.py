@@ -180,37 +180,26 @@ def test_readme_vbmd_rt_commands_parse_as_typed():
     assert seen >= 3
 
 
-def test_readme_tour_runs_as_typed_after_make_demo(phantoms, tmp_path):
-    """The README's tour block, each line run for real in a folder laid out as after `make demo`."""
+def test_readme_tour_runs_as_typed_after_make_demo(phantoms, tmp_path, monkeypatch):
+    """The README's tour block, each line run for real (the command line as typed, in this process) in a
+    folder laid out as after `make demo`."""
     import json
     import re
 
-    from tests.conftest import phantom_copies
+    from tests.conftest import cli_here, phantom_copies
 
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## After `make demo`.*?```\n(.*?)```", text, flags=re.S).group(1)
     phantom_copies(phantoms, tmp_path / "demo-out" / "scans", 1)
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "run", "demo-out/scans/PHANTOM_0000.AIM", "-o", "demo-out/results", "-q"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )  # what `make demo` did
+    monkeypatch.chdir(tmp_path)
+    r = cli_here("run", "demo-out/scans/PHANTOM_0000.AIM", "-o", "demo-out/results", "-q")  # what `make demo` did
     assert r.returncode == 0, r.stderr
     for line in block.strip().splitlines():
         args = line.split()
         assert args[0] == ".venv/bin/vbmd-rt", line
-        r = subprocess.run([sys.executable, "-m", "vbmd_rt", *args[1:]], cwd=tmp_path, capture_output=True, text=True)
+        r = cli_here(*args[1:])
         assert r.returncode == 0, f"README: `{line}` failed: {r.stderr}"
     d100 = json.loads((tmp_path / "demo-out/results/PHANTOM_0000.json").read_text())["d100_mg_ha_cm3"]
     assert (tmp_path / "demo-out/slicer/PHANTOM_0000_SEG.nii.gz").is_file()
     assert (tmp_path / "demo-out/cohort-results/summary.csv").is_file()
-    assert (
-        f"{d100:.1f}"
-        in subprocess.run(
-            [sys.executable, "-m", "vbmd_rt", *block.splitlines()[1].split()[1:]],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    assert f"{d100:.1f}" in cli_here(*block.splitlines()[1].split()[1:]).stdout

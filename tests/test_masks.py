@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import cli, phantom_copies
+from tests.conftest import cli_here, phantom_copies
 from vbmd_rt.runtime.errors import VbmdInputError
 from vbmd_rt.runtime.io import aim, masks, nifti
 from vbmd_rt.runtime.io.codecs import encode_binary_rle
@@ -163,7 +163,7 @@ def test_nifti_mask_reads_back_onto_the_grid_also_when_flipped(tmp_path):
 def run_out(phantoms, tmp_path_factory):
     cases = phantom_copies(phantoms, tmp_path_factory.mktemp("mscans"), 1)
     out = tmp_path_factory.mktemp("mout")
-    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", out, "-q", "--export", "nifti")
+    r = cli_here("run", cases / "PHANTOM_0000.AIM", "-o", out, "-q", "--export", "nifti")
     assert r.returncode == 0, r.stderr
     return cases, out
 
@@ -172,7 +172,7 @@ def test_measure_on_runs_own_mask_reproduces_its_d100_exactly(run_out, tmp_path)
     cases, out = run_out
     res = json.loads((out / "PHANTOM_0000.json").read_text())
     assert res["mask"]["type"] == "binary-rle"
-    r = cli(
+    r = cli_here(
         "measure", cases / "PHANTOM_0000.AIM", out / "PHANTOM_0000_SEG.AIM", "-o", tmp_path / "m", "--report", "html"
     )
     assert r.returncode == 0, r.stderr
@@ -182,7 +182,7 @@ def test_measure_on_runs_own_mask_reproduces_its_d100_exactly(run_out, tmp_path)
         assert again[k] == res[k], k
     assert again["qc"]["status"] == "pass" and again["mask"]["source"] == "given"
     # the NIfTI mask `run --export` wrote measures the same
-    r = cli("measure", cases / "PHANTOM_0000.AIM", out / "PHANTOM_0000_SEG.nii.gz", "--json")
+    r = cli_here("measure", cases / "PHANTOM_0000.AIM", out / "PHANTOM_0000_SEG.nii.gz", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["d100_mg_ha_cm3"] == res["d100_mg_ha_cm3"]
 
@@ -203,7 +203,7 @@ def test_measure_refuses_an_empty_mask_with_exit_2_and_writes_nothing(run_out, t
     cases, _ = run_out
     hdr = aim.read_header(cases / "PHANTOM_0000.AIM")
     aim.write_aim(tmp_path / "empty.aim", np.zeros(hdr.shape, np.int8), hdr, type="char")
-    r = cli("measure", cases / "PHANTOM_0000.AIM", tmp_path / "empty.aim", "-o", tmp_path / "o")
+    r = cli_here("measure", cases / "PHANTOM_0000.AIM", tmp_path / "empty.aim", "-o", tmp_path / "o")
     assert r.returncode == 2 and "empty.aim" in r.stderr and "empty" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -211,9 +211,9 @@ def test_measure_refuses_an_empty_mask_with_exit_2_and_writes_nothing(run_out, t
 
 def test_measure_refuses_a_scan_as_mask_and_a_missing_mask(run_out, tmp_path):
     cases, _ = run_out
-    r = cli("measure", cases / "PHANTOM_0000.AIM", cases / "PHANTOM_0000.AIM")
+    r = cli_here("measure", cases / "PHANTOM_0000.AIM", cases / "PHANTOM_0000.AIM")
     assert r.returncode == 2 and "not a mask" in r.stderr, r.stderr
-    r = cli("measure", cases / "PHANTOM_0000.AIM", tmp_path / "nope.aim", "-o", tmp_path / "o")
+    r = cli_here("measure", cases / "PHANTOM_0000.AIM", tmp_path / "nope.aim", "-o", tmp_path / "o")
     assert r.returncode == 2 and "nope.aim" in r.stderr and not (tmp_path / "o").exists()
 
 
@@ -224,7 +224,7 @@ def test_measure_flags_a_mask_on_soft_tissue_for_review(run_out, tmp_path):
     nz, ny, nx = hdr.shape
     m[nz // 3 : nz // 2, 2:20, 2:20] = 127  # a corner of air/soft tissue
     aim.write_aim(tmp_path / "air.aim", m, hdr, type="char")
-    r = cli("measure", cases / "PHANTOM_0000.AIM", tmp_path / "air.aim", "--json")
+    r = cli_here("measure", cases / "PHANTOM_0000.AIM", tmp_path / "air.aim", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["qc"]["status"] == "review" and res["qc"]["reasons"]
@@ -237,7 +237,7 @@ def test_measure_flags_a_mask_of_two_bones_for_review(run_out, tmp_path):
     zs = np.flatnonzero(m.reshape(m.shape[0], -1).any(axis=1))
     m[zs[0] : zs[-1] + 1, 5:25, 5:25] = 127  # a second object on every slice of MC2
     aim.write_aim(tmp_path / "two.aim", m, hdr, type="char")
-    r = cli("measure", cases / "PHANTOM_0000.AIM", tmp_path / "two.aim", "--json")
+    r = cli_here("measure", cases / "PHANTOM_0000.AIM", tmp_path / "two.aim", "--json")
     assert r.returncode == 0, r.stderr
     qc = json.loads(r.stdout)["qc"]
     assert qc["status"] == "review" and any("separate objects" in x for x in qc["reasons"])

@@ -12,7 +12,7 @@ import pytest
 
 from vbmd_rt.runtime.io import aim, masks, nifti
 
-from .conftest import cli, tiny_scan
+from .conftest import cli_here, tiny_scan
 
 LOG = "\n".join(
     [
@@ -95,7 +95,7 @@ def test_run_exports_nii_with_sidecars_and_a_cropped_mask(phantoms, tmp_path):
     (tmp_path / "in").mkdir()
     scan = tiny_scan(phantoms / "PHANTOM_0000.AIM", tmp_path / "in" / "T.AIM")
     out = tmp_path / "out"
-    r = cli("run", scan, "-o", out, "--model", "classical", "--export", "nii", "--mask-format", "cropped", "-q")
+    r = cli_here("run", scan, "-o", out, "--model", "classical", "--export", "nii", "--mask-format", "cropped", "-q")
     assert r.returncode == 0, r.stderr
     for n in ("T.nii", "T_SEG.nii", "T_SEG.json", "T.json", "T_SEG.AIM"):
         assert (out / n).is_file(), n

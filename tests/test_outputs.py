@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import cli, tiny_scan
+from tests.conftest import cli_here, tiny_scan
 from vbmd_rt.cohort import batch as cohort
 from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.errors import OutputError
@@ -52,14 +52,14 @@ def test_fingerprint_hashes_the_whole_content(tmp_path):
     with open(p, "wb") as f:
         f.truncate(8 * 2**20)  # sparse: 8 MiB
     fp = outputs.fingerprint(p)
-    assert fp["size"] == 8 * 2**20 and len(fp["blake2b"]) == 64
+    assert fp["size"] == 8 * 2**20 and len(fp["sha256"]) == 64
     with open(p, "r+b") as f:
         f.seek(3 * 2**20 + 12345)  # not in the head, the tail or any of 16 spread 64 KiB blocks
         f.write(b"x")
     os.utime(p, ns=(fp["mtime_ns"], fp["mtime_ns"]))  # same size, same mtime
     changed = outputs.fingerprint(p)
     assert changed["mtime_ns"] == fp["mtime_ns"]
-    assert changed["blake2b"] != fp["blake2b"] and not outputs.same_input(changed, fp)
+    assert changed["sha256"] != fp["sha256"] and not outputs.same_input(changed, fp)
     assert outputs.same_input(outputs.fingerprint(p), changed)
 
 
@@ -132,7 +132,7 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(scans, tmp_
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(scans / "A.AIM", tmp_path / rel)
         out = tmp_path / f"out-{a.replace('/', '_')}"
-        r = cli("run", tmp_path / a, tmp_path / b, "-o", out, "--model", "classical", "-q")
+        r = cli_here("run", tmp_path / a, tmp_path / b, "-o", out, "--model", "classical", "-q")
         assert r.returncode == 2 and "same output name" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
         assert not list(out.glob("*.json"))
@@ -140,11 +140,11 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(scans, tmp_
 
 def test_a_scan_named_summary_cannot_collide_with_the_batch_summary(scans, tmp_path):
     shutil.copy2(scans / "A.AIM", tmp_path / "summary.AIM")
-    r = cli("run", tmp_path / "summary.AIM", scans / "B.AIM", "-o", tmp_path / "out", "--model", "classical", "-q")
+    r = cli_here("run", tmp_path / "summary.AIM", scans / "B.AIM", "-o", tmp_path / "out", "--model", "classical", "-q")
     assert r.returncode == 2 and "batch summary" in r.stderr
     # alone it is fine, and a later batch into the same OUT never overwrites its result
     out = tmp_path / "out2"
-    assert cli("run", tmp_path / "summary.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
+    assert cli_here("run", tmp_path / "summary.AIM", "-o", out, "--model", "classical", "-q").returncode == 0
     scan_result = (out / "summary.json").read_bytes()
     with pytest.raises(OutputError, match="scan's result"):
         cohort.write_summary(out, [])
@@ -157,7 +157,7 @@ def test_output_in_the_input_folder_leaves_foreign_files_and_never_reads_outputs
     shutil.copy2(scans / "A.AIM", d / "A.AIM")
     (d / "A_SEG.AIM").write_bytes(b"an expert's mask, not ours")
     (d / "A.png").write_bytes(b"a user's picture")
-    r = cli("run", d, "-o", d, "--model", "classical", "-q", "--save-prob")
+    r = cli_here("run", d, "-o", d, "--model", "classical", "-q", "--save-prob")
     assert r.returncode == 2 and "not written by vbmd-rt" in r.stderr
     assert (d / "A_SEG.AIM").read_bytes() == b"an expert's mask, not ours" and (
         d / "A.png"
@@ -165,7 +165,7 @@ def test_output_in_the_input_folder_leaves_foreign_files_and_never_reads_outputs
     (d / "A_SEG.AIM").unlink()
     (d / "A.png").unlink()
     for _ in range(2):  # the second run finds A_SEG.AIM, A_PROB.AIM beside A.AIM: not scans, and A is done
-        r = cli("run", d, "-o", d, "--model", "classical", "--save-prob")
+        r = cli_here("run", d, "-o", d, "--model", "classical", "--save-prob")
         assert r.returncode == 0, r.stderr
     assert "skipped" in r.stdout + r.stderr and "A_PROB" not in r.stdout + r.stderr
     assert r.returncode == 0 and (d / "A_PROB.AIM").is_file()
@@ -190,7 +190,7 @@ def test_a_kill_after_any_rename_under_overwrite_leaves_nothing_trusted(scans, t
     d.mkdir()
     shutil.copy2(scans / "A.AIM", d / "S.AIM")
     args = ("run", d / "S.AIM", "-o", out, "--model", "classical", "--report", "html", "-q")
-    assert cli(*args).returncode == 0
+    assert cli_here(*args).returncode == 0
     before = json.loads((out / "S.json").read_text())
     shutil.copy2(scans / "B.AIM", d / "S.AIM")
     r = _env_cli({outputs.KILL_AFTER_ENV: str(renames)}, *args, "--overwrite")
@@ -202,7 +202,7 @@ def test_a_kill_after_any_rename_under_overwrite_leaves_nothing_trusted(scans, t
     else:  # during the switch: no result at all, never the old JSON beside new files
         assert not (out / "S.json").exists()
     assert cohort.existing_result(d / "S.AIM", out, pipeline.RunOptions(report_html=True)) is None
-    r = cli(*args)  # no --overwrite: what the killed run renamed is known to be ours
+    r = cli_here(*args)  # no --overwrite: what the killed run renamed is known to be ours
     assert r.returncode == 0, r.stderr
     after = json.loads((out / "S.json").read_text())
     assert after["slices"] != before["slices"] and len(after["history"]) == 1
@@ -293,6 +293,39 @@ def test_a_result_of_vbmd_rt_0_1_is_redone_once_and_kept_as_history(scans, predi
     assert len(new["history"]) == 1 and _run(predictor, [scans / "A.AIM"], out)[0]["status"] == "skipped"
 
 
+def test_a_result_with_the_blake2b_hashes_of_earlier_versions_is_reused_not_redone(scans, predictor, tmp_path):
+    """Results, manifests and summaries written before the fingerprint became sha256 record blake2b: the
+    upgrade redoes no scan and takes no earlier output for someone else's."""
+    out = tmp_path / "out"
+    _run(predictor, [scans / "A.AIM"], out)
+    res = json.loads((out / "A.json").read_text())
+    fp = res["scan"]["fingerprint"]
+    assert "sha256" in fp and all("sha256" in rec for rec in res["outputs"].values())
+    fp["blake2b"] = outputs.content_hash(scans / "A.AIM", key="blake2b")  # as earlier versions wrote it
+    del fp["sha256"]
+    for f, rec in res["outputs"].items():
+        rec["blake2b"] = outputs.content_hash(out / f, key="blake2b")
+        del rec["sha256"]
+    (out / "A.json").write_text(json.dumps(res))
+    assert not outputs.same_input(outputs.fingerprint(scans / "A.AIM"), fp)  # no hash in common...
+    before = (out / "A.json").read_bytes()
+    [r] = _run(predictor, [scans / "A.AIM"], out)  # ...so the file is hashed the old way too, and matches
+    assert r["status"] == "skipped" and (out / "A.json").read_bytes() == before
+    with open(out / "A.png", "ab") as f:  # an earlier manifest still tells a changed output
+        f.write(b"x")
+    assert cohort.existing_result(scans / "A.AIM", out, pipeline.RunOptions()) is None
+    assert "not written by vbmd-rt" in _run(predictor, [scans / "A.AIM"], out)[0]["error"]  # not ours any more
+    assert _run(predictor, [scans / "A.AIM"], out, overwrite=True)[0]["status"] == "done"
+    assert "sha256" in json.loads((out / "A.json").read_text())["scan"]["fingerprint"]
+    cohort.write_summary(out, [])  # an earlier summary: its JSON records the CSV's blake2b
+    summary = json.loads((out / "summary.json").read_text())
+    summary["csv"] = {"file": "summary.csv", "blake2b": outputs.content_hash(out / "summary.csv", key="blake2b")}
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert cohort.foreign_summaries(out) == []
+    (out / "summary.csv").write_text("a user's table\n")
+    assert cohort.foreign_summaries(out) == [out / "summary.csv"]
+
+
 def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_path):
     out = tmp_path / "out"
     args = ("run", scans / "A.AIM", "-o", out, "--model", "classical", "-q")
@@ -303,4 +336,4 @@ def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_p
     assert outputs.clean_staging(out) > 0
     assert [p.name for p in st.iterdir()] == ["manifest.json"]
     assert "A_SEG.AIM" in outputs.owned_files(out, "A", "A.json")  # still known as vbmd-rt's
-    assert cli(*args).returncode == 0 and not list((out / ".vbmd-rt" / "staging").iterdir())
+    assert cli_here(*args).returncode == 0 and not list((out / ".vbmd-rt" / "staging").iterdir())

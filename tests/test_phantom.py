@@ -2,13 +2,12 @@
 
 import hashlib
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from tests.conftest import cli_here
 from vbmd_rt.runtime.io.aim import read_aim
 from vbmd_rt.runtime.io.calibration import to_density
 from vbmd_rt.synth import phantom
@@ -165,11 +164,7 @@ def test_truth_json_has_the_contract_keys(cohort):
 
 
 def test_cli_synth_with_preview(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "synth", str(tmp_path), "--cases", "2", "--seed", "4", "--preview"],
-        capture_output=True,
-        text=True,
-    )
+    r = cli_here("synth", tmp_path, "--cases", "2", "--seed", "4", "--preview")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "PHANTOM_0001_GT.AIM").exists()
     png = (tmp_path / "preview.png").read_bytes()
@@ -179,7 +174,7 @@ def test_cli_synth_with_preview(tmp_path):
 def test_cli_synth_into_a_file_path_exits_2(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
-    r = subprocess.run([sys.executable, "-m", "vbmd_rt", "synth", str(f)], capture_output=True, text=True)
+    r = cli_here("synth", f)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 

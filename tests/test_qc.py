@@ -87,9 +87,8 @@ def test_implausible_measures_are_named():
     text = " ".join(v["reasons"])
     for word in ("length", "volume", "area", "D100", "edge"):
         assert word in text
-    assert (
-        v["status"] == "review" and v["limits"]["d100_mg"] == [80.0, 650.0] or v["limits"]["d100_mg"] == (80.0, 650.0)
-    )
+    assert v["status"] == "review"
+    assert list(v["limits"]["d100_mg"]) == [80.0, 650.0]  # the limits applied travel with the verdict
 
 
 def test_network_confidence_counts_uncertain_voxels_and_second_structures():
@@ -105,9 +104,9 @@ def test_network_confidence_counts_uncertain_voxels_and_second_structures():
 def test_every_run_result_carries_a_verdict(phantoms, tmp_path):
     import json
 
-    from tests.conftest import cli
+    from tests.conftest import cli_here
 
-    r = cli("run", phantoms / "PHANTOM_0000.AIM", "-o", tmp_path / "out")
+    r = cli_here("run", phantoms / "PHANTOM_0000.AIM", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())
     assert res["qc"]["status"] in ("pass", "review") and isinstance(res["qc"]["reasons"], list)
@@ -121,7 +120,6 @@ def test_a_barely_working_network_is_flagged(phantoms):
     """A network whose output is noise around the bone (here: the truth blurred into a blob) gets review."""
     from scipy import ndimage
 
-    import vbmd_rt
     from vbmd_rt.runtime.io import aim
 
     scan = aim.read_aim(phantoms / "PHANTOM_0000.AIM")
@@ -131,4 +129,7 @@ def test_a_barely_working_network_is_flagged(phantoms):
     v = qc.assess_mask(scan.data, blob, sp, scan.calibration, measure.vbmd(scan.data, blob, sp[::-1], scan.calibration))
     assert measure.dice(blob, gt) < 0.9
     assert v["status"] == "review", v
-    assert vbmd_rt  # the package imports without torch
+    # flagged for what is wrong with it: it disagrees with the classical baseline and is no solid bone
+    # (that the runtime imports without torch: test_lint.test_no_lean_module_imports_torch_tensorrt_or_dask)
+    assert any("classical baseline" in r for r in v["reasons"]), v["reasons"]
+    assert any("not solid" in r for r in v["reasons"]), v["reasons"]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import cli, tiny_scan
+from .conftest import cli_here, tiny_scan
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (apt-get install chromium)")
@@ -45,7 +45,7 @@ def test_the_report_of_a_run_shows_verdict_notice_and_picture_in_a_browser(phant
     (tmp_path / "in").mkdir()
     scan = tiny_scan(phantoms / "PHANTOM_0000.AIM", tmp_path / "in" / "T.AIM", slices=40, factor=2)
     out = tmp_path / "out"
-    r = cli("run", scan, "-o", out, "--report", "html", "-q")
+    r = cli_here("run", scan, "-o", out, "--report", "html", "-q")
     assert r.returncode == 0, r.stderr
     shot = _screenshot(out / "T.html", tmp_path / "shot.png")
     top = shot[:700]
@@ -60,7 +60,7 @@ def test_the_png_alone_carries_its_band(phantoms, tmp_path):
     (tmp_path / "in").mkdir()
     scan = tiny_scan(phantoms / "PHANTOM_0000.AIM", tmp_path / "in" / "T.AIM", slices=40, factor=2)
     out = tmp_path / "out"
-    assert cli("run", scan, "-o", out, "--model", "classical", "-q").returncode == 0
+    assert cli_here("run", scan, "-o", out, "--model", "classical", "-q").returncode == 0
     page = tmp_path / "png.html"
     page.write_text(f'<html><body style="margin:0"><img src="{(out / "T.png").as_uri()}"></body></html>')
     shot = _screenshot(page, tmp_path / "shot.png", width=1920, height=400)

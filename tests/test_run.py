@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import cli, phantom_copies
+from tests.conftest import cli_here, phantom_copies
 from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.model import load_model
 
@@ -39,7 +39,7 @@ def cases(phantoms, tmp_path_factory):
 def results(cases, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     before = {p.name: sha(p) for p in cases.iterdir()}
-    r = cli("run", cases / "PHANTOM_0000.AIM", cases / "PHANTOM_0001.AIM", "-o", out, "--report", "html", "-q")
+    r = cli_here("run", cases / "PHANTOM_0000.AIM", cases / "PHANTOM_0001.AIM", "-o", out, "--report", "html", "-q")
     assert r.returncode == 0, r.stderr
     assert {p.name: sha(p) for p in cases.iterdir()} == before  # inputs untouched, nothing written beside them
     return out
@@ -96,7 +96,7 @@ def test_outputs_json_and_mask_line_up_with_truth(cases, results, i):
 
 def test_valid_outputs_are_skipped_without_overwrite(cases, results):
     before = sha(results / "PHANTOM_0000.json")
-    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", results)
+    r = cli_here("run", cases / "PHANTOM_0000.AIM", "-o", results)
     assert r.returncode == 0 and "skipped" in r.stderr and "--overwrite" in r.stderr, r.stderr
     assert sha(results / "PHANTOM_0000.json") == before
 
@@ -111,7 +111,7 @@ def test_not_an_aim(tmp_path):
     bad = tmp_path / "notes.AIM"
     bad.write_text("not a scan\n" * 20)
     out = tmp_path / "out"
-    r = cli("run", bad, "-o", out, "-q")
+    r = cli_here("run", bad, "-o", out, "-q")
     assert r.returncode == 2 and str(bad) in _only_error(r)
     assert [p.name for p in out.iterdir()] in ([], [".vbmd-rt"])  # no output, at most the locks folder
 
@@ -120,13 +120,13 @@ def test_truncated_scan(cases, tmp_path):
     src = (cases / "PHANTOM_0000.AIM").read_bytes()
     bad = tmp_path / "CUT.AIM"
     bad.write_bytes(src[: len(src) // 2])
-    r = cli("run", bad, "-o", tmp_path / "out", "-q")
+    r = cli_here("run", bad, "-o", tmp_path / "out", "-q")
     assert r.returncode == 2 and "CUT.AIM" in _only_error(r)
     assert not any((tmp_path / "out").iterdir())
 
 
 def test_mask_given_as_scan(cases, tmp_path):
-    r = cli("run", cases / "PHANTOM_0000_GT.AIM", "-o", tmp_path / "out", "-q")
+    r = cli_here("run", cases / "PHANTOM_0000_GT.AIM", "-o", tmp_path / "out", "-q")
     assert r.returncode == 2 and "mask" in _only_error(r) and "not a greyscale scan" in r.stderr
 
 
@@ -136,7 +136,7 @@ def test_uncalibrated_scan_still_gets_a_mask(cases, tmp_path):
 
     hdr = dataclasses.replace(s.header, processing_log="")
     aim.write_aim(tmp_path / "NOCAL.AIM", np.asarray(s.data), hdr)
-    r = cli("run", tmp_path / "NOCAL.AIM", "-o", tmp_path / "out", "-q")
+    r = cli_here("run", tmp_path / "NOCAL.AIM", "-o", tmp_path / "out", "-q")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "out" / "NOCAL.json").read_text())
     assert res["d100_mg_ha_cm3"] is None and res["calibration"] is None
@@ -151,7 +151,7 @@ def test_scan_without_bone_is_refused_as_not_a_hand(cases, tmp_path):
         -50, 50, s.header.shape, dtype=np.int16
     )
     aim.write_aim(tmp_path / "AIR.AIM", air, s.header)
-    r = cli("run", tmp_path / "AIR.AIM", "-o", tmp_path / "out", "-q")
+    r = cli_here("run", tmp_path / "AIR.AIM", "-o", tmp_path / "out", "-q")
     assert r.returncode == 2 and "metacarpal" in _only_error(r)
     assert not (tmp_path / "out" / "AIR.json").exists()
 
@@ -159,7 +159,7 @@ def test_scan_without_bone_is_refused_as_not_a_hand(cases, tmp_path):
 def test_out_not_writable(cases, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = cli("run", cases / "PHANTOM_0000.AIM", "-o", blocker, "-q")
+    r = cli_here("run", cases / "PHANTOM_0000.AIM", "-o", blocker, "-q")
     assert r.returncode == 2 and "not a folder" in _only_error(r)
 
 
@@ -169,7 +169,7 @@ def test_one_bad_scan_does_not_stop_the_batch(cases, tmp_path):
     bad.write_bytes(b"\0" * 100)
     good = tmp_path / "in" / "GOOD.AIM"
     good.write_bytes((cases / "PHANTOM_0000.AIM").read_bytes())
-    r = cli("run", tmp_path / "in", "-o", tmp_path / "out", "-q")
+    r = cli_here("run", tmp_path / "in", "-o", tmp_path / "out", "-q")
     assert r.returncode == 2
     assert "BROKEN.AIM" in r.stderr and "1 of 2 scans failed" in r.stderr
     assert (tmp_path / "out" / "GOOD.json").exists() and not (tmp_path / "out" / "BROKEN.json").exists()

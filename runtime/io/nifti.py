@@ -208,7 +208,7 @@ def export_pair(
             write_mha(out_dir / f"{name}_SEG{ext}", m.view(np.uint8), el, mpos),
         ]
     cal = scan.calibration
-    slope, inter = (1.0, 0.0) if cal is None else (float(cal.per_unit), float(cal.intercept))
+    slope, inter = (1.0, 0.0) if cal is None else cal.density_equation()  # density = stored * slope + inter
     side = out_dir / f"{name}_SEG.json"
     atomic_write_bytes(side, (json.dumps(mask_sidecar(scan, cropped), indent=2) + "\n").encode(), overwrite=True)
     return [  # the images; the sidecar is the last of export_names

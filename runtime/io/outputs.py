@@ -1,9 +1,9 @@
 """A scan's outputs as one transaction, tied to the input they came from.
 
-* **Fingerprint.** A scan is known by its size, mtime and a blake2b of its whole content, computed in the same
+* **Fingerprint.** A scan is known by its size, mtime and a sha256 of its whole content, computed in the same
   pass as its one read (``aim.read_whole``); the inode is recorded to see a change during processing. A
   result is reused only when the fingerprint, the model and the options that change the result all match
-  (``reusable``). Manifests record each output's size and blake2b.
+  (``reusable``). Manifests record each output's size and sha256 (blake2b in those of earlier versions).
 * **Transaction.** Every file of a scan is written into a hidden staging folder
   ``OUT/.vbmd-rt/staging/NAME.<pid>-<random>/``, then a manifest of them (names, sizes, hashes, the input's
   fingerprint) is written there; then the previous JSON is taken down (into the staging folder), the files
@@ -70,9 +70,10 @@ class ScanBusy(Exception):
 # --------------------------------------------------------------------------- fingerprints
 
 
-def content_hash(path: str | os.PathLike, size: int | None = None) -> str:
-    """blake2b of every byte of a file (``aim.FINGERPRINT_METHOD``)."""
-    h = aim.content_hasher()
+def content_hash(path: str | os.PathLike, size: int | None = None, key: str = aim.FINGERPRINT_KEY) -> str:
+    """sha256 of every byte of a file (``aim.FINGERPRINT_METHOD``; ``key='blake2b'``: as earlier results
+    recorded it)."""
+    h = aim.content_hasher(key)
     with open(path, "rb") as f:
         while block := f.read(aim.READ_CHUNK):
             h.update(block)
@@ -97,7 +98,7 @@ def sampled_hash(path: str | os.PathLike, size: int | None = None) -> str:
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
-    """The input's identity: ``size``, ``mtime_ns``, ``inode`` and ``blake2b`` of its whole content.
+    """The input's identity: ``size``, ``mtime_ns``, ``inode`` and ``sha256`` of its whole content.
 
     The one "exactly once" key of ``run``, cohorts and the watch service (``same_input`` compares size, mtime
     and content: a copy with another scan's size and mtime, or a change anywhere in the data, is another input).
@@ -112,7 +113,7 @@ def fingerprint(path: str | os.PathLike) -> dict:
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "inode": st.st_ino,
-        "blake2b": digest,
+        aim.FINGERPRINT_KEY: digest,
         "method": aim.FINGERPRINT_METHOD,
     }
 
@@ -124,10 +125,32 @@ def fingerprint_of(scan) -> dict:
 
 def same_input(a: dict | None, b: dict | None) -> bool:
     """One input: the same size, mtime and hash of the whole content (a touched file is redone; a file with
-    another's size and mtime, or changed anywhere, is another input)."""
-    if not a or not b or not a.get("blake2b"):
+    another's size and mtime, or changed anywhere, is another input). Compared by a content hash both hold
+    (``aim.CONTENT_KEYS``); none in common: not known to be the same (``comparable`` hashes the other way)."""
+    if not a or not b:
         return False
-    return all(a.get(k) == b.get(k) for k in ("size", "mtime_ns", "blake2b"))
+    for key in aim.CONTENT_KEYS:
+        if a.get(key) and b.get(key):
+            return all(a.get(k) == b.get(k) for k in ("size", "mtime_ns", key))
+    return False
+
+
+def comparable(fp: dict, recorded: dict | None, path: str | os.PathLike) -> dict:
+    """``fp`` (this input's fingerprint), able to be compared with ``recorded`` (a result's): results written
+    before the fingerprint became sha256 record a blake2b; where its size and mtime are this file's, the file
+    is hashed that way too (one more read, once: the new result records sha256), so that an upgrade redoes
+    no scan."""
+    if not fp or not recorded or any(fp.get(k) and recorded.get(k) for k in aim.CONTENT_KEYS):
+        return fp
+    if (recorded.get("size"), recorded.get("mtime_ns")) != (fp.get("size"), fp.get("mtime_ns")):
+        return fp
+    for key in aim.CONTENT_KEYS:
+        if recorded.get(key):
+            try:
+                return {**fp, key: content_hash(path, key=key)}
+            except OSError:
+                return fp
+    return fp
 
 
 def unchanged_since(path: str | os.PathLike, fp: dict) -> bool:
@@ -141,15 +164,16 @@ def unchanged_since(path: str | os.PathLike, fp: dict) -> bool:
 
 
 def file_record(path: Path) -> dict:
-    return {"size": path.stat().st_size, "blake2b": content_hash(path)}
+    return {"size": path.stat().st_size, aim.FINGERPRINT_KEY: content_hash(path)}
 
 
 def _matches(path: Path, rec: dict) -> bool:
     try:
         if not path.is_file() or path.stat().st_size != rec.get("size"):
             return False
-        if "blake2b" in rec:
-            return content_hash(path) == rec["blake2b"]
+        for key in aim.CONTENT_KEYS:  # sha256; blake2b in manifests written before
+            if key in rec:
+                return content_hash(path, key=key) == rec[key]
         return "sha256_sampled" in rec and sampled_hash(path) == rec["sha256_sampled"]  # a 0.2 manifest
     except OSError:
         return False
