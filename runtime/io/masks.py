@@ -238,3 +238,26 @@ def _read_gobj(path: Path):
         _fail(path, "GOBJ contours need aimio-py", "pip install aimio-py, or convert the GOBJ to a mask AIM")
     data, meta = py_aimio.read_gobj(str(path))  # (z, y, x), cropped to the contours, with its position
     return np.asarray(data), tuple(meta["element_size"]), tuple(meta["position"])
+
+
+COMPARTMENTS = {"cort": (1, "cortical"), "trab": (2, "trabecular")}  # runtime.compartments' labels
+
+
+def write_compartments(
+    paths: dict, labels: np.ndarray | None, box, header: aim.AimHeader, fmt: str = "rle", log_entry: str = ""
+) -> dict:
+    """``NAME_CORT_MASK.AIM`` and ``NAME_TRAB_MASK.AIM`` (``paths["cort"]``, ``paths["trab"]``) in the format
+    of the SEG mask: the compartments ``labels`` (1 cortex, 2 trabecular, the (z, y, x) slices ``box`` of the
+    scan); empty masks where there are none (no calibration, no bone). Returns each file's facts."""
+    out = {}
+    for key, (label, what) in COMPARTMENTS.items():
+        full = np.zeros(header.shape, np.uint8)  # pages outside the box are never touched: no memory
+        if labels is not None:
+            full[box] = labels == label
+            hint = tuple(int(v) for s in box for v in (s.start, s.stop))
+            voxels = int(np.count_nonzero(labels == label))
+        else:
+            hint, voxels = (0, 1, 0, 1, 0, 1), 0
+        entry = f"MC2 {what} compartment by vbmd-rt" + (f"; {log_entry}" if log_entry else "")
+        out[key] = {**write_mask(paths[key], full, header, fmt, entry, hint, voxels), "voxels": voxels}
+    return out
