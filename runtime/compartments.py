@@ -94,6 +94,10 @@ class Params:
     pore_max_mm2: float = 0.25  # low-density regions smaller than this inside the bone are pores
     min_tb_mm2: float = 1.0  # smaller trabecular pieces are cortex; a slice needs this much to have a ring
     band_mm: float = 1.0  # outer band where the cortex's density is read
+    level_sigma_mm: float = 0.1  # Gaussian of the image the densities of cortex and interior are read on
+    level_percentile: float = 75.0  # of the slices' cortex levels: the thick (shaft) cortex, not the thin head
+    level_step_mm: float = 1.0  # the interior's density is read on a slice about every this many mm
+    level_slices: int = 40  # ... and on at most this many slices
     deep_mm: float = 1.5  # depth below the periosteal surface where the interior's density is read
     threshold_range_mg: tuple[float, float] = (300.0, 800.0)
     tb_sigma_mm: float = 0.05  # XtremeCT II's trabecular Gaussian (sigma 0.8 voxels of 60.7 µm)
@@ -210,7 +214,7 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
         t[:, frame:-frame, frame:-frame] = given_sub[z0:z1, y0:y1, x0:x1]
         return np.ascontiguousarray(d), m, t & m
 
-    threshold, levels = cortical_threshold(block, sub, px, params)
+    thresholds, levels = cortical_threshold(block, sub, px, sz, params)
     labels = np.zeros(sub.shape, np.uint8)
     rows = np.zeros((nz, len(_ROW)), np.float64)
     for c0 in range(0, nz, CHUNK_SLICES):
@@ -222,14 +226,16 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
             continue
         y0, y1, x0, x1 = int(yy[0]), int(yy[-1]) + 1, int(xx[0]), int(xx[-1]) + 1
         d, m, t = block(c0, c1, y0, y1, x0, x1)
-        lab, r = _chunk(d, m, threshold, px, params, t)
+        lab, r = _chunk(d, m, thresholds[c0:c1], px, params, t)
         labels[c0:c1, y0:y1, x0:x1] = lab[:, frame:-frame, frame:-frame]
         rows[c0:c1] = r
     values = summarise(rows, (sz, sy, sx), params)
     if values["neck_slice"] is not None:
         values["neck_slice"] += zs.start
+    inside = thresholds[np.flatnonzero(sub.reshape(nz, -1).any(axis=1))]
     values["thresholds_mg_ha_cm3"] = {
-        "cortical": round(threshold, 1),
+        "cortical": round(float(np.median(inside)), 1),
+        "cortical_range": [round(float(inside.min()), 1), round(float(inside.max()), 1)],
         "cortex_level": round(levels[0], 1),
         "interior_level": round(levels[1], 1),
         "trabecular_bone": params.tb_threshold_mg,
@@ -238,18 +244,24 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
     return Compartments(labels, tight, values)
 
 
-def cortical_threshold(block, sub: np.ndarray, px: float, params: Params = PARAMS):
-    """The endosteal threshold (mg HA/cm³): half-way between the cortex's density and the interior's, read
-    on up to 15 slices. The cortex's is the upper decile over slices of each slice's 90th percentile in the
-    outer band (the thick shaft cortex, which blur does not lower), the interior's the median deeper than
-    ``deep_mm``. ``block(z0, z1, y0, y1, x0, x1)`` gives framed density and mask."""
+def cortical_threshold(block, sub: np.ndarray, px: float, slice_mm: float, params: Params = PARAMS):
+    """The endosteal threshold of every slice (mg HA/cm³): half-way between the cortex's density and the
+    interior's. The cortex's is one level for the bone: the ``level_percentile`` over slices of each slice's
+    90th percentile in the outer band (the thick shaft cortex, which blur does not lower); the interior's is
+    read per slice (the median deeper than ``deep_mm``: marrow in the shaft, trabecular bone in the head),
+    on slices about every ``level_step_mm``, and interpolated between them. ``block(z0, z1, y0, y1, x0, x1)``
+    gives framed density and mask. Returns (thresholds per slice, (cortex level, median interior level))."""
     area = np.count_nonzero(sub.reshape(sub.shape[0], -1), axis=1)
     zs = np.flatnonzero(area)
-    picks = np.unique(zs[np.linspace(0, zs.size - 1, min(15, zs.size)).round().astype(int)]) if zs.size else zs
-    cortex, interior = [], []
+    lo, hi = params.threshold_range_mg
+    if zs.size == 0:
+        return np.full(sub.shape[0], lo), (float("nan"), float("nan"))
+    n = int(min(params.level_slices, max(3, round(zs.size * slice_mm / params.level_step_mm))))
+    picks = np.unique(zs[np.linspace(0, zs.size - 1, min(n, zs.size)).round().astype(int)])
+    cortex, interior, at = [], [], []
     for k in picks:
         d, m, _ = block(int(k), int(k) + 1, 0, sub.shape[1], 0, sub.shape[2])
-        s = _smooth(d[0], params.sigma_mm / px)
+        s = _smooth(d[0], params.level_sigma_mm / px)
         dist = cv2.distanceTransform(m[0], cv2.DIST_L2, 5) * px
         band = (dist > 0) & (dist <= params.band_mm)
         deep = dist > params.deep_mm
@@ -257,12 +269,16 @@ def cortical_threshold(block, sub: np.ndarray, px: float, params: Params = PARAM
             cortex.append(float(np.percentile(s[band], 90)))
         if deep.sum() > 10:
             interior.append(float(np.median(s[deep])))
-    lo, hi = params.threshold_range_mg
+            at.append(int(k))
     if not cortex:
-        return lo, (float("nan"), float("nan"))
-    c = float(np.percentile(cortex, 90))
-    i = float(np.median(interior)) if interior else c / 4
-    return float(min(max(0.5 * (c + i), lo), hi)), (c, i)
+        return np.full(sub.shape[0], lo), (float("nan"), float("nan"))
+    c = float(np.percentile(cortex, params.level_percentile))
+    if interior:
+        inner = np.interp(np.arange(sub.shape[0]), at, interior)
+    else:
+        inner = np.full(sub.shape[0], c / 4)
+    thr = np.clip(0.5 * (c + inner), lo, hi)
+    return thr, (c, float(np.median(inner[zs])))
 
 
 def _smooth(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -288,7 +304,7 @@ _ROW = (
 _I = {k: i for i, k in enumerate(_ROW)}
 
 
-def _chunk(d: np.ndarray, m: np.ndarray, threshold: float, px: float, p: Params, given=None):
+def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: Params, given=None):
     """Labels and per-slice sums of a chunk of framed slices (n, H, W): the slices one above the other as
     one image (their frames keep them apart), so each OpenCV call covers the whole chunk. ``given``: the
     trabecular compartment (uint8 0/1, same shape) instead of the autocontour's."""
@@ -298,6 +314,7 @@ def _chunk(d: np.ndarray, m: np.ndarray, threshold: float, px: float, p: Params,
     inside = mm > 0
     s = _smooth(dm, p.sigma_mm / px)
     s_tb = _smooth(dm, p.tb_sigma_mm / px)
+    threshold = np.repeat(thresholds.astype(np.float32), H)[:, None]  # each slice's, row by row
     # Distances in voxels; OpenCV's 5x5 Euclidean approximation (within 2 %) is three times faster than
     # the exact transform and well inside the thickness's tolerance.
     d_peri = cv2.distanceTransform(mm, cv2.DIST_L2, 5)  # to the nearest voxel outside the bone
