@@ -332,7 +332,7 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
         return np.count_nonzero(a.reshape(n, -1), axis=1)
 
     def total(a, w):
-        return np.multiply(w, a, dtype=np.float32).reshape(n, -1).sum(axis=1, dtype=np.float64)
+        return np.where(a, w, np.float32(0)).reshape(n, -1).sum(axis=1, dtype=np.float64)
 
     rows[:, _I["tt"]] = count(inside)
     rows[:, _I["ct"]] = count(cortex)
@@ -341,7 +341,8 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
     rows[:, _I["tb_sum"]] = total(tb, dm)
     ring = rows[:, _I["tb"]] > 0
     with_ring = cortex & np.repeat(ring, H)[:, None]
-    local = (d_peri + d_endo - 1.0) * np.float32(px)  # mm: the cortex's width through each voxel
+    # mm: the cortex's width through each voxel (where a slice has no trabecular region, d_endo is huge)
+    local = np.minimum(d_peri + d_endo - 1.0, np.float32(1e4)) * np.float32(px)
     rows[:, _I["th_n"]] = count(with_ring)
     rows[:, _I["th_sum"]] = total(with_ring, local)
     rows[:, _I["th_sq"]] = total(with_ring, local * local)
