@@ -344,8 +344,10 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
     # mm: the cortex's width through each voxel (where a slice has no trabecular region, d_endo is huge)
     local = np.minimum(d_peri + d_endo - 1.0, np.float32(1e4)) * np.float32(px)
     rows[:, _I["th_n"]] = count(with_ring)
-    rows[:, _I["th_sum"]] = total(with_ring, local)
-    rows[:, _I["th_sq"]] = total(with_ring, local * local)
+    lw = np.where(with_ring, local, np.float32(0)).reshape(n, -1)
+    rows[:, _I["th_sum"]] = lw.sum(axis=1, dtype=np.float64)
+    lw *= lw
+    rows[:, _I["th_sq"]] = lw.sum(axis=1, dtype=np.float64)
     margin = p.pore_margin_mm / px + 1.0
     rows[:, _I["pores"]] = count(cortex & (s_tb < threshold) & (d_peri > margin) & (d_endo > margin))
     rows[:, _I["tb_bone"]] = count(tb & (s_tb >= p.tb_threshold_mg))
@@ -375,7 +377,10 @@ def _endosteal(low, d_peri, inside, mm, px: float, p: Params) -> np.ndarray:
 
 def _drop_small(binary: np.ndarray, min_voxels: float) -> None:
     """Remove (in place) the 8-connected pieces of a uint8 0/1 image smaller than ``min_voxels``."""
-    n, lab, st, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
+    try:  # 16-bit labels are a quarter faster; a chunk with more pieces than they count takes 32-bit ones
+        n, lab, st, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_16U)
+    except cv2.error:
+        n, lab, st, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
         return
     small = st[:, cv2.CC_STAT_AREA] < min_voxels
