@@ -103,6 +103,8 @@ class Params:
     tb_sigma_mm: float = 0.05  # XtremeCT II's trabecular Gaussian (sigma 0.8 voxels of 60.7 µm)
     tb_threshold_mg: float = 320.0  # XtremeCT II's trabecular bone threshold
     pore_margin_mm: float = 0.1  # pores are read this far inside both surfaces (their partial volume)
+    peel_mm: float = 0.25  # a given mask's outer voxels darker than the periosteal edge are peeled this deep
+    peel_level: float = 0.4  # ... darker: below this fraction of the way from soft tissue to cortex
     gap_fraction: float = 0.25  # a cortex missing along this share of a slice's outline is broken
     break_depth_mm: float = 0.3  # ... missing: no voxel at the cortical threshold this deep below the surface
     derived_tissue_mg: float = 1200.0  # XtremeCT I: Tb.BV/TV = Tb.BMD / 1200 mg HA/cm³
@@ -215,6 +217,7 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
         return np.ascontiguousarray(d), m, t & m
 
     thresholds, levels = cortical_threshold(block, sub, px, sz, params)
+    rim = levels[2] + params.peel_level * (levels[0] - levels[2])
     labels = np.zeros(sub.shape, np.uint8)
     rows = np.zeros((nz, len(_ROW)), np.float64)
     for c0 in range(0, nz, CHUNK_SLICES):
@@ -226,7 +229,7 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
             continue
         y0, y1, x0, x1 = int(yy[0]), int(yy[-1]) + 1, int(xx[0]), int(xx[-1]) + 1
         d, m, t = block(c0, c1, y0, y1, x0, x1)
-        lab, r = _chunk(d, m, thresholds[c0:c1], px, params, t)
+        lab, r = _chunk(d, m, thresholds[c0:c1], px, params, t, rim)
         labels[c0:c1, y0:y1, x0:x1] = lab[:, frame:-frame, frame:-frame]
         rows[c0:c1] = r
     values = summarise(rows, (sz, sy, sx), params)
@@ -238,6 +241,8 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
         "cortical_range": [round(float(inside.min()), 1), round(float(inside.max()), 1)],
         "cortex_level": round(levels[0], 1),
         "interior_level": round(levels[1], 1),
+        "soft_tissue_level": round(levels[2], 1),
+        "periosteal_peel": round(rim, 1),
         "trabecular_bone": params.tb_threshold_mg,
     }
     values["method"] = {"name": "dual-threshold autocontour (Buie et al. 2007), in mm", **asdict(params)}
@@ -255,30 +260,35 @@ def cortical_threshold(block, sub: np.ndarray, px: float, slice_mm: float, param
     zs = np.flatnonzero(area)
     lo, hi = params.threshold_range_mg
     if zs.size == 0:
-        return np.full(sub.shape[0], lo), (float("nan"), float("nan"))
+        return np.full(sub.shape[0], lo), (float("nan"), float("nan"), float("nan"))
     n = int(min(params.level_slices, max(3, round(zs.size * slice_mm / params.level_step_mm))))
     picks = np.unique(zs[np.linspace(0, zs.size - 1, min(n, zs.size)).round().astype(int)])
-    cortex, interior, at = [], [], []
+    cortex, interior, at, soft = [], [], [], []
     for k in picks:
         d, m, _ = block(int(k), int(k) + 1, 0, sub.shape[1], 0, sub.shape[2])
         s = _smooth(d[0], params.level_sigma_mm / px)
         dist = cv2.distanceTransform(m[0], cv2.DIST_L2, 5) * px
         band = (dist > 0) & (dist <= params.band_mm)
         deep = dist > params.deep_mm
+        out = cv2.distanceTransform(1 - m[0], cv2.DIST_L2, 5) * px
+        ring = (out > 0.3) & (out <= 1.0)  # around the bone, past its blur: soft tissue (or a neighbour)
+        if ring.sum() > 10:
+            soft.append(float(np.median(s[ring])))
         if band.any():
             cortex.append(float(np.percentile(s[band], 90)))
         if deep.sum() > 10:
             interior.append(float(np.median(s[deep])))
             at.append(int(k))
     if not cortex:
-        return np.full(sub.shape[0], lo), (float("nan"), float("nan"))
+        return np.full(sub.shape[0], lo), (float("nan"), float("nan"), float("nan"))
     c = float(np.percentile(cortex, params.level_percentile))
     if interior:
         inner = np.interp(np.arange(sub.shape[0]), at, interior)
     else:
         inner = np.full(sub.shape[0], c / 4)
     thr = np.clip(0.5 * (c + inner), lo, hi)
-    return thr, (c, float(np.median(inner[zs])))
+    outside = float(np.median(soft)) if soft else 0.0
+    return thr, (c, float(np.median(inner[zs])), outside)
 
 
 def _smooth(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -300,11 +310,12 @@ _ROW = (
     "ring",  # 1 where the slice has a trabecular region
     "broken",  # 1 where the periosteal surface has no cortical bone below it along ``gap_fraction`` of it
     "radius_mm",  # the cross-section's equivalent radius, sqrt(area / pi)
+    "peeled",  # voxels of the given mask's outer rim below the periosteal level (``_peel``): in no compartment
 )
 _I = {k: i for i, k in enumerate(_ROW)}
 
 
-def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: Params, given=None):
+def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: Params, given=None, rim_mg=None):
     """Labels and per-slice sums of a chunk of framed slices (n, H, W): the slices one above the other as
     one image (their frames keep them apart), so each OpenCV call covers the whole chunk. ``given``: the
     trabecular compartment (uint8 0/1, same shape) instead of the autocontour's."""
@@ -317,6 +328,12 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
     threshold = np.repeat(thresholds.astype(np.float32), H)[:, None]  # each slice's, row by row
     # Distances in voxels; OpenCV's 5x5 Euclidean approximation (within 2 %) is three times faster than
     # the exact transform and well inside the thickness's tolerance.
+    layers = int(p.peel_mm / px)  # whole voxel layers; at coarser voxels one layer is too much to peel
+    if given is None and layers >= 2 and rim_mg is not None and math.isfinite(rim_mg):
+        mm, peeled = _peel(mm, s, rim_mg, layers)
+        inside = mm > 0
+    else:
+        peeled = np.zeros(mm.shape, bool)
     d_peri = cv2.distanceTransform(mm, cv2.DIST_L2, 5)  # to the nearest voxel outside the bone
     low = s < threshold
     if given is None:
@@ -359,8 +376,26 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
     surface = inside & (d_peri <= 1.0)
     rows[:, _I["broken"]] = (count(surface & ~bone_near) >= p.gap_fraction * count(surface)) & ring
     rows[:, _I["radius_mm"]] = np.sqrt(rows[:, _I["tt"]] / math.pi) * px
+    rows[:, _I["peeled"]] = count(peeled)
     labels = (cortex * np.uint8(CORTEX)) | (tb * np.uint8(TRABECULAR))
     return labels.reshape(n, H, W), rows
+
+
+def _peel(mm: np.ndarray, s: np.ndarray, level: float, layers: int):
+    """The mask (uint8) without its outer voxels darker than ``level`` (``peel_level`` of the way from soft
+    tissue to cortex: outside the periosteal edge, whose voxels read half-way), peeled layer by layer from
+    outside, at most ``layers`` deep; and what was peeled (bool). A mask drawn a voxel or two wide of the bone would otherwise put soft tissue into the
+    cortex, whose density it would lower by a hundred mg HA/cm³ or more."""
+    cur = mm.copy()
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    dark = s < level
+    for _ in range(layers):
+        edge = (cur > 0) & (cv2.erode(cur, cross) == 0)
+        drop = edge & dark
+        if not drop.any():
+            break
+        cur[drop] = 0
+    return cur, (mm > 0) & (cur == 0)
 
 
 def _endosteal(low, d_peri, inside, mm, px: float, p: Params) -> np.ndarray:
@@ -444,6 +479,8 @@ def summarise(rows: np.ndarray, spacing_zyx, params: Params = PARAMS) -> dict:
         values["head"] = _region(rows[head], sy * sx, params)
         values["shaft"] = _region(rows[~head], sy * sx, params)
     values["checks"] = _checks(rows, params)
+    given = rows[:, _I["tt"]].sum() + rows[:, _I["peeled"]].sum()
+    values["rim_peeled_fraction"] = round(float(rows[:, _I["peeled"]].sum() / given), 4) if given else 0.0
     return values
 
 

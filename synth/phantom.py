@@ -571,7 +571,9 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
     np.minimum(truth, 1, out=truth)  # the periosteal mask, in place (a full-size case's labels are 0.7 GB)
     name = case_name(index)
     hdr = AimHeader(
-        version=2,
+        version=2
+        if scan.nbytes < 2**31 - 4096
+        else 3,  # v020 counts bytes in int32: a full-size XtremeCT II needs v030
         type_code=0x00020002,
         dim=(1, 1, 1),
         element_size_mm=(p.voxel_mm,) * 3,
