@@ -105,6 +105,7 @@ class Params:
     pore_margin_mm: float = 0.1  # pores are read this far inside both surfaces (their partial volume)
     peel_mm: float = 0.25  # a given mask's outer voxels darker than the periosteal edge are peeled this deep
     peel_level: float = 0.4  # ... darker: below this fraction of the way from soft tissue to cortex
+    peel_share: float = 0.5  # ... on a slice whose outer layer is at least this much that dark
     gap_fraction: float = 0.25  # a cortex missing along this share of a slice's outline is broken
     break_depth_mm: float = 0.3  # ... missing: no voxel at the cortical threshold this deep below the surface
     derived_tissue_mg: float = 1200.0  # XtremeCT I: Tb.BV/TV = Tb.BMD / 1200 mg HA/cm³
@@ -330,7 +331,7 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
     # the exact transform and well inside the thickness's tolerance.
     layers = int(p.peel_mm / px)  # whole voxel layers; at coarser voxels one layer is too much to peel
     if given is None and layers >= 2 and rim_mg is not None and math.isfinite(rim_mg):
-        mm, peeled = _peel(mm, s, rim_mg, layers)
+        mm, peeled = _peel(mm, s, rim_mg, layers, n, p.peel_share)
         inside = mm > 0
     else:
         peeled = np.zeros(mm.shape, bool)
@@ -381,17 +382,22 @@ def _chunk(d: np.ndarray, m: np.ndarray, thresholds: np.ndarray, px: float, p: P
     return labels.reshape(n, H, W), rows
 
 
-def _peel(mm: np.ndarray, s: np.ndarray, level: float, layers: int):
+def _peel(mm: np.ndarray, s: np.ndarray, level: float, layers: int, n: int, share: float = 0.5):
     """The mask (uint8) without its outer voxels darker than ``level`` (``peel_level`` of the way from soft
     tissue to cortex: outside the periosteal edge, whose voxels read half-way), peeled layer by layer from
-    outside, at most ``layers`` deep; and what was peeled (bool). A mask drawn a voxel or two wide of the bone would otherwise put soft tissue into the
-    cortex, whose density it would lower by a hundred mg HA/cm³ or more."""
+    outside, at most ``layers`` deep, on the slices (``n`` in the chunk) where at least ``share`` of the
+    outer layer is that dark (a mask drawn wide of the bone; a blurred or moved edge leaves most of a right
+    mask's outer layer brighter); and what was peeled (bool). A mask drawn a voxel or two wide of the bone
+    would otherwise put soft tissue into the cortex, whose density it would lower by 100 mg HA/cm³ or more."""
     cur = mm.copy()
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     dark = s < level
+    rows = mm.shape[0] // n
     for _ in range(layers):
         edge = (cur > 0) & (cv2.erode(cur, cross) == 0)
         drop = edge & dark
+        wide = np.count_nonzero(drop.reshape(n, -1), axis=1) >= share * np.count_nonzero(edge.reshape(n, -1), axis=1)
+        drop &= np.repeat(wide, rows)[:, None]
         if not drop.any():
             break
         cur[drop] = 0

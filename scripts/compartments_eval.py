@@ -10,7 +10,8 @@ Usage::
 
 Every case needs its truth JSON with the compartments (``vbmd-rt synth`` of this version). Prints, per
 group (family, voxel size), the mean error (bias), the largest absolute error and the issue's target for
-Tb.BMD, Ct.BMD and Ct.Th, then the same pooled over all cases. The targets: Tb.BMD 10 mg HA/cm³, Ct.BMD 40
+Tb.BMD, Ct.BMD and Ct.Th, then the same pooled over all cases; for run's mask also over the cases where run
+outlined the right bone (Dice >= 0.9 with the truth: a wrong bone is identification's failure, for QC). The targets: Tb.BMD 10 mg HA/cm³, Ct.BMD 40
 mg HA/cm³ and Ct.Th 0.1 mm given the true mask; twice those given run's mask.
 """
 
@@ -67,10 +68,17 @@ def _dice(a, b) -> float:
     return round(measure.dice(a, b), 4)
 
 
+RIGHT_BONE_DICE = 0.9  # run's mask on the right bone, outlined well; below: identification or segmentation failed
+
+
 def table(cases: list[dict], title: str) -> list[str]:
     lines = [f"{title} ({len(cases)} cases)"]
-    for which, factor in MASKS.items():
+    views = {**MASKS, "run's mask, right bone (Dice >= 0.9)": MASKS["run's mask"]}
+    for view, factor in views.items():
+        which = "run's mask" if view.startswith("run's") else view
         got = [c for c in cases if which in c]
+        if view != which:
+            got = [c for c in got if c.get("run_dice", 0) >= RIGHT_BONE_DICE]
         if not got:
             continue
         cells = []
@@ -86,7 +94,7 @@ def table(cases: list[dict], title: str) -> list[str]:
             cells.append(
                 f"{k}: bias {errs.mean():+.3f}, max |err| {worst:.3f} (target {factor * target:g}: {ok}, n {errs.size})"
             )
-        lines.append(f"  given {which}: " + "; ".join(cells))
+        lines.append(f"  given {view}: " + "; ".join(cells))
     return lines
 
 
@@ -128,7 +136,9 @@ def main(argv=None) -> int:
             c = measure_case(pair, predictor)
             cases.append(c)
             print(
-                f"{pair.scan.parent.name}/{pair.name} {c['family']} {c['voxel_mm']} mm: "
+                f"{pair.scan.parent.name}/{pair.name} {c['family']} {c['voxel_mm']} mm"
+                + (f" (run Dice {c['run_dice']:.3f}, qc {c['qc']})" if "run_dice" in c else "")
+                + ": "
                 + ", ".join(
                     f"{w} " + " ".join(f"{c[w][k] - c['truth'][k]:+.3f}" for k in KEYS if c[w][k] is not None)
                     for w in MASKS

@@ -115,12 +115,17 @@ def test_a_mask_drawn_wide_of_the_bone_is_peeled_back_to_its_edge(resolutions, g
     wide = np.stack([cv2.dilate(s, np.ones((3, 3), np.uint8), iterations=grow) for s in (labels > 0).astype(np.uint8)])
     scan = resolutions["scans"][0.082]
     v = compartments.analyse(scan, wide, (p.voxel_mm,) * 3, p.cal).values
-    assert abs(v["ct_bmd_mg_ha_cm3"] - truth["ct_bmd_mg_ha_cm3"]) <= CT_BMD_MG
-    assert abs(v["ct_th_mm"] - truth["ct_th_mm"]) <= CT_TH_MM
-    assert v["rim_peeled_fraction"] > 0.02 * grow
+    # within the targets for run's own mask (twice those given the true mask)
+    assert abs(v["ct_bmd_mg_ha_cm3"] - truth["ct_bmd_mg_ha_cm3"]) <= 2 * CT_BMD_MG
+    assert abs(v["ct_th_mm"] - truth["ct_th_mm"]) <= 2 * CT_TH_MM
+    assert v["rim_peeled_fraction"] > 0.015 * grow
     off = compartments.Params(peel_mm=0.0)
     unpeeled = compartments.analyse(scan, wide, (p.voxel_mm,) * 3, p.cal, params=off).values
-    assert unpeeled["ct_bmd_mg_ha_cm3"] < truth["ct_bmd_mg_ha_cm3"] - 50  # soft tissue in the cortex
+    assert unpeeled["ct_bmd_mg_ha_cm3"] < truth["ct_bmd_mg_ha_cm3"] - 60  # soft tissue in the cortex
+    gain = abs(unpeeled["ct_bmd_mg_ha_cm3"] - truth["ct_bmd_mg_ha_cm3"]) - abs(
+        v["ct_bmd_mg_ha_cm3"] - truth["ct_bmd_mg_ha_cm3"]
+    )
+    assert gain > 30
 
 
 def test_head_and_shaft_split_at_the_neck(resolutions):
