@@ -6,7 +6,9 @@ Usage::
     python scripts/compartments_eval.py DIR [DIR ...]            # folders from `vbmd-rt synth`
     python scripts/compartments_eval.py --generate standard:full:2:8000 \\
         --generate 'random:scanner=xct2:full:2:8010' --work /tmp/cases   # make, measure, delete one at a time
-    options: --no-run (true mask only), --json FILE (every case's numbers)
+    python scripts/compartments_eval.py --resolutions standard:3:8000 --resolutions random:3:8030
+    options: --no-run (true mask only), --json FILE (every case's numbers); --resolutions: one MC2 cut out
+    and rendered at 82 and at 60.7 µm, the two measured given their true masks
 
 Every case needs its truth JSON with the compartments (``vbmd-rt synth`` of this version). Prints, per
 group (family, voxel size), the mean error (bias), the largest absolute error and the issue's target for
@@ -114,6 +116,46 @@ def generated(specs: list[str], work: Path):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def resolution_pairs(specs: list[str]) -> list[str]:
+    """The same anatomy (MC2 cut out, ``phantom.crop_case``) at 82 and at 60.7 µm, measured given its true mask:
+    the differences between the two scans, and each against its truth. ``FAMILY:N:SEED`` specs."""
+    from vbmd_rt.runtime import compartments
+    from vbmd_rt.synth import families, phantom
+
+    lines, worst = [], dict.fromkeys(KEYS, 0.0)
+    for spec in specs:
+        family, n, seed = spec.rsplit(":", 2)
+        for i in range(int(n)):
+            cs = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+            base = (
+                phantom.sample_case(cs, "full")
+                if family == "standard"
+                else families.sample_random(cs, "full", families.parse_family(family))
+            )
+            got = {}
+            for vox in (0.082, 0.0607):
+                p = phantom.crop_case(base, vox)
+                scan, labels = phantom.render_case(p, labels=True)
+                truth = phantom.compartment_truth(scan, labels, p)
+                v = compartments.analyse(scan, labels > 0, (vox,) * 3, p.cal).values
+                got[vox] = (v, truth)
+            diff = {k: got[0.082][0][k] - got[0.0607][0][k] for k in KEYS}
+            for k in KEYS:
+                worst[k] = max(worst[k], abs(diff[k]))
+            lines.append(
+                f"{family} {seed}/{i}: 82 - 60.7 um: "
+                + ", ".join(f"{k} {diff[k]:+.3f}" for k in KEYS)
+                + "; vs truth at 82 / 60.7: "
+                + ", ".join(
+                    f"{k} {got[0.082][0][k] - got[0.082][1][k]:+.3f} / {got[0.0607][0][k] - got[0.0607][1][k]:+.3f}"
+                    for k in KEYS
+                )
+            )
+            print(lines[-1], flush=True)
+    lines.append("largest |82 - 60.7 um|: " + ", ".join(f"{k} {w:.3f}" for k, w in worst.items()))
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="*", type=Path)
@@ -121,7 +163,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--no-run", action="store_true", help="only the true mask (no model)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--resolutions", action="append", default=[], help="FAMILY:N:SEED: the same MC2 at 82 and 60.7 um")
     a = ap.parse_args(argv)
+    if a.resolutions:
+        print("\n".join(resolution_pairs(a.resolutions)[-1:]))
+        if not a.folders and not a.generate:
+            return 0
     from vbmd_rt.runtime.io import dataset
 
     predictor = None
