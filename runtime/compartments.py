@@ -5,18 +5,24 @@ The endosteal contour follows the dual-threshold autocontour of Buie et al. (200
 runs it, slice by slice, with every radius and threshold in physical units (mm, mg HA/cm³), so that a
 scan at 82 µm (XtremeCT I) and one at 60.7 µm (XtremeCT II) give the same compartments:
 
+0. Outer voxels of the given mask darker than its periosteal edge (``peel_level`` of the way from the
+   soft tissue's density to the cortex's) are peeled, up to ``peel_mm`` deep and only on slices whose outer
+   layer is mostly that dark: a mask drawn a voxel or two wide of the bone (a network's, an editor's) would
+   put soft tissue into the cortex. Peeled voxels are in neither compartment.
 1. The calibrated density is smoothed (Gaussian, ``sigma_mm``) and thresholded half-way between the
    cortex's density and the interior's (the second threshold; the first is the periosteal mask's), both
-   read from the scan itself: the 90th percentile of the outer 1 mm band and the median deeper than
-   1.5 mm. An edge blurred by a symmetric point spread crosses that level where the edge is, whatever the
-   scanner's blur; the level is kept within ``threshold_range_mg``.
+   read from the scan itself: the cortex's once per bone (a high percentile over slices of each slice's
+   90th percentile in the outer 1 mm band: the thick shaft cortex), the interior's per slice (the median
+   deeper than 1.5 mm: marrow in the shaft, trabecular bone in the head; read about every mm and
+   interpolated). An edge blurred by a symmetric point spread crosses that level where the edge is,
+   whatever the scanner's blur; the level is kept within ``threshold_range_mg``.
 2. The marrow space is what lies below it, deeper than the periosteal partial-volume rim (``rim_mm``);
    regions of it smaller than ``pore_max_mm2`` are intracortical pores, not marrow.
 3. The marrow space is closed with a disc of ``close_mm`` (two Euclidean distance transforms): the
    trabeculae inside it, and those attached to the endosteal surface, join the trabecular region; the
    cortex, reached from outside the bone by that disc, does not. Holes of the region are filled; pieces
    smaller than ``min_tb_mm2`` go to the cortex.
-4. Cortex = periosteal mask minus the trabecular region (so the periosteal rim belongs to the cortex).
+4. Cortex = (peeled) periosteal mask minus the trabecular region (the periosteal rim belongs to the cortex).
 
 Parameters (per slice, pooled over the slices of a region, the areas as means over its slices):
 
@@ -126,21 +132,6 @@ class Compartments:
     box: tuple[slice, slice, slice] | None
     values: dict
 
-    def full(self, shape, label: int) -> np.ndarray:
-        """One compartment as a uint8 0/1 mask of the scan's ``shape`` (zero outside the box; untouched pages
-        of ``np.zeros`` cost no memory, so this is cheap for a full-size scan)."""
-        out = np.zeros(shape, np.uint8)
-        if self.box is not None:
-            out[self.box] = self.labels == label
-        return out
-
-    @property
-    def box_zyx(self) -> tuple[int, int, int, int, int, int] | None:
-        """The box as (z0, z1, y0, y1, x0, x1), the form ``masks.write_mask`` takes as its hint."""
-        if self.box is None:
-            return None
-        return tuple(int(v) for s in self.box for v in (s.start, s.stop))  # type: ignore[return-value]
-
 
 CORTEX, TRABECULAR = 1, 2
 
@@ -247,6 +238,7 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
         "trabecular_bone": params.tb_threshold_mg,
     }
     values["method"] = {"name": "dual-threshold autocontour (Buie et al. 2007), in mm", **asdict(params)}
+    values["box_zyx"] = [int(v) for sl in tight for v in (sl.start, sl.stop)]  # where ``labels`` lie in the scan
     return Compartments(labels, tight, values)
 
 
