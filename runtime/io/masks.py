@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -259,7 +260,8 @@ def write_compartments(
             full = BoxedMask(np.zeros((1, 1, 1), bool), (slice(0, 1),) * 3, header.shape)
             hint, voxels = (0, 1, 0, 1, 0, 1), 0
         entry = f"MC2 {what} compartment by vbmd-rt" + (f"; {log_entry}" if log_entry else "")
-        out[key] = {**write_mask(paths[key], full, header, fmt, entry, hint, voxels), "voxels": voxels}
+        box_only = cast(np.ndarray, full)  # write_mask reads boxes of it (and np.asarray for ``char``)
+        out[key] = {**write_mask(paths[key], box_only, header, fmt, entry, hint, voxels), "voxels": voxels}
     return out
 
 
