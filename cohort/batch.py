@@ -36,12 +36,17 @@ from pathlib import Path
 
 from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
-from vbmd_rt.runtime import pipeline
+from vbmd_rt.runtime import compartments, pipeline
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError, printable
 from vbmd_rt.runtime.io import aim, naming, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
 STATUSES = ("done", "skipped", "failed")
+# The compartments (runtime.compartments) of MC2, its head and its shaft: units in the names.
+COMPARTMENT_FIELDS = (
+    *compartments.PARAMETERS,
+    *(f"{r}_{k}" for r in compartments.REGIONS for k in compartments.PARAMETERS),
+)
 ROW_FIELDS = (
     "scan",
     "status",
@@ -50,6 +55,7 @@ ROW_FIELDS = (
     "mean_slice_area_mm2",
     "slices",
     "side",
+    *COMPARTMENT_FIELDS,
     "backend",
     "precision",
     *(f"{s}_s" for s in (*pipeline.STAGES, "total")),
@@ -177,6 +183,11 @@ def row(
     if result:
         for k in ("d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side"):
             r[k] = result.get(k)
+        comp = result.get("compartments") or {}
+        for k in compartments.PARAMETERS:
+            r[k] = comp.get(k)
+            for region in compartments.REGIONS:
+                r[f"{region}_{k}"] = (comp.get(region) or {}).get(k)
         r["backend"] = result.get("backend", {}).get("name")
         r["precision"] = result.get("backend", {}).get("precision")
         for k, v in result.get("timings_s", {}).items():

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from vbmd_rt import __version__
+from vbmd_rt.runtime.compartments import DEFINITIONS, PARAMETERS
 from vbmd_rt.runtime.io import naming
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 
@@ -29,6 +30,7 @@ DERIVATIVE = Path("derivatives") / "vbmd-rt"
 _ENTITY = re.compile(r"^(sub|ses)-([A-Za-z0-9]+)$")
 
 # vbmd.tsv: (column, summary row key, description, unit or None)
+UNITS = {"cm3": "mg HA/cm3", "mm": "mm", "mm2": "mm2"}  # from a column name's last part; fractions have none
 COLUMNS = (
     ("participant_id", None, "The subject, from the input's name or folder (sub-<label>); n/a if none", None),
     ("session_id", None, "The session, from the input's name or folder (ses-<label>); n/a if none", None),
@@ -38,6 +40,10 @@ COLUMNS = (
     ("bone_volume_mm3", "bone_volume_mm3", "Volume inside MC2's periosteal contour", "mm3"),
     ("mean_slice_area_mm2", "mean_slice_area_mm2", "Mean cross-sectional area of MC2 over its slices", "mm2"),
     ("slices", "slices", "Slices with MC2", "slices"),
+    *(
+        (k, k, DEFINITIONS[k].split(" (")[0], UNITS.get(k.rsplit("_", 1)[-1]))
+        for k in PARAMETERS  # the compartments of the whole MC2 (head and shaft: summary.csv, NAME.json)
+    ),
     ("side", "side", "Hand side (left, right)", None),
     ("qc_status", "qc_status", "pass, or review (a person should look at the result first)", None),
     ("qc_reasons", "qc_reasons", "Why review, separated by |", None),

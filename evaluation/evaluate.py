@@ -116,7 +116,36 @@ def evaluate_case(pair: dataset.Pair, pred_dir, result: dict) -> dict:
     )
     if case["d100_pred"] is not None and case["d100_true"] is not None:
         case["d100_error"] = case["d100_pred"] - case["d100_true"]
+    case["compartments"] = compartment_pairs(result.get("compartments"), pair.meta)
     return case
+
+
+# The compartments a phantom's truth gives (``synth.phantom.compartment_truth``), compared per parameter.
+COMPARTMENT_KEYS = ("ct_bmd_mg_ha_cm3", "tb_bmd_mg_ha_cm3", "ct_th_mm", "ct_ar_mm2", "tb_ar_mm2", "tt_ar_mm2")
+
+
+def compartment_pairs(pred: dict | None, truth_meta: dict) -> dict:
+    """{parameter: [measured, true]} for the compartments both the result and the truth JSON have."""
+    truth = {
+        **(truth_meta.get("compartments") or {}),
+        **{k: truth_meta[k] for k in COMPARTMENT_KEYS if k in truth_meta},
+    }
+    if not pred:
+        return {}
+    return {k: [pred[k], truth[k]] for k in COMPARTMENT_KEYS if pred.get(k) is not None and truth.get(k) is not None}
+
+
+def compartment_agreement(cases: list[dict]) -> dict:
+    """Per parameter: agreement of measured with true (bias, limits of agreement, ICC, ... as for D100) and the
+    largest absolute error."""
+    out = {}
+    for k in COMPARTMENT_KEYS:
+        pairs = [c["compartments"][k] for c in cases if k in (c.get("compartments") or {})]
+        if not pairs:
+            continue
+        a, b = np.array(pairs, dtype=float).T
+        out[k] = {**metrics.agreement(a, b), "max_abs_error": float(np.max(np.abs(a - b))), "n": len(pairs)}
+    return out
 
 
 def evaluate_outputs(pred_dir, truth, d100_cases: int | None = None, log=None) -> dict:
@@ -178,6 +207,7 @@ def evaluate_outputs(pred_dir, truth, d100_cases: int | None = None, log=None) -
             "cases": [c["name"] for c in d100],
         },
         "side_accuracy": float(np.mean([c["side_true"] == c["side_pred"] for c in sided])) if sided else None,
+        "compartments": compartment_agreement(cases),
     }
 
 
@@ -221,6 +251,24 @@ def markdown(report: dict) -> str:
     lines.append(
         f"Mean slice area: reference {_fmt(seg['area_true_mm2'], 2)}, automatic {_fmt(seg['area_pred_mm2'], 2)} mm²."
     )
+    comp = report.get("compartments") or {}
+    if comp:
+        lines += [
+            "",
+            "Compartments (measured on the run's mask against the phantom's true compartments):",
+            "",
+            "| parameter | n | bias | 95% limits of agreement | ICC(A,1) | largest error |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, a in comp.items():
+            ba = a.get("bland_altman")
+            if not ba:
+                lines.append(f"| {k} | {a['n']} | | | | {a['max_abs_error']:.3f} |")
+                continue
+            lines.append(
+                f"| {k} | {a['n']} | {ba['bias']:+.3f} | {ba['loa_low']:+.3f} to {ba['loa_high']:+.3f} | "
+                f"{a['icc_a1']:.3f} | {a['max_abs_error']:.3f} |"
+            )
     if report["missing"]:
         lines += ["", f"No result for {len(report['missing'])} truth cases: {', '.join(report['missing'][:10])}"]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import bonewin, classical, identify, measure, preprocess, qc, report, resources
+from vbmd_rt.runtime import bonewin, classical, compartments, identify, measure, preprocess, qc, report, resources
 from vbmd_rt.runtime.errors import CalibrationError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend, InputShapeError
 from vbmd_rt.runtime.inference.window import sliding_window
@@ -179,6 +179,7 @@ class Analysis:
     measures: dict  # measure.vbmd: d100_mg_ha_cm3, bone_volume_mm3, mean_slice_area_mm2, slices, voxels
     info: dict  # segment's facts: side, side_source, components, contrast, box...
     warnings: list[str]
+    compartments: compartments.Compartments | None = None  # cortex and trabecular region (None: no calibration)
 
 
 def analyse(
@@ -225,15 +226,19 @@ def analyse(
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
     with timer("vbmd"):
         m = measure.vbmd(data, mask, spacing_zyx[::-1], calibration)
+        comp = (
+            None if info["empty"] else compartments.analyse(data, mask, spacing_zyx, calibration, _box(info.get("box")))
+        )
     with timer("qc"):
         checks = dict(info.pop("checks", {}))
         checks["shape"] = qc.plausibility(mask, spacing_zyx, _box(info.get("box")))
+        checks["compartments"] = qc.compartment_facts(comp, spacing_zyx)
         info["qc"] = qc.verdict(checks, m)
         if calibration is None:  # no D100 without a calibration: never a pass
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], NO_CALIBRATION]}
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
-    return Analysis(mask, m, info, warnings)
+    return Analysis(mask, m, info, warnings, comp)
 
 
 def _box(box):
@@ -466,6 +471,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         "run_key": run_key(model, backend, options),
         "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
         "identity": info.get("identity"),
+        "compartments": compartments.record(a.compartments),
         "qc": info["qc"],
         "warnings": warnings,
         "vbmd_rt_version": __version__,
@@ -484,6 +490,16 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 "voxels": m["voxels"],
             }
             written.append(files["mask"])
+            written.extend((files["cort"], files["trab"]))  # same format, same transaction as the SEG mask
+            comp = a.compartments
+            result["mask"]["compartments"] = masks.write_compartments(
+                files,
+                None if comp is None else comp.labels,
+                None if comp is None else comp.box,
+                scan.header,
+                options.mask_format,
+                f"model {model.name}",
+            )
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
                 grid = _model_grid_header(scan.header, info["geometry"])  # its log without patient fields:
@@ -498,7 +514,9 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                     overwrite=True,
                 )
                 written.append(files["prob"])
-            png = report.png_bytes(report.montage(scan.data, mask, cal, box=box, result=result))
+            png = report.png_bytes(
+                report.montage(scan.data, mask, cal, box=box, result=result, compartments=a.compartments)
+            )
             atomic_write_bytes(files["png"], png, overwrite=True)
             written.append(files["png"])
             if options.export:  # into the staging folder: part of the scan's transaction

@@ -1,7 +1,7 @@
 """Quality control of a segmentation: a ``pass`` / ``review`` verdict with its reasons, on every result.
 
 A wrong D100 reported as fine is the worst thing this tool can do, so every result carries what a
-reader needs to trust it or not. Three groups of checks:
+reader needs to trust it or not. The groups of checks:
 
 * **Agreement with the classical baseline** (``baseline``), on the model grid (about 0.25 mm, the hand's
   box), so that it costs a fraction of a second: the baseline's dual-threshold bone regions
@@ -14,6 +14,8 @@ reader needs to trust it or not. Three groups of checks:
   along z, starting at the stack's first slice (an MCP scan starts mid-shaft) and ending before its last
   (the joint is in view: a mask that runs to the end holds the phalanx or a head cut by the stack), not
   touching the image's edge, length, volume, mean area and D100 in anatomical ranges.
+* **Compartments** (``runtime.compartments``): a cortex broken or absent on many slices, a cortex as thick as
+  the bone's radius (no trabecular region), a Tb.BV/TV outside its physiological range.
 * **Confidence** of the network: the share of uncertain voxels (probability between 0.1 and 0.9) per
   voxel inside the mask. The size of a second structure the network also marked (and postprocessing
   dropped) is reported too, but does not decide: on phantoms it came with good and bad masks alike.
@@ -56,6 +58,12 @@ class Limits:
     # (about 40 mg HA/cm³ for the default model; below it the output is taken as no bone at all).
     contrast_mg: float = 20.0
     network_contrast_sd: float = 0.15
+    # Compartments (runtime.compartments), judged on the slices wider than the dome's cap:
+    broken_cortex_fraction: float = 0.3  # slices whose cortex is missing along a quarter of the outline
+    absent_cortex_fraction: float = 0.1  # slices with a trabecular region but (almost) no cortex
+    solid_fraction: float = 0.1  # slices with no trabecular region: the cortex as thick as the bone's radius
+    tb_bv_tv: tuple[float, float] = (0.02, 0.6)  # trabecular bone volume fraction of a human MC2 (wide)
+    cortex_resolved_mm: float = 0.1  # coarser voxels do not resolve a 0.3 mm cortex: its breaks are not judged
 
 
 LIMITS = Limits()
@@ -328,7 +336,45 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
         _range(reasons, "bone volume", measures.get("bone_volume_mm3"), limits.volume_mm3, "mm³")
         _range(reasons, "mean slice area", measures.get("mean_slice_area_mm2"), limits.mean_area_mm2, "mm²")
         _range(reasons, "D100", measures.get("d100_mg_ha_cm3"), limits.d100_mg, "mg HA/cm³")
+    reasons.extend(compartment_reasons(checks.get("compartments"), limits))
     return {"status": "review" if reasons else "pass", "reasons": reasons, **checks, "limits": asdict(limits)}
+
+
+def compartment_facts(comp, spacing_zyx) -> dict | None:
+    """What QC judges of the compartments (``runtime.compartments``): the slice fractions with a broken, absent
+    or solid cortex, Tb.BV/TV, and the in-plane voxel size; None where none were computed."""
+    if comp is None:
+        return None
+    facts = dict(comp.values.get("checks") or {})
+    facts["tb_bv_tv"] = comp.values.get("tb_bv_tv")
+    facts["voxel_mm"] = round(float(np.sqrt(float(spacing_zyx[1]) * float(spacing_zyx[2]))), 5)
+    return facts
+
+
+def compartment_reasons(facts: dict | None, limits: Limits = LIMITS) -> list[str]:
+    """Review reasons from ``compartment_facts``: a cortex broken or absent on many slices, a cortex as thick as
+    the bone's radius (no trabecular region), Tb.BV/TV outside its physiological range."""
+    if not facts or not facts.get("wide_slices"):
+        return []
+    reasons = []
+    broken = facts.get("broken_cortex_fraction", 0.0)
+    if facts.get("voxel_mm", 0.0) <= limits.cortex_resolved_mm and broken > limits.broken_cortex_fraction:
+        reasons.append(
+            f"the cortex is broken (missing along a quarter of the outline or more) on {broken:.0%} of the slices"
+        )
+    absent = facts.get("absent_cortex_fraction", 0.0)
+    if absent > limits.absent_cortex_fraction:
+        reasons.append(f"no cortex found on {absent:.0%} of the slices")
+    solid = facts.get("no_trabecular_fraction", 0.0)
+    if solid > limits.solid_fraction or facts.get("max_thickness_to_radius", 0.0) >= 1.0:
+        reasons.append(
+            f"the cortex is as thick as the bone's radius (no trabecular region) on {solid:.0%} of the slices"
+        )
+    bv = facts.get("tb_bv_tv")
+    lo, hi = limits.tb_bv_tv
+    if bv is not None and not lo <= bv <= hi:
+        reasons.append(f"Tb.BV/TV {bv:.2f} is outside the physiological range {lo:g}-{hi:g}")
+    return reasons
 
 
 def _range(reasons: list[str], what: str, value, bounds, unit: str) -> None:
@@ -350,6 +396,7 @@ def assess_mask(
     measures: dict,
     grid_mm: float | None = None,
     box=None,
+    compartments=None,
 ) -> dict:
     """The verdict on any MC2 mask of a scan (a network's, the classical model's, an edited one): shape
     plausibility, and where calibrated its contrast with its surroundings and agreement with the classical
@@ -374,4 +421,5 @@ def assess_mask(
         grid = tuple(float(s) * f for s, f in zip(spacing_zyx, scale, strict=True))
         checks["baseline"] = baseline(vol, frac > inside, grid, calibration)
     checks["shape"] = plausibility(mask, spacing_zyx, box)
+    checks["compartments"] = compartment_facts(compartments, spacing_zyx)
     return verdict(checks, measures)

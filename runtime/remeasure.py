@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import measure, qc, report
+from vbmd_rt.runtime import compartments, measure, qc, report
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
 from vbmd_rt.runtime.io import masks, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
-from vbmd_rt.runtime.io.naming import scan_name
+from vbmd_rt.runtime.io.naming import compartment_masks, scan_name
 from vbmd_rt.runtime.model import sha256_of
 from vbmd_rt.runtime.postprocess import detect_side
 
@@ -45,7 +45,7 @@ def measure_mask(
     files = {}
     if out is not None:
         out = Path(out)
-        files = {"png": out / f"{name}.png"}
+        files = {**compartment_masks(name, out), "png": out / f"{name}.png"}
         if report_html:
             files["html"] = out / f"{name}.html"
         if export:
@@ -68,8 +68,9 @@ def measure_mask(
     cal = scan.calibration
     with timer("vbmd"):
         m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
-        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m)  # run's limits
-        reasons = list(verdict["reasons"])
+        comp = compartments.analyse(scan.data, mask, scan.header.element_size_mm[::-1], cal)
+        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m, compartments=comp)
+        reasons = list(verdict["reasons"])  # run's limits
         side = detect_side(scan.data, mask)
     if cal is None:  # no D100 without a calibration: never a pass
         reasons.append(NO_CALIBRATION)
@@ -89,6 +90,7 @@ def measure_mask(
         "timings_s": {},
         "scan": {**scan_record(scan_path, scan), "fingerprint": outputs.fingerprint_of(scan)},
         "mask": {"file": mask_path.name, "sha256": sha256_of(mask_path), "voxels": voxels, "source": "given"},
+        "compartments": compartments.record(comp),
         "qc": {**verdict, "status": "review" if reasons else "pass", "reasons": reasons},
         "warnings": warnings,
         "vbmd_rt_version": __version__,
@@ -101,7 +103,15 @@ def measure_mask(
         targets = [f.name for f in files.values()]
         with outputs.scan_lock(out, name), outputs.Transaction(out, name, targets, True, prune=False) as txn:
             with timer("write"):
-                png = report.png_bytes(report.montage(scan.data, mask, cal, result=result))
+                result["mask"]["compartments"] = masks.write_compartments(
+                    {k: txn.path(files[k].name) for k in ("cort", "trab")},
+                    None if comp is None else comp.labels,
+                    None if comp is None else comp.box,
+                    scan.header,
+                    "rle",
+                    "from a given mask (vbmd-rt measure)",
+                )
+                png = report.png_bytes(report.montage(scan.data, mask, cal, result=result, compartments=comp))
                 atomic_write_bytes(txn.path(files["png"].name), png, overwrite=True)
                 if export:
                     nifti.export_pair(txn.staging, name, scan, mask, export)

@@ -29,6 +29,8 @@ def _window(data: np.ndarray, calibration: Calibration | None) -> tuple[float, f
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _ORANGE, _WHITE = (0, 200, 255), (255, 255, 255)
+# The compartments on the close-ups (BGR): cortex magenta, trabecular region green, blended over the grey.
+_CORTEX, _TRABECULAR = (200, 60, 230), (90, 200, 60)
 
 
 def _ascii(text: str) -> str:
@@ -71,10 +73,17 @@ def _panel(
     hi: float,
     mm_per_col: float | None = None,
     corner: str = "",
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """One close-up, resized to ``size``: contour in orange, ``label`` at the top, a scale bar from
-    ``mm_per_col`` (mm per column of ``img``) and ``corner`` (orientation) at the bottom right."""
+    ``mm_per_col`` (mm per column of ``img``) and ``corner`` (orientation) at the bottom right; with
+    ``labels`` (runtime.compartments: 1 cortex, 2 trabecular) the compartments tinted in two colours."""
     rgb = cv2.cvtColor(_grey(img, lo, hi), cv2.COLOR_GRAY2BGR)
+    if labels is not None and labels.any():
+        tint = rgb.copy()
+        tint[labels == 1] = _CORTEX
+        tint[labels == 2] = _TRABECULAR
+        rgb = cv2.addWeighted(tint, 0.4, rgb, 0.6, 0)
     contours, _ = cv2.findContours((mask != 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(rgb, contours, -1, _ORANGE, max(1, img.shape[1] // 400))
     cols = img.shape[1]
@@ -152,7 +161,8 @@ def _header(width: int, result: dict) -> np.ndarray:
         f"{result['side']} hand" if result.get("side") else "",
         "axial: x right, y down, as stored; z 0 = proximal end of the stack",
         "coronal: z up (distal up)",
-        "contour / fill in orange: the measured bone",
+        "contour / fill in orange: the measured bone"
+        + ("; cortex magenta, trabecular green" if result.get("compartments") else ""),
     ]
     _text(band, "   ".join(f for f in facts if f), (10, 48), 0.45)
     return band
@@ -166,6 +176,7 @@ def montage(
     box=None,
     result: dict | None = None,
     element_size_mm=None,
+    compartments=None,
 ) -> np.ndarray:
     """BGR image: the whole slice at the bone's middle with the measured bone highlighted, then four axial
     slices through it (crop around it) and a coronal view, contours drawn, each with a scale bar. With
@@ -173,7 +184,8 @@ def montage(
     reason, voxel size, side and orientation.
 
     ``box`` (z0, z1, y0, y1, x0, x1), where given, bounds the mask's non-zero voxels (saves a pass over
-    a full-size volume); ``element_size_mm`` (x, y, z; default: the result's) sizes the scale bars."""
+    a full-size volume); ``element_size_mm`` (x, y, z; default: the result's) sizes the scale bars;
+    ``compartments`` (``runtime.compartments.Compartments``) tints cortex and trabecular region on the close-ups."""
     from vbmd_rt.runtime.io.masks import bounding_box
 
     if element_size_mm is None and result is not None:
@@ -208,11 +220,15 @@ def montage(
                     hi,
                     ex,
                     "x>  yv",
+                    _labels(compartments, (k, k + 1), (y0, y1), (x0, x1), data.shape)[0],
                 )
             )
         cor_img = np.asarray(data[:, cy, x0:x1])
         cor_mask = mask[:, cy, x0:x1]
-        panels.append(_panel(cor_img[::-1], cor_mask[::-1], size, f"coronal y {cy}", lo, hi, ex, "distal ^  x>"))
+        cor_lab = _labels(compartments, (0, data.shape[0]), (cy, cy + 1), (x0, x1), data.shape)[:, 0]
+        panels.append(
+            _panel(cor_img[::-1], cor_mask[::-1], size, f"coronal y {cy}", lo, hi, ex, "distal ^  x>", cor_lab[::-1])
+        )
     else:
         k = data.shape[0] // 2
         panels.append(_panel(np.asarray(data[k]), mask[k], size, f"z {k}: no MC2 found", lo, hi, ex))
@@ -220,6 +236,22 @@ def montage(
     if result is not None:
         image = np.concatenate([_header(image.shape[1], result), image], axis=0)
     return image
+
+
+def _labels(comp, zr, yr, xr, shape) -> np.ndarray:
+    """The compartment labels of the scan region z/y/x ranges (zeros outside their box; all zeros without)."""
+    out = np.zeros((zr[1] - zr[0], yr[1] - yr[0], xr[1] - xr[0]), np.uint8)
+    if comp is None or comp.box is None:
+        return out
+    src, dst = [], []
+    for (a, b), s in zip((zr, yr, xr), comp.box, strict=True):
+        lo, hi = max(a, s.start), min(b, s.stop)
+        if hi <= lo:
+            return out
+        src.append(slice(lo - s.start, hi - s.start))
+        dst.append(slice(lo - a, hi - a))
+    out[tuple(dst)] = comp.labels[tuple(src)]
+    return out
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -436,6 +468,35 @@ def _qc_banner(qc) -> str:
     return f'<div class="qc review">QC: review before use<ul>{reasons}</ul></div>'
 
 
+def compartments_table(comp: dict | None) -> str:
+    """The compartments as an HTML table: one row per parameter (whole MC2, head, shaft) with its definition."""
+    from vbmd_rt.runtime.compartments import DEFINITIONS, PARAMETERS
+
+    if not comp:
+        return ""
+
+    def cell(region, k):
+        v = (region or {}).get(k)
+        return "n/a" if v is None else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
+
+    head, shaft = comp.get("head"), comp.get("shaft")
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{cell(comp, k)}</td><td>{cell(head, k)}</td><td>{cell(shaft, k)}</td>"
+        f"<td>{html.escape(DEFINITIONS[k])}</td></tr>"
+        for k in PARAMETERS
+    )
+    thr = comp.get("thresholds_mg_ha_cm3") or {}
+    neck = comp.get("neck_slice")
+    return (
+        "<h2>Compartments</h2><p>Cortex (magenta in the pictures) and trabecular region (green) inside the "
+        "periosteal contour, by the dual-threshold autocontour of Buie et al. (2007) in physical units: "
+        f"cortical threshold {thr.get('cortical', 'n/a')} mg HA/cm³; head and shaft split at the neck"
+        f"{'' if neck is None else f' (slice {neck})'}. Masks: NAME_CORT_MASK.AIM and NAME_TRAB_MASK.AIM.</p>"
+        "<table><tr><th>parameter</th><th>MC2</th><th>head</th><th>shaft</th><th>definition</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def html_report(result: dict, png: bytes, extra: dict | None = None) -> str:
     """A self-contained HTML page (no network): a QC banner, the model's intended use (prominent: the
     bundled model is trained on phantoms only), the picture, D100 defined, the measurements, calibration
@@ -521,6 +582,7 @@ th,td{{text-align:left;padding:.2em 1em;border-bottom:1px solid #ddd}}img{{max-w
 {notice}
 <img alt="the whole hand with MC2 highlighted, axial slices and a coronal view with the MC2 contour" src="data:image/png;base64,{img}">
 <h2>Result</h2><p>{html.escape(D100_DEFINITION)}</p><table>{"".join(rows)}</table>
+{compartments_table(result.get("compartments"))}
 {check_table}
 {charts}
 {browser}

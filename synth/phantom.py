@@ -66,6 +66,9 @@ __all__ = [
 GENERATOR_VERSION = "1.2"  # 1.1: the random family; 1.2: the _GT log says its values are objects (scans unchanged)
 SIZES = {"full": (0.082, 1536), "small": (0.246, 512)}
 AIR = -356.0 + 0.0  # mu = 0: the stored value 0 is the calibration's intercept
+# Labels of the truth bone while rendering: its cortex and the region inside the endosteal outline (the
+# trabecular compartment). Scans do not depend on them; ``render_case(labels=True)`` returns them.
+CORTEX, TRABECULAR = 1, 2
 
 
 def _xtremect_log(cal: Calibration = XTREMECT_CALIBRATION, scanner: str = "XtremeCT", samples: int = 1536) -> str:
@@ -344,7 +347,7 @@ class _Renderer:
         return p.marrow_density + occ * (p.tissue_density - p.marrow_density)
 
     def slice(self, z_vox: int) -> tuple[np.ndarray, np.ndarray]:
-        """One sharp slice in mg HA/cm³ (float32) and the MC2 truth (uint8 0/1)."""
+        """One sharp slice in mg HA/cm³ (float32) and the MC2 truth (uint8: 0, ``CORTEX``, ``TRABECULAR``)."""
         p, px, n = self.p, self.px, self.p.nxy
         z = (z_vox + 0.5) * px
         img = np.full((n, n), self.air, np.float32)
@@ -412,7 +415,11 @@ class _Renderer:
         p, px = self.p, self.px
         outline = self._draw_metacarpal(img, b, z, z_vox)
         if outline is not None and truth is not None:
-            _fill(truth, outline[0], outline[1], b.angle, 1, px, outline[2])
+            _fill(truth, outline[0], outline[1], b.angle, CORTEX, px, outline[2])
+            prof = _profile(b, z)  # the region the interior (trabecular bone, marrow) was drawn in
+            inner = (prof[0] - prof[2], prof[1] - prof[2])
+            if inner[0] > 0 and inner[1] > 0:
+                _fill(truth, outline[0], inner, b.angle, TRABECULAR, px, outline[2])
         # Proximal phalanx base: an ellipse beyond the joint, hollowed by the cup around the head.
         zc = b.tip - b.dome  # centre of the head's dome
         start = b.tip + b.gap - b.cup
@@ -487,9 +494,11 @@ class _Renderer:
         return out
 
 
-def render_case(p: CaseParams, truth_bone: str = "MC2") -> tuple[np.ndarray, np.ndarray]:
+def render_case(p: CaseParams, truth_bone: str = "MC2", labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render a case: the stored int16 scan and the uint8 0/1 mask of ``truth_bone`` (MC2; another bone's
-    mask is a realistic wrong answer for testing QC), both (z, y, x)."""
+    mask is a realistic wrong answer for testing QC), both (z, y, x). With ``labels`` the mask holds the
+    compartments instead: ``CORTEX`` (1) between the periosteal and endosteal outlines the generator drew,
+    ``TRABECULAR`` (2) inside the endosteal outline (the scan is the same either way)."""
     r = _Renderer(p, truth_bone)
     n, nz = p.nxy, p.slices
     scan = np.empty((nz, n, n), np.int16)
@@ -523,10 +532,12 @@ def render_case(p: CaseParams, truth_bone: str = "MC2") -> tuple[np.ndarray, np.
                 M = np.float32([[1, 0, walk[0]], [0, 1, walk[1]]])
                 dens = cv2.warpAffine(dens, M, (n, n), borderMode=cv2.BORDER_REPLICATE)
                 truth[zc] = cv2.warpAffine(truth[zc], M, (n, n), flags=cv2.INTER_NEAREST)
-            truth[zc] &= inside
+            truth[zc] *= inside
             scan[zc] = dens
             for old in [k for k in window if k < zc - h]:
                 del window[old]
+    if not labels:
+        np.minimum(truth, 1, out=truth)
     if p.side == "left":
         scan = np.ascontiguousarray(scan[:, :, ::-1])
         truth = np.ascontiguousarray(truth[:, :, ::-1])
@@ -555,10 +566,14 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
         p = sample_case(case_seed, size)
     else:
         p = families.sample_random(case_seed, size, families.parse_family(family))
-    scan, truth = render_case(p)
+    scan, truth = render_case(p, labels=True)
+    compartments = compartment_truth(scan, truth, p)
+    np.minimum(truth, 1, out=truth)  # the periosteal mask, in place (a full-size case's labels are 0.7 GB)
     name = case_name(index)
     hdr = AimHeader(
-        version=2,
+        version=2
+        if scan.nbytes < 2**31 - 4096
+        else 3,  # v020 counts bytes in int32: a full-size XtremeCT II needs v030
         type_code=0x00020002,
         dim=(1, 1, 1),
         element_size_mm=(p.voxel_mm,) * 3,
@@ -580,6 +595,7 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
         values=MASK_VALUES,  # read as 0/127 by every reader, ITK's too
     )
     t = truth_of(scan, truth, p)
+    t.update(compartments)
     t.update(name=name, seed=seed, case_seed=case_seed, index=index, family=family)
     atomic_write_bytes(out / f"{name}.truth.json", (json.dumps(t, indent=2) + "\n").encode())
     return t
@@ -612,6 +628,101 @@ def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
         "generator_version": GENERATOR_VERSION,
         "family_params": p.family,
         "params": p.to_dict(),
+    }
+
+
+def crop_case(p: CaseParams, voxel_mm: float | None = None, margin_mm: float = 3.0, bone: str = "MC2") -> CaseParams:
+    """One bone of a case alone in a field of view just larger than its head, at ``voxel_mm`` (default the
+    case's): the same anatomy in mm, the scanner's blur kept in mm. Small enough to render at 82 or 60.7 µm
+    in seconds (for tests and the resolution study of the compartments); neighbours, tendons and sesamoids
+    are left out."""
+    voxel = float(voxel_mm or p.voxel_mm)
+    b = next(bb for bb in p.bones if bb.name == bone)
+    half = max(b.head) * 1.15 + margin_mm
+    nxy = int(math.ceil(2 * half / voxel / 8)) * 8
+    length = p.slices * p.voxel_mm
+    centre = nxy * voxel / 2
+    dx, dy = centre - b.x0, centre - b.y0
+    moved = replace(b, x0=centre, y0=centre)
+    scale = p.voxel_mm / voxel  # blur given in voxels of the case: the same in mm at the new voxel size
+    return replace(
+        p,
+        voxel_mm=voxel,
+        nxy=nxy,
+        slices=int(round(length / voxel)),
+        bones=[moved],
+        erosions=[e for e in p.erosions if e["bone"] == bone],
+        hand=(centre, centre, half * 2, half * 2, 0.0),
+        extras={},
+        psf_sigma_vox=p.psf_sigma_vox * scale,
+        psf_sigma_z_vox=p.psf_sigma_z_vox * scale,
+        rings=False,
+        motion_grade=1,
+        family={**p.family, "cropped_from": [round(dx, 3), round(dy, 3)]},
+    )
+
+
+def compartment_truth(scan: np.ndarray, labels: np.ndarray, p: CaseParams) -> dict:
+    """The true compartments of MC2 from the generator's own geometry (``render_case(labels=True)``).
+
+    Densities, areas and the cortical thickness are measured as ``runtime.compartments`` measures them, on
+    the true compartments instead of the autocontour's: mean calibrated density of the stored scan in each
+    (as D100's truth is inside the true mask), mean areas over the bone's slices, and the distance-transform
+    thickness of the true cortex (for an elliptical shell the thickness the generator drew, within a few
+    µm; the outlines' offset as drawn is ``ct_th_nominal_mm``). ``tb_bv_tv`` and ``ct_po`` are the
+    generator's trabecular bone fraction and cortical pore fraction. ``head`` and ``shaft`` split at the
+    neck found on the true mask's area profile; ``neck_slice_generator`` is the middle of the generator's
+    shaft-to-head transition.
+    """
+    from vbmd_rt.runtime import compartments
+
+    bone = next(b for b in p.bones if b.name == "MC2")
+    cal, px = p.cal, p.voxel_mm
+    k_, b_ = cal.density_equation()
+    got = compartments._compartments(
+        scan, labels, (px, px, px), (np.float32(k_), np.float32(b_)), None, compartments.PARAMS, labels
+    )
+    if got is None:
+        return {"ct_bmd_mg_ha_cm3": None, "tb_bmd_mg_ha_cm3": None, "ct_th_mm": None, "compartments": None}
+    v = got.values
+    nominal, weights, fraction, tb_vox = [], [], [], []
+    for k in range(labels.shape[0]):
+        lab = labels[k]
+        n_ct, n_tb = int(np.count_nonzero(lab == CORTEX)), int(np.count_nonzero(lab == TRABECULAR))
+        if n_ct + n_tb == 0:
+            continue
+        z = (k + 0.5) * px
+        prof = _profile(bone, z)
+        w = min(1.0, max(0.0, (bone.tip - z - bone.dome) / bone.neck))
+        if prof is not None and n_tb > 0 and n_ct > 0:
+            nominal.append(prof[2])
+            weights.append(n_ct)
+        fraction.append(p.trab_fraction_head if w < 0.5 else p.trab_fraction_shaft)
+        tb_vox.append(n_tb)
+    keep = ("ct_bmd_mg_ha_cm3", "tb_bmd_mg_ha_cm3", "ct_th_mm", "ct_th_sd_mm", "ct_ar_mm2", "tb_ar_mm2", "tt_ar_mm2")
+    generator = {
+        "tb_bv_tv": float(np.average(fraction, weights=tb_vox)) if sum(tb_vox) else None,
+        "ct_po": float(bone.porosity),
+        "ct_th_nominal_mm": float(np.average(nominal, weights=weights)) if weights else None,
+    }
+
+    def region(r):
+        return None if r is None else {**{k: r[k] for k in keep}, "slices": r["slices"]}
+
+    neck_mm = bone.tip - bone.dome - 0.5 * bone.neck
+    return {
+        "ct_bmd_mg_ha_cm3": v["ct_bmd_mg_ha_cm3"],
+        "tb_bmd_mg_ha_cm3": v["tb_bmd_mg_ha_cm3"],
+        "ct_th_mm": v["ct_th_mm"],
+        "compartments": {
+            **region(v),
+            "tb_bv_tv_derived_1200": v["tb_bv_tv_derived_1200"],
+            **generator,
+            "neck_slice": v["neck_slice"],
+            "neck_slice_generator": int(min(max(math.ceil(neck_mm / px - 0.5), 0), labels.shape[0])),
+            "head": region(v["head"]),
+            "shaft": region(v["shaft"]),
+        },
     }
 
 

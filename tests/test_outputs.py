@@ -70,7 +70,7 @@ def test_result_records_fingerprint_run_key_and_manifest(scans, predictor, tmp_p
     res = json.loads((out / "A.json").read_text())
     assert res["scan"]["fingerprint"]["size"] == (scans / "A.AIM").stat().st_size
     assert res["run_key"]["model"] == "classical" and res["run_key"]["side"] == "auto"
-    assert set(res["outputs"]) == {"A_SEG.AIM", "A.png"} and res["history"] == []
+    assert set(res["outputs"]) == {"A_SEG.AIM", "A_CORT_MASK.AIM", "A_TRAB_MASK.AIM", "A.png"} and res["history"] == []
     for f, rec in res["outputs"].items():
         assert (out / f).stat().st_size == rec["size"]
     assert not list((out / ".vbmd-rt" / "staging").iterdir())
@@ -287,6 +287,8 @@ def test_a_result_of_vbmd_rt_0_1_is_redone_once_and_kept_as_history(scans, predi
     res["scan"].pop("fingerprint")
     res["vbmd_rt_version"] = "0.1.0"
     (out / "A.json").write_text(json.dumps(res))  # as 0.1 wrote it: no manifest, no fingerprint
+    for f in ("A_CORT_MASK.AIM", "A_TRAB_MASK.AIM"):  # nor compartment masks (issue 22)
+        (out / f).unlink()
     [r] = _run(predictor, [scans / "A.AIM"], out)  # its files are known as vbmd-rt's: no --overwrite needed
     assert r["status"] == "done"
     new = json.loads((out / "A.json").read_text())
@@ -332,7 +334,7 @@ def test_staged_files_a_kill_left_are_freed_but_their_manifest_kept(scans, tmp_p
     # step 0 takes the previous JSON down (none here), step 1 renames the mask: PNG and JSON still staged
     assert _env_cli({outputs.KILL_AFTER_ENV: "2"}, *args).returncode == 137
     [st] = (out / ".vbmd-rt" / "staging").iterdir()
-    assert {p.name for p in st.iterdir()} == {"A.png", "A.json", "manifest.json"}
+    assert {p.name for p in st.iterdir()} == {"A_CORT_MASK.AIM", "A_TRAB_MASK.AIM", "A.png", "A.json", "manifest.json"}
     assert outputs.clean_staging(out) > 0
     assert [p.name for p in st.iterdir()] == ["manifest.json"]
     assert "A_SEG.AIM" in outputs.owned_files(out, "A", "A.json")  # still known as vbmd-rt's

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vbmd_rt.runtime import pipeline
+from vbmd_rt.runtime import compartments, pipeline
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.model import Model, load_model
@@ -41,6 +41,8 @@ class Result:
     warnings: list[str]
     timings_s: dict[str, float]
     info: dict = field(default_factory=dict)
+    compartments: dict | None = None  # Ct.BMD, Tb.BMD, Ct.Th, ... (runtime.compartments); None uncalibrated
+    compartment_labels: np.ndarray | None = None  # inside compartments' box: 1 cortex, 2 trabecular
 
     @property
     def identity(self) -> dict | None:
@@ -49,7 +51,7 @@ class Result:
 
     def to_dict(self) -> dict:
         """The JSON-able part (everything but the mask)."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("mask", "info")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("mask", "info", "compartment_labels")}
 
 
 class Predictor:
@@ -137,6 +139,8 @@ class Predictor:
             a.warnings,
             timings,
             a.info,
+            compartments.record(a.compartments),
+            None if a.compartments is None else a.compartments.labels,
         )
 
     def run_to(self, path: str | Path, out: str | Path, options: pipeline.RunOptions | None = None, stage=None) -> dict:

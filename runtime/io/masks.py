@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -238,3 +239,57 @@ def _read_gobj(path: Path):
         _fail(path, "GOBJ contours need aimio-py", "pip install aimio-py, or convert the GOBJ to a mask AIM")
     data, meta = py_aimio.read_gobj(str(path))  # (z, y, x), cropped to the contours, with its position
     return np.asarray(data), tuple(meta["element_size"]), tuple(meta["position"])
+
+
+COMPARTMENTS = {"cort": (1, "cortical"), "trab": (2, "trabecular")}  # runtime.compartments' labels
+
+
+def write_compartments(
+    paths: dict, labels: np.ndarray | None, box, header: aim.AimHeader, fmt: str = "rle", log_entry: str = ""
+) -> dict:
+    """``NAME_CORT_MASK.AIM`` and ``NAME_TRAB_MASK.AIM`` (``paths["cort"]``, ``paths["trab"]``) in the format
+    of the SEG mask: the compartments ``labels`` (1 cortex, 2 trabecular, the (z, y, x) slices ``box`` of the
+    scan); empty masks where there are none (no calibration, no bone). Returns each file's facts."""
+    out = {}
+    for key, (label, what) in COMPARTMENTS.items():
+        if labels is not None:
+            full = BoxedMask(labels == label, box, header.shape)
+            hint = tuple(int(v) for s in box for v in (s.start, s.stop))
+            voxels = int(np.count_nonzero(full.inside))
+        else:
+            full = BoxedMask(np.zeros((1, 1, 1), bool), (slice(0, 1),) * 3, header.shape)
+            hint, voxels = (0, 1, 0, 1, 0, 1), 0
+        entry = f"MC2 {what} compartment by vbmd-rt" + (f"; {log_entry}" if log_entry else "")
+        box_only = cast(np.ndarray, full)  # write_mask reads boxes of it (and np.asarray for ``char``)
+        out[key] = {**write_mask(paths[key], box_only, header, fmt, entry, hint, voxels), "voxels": voxels}
+    return out
+
+
+class BoxedMask:
+    """A scan-sized mask that is zero outside ``box`` ((z, y, x) slices), held as its box only: ``write_mask``
+    reads boxes of it (``mask[slices]``), so a full-size compartment mask costs its box, not 0.7 GB of pages;
+    ``np.asarray`` gives the whole array (the ``char`` format)."""
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, inside: np.ndarray, box, shape):
+        self.inside, self.box, self.shape = inside, tuple(box), tuple(int(v) for v in shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = tuple(slice(*k.indices(n)) for k, n in zip(key, self.shape, strict=True))
+        out = np.zeros(tuple(k.stop - k.start for k in key), np.uint8)
+        src, dst = [], []
+        for k, b in zip(key, self.box, strict=True):
+            lo, hi = max(k.start, b.start), min(k.stop, b.stop)
+            if hi <= lo:
+                return out
+            src.append(slice(lo - b.start, hi - b.start))
+            dst.append(slice(lo - k.start, hi - k.start))
+        out[tuple(dst)] = self.inside[tuple(src)]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = np.zeros(self.shape, np.uint8)
+        full[self.box] = self.inside
+        return full if dtype is None else full.astype(dtype)

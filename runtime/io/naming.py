@@ -16,6 +16,8 @@ SCAN_SUFFIXES = (".aim", ".isq")
 MASK_SUFFIXES = ("_GT", "_MASK", "_SEG")  # masks beside a scan: NAME_GT.AIM etc.
 NOT_SCANS = (*MASK_SUFFIXES, "_PROB")  # AIMs that are never scans
 SEG_SUFFIX = "_SEG.AIM"  # the MC2 mask of a run
+CORT_SUFFIX = "_CORT_MASK.AIM"  # its cortical compartment (IPL's name)
+TRAB_SUFFIX = "_TRAB_MASK.AIM"  # its trabecular compartment (IPL's name)
 PROB_SUFFIX = "_PROB.AIM"  # --save-prob: probability x100 on the model grid
 TRUTH_SUFFIX = ".truth.json"  # a phantom's truth
 SUMMARY_STEM = "summary"  # OUT/summary.csv and summary.json of a batch
@@ -93,11 +95,16 @@ def same_names(files: list[Path]) -> list[tuple[Path, Path]]:
 def outputs_for(name: str, out: Path, report_html: bool = False, save_prob: bool = False) -> dict[str, Path]:
     """The files ``vbmd-rt run`` writes for scan ``name``; the JSON last (its presence means done)."""
     files = {"prob": out / f"{name}{PROB_SUFFIX}"} if save_prob else {}
-    files.update({"mask": out / f"{name}{SEG_SUFFIX}", "png": out / f"{name}.png"})
+    files.update({"mask": out / f"{name}{SEG_SUFFIX}", **compartment_masks(name, out), "png": out / f"{name}.png"})
     if report_html:
         files["html"] = out / f"{name}.html"
     files["json"] = out / f"{name}.json"
     return files
+
+
+def compartment_masks(name: str, out: Path) -> dict[str, Path]:
+    """``NAME_CORT_MASK.AIM`` and ``NAME_TRAB_MASK.AIM``: the compartments ``run`` and ``measure`` write."""
+    return {"cort": out / f"{name}{CORT_SUFFIX}", "trab": out / f"{name}{TRAB_SUFFIX}"}
 
 
 def is_reserved_name(name: str) -> bool:
