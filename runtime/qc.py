@@ -64,6 +64,9 @@ class Limits:
     solid_fraction: float = 0.1  # slices with no trabecular region: the cortex as thick as the bone's radius
     tb_bv_tv: tuple[float, float] = (0.02, 0.6)  # trabecular bone volume fraction of a human MC2 (wide)
     cortex_resolved_mm: float = 0.1  # coarser voxels do not resolve a 0.3 mm cortex: its breaks are not judged
+    # Thresholded Tb.BV/TV needs voxels finer than a trabecula (0.1-0.2 mm): at coarser ones partial volume
+    # decides it (246 µm phantoms read 0.01-0.66 with the right mask), so its range is not judged there.
+    trabeculae_resolved_mm: float = 0.1
 
 
 LIMITS = Limits()
@@ -372,7 +375,8 @@ def compartment_reasons(facts: dict | None, limits: Limits = LIMITS) -> list[str
         )
     bv = facts.get("tb_bv_tv")
     lo, hi = limits.tb_bv_tv
-    if bv is not None and not lo <= bv <= hi:
+    resolved = facts.get("voxel_mm", 0.0) <= limits.trabeculae_resolved_mm
+    if bv is not None and resolved and not lo <= bv <= hi:
         reasons.append(f"Tb.BV/TV {bv:.2f} is outside the physiological range {lo:g}-{hi:g}")
     return reasons
 
