@@ -40,6 +40,7 @@ from vbmd_rt.runtime import compartments, pipeline
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError, printable
 from vbmd_rt.runtime.io import aim, naming, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
+from vbmd_rt.runtime.result import Record
 
 STATUSES = ("done", "skipped", "failed")
 # The compartments (runtime.compartments) of MC2, its head and its shaft: units in the names.
@@ -180,27 +181,8 @@ def row(
 ) -> dict:
     r = {k: None for k in ROW_FIELDS}
     r.update(scan=naming.display_name(path), status=status)  # one line, whatever the file is called
-    if result:
-        for k in ("d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side"):
-            r[k] = result.get(k)
-        comp = result.get("compartments") or {}
-        for k in compartments.PARAMETERS:
-            r[k] = comp.get(k)
-            for region in compartments.REGIONS:
-                r[f"{region}_{k}"] = (comp.get(region) or {}).get(k)
-        r["backend"] = result.get("backend", {}).get("name")
-        r["precision"] = result.get("backend", {}).get("precision")
-        for k, v in result.get("timings_s", {}).items():
-            r[f"{k}_s"] = v
-        r["warnings"] = " | ".join(result.get("warnings", [])) or None
-        model = result.get("model") or {}
-        r["model"] = model.get("name")
-        r["model_sha256"] = model.get("sha256")
-        r["vbmd_rt_version"] = result.get("vbmd_rt_version")
-        qc = result.get("qc")
-        if isinstance(qc, dict):  # pass | review, and why
-            r["qc_status"] = qc.get("status")
-            r["qc_reasons"] = " | ".join(str(x) for x in qc.get("reasons") or []) or None
+    if result:  # the result's own columns, from its record (runtime.result)
+        r.update(Record.from_json(result).summary_values())
     r["values"] = VALUES.get(status)
     if error is not None:
         r["error_kind"] = error_kind or ("input" if isinstance(error, VbmdInputError) else "internal")
