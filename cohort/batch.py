@@ -38,7 +38,7 @@ from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
 from vbmd_rt.runtime import compartments, pipeline
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError, printable
-from vbmd_rt.runtime.io import aim, naming, nifti, outputs
+from vbmd_rt.runtime.io import aim, naming, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 from vbmd_rt.runtime.result import Record
 
@@ -104,10 +104,7 @@ def shard(files: list[Path], num_parts: int = 1, part_id: int = 0) -> list[Path]
 
 def output_files(name: str, out: Path, options: pipeline.RunOptions) -> list[Path]:
     """Every file ``run`` may write for scan ``name`` (the JSON last)."""
-    files = list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
-    if options.export:  # NAME.nii.gz / NAME_SEG.nii.gz (or .mha), before the JSON
-        files[-1:-1] = [out / n for n in nifti.export_names(name, options.export)]
-    return files
+    return list(naming.outputs_for(name, out, options.report_html, options.save_prob, options.export).values())
 
 
 def existing_result(
@@ -144,16 +141,17 @@ def check_names(files: list[Path], batch: bool | None = None) -> None:
         name = naming.scan_name(f)
         key = name.casefold()
         if key in seen and seen[key] != f:
+            files = naming.outputs_for(name, Path())
             raise VbmdInputError(
                 f,
-                f"has the same output name as {seen[key]} (both would write {name}.json, {name}_SEG.AIM, ...)",
+                f"has the same output name as {seen[key]} (both would write {files['json']}, {files['mask']}, ...)",
                 "rename one, or run them into different -o folders",
             )
         seen[key] = f
         if batch and naming.is_reserved_name(name):
             raise VbmdInputError(
                 f,
-                f"would write {name}.json, the name of the batch summary",
+                f"would write {naming.result_name(name)}, the name of the batch summary",
                 "rename the scan (e.g. to " + name + "_1" + f.suffix + "), or run it on its own",
             )
 
@@ -214,7 +212,7 @@ def process(
     """
     path, out = Path(path), Path(out)
     name = naming.scan_name(path)
-    json_name = naming.outputs_for(name, out)["json"].name
+    json_name = naming.result_name(name)
     try:
         pipeline.check_scan(path)  # bad input fails before anything is created in OUT (the header alone)
     except VbmdInputError as e:

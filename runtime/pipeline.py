@@ -22,7 +22,7 @@ from vbmd_rt.runtime.inference.window import sliding_window
 from vbmd_rt.runtime.io import aim, masks, nifti, outputs, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import implausible as implausible_calibration
-from vbmd_rt.runtime.io.naming import outputs_for, scan_name
+from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.postprocess import detect_side, largest_component, postprocess
 from vbmd_rt.runtime.result import Record, model_record
@@ -227,7 +227,7 @@ def analyse(
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
     with timer("vbmd"):
-        m = measure.vbmd(data, mask, spacing_zyx[::-1], calibration)
+        m = measure.vbmd(data, mask, spacing_zyx, calibration)
         comp = (
             None if info["empty"] else compartments.analyse(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         )
@@ -389,7 +389,7 @@ def read_for_run(path: str | Path, model: Model, options: RunOptions | None = No
     spec = None if model.classical else model.spec
 
     def memory(h: aim.AimHeader) -> None:
-        resources.check_memory(path, h.shape, h.element_size_mm[::-1], spec, options.max_memory)
+        resources.check_memory(path, h.shape, h.spacing_zyx, spec, options.max_memory)
 
     return read_scan(Path(path), check=memory)
 
@@ -424,7 +424,7 @@ def run_scan(
         check_scan(Path(path), scan.header)
         spec = None if model.classical else model.spec
         hdr = scan.header
-        resources.check_memory(path, hdr.shape, hdr.element_size_mm[::-1], spec, options.max_memory)
+        resources.check_memory(path, hdr.shape, hdr.spacing_zyx, spec, options.max_memory)
     with outputs.scan_lock(out, scan_name(Path(path))):
         return _run_scan(path, out, model, backend, options, stage, scan, timer)
 
@@ -444,11 +444,9 @@ def _run_scan(
     timer = timer or Timer()
     t_start = time.perf_counter() - sum(timer.seconds.values())  # what the caller timed for this scan counts
     name = scan_name(path)
-    targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
-    if options.export:  # before the JSON, which the transaction commits last
-        targets[-1:-1] = nifti.export_names(name, options.export)
-    with outputs.Transaction(out, name, targets, options.overwrite) as txn:
-        files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
+    targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob, options.export).values()]
+    with outputs.Transaction(out, name, targets, options.overwrite) as txn:  # the JSON last
+        files = outputs_for(name, txn.staging, options.report_html, options.save_prob, options.export)
         try:
             return _process(path, out, model, backend, options, stage, timer, t_start, files, txn, scan)
         except InputShapeError as e:  # a geometry the header allows but the model's engine cannot take
@@ -469,7 +467,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
     stage("segment")
     a = analyse(
         scan.data,
-        scan.header.element_size_mm[::-1],
+        scan.spacing_zyx,
         scan.calibration,
         model,
         backend,
@@ -528,14 +526,14 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
             written.append(files["png"])
             if options.export:  # into the staging folder: part of the scan's transaction
                 name, staging = scan_name(path), files["mask"].parent
-                written.extend(staging / n for n in nifti.export_names(name, options.export))
+                written.extend(staging / n for n in export_names(name, options.export))
                 cropped = options.mask_format == "cropped"
                 nifti.export_pair(staging, name, scan, mask, options.export, cropped=cropped, box=box)
                 if options.export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
                     rec.extra.update(nifti.scan_sidecar(scan, options.export))
         rec.timings_s = result_timings(timer.seconds, STAGES, time.perf_counter() - t_start)
         if options.report_html:
-            extra = report.details(scan.data, mask, cal, scan.header.element_size_mm, box)
+            extra = report.details(scan.data, mask, cal, scan.spacing_zyx, box)
             atomic_write_bytes(
                 files["html"],
                 report.html_report(rec.to_json(), png, extra).encode("utf-8", "backslashreplace"),

@@ -19,7 +19,7 @@ from vbmd_rt.runtime import compartments, measure, qc, report
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
 from vbmd_rt.runtime.io import masks, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
-from vbmd_rt.runtime.io.naming import compartment_masks, scan_name
+from vbmd_rt.runtime.io.naming import measure_outputs_for, scan_name
 from vbmd_rt.runtime.model import sha256_of
 from vbmd_rt.runtime.postprocess import detect_side
 from vbmd_rt.runtime.result import Record, timings
@@ -45,12 +45,7 @@ def measure_mask(
     files = {}
     if out is not None:
         out = Path(out)
-        files = {**compartment_masks(name, out), "png": out / f"{name}.png"}
-        if report_html:
-            files["html"] = out / f"{name}.html"
-        if export:
-            files.update({n: out / n for n in nifti.export_names(name, export)})
-        files["json"] = out / f"{name}.json"  # last: the transaction commits it last
+        files = measure_outputs_for(name, out, report_html, export)  # the JSON last: committed last
         if not overwrite:
             for f in files.values():
                 if f.exists():
@@ -67,9 +62,9 @@ def measure_mask(
         )
     cal = scan.calibration
     with timer("vbmd"):
-        m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
-        comp = compartments.analyse(scan.data, mask, scan.header.element_size_mm[::-1], cal)
-        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m, compartments=comp)
+        m = measure.vbmd(scan.data, mask, scan.spacing_zyx, cal)
+        comp = compartments.analyse(scan.data, mask, scan.spacing_zyx, cal)
+        verdict = qc.assess_mask(scan.data, mask, scan.spacing_zyx, cal, m, compartments=comp)
         reasons = list(verdict["reasons"])  # run's limits
         side = detect_side(scan.data, mask)
     if cal is None:  # no D100 without a calibration: never a pass
@@ -104,7 +99,7 @@ def measure_mask(
                         rec.extra.update(nifti.scan_sidecar(scan, export))
             rec.timings_s = timings(timer.seconds, STAGES, time.perf_counter() - t0, only_run=True)
             if report_html:
-                extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)
+                extra = report.details(scan.data, mask, cal, scan.spacing_zyx)
                 html = report.html_report(rec.to_json(), png, extra).encode("utf-8", "backslashreplace")
                 atomic_write_bytes(txn.path(files["html"].name), html, overwrite=True)
             result = rec.to_json()

@@ -49,7 +49,7 @@ from vbmd_rt.runtime.errors import OutputError, OutputUnavailable, VbmdInputErro
 from vbmd_rt.runtime.io import aim, naming, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
-STATE_DIR = ".vbmd-rt"
+STATE_DIR = naming.STATE_DIR
 MARKER = ".done"
 MAX_ATTEMPTS = 2  # a scan during which the service died this often goes to failed/
 PARSE_GRACE = 5  # a stable file that does not parse is processed (and fails) after this many stable_for
@@ -150,7 +150,7 @@ class Watcher:
         if self.move_done:
             check_writable_dir(self.move_done)
         self.state = check_writable_dir(self.out / STATE_DIR)
-        self.failed_dir = self.out / "failed"
+        self.failed_dir = self.out / naming.FAILED_DIR
         self._lock = self._take_lock()
         self.journal = Journal(self.state / "journal.jsonl")
 
@@ -203,7 +203,7 @@ class Watcher:
         except (OSError, VbmdInputError):
             fp = None
         with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(self.out, name):
-            if outputs.retire_stale(self.out, name, f"{name}.json", path.name, fp):
+            if outputs.retire_stale(self.out, name, naming.result_name(name), path.name, fp):
                 self.log(f"{path.name}: the result of its earlier version was moved to {STATE_DIR}/history")
 
     def _owner(self, name: str) -> str | None:
@@ -405,7 +405,7 @@ class Watcher:
         self._retry_at.pop(name, None)
         self._env_error = None
         with contextlib.suppress(OSError):
-            (self.failed_dir / f"{naming.scan_name(path)}.error.json").unlink()  # an earlier failure is stale
+            (self.failed_dir / naming.error_name(naming.scan_name(path))).unlink()  # an earlier failure is stale
         self.journal.record(
             "done",
             name,
@@ -444,7 +444,7 @@ class Watcher:
         try:
             check_writable_dir(self.failed_dir)
             atomic_write_bytes(
-                self.failed_dir / f"{naming.scan_name(path)}.error.json", (json.dumps(err, indent=2) + "\n").encode()
+                self.failed_dir / naming.error_name(naming.scan_name(path)), (json.dumps(err, indent=2) + "\n").encode()
             )
         except VbmdInputError as e:
             self.log(f"warning: cannot write the failed list ({e})")
@@ -482,7 +482,7 @@ class Watcher:
                 self._state = {"status": status, **state}
             h = self._health_record()
             with contextlib.suppress(VbmdInputError):
-                atomic_write_bytes(self.state / "health.json", (json.dumps(h) + "\n").encode())
+                atomic_write_bytes(self.state / naming.HEALTH_NAME, (json.dumps(h) + "\n").encode())
 
     def _beat(self) -> None:
         """The heartbeat thread: the health file stays fresh while the main thread is busy with a scan."""
@@ -573,7 +573,7 @@ def health(out: str | Path, max_age: float = 120.0) -> tuple[bool, str]:
     """Is the service serving ``out`` alive? Its process must exist (checked at once, where the health file
     was written on this host) and its heartbeat, refreshed every few seconds even during a long scan,
     must be younger than ``max_age``. The message says the state: idle, or busy with NAME since when."""
-    p = Path(out) / STATE_DIR / "health.json"
+    p = Path(out) / STATE_DIR / naming.HEALTH_NAME
     try:
         h = json.loads(p.read_text())
     except (OSError, ValueError):

@@ -45,7 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vbmd_rt.runtime.io import proclog
+from vbmd_rt.runtime.io import naming, proclog
 from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import Calibration
@@ -588,7 +588,7 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
         when=0,
     )
     write_aim(
-        out / f"{name}_GT.AIM",
+        out / f"{name}{naming.GT_SUFFIX}",
         truth.view(np.int8) * np.int8(127),
         replace(hdr, processing_log=gt_log),
         type="char",
@@ -597,7 +597,7 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
     t = truth_of(scan, truth, p)
     t.update(compartments)
     t.update(name=name, seed=seed, case_seed=case_seed, index=index, family=family)
-    atomic_write_bytes(out / f"{name}.truth.json", (json.dumps(t, indent=2) + "\n").encode())
+    atomic_write_bytes(out / f"{name}{naming.TRUTH_SUFFIX}", (json.dumps(t, indent=2) + "\n").encode())
     return t
 
 

@@ -126,7 +126,7 @@ class Predictor:
         if isinstance(scan, (str, Path)):
             with timer("read"):
                 s = pipeline.read_scan(Path(scan))
-            data, spacing, calibration, path = s.data, s.header.element_size_mm[::-1], s.calibration, Path(scan)
+            data, spacing, calibration, path = s.data, s.spacing_zyx, s.calibration, Path(scan)
             log = s.header.processing_log
         else:
             data, path, log, s = np.asarray(scan), None, None, None
