@@ -9,8 +9,9 @@
         print(result.d100_mg_ha_cm3, result.qc["status"], result.timings_s["total"])
         mask = result.mask                                # (z, y, x) uint8, 1 inside MC2
 
-The command line (``vbmd-rt run``, ``watch``, cohorts on Dask) runs scans through a ``Predictor`` too:
-``Predictor.run_to`` is ``run`` plus the scan's output files.
+``Predictor.run_to`` is ``run`` plus the scan's output files (``pipeline.run_scan``). The command line
+(``vbmd-rt run``, ``watch``, cohorts on Dask) loads a ``Predictor`` once and calls the pipeline with its model
+and backend directly (``cohort.batch.plan``/``run``, ``runtime.service``).
 """
 
 from __future__ import annotations
