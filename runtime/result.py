@@ -120,8 +120,9 @@ class Record:
         """A result JSON read back (of this version or an earlier one: missing keys are empty)."""
         known = {f.name for f in dataclasses.fields(cls)} - {"kind", "version", "extra"}
         kind = GIVEN_MASK if (d.get("backend") or {}).get("name") == GIVEN_MASK else RUN
+        measures: dict = {k: d.get(k) for k in MEASURES}  # as found (None where an old result has none)
         return cls(
-            **{k: d.get(k) for k in MEASURES},
+            **measures,
             side=d.get("side"),
             side_source=d.get("side_source") or "detected",
             backend=d.get("backend") or {},
