@@ -82,19 +82,21 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
 
 def test_a_cohort_runs_from_python_without_the_cli(scans, tmp_path):
     """The orchestration is the cohort layer's (plan, then run): the CLI only parses and prints."""
+    from vbmd_rt.cohort import runner
+
     out = tmp_path / "out"
     with pytest.raises(cohort.VbmdInputError, match="no such file"):
-        cohort.plan([scans / "NOPE.AIM"], out)
+        runner.plan([scans / "NOPE.AIM"], out)
     assert not out.exists()  # refused before anything is created
-    plan = cohort.plan([scans], out, num_parts=2, part_id=1)
+    plan = runner.plan([scans], out, num_parts=2, part_id=1)
     assert plan.summarised and len(plan.files) == 3 and out.is_dir()
     job = cohort.Job(model="classical", device="cpu", options=cohort.pipeline.RunOptions())
     seen = []
-    done = cohort.run(plan, job, on_row=seen.append)
+    done = runner.run(plan, job, on_row=seen.append)
     assert done.exit_code == 0 and not done.failed and done.skipped == 0
     assert done.rows == sorted(seen, key=lambda r: [f.name for f in plan.files].index(r["scan"]))
     assert done.table == out / "summary.part-1-of-2.csv" and len(_summary(out, done.table.name)) == 3
-    again = cohort.run(plan, job)
+    again = runner.run(plan, job)
     assert again.skipped == 3 and again.exit_code == 0
 
 

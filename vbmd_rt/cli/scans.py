@@ -110,7 +110,8 @@ def run(
     """
     from rich.progress import Progress
 
-    from vbmd_rt.cohort import batch as cohort
+    from vbmd_rt.cohort import runner
+    from vbmd_rt.cohort.batch import Job
     from vbmd_rt.runtime import pipeline
 
     _check_mask_options(mask_format, export)
@@ -121,7 +122,7 @@ def run(
         require_backend(backend, model)
     if cluster:
         require_extra("distributed", "cluster", "--cluster")
-    plan = cohort.plan(scans, out, recursive, layout, cluster, num_parts, part_id, overwrite)
+    plan = runner.plan(scans, out, recursive, layout, cluster, num_parts, part_id, overwrite)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
@@ -131,7 +132,7 @@ def run(
         mask_format=mask_format,
         export=export,
     )
-    job = cohort.Job(
+    job = Job(
         model=None if model is None else str(model),
         backend=backend,
         device=device,
@@ -161,7 +162,7 @@ def run(
 
         if cluster and not quiet:
             typer.echo(f"{len(files)} scans on Dask ({cluster})", err=True)
-        done = cohort.run(plan, job, retries, workers, on_row, stage, on_wait, on_backend)
+        done = runner.run(plan, job, retries, workers, on_row, stage, on_wait, on_backend)
     if done.table is not None and not quiet:
         typer.echo(f"{'table' if plan.groups is not None else 'summary'}: {done.table}", err=True)
     if done.skipped and not quiet:
