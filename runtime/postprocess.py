@@ -15,13 +15,24 @@ from vbmd_rt.runtime.preprocess import Geometry, native_box, sample_at_native
 
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """The largest 26-connected component of a boolean volume, and how many components there were."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return (mask.astype(bool, copy=False) if n == 1 else np.zeros_like(mask, dtype=bool)), n
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes)), n
+    """The largest 26-connected component of a boolean volume, and how many components there were.
+    Labelled inside the box of what is set only (the labels' raster order, and so the tie-break, is the
+    whole volume's)."""
+    bb = _bbox(mask)
+    if bb is None:
+        return np.zeros(mask.shape, dtype=bool), 0
+    at = (slice(bb[0], bb[1]), slice(bb[2], bb[3]), slice(bb[4], bb[5]))
+    sub = np.asarray(mask[at], dtype=bool)
+    labels, n = ndimage.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        sub = labels == int(np.argmax(sizes))
+    if sub.shape == mask.shape:
+        return sub, n
+    out = np.zeros(mask.shape, dtype=bool)
+    out[at] = sub
+    return out, n
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

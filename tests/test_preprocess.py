@@ -160,10 +160,11 @@ def _postprocess_on_the_whole_grid(prob, geometry, threshold=0.5):
     """The postprocess before it worked in boxes only (issue 20): the reference the boxed one must equal."""
     from scipy import ndimage
 
-    from vbmd_rt.runtime.postprocess import _bbox, _largest
+    from vbmd_rt.runtime.postprocess import _bbox
 
     full = preprocess.from_model(prob, geometry)
-    keep, n = _largest(full > threshold)
+    labels, n = ndimage.label(full > threshold, structure=np.ones((3, 3, 3), dtype=bool))  # the whole grid
+    keep = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1) if n else labels > 0
     mask = np.zeros(geometry.native_shape, dtype=np.uint8)
     if n == 0:
         return mask, {"components": 0, "model_voxels": 0, "box": None, "empty": True}
@@ -201,3 +202,20 @@ def test_postprocess_in_boxes_equals_the_whole_grid(native, crop, flip, centre):
     assert info == info_want
     np.testing.assert_array_equal(got, want)
     assert info["components"] >= 2 and not info["empty"]
+
+
+def test_largest_component_in_its_box_breaks_ties_as_on_the_whole_volume():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    m = np.zeros((20, 40, 40), bool)
+    m[3:8, 5:30, 6:33] = rng.uniform(size=(5, 25, 27)) > 0.7  # many components, some of equal size
+    m[12, 10, 10] = m[15, 30, 20] = True  # two single voxels: a tie far apart
+    labels, n = ndimage.label(m, structure=np.ones((3, 3, 3), dtype=bool))
+    want = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    np.testing.assert_array_equal(largest_component(m), want)
+    ties = np.zeros_like(m)
+    ties[12, 10, 10] = ties[15, 30, 20] = True
+    got = largest_component(ties)
+    assert got.sum() == 1 and got[12, 10, 10]  # the first in raster order, as ndimage.label numbers them
+    assert not largest_component(np.zeros_like(m)).any()
