@@ -35,7 +35,7 @@ def main() -> None:
     mask = masks.read_mask_file(mask_path, scan.header)
     box = masks.bounding_box(mask)
     hint = tuple(int(v) for s in box for v in (s.start, s.stop))  # run knows its work box: no search of the scan
-    spacing = scan.header.element_size_mm[::-1]
+    spacing = scan.spacing_zyx
     times: dict[str, list[float]] = {
         "contour and parameters": [],
         "two masks (rle)": [],

@@ -244,7 +244,7 @@ def network_latency(
     out: dict = {}
     m3 = load_model("unet3d")
     s = aim.read_aim(scan)
-    vol, geom = preprocess.to_model(s.data, m3.spec, spacing_zyx=s.header.element_size_mm[::-1])
+    vol, geom = preprocess.to_model(s.data, m3.spec, spacing_zyx=s.spacing_zyx)
     window, _ = sw.fit_window(vol.shape[0], m3.window.roi_slices, m3.window.multiple)
     x = np.ascontiguousarray(vol[None, None, :window]).astype(np.float32)
     starts = len(sw.starts(vol.shape[0], window, m3.window.overlap))

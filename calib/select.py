@@ -80,7 +80,7 @@ def _fixed(vol: np.ndarray, shape: tuple[int, int, int], centre_z: int) -> np.nd
 
 def samples(model: Model, path: Path, positions: list[float]) -> list[np.ndarray]:
     scan = pipeline.read_scan(path)
-    vol, _ = preprocess.to_model(scan.data, model.spec, spacing_zyx=scan.header.element_size_mm[::-1])
+    vol, _ = preprocess.to_model(scan.data, model.spec, spacing_zyx=scan.spacing_zyx)
     if model.card.arch.bone_window:  # the runtime's own inputs: identified bone, its window, one slice each
         from vbmd_rt.runtime import bonewin, identify
 

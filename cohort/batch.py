@@ -1,78 +1,49 @@
-"""Many scans: resume, shards, a summary, and Dask for cohorts too big for one machine.
+"""Many scans, one after the other: resume, shards, concurrency.
 
-``vbmd-rt run DIR... -o OUT`` goes through here:
+``vbmd-rt run DIR... -o OUT`` goes through here (``runner.plan``, then ``runner.run``; the CLI only parses
+and prints):
 
 * **resume**: a scan is skipped only when its result records this very input (fingerprint: size and a
-  sha256 of the whole content, ``outputs.same_input``), the same model and options, and its files are still what the result's manifest
-  says; a changed input is redone and the old result kept in ``OUT/.vbmd-rt/history/``; a scan cut off by a
-  kill left nothing half-written (``outputs.Transaction``) and is done again; ``--overwrite`` redoes
-  everything; two inputs with one output name are refused before any work;
+  sha256 of the whole content, ``outputs.same_input``), the same model and options, and its files are still
+  what the result's manifest says; a changed input is redone and the old result kept in
+  ``OUT/.vbmd-rt/history/``; a scan cut off by a kill left nothing half-written (``outputs.Transaction``)
+  and is done again; ``--overwrite`` redoes everything; two inputs with one output name are refused before
+  any work;
 * **concurrency**: a scan another run on the same OUT is writing is taken last, waited for and then reused,
   so two runs on one OUT never compute a scan twice;
 * **shards**: ``--num-parts N --part-id K`` takes every N-th scan of the sorted list, starting at K, so
   a SLURM array needs no coordinator; each part writes its own summary;
-* **Dask** (``--cluster local`` or ``tcp://HOST:PORT``): one task per scan; each worker process loads
-  the model and backend once and keeps them; a task that crashes is retried (``--retries``), a worker
-  that dies has its scans rescheduled, and bad input fails only its own scan;
-* **summary**: ``OUT/summary.csv`` (a row per scan) and ``OUT/summary.json``.
+* **Dask**: ``cohort/dask.py`` (one task per scan, each a ``process`` of this module);
+* **summary**: ``cohort/summary.py`` (a row per scan, ``OUT/summary.csv`` and ``OUT/summary.json``);
+* **plan and run** of a whole cohort (local, Dask or BIDS; the summary last): ``cohort/runner.py``.
 
-Rows never hold patient fields: the scan's file name, numbers, status and error text only.
+Each scan goes through the pipeline directly (``pipeline.run_scan``) with the one read that decided reuse.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import glob
-import io
-import json
 import os
-import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vbmd_rt import __version__
 from vbmd_rt.api import Predictor
-from vbmd_rt.runtime import compartments, pipeline
-from vbmd_rt.runtime.errors import OutputError, VbmdInputError, printable
-from vbmd_rt.runtime.io import aim, naming, nifti, outputs
-from vbmd_rt.runtime.io.atomic import atomic_write_bytes
-
-STATUSES = ("done", "skipped", "failed")
-# The compartments (runtime.compartments) of MC2, its head and its shaft: units in the names.
-COMPARTMENT_FIELDS = (
-    *compartments.PARAMETERS,
-    *(f"{r}_{k}" for r in compartments.REGIONS for k in compartments.PARAMETERS),
+from vbmd_rt.cohort.summary import (  # noqa: F401 - re-exported: the summary's names were batch's
+    COMPARTMENT_FIELDS,
+    CSV_DIGITS,
+    ROW_FIELDS,
+    STATUSES,
+    VALUES,
+    check_summary,
+    foreign_summaries,
+    row,
+    write_summary,
 )
-ROW_FIELDS = (
-    "scan",
-    "status",
-    "d100_mg_ha_cm3",
-    "bone_volume_mm3",
-    "mean_slice_area_mm2",
-    "slices",
-    "side",
-    *COMPARTMENT_FIELDS,
-    "backend",
-    "precision",
-    *(f"{s}_s" for s in (*pipeline.STAGES, "total")),
-    "warnings",
-    "error_kind",
-    "error",
-    "model",
-    "model_sha256",
-    "vbmd_rt_version",
-    "qc_status",
-    "qc_reasons",
-    "values",
-)
-# Digits kept in summary.csv: D100 to 0.1 mg HA/cm³ (the measurement's own noise is larger), volume
-# to 0.1 mm³, area to 0.01 mm², seconds to the millisecond. summary.json keeps every digit.
-CSV_DIGITS = {"d100_mg_ha_cm3": 1, "bone_volume_mm3": 1, "mean_slice_area_mm2": 2}
-VALUES = {"done": "computed", "skipped": "reused"}  # where a row's values come from
+from vbmd_rt.runtime import pipeline
+from vbmd_rt.runtime.errors import OutputError, VbmdInputError
+from vbmd_rt.runtime.io import naming, outputs
 
 
 @dataclass
@@ -103,10 +74,7 @@ def shard(files: list[Path], num_parts: int = 1, part_id: int = 0) -> list[Path]
 
 def output_files(name: str, out: Path, options: pipeline.RunOptions) -> list[Path]:
     """Every file ``run`` may write for scan ``name`` (the JSON last)."""
-    files = list(naming.outputs_for(name, out, options.report_html, options.save_prob).values())
-    if options.export:  # NAME.nii.gz / NAME_SEG.nii.gz (or .mha), before the JSON
-        files[-1:-1] = [out / n for n in nifti.export_names(name, options.export)]
-    return files
+    return list(naming.outputs_for(name, out, options.report_html, options.save_prob, options.export).values())
 
 
 def existing_result(
@@ -143,16 +111,17 @@ def check_names(files: list[Path], batch: bool | None = None) -> None:
         name = naming.scan_name(f)
         key = name.casefold()
         if key in seen and seen[key] != f:
+            files = naming.outputs_for(name, Path())
             raise VbmdInputError(
                 f,
-                f"has the same output name as {seen[key]} (both would write {name}.json, {name}_SEG.AIM, ...)",
+                f"has the same output name as {seen[key]} (both would write {files['json']}, {files['mask']}, ...)",
                 "rename one, or run them into different -o folders",
             )
         seen[key] = f
         if batch and naming.is_reserved_name(name):
             raise VbmdInputError(
                 f,
-                f"would write {name}.json, the name of the batch summary",
+                f"would write {naming.result_name(name)}, the name of the batch summary",
                 "rename the scan (e.g. to " + name + "_1" + f.suffix + "), or run it on its own",
             )
 
@@ -169,47 +138,6 @@ def remove_partial(name: str, out: Path, options: pipeline.RunOptions) -> list[P
             f.unlink()
             removed.append(f)
     return removed
-
-
-def row(
-    path: Path,
-    status: str,
-    result: dict | None = None,
-    error: BaseException | str | None = None,
-    error_kind: str | None = None,
-) -> dict:
-    r = {k: None for k in ROW_FIELDS}
-    r.update(scan=naming.display_name(path), status=status)  # one line, whatever the file is called
-    if result:
-        for k in ("d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices", "side"):
-            r[k] = result.get(k)
-        comp = result.get("compartments") or {}
-        for k in compartments.PARAMETERS:
-            r[k] = comp.get(k)
-            for region in compartments.REGIONS:
-                r[f"{region}_{k}"] = (comp.get(region) or {}).get(k)
-        r["backend"] = result.get("backend", {}).get("name")
-        r["precision"] = result.get("backend", {}).get("precision")
-        for k, v in result.get("timings_s", {}).items():
-            r[f"{k}_s"] = v
-        r["warnings"] = " | ".join(result.get("warnings", [])) or None
-        model = result.get("model") or {}
-        r["model"] = model.get("name")
-        r["model_sha256"] = model.get("sha256")
-        r["vbmd_rt_version"] = result.get("vbmd_rt_version")
-        qc = result.get("qc")
-        if isinstance(qc, dict):  # pass | review, and why
-            r["qc_status"] = qc.get("status")
-            r["qc_reasons"] = " | ".join(str(x) for x in qc.get("reasons") or []) or None
-    r["values"] = VALUES.get(status)
-    if error is not None:
-        r["error_kind"] = error_kind or ("input" if isinstance(error, VbmdInputError) else "internal")
-        r["error"] = printable(
-            str(error)
-            if isinstance(error, VbmdInputError)
-            else (error if isinstance(error, str) else f"{type(error).__name__}: {error}")
-        )
-    return r
 
 
 def process(
@@ -232,7 +160,7 @@ def process(
     """
     path, out = Path(path), Path(out)
     name = naming.scan_name(path)
-    json_name = naming.outputs_for(name, out)["json"].name
+    json_name = naming.result_name(name)
     try:
         pipeline.check_scan(path)  # bad input fails before anything is created in OUT (the header alone)
     except VbmdInputError as e:
@@ -333,19 +261,21 @@ def run_local(
     return [rows[i] for i in range(len(files))]
 
 
-# --------------------------------------------------------------------------- Dask
-
-_WORKER: dict = {}  # per worker process: the job key -> its Predictor, loaded once
-
-
-def load_job(job: Job) -> Predictor:
-    """The job's model and backend, loaded (and activated) in this process."""
-    from vbmd_rt.runtime.model import load_model
-
-    model = load_model(job.model)
-    if job.backend_factory is not None:  # e.g. --backend torch, which lives outside the runtime
-        return Predictor(model, job.backend_factory(model, job.device))
-    return Predictor(model, job.backend, job.device, threads=job.threads)
+def scan_files(items: list[Path], recursive: bool = False) -> list[Path]:
+    """The scans to process, checked before anything is created: every path given exists, and a folder
+    holds scans (or says to use --recursive). Two scans with one output name: ``check_names``."""
+    for item in items:
+        if not Path(item).exists():
+            raise VbmdInputError(item, "no such file or folder", "check the path")
+    files = naming.expand_inputs(items, recursive=recursive)
+    if not files:
+        nested = not recursive and any(Path(i).is_dir() and naming.has_nested_scans(Path(i)) for i in items)
+        raise VbmdInputError(
+            items[0],
+            "holds no scan files (*.AIM, *.ISQ)" + (" at its top level" if nested else ""),
+            "add --recursive to take the scans in its subfolders" if nested else "give scan files or a folder of them",
+        )
+    return files
 
 
 def pin_worker_gpu(worker_name, gpus: int) -> str | None:
@@ -361,191 +291,19 @@ def pin_worker_gpu(worker_name, gpus: int) -> str | None:
     return os.environ["CUDA_VISIBLE_DEVICES"]
 
 
-def _worker_predictor(job: Job) -> Predictor:
-    key = job.key()
-    if key not in _WORKER:
-        if job.gpus > 1:
-            from distributed import get_worker
+def load_job(job: Job) -> Predictor:
+    """The job's model and backend, loaded (and activated) in this process."""
+    from vbmd_rt.runtime.model import load_model
 
-            pin_worker_gpu(get_worker().name, job.gpus)
-        _WORKER[key] = load_job(job)
-    return _WORKER[key]
-
-
-def dask_task(path: str, out: str, job: Job) -> dict:
-    """One scan on a Dask worker; internal errors are raised so that Dask retries them."""
-    return process(Path(path), Path(out), _worker_predictor(job), job.options, reraise_internal=True)
-
-
-def run_dask(
-    files: list[Path],
-    out: Path,
-    job: Job,
-    cluster: str = "local",
-    retries: int = 2,
-    workers: int | None = None,
-    on_row=None,
-) -> list[dict]:
-    """The scans as Dask tasks on ``cluster`` (``local`` starts a LocalCluster of worker processes)."""
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise VbmdInputError(None, "--cluster needs Dask", "pip install 'vbmd-rt[cluster]'") from None
-    local = None
-    if cluster == "local":
-        gpus = _gpu_count()
-        n = workers or max(1, gpus or min(4, os.cpu_count() or 1))
-        job = dataclasses.replace(job, gpus=gpus)
-        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(local)
-    elif cluster.startswith("tcp://"):
-        try:
-            client = Client(cluster, timeout="30s")
-        except OSError as e:
-            raise VbmdInputError(
-                None,
-                f"cannot reach the Dask scheduler at {cluster} ({e})",
-                "check the address and that the scheduler runs",
-            ) from None
-    else:
-        raise VbmdInputError(
-            None,
-            f"--cluster {cluster!r} is neither 'local' nor tcp://HOST:PORT",
-            "give --cluster local or --cluster tcp://HOST:PORT",
-        )
-    rows: dict[str, dict] = {}
-    try:
-        futures = {
-            client.submit(dask_task, str(f), str(out), job, key=f"vbmd-{i}-{f.name}", retries=retries, pure=False): f
-            for i, f in enumerate(files)
-        }
-        for fut in as_completed(futures):
-            f = futures[fut]
-            try:
-                r = fut.result()
-            except Exception as e:  # noqa: BLE001 - retries exhausted, or the task was lost too often
-                r = row(f, "failed", error=e, error_kind="internal")
-            rows[str(f)] = r
-            if on_row:
-                on_row(r)
-    finally:
-        client.close()
-        if local is not None:
-            local.close()
-    return [rows[str(f)] for f in files]
-
-
-def _gpu_count() -> int:
-    from vbmd_rt.runtime.inference.factory import cuda_device_count
-
-    return cuda_device_count()
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def _csv_value(key: str, value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return round(value, CSV_DIGITS.get(key, 3))
-    return value
-
-
-def _own_summary_json(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return d if isinstance(d, dict) and "rows" in d and "vbmd_rt_version" in d else None
-
-
-def foreign_summaries(out: Path, num_parts: int = 1, part_id: int = 0) -> list[Path]:
-    """The summary files in ``out`` that vbmd-rt did not write (a user's ``summary.csv``): never replaced
-    without ``--overwrite``. Ours: a summary JSON of vbmd-rt, and a CSV whose hash that JSON records (or,
-    from older versions, that starts with vbmd-rt's header)."""
-    csv_name, json_name = naming.summary_names(num_parts, part_id)
-    out = Path(out)
-    foreign = []
-    own = _own_summary_json(out / json_name)
-    if (out / json_name).exists() or (out / json_name).is_symlink():
-        if own is None:
-            foreign.append(out / json_name)
-    p = out / csv_name
-    if p.exists() or p.is_symlink():
-        rec = (own or {}).get("csv") or {}
-        key = next((k for k in aim.CONTENT_KEYS if rec.get(k)), None)  # sha256; blake2b in earlier summaries
-        try:
-            ours = p.is_file() and (
-                outputs.content_hash(p, key=key) == rec[key]
-                if key
-                else p.open("rb").readline().rstrip(b"\r\n") == ",".join(ROW_FIELDS).encode()
-            )
-        except OSError:
-            ours = False
-        if not ours:
-            foreign.append(p)
-    return foreign
-
-
-def check_summary(out: Path, num_parts: int = 1, part_id: int = 0, overwrite: bool = False) -> None:
-    """Before any work: refuse a batch whose summary would replace files vbmd-rt did not write."""
-    csv_name, json_name = naming.summary_names(num_parts, part_id)
-    if outputs.read_result(Path(out) / json_name) is not None:  # a scan's result, never overwritten
-        raise OutputError(Path(out) / json_name, "is a scan's result, not a batch summary", "choose another -o")
-    if not overwrite:
-        for p in foreign_summaries(out, num_parts, part_id):
-            raise OutputError(
-                p,
-                "exists and was not written by vbmd-rt (the batch summary would replace it)",
-                "move it away, pass --overwrite to replace it, or choose another -o",
-            )
-
-
-def write_summary(
-    out: Path,
-    rows: list[dict],
-    num_parts: int = 1,
-    part_id: int = 0,
-    extra: dict | None = None,
-    overwrite: bool = False,
-):
-    """``OUT/summary.csv`` and ``OUT/summary.json`` (``summary.part-K-of-N.*`` for a shard), atomically.
-    Files at those names that vbmd-rt did not write are refused without ``overwrite`` (``check_summary``)."""
-    csv_name, json_name = naming.summary_names(num_parts, part_id)
-    check_summary(out, num_parts, part_id, overwrite)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _csv_value(k, r.get(k)) for k in ROW_FIELDS})
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    d100 = [r["d100_mg_ha_cm3"] for r in rows if r["status"] != "failed" and r["d100_mg_ha_cm3"] is not None]
-    summary = {
-        "scans": len(rows),
-        **counts,
-        "d100_mg_ha_cm3": {"n": len(d100), "mean": sum(d100) / len(d100) if d100 else None},
-        "failed_scans": [
-            {"scan": r["scan"], "error_kind": r["error_kind"], "error": r["error"]}
-            for r in rows
-            if r["status"] == "failed"
-        ],
-        "part": {"id": part_id, "of": num_parts},
-        "host": platform.node(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "vbmd_rt_version": __version__,
-        **(extra or {}),
-        "rows": rows,
-    }
-    body = buf.getvalue().encode("utf-8", "backslashreplace")
-    summary["csv"] = {"file": csv_name, aim.FINGERPRINT_KEY: aim.content_hasher_of(body)}
-    atomic_write_bytes(out / csv_name, body)
-    atomic_write_bytes(out / json_name, (json.dumps(summary, indent=2) + "\n").encode())
-    return out / csv_name, out / json_name
+    model = load_model(job.model)
+    if job.backend_factory is not None:  # e.g. --backend torch, which lives outside the runtime
+        return Predictor(model, job.backend_factory(model, job.device))
+    return Predictor(model, job.backend, job.device, threads=job.threads)
 
 
 __all__ = [
     "Job",
+    "scan_files",
     "shard",
     "check_names",
     "existing_result",
@@ -553,7 +311,7 @@ __all__ = [
     "process",
     "load_job",
     "run_local",
-    "run_dask",
+    "pin_worker_gpu",
     "write_summary",
     "check_summary",
     "foreign_summaries",

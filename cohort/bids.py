@@ -108,7 +108,7 @@ def dataset_description() -> dict:
 
 def write_description(out: Path) -> Path:
     """``dataset_description.json`` of the derivative (rewritten: it names the version that ran last)."""
-    path = root(out) / "dataset_description.json"
+    path = root(out) / naming.BIDS_DESCRIPTION
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(dataset_description(), indent=2) + "\n").encode())
     return path
@@ -139,7 +139,7 @@ def write_table(out: Path, rows: list[dict], files: list[Path]) -> tuple[Path, P
                 v = r.get(key)
             cells.append(_cell(v))
         lines.append("\t".join(cells))
-    tsv, side = base / "vbmd.tsv", base / "vbmd.json"
+    tsv, side = base / naming.BIDS_TABLE, base / naming.BIDS_TABLE_SIDECAR
     atomic_write_bytes(tsv, ("\n".join(lines) + "\n").encode())
     desc = {col: {"Description": d, **({"Units": u} if u else {})} for col, _, d, u in COLUMNS}
     atomic_write_bytes(side, (json.dumps(desc, indent=2) + "\n").encode())

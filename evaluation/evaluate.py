@@ -27,10 +27,10 @@ def evaluate(pairs: list[dataset.Pair], model: Model, backend: Backend, log=None
             scan = aim.read_aim(p.scan)
             truth = dataset.read_mask(p.mask, scan.header)
             mask, info = pipeline.segment(
-                scan.data, model, backend, spacing_zyx=scan.header.element_size_mm[::-1], calibration=scan.calibration
+                scan.data, model, backend, spacing_zyx=scan.spacing_zyx, calibration=scan.calibration
             )
-            m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, scan.calibration)
-            t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
+            m = measure.vbmd(scan.data, mask, scan.spacing_zyx, scan.calibration)
+            t = measure.vbmd(scan.data, truth, scan.spacing_zyx, scan.calibration)
             case = {
                 "name": p.name,
                 "dice": measure.dice(mask, truth),
@@ -87,7 +87,7 @@ def evaluate_case(pair: dataset.Pair, pred_dir, result: dict) -> dict:
     scan = pipeline.read_scan(pair.scan)
     truth = dataset.read_mask(pair.mask, scan.header)
     pred = dataset.read_mask(pred_dir / result["mask"]["file"], scan.header)
-    spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
+    spacing = scan.spacing_zyx
     case = {
         "name": pair.name,
         **{k: v for k, v in metrics.overlap(pred, truth).items() if k in ("dice", "iou", "accuracy")},
@@ -99,7 +99,7 @@ def evaluate_case(pair: dataset.Pair, pred_dir, result: dict) -> dict:
         else None
     )
     case["hd95_mm"] = metrics.hd95(pred, truth, spacing)
-    t = measure.vbmd(scan.data, truth, scan.header.element_size_mm, scan.calibration)
+    t = measure.vbmd(scan.data, truth, scan.spacing_zyx, scan.calibration)
     case.update(
         {
             "d100_pred": result.get("d100_mg_ha_cm3"),

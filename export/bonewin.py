@@ -123,7 +123,7 @@ def cache_case(scan_path: Path, gt_path: Path, rng: np.random.Generator, priors:
     """One phantom as training windows: image (z, CACHE_PX, CACHE_PX) float16 in network units, truth uint8,
     ``priors`` degraded prior channels (float16); slices from the first to 8 mm past the joint."""
     scan = aim.read_aim(scan_path)
-    spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
+    spacing = scan.spacing_zyx
     vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
     vol = bonewin.to_input_units(vol, scan.calibration)
     gt = aim.read_aim(gt_path)

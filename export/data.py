@@ -32,6 +32,6 @@ def load_case(pair: Pair, spec: preprocess.Spec, side: str = "auto") -> tuple[np
     scan = aim.read_aim(pair.scan) if pair.scan.suffix.lower() != ".isq" else aim.read_isq(pair.scan)
     if scan.header.is_mask:
         raise DatasetError(pair.scan, "is a mask, not a greyscale scan", "check the dataset's pairing")
-    image, geometry = preprocess.to_model(scan.data, spec, side, spacing_zyx=scan.header.element_size_mm[::-1])
+    image, geometry = preprocess.to_model(scan.data, spec, side, spacing_zyx=scan.spacing_zyx)
     target = preprocess.to_model_mask(read_mask(pair.mask, scan.header), geometry)
     return image, target

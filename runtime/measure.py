@@ -32,14 +32,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return overlap(a, b)["dice"]
 
 
-def vbmd(data: np.ndarray, mask: np.ndarray, element_size_mm, calibration: Calibration | None) -> dict:
+def vbmd(data: np.ndarray, mask: np.ndarray, spacing_zyx, calibration: Calibration | None) -> dict:
     """D100 (mean mg HA/cm³ inside ``mask``), bone volume mm³, mean slice area mm², slices with bone.
 
     Density is linear in the stored value, so the mean density is the density of the mean stored
     value (summed in float64 slice by slice, over the mask's slices only). ``d100_mg_ha_cm3`` is
-    ``None`` without a calibration.
+    ``None`` without a calibration. ``spacing_zyx``: the voxel size in mm, (z, y, x) as the arrays.
     """
-    ex, ey, ez = (float(v) for v in element_size_mm)
+    ez, ey, ex = (float(v) for v in spacing_zyx)
     per_slice = mask.reshape(mask.shape[0], -1).any(axis=1)
     zs = np.flatnonzero(per_slice)
     total = 0.0

@@ -22,9 +22,11 @@ from vbmd_rt.runtime.inference.window import sliding_window
 from vbmd_rt.runtime.io import aim, masks, nifti, outputs, proclog
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import implausible as implausible_calibration
-from vbmd_rt.runtime.io.naming import outputs_for, scan_name
+from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.postprocess import detect_side, largest_component, postprocess
+from vbmd_rt.runtime.result import Record, model_record
+from vbmd_rt.runtime.result import timings as result_timings
 
 
 class Timer:
@@ -225,7 +227,7 @@ def analyse(
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
     with timer("vbmd"):
-        m = measure.vbmd(data, mask, spacing_zyx[::-1], calibration)
+        m = measure.vbmd(data, mask, spacing_zyx, calibration)
         comp = (
             None if info["empty"] else compartments.analyse(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         )
@@ -239,6 +241,36 @@ def analyse(
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings, comp)
+
+
+def record_of(
+    a: Analysis,
+    model: Model,
+    backend: Backend,
+    calibration,
+    path: Path | None = None,
+    scan: aim.Scan | None = None,
+    fingerprint: dict | None = None,
+    options: RunOptions | None = None,
+    mask_file: str | None = None,
+) -> Record:
+    """The result record (``runtime.result``) of an analysis: what ``OUT/NAME.json`` and ``vbmd_rt.Result``
+    are made from. ``scan``: the file it came from (None: an array); ``options``: those it ran with (its ``run_key``)."""
+    options = options or RunOptions()
+    return Record.of_run(
+        path,
+        scan,
+        fingerprint,
+        calibration,
+        a.measures,
+        a.info,
+        compartments.record(a.compartments),
+        a.warnings,
+        model_record(model, backend),
+        backend.describe(),
+        run_key(model, backend, options),
+        mask_file,
+    )
 
 
 def _box(box):
@@ -357,7 +389,7 @@ def read_for_run(path: str | Path, model: Model, options: RunOptions | None = No
     spec = None if model.classical else model.spec
 
     def memory(h: aim.AimHeader) -> None:
-        resources.check_memory(path, h.shape, h.element_size_mm[::-1], spec, options.max_memory)
+        resources.check_memory(path, h.shape, h.spacing_zyx, spec, options.max_memory)
 
     return read_scan(Path(path), check=memory)
 
@@ -392,7 +424,7 @@ def run_scan(
         check_scan(Path(path), scan.header)
         spec = None if model.classical else model.spec
         hdr = scan.header
-        resources.check_memory(path, hdr.shape, hdr.element_size_mm[::-1], spec, options.max_memory)
+        resources.check_memory(path, hdr.shape, hdr.spacing_zyx, spec, options.max_memory)
     with outputs.scan_lock(out, scan_name(Path(path))):
         return _run_scan(path, out, model, backend, options, stage, scan, timer)
 
@@ -412,11 +444,9 @@ def _run_scan(
     timer = timer or Timer()
     t_start = time.perf_counter() - sum(timer.seconds.values())  # what the caller timed for this scan counts
     name = scan_name(path)
-    targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob).values()]
-    if options.export:  # before the JSON, which the transaction commits last
-        targets[-1:-1] = nifti.export_names(name, options.export)
-    with outputs.Transaction(out, name, targets, options.overwrite) as txn:
-        files = outputs_for(name, txn.staging, options.report_html, options.save_prob)
+    targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob, options.export).values()]
+    with outputs.Transaction(out, name, targets, options.overwrite) as txn:  # the JSON last
+        files = outputs_for(name, txn.staging, options.report_html, options.save_prob, options.export)
         try:
             return _process(path, out, model, backend, options, stage, timer, t_start, files, txn, scan)
         except InputShapeError as e:  # a geometry the header allows but the model's engine cannot take
@@ -437,7 +467,7 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
     stage("segment")
     a = analyse(
         scan.data,
-        scan.header.element_size_mm[::-1],
+        scan.spacing_zyx,
         scan.calibration,
         model,
         backend,
@@ -448,34 +478,9 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         max_memory=options.max_memory,
         log=scan.header.processing_log,
     )
-    mask, info, m, warnings, cal = a.mask, a.info, a.measures, a.warnings, scan.calibration
-    detected = info["side"]
+    mask, info, m, cal = a.mask, a.info, a.measures, scan.calibration
     stage("write")
-    result = {
-        "d100_mg_ha_cm3": m["d100_mg_ha_cm3"],
-        "bone_volume_mm3": m["bone_volume_mm3"],
-        "mean_slice_area_mm2": m["mean_slice_area_mm2"],
-        "slices": m["slices"],
-        "side": detected,
-        "side_source": info["side_source"],
-        "backend": backend.describe(),
-        "model": {
-            "name": model.name,
-            "architecture": model.architecture,
-            "sha256": backend.onnx_sha256 or model.sha256("fp32"),
-            "intended_use": model.card.intended_use,
-        },
-        "calibration": calibration_record(cal),
-        "timings_s": {},
-        "scan": {**scan_record(path, scan), "fingerprint": fp},
-        "run_key": run_key(model, backend, options),
-        "mask": {"file": files["mask"].name, "voxels": m["voxels"]},
-        "identity": info.get("identity"),
-        "compartments": compartments.record(a.compartments),
-        "qc": info["qc"],
-        "warnings": warnings,
-        "vbmd_rt_version": __version__,
-    }
+    rec = record_of(a, model, backend, cal, path, scan, fp, options, files["mask"].name)
     box = info.get("box")  # the network's work region bounds its mask
     written: list[Path] = []
     try:
@@ -485,14 +490,14 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
                 f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm"
             )
-            result["mask"] = {
+            rec.mask = {
                 **masks.write_mask(files["mask"], mask, scan.header, options.mask_format, entry, box, m["voxels"]),
                 "voxels": m["voxels"],
             }
             written.append(files["mask"])
             written.extend((files["cort"], files["trab"]))  # same format, same transaction as the SEG mask
             comp = a.compartments
-            result["mask"]["compartments"] = masks.write_compartments(
+            rec.mask["compartments"] = masks.write_compartments(
                 files,
                 None if comp is None else comp.labels,
                 None if comp is None else comp.box,
@@ -515,24 +520,23 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 )
                 written.append(files["prob"])
             png = report.png_bytes(
-                report.montage(scan.data, mask, cal, box=box, result=result, compartments=a.compartments)
+                report.montage(scan.data, mask, cal, box=box, result=rec.to_json(), compartments=a.compartments)
             )
             atomic_write_bytes(files["png"], png, overwrite=True)
             written.append(files["png"])
             if options.export:  # into the staging folder: part of the scan's transaction
                 name, staging = scan_name(path), files["mask"].parent
-                written.extend(staging / n for n in nifti.export_names(name, options.export))
+                written.extend(staging / n for n in export_names(name, options.export))
                 cropped = options.mask_format == "cropped"
                 nifti.export_pair(staging, name, scan, mask, options.export, cropped=cropped, box=box)
                 if options.export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
-                    result.update(nifti.scan_sidecar(scan, options.export))
-        result["timings_s"] = {k: round(timer.seconds.get(k, 0.0), 4) for k in STAGES}
-        result["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
+                    rec.extra.update(nifti.scan_sidecar(scan, options.export))
+        rec.timings_s = result_timings(timer.seconds, STAGES, time.perf_counter() - t_start)
         if options.report_html:
-            extra = report.details(scan.data, mask, cal, scan.header.element_size_mm, box)
+            extra = report.details(scan.data, mask, cal, scan.spacing_zyx, box)
             atomic_write_bytes(
                 files["html"],
-                report.html_report(result, png, extra).encode("utf-8", "backslashreplace"),
+                report.html_report(rec.to_json(), png, extra).encode("utf-8", "backslashreplace"),
                 overwrite=True,
             )
             written.append(files["html"])
@@ -540,7 +544,8 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
             raise outputs.InputChanged(
                 path, "changed while it was being processed (still being copied?)", "run it again once complete"
             )
-        result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rec.extra["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result = rec.to_json()
         txn.commit(result)  # the staged files into OUT, the JSON last: all of them or none
     except BaseException:
         for f in written:  # nothing partial: a scan's outputs exist together or not at all
@@ -548,32 +553,6 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 f.unlink()
         raise
     return result
-
-
-def calibration_record(cal) -> dict | None:
-    """The result JSON's ``calibration``: the density equation the D100 was computed with."""
-    if cal is None:
-        return None
-    return {
-        "slope": cal.slope,
-        "intercept": cal.intercept,
-        "mu_scaling": cal.mu_scaling,
-        "mu_water": cal.mu_water,
-        "mg_ha_cm3_per_unit": cal.per_unit,
-    }
-
-
-def scan_record(path: Path, scan: aim.Scan) -> dict:
-    """The result JSON's ``scan``: file name, geometry, the log's public fields and the scan date."""
-    return {
-        "file": path.name,
-        "shape_zyx": list(scan.header.shape),
-        "version": scan.header.version,
-        "element_size_mm": [float(v) for v in scan.header.element_size_mm],
-        "position": [int(v) for v in scan.header.position],
-        "scanner": proclog.public_fields(scan.header.log),
-        "date": proclog.scan_date(scan.header.processing_log),
-    }
 
 
 def _model_grid_header(header: aim.AimHeader, geometry) -> aim.AimHeader:

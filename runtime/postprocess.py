@@ -1,8 +1,9 @@
 """Postprocessing: model-space probabilities back to a native-resolution MC2 mask, and the hand side.
 
-``postprocess`` thresholds at model resolution, keeps the largest 3D connected component, and only then goes to native resolution,
-interpolating the probabilities inside the bone's bounding box alone; it fills holes slice by slice
-(a periosteal mask is solid) and keeps the largest native component.
+``postprocess`` thresholds at model resolution, keeps the largest 3D connected component, and only then goes to
+native resolution, interpolating the probabilities inside the bone's bounding box alone; it fills holes slice
+by slice (a periosteal mask is solid) and keeps the largest native component. Every step works inside a box
+(what is above threshold, the dilated bone, the bone at native resolution): no whole-grid temporaries.
 """
 
 from __future__ import annotations
@@ -10,17 +11,28 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from vbmd_rt.runtime.preprocess import Geometry, from_model, native_box, sample_at_native
+from vbmd_rt.runtime.preprocess import Geometry, native_box, sample_at_native
 
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """The largest 26-connected component of a boolean volume, and how many components there were."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return (mask.astype(bool, copy=False) if n == 1 else np.zeros_like(mask, dtype=bool)), n
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes)), n
+    """The largest 26-connected component of a boolean volume, and how many components there were.
+    Labelled inside the box of what is set only (the labels' raster order, and so the tie-break, is the
+    whole volume's)."""
+    bb = _bbox(mask)
+    if bb is None:
+        return np.zeros(mask.shape, dtype=bool), 0
+    at = (slice(bb[0], bb[1]), slice(bb[2], bb[3]), slice(bb[4], bb[5]))
+    sub = np.asarray(mask[at], dtype=bool)
+    labels, n = ndimage.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        sub = labels == int(np.argmax(sizes))
+    if sub.shape == mask.shape:
+        return sub, n
+    out = np.zeros(mask.shape, dtype=bool)
+    out[at] = sub
+    return out, n
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -47,22 +59,61 @@ def _bbox(mask: np.ndarray) -> tuple[int, ...] | None:
     return tuple(box)
 
 
+def _visible(prob: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The part of a cropped model-space volume that lies on the model grid, in scan orientation (a view),
+    and where it starts on the uncropped grid (z, y, x): ``from_model`` without its full-grid copy."""
+    cy0, cy1, cx0, cx1 = geometry.crop
+    _, my, mx = geometry.model_shape
+    sy0, sy1, sx0, sx1 = max(cy0, 0), min(cy1, my), max(cx0, 0), min(cx1, mx)
+    view = prob[:, sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0]
+    if geometry.flip_x:
+        return view[..., ::-1], (0, sy0, mx - sx1)
+    return view, (0, sy0, sx0)
+
+
 def postprocess(prob: np.ndarray, geometry: Geometry, threshold: float = 0.5) -> tuple[np.ndarray, dict]:
     """Cropped model-space probabilities -> native uint8 mask (0/1) in scan orientation, and facts.
 
     Facts: ``model_voxels`` of the kept component, ``components`` above threshold at model resolution,
     ``box`` (native z0, z1, y0, y1, x0, x1 of the work region), ``empty`` when nothing was found.
+
+    Works inside boxes only: the components inside the box of what is above threshold, the dilated bone in
+    its own box on the model grid, the native grid inside the bone's box; no temporary of the whole model
+    grid or of the native scan (the returned mask is the only full-size array, written inside the box).
     """
-    full = from_model(prob, geometry)  # uncropped model grid, scan orientation
-    keep, n = _largest(full > threshold)
     mask = np.zeros(geometry.native_shape, dtype=np.uint8)
-    if n == 0:
+    view, origin = _visible(prob, geometry)
+    above = view > threshold
+    bb = _bbox(above)
+    if bb is None:
         return mask, {"components": 0, "model_voxels": 0, "box": None, "empty": True}
-    region = ndimage.binary_dilation(keep, iterations=2)
-    mbox = _bbox(region)
+    at = (slice(bb[0], bb[1]), slice(bb[2], bb[3]), slice(bb[4], bb[5]))
+    keep, n = _largest(above[at])
+    kb = _bbox(keep)
+    assert kb is not None
+    grid = (view.shape[0], *geometry.model_shape[1:])
+    # The kept component on the uncropped grid, in a block two voxels wider (the dilation's reach).
+    lo = [max(origin[a] + bb[2 * a] + kb[2 * a] - 2, 0) for a in range(3)]
+    hi = [min(origin[a] + bb[2 * a] + kb[2 * a + 1] + 2, grid[a]) for a in range(3)]
+    block = np.zeros([h - low for low, h in zip(lo, hi, strict=True)], dtype=bool)
+    k0 = [origin[a] + bb[2 * a] + kb[2 * a] - lo[a] for a in range(3)]
+    kept = keep[kb[0] : kb[1], kb[2] : kb[3], kb[4] : kb[5]]
+    block[k0[0] : k0[0] + kept.shape[0], k0[1] : k0[1] + kept.shape[1], k0[2] : k0[2] + kept.shape[2]] = kept
+    region = ndimage.binary_dilation(block, iterations=2)
+    values = np.zeros(block.shape, dtype=np.float32)  # the probabilities on the block (0 off the crop)
+    v0 = [max(lo[a] - origin[a], 0) for a in range(3)]
+    v1 = [min(hi[a] - origin[a], view.shape[a]) for a in range(3)]
+    values[
+        v0[0] + origin[0] - lo[0] : v1[0] + origin[0] - lo[0],
+        v0[1] + origin[1] - lo[1] : v1[1] + origin[1] - lo[1],
+        v0[2] + origin[2] - lo[2] : v1[2] + origin[2] - lo[2],
+    ] = view[v0[0] : v1[0], v0[1] : v1[1], v0[2] : v1[2]]
+    values[~region] = 0
+    rb = _bbox(region)
+    assert rb is not None
+    mbox = tuple(lo[a // 2] + rb[a] for a in range(6))
     box = native_box(mbox, geometry)
-    gated = np.where(region, full, np.float32(0))
-    p = sample_at_native(gated, geometry, box)
+    p = sample_at_native(values, geometry, box, origin=tuple(lo), grid=grid)
     native = largest_component(fill_holes_slicewise(p > threshold))
     mask[box] = native
     info = {

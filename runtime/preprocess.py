@@ -274,14 +274,22 @@ def native_box(model_box: tuple[int, int, int, int, int, int], geometry: Geometr
     return out[0], out[1], out[2]
 
 
-def sample_at_native(volume: np.ndarray, geometry: Geometry, box: tuple[slice, slice, slice]) -> np.ndarray:
+def sample_at_native(
+    volume: np.ndarray,
+    geometry: Geometry,
+    box: tuple[slice, slice, slice],
+    origin: tuple[int, int, int] = (0, 0, 0),
+    grid: tuple[int, int, int] | None = None,
+) -> np.ndarray:
     """Linear interpolation of an uncropped model-grid volume (scan orientation) at the native voxel
     centres inside ``box``; returns float32 of the box's shape.
 
-    Separable: first z (to the native slices of the box), then each slice in-plane with ``cv2.remap``.
+    ``volume`` may be a block of the grid (``grid``: the whole grid's shape) starting at ``origin``: the grid
+    is 0 outside it. Separable: first z (to the native slices of the box), then each slice in-plane with
+    ``cv2.remap``.
     """
     sz, sy, sx = geometry.scale
-    mz, my, mx = volume.shape
+    mz, my, mx = grid if grid is not None else volume.shape
     zc = (np.arange(box[0].start, box[0].stop) + 0.5) / sz - 0.5
     z0 = np.clip(np.floor(zc).astype(np.int64), 0, mz - 1)
     z1 = np.clip(z0 + 1, 0, mz - 1)
@@ -294,7 +302,7 @@ def sample_at_native(volume: np.ndarray, geometry: Geometry, box: tuple[slice, s
     map_x, map_y = np.meshgrid(xs - xa, ys - ya)
     out = np.empty((len(zc), len(ys), len(xs)), dtype=np.float32)
     for k in range(len(zc)):
-        a, b = volume[z0[k], ya:yb, xa:xb], volume[z1[k], ya:yb, xa:xb]
+        a, b = _plane(volume, origin, z0[k], ya, yb, xa, xb), _plane(volume, origin, z1[k], ya, yb, xa, xb)
         plane = a * (1 - wz[k]) + b * wz[k] if wz[k] > 0 else a
         out[k] = cv2.remap(
             np.ascontiguousarray(plane, dtype=np.float32),
@@ -303,4 +311,19 @@ def sample_at_native(volume: np.ndarray, geometry: Geometry, box: tuple[slice, s
             cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
+    return out
+
+
+def _plane(volume: np.ndarray, origin, z: int, ya: int, yb: int, xa: int, xb: int) -> np.ndarray:
+    """Rows ``ya:yb`` and columns ``xa:xb`` of grid slice ``z`` from a block of the grid at ``origin`` (0 where
+    the block does not reach; a view where it holds them all)."""
+    oz, oy, ox = origin
+    bz, by, bx = volume.shape
+    z, ya, yb, xa, xb = z - oz, ya - oy, yb - oy, xa - ox, xb - ox
+    if 0 <= z < bz and ya >= 0 and xa >= 0 and yb <= by and xb <= bx:
+        return volume[z, ya:yb, xa:xb]
+    out = np.zeros((yb - ya, xb - xa), dtype=volume.dtype)
+    y0, y1, x0, x1 = max(ya, 0), min(yb, by), max(xa, 0), min(xb, bx)
+    if 0 <= z < bz and y0 < y1 and x0 < x1:
+        out[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = volume[z, y0:y1, x0:x1]
     return out

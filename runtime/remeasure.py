@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vbmd_rt import __version__
 from vbmd_rt.runtime import compartments, measure, qc, report
 from vbmd_rt.runtime.errors import OutputError, VbmdInputError
 from vbmd_rt.runtime.io import masks, nifti, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
-from vbmd_rt.runtime.io.naming import compartment_masks, scan_name
+from vbmd_rt.runtime.io.naming import measure_outputs_for, scan_name
 from vbmd_rt.runtime.model import sha256_of
 from vbmd_rt.runtime.postprocess import detect_side
+from vbmd_rt.runtime.result import Record, timings
 
 
 def measure_mask(
@@ -36,7 +36,7 @@ def measure_mask(
     """D100 of ``scan_path`` inside ``mask_path``; with ``out``: ``OUT/NAME.json`` and ``NAME.png`` (the
     HTML report with ``report_html``, the NIfTI/MHA pair with ``export``), written only after every check
     passed. Returns the result."""
-    from vbmd_rt.runtime.pipeline import NO_CALIBRATION, STAGES, Timer, calibration_record, read_scan, scan_record
+    from vbmd_rt.runtime.pipeline import NO_CALIBRATION, STAGES, Timer, read_scan
 
     scan_path, mask_path = Path(scan_path), Path(mask_path)
     timer = Timer()
@@ -45,12 +45,7 @@ def measure_mask(
     files = {}
     if out is not None:
         out = Path(out)
-        files = {**compartment_masks(name, out), "png": out / f"{name}.png"}
-        if report_html:
-            files["html"] = out / f"{name}.html"
-        if export:
-            files.update({n: out / n for n in nifti.export_names(name, export)})
-        files["json"] = out / f"{name}.json"  # last: the transaction commits it last
+        files = measure_outputs_for(name, out, report_html, export)  # the JSON last: committed last
         if not overwrite:
             for f in files.values():
                 if f.exists():
@@ -67,9 +62,9 @@ def measure_mask(
         )
     cal = scan.calibration
     with timer("vbmd"):
-        m = measure.vbmd(scan.data, mask, scan.header.element_size_mm, cal)
-        comp = compartments.analyse(scan.data, mask, scan.header.element_size_mm[::-1], cal)
-        verdict = qc.assess_mask(scan.data, mask, scan.header.element_size_mm[::-1], cal, m, compartments=comp)
+        m = measure.vbmd(scan.data, mask, scan.spacing_zyx, cal)
+        comp = compartments.analyse(scan.data, mask, scan.spacing_zyx, cal)
+        verdict = qc.assess_mask(scan.data, mask, scan.spacing_zyx, cal, m, compartments=comp)
         reasons = list(verdict["reasons"])  # run's limits
         side = detect_side(scan.data, mask)
     if cal is None:  # no D100 without a calibration: never a pass
@@ -77,24 +72,9 @@ def measure_mask(
     warnings = [f"mask needs review: {r}" for r in reasons]
     if cal is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed")
-    result = {
-        "d100_mg_ha_cm3": m["d100_mg_ha_cm3"],
-        "bone_volume_mm3": m["bone_volume_mm3"],
-        "mean_slice_area_mm2": m["mean_slice_area_mm2"],
-        "slices": m["slices"],
-        "side": side,
-        "side_source": "detected",
-        "backend": {"name": "given-mask", "precision": None},
-        "model": {"name": "given mask", "architecture": None, "sha256": None, "intended_use": None},
-        "calibration": calibration_record(cal),
-        "timings_s": {},
-        "scan": {**scan_record(scan_path, scan), "fingerprint": outputs.fingerprint_of(scan)},
-        "mask": {"file": mask_path.name, "sha256": sha256_of(mask_path), "voxels": voxels, "source": "given"},
-        "compartments": compartments.record(comp),
-        "qc": {**verdict, "status": "review" if reasons else "pass", "reasons": reasons},
-        "warnings": warnings,
-        "vbmd_rt_version": __version__,
-    }
+    given = {"file": mask_path.name, "sha256": sha256_of(mask_path), "voxels": voxels, "source": "given"}
+    qc_record = {**verdict, "status": "review" if reasons else "pass", "reasons": reasons}
+    rec = Record.of_given_mask(scan_path, scan, m, side, given, compartments.record(comp), qc_record, warnings)
     if out is not None:
         check_writable_dir(out)
         # One transaction, as run's: every file staged, then switched in with the JSON last (a kill leaves
@@ -103,7 +83,7 @@ def measure_mask(
         targets = [f.name for f in files.values()]
         with outputs.scan_lock(out, name), outputs.Transaction(out, name, targets, True, prune=False) as txn:
             with timer("write"):
-                result["mask"]["compartments"] = masks.write_compartments(
+                rec.mask["compartments"] = masks.write_compartments(
                     {k: txn.path(files[k].name) for k in ("cort", "trab")},
                     None if comp is None else comp.labels,
                     None if comp is None else comp.box,
@@ -111,24 +91,19 @@ def measure_mask(
                     "rle",
                     "from a given mask (vbmd-rt measure)",
                 )
-                png = report.png_bytes(report.montage(scan.data, mask, cal, result=result, compartments=comp))
+                png = report.png_bytes(report.montage(scan.data, mask, cal, result=rec.to_json(), compartments=comp))
                 atomic_write_bytes(txn.path(files["png"].name), png, overwrite=True)
                 if export:
                     nifti.export_pair(txn.staging, name, scan, mask, export)
                     if export != "mha":  # NAME.json is also the scan NIfTI's sidecar (runtime.io.nifti)
-                        result.update(nifti.scan_sidecar(scan, export))
-            result["timings_s"] = _timings(timer, t0, STAGES)
+                        rec.extra.update(nifti.scan_sidecar(scan, export))
+            rec.timings_s = timings(timer.seconds, STAGES, time.perf_counter() - t0, only_run=True)
             if report_html:
-                extra = report.details(scan.data, mask, cal, scan.header.element_size_mm)
-                html = report.html_report(result, png, extra).encode("utf-8", "backslashreplace")
+                extra = report.details(scan.data, mask, cal, scan.spacing_zyx)
+                html = report.html_report(rec.to_json(), png, extra).encode("utf-8", "backslashreplace")
                 atomic_write_bytes(txn.path(files["html"].name), html, overwrite=True)
+            result = rec.to_json()
             txn.commit(result)
-    else:
-        result["timings_s"] = _timings(timer, t0, STAGES)
-    return result
-
-
-def _timings(timer, t0, stages) -> dict:
-    t = {k: round(timer.seconds[k], 4) for k in stages if k in timer.seconds}
-    t["total"] = round(time.perf_counter() - t0, 4)
-    return t
+            return result
+    rec.timings_s = timings(timer.seconds, STAGES, time.perf_counter() - t0, only_run=True)
+    return rec.to_json()

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from vbmd_rt.runtime.io.calibration import Calibration, to_density
+from vbmd_rt.runtime.io.naming import CORT_SUFFIX, TRAB_SUFFIX
 
 
 def _grey(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -271,13 +272,14 @@ def details(
     data: np.ndarray,
     mask: np.ndarray,
     calibration: Calibration | None,
-    element_size_mm,
+    spacing_zyx,
     box=None,
     browser_slices: int = 16,
     size: int = 256,
 ) -> dict:
     """What the HTML report shows beyond the PNG: the density histogram inside the mask, the per-slice
-    area and density profile, and axial slices for the slice browser (PNG bytes). Works in MC2's box only."""
+    area and density profile, and axial slices for the slice browser (PNG bytes). Works in MC2's box only.
+    ``spacing_zyx``: the voxel size in mm, (z, y, x) as the arrays."""
     from vbmd_rt.runtime.io.masks import bounding_box
 
     bb = bounding_box(mask, box)
@@ -294,7 +296,7 @@ def details(
     lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
     counts, edges = np.histogram(values, bins=60, range=(float(lo), float(hi) if hi > lo else float(lo) + 1))
     out["hist"] = {"counts": counts.tolist(), "edges": edges.tolist(), "unit": unit}
-    px_mm2 = float(element_size_mm[0]) * float(element_size_mm[1])
+    px_mm2 = float(spacing_zyx[1]) * float(spacing_zyx[2])
     for k in range(sub_m.shape[0]):
         n = int(np.count_nonzero(sub_m[k]))
         if n:
@@ -491,7 +493,7 @@ def compartments_table(comp: dict | None) -> str:
         "<h2>Compartments</h2><p>Cortex (magenta in the pictures) and trabecular region (green) inside the "
         "periosteal contour, by the dual-threshold autocontour of Buie et al. (2007) in physical units: "
         f"cortical threshold {thr.get('cortical', 'n/a')} mg HA/cm³; head and shaft split at the neck"
-        f"{'' if neck is None else f' (slice {neck})'}. Masks: NAME_CORT_MASK.AIM and NAME_TRAB_MASK.AIM.</p>"
+        f"{'' if neck is None else f' (slice {neck})'}. Masks: NAME{CORT_SUFFIX} and NAME{TRAB_SUFFIX}.</p>"
         "<table><tr><th>parameter</th><th>MC2</th><th>head</th><th>shaft</th><th>definition</th></tr>"
         f"{rows}</table>"
     )

@@ -6,7 +6,7 @@ in OUT without anyone typing.
   work). A scan that was started but not finished (the service was killed) left nothing half-written
   (outputs are one transaction) and is done again; a scan done or failed is not taken again unless the
   file changes.
-* **Arrival.** A file counts as arrived when ``NAME.AIM.done`` (the marker) newer than the file is beside
+* **Arrival** (``runtime/arrival.py``). A file counts as arrived when ``NAME.AIM.done`` (the marker) newer than the file is beside
   it (a marker written before the copy, or left from an older export, is ignored), or when its size and
   modification time have not changed for ``stable_for`` seconds *and* its header parses completely (the
   declared data is all there). A stable file that still does not parse after ``5 * stable_for`` seconds
@@ -24,7 +24,7 @@ in OUT without anyone typing.
   files vbmd-rt wrote are ever replaced.
 * **Safety.** Symlinks and names that would leave IN are refused. One service per OUT (a lock file).
 * **Health.** ``OUT/.vbmd-rt/health.json`` is rewritten at every poll (state, counts, time): the
-  container's HEALTHCHECK runs ``vbmd-rt health OUT``, which fails when it is stale.
+  container's HEALTHCHECK runs ``vbmd-rt health OUT``, which fails when it is stale (``runtime/health.py``).
 * **Stop.** SIGTERM or SIGINT: the scan being processed is finished, then the service exits 0.
 
 Log lines name scans by file name only; the processing log's patient fields never reach them.
@@ -38,21 +38,21 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vbmd_rt import __version__
+from vbmd_rt.runtime import arrival
+from vbmd_rt.runtime.arrival import MARKER, PARSE_GRACE, Arrival, is_marker  # noqa: F401 - re-exported
 from vbmd_rt.runtime.errors import OutputError, OutputUnavailable, VbmdInputError, print_traceback_if_debug
+from vbmd_rt.runtime.health import device_of, health, health_record, write_health_file  # noqa: F401 - re-exported
 from vbmd_rt.runtime.io import aim, naming, outputs
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
-STATE_DIR = ".vbmd-rt"
-MARKER = ".done"
+STATE_DIR = naming.STATE_DIR
 MAX_ATTEMPTS = 2  # a scan during which the service died this often goes to failed/
-PARSE_GRACE = 5  # a stable file that does not parse is processed (and fails) after this many stable_for
 ENVIRONMENTAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}  # the machine's fault
 RETRY_POLLS = 5  # an environmental failure (OUT full or not writable) is retried after this many polls
 
@@ -136,9 +136,8 @@ class Watcher:
         self.log = log
         self.stop = threading.Event()
         self.counts = Counts()
-        self._seen: dict[str, tuple[str, float]] = {}  # name -> (stat key, first time this key was seen)
+        self.arrival = Arrival(stable_for)  # when a file has arrived (runtime.arrival)
         self._hashes: dict[str, tuple[str, str]] = {}  # name -> (stat key, content key): hashed once a version
-        self._incomplete: dict[str, bool] = {}  # name -> its header parses but its data is not all there
         self._retry_at: dict[str, float] = {}  # name -> when an environmental failure is retried
         self._env_error: str | None = None
         self._refused: set[tuple[str, str]] = set()
@@ -150,7 +149,7 @@ class Watcher:
         if self.move_done:
             check_writable_dir(self.move_done)
         self.state = check_writable_dir(self.out / STATE_DIR)
-        self.failed_dir = self.out / "failed"
+        self.failed_dir = self.out / naming.FAILED_DIR
         self._lock = self._take_lock()
         self.journal = Journal(self.state / "journal.jsonl")
 
@@ -203,7 +202,7 @@ class Watcher:
         except (OSError, VbmdInputError):
             fp = None
         with contextlib.suppress(OSError, VbmdInputError), outputs.scan_lock(self.out, name):
-            if outputs.retire_stale(self.out, name, f"{name}.json", path.name, fp):
+            if outputs.retire_stale(self.out, name, naming.result_name(name), path.name, fp):
                 self.log(f"{path.name}: the result of its earlier version was moved to {STATE_DIR}/history")
 
     def _owner(self, name: str) -> str | None:
@@ -216,11 +215,6 @@ class Watcher:
         return None
 
     # ------------------------------------------------------------------ one pass
-    @staticmethod
-    def _stat_key(st: os.stat_result) -> str:
-        """Cheap: has the file changed since we last looked (for stability and for skipping settled files)."""
-        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-
     def _settled(self, name: str, stat_key: str) -> bool:
         """Done or failed, for this very version of the file (by its stat, or by its content key hashed)."""
         if self.journal.settled_stat(name, stat_key):
@@ -231,7 +225,7 @@ class Watcher:
     def _key(self, path: Path, st: os.stat_result) -> str | None:
         """The journal's key: size, mtime and a sha256 of the whole content (``outputs.fingerprint``, the one
         key of run and cohorts), hashed once per version of the file. None while it changes under us."""
-        sk = self._stat_key(st)
+        sk = arrival.stat_key(st)
         cached = self._hashes.get(path.name)
         if cached and cached[0] == sk:
             return cached[1]
@@ -240,7 +234,7 @@ class Watcher:
         except (OSError, VbmdInputError):
             return None
         key = f"{fp['size']}:{fp['mtime_ns']}:{fp[aim.FINGERPRINT_KEY]}"
-        if sk != self._stat_key(os.stat(path, follow_symlinks=False)):
+        if sk != arrival.stat_key(os.stat(path, follow_symlinks=False)):
             return None
         self._hashes[path.name] = (sk, key)
         return key
@@ -257,7 +251,7 @@ class Watcher:
         names = {e.name for e in entries}
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or name.endswith(MARKER):
+            if name.startswith(".") or is_marker(name):
                 continue
             p = Path(entry.path)
             if not naming.is_scan_file(p):
@@ -266,7 +260,7 @@ class Watcher:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished
-            key = self._stat_key(st)
+            key = arrival.stat_key(st)
             if self._settled(name, key):
                 continue
             if self._retry_at.get(name, 0.0) > now:  # an environmental failure (disk full): retried later
@@ -290,61 +284,12 @@ class Watcher:
                 continue
             if not entry.is_file(follow_symlinks=False):
                 continue
-            marker = name + MARKER in names and self._marker_newer(p, st)
-            first = self._seen.get(name)
-            if first is None or first[0] != key:
-                self._seen[name] = (key, now)
-                first = self._seen[name]
-            stable = self.stable_for > 0 and now - first[1] >= self.stable_for
-            complete = self._complete(p) if stable and not marker else None
-            # A header that never parses is processed after a grace (and fails, saying why); a header that
-            # parses with its data not all there (a preallocated file, a stalled copy) is never taken
-            # without its marker: a half-copied scan is not a scan.
-            late = complete is None and stable and now - first[1] >= PARSE_GRACE * self.stable_for
-            if marker or complete or (late and not self._incomplete.get(name)):
+            if self.arrival.arrived(p, st, names, now):
                 content = self._key(p, st)
                 if content is None or self.journal.settled(name, content):
                     continue
                 found.append((st.st_mtime_ns, p, content))
         return [(p, key) for _, p, key in sorted(found)]
-
-    @staticmethod
-    def _marker_newer(path: Path, st: os.stat_result) -> bool:
-        """``NAME.AIM.done`` counts only when written after the file: an early or stale marker is ignored."""
-        try:
-            m = os.stat(path.with_name(path.name + MARKER), follow_symlinks=False)
-        except OSError:
-            return False
-        return m.st_mtime_ns >= st.st_mtime_ns
-
-    def _complete(self, path: Path) -> bool | None:
-        """True: the header is valid and all the data it declares is in the file. None: the header does not
-        parse (yet). False: it parses, but the data is not all there yet.
-
-        A preallocated file has its full size from the start: there, a greyscale scan whose data still ends
-        in a block of zero bytes (no real scan's last slice is noise-free) is still being written, however
-        long it has not changed (a stalled copy).
-        """
-        try:
-            hdr = aim.read_header(path)
-        except (VbmdInputError, OSError):
-            self._incomplete.pop(path.name, None)
-            return None
-        if hdr.type_code != aim.TYPE_INT16 or hdr.data_length == 0:
-            return True
-        n = min(hdr.data_length, 1 << 16)
-        try:
-            with open(path, "rb") as f:
-                f.seek(hdr.byte_offset + hdr.data_length - n)
-                tail = f.read(n)
-        except OSError:
-            return None
-        done = len(tail) == n and tail.count(0) != len(tail)
-        self._incomplete[path.name] = not done
-        return done
-
-    def _parses(self, path: Path) -> bool:
-        return bool(self._complete(path))
 
     def handle(self, path: Path, key: str) -> bool:
         """Process one arrived scan; True when done."""
@@ -355,7 +300,7 @@ class Watcher:
                 return False
         except OSError:
             return False
-        stat_key = self._stat_key(st)
+        stat_key = arrival.stat_key(st)
         owner = self._owner(name)
         if owner is not None:
             self._fail(
@@ -379,7 +324,7 @@ class Watcher:
             result = self.process(path)
         except outputs.InputChanged:
             self.journal.record("changed", name, key)  # not arrived after all: taken again once stable
-            self._seen.pop(name, None)
+            self.arrival.forget(name)
             self.log(f"{name} changed while it was processed; nothing written, it will be taken again")
             return False
         except OutputUnavailable as e:  # OUT full or not writable: not the scan's fault; retried once it is fixed
@@ -405,7 +350,7 @@ class Watcher:
         self._retry_at.pop(name, None)
         self._env_error = None
         with contextlib.suppress(OSError):
-            (self.failed_dir / f"{naming.scan_name(path)}.error.json").unlink()  # an earlier failure is stale
+            (self.failed_dir / naming.error_name(naming.scan_name(path))).unlink()  # an earlier failure is stale
         self.journal.record(
             "done",
             name,
@@ -444,7 +389,7 @@ class Watcher:
         try:
             check_writable_dir(self.failed_dir)
             atomic_write_bytes(
-                self.failed_dir / f"{naming.scan_name(path)}.error.json", (json.dumps(err, indent=2) + "\n").encode()
+                self.failed_dir / naming.error_name(naming.scan_name(path)), (json.dumps(err, indent=2) + "\n").encode()
             )
         except VbmdInputError as e:
             self.log(f"warning: cannot write the failed list ({e})")
@@ -459,7 +404,7 @@ class Watcher:
         unsettled and is retried after a back-off, and health turns red until a scan is written again."""
         name = path.name
         self.journal.record("retry", name, key, reason=e.problem)
-        self._seen.pop(name, None)
+        self.arrival.forget(name)
         self._retry_at[name] = time.monotonic() + self.poll * RETRY_POLLS
         self._env_error = str(e)
         self.write_health("error", error=str(e), scan=name)
@@ -480,9 +425,7 @@ class Watcher:
         with self._beat_lock:
             if status is not None:
                 self._state = {"status": status, **state}
-            h = self._health_record()
-            with contextlib.suppress(VbmdInputError):
-                atomic_write_bytes(self.state / "health.json", (json.dumps(h) + "\n").encode())
+            write_health_file(self.state, self._health_record())
 
     def _beat(self) -> None:
         """The heartbeat thread: the health file stays fresh while the main thread is busy with a scan."""
@@ -490,20 +433,8 @@ class Watcher:
             self.write_health()
 
     def _health_record(self) -> dict:
-        return {
-            **self._state,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "backend": self.backend_info,
-            "time": time.time(),
-            "time_iso": _now(),
-            "done": self.counts.done,
-            "failed": self.counts.failed,
-            "recovered": self.counts.recovered,
-            "since": self.counts.started,
-            "in": str(self.in_dir),
-            "vbmd_rt_version": __version__,
-        }
+        c = self.counts
+        return health_record(self._state, self.backend_info, self.in_dir, c.done, c.failed, c.recovered, c.started)
 
     # ------------------------------------------------------------------ loop
     def run(self, once: bool = False) -> Counts:
@@ -537,13 +468,7 @@ class Watcher:
 
     def _waiting(self) -> bool:
         """Files seen that have not arrived yet (``once`` waits for them to settle, or their marker)."""
-        if self.stable_for <= 0:
-            return False
-        return any(
-            not self._settled(n, k) and (n, k) not in self._refused and not self._incomplete.get(n)
-            for n, (k, _) in self._seen.items()
-            if (self.in_dir / n).exists()
-        )
+        return self.arrival.waiting(self.in_dir, self._settled, self._refused)
 
     def install_signal_handlers(self) -> None:
         def _stop(signum, frame):
@@ -552,46 +477,3 @@ class Watcher:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-
-
-def device_of(backend_name: str) -> str:
-    """``cpu`` or ``cuda``: where a backend of this name runs (TensorRT always on the GPU)."""
-    return "cpu" if backend_name == "classical" or backend_name.endswith("-cpu") else "cuda"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def health(out: str | Path, max_age: float = 120.0) -> tuple[bool, str]:
-    """Is the service serving ``out`` alive? Its process must exist (checked at once, where the health file
-    was written on this host) and its heartbeat, refreshed every few seconds even during a long scan,
-    must be younger than ``max_age``. The message says the state: idle, or busy with NAME since when."""
-    p = Path(out) / STATE_DIR / "health.json"
-    try:
-        h = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return False, f"{p}: no health file (is vbmd-rt watch running on this folder?)"
-    age = time.time() - float(h.get("time", 0))
-    counts = f"done {h.get('done')}, failed {h.get('failed')}"
-    if h.get("status") == "stopped":
-        return False, f"service stopped {age:.0f} s ago ({counts})"
-    if h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and not _pid_alive(h["pid"]):
-        return False, f"the service's process {h['pid']} is gone (last beat {age:.0f} s ago, {counts})"
-    if age > max_age:
-        return False, f"health file is {age:.0f} s old (limit {max_age:.0f} s): the service is stuck or gone"
-    if h.get("status") == "error":  # alive, but it cannot write its results (disk full, permissions)
-        return False, f"cannot write results: {h.get('error')} (scans wait and are retried; {counts})"
-    state = h.get("status")
-    if state == "busy":
-        state = f"busy with {h.get('scan')} since {h.get('busy_since')}"
-    be = h.get("backend") or {}
-    dev = f"{be.get('device')}, " if be.get("device") else ""
-    on = f" on {dev}{be.get('name')} ({be.get('precision')})" if be.get("name") else ""
-    return True, f"{state}{on}: {counts}, last beat {age:.0f} s ago"

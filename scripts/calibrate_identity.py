@@ -37,7 +37,7 @@ from vbmd_rt.runtime.preprocess import to_model, to_model_mask
 def case_bones(scan_path: Path, gt_path: Path):
     """(metacarpal candidates, index of the true MC2 among them) or None."""
     scan = aim.read_aim(scan_path)
-    spacing = tuple(float(v) for v in scan.header.element_size_mm[::-1])
+    spacing = scan.spacing_zyx
     vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
     vol = bonewin.to_input_units(vol, scan.calibration)
     labels, bones = identify.find_candidates(vol, bonewin.GRID.spacing_mm)

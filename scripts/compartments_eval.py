@@ -40,7 +40,7 @@ def measure_case(pair, predictor) -> dict:
 
     scan = pipeline.read_scan(pair.scan)
     truth_mask = dataset.read_mask(pair.mask, scan.header)
-    spacing = scan.header.element_size_mm[::-1]
+    spacing = scan.spacing_zyx
     t0 = time.perf_counter()
     given = compartments.analyse(scan.data, truth_mask, spacing, scan.calibration)
     seconds = time.perf_counter() - t0

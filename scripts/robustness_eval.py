@@ -66,8 +66,8 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
             p = _case_params(truth)
             if any(b.name == "MC3" for b in p.bones):
                 _, wrong = phantom.render_case(p, truth_bone="MC3")
-                spacing = scan.header.element_size_mm[::-1]
-                m = measure.vbmd(scan.data, wrong, spacing[::-1], scan.calibration)
+                spacing = scan.spacing_zyx
+                m = measure.vbmd(scan.data, wrong, spacing, scan.calibration)
                 v = qc.assess_mask(scan.data, wrong, spacing, scan.calibration, m)
                 row["wrong_bone_qc"] = v["status"]
                 row["wrong_bone_reasons"] = v["reasons"]

@@ -12,6 +12,7 @@ import numpy as np
 from vbmd_rt.runtime.io.aim import read_aim
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes
 from vbmd_rt.runtime.io.calibration import Calibration, to_density
+from vbmd_rt.runtime.io.naming import GT_SUFFIX, TRUTH_SUFFIX
 from vbmd_rt.synth.phantom import XTREMECT_CALIBRATION
 
 
@@ -39,7 +40,7 @@ def preview(folder: str | Path, out_png: str | Path, size: int = 256, max_rows: 
     true MC2 contour.
     """
     folder = Path(folder)
-    truths = [json.loads(t.read_text()) for t in sorted(folder.glob("*.truth.json"))]
+    truths = [json.loads(t.read_text()) for t in sorted(folder.glob(f"*{TRUTH_SUFFIX}"))]
     if not truths:
         raise FileNotFoundError(f"no phantoms (*.truth.json) in {folder}")
     chosen: list[dict] = []
@@ -66,7 +67,7 @@ def preview(folder: str | Path, out_png: str | Path, size: int = 256, max_rows: 
     for t in chosen[:max_rows]:
         s = read_aim(folder / f"{t['name']}.AIM")
         scan, cal = s.data, s.calibration or XTREMECT_CALIBRATION
-        gt = np.asarray(read_aim(folder / f"{t['name']}_GT.AIM").data) != 0
+        gt = np.asarray(read_aim(folder / f"{t['name']}{GT_SUFFIX}").data) != 0
         zs = np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))
         z_last = int(zs.max()) if zs.size else gt.shape[0] // 2
         z_first = int(zs.min()) if zs.size else 0

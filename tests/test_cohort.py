@@ -80,6 +80,26 @@ def test_resume_skips_valid_outputs_and_redoes_cut_off_scans(scans, tmp_path):
     assert r.returncode == 0 and {r["status"] for r in _summary(out).values()} == {"done"}
 
 
+def test_a_cohort_runs_from_python_without_the_cli(scans, tmp_path):
+    """The orchestration is the cohort layer's (plan, then run): the CLI only parses and prints."""
+    from vbmd_rt.cohort import runner
+
+    out = tmp_path / "out"
+    with pytest.raises(cohort.VbmdInputError, match="no such file"):
+        runner.plan([scans / "NOPE.AIM"], out)
+    assert not out.exists()  # refused before anything is created
+    plan = runner.plan([scans], out, num_parts=2, part_id=1)
+    assert plan.summarised and len(plan.files) == 3 and out.is_dir()
+    job = cohort.Job(model="classical", device="cpu", options=cohort.pipeline.RunOptions())
+    seen = []
+    done = runner.run(plan, job, on_row=seen.append)
+    assert done.exit_code == 0 and not done.failed and done.skipped == 0
+    assert done.rows == sorted(seen, key=lambda r: [f.name for f in plan.files].index(r["scan"]))
+    assert done.table == out / "summary.part-1-of-2.csv" and len(_summary(out, done.table.name)) == 3
+    again = runner.run(plan, job)
+    assert again.skipped == 3 and again.exit_code == 0
+
+
 def test_an_invalid_result_is_not_taken_for_done(scans, tmp_path):
     out = tmp_path / "out"
     assert cli_here("run", scans / "P0.AIM", "-o", out, "--model", "classical", "-q").returncode == 0

@@ -154,3 +154,68 @@ def test_round_trip_on_a_non_square_finer_grid(small_case):
     native = preprocess.sample_at_native(model, geo, (slice(0, 40), slice(0, 600), slice(0, 800)))
     assert native.shape == fine.shape
     assert np.mean((native > 0.5) != (fine > 0)) < 0.002  # linear interpolation moves only boundary voxels
+
+
+def _postprocess_on_the_whole_grid(prob, geometry, threshold=0.5):
+    """The postprocess before it worked in boxes only (issue 20): the reference the boxed one must equal."""
+    from scipy import ndimage
+
+    from vbmd_rt.runtime.postprocess import _bbox
+
+    full = preprocess.from_model(prob, geometry)
+    labels, n = ndimage.label(full > threshold, structure=np.ones((3, 3, 3), dtype=bool))  # the whole grid
+    keep = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1) if n else labels > 0
+    mask = np.zeros(geometry.native_shape, dtype=np.uint8)
+    if n == 0:
+        return mask, {"components": 0, "model_voxels": 0, "box": None, "empty": True}
+    region = ndimage.binary_dilation(keep, iterations=2)
+    box = preprocess.native_box(_bbox(region), geometry)
+    p = preprocess.sample_at_native(np.where(region, full, np.float32(0)), geometry, box)
+    native = largest_component(fill_holes_slicewise(p > threshold))
+    mask[box] = native
+    b = [box[0].start, box[0].stop, box[1].start, box[1].stop, box[2].start, box[2].stop]
+    return mask, {"components": int(n), "model_voxels": int(keep.sum()), "box": b, "empty": not native.any()}
+
+
+@pytest.mark.parametrize(
+    "native, crop, flip, centre",
+    [
+        ((48, 96, 96), (0, 32, 0, 32), False, (8, 16, 16)),  # scale 3, no crop
+        ((48, 96, 96), (4, 28, 6, 30), True, (8, 14, 12)),  # a crop inside the grid, a left hand
+        ((48, 96, 96), (-5, 27, 10, 42), False, (8, 3, 25)),  # a crop past the edges; the bone at one
+        ((12, 24, 24), (-3, 29, -2, 30), True, (6, 20, 2)),  # native coarser than the model (scale 0.75)
+        ((40, 70, 110), (2, 30, 0, 32), True, (15, 13, 30)),  # anisotropic scales, the bone at the crop's edge
+    ],
+)
+def test_postprocess_in_boxes_equals_the_whole_grid(native, crop, flip, centre):
+    """Working inside boxes only changes no voxel and no fact: the same mask and info as on the whole grid."""
+    geo = preprocess.Geometry(native, (16, 32, 32), flip, crop)
+    rng = np.random.default_rng(sum(native) + crop[0])
+    shape = (16, crop[1] - crop[0], crop[3] - crop[2])
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    cz, cy, cx = centre
+    prob = np.clip(1.2 - ((zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2) / 30.0, 0, 1).astype(np.float32)
+    prob += rng.uniform(0, 0.3, shape).astype(np.float32)  # noise: specks above threshold here and there
+    prob[1, shape[1] // 2 : shape[1] // 2 + 2, shape[2] // 2 : shape[2] // 2 + 2] = 0.9  # a second component
+    got, info = postprocess(prob, geo, 0.5)
+    want, info_want = _postprocess_on_the_whole_grid(prob, geo, 0.5)
+    assert info == info_want
+    np.testing.assert_array_equal(got, want)
+    assert info["components"] >= 2 and not info["empty"]
+
+
+def test_largest_component_in_its_box_breaks_ties_as_on_the_whole_volume():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    m = np.zeros((20, 40, 40), bool)
+    m[3:8, 5:30, 6:33] = rng.uniform(size=(5, 25, 27)) > 0.7  # many components, some of equal size
+    m[12, 10, 10] = m[15, 30, 20] = True  # two single voxels: a tie far apart
+    labels, n = ndimage.label(m, structure=np.ones((3, 3, 3), dtype=bool))
+    want = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    np.testing.assert_array_equal(largest_component(m), want)
+    ties = np.zeros_like(m)
+    ties[12, 10, 10] = ties[15, 30, 20] = True
+    got = largest_component(ties)
+    assert got.sum() == 1 and got[12, 10, 10]  # the first in raster order, as ndimage.label numbers them
+    assert not largest_component(np.zeros_like(m)).any()

@@ -9,8 +9,9 @@
         print(result.d100_mg_ha_cm3, result.qc["status"], result.timings_s["total"])
         mask = result.mask                                # (z, y, x) uint8, 1 inside MC2
 
-The command line (``vbmd-rt run``, ``watch``, cohorts on Dask) runs scans through a ``Predictor`` too:
-``Predictor.run_to`` is ``run`` plus the scan's output files.
+``Predictor.run_to`` is ``run`` plus the scan's output files (``pipeline.run_scan``). The command line
+(``vbmd-rt run``, ``watch``, cohorts on Dask) loads a ``Predictor`` once and calls the pipeline with its model
+and backend directly (``cohort.batch.plan``/``run``, ``runtime.service``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vbmd_rt.runtime import compartments, pipeline
+from vbmd_rt.runtime import pipeline
 from vbmd_rt.runtime.inference.base import Backend
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.model import Model, load_model
+from vbmd_rt.runtime.result import Record, timings
 
 
 @dataclass
@@ -43,6 +45,26 @@ class Result:
     info: dict = field(default_factory=dict)
     compartments: dict | None = None  # Ct.BMD, Tb.BMD, Ct.Th, ... (runtime.compartments); None uncalibrated
     compartment_labels: np.ndarray | None = None  # inside compartments' box: 1 cortex, 2 trabecular
+    record: Record | None = field(default=None, repr=False)  # what the result JSON is made from
+
+    @classmethod
+    def of(cls, record: Record, mask: np.ndarray, info: dict, labels: np.ndarray | None = None) -> Result:
+        """The API's view of a scan's result record (``runtime.result``), with the mask and the labels."""
+        return cls(
+            mask,
+            record.d100_mg_ha_cm3,
+            record.bone_volume_mm3,
+            record.mean_slice_area_mm2,
+            record.slices,
+            record.side,
+            record.qc,
+            record.warnings,
+            record.timings_s,
+            info,
+            record.compartments,
+            labels,
+            record,
+        )
 
     @property
     def identity(self) -> dict | None:
@@ -51,7 +73,7 @@ class Result:
 
     def to_dict(self) -> dict:
         """The JSON-able part (everything but the mask)."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("mask", "info", "compartment_labels")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("mask", "info", "compartment_labels", "record")}
 
 
 class Predictor:
@@ -105,10 +127,10 @@ class Predictor:
         if isinstance(scan, (str, Path)):
             with timer("read"):
                 s = pipeline.read_scan(Path(scan))
-            data, spacing, calibration, path = s.data, s.header.element_size_mm[::-1], s.calibration, Path(scan)
+            data, spacing, calibration, path = s.data, s.spacing_zyx, s.calibration, Path(scan)
             log = s.header.processing_log
         else:
-            data, path, log = np.asarray(scan), None, None
+            data, path, log, s = np.asarray(scan), None, None, None
             if data.ndim != 3:
                 raise ValueError(f"expected a (z, y, x) array, got shape {data.shape}")
             if spacing is None:
@@ -125,23 +147,9 @@ class Predictor:
             max_memory=self.max_memory,
             log=log,
         )
-        timings = {k: round(timer.seconds.get(k, 0.0), 4) for k in pipeline.STAGES if k != "write"}
-        timings["total"] = round(time.perf_counter() - t0, 4)
-        m = a.measures
-        return Result(
-            a.mask,
-            m["d100_mg_ha_cm3"],
-            m["bone_volume_mm3"],
-            m["mean_slice_area_mm2"],
-            m["slices"],
-            a.info["side"],
-            a.info.get("qc", {}),
-            a.warnings,
-            timings,
-            a.info,
-            compartments.record(a.compartments),
-            None if a.compartments is None else a.compartments.labels,
-        )
+        rec = pipeline.record_of(a, self.model, self.backend, calibration, path, s, None, pipeline.RunOptions(side))
+        rec.timings_s = timings(timer.seconds, [k for k in pipeline.STAGES if k != "write"], time.perf_counter() - t0)
+        return Result.of(rec, a.mask, a.info, None if a.compartments is None else a.compartments.labels)
 
     def run_to(self, path: str | Path, out: str | Path, options: pipeline.RunOptions | None = None, stage=None) -> dict:
         """``run`` plus the scan's files in ``out`` (mask AIM, JSON, PNG, ...); returns the JSON result."""

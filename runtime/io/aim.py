@@ -126,6 +126,13 @@ class AimHeader:
         return (self.dim[2], self.dim[1], self.dim[0])
 
     @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """The voxel size in mm in the numpy order (z, y, x): the one order of the runtime past the header
+        (the file, NIfTI, the result JSON's ``element_size_mm`` keep the header's x, y, z)."""
+        x, y, z = (float(v) for v in self.element_size_mm)
+        return (z, y, x)
+
+    @property
     def type_name(self) -> str:
         return TYPE_NAMES.get(self.type_code, hex(self.type_code))
 
@@ -180,6 +187,11 @@ class Scan:
     @property
     def calibration(self) -> Calibration | None:
         return self.header.calibration
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """The voxel size in mm, (z, y, x) as ``data``."""
+        return self.header.spacing_zyx
 
 
 # --------------------------------------------------------------------------- reading

@@ -20,7 +20,21 @@ CORT_SUFFIX = "_CORT_MASK.AIM"  # its cortical compartment (IPL's name)
 TRAB_SUFFIX = "_TRAB_MASK.AIM"  # its trabecular compartment (IPL's name)
 PROB_SUFFIX = "_PROB.AIM"  # --save-prob: probability x100 on the model grid
 TRUTH_SUFFIX = ".truth.json"  # a phantom's truth
+GT_SUFFIX = "_GT.AIM"  # a phantom's true MC2 mask
+RESULT_SUFFIX = ".json"  # NAME.json: the result (its presence means done)
+PICTURE_SUFFIX = ".png"  # NAME.png: the picture
+REPORT_SUFFIX = ".html"  # NAME.html: the report page (--report html)
+ERROR_SUFFIX = ".error.json"  # the watch service's OUT/failed/NAME.error.json
 SUMMARY_STEM = "summary"  # OUT/summary.csv and summary.json of a batch
+STATE_DIR = ".vbmd-rt"  # OUT/.vbmd-rt/: locks, staging folders, history, the watch service's state
+FAILED_DIR = "failed"  # the watch service's OUT/failed/
+HEALTH_NAME = "health.json"  # OUT/.vbmd-rt/health.json: the watch service's heartbeat
+MANIFEST_NAME = "manifest.json"  # in a staging folder: the files it holds and their hashes
+PREVIOUS_NAME = "previous.json"  # in a staging folder: the result its commit took down before switching files
+EXPORT_EXTENSIONS = {"nifti": ".nii.gz", "nii": ".nii", "mha": ".mha"}  # --export: scan and mask for 3D Slicer
+BIDS_DESCRIPTION = "dataset_description.json"  # --layout bids: the derivative's description
+BIDS_TABLE, BIDS_TABLE_SIDECAR = "vbmd.tsv", "vbmd.json"  # --layout bids: a row per scan, and its columns
+PREVIEW_NAME = "preview.png"  # vbmd-rt synth --preview
 
 
 MAX_NAME_BYTES = 150  # NAME in bytes: NAME_SEG.AIM, .NAME_SEG.AIM.tmp-*, NAME.<time>.json stay under 255
@@ -92,14 +106,59 @@ def same_names(files: list[Path]) -> list[tuple[Path, Path]]:
     return clashes
 
 
-def outputs_for(name: str, out: Path, report_html: bool = False, save_prob: bool = False) -> dict[str, Path]:
-    """The files ``vbmd-rt run`` writes for scan ``name``; the JSON last (its presence means done)."""
+def outputs_for(
+    name: str, out: Path, report_html: bool = False, save_prob: bool = False, export: str | None = None
+) -> dict[str, Path]:
+    """The files ``vbmd-rt run`` writes for scan ``name``; the JSON last (its presence means done). With
+    ``export``, the scan and mask for 3D Slicer (``export_names``) before the JSON."""
     files = {"prob": out / f"{name}{PROB_SUFFIX}"} if save_prob else {}
-    files.update({"mask": out / f"{name}{SEG_SUFFIX}", **compartment_masks(name, out), "png": out / f"{name}.png"})
-    if report_html:
-        files["html"] = out / f"{name}.html"
-    files["json"] = out / f"{name}.json"
+    files.update({"mask": out / f"{name}{SEG_SUFFIX}", **compartment_masks(name, out)})
+    files.update(_pictures(name, out, report_html, export))
     return files
+
+
+def measure_outputs_for(name: str, out: Path, report_html: bool = False, export: str | None = None) -> dict[str, Path]:
+    """The files ``vbmd-rt measure`` writes for scan ``name``: ``run``'s, less the mask it was given (and
+    the probabilities); the JSON last."""
+    return {**compartment_masks(name, out), **_pictures(name, out, report_html, export)}
+
+
+def _pictures(name: str, out: Path, report_html: bool, export: str | None) -> dict[str, Path]:
+    files = {"png": out / f"{name}{PICTURE_SUFFIX}"}
+    if report_html:
+        files["html"] = out / f"{name}{REPORT_SUFFIX}"
+    if export:
+        files.update({n: out / n for n in export_names(name, export)})
+    files["json"] = out / result_name(name)
+    return files
+
+
+def result_name(name: str) -> str:
+    """``NAME.json``: the result of scan ``name``."""
+    return f"{name}{RESULT_SUFFIX}"
+
+
+def error_name(name: str) -> str:
+    """``NAME.error.json``: why the watch service could not process scan ``name``."""
+    return f"{name}{ERROR_SUFFIX}"
+
+
+def history_name(name: str, stamp: str) -> str:
+    """``NAME.<time>.json``: a replaced result, kept in ``OUT/.vbmd-rt/history/``."""
+    return f"{name}.{stamp}{RESULT_SUFFIX}"
+
+
+def export_names(name: str, fmt: str) -> list[str]:
+    """``--export``: ``NAME.nii.gz``, ``NAME_SEG.nii.gz`` and the mask's sidecar ``NAME_SEG.json`` (``.nii``
+    for ``nii``; ``.mha`` has no sidecar). The scan's sidecar is the result JSON."""
+    ext = EXPORT_EXTENSIONS[fmt]
+    seg = name + SEG_SUFFIX.rsplit(".", 1)[0]  # NAME_SEG
+    return [f"{name}{ext}", f"{seg}{ext}"] + ([] if fmt == "mha" else [f"{seg}{RESULT_SUFFIX}"])
+
+
+def legacy_outputs(name: str) -> list[str]:
+    """What a result of vbmd-rt 0.1 (no manifest) may own: its mask, picture, report and probabilities."""
+    return [f"{name}{SEG_SUFFIX}", f"{name}{PICTURE_SUFFIX}", f"{name}{REPORT_SUFFIX}", f"{name}{PROB_SUFFIX}"]
 
 
 def compartment_masks(name: str, out: Path) -> dict[str, Path]:

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.io import naming
 from vbmd_rt.runtime.io.atomic import atomic_write
 
 EXPORT_FORMATS = ("nifti", "mha", "nii")
-_EXTENSIONS = {"nifti": ".nii.gz", "nii": ".nii", "mha": ".mha"}
 DENSITY_UNIT = "mg HA/cm3"
 _NIFTI_CODES = {np.dtype("uint8"): (2, 8), np.dtype("int16"): (4, 16), np.dtype("int8"): (256, 8)}
 _MET_TYPES = {np.dtype("uint8"): "MET_UCHAR", np.dtype("int16"): "MET_SHORT", np.dtype("int8"): "MET_CHAR"}
@@ -201,25 +201,23 @@ def export_pair(
         sl = _box(m, box) or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
         m = np.ascontiguousarray(m[sl])
         mpos = tuple(int(p) + s.start for p, s in zip(pos, (sl[2], sl[1], sl[0]), strict=True))
-    ext = _EXTENSIONS[fmt]
+    scan_file, mask_file, *sidecar = (out_dir / n for n in export_names(name, fmt))
     if fmt == "mha":
         return [
-            write_mha(out_dir / f"{name}{ext}", np.asarray(scan.data), el, pos),
-            write_mha(out_dir / f"{name}_SEG{ext}", m.view(np.uint8), el, mpos),
+            write_mha(scan_file, np.asarray(scan.data), el, pos),
+            write_mha(mask_file, m.view(np.uint8), el, mpos),
         ]
     cal = scan.calibration
     slope, inter = (1.0, 0.0) if cal is None else cal.density_equation()  # density = stored * slope + inter
-    side = out_dir / f"{name}_SEG.json"
-    atomic_write_bytes(side, (json.dumps(mask_sidecar(scan, cropped), indent=2) + "\n").encode(), overwrite=True)
+    body = (json.dumps(mask_sidecar(scan, cropped), indent=2) + "\n").encode()
+    atomic_write_bytes(sidecar[0], body, overwrite=True)
     return [  # the images; the sidecar is the last of export_names
-        write_nifti(out_dir / f"{name}{ext}", np.asarray(scan.data), el, pos, slope, inter),
-        write_nifti(out_dir / f"{name}_SEG{ext}", m.view(np.uint8), el, mpos),
+        write_nifti(scan_file, np.asarray(scan.data), el, pos, slope, inter),
+        write_nifti(mask_file, m.view(np.uint8), el, mpos),
     ]
 
 
-def export_names(name: str, fmt: str) -> list[str]:
-    ext = _EXTENSIONS[fmt]
-    return [f"{name}{ext}", f"{name}_SEG{ext}"] + ([] if fmt == "mha" else [f"{name}_SEG.json"])
+export_names = naming.export_names  # NAME.nii.gz, NAME_SEG.nii.gz, NAME_SEG.json (runtime.io.naming)
 
 
 # --------------------------------------------------------------------------- reading (masks for `measure`)

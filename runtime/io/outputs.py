@@ -35,14 +35,15 @@ import time
 from pathlib import Path
 
 from vbmd_rt.runtime.errors import OutputError, OutputUnavailable, VbmdInputError
-from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.io import aim, naming
 from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 
-STATE_DIR = ".vbmd-rt"
+STATE_DIR = naming.STATE_DIR
 BLOCK = 1 << 16
 SAMPLED_BLOCKS = 16
 KILL_AFTER_ENV = "VBMD_RT_TEST_KILL_AFTER_RENAME"  # fault injection for the tests: die after N renames
-PREVIOUS = "previous.json"  # in a staging folder: the result its commit took down before switching files
+PREVIOUS = naming.PREVIOUS_NAME  # in a staging folder: the result its commit took down before switching files
+MANIFEST = naming.MANIFEST_NAME  # in a staging folder: the files it holds and their hashes
 
 __all__ = [
     "fingerprint",
@@ -265,12 +266,12 @@ def owned_files(out: Path, name: str, json_name: str) -> dict[str, dict | None]:
         if isinstance(result.get("outputs"), dict):
             manifests.append(result["outputs"])
         else:  # 0.1 results: no manifest; their files are the ones the result names
-            legacy = {f"{name}_SEG.AIM", f"{name}.png", f"{name}.html", f"{name}_PROB.AIM"}
+            legacy = set(naming.legacy_outputs(name))
             legacy.add(str(result.get("mask", {}).get("file", "")))
             owned.update({f: None for f in legacy if f and (out / f).is_file()})
     for st in _leftover_stagings(out, name):
         try:
-            m = json.loads((st / "manifest.json").read_text())
+            m = json.loads((st / MANIFEST).read_text())
             manifests.append(m["outputs"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -316,7 +317,7 @@ def keep_in_history(out: Path, name: str, result: dict) -> dict:
     """Copy a result about to be replaced to ``OUT/.vbmd-rt/history/NAME.<time>.json``; its history entry."""
     folder = state_dir(Path(out), "history")
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{secrets.token_hex(2)}"
-    dest = folder / f"{name}.{stamp}.json"
+    dest = folder / naming.history_name(name, stamp)
     atomic_write_bytes(dest, (json.dumps(result, indent=2) + "\n").encode())
     return _history_entry(result, dest.relative_to(out))
 
@@ -389,7 +390,7 @@ class Transaction:
         body = (json.dumps(result, indent=2) + "\n").encode()
         atomic_write_bytes(self.path(self.json_name), body)
         manifest = {"scan": self.name, "outputs": outputs, "fingerprint": (result.get("scan") or {}).get("fingerprint")}
-        atomic_write_bytes(self.staging / "manifest.json", (json.dumps(manifest) + "\n").encode())
+        atomic_write_bytes(self.staging / MANIFEST, (json.dumps(manifest) + "\n").encode())
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
         # The switch: the old JSON is taken down first (into the staging folder, where the next run finds it),
         # then the files are renamed into OUT, then the new JSON: at no moment does a JSON stand beside files
@@ -451,9 +452,9 @@ def clean_staging(out: str | os.PathLike) -> int:
     for st in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
             with scan_lock(out, st.name.rsplit(".", 1)[0], wait=False):
-                keep = (st / "manifest.json").is_file()
+                keep = (st / MANIFEST).is_file()
                 for f in st.iterdir():
-                    if keep and f.name in ("manifest.json", PREVIOUS):
+                    if keep and f.name in (MANIFEST, PREVIOUS):
                         continue
                     with contextlib.suppress(OSError):
                         freed += f.stat().st_size

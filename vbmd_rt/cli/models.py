@@ -122,7 +122,7 @@ def export(
     import json
 
     from vbmd_rt.runtime.inference import engines
-    from vbmd_rt.runtime.model import load_model
+    from vbmd_rt.runtime.model import CARD_NAME, load_model
 
     if precision == "int8":  # every argument and extra checked before any work
         if engine is None:
@@ -148,7 +148,7 @@ def export(
             f"{c['fp32_vs_torch_max_abs']:.1e}, FP16 vs FP32 mask Dice {c['fp16_vs_fp32_mask_dice_min']:.5f}"
         )
         target = out
-    elif target is None and out is not None and (out / "model.json").exists():
+    elif target is None and out is not None and (out / CARD_NAME).exists():
         target = out
     if engine is None:
         return

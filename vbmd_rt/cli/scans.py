@@ -110,10 +110,9 @@ def run(
     """
     from rich.progress import Progress
 
-    from vbmd_rt.cohort import batch as cohort
-    from vbmd_rt.cohort import bids
+    from vbmd_rt.cohort import runner
+    from vbmd_rt.cohort.batch import Job
     from vbmd_rt.runtime import pipeline
-    from vbmd_rt.runtime.io.atomic import check_writable_dir
 
     _check_mask_options(mask_format, export)
     mem = _max_memory(max_memory)  # argument checks before anything is created
@@ -123,26 +122,7 @@ def run(
         require_backend(backend, model)
     if cluster:
         require_extra("distributed", "cluster", "--cluster")
-    if layout == "bids" and (cluster or num_parts > 1):
-        from vbmd_rt.runtime.errors import VbmdInputError
-
-        raise VbmdInputError(
-            None, "--layout bids runs the cohort in this process", "leave out --cluster and --num-parts"
-        )
-    files = _scan_files(scans, recursive)
-    groups = None
-    if layout == "bids":
-        groups = bids.groups(out, files)  # one output folder per subject and session
-        for group in groups.values():
-            cohort.check_names(group, batch=False)
-    else:
-        cohort.check_names(files, batch=len(files) > 1 or bool(cluster) or num_parts > 1)  # before sharding
-    files = cohort.shard(files, num_parts, part_id)
-    check_writable_dir(out)
-    if groups is not None:
-        bids.write_description(out)
-    elif len(files) > 1 or cluster or num_parts > 1:  # a user's summary.csv in OUT is refused before any work
-        cohort.check_summary(out, num_parts, part_id, overwrite)
+    plan = runner.plan(scans, out, recursive, layout, cluster, num_parts, part_id, overwrite)
     options = pipeline.RunOptions(
         side=side,
         report_html=report == "html",
@@ -152,7 +132,7 @@ def run(
         mask_format=mask_format,
         export=export,
     )
-    job = cohort.Job(
+    job = Job(
         model=None if model is None else str(model),
         backend=backend,
         device=device,
@@ -160,98 +140,41 @@ def run(
         options=options,
         backend_factory=torch_backend if backend == "torch" else None,
     )
-
+    files = plan.files
     with Progress(disable=quiet, transient=True) as bar:
         task = bar.add_task("scans", total=len(files))
-
         echo = typer.echo if plain_output() else bar.console.print  # piped: whole lines, never wrapped
 
         def on_row(r):
             _print_row(r, quiet, echo)
             bar.advance(task)
 
-        if cluster:
+        def on_backend(be):
             if not quiet:
-                typer.echo(f"{len(files)} scans on Dask ({cluster})", err=True)
-            rows = cohort.run_dask(files, out, job, cluster, retries=retries, workers=workers, on_row=on_row)
-        else:
-            with cohort.load_job(job) as predictor:
-                be = predictor.backend
-                if not quiet:
-                    typer.echo(
-                        f"backend: {be.name} ({be.precision})" + (f" - {be.reason}" if be.reason else ""), err=True
-                    )
+                typer.echo(f"backend: {be.name} ({be.precision})" + (f" - {be.reason}" if be.reason else ""), err=True)
 
-                def stage(i, s):
-                    bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
+        def stage(i, s):
+            bar.update(task, description=f"scan {i + 1}/{len(files)}: {s}")
 
-                def on_wait(name):
-                    if not quiet:
-                        bar.console.print(f"{name}: another vbmd-rt run on {out} is writing it; waiting for it")
+        def on_wait(name):
+            if not quiet:
+                bar.console.print(f"{name}: another vbmd-rt run on {out} is writing it; waiting for it")
 
-                if groups is None:
-                    rows = cohort.run_local(files, out, predictor, options, on_row=on_row, stage=stage, on_wait=on_wait)
-                else:
-                    by_file: dict = {}
-                    for folder, group in groups.items():
-                        check_writable_dir(folder)
-                        first = len(by_file)
-                        by_file.update(
-                            zip(
-                                group,
-                                cohort.run_local(
-                                    group,
-                                    folder,
-                                    predictor,
-                                    options,
-                                    on_row=on_row,
-                                    stage=lambda i, s, first=first: stage(first + i, s),
-                                    on_wait=on_wait,
-                                ),
-                                strict=True,
-                            )
-                        )
-                    rows = [by_file[f] for f in files]
-    failed = [r for r in rows if r["status"] == "failed"]
-    skipped = sum(r["status"] == "skipped" for r in rows)
-    if groups is not None:  # the derivative's table, one row per scan, with units in vbmd.json
-        tsv, _ = bids.write_table(out, rows, files)
-        if not quiet:
-            typer.echo(f"table: {tsv}", err=True)
-    elif len(rows) > 1 or cluster or num_parts > 1:  # a cohort; one scan's summary is its NAME.json
-        csv_path, _ = cohort.write_summary(out, rows, num_parts, part_id, overwrite=overwrite)
-        if not quiet:
-            typer.echo(f"summary: {csv_path}", err=True)
-    if skipped and not quiet:
+        if cluster and not quiet:
+            typer.echo(f"{len(files)} scans on Dask ({cluster})", err=True)
+        done = runner.run(plan, job, retries, workers, on_row, stage, on_wait, on_backend)
+    if done.table is not None and not quiet:
+        typer.echo(f"{'table' if plan.groups is not None else 'summary'}: {done.table}", err=True)
+    if done.skipped and not quiet:
         typer.echo(
-            f"{skipped} of {len(rows)} scans skipped: their results match the input, model and options"
+            f"{done.skipped} of {len(done.rows)} scans skipped: their results match the input, model and options"
             " (--overwrite redoes them)",
             err=True,
         )
-    if failed:
+    if done.failed:
         if len(files) > 1:  # one scan: its own error line is the one line
-            typer.echo(f"vbmd-rt: {len(failed)} of {len(files)} scans failed", err=True)
-        raise typer.Exit(1 if any(r["error_kind"] == "internal" for r in failed) else 2)
-
-
-def _scan_files(items: list[Path], recursive: bool = False) -> list[Path]:
-    """The scans to process, checked before anything is created: every path given exists, a folder holds
-    scans (or says to use --recursive), and no two scans would write the same outputs."""
-    from vbmd_rt.runtime.errors import VbmdInputError
-    from vbmd_rt.runtime.io import naming
-
-    for item in items:
-        if not item.exists():
-            raise VbmdInputError(item, "no such file or folder", "check the path")
-    files = naming.expand_inputs(items, recursive=recursive)
-    if not files:
-        nested = not recursive and any(i.is_dir() and naming.has_nested_scans(i) for i in items)
-        raise VbmdInputError(
-            items[0],
-            "holds no scan files (*.AIM, *.ISQ)" + (" at its top level" if nested else ""),
-            "add --recursive to take the scans in its subfolders" if nested else "give scan files or a folder of them",
-        )
-    return files  # two scans with one output name: refused by cohort.check_names
+            typer.echo(f"vbmd-rt: {len(done.failed)} of {len(files)} scans failed", err=True)
+        raise typer.Exit(done.exit_code)
 
 
 def _print_row(r: dict, quiet: bool, echo) -> None:

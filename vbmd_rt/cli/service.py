@@ -92,7 +92,7 @@ def watch(
         w = service.Watcher(
             in_dir,
             out,
-            lambda p: predictor.run_to(p, out, options),
+            lambda p: pipeline.run_scan(p, out, predictor.model, predictor.backend, options),
             stable_for=stable_for,
             backend_info={**predictor.backend.describe(), "device": service.device_of(predictor.backend.name)},
             poll=poll,

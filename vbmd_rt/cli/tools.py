@@ -61,9 +61,10 @@ def synth(
                 f"{t['side']} hand, motion grade {t['motion_grade']}, {len(t['erosions'])} erosions"
             )
     if preview:
+        from vbmd_rt.runtime.io.naming import PREVIEW_NAME
         from vbmd_rt.synth.preview import preview as montage
 
-        png = montage(out, Path(out) / "preview.png")
+        png = montage(out, Path(out) / PREVIEW_NAME)
         if not quiet:
             typer.echo(f"preview: {png}")
 
