@@ -430,18 +430,9 @@ def run_scan(
 
 
 def _run_scan(
-    path: str | Path,
-    out: str | Path,
-    model: Model,
-    backend: Backend,
-    options: RunOptions | None = None,
-    stage=None,
-    scan: aim.Scan | None = None,
-    timer: Timer | None = None,
+    path, out, model: Model, backend: Backend, options: RunOptions, stage, scan: aim.Scan, timer: Timer
 ) -> dict:
-    options = options or RunOptions()
     path, out = Path(path), Path(out)
-    timer = timer or Timer()
     t_start = time.perf_counter() - sum(timer.seconds.values())  # what the caller timed for this scan counts
     name = scan_name(path)
     targets = [f.name for f in outputs_for(name, out, options.report_html, options.save_prob, options.export).values()]
