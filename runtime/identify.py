@@ -408,14 +408,19 @@ def _row_residual(pts: np.ndarray) -> float:
     return float(np.sqrt(np.mean((across - np.polyval(fit, along)) ** 2)))
 
 
+def _median_joint(row: list[Bone]) -> float | None:
+    """The median joint level (mm) of the row's bones whose joint is in view; None when none is."""
+    inview = [b.joint_mm for b in row if b.joint_in_view]
+    return float(np.median(inview)) if inview else None
+
+
 def _joint_spread(row: list[Bone]) -> float:
     """How far the row's most deviant joint lies from the row's median joint, in 3 mm (2: a bone whose joint
     is beyond the stack while the others' are in view): the metacarpal heads end within a few mm of each
     other, the thumb's joint lies elsewhere."""
-    inview = [b.joint_mm for b in row if b.joint_in_view]
-    if len(inview) < 2:
+    med = _median_joint(row)
+    if med is None or sum(b.joint_in_view for b in row) < 2:
         return 0.0
-    med = float(np.median(inview))
     return max(min(abs(b.joint_mm - med) / 3.0, 2.0) if b.joint_in_view else 2.0 for b in row)
 
 
@@ -527,9 +532,9 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
         f["thumb_next_to_mc2"] = 1.0 if int(np.argmin(dist)) == mc2 else -1.0
         f["thumb_distance"] = float(np.clip(min(dist) / spacing, 0.0, 3.0))
         f["thumb_size"] = float(np.clip(math.log(max(t.shaft_mm2, 1) / max(a.shaft_mm2, 1)), -1.0, 1.0))
-        joints = [bones[i].joint_mm for i in row if bones[i].joint_in_view]
-        if joints:  # the thumb's joint is far from the row's, or beyond the stack (its phalanx starts elsewhere)
-            off = abs(t.joint_mm - float(np.median(joints))) / 3.0 if t.joint_in_view else 2.0
+        med = _median_joint([bones[i] for i in row])
+        if med is not None:  # the thumb's joint is far from the row's, or beyond the stack (its phalanx elsewhere)
+            off = abs(t.joint_mm - med) / 3.0 if t.joint_in_view else 2.0
             f["thumb_joint_off"] = float(np.clip(off, 0.0, 2.0))
     elif len(row) >= 3:
         f["no_thumb_end_off_row"] = max(

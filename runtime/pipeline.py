@@ -385,13 +385,17 @@ def run_key(model: Model, backend: Backend, options: RunOptions) -> dict:
 def read_for_run(path: str | Path, model: Model, options: RunOptions | None = None) -> aim.Scan:
     """``read_scan`` with ``run``'s refusals from the header, before any voxel is read: ``check_scan`` and
     the memory the scan would need with this model (``resources.check_memory``). One open, one pass."""
-    options = options or RunOptions()
+    return read_scan(Path(path), check=_memory_check(path, model, options or RunOptions()))
+
+
+def _memory_check(path: str | Path, model: Model, options: RunOptions):
+    """``header -> None``: refuses a scan whose processing with this model would pass ``--max-memory``."""
     spec = None if model.classical else model.spec
 
     def memory(h: aim.AimHeader) -> None:
         resources.check_memory(path, h.shape, h.spacing_zyx, spec, options.max_memory)
 
-    return read_scan(Path(path), check=memory)
+    return memory
 
 
 def run_scan(
@@ -422,9 +426,7 @@ def run_scan(
             scan = read_for_run(path, model, options)
     else:  # read (and its header checked) by the caller: checked again from the header in memory, no open
         check_scan(Path(path), scan.header)
-        spec = None if model.classical else model.spec
-        hdr = scan.header
-        resources.check_memory(path, hdr.shape, hdr.spacing_zyx, spec, options.max_memory)
+        _memory_check(path, model, options)(scan.header)
     with outputs.scan_lock(out, scan_name(Path(path))):
         return _run_scan(path, out, model, backend, options, stage, scan, timer)
 
