@@ -180,7 +180,7 @@ def process(
     except OSError as e:  # the lock cannot be made (a name the file system refuses): this scan fails alone
         return row(path, "failed", error=OutputError(path, f"cannot lock its outputs ({e.strerror})", "rename it"))
     try:
-        fp = None
+        fp, scan = None, None
         try:
             # One read of the whole file, hashed in the same pass: its fingerprint decides whether a result
             # standing in OUT is this input's, and the same read is what the pipeline processes.
@@ -189,8 +189,9 @@ def process(
                 stage("read")
             with timer("read"):
                 scan = pipeline.read_for_run(path, predictor.model, options)
-            fp = outputs.fingerprint_of(scan)
-            if not options.overwrite and (out / json_name).exists():
+            if not options.overwrite and (out / json_name).exists():  # the hash's end is waited for here only
+                with timer("read"):
+                    fp = outputs.fingerprint_of(scan)
                 key = pipeline.run_key(predictor.model, predictor.backend, options)
                 done = existing_result(path, out, options, key, fp)
                 if done is not None:
@@ -201,6 +202,8 @@ def process(
         except VbmdInputError as e:
             if not isinstance(e, outputs.InputChanged):
                 with contextlib.suppress(OSError, VbmdInputError):
+                    if fp is None and scan is not None:
+                        fp = outputs.fingerprint_of(scan)
                     outputs.retire_stale(out, name, json_name, path.name, fp)
             return row(path, "failed", error=e)
         except Exception as e:

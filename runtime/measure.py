@@ -32,22 +32,24 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return overlap(a, b)["dice"]
 
 
-def vbmd(data: np.ndarray, mask: np.ndarray, spacing_zyx, calibration: Calibration | None) -> dict:
+def vbmd(data: np.ndarray, mask: np.ndarray, spacing_zyx, calibration: Calibration | None, box=None) -> dict:
     """D100 (mean mg HA/cm³ inside ``mask``), bone volume mm³, mean slice area mm², slices with bone.
 
     Density is linear in the stored value, so the mean density is the density of the mean stored
     value (summed in float64 slice by slice, over the mask's slices only). ``d100_mg_ha_cm3`` is
-    ``None`` without a calibration. ``spacing_zyx``: the voxel size in mm, (z, y, x) as the arrays.
+    ``None`` without a calibration. ``spacing_zyx``: the voxel size in mm, (z, y, x) as the arrays. ``box``
+    (z0, z1, y0, y1, x0, x1), where given, bounds the mask: only the voxels inside it are read.
     """
     ez, ey, ex = (float(v) for v in spacing_zyx)
-    per_slice = mask.reshape(mask.shape[0], -1).any(axis=1)
-    zs = np.flatnonzero(per_slice)
+    z0, z1, y0, y1, x0, x1 = (0, mask.shape[0], 0, mask.shape[1], 0, mask.shape[2]) if box is None else box
+    inside = mask[z0:z1, y0:y1, x0:x1]
+    zs = np.flatnonzero(inside.reshape(inside.shape[0], -1).any(axis=1))
     total = 0.0
     count = 0
     for k in zs:
-        m = mask[k] != 0
+        m = inside[k] != 0
         n = int(np.count_nonzero(m))
-        total += float(np.asarray(data[k])[m].sum(dtype=np.float64))
+        total += float(np.asarray(data[z0 + k, y0:y1, x0:x1])[m].sum(dtype=np.float64))
         count += n
     d100 = None
     mean_raw = total / count if count else None

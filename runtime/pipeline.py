@@ -132,7 +132,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             on_grid = preprocess.to_model_mask(mask, geometry) > 0.5
     else:
         with timer("inference"):
-            prob, win = bonewin.predict(vol, idt.region, backend.infer, model.window.roi_slices)
+            prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
         with timer("postprocess"):
             mask, info = postprocess(prob, geometry, model.threshold)
             on_grid = largest_component(prob > model.threshold)
@@ -227,7 +227,7 @@ def analyse(
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
     with timer("vbmd"):
-        m = measure.vbmd(data, mask, spacing_zyx, calibration)
+        m = measure.vbmd(data, mask, spacing_zyx, calibration, info.get("box"))
         comp = (
             None if info["empty"] else compartments.analyse(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         )
@@ -453,10 +453,9 @@ def _run_scan(
 def _process(path, out, model, backend, options, stage, timer, t_start, files, txn, scan=None) -> dict:
     stage = stage or (lambda s: None)
     stage("read")
-    with timer("read"):
-        if scan is None:
+    if scan is None:
+        with timer("read"):
             scan = read_scan(path)
-        fp = outputs.fingerprint_of(scan)
     stage("segment")
     a = analyse(
         scan.data,
@@ -472,6 +471,8 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
         log=scan.header.processing_log,
     )
     mask, info, m, cal = a.mask, a.info, a.measures, scan.calibration
+    with timer("read"):  # the end of the read's hash, which went on in a second thread while the scan was analysed
+        fp = outputs.fingerprint_of(scan)
     stage("write")
     rec = record_of(a, model, backend, cal, path, scan, fp, options, files["mask"].name)
     box = info.get("box")  # the network's work region bounds its mask

@@ -8,10 +8,26 @@ by slice (a periosteal mask is solid) and keeps the largest native component. Ev
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 from scipy import ndimage
 
 from vbmd_rt.runtime.preprocess import Geometry, native_box, sample_at_native
+
+
+def sparse_zeros(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+    """A zero array that takes memory only where it is written: a native mask written inside the bone's box.
+
+    numpy asks the kernel for 2 MiB huge pages on large arrays, so a full-size mask (1536 x 1536 x 311) written
+    inside the bone's box would take a huge page per slice (0.45 GB); an anonymous memory map of 4 KiB pages
+    takes the rows of the box (50 MB). Readers that stay inside the box (``box`` arguments) keep it so; a
+    reader of the whole array pays for the pages it reads, as for any array. Small arrays: ``np.zeros``.
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size < 1 << 24:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(shape)
 
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -81,7 +97,7 @@ def postprocess(prob: np.ndarray, geometry: Geometry, threshold: float = 0.5) ->
     its own box on the model grid, the native grid inside the bone's box; no temporary of the whole model
     grid or of the native scan (the returned mask is the only full-size array, written inside the box).
     """
-    mask = np.zeros(geometry.native_shape, dtype=np.uint8)
+    mask = sparse_zeros(geometry.native_shape)
     view, origin = _visible(prob, geometry)
     above = view > threshold
     bb = _bbox(above)

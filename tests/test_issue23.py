@@ -103,10 +103,15 @@ def test_row1_run_on_a_file_truncated_during_the_read_exits_cleanly(tiny, tmp_pa
 def test_row1_scan_is_read_into_memory_with_its_fingerprint(tiny):
     s = pipeline.read_scan(tiny)
     assert not isinstance(s.data, np.memmap) and s.data.flags.owndata
+    assert not s.data.flags.writeable  # the hash may still be reading the voxels in its thread
     fp = s.fingerprint
+    assert s.data.flags.writeable and s.fingerprint is fp  # waited for once
     assert fp["size"] == tiny.stat().st_size and len(fp["sha256"]) == 64
+    import hashlib
+
     from vbmd_rt.runtime.io import outputs
 
+    assert fp["sha256"] == hashlib.sha256(tiny.read_bytes()).hexdigest()
     assert outputs.same_input(outputs.fingerprint(tiny), fp)
 
 

@@ -219,3 +219,61 @@ def test_largest_component_in_its_box_breaks_ties_as_on_the_whole_volume():
     got = largest_component(ties)
     assert got.sum() == 1 and got[12, 10, 10]  # the first in raster order, as ndimage.label numbers them
     assert not largest_component(np.zeros_like(m)).any()
+
+
+def _whole_grid_then_crop(data, spec, side, spacing):
+    """The reference: every slice resampled over the whole field of view, then the hand's box cut."""
+    (mz, my, mx), _ = preprocess.model_grid(data.shape, spec, spacing)
+    vol = preprocess.resample_z(
+        preprocess.resize_slices(data, (my, mx), out=np.empty((data.shape[0], my, mx), np.float32)), mz
+    )
+    vol = preprocess.orient(vol, preprocess.flip_for(side))
+    return (vol - spec.mean) / spec.std
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("radius", [15, 70])  # a hand inside the field of view; one that fills it (the box is padded)
+def test_resampling_the_hands_box_alone_equals_the_whole_grid_cropped(side, radius):
+    """At an integer in-plane factor only the native voxels under the hand's box are resampled (82 µm to
+    0.246 mm: a quarter of a full scan's field of view); each model voxel is the same average as on the
+    whole grid, and the box is the hand's on the whole grid."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(100, 20, (60, 99, 99)).astype(np.int16)  # a grid of 33 x 33: the box is 40 (multiple 8)
+    yy, xx = np.mgrid[:99, :99]
+    data[:, (yy - 40) ** 2 + (xx - 58) ** 2 < radius**2] += 2000
+    spec = preprocess.Spec(spacing_mm=0.246, mean=50.0, std=400.0, multiple=8, margin=2)
+    spacing = (0.082, 0.082, 0.082)
+    vol, geo = preprocess.to_model(data, spec, side, spacing_zyx=spacing)
+    ref = _whole_grid_then_crop(data, spec, side, spacing)
+    assert geo.crop == preprocess.hand_box(ref, spec.multiple, spec.margin)
+    y0, y1, x0, x1 = geo.crop
+    _, my, mx = geo.model_shape
+    cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, my), max(x0, 0), min(x1, mx)
+    assert vol.shape == (geo.model_shape[0], y1 - y0, x1 - x0)
+    inside = vol[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    np.testing.assert_allclose(inside, ref[:, cy0:cy1, cx0:cx1], rtol=0, atol=1e-5)
+    if radius > 48:  # the box leaves the grid: air there, below the hand
+        assert (y0, y1, x0, x1) != (cy0, cy1, cx0, cx1)
+        outside = np.ones(vol.shape, bool)
+        outside[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = False
+        assert np.all(vol[outside] < inside.mean())
+
+
+def test_a_mask_held_for_its_box_reads_and_measures_as_a_whole_one():
+    """postprocess's native mask (``sparse_zeros``) is an ordinary zero array; ``measure.vbmd`` given the box
+    reads inside it only and gives what the whole array gives."""
+    from vbmd_rt.runtime import measure
+    from vbmd_rt.runtime.io.calibration import Calibration
+    from vbmd_rt.runtime.postprocess import sparse_zeros
+
+    big = sparse_zeros((40, 1024, 1024))  # 40 MB: the memory-mapped kind
+    small = sparse_zeros((4, 8, 8))
+    assert big.shape == (40, 1024, 1024) and big.dtype == np.uint8 and big.flags.writeable and not big.any()
+    assert isinstance(small, np.ndarray) and not small.any()
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 3000, big.shape, dtype=np.int16)
+    big[5:30, 400:460, 500:580] = rng.random((25, 60, 80)) > 0.3
+    cal = Calibration(mu_scaling=8192.0, slope=1603.5, intercept=-391.2)
+    whole = measure.vbmd(data, big, (0.082,) * 3, cal)
+    boxed = measure.vbmd(data, big, (0.082,) * 3, cal, (0, 40, 390, 470, 480, 600))
+    assert boxed == whole and whole["voxels"] == int(np.count_nonzero(big))

@@ -119,6 +119,13 @@ class Backend:
         self.reason = reason  # why ``create("auto")`` took this backend (empty when asked for by name)
         self.onnx_sha256: str | None = None  # the sha256 of the ONNX (or the plan's source ONNX) it runs
         self.is_active = False
+        # The most slices a 2D model takes per call here (None: the model card's batch). A CPU backend's
+        # memory follows the batch and its speed does not.
+        self.max_batch: int | None = None
+
+    def batch_for(self, wanted: int) -> int:
+        """The slices per call for a model that asks for ``wanted``."""
+        return max(1, min(wanted, self.max_batch or wanted))
 
     def activate(self) -> None:
         if self.is_active:

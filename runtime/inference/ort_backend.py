@@ -16,6 +16,7 @@ from vbmd_rt.runtime.inference.base import (
 )
 from vbmd_rt.runtime.model import Model
 
+CPU_BATCH = 8  # slices per call on the CPU: 120 MB of ONNX Runtime's arena on a full scan (350 MB at 32), as fast
 
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session over the model's FP32 (CPU) or FP16 (CUDA/TensorRT EP) ONNX."""
@@ -37,6 +38,8 @@ class OnnxRuntimeBackend(Backend):
         self.session: Any = None
         self.onnx_sha256 = model.sha256(precision)
         self.name = f"onnxruntime-{device}"
+        if device == "cpu":
+            self.max_batch = CPU_BATCH
 
     def _providers(self) -> list:
         if self.device == "cpu":

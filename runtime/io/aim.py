@@ -28,6 +28,7 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -182,7 +183,19 @@ class Scan:
     data: np.ndarray
     header: AimHeader
     path: str | None = None
-    fingerprint: dict | None = None  # read_whole: the file's identity and a hash of every byte read
+    # read_whole: the file's identity and a hash of every byte read, or what finishes that hash (see fingerprint)
+    pending_fingerprint: dict | Callable[[], dict] | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> dict | None:
+        """The file's size, mtime, inode and the sha256 of its whole content (``read_whole``; None otherwise).
+
+        ``read_whole`` returns as soon as the last byte is read; the hash of the last chunks goes on in a
+        second thread while the scan is processed, and asking for the fingerprint waits for it (``data`` is
+        read-only until then)."""
+        if callable(self.pending_fingerprint):
+            self.pending_fingerprint = self.pending_fingerprint()
+        return self.pending_fingerprint
 
     @property
     def calibration(self) -> Calibration | None:
@@ -664,7 +677,7 @@ class _HashBehind:
     def __init__(self, h):
         import queue
 
-        self._h, self._error, self._abort = h, None, False
+        self._h, self._error, self._abort, self._finished = h, None, False, False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="vbmd-rt-hash", daemon=True)
         self._thread.start()
@@ -680,13 +693,18 @@ class _HashBehind:
     def update(self, buf) -> None:
         self._queue.put(buf)
 
+    def finish(self) -> None:
+        """No more buffers: the thread ends once the queued ones are hashed (without waiting for it)."""
+        if not self._finished:
+            self._finished = True
+            self._queue.put(None)
+
     def close(self, abort: bool = False) -> None:
         """Stop the thread once every queued buffer is hashed (``abort``: the rest is dropped, the read
         failed); safe to call twice."""
         self._abort = self._abort or abort
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self.finish()
+        self._thread.join()
 
     def hexdigest(self) -> str:
         self.close()
@@ -721,7 +739,9 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
     mask, a voxel size or a memory need there). No memory map: a file truncated or overwritten while it is
     read gives :class:`AimFormatError` (exit 2), never a SIGBUS. The file must be the same (size, mtime,
     inode) at the end of the read as when it was opened. The returned scan's ``fingerprint`` holds ``size``,
-    ``mtime_ns``, ``inode`` and ``sha256`` (of the whole file, ``FINGERPRINT_KEY``).
+    ``mtime_ns``, ``inode`` and ``sha256`` (of the whole file, ``FINGERPRINT_KEY``). The hash runs a chunk
+    behind the read in a second thread and may still be running when this returns, so the caller's work
+    overlaps it: ``Scan.fingerprint`` waits for it, and the voxels are read-only until then.
     """
     path = os.fspath(path)
     f = _open_regular(path)
@@ -754,7 +774,10 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
         except OSError as e:
             raise AimFormatError(path, f"cannot read ({e.strerror})", "check the file") from None
         finally:
-            h.close(abort=not read)  # also when the read failed: no thread left behind
+            if read:  # the queued chunks are hashed while the caller goes on (Scan.fingerprint waits)
+                h.finish()
+            else:  # the read failed: no thread left behind
+                h.close(abort=True)
     try:
         st2 = os.stat(path)
     except OSError:
@@ -766,17 +789,25 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
         or st2 is None
         or (st2.st_size, st2.st_mtime_ns, st2.st_ino, st2.st_dev) != (*same, st0.st_ino, st0.st_dev)
     ):
+        h.close(abort=True)
         _changed(path)
     if raw is not None:
-        data = _decode_compressed(path, hdr, raw)
-    fp = {
-        "size": st0.st_size,
-        "mtime_ns": st0.st_mtime_ns,
-        "inode": st0.st_ino,
-        FINGERPRINT_KEY: h.hexdigest(),
-        "method": FINGERPRINT_METHOD,
-    }
-    return Scan(data=data, header=hdr, path=path, fingerprint=fp)
+        data = _decode_compressed(path, hdr, raw)  # from ``raw``, which the hash holds until it is done
+    hashed = data if raw is None else raw
+    hashed.flags.writeable = False  # the hash thread may still read it
+
+    def fingerprint() -> dict:
+        digest = h.hexdigest()
+        hashed.flags.writeable = True
+        return {
+            "size": st0.st_size,
+            "mtime_ns": st0.st_mtime_ns,
+            "inode": st0.st_ino,
+            FINGERPRINT_KEY: digest,
+            "method": FINGERPRINT_METHOD,
+        }
+
+    return Scan(data=data, header=hdr, path=path, pending_fingerprint=fingerprint)
 
 
 def read_aim(path: str | os.PathLike, mmap: bool = True) -> Scan:
