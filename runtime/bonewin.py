@@ -50,6 +50,12 @@ class Window:
     def box(self) -> tuple[int, int, int, int]:
         return self.y0, self.y0 + self.size, self.x0, self.x0 + self.size
 
+    def of(self, vol: np.ndarray) -> np.ndarray:
+        """The part of a (cropped) model-grid volume under the window: its slices, its box inside the grid (a
+        view; ``predict``'s probabilities are 0 everywhere else)."""
+        y0, y1, x0, x1 = self.box
+        return vol[self.z0 : self.z1, max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)]
+
     def to_dict(self) -> dict:
         return {"y0": self.y0, "x0": self.x0, "z0": self.z0, "z1": self.z1, "size": self.size}
 

@@ -144,8 +144,8 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         with timer("qc"):
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}
             c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, idt.region), 4)}
-            if prob is not None:
-                c["confidence"] = qc.confidence(prob, model.threshold)
+            if prob is not None:  # the network's output is 0 outside its window
+                c["confidence"] = qc.confidence(win.of(prob), model.threshold)
             info["checks"] = c
     info.update(
         {

@@ -8,12 +8,15 @@ Model space is what the network sees, defined in millimetres:
   hand, or an XtremeCT II scan at 60.7 µm, shows its bones at the size the network learnt. The work is
   bounded by the scan's physical size, not by its pixel count. Cards without ``spacing_mm`` (format 1)
   keep the old pixel-count resize to ``size`` x ``size``;
-* along z: the 3D net (``z_mode="isotropic"``) sees slices area-averaged to the in-plane spacing, so a
+* along z (summed first, slice by slice, then each sum resized in-plane: both steps are linear, so the order
+  changes nothing but the work and the memory): the 3D net (``z_mode="isotropic"``) sees slices area-averaged to the in-plane spacing, so a
   82 µm scan and a 246 µm scan look alike; the 2D net (``z_mode="native"``) sees every slice;
 * orientation: left hands are mirrored in x when the side is known (the bundled model is trained
   mirror-invariant, so ``side="auto"`` needs no flip and the side is read off the result);
 * crop: the hand's bounding box (air cut away, a margin kept, sizes rounded up to ``multiple``), which
-  divides the network's work by three to four on a typical scan; models without crop (the 2D net) see a
+  divides the network's work by three to four on a typical scan (at an integer in-plane factor, XtremeCT I at
+  82 µm, the box is found on a preview of a few slices and only the native voxels under it are resampled:
+  the same voxels, a quarter of the work); models without crop (the 2D net) see a
   ``size`` x ``size`` window centred on the hand (air padding where the scan is smaller);
 * normalisation: ``(raw - mean) / std`` with statistics from the training split (the model card).
 
@@ -112,6 +115,35 @@ def resample_z(volume: np.ndarray, nz: int) -> np.ndarray:
             flat[:, c : c + step], (min(step, flat.shape[1] - c), nz), interpolation=interp
         )
     return out.reshape((nz,) + volume.shape[1:])
+
+
+def z_weights(z: int, nz: int) -> np.ndarray:
+    """(nz, z) float32: the weight of each of ``z`` slices in each of ``nz`` resampled ones, as ``resample_z``
+    gives them (the same OpenCV resampling of the identity)."""
+    if nz == z:
+        return np.eye(z, dtype=np.float32)
+    interp = cv2.INTER_AREA if nz < z else cv2.INTER_LINEAR
+    return cv2.resize(np.eye(z, dtype=np.float32), (z, nz), interpolation=interp)
+
+
+def _resample_zyx(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``resample_z(resize_slices(volume, shape[1:]), shape[0])`` in the other order: each output slice is the
+    weighted sum of its few input slices (``z_weights``), then resized in-plane. Both are linear, so the
+    result is the same; only ``shape[0]`` slices are resized, and the one temporary is a slice."""
+    nz, ny, nx = shape
+    w = z_weights(volume.shape[0], nz)
+    out = np.empty(shape, np.float32)
+    acc = np.empty(volume.shape[1:], np.float32)
+    term = np.empty_like(acc)
+    interp = cv2.INTER_AREA if ny <= volume.shape[1] and nx <= volume.shape[2] else cv2.INTER_LINEAR
+    for k in range(nz):
+        js = np.flatnonzero(w[k])
+        np.multiply(volume[js[0]], w[k, js[0]], out=acc)
+        for j in js[1:]:
+            np.multiply(volume[j], w[k, j], out=term)
+            acc += term
+        out[k] = cv2.resize(acc, (nx, ny), interpolation=interp)
+    return out
 
 
 def model_slices(native_z: int, scale_inplane: float, z_mode: str) -> int:
@@ -232,9 +264,7 @@ def to_model(data: np.ndarray, spec: Spec, side: str = "auto", spacing_zyx=None)
     flip = flip_for(side)
     if spec.crop and ny % my == 0 and nx % mx == 0:
         return _to_model_in_box(data, spec, (mz, my, mx), flip)
-    small = resize_slices(data, (my, mx), out=np.empty((z, my, mx), np.float32))
-    vol = resample_z(small, mz)
-    vol = orient(vol, flip)
+    vol = orient(_resample_zyx(data, (mz, my, mx)), flip)
     vol -= np.float32(spec.mean)
     vol *= np.float32(1.0 / spec.std)
     if spec.crop:
@@ -270,8 +300,7 @@ def _to_model_in_box(data: np.ndarray, spec: Spec, grid: tuple[int, int, int], f
     cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, my), max(x0, 0), min(x1, mx)  # the box inside the grid
     ux0, ux1 = (mx - cx1, mx - cx0) if flip else (cx0, cx1)  # ... in scan orientation
     inside = data[:, cy0 * fy : cy1 * fy, ux0 * fx : ux1 * fx]
-    vol = resample_z(resize_slices(inside, (cy1 - cy0, ux1 - ux0), out=np.empty((z, cy1 - cy0, ux1 - ux0), np.float32)), mz)
-    vol = orient(vol, flip)
+    vol = orient(_resample_zyx(inside, (mz, cy1 - cy0, ux1 - ux0)), flip)
     vol -= np.float32(spec.mean)
     vol *= np.float32(1.0 / spec.std)
     if (cy0, cy1, cx0, cx1) != (y0, y1, x0, x1):  # the box reaches past the grid: air there

@@ -215,3 +215,16 @@ def test_a_degraded_prior_stays_near_the_truth():
         d = degrade(truth, rng)
         assert d.shape == truth.shape and d.any()
         assert (d & truth).sum() / truth.sum() > 0.4 and not d[:, :8].any() and not d[:, :, :8].any()
+
+
+@pytest.mark.parametrize("corner", [(-42, 213), (10, 20), (100, -30)])
+def test_confidence_under_the_window_is_the_confidence_of_the_whole_grid(corner):
+    """QC's confidence reads the network's window only: the probabilities are 0 everywhere else."""
+    from vbmd_rt.runtime import qc
+
+    rng = np.random.default_rng(1)
+    win = bonewin.Window(corner[0], corner[1], 5, 40)
+    grid = (60, 176, 400)
+    prob = bonewin.paste(rng.random((35, win.size, win.size)).astype(np.float32) ** 4, win, grid)
+    assert win.of(prob).size < prob.size and win.of(prob).sum() == pytest.approx(prob.sum(dtype=np.float64), rel=1e-5)
+    assert qc.confidence(win.of(prob)) == qc.confidence(prob)
