@@ -280,7 +280,9 @@ def to_model(data: np.ndarray, spec: Spec, side: str = "auto", spacing_zyx=None)
     return out, Geometry((z, ny, nx), (mz, my, mx), flip, box)
 
 
-def _to_model_in_box(data: np.ndarray, spec: Spec, grid: tuple[int, int, int], flip: bool) -> tuple[np.ndarray, Geometry]:
+def _to_model_in_box(
+    data: np.ndarray, spec: Spec, grid: tuple[int, int, int], flip: bool
+) -> tuple[np.ndarray, Geometry]:
     """``to_model`` when each model voxel is a whole block of native voxels in-plane (an integer factor:
     an XtremeCT I scan at 82 µm on the 0.246 mm grid): the hand's box is found on a preview of a few
     slices, and only the native voxels under it are resampled. Each model voxel still averages exactly

@@ -18,6 +18,7 @@ from vbmd_rt.runtime.model import Model
 
 CPU_BATCH = 8  # slices per call on the CPU: 120 MB of ONNX Runtime's arena on a full scan (350 MB at 32), as fast
 
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session over the model's FP32 (CPU) or FP16 (CUDA/TensorRT EP) ONNX."""
 
