@@ -23,7 +23,7 @@ setup: $(VENV)/.installed-$(EXTRAS)
 demo-setup: $(VENV)/.installed-$(DEMO_EXTRAS)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadscope
 
 demo: demo-setup
 	$(VENV)/bin/vbmd-rt synth demo-out/scans --cases 1 --size small --seed 7

@@ -56,11 +56,22 @@ def machine() -> dict:
         gpus = [g.strip() for g in r.stdout.splitlines() if g.strip()] if r.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
         pass
-    versions = {}
-    for mod in ("numpy", "onnxruntime", "cv2", "torch", "tensorrt", "tensorrt_rtx"):
+    from importlib import metadata
+
+    versions = {}  # from the installed distributions: importing torch only to read its version takes seconds
+    for mod, dist in (
+        ("numpy", "numpy"),
+        ("onnxruntime", "onnxruntime"),
+        ("onnxruntime", "onnxruntime-gpu"),
+        ("cv2", "opencv-python-headless"),
+        ("cv2", "opencv-python"),
+        ("torch", "torch"),
+        ("tensorrt", "tensorrt"),
+        ("tensorrt_rtx", "tensorrt-rtx"),
+    ):
         try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - not installed, or broken: either way not used
+            versions.setdefault(mod, metadata.version(dist))
+        except metadata.PackageNotFoundError:
             continue
     return {
         "host": platform.node(),
@@ -341,7 +352,7 @@ def run(
         "disk write {disk_write_gb_s:.2f} GB/s, GEMM {gemm_gflop_s:.0f} GFLOP/s".format(**tp)
     )
     if network:
-        report["network"] = network_latency(scan, model2d, cache, max(5, runs), threads, net2d)
+        report["network"] = network_latency(scan, model2d, cache, max(3, runs), threads, net2d)
     tp["best_gflop_s"] = tp["gemm_gflop_s"]
     net_case = None
     if network and report["network"]["unet3d"]["flops_per_window"]:

@@ -41,7 +41,7 @@ def test_bench_small_report(tmp_path):
             "--warmup",
             "0",
             "--backends",
-            "classical",
+            "onnxruntime",
             "--no-2d",
             "--cache",
             tmp_path / "cache",
@@ -53,7 +53,7 @@ def test_bench_small_report(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
-    st = rep["stages"]["classical"]
+    st = rep["stages"]["onnxruntime"]
     assert st["runs"] == 2 and st["median"]["total"] > 0 and st["min"]["total"] <= st["max"]["total"]
     assert set(suite.STAGES) <= set(st["median"]) and st["median"]["peak_rss_bytes"] > 0
     assert st["ratio_to_paper_3d"] == pytest.approx(st["median"]["total"] / 32.98)

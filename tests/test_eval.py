@@ -79,7 +79,7 @@ def test_agreement_by_hand():
 def evaluated(phantoms, tmp_path_factory):
     d = phantoms  # the session's phantoms, with their true masks and truth (read only)
     pred = tmp_path_factory.mktemp("pred")
-    r = cli_here("run", d, "-o", pred, "--model", "classical", "--save-prob", "-q")
+    r = cli_here("run", d, "-o", pred, "--save-prob", "-q")
     assert r.returncode == 0, r.stderr
     rep = tmp_path_factory.mktemp("report")
     r = cli_here("eval", "--pred", pred, "--truth", d, "-o", rep)
