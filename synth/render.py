@@ -292,7 +292,9 @@ class _Renderer:
         iy = (np.round(np.arange(y0, y1) * step).astype(np.int64) + off[1]) % 96
         ix = (np.round(np.arange(x0, x1) * step).astype(np.int64) + off[2]) % 96
         t = self.tile[iz][np.ix_(iy, ix)]
-        q = self.pore_q.setdefault(b.porosity, float(np.quantile(self.tile, 1.0 - b.porosity)))
+        if b.porosity not in self.pore_q:  # once per porosity (setdefault would take the quantile every slice)
+            self.pore_q[b.porosity] = float(np.quantile(self.tile, 1.0 - b.porosity))
+        q = self.pore_q[b.porosity]
         sel = m.astype(bool) & (t > q)
         img[y0:y1, x0:x1][sel] = self.p.marrow_density
 
