@@ -114,6 +114,11 @@ def throughput(folder: Path, mib: int = 512) -> dict:
         fh.readinto(b.data)
     read = a.nbytes / (time.perf_counter() - t0) / 1e9
     f.unlink()
+    import hashlib
+
+    t0 = time.perf_counter()
+    hashlib.sha256(memoryview(a).cast("B")).digest()  # the read's content hash (issue 23): one core, in sequence
+    sha = a.nbytes / (time.perf_counter() - t0) / 1e9
     del a, b
     m = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
     m @ m
@@ -121,7 +126,13 @@ def throughput(folder: Path, mib: int = 512) -> dict:
     for _ in range(3):
         m @ m
     gemm = 3 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
-    return {"memory_copy_gb_s": mem, "page_cache_read_gb_s": read, "disk_write_gb_s": write, "gemm_gflop_s": gemm}
+    return {
+        "memory_copy_gb_s": mem,
+        "page_cache_read_gb_s": read,
+        "disk_write_gb_s": write,
+        "sha256_gb_s": sha,
+        "gemm_gflop_s": gemm,
+    }
 
 
 def onnx_cost(path: Path, shape: tuple[int, ...]) -> dict | None:
@@ -209,11 +220,13 @@ def stage_latency(scan: Path, backend: str, model: str | None, runs: int, warmup
                 err = (r.stderr.strip().splitlines() or ["failed"])[-1]
                 break
             res = json.loads((Path(out) / f"{scan.stem}.json").read_text())
+            written = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
             if i >= warmup:
                 rows.append(
                     {
                         **res["timings_s"],
                         "process_wall": wall,
+                        "written_bytes": written,
                         "peak_rss_bytes": int(r.stdout.split("VMHWM")[1].split()[0]) * 1024,
                         "backend_name": res["backend"]["name"],
                         "precision": res["backend"]["precision"],
@@ -221,7 +234,7 @@ def stage_latency(scan: Path, backend: str, model: str | None, runs: int, warmup
                 )
     if not rows:
         return {"error": err or "no runs"}
-    keys = [*STAGES, "process_wall", "peak_rss_bytes"]
+    keys = [*STAGES, "process_wall", "peak_rss_bytes", "written_bytes"]
     return {
         "backend": rows[0]["backend_name"],
         "precision": rows[0]["precision"],
@@ -301,17 +314,23 @@ def _model2d(model2d: Path | None, cache: Path):
     return load_model(folder)
 
 
-def floor(stage: dict, scan_bytes: int, mask_bytes: int, net: dict | None, tp: dict) -> dict:
+def floor(stage: dict, scan_bytes: int, written_bytes: int, net: dict | None, tp: dict) -> dict:
     """The least time the job could take here, assuming perfect overlap: the scan read at page-cache speed
-    and the mask written at disk speed; the net's FLOPs at the best FLOP rate measured here (GEMM, or the
-    nets themselves) and its activations at memory bandwidth."""
-    io_s = scan_bytes / (tp["page_cache_read_gb_s"] * 1e9) + mask_bytes / (tp["disk_write_gb_s"] * 1e9)
+    and what the run wrote (masks, JSON, picture) at disk speed; the scan's sha256 (issue 23's fingerprint,
+    one sequential stream, so one core) at the rate measured here; one pass over the scan at memory
+    bandwidth plus the net's FLOPs at the best FLOP rate measured here (GEMM, or the nets themselves) and
+    its activations at memory bandwidth."""
+    io_s = scan_bytes / (tp["page_cache_read_gb_s"] * 1e9) + written_bytes / (tp["disk_write_gb_s"] * 1e9)
+    hash_s = scan_bytes / (tp["sha256_gb_s"] * 1e9)
     flops = (net or {}).get("flops") or 0
     act = (net or {}).get("activation_bytes") or 0
-    compute_s = max(flops / (tp["best_gflop_s"] * 1e9), act / (tp["memory_copy_gb_s"] * 1e9))
-    f = max(io_s, compute_s)
+    compute_s = scan_bytes / (tp["memory_copy_gb_s"] * 1e9) + max(
+        flops / (tp["best_gflop_s"] * 1e9), act / (tp["memory_copy_gb_s"] * 1e9)
+    )
+    f = max(io_s, hash_s, compute_s)
     return {
         "io_s": io_s,
+        "hash_s": hash_s,
         "compute_s": compute_s,
         "floor_s": f,
         "ratio_to_floor": stage["median"]["total"] / f if stage.get("median") else None,
@@ -332,7 +351,6 @@ def run(
     net2d: bool = True,
     log=print,
 ) -> dict:
-    from vbmd_rt.runtime.io import aim
 
     cache.mkdir(parents=True, exist_ok=True)
     scan = _phantom(cache, size, seed)
@@ -349,6 +367,7 @@ def run(
     report["throughput"] = tp = throughput(cache)
     log(
         "throughput: memory copy {memory_copy_gb_s:.1f} GB/s, page-cache read {page_cache_read_gb_s:.1f} GB/s, "
+        "sha256 {sha256_gb_s:.2f} GB/s, "
         "disk write {disk_write_gb_s:.2f} GB/s, GEMM {gemm_gflop_s:.0f} GFLOP/s".format(**tp)
     )
     if network:
@@ -373,16 +392,18 @@ def run(
         log(f"run x {warmup}+{runs}: {label} ...")
         st = stage_latency(scan, be, model, runs, warmup, threads)
         if "median" in st:
-            mask_bytes = int(np.prod(aim.read_header(scan).shape))  # the char mask: a byte a voxel
             st["ratio_to_paper_3d"] = st["median"]["total"] / PAPER_S["3d"]
             st["ratio_to_paper_2d"] = st["median"]["total"] / PAPER_S["2d"]
             st["peak_rss_over_scan"] = st["median"]["peak_rss_bytes"] / report["scan"]["bytes"]
-            st["floor"] = floor(st, report["scan"]["bytes"], mask_bytes, None if model else net_case, tp)
+            written = int(st["median"]["written_bytes"])  # the default binary run-length masks: megabytes
+            st["floor"] = floor(st, report["scan"]["bytes"], written, None if model else net_case, tp)
         report["stages"][label] = st
     log(table(report))
     log(
-        f"floor: I/O at the measured rates; compute at {tp['best_gflop_s']:.0f} GFLOP/s (best measured) "
-        f"and activations at {tp['memory_copy_gb_s']:.0f} GB/s; vs 33 s = median total / the paper's 32.98 s (3D)"
+        f"floor: the scan read and the outputs written at the measured rates, or its sha256 at "
+        f"{tp['sha256_gb_s']:.2f} GB/s (one core), or one pass over it plus the net at {tp['best_gflop_s']:.0f} "
+        f"GFLOP/s (best measured) and {tp['memory_copy_gb_s']:.0f} GB/s, whichever is longest; "
+        "vs 33 s = median total / the paper's 32.98 s (3D)"
     )
     if out_json:
         from vbmd_rt.runtime.io.atomic import atomic_write_bytes

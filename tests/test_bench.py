@@ -58,6 +58,10 @@ def test_bench_small_report(tmp_path):
     assert set(suite.STAGES) <= set(st["median"]) and st["median"]["peak_rss_bytes"] > 0
     assert st["ratio_to_paper_3d"] == pytest.approx(st["median"]["total"] / 32.98)
     assert 0 < st["floor"]["floor_s"] < st["median"]["total"]
+    fl, tp = st["floor"], rep["throughput"]  # the floor: the longest of reading, hashing and one pass
+    assert fl["floor_s"] == max(fl["io_s"], fl["hash_s"], fl["compute_s"]) and tp["sha256_gb_s"] > 0
+    assert fl["hash_s"] == pytest.approx(rep["scan"]["bytes"] / (tp["sha256_gb_s"] * 1e9))
+    assert 0 < st["median"]["written_bytes"] < rep["scan"]["bytes"]  # run-length masks, a JSON, a picture
     assert rep["machine"]["cores"] >= 1 and rep["throughput"]["memory_copy_gb_s"] > 0
     assert "vs 33 s" in r.stdout and "3D net" in r.stdout
     assert rep["network"]["unet3d"]["onnxruntime-cpu"]["per_window_s"]["median"] > 0
