@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from vbmd_rt.runtime.io.calibration import Calibration
-from vbmd_rt.runtime.postprocess import largest_component
+from vbmd_rt.runtime.postprocess import fill_holes_2d, largest_component
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def track(bone: np.ndarray, spacing_zyx, p: Params = Params(), split=None, init=
             pad = close.shape[0]
             sl = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in sl)
             m = cv2.morphologyEx((assigned[sl] == lab).astype(np.uint8), cv2.MORPH_CLOSE, close)
-            filled = ndimage.binary_fill_holes(m)
+            filled = fill_holes_2d(m)
             hull = _hull(m)
             if filled.sum() < p.hull_fill * hull.sum():  # a cortex with gaps wider than the closing
                 filled = hull

@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from vbmd_rt.runtime import classical, qc
 from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.postprocess import fill_holes_2d
 
 MIN_FOV_MM = 15.0  # a metacarpal head is 15-25 mm wide: a smaller field of view holds none
 REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the identity is left to a reader
@@ -229,7 +230,7 @@ def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_rad
     """A 2D piece of bone (bool) -> labels 1..n of the bones it holds (touching shafts or heads): the filled
     cross-section is cut by a watershed on its distance map, one seed per peak at least ``min_gap_mm``
     from a higher one."""
-    filled = ndimage.binary_fill_holes(piece)
+    filled = fill_holes_2d(piece)
     edt = ndimage.distance_transform_edt(filled) * spacing_mm
     size = max(3, int(round(min_gap_mm / spacing_mm)) | 1)
     peaks = (edt >= ndimage.maximum_filter(edt, size=size)) & (edt > min_radius_mm)
@@ -344,7 +345,7 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> bool:
             ma, mb = slab[k] == a.label, slab[k] == b.label
             if not ma.any() or not mb.any():
                 continue
-            union = ndimage.binary_fill_holes(ndimage.binary_closing(ma | mb, iterations=2))
+            union = fill_holes_2d(ndimage.binary_closing(ma | mb, iterations=2))
             edt = ndimage.distance_transform_edt(union)
             ca, cb = ndimage.center_of_mass(ma), ndimage.center_of_mass(mb)
             t = np.linspace(0, 1, 32)

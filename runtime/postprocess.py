@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -56,11 +57,21 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return _largest(mask)[0]
 
 
+def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` of a 2D mask (what the background, 4-connected, cannot reach from the
+    border is filled), by one OpenCV flood fill from the border: the same pixels, ten times faster."""
+    h, w = mask.shape
+    pad = np.zeros((h + 2, w + 2), np.uint8)
+    pad[1:-1, 1:-1] = mask != 0
+    cv2.floodFill(pad, None, (0, 0), 1)
+    return (mask != 0) | (pad[1:-1, 1:-1] == 0)
+
+
 def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of every (y, x) slice (a periosteal contour encloses its marrow)."""
     out = np.empty_like(mask, dtype=bool)
     for k in range(mask.shape[0]):
-        out[k] = ndimage.binary_fill_holes(mask[k]) if mask[k].any() else False
+        out[k] = fill_holes_2d(mask[k]) if mask[k].any() else False
     return out
 
 

@@ -277,3 +277,17 @@ def test_a_mask_held_for_its_box_reads_and_measures_as_a_whole_one():
     whole = measure.vbmd(data, big, (0.082,) * 3, cal)
     boxed = measure.vbmd(data, big, (0.082,) * 3, cal, (0, 40, 390, 470, 480, 600))
     assert boxed == whole and whole["voxels"] == int(np.count_nonzero(big))
+
+
+def test_fill_holes_2d_is_scipys_fill_holes():
+    """The flood-fill hole filling gives scipy's pixels on random masks of every density and size."""
+    from scipy import ndimage
+
+    from vbmd_rt.runtime.postprocess import fill_holes_2d
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = rng.random((h, w)) < rng.uniform(0.1, 0.9)
+        np.testing.assert_array_equal(fill_holes_2d(m), ndimage.binary_fill_holes(m))
+        np.testing.assert_array_equal(fill_holes_2d(m.astype(np.uint8) * 127), ndimage.binary_fill_holes(m))
