@@ -115,6 +115,21 @@ def test_row1_scan_is_read_into_memory_with_its_fingerprint(tiny):
     assert outputs.same_input(outputs.fingerprint(tiny), fp)
 
 
+def test_row1_a_large_scan_is_read_into_memory_mapped_in_at_once():
+    """A scan of 64 MB or more goes into an anonymous memory map populated in one call (not a map of the
+    file: a file cut while it is read is still an error, never a signal); small ones into np.empty."""
+    import mmap
+
+    from vbmd_rt.runtime.io import aim
+
+    big = aim._voxel_buffer((40, 1024, 1024), np.int16)
+    assert big.shape == (40, 1024, 1024) and big.dtype == np.int16 and big.flags.writeable
+    assert not isinstance(big, np.memmap) and isinstance(big.base.base.obj, mmap.mmap)  # reshaped frombuffer
+    big[-1, -1, -1] = 7
+    assert big[-1, -1, -1] == 7
+    assert aim._voxel_buffer((4, 8, 8), np.int16).flags.owndata
+
+
 # --------------------------------------------------------------------------- row 8: headers that pass the checks
 
 

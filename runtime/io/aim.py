@@ -24,6 +24,7 @@ compressed codecs live apart in ``codecs``.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import stat
 import struct
@@ -732,6 +733,23 @@ def _read_hashed(f, view: memoryview, h, path) -> None:
         at += got
 
 
+def _voxel_buffer(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array for a scan's voxels. A large one is an anonymous memory map whose pages the
+    kernel maps in one go (``MAP_POPULATE``): page by page, a fresh 1.5 GB buffer faults 360,000 times as
+    the read fills it, and on a virtual machine that had handed the memory back to its host that costs
+    more than the read itself (1.1 s instead of 1.6-2.7 s measured here, where ``np.empty`` asks for
+    huge pages, which the kernel may compact memory to find)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    flags = getattr(mmap, "MAP_POPULATE", None)
+    if size < 1 << 26 or flags is None:
+        return np.empty(shape, dtype=dtype)
+    try:
+        buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flags)
+    except (OSError, ValueError):  # no room for it at once: let the kernel find the pages as they are read
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
 def read_whole(path: str | os.PathLike, check=None) -> Scan:
     """Read an AIM/ISQ file into memory from one open descriptor, hashing every byte in the same pass.
 
@@ -760,7 +778,7 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
             h.update(head)
             raw = None
             if hdr.type_code in (TYPE_INT16, TYPE_CHAR):
-                data = np.empty(hdr.shape, dtype=_DTYPES[hdr.type_code])
+                data = _voxel_buffer(hdr.shape, _DTYPES[hdr.type_code])
                 _read_hashed(f, memoryview(data.reshape(-1)).cast("B"), h, path)  # type: ignore[arg-type]
             else:
                 raw = np.empty(hdr.data_length, dtype=np.uint8)
