@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vbmd_rt.runtime.pipeline import STAGES as RUN_STAGES
+
 PAPER_S = {"2d": 33.45, "3d": 32.98}
-STAGES = ("read", "preprocess", "inference", "postprocess", "vbmd", "write", "total")
+STAGES = (*RUN_STAGES, "total")  # every stage a run times (its JSON's timings_s), then the total
 _RUN = (
     "import sys; sys.argv=['vbmd-rt']+sys.argv[1:]\n"
     "from vbmd_rt.cli import main\n"
