@@ -79,7 +79,8 @@ def segment(
         mask, info = postprocess(prob, geometry, model.threshold)
         info["contrast"] = qc.bone_contrast(data, mask, spec.std)
         if not info["empty"] and info["contrast"] < qc.MIN_CONTRAST:
-            mask[:] = 0  # instance norm can find "structure" in noise: what is not brighter than its
+            z0, z1, y0, y1, x0, x1 = info["box"]  # the mask is 0 outside its box (postprocess)
+            mask[z0:z1, y0:y1, x0:x1] = 0  # instance norm can find "structure" in noise: what is not brighter than its
             info["empty"] = True  # surroundings is not bone
             info["rejected"] = True
         found = side if side != "auto" else detect_side(data, mask)
@@ -347,7 +348,8 @@ def check_scan(path: Path, header: aim.AimHeader | None = None) -> aim.AimHeader
 
 def read_scan(path: Path, check=None) -> aim.Scan:
     """Read a greyscale scan (AIM or ISQ) into memory once, its whole content hashed in the same pass
-    (``scan.fingerprint``); refuse masks and impossible headers (``check_scan``, and ``check(header)``)
+    (``scan.fingerprint``, which ``scan.settle()`` or ``outputs.fingerprint_of`` completes: the hash's last
+    chunks go on while the scan is analysed); refuse masks and impossible headers (``check_scan``, and ``check(header)``)
     before any voxel is read. A file that changes while it is read is refused, never a signal."""
     path = Path(path)
     if not path.exists():
@@ -361,7 +363,7 @@ def read_scan(path: Path, check=None) -> aim.Scan:
             check(header)
 
     try:
-        return aim.read_whole(path, check=checks)
+        return aim.read_whole(path, check=checks, hash_behind=True)  # run_scan takes the fingerprint at the end
     except PermissionError:
         raise VbmdInputError(path, "cannot be read (permission denied)", "check the file's permissions") from None
 

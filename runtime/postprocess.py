@@ -21,14 +21,15 @@ def sparse_zeros(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     """A zero array that takes memory only where it is written: a native mask written inside the bone's box.
 
     numpy asks the kernel for 2 MiB huge pages on large arrays, so a full-size mask (1536 x 1536 x 311) written
-    inside the bone's box would take a huge page per slice (0.45 GB); an anonymous memory map of 4 KiB pages
-    takes the rows of the box (50 MB). Readers that stay inside the box (``box`` arguments) keep it so; a
-    reader of the whole array pays for the pages it reads, as for any array. Small arrays: ``np.zeros``.
+    inside the bone's box would take a huge page per slice (0.45 GB); a private anonymous map of 4 KiB pages
+    takes the rows of the box (50 MB), and pages only read stay free. Small arrays: ``np.zeros``.
     """
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if size < 1 << 24:
         return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(shape)
+    # Private: a page read before it is written is the kernel's shared zero page (a shared map would
+    # commit every page read, and share the mask with a forked child).
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype).reshape(shape)
 
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:

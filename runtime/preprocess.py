@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 SIDES = ("auto", "left", "right")
-PREVIEW_SLICES = 24  # slices (at least) of the preview on which the hand's box is found
+PREVIEW_SLICES = 8  # slices (at least) whose model voxels give the air level for padding
 MODEL_SPACING_MM = 0.246  # in-plane spacing of new models: an XtremeCT I slice (1536 x 82 µm) becomes 512 x 512
 
 
@@ -284,20 +284,21 @@ def _to_model_in_box(
     data: np.ndarray, spec: Spec, grid: tuple[int, int, int], flip: bool
 ) -> tuple[np.ndarray, Geometry]:
     """``to_model`` when each model voxel is a whole block of native voxels in-plane (an integer factor:
-    an XtremeCT I scan at 82 µm on the 0.246 mm grid): the hand's box is found on a preview of a few
-    slices, and only the native voxels under it are resampled. Each model voxel still averages exactly
-    its own native block, so the box's voxels are those of the whole grid cropped; the work and the
-    memory follow the hand, not the field of view (a quarter of it on a typical scan)."""
+    an XtremeCT I scan at 82 µm on the 0.246 mm grid): the hand's box is found on the mean over every
+    slice of each block's centre voxel, and only the native voxels under it are resampled. Each model
+    voxel still averages exactly its own native block, so the box's voxels are those of the whole grid
+    cropped; the work and the memory follow the hand, not the field of view (a quarter of it on a typical
+    scan)."""
     z, ny, nx = data.shape
     mz, my, mx = grid
     fy, fx = ny // my, nx // mx
-    step = max(1, z // PREVIEW_SLICES)
+    mean = data[:, fy // 2 :: fy, fx // 2 :: fx].sum(axis=0, dtype=np.float32)  # every slice: no bone missed
+    mean *= np.float32(1.0 / (z * spec.std))
+    mean -= np.float32(spec.mean / spec.std)
+    box = hand_box(orient(mean[None], flip), spec.multiple, spec.margin)
+    step = max(1, z // PREVIEW_SLICES)  # air, where the box reaches past the grid: as the whole grid's
     preview = resize_slices(data[::step], (my, mx), out=np.empty((len(range(0, z, step)), my, mx), np.float32))
-    preview = orient(preview, flip)
-    preview -= np.float32(spec.mean)
-    preview *= np.float32(1.0 / spec.std)
-    box = hand_box(preview, spec.multiple, spec.margin)
-    air = float(np.percentile(preview[:, ::8, ::8], 1))
+    air = (float(np.percentile(preview[:, ::8, ::8], 1)) - spec.mean) / spec.std
     y0, y1, x0, x1 = box
     cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, my), max(x0, 0), min(x1, mx)  # the box inside the grid
     ux0, ux1 = (mx - cx1, mx - cx0) if flip else (cx0, cx1)  # ... in scan orientation

@@ -104,8 +104,12 @@ def test_row1_scan_is_read_into_memory_with_its_fingerprint(tiny):
     s = pipeline.read_scan(tiny)
     assert not isinstance(s.data, np.memmap) and s.data.flags.owndata
     assert not s.data.flags.writeable  # the hash may still be reading the voxels in its thread
-    fp = s.fingerprint
-    assert s.data.flags.writeable and s.fingerprint is fp  # waited for once
+    fp = s.settle()
+    assert s.data.flags.writeable and s.fingerprint is fp and s.settle() is fp  # waited for once
+    from vbmd_rt.runtime.io import aim
+
+    whole = aim.read_whole(tiny)  # the library's reader returns with the hash done, the voxels writable
+    assert whole.fingerprint == fp and whole.data.flags.writeable
     assert fp["size"] == tiny.stat().st_size and len(fp["sha256"]) == 64
     import hashlib
 

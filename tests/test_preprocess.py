@@ -270,6 +270,16 @@ def test_a_mask_held_for_its_box_reads_and_measures_as_a_whole_one():
     small = sparse_zeros((4, 8, 8))
     assert big.shape == (40, 1024, 1024) and big.dtype == np.uint8 and big.flags.writeable and not big.any()
     assert isinstance(small, np.ndarray) and not small.any()
+
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")) / 1024
+
+    before = rss_mb()
+    wide = sparse_zeros((64, 2048, 2048))  # 256 MB, read whole and written in a box: a few MB taken
+    wide[10:20, 100:200, 100:300] = 1
+    assert np.count_nonzero(wide) == 10 * 100 * 200
+    assert rss_mb() - before < 32
     rng = np.random.default_rng(0)
     data = rng.integers(0, 3000, big.shape, dtype=np.int16)
     big[5:30, 400:460, 500:580] = rng.random((25, 60, 80)) > 0.3
@@ -291,3 +301,20 @@ def test_fill_holes_2d_is_scipys_fill_holes():
         m = rng.random((h, w)) < rng.uniform(0.1, 0.9)
         np.testing.assert_array_equal(fill_holes_2d(m), ndimage.binary_fill_holes(m))
         np.testing.assert_array_equal(fill_holes_2d(m.astype(np.uint8) * 127), ndimage.binary_fill_holes(m))
+
+
+def test_the_hands_box_is_the_whole_grids_when_bones_come_and_go_along_z():
+    """The box is found on the mean over every slice, as on the whole grid: a bone on a sixth of the
+    slices, bright enough to count in that mean, is inside it; the box is the whole grid's."""
+    rng = np.random.default_rng(4)
+    data = rng.normal(100, 20, (90, 192, 192)).astype(np.int16)
+    yy, xx = np.mgrid[:192, :192]
+    data[:, (yy - 60) ** 2 + (xx - 60) ** 2 < 20**2] += 2000  # the hand
+    data[41:56, (yy - 150) ** 2 + (xx - 150) ** 2 < 12**2] += 9000  # a bone on 15 of 90 slices
+    spec = preprocess.Spec(spacing_mm=0.246, multiple=8, margin=1)
+    spacing = (0.082, 0.082, 0.082)
+    for side in ("right", "left"):
+        _, geo = preprocess.to_model(data, spec, side, spacing_zyx=spacing)
+        assert geo.crop == preprocess.hand_box(_whole_grid_then_crop(data, spec, side, spacing), 8, 1)
+    y0, y1, x0, x1 = preprocess.to_model(data, spec, "right", spacing_zyx=spacing)[1].crop
+    assert y1 * 3 >= 150 + 12 and x1 * 3 >= 150 + 12  # the bone of a few slices is in

@@ -184,19 +184,16 @@ class Scan:
     data: np.ndarray
     header: AimHeader
     path: str | None = None
-    # read_whole: the file's identity and a hash of every byte read, or what finishes that hash (see fingerprint)
-    pending_fingerprint: dict | Callable[[], dict] | None = field(default=None, repr=False)
+    fingerprint: dict | None = None  # read_whole: the file's identity and a hash of every byte read
+    # read_whole(hash_behind=True): what finishes that hash (``settle``); ``fingerprint`` is None till then
+    pending: Callable[[], dict] | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def fingerprint(self) -> dict | None:
-        """The file's size, mtime, inode and the sha256 of its whole content (``read_whole``; None otherwise).
-
-        ``read_whole`` returns as soon as the last byte is read; the hash of the last chunks goes on in a
-        second thread while the scan is processed, and asking for the fingerprint waits for it (``data`` is
-        read-only until then)."""
-        if callable(self.pending_fingerprint):
-            self.pending_fingerprint = self.pending_fingerprint()
-        return self.pending_fingerprint
+    def settle(self) -> dict | None:
+        """The fingerprint, once the hash that ``read_whole(hash_behind=True)`` left running is done (it waits
+        for it; the voxels are read-only until then)."""
+        if self.pending is not None:
+            self.fingerprint, self.pending = self.pending(), None
+        return self.fingerprint
 
     @property
     def calibration(self) -> Calibration | None:
@@ -750,7 +747,7 @@ def _voxel_buffer(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
-def read_whole(path: str | os.PathLike, check=None) -> Scan:
+def read_whole(path: str | os.PathLike, check=None, hash_behind: bool = False) -> Scan:
     """Read an AIM/ISQ file into memory from one open descriptor, hashing every byte in the same pass.
 
     ``check(header)`` runs after the header is read and before any voxel data is read or decoded (refuse a
@@ -758,8 +755,9 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
     read gives :class:`AimFormatError` (exit 2), never a SIGBUS. The file must be the same (size, mtime,
     inode) at the end of the read as when it was opened. The returned scan's ``fingerprint`` holds ``size``,
     ``mtime_ns``, ``inode`` and ``sha256`` (of the whole file, ``FINGERPRINT_KEY``). The hash runs a chunk
-    behind the read in a second thread and may still be running when this returns, so the caller's work
-    overlaps it: ``Scan.fingerprint`` waits for it, and the voxels are read-only until then.
+    behind the read in a second thread; with ``hash_behind`` this returns before it ends, so that the
+    caller's work overlaps it: ``Scan.settle()`` then waits for it and sets ``fingerprint``, and the voxels
+    are read-only until then.
     """
     path = os.fspath(path)
     f = _open_regular(path)
@@ -792,7 +790,7 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
         except OSError as e:
             raise AimFormatError(path, f"cannot read ({e.strerror})", "check the file") from None
         finally:
-            if read:  # the queued chunks are hashed while the caller goes on (Scan.fingerprint waits)
+            if read:  # the queued chunks are hashed in the thread (Scan.settle waits for them)
                 h.finish()
             else:  # the read failed: no thread left behind
                 h.close(abort=True)
@@ -825,7 +823,10 @@ def read_whole(path: str | os.PathLike, check=None) -> Scan:
             "method": FINGERPRINT_METHOD,
         }
 
-    return Scan(data=data, header=hdr, path=path, pending_fingerprint=fingerprint)
+    scan = Scan(data=data, header=hdr, path=path, pending=fingerprint)
+    if not hash_behind:
+        scan.settle()
+    return scan
 
 
 def read_aim(path: str | os.PathLike, mmap: bool = True) -> Scan:

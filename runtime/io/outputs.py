@@ -121,7 +121,8 @@ def fingerprint(path: str | os.PathLike) -> dict:
 
 def fingerprint_of(scan) -> dict:
     """The fingerprint of a scan read by ``aim.read_whole`` (hashed in its one read), as ``fingerprint``."""
-    return dict(scan.fingerprint) if scan.fingerprint else fingerprint(scan.path)
+    fp = scan.settle()  # waits for a hash read_whole(hash_behind=True) left running
+    return dict(fp) if fp else fingerprint(scan.path)
 
 
 def same_input(a: dict | None, b: dict | None) -> bool:
