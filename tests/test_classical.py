@@ -98,3 +98,24 @@ def test_classical_refuses_an_uncalibrated_scan(cases, tmp_path):
         "run", cases / "PHANTOM_0000.AIM", "-o", tmp_path / "o2", "--model", "classical", "--backend", "onnxruntime"
     )
     assert r.returncode == 2 and "classical" in r.stderr
+
+
+def test_near_mc2_tracks_its_neighbourhood_only_and_returns_the_same_mask():
+    """Given MC2's shaft (the identification stage's), only the bones within NEAR_MM of it are tracked; the
+    mask is the one tracking the whole scan gives, placed in the whole scan, its box in scan coordinates."""
+    from vbmd_rt.runtime import classical
+    from vbmd_rt.synth import phantom
+
+    p = phantom.sample_case(31, "small")
+    scan, truth = phantom.render_case(p)
+    sp = (p.voxel_mm,) * 3
+    zz, yy, xx = np.nonzero(truth[:3])
+    near = (float(yy.mean()), float(xx.mean()))
+    factor, params = max(1, int(round(0.16 / p.voxel_mm))), classical.Params()
+    levels = classical.thresholds(scan, sp, p.cal, params, factor)
+    whole, _ = classical._segment(scan, sp, p.cal, params, near, factor, levels)  # every bone tracked
+    mask, info = classical.segment(scan, sp, p.cal, near=near)
+    assert mask.shape == scan.shape and info["box"] is not None
+    z0, z1, y0, y1, x0, x1 = info["box"]
+    assert np.count_nonzero(mask[z0:z1, y0:y1, x0:x1]) == np.count_nonzero(mask) > 0
+    assert (np.count_nonzero(mask != whole) / np.count_nonzero(whole)) < 0.01
