@@ -130,7 +130,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         with timer("inference"):
             mask, info = classical.segment(data, spacing_zyx, calibration, near=native_yx(mc2.y_mm, mc2.x_mm))
         with timer("postprocess"):
-            on_grid = preprocess.to_model_mask(mask, geometry) > 0.5
+            on_grid = preprocess.to_model_mask(mask, geometry, info["box"]) > 0.5
     else:
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))

@@ -313,11 +313,22 @@ def _to_model_in_box(
     return np.ascontiguousarray(vol), Geometry((z, ny, nx), (mz, my, mx), flip, box)
 
 
-def to_model_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """A native 0/non-zero mask -> fraction of each model voxel inside it (float32, training targets)."""
+def to_model_mask(mask: np.ndarray, geometry: Geometry, box=None) -> np.ndarray:
+    """A native 0/non-zero mask -> fraction of each model voxel inside it (float32, training targets).
+
+    ``box`` (z0, z1, y0, y1, x0, x1), where given, bounds the mask: at an integer in-plane factor only the
+    model voxels over it are resampled (the same fractions; the rest are 0), not the whole scan."""
     mz, my, mx = geometry.model_shape
-    frac = resize_slices(np.asarray(mask) > 0, (my, mx), out=np.empty((mask.shape[0], my, mx), np.float32))
-    frac = resample_z(frac, mz)
+    _, ny, nx = mask.shape
+    if box is not None and ny % my == 0 and nx % mx == 0:
+        fy, fx = ny // my, nx // mx
+        _, _, y0, y1, x0, x1 = (int(v) for v in box)
+        a, b, c, d = y0 // fy, -(-y1 // fy), x0 // fx, -(-x1 // fx)  # the model voxels over the box
+        frac = np.zeros((mz, my, mx), np.float32)
+        frac[:, a:b, c:d] = _resample_zyx(np.asarray(mask[:, a * fy : b * fy, c * fx : d * fx]) > 0, (mz, b - a, d - c))
+    else:
+        frac = resize_slices(np.asarray(mask) > 0, (my, mx), out=np.empty((mask.shape[0], my, mx), np.float32))
+        frac = resample_z(frac, mz)
     return crop_pad(orient(frac, geometry.flip_x), geometry.crop, 0.0)
 
 

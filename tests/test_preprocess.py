@@ -318,3 +318,19 @@ def test_the_hands_box_is_the_whole_grids_when_bones_come_and_go_along_z():
         assert geo.crop == preprocess.hand_box(_whole_grid_then_crop(data, spec, side, spacing), 8, 1)
     y0, y1, x0, x1 = preprocess.to_model(data, spec, "right", spacing_zyx=spacing)[1].crop
     assert y1 * 3 >= 150 + 12 and x1 * 3 >= 150 + 12  # the bone of a few slices is in
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_mask_to_model_space_in_its_box_is_the_whole_scans(side):
+    """to_model_mask given the mask's box resamples the model voxels over it only: the same fractions."""
+    rng = np.random.default_rng(0)
+    m = np.zeros((60, 99, 99), np.uint8)
+    m[10:40, 31:62, 20:71] = rng.random((30, 31, 51)) > 0.3
+    data = (rng.normal(100, 20, m.shape) + m * 2000.0).astype(np.int16)
+    _, geo = preprocess.to_model(
+        data, preprocess.Spec(spacing_mm=0.246, multiple=8, margin=2), side, spacing_zyx=(0.082,) * 3
+    )
+    whole = preprocess.to_model_mask(m, geo)
+    boxed = preprocess.to_model_mask(m, geo, (10, 40, 31, 62, 20, 71))
+    assert whole.sum() > 100
+    np.testing.assert_allclose(boxed, whole, rtol=0, atol=1e-6)
