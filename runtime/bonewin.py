@@ -122,12 +122,11 @@ def batch(image: np.ndarray, pri: np.ndarray, ks) -> np.ndarray:
     return out
 
 
-def predict(vol: np.ndarray, region: np.ndarray, infer, batch_size: int = 8) -> tuple[np.ndarray, Window]:
+def predict(vol: np.ndarray, region: np.ndarray, infer, batch_size: int = 32) -> tuple[np.ndarray, Window]:
     """MC2 probabilities on the model grid from a volume in network units and the identified region (both
     the cropped model grid): the window over the region, every slice of it through ``infer`` (any
     callable ``(b, CHANNELS, size, size) -> (b, 1, size, size)``, a backend's or a torch module's).
-    ``batch_size`` slices go through at once: ONNX Runtime's memory follows it (120 MB at 8, 350 MB at 32 on
-    the CPU) and its speed does not (measured on a full-size scan)."""
+    ``batch_size`` slices go through at once (the backend's ``batch_for``: fewer on the CPU)."""
     win = place(region, int(round(EXTEND_MM / GRID.spacing_mm)))
     air = float(np.percentile(vol[:, ::8, ::8], 1)) if vol.size else 0.0
     image = cut(vol[win.z0 : win.z1], win, air)

@@ -228,7 +228,7 @@ def analyse(
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
     with timer("vbmd"):
-        m = measure.vbmd(data, mask, spacing_zyx, calibration, info.get("box"))
+        m = measure.vbmd(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         comp = (
             None if info["empty"] else compartments.analyse(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         )

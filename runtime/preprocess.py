@@ -15,8 +15,8 @@ Model space is what the network sees, defined in millimetres:
   mirror-invariant, so ``side="auto"`` needs no flip and the side is read off the result);
 * crop: the hand's bounding box (air cut away, a margin kept, sizes rounded up to ``multiple``), which
   divides the network's work by three to four on a typical scan (at an integer in-plane factor, XtremeCT I at
-  82 µm, the box is found on a preview of a few slices and only the native voxels under it are resampled:
-  the same voxels, a quarter of the work); models without crop (the 2D net) see a
+  82 µm, the box is found on the mean over every slice of each block's centre voxel and only the native
+  voxels under it are resampled: the same voxels, a quarter of the work); models without crop (the 2D net) see a
   ``size`` x ``size`` window centred on the hand (air padding where the scan is smaller);
 * normalisation: ``(raw - mean) / std`` with statistics from the training split (the model card).
 
@@ -327,8 +327,7 @@ def to_model_mask(mask: np.ndarray, geometry: Geometry, box=None) -> np.ndarray:
         frac = np.zeros((mz, my, mx), np.float32)
         frac[:, a:b, c:d] = _resample_zyx(np.asarray(mask[:, a * fy : b * fy, c * fx : d * fx]) > 0, (mz, b - a, d - c))
     else:
-        frac = resize_slices(np.asarray(mask) > 0, (my, mx), out=np.empty((mask.shape[0], my, mx), np.float32))
-        frac = resample_z(frac, mz)
+        frac = _resample_zyx(np.asarray(mask) > 0, (mz, my, mx))  # as to_model: no whole-stack float temporary
     return crop_pad(orient(frac, geometry.flip_x), geometry.crop, 0.0)
 
 
