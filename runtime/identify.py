@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from vbmd_rt.runtime import classical, qc
 from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.postprocess import fill_holes_2d
+from vbmd_rt.runtime.postprocess import fill_holes_2d, joint_end
 
 MIN_FOV_MM = 15.0  # a metacarpal head is 15-25 mm wide: a smaller field of view holds none
 REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the identity is left to a reader
@@ -205,6 +205,7 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
     keep[np.unique(lab[mean > 0.5 * (low + high)])] = True  # the mean has no noise peaks: a lower seed level
     keep[0] = False
     close = classical._disc(p.close_mm / spacing_mm)
+    rings = mean > high  # the cortices (dense trabecular marrow may pass the low level): walls between shafts
     bone = cv2.morphologyEx(keep[lab].astype(np.uint8), cv2.MORPH_CLOSE, close) > 0
     max_px = int(400.0 / spacing_mm**2)  # no metacarpal shaft is larger in cross-section
     bone = fill_open(bone, max_px)
@@ -215,7 +216,7 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
     pieces, n = ndimage.label(bone, structure=eight)
     out = np.zeros(bone.shape, np.int32)
     for j, sl in enumerate(ndimage.find_objects(pieces), start=1):
-        cut = split(pieces[sl] == j, spacing_mm)
+        cut = split(pieces[sl] == j, spacing_mm, ring=rings[sl])
         for q in range(1, int(cut.max()) + 1):
             part = cut == q
             hull = classical._hull(part.astype(np.uint8))
@@ -226,10 +227,43 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
     return out
 
 
-def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_radius_mm: float = 1.2) -> np.ndarray:
+WALL_MM = 3.0  # a cortex wall between two marrows is at most this thick
+
+
+def wall_between(ring: np.ndarray, a, b, spacing_mm: float) -> bool:
+    """Whether the segment from ``a`` to ``b`` (two points in marrow, (y, x) px) crosses a cortex wall of
+    ``ring`` (bool, cortex): a run of cortex 0.5 mm to ``WALL_MM`` thick with at least 1 mm of marrow on
+    both sides. Two shafts that touch share such a wall; two lobes of one marrow do not. Runs of cortex at
+    the ends (a dense spot at a centre) are part of the ends."""
+    length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
+    t = np.linspace(0.0, 1.0, max(8, int(2 * length) + 1))
+    yy = np.clip(np.round(a[0] + t * (b[0] - a[0])).astype(int), 0, ring.shape[0] - 1)
+    xx = np.clip(np.round(a[1] + t * (b[1] - a[1])).astype(int), 0, ring.shape[1] - 1)
+    on = ring[yy, xx].astype(np.int8)
+    step = length / max(1, t.size - 1) * spacing_mm
+    edges = np.flatnonzero(np.diff(on)) + 1
+    bounds = np.concatenate([[0], edges, [on.size]])
+    runs: list[tuple[int, float]] = []
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        value, mm = int(on[s]), (e - s) * step
+        if len(runs) >= 2 and value and not runs[-1][0] and runs[-1][1] < 0.5:  # a speck of marrow in a wall
+            mm += runs.pop()[1] + runs.pop()[1]
+        runs.append((value, mm))
+    for i in range(1, len(runs) - 1):
+        value, mm = runs[i]
+        before, after = runs[i - 1], runs[i + 1]
+        if value and 0.5 <= mm <= WALL_MM and not before[0] and not after[0] and before[1] >= 1.0 and after[1] >= 1.0:
+            return True
+    return False
+
+
+def split(
+    piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_radius_mm: float = 1.2, ring=None
+) -> np.ndarray:
     """A 2D piece of bone (bool) -> labels 1..n of the bones it holds (touching shafts or heads): the filled
     cross-section is cut by a watershed on its distance map, one seed per peak at least ``min_gap_mm``
-    from a higher one."""
+    from a higher one. ``ring``: the cortices (bool, same shape), where known: two seeds with a cortex wall
+    between them (``wall_between``) are two bones even without a neck."""
     filled = fill_holes_2d(piece)
     edt = ndimage.distance_transform_edt(filled) * spacing_mm
     size = max(3, int(round(min_gap_mm / spacing_mm)) | 1)
@@ -254,6 +288,8 @@ def split(piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_rad
             yy = np.round(cs[i][0] + t * (cs[j][0] - cs[i][0])).astype(int)
             xx = np.round(cs[i][1] + t * (cs[j][1] - cs[i][1])).astype(int)
             if edt[yy, xx].min() > 0.75 * min(hs[i], hs[j]):
+                if ring is not None and wall_between(ring, cs[i], cs[j], spacing_mm):
+                    continue  # touching shafts that share a wall: their marrows are apart
                 parent[root(j)] = root(i)
     lut = np.zeros(n + 1, np.int32)
     roots = sorted({root(i) for i in range(n)})
@@ -303,7 +339,8 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
         shaft = float(np.median(area[:top][area[:top] > 0]))
         if shaft < 8.0 or shaft > 600.0:  # a fragment, or not a bone of a hand
             continue
-        end = classical.joint_slice(area, p)
+        # the joint: where the region took in the phalanx's base, in one slice or as a cup around the dome
+        end = min(classical.joint_slice(area, p), joint_end(area, spacing_mm) or nz)
         zs = np.flatnonzero(area[:end] > 0)
         last = int(zs[-1]) + 1 if zs.size else end
         ys, xs = np.nonzero((labels[:top] == lab).any(axis=0))
@@ -329,9 +366,19 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
     return out
 
 
-def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> bool:
+def slab_cortex(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
+    """The cortices on the mean of the proximal slab (bool, 2D): above the high level, as ``shafts`` sees
+    them (dense trabecular marrow may pass the low level, a cortex wall between two marrows does not)."""
+    _, high = _levels(coarse, p)
+    mean = coarse[: reach(coarse.shape[0], spacing_mm, p)].mean(axis=0)
+    s = max(0.3, p.sigma_mm / spacing_mm)
+    return cv2.GaussianBlur(mean, (0, 0), s, borderType=cv2.BORDER_REPLICATE) > high
+
+
+def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS, cortex=None) -> bool:
     """Join a small candidate that touches a larger one in the proximal slices (a piece of its cortex
-    that the tracking started as a bone of its own) into it, in place; True when something was joined."""
+    that the tracking started as a bone of its own) into it, in place; True when something was joined.
+    ``cortex`` (``slab_cortex``): two candidates with a cortex wall between their centres are two bones."""
     bones = candidates(labels, spacing_mm, p)
     if len(bones) < 2:
         return False
@@ -345,6 +392,10 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> bool:
             ma, mb = slab[k] == a.label, slab[k] == b.label
             if not ma.any() or not mb.any():
                 continue
+            if cortex is not None and wall_between(
+                cortex, ndimage.center_of_mass(ma), ndimage.center_of_mass(mb), spacing_mm
+            ):
+                continue  # two marrows with a wall between: two shafts that touch
             union = fill_holes_2d(ndimage.binary_closing(ma | mb, iterations=2))
             edt = ndimage.distance_transform_edt(union)
             ca, cb = ndimage.center_of_mass(ma), ndimage.center_of_mass(mb)
@@ -581,9 +632,11 @@ def find_candidates(vol: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, lis
     """Steps 1-2 on a model-grid volume in network units: the instances on the 2x coarser grid (cortex
     pieces joined) and the metacarpal candidates among them."""
     cs = 2 * spacing_mm
-    labels = instances(reduce2(vol), cs)
+    coarse = reduce2(vol)
+    labels = instances(coarse, cs)
+    cortex = slab_cortex(coarse, cs)
     for _ in range(8):
-        if not merge_pieces(labels, cs):
+        if not merge_pieces(labels, cs, cortex=cortex):
             break
     return labels, candidates(labels, cs)
 

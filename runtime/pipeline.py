@@ -24,7 +24,7 @@ from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import implausible as implausible_calibration
 from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
-from vbmd_rt.runtime.postprocess import detect_side, largest_component, postprocess
+from vbmd_rt.runtime.postprocess import detect_side, joint_end, largest_component, postprocess
 from vbmd_rt.runtime.result import Record, model_record
 from vbmd_rt.runtime.result import timings as result_timings
 
@@ -131,20 +131,34 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             mask, info = classical.segment(data, spacing_zyx, calibration, near=native_yx(mc2.y_mm, mc2.x_mm))
         with timer("postprocess"):
             on_grid = preprocess.to_model_mask(mask, geometry, info["box"]) > 0.5
+            end = joint_end(on_grid.sum(axis=(1, 2)), float(grid.spacing_mm))
+            if end is not None and info["box"] is not None:  # its tracking took in the phalanx's cup
+                on_grid[end:] = False
+                z0, z1, y0, y1, x0, x1 = info["box"]
+                cut = max(z0, min(z1, int(round(end * geometry.scale[0]))))
+                mask[cut:z1, y0:y1, x0:x1] = 0
+                info["joint_cut_slice"] = end
     else:
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
         with timer("postprocess"):
+            end = trim_at_joint(prob, win, model.threshold, float(grid.spacing_mm))
             mask, info = postprocess(prob, geometry, model.threshold)
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
+        if end is not None:
+            info["joint_cut_slice"] = end
     info["identity"] = idt.to_dict()
     for c, b in zip(info["identity"]["candidates"], idt.candidates, strict=True):  # for the picture
         c["native_yx"] = [round(v, 1) for v in native_yx(b.y_mm, b.x_mm)]
     if checks and not info["empty"]:
         with timer("qc"):
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}
-            c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, idt.region), 4)}
+            region = idt.region
+            if info.get("joint_cut_slice") is not None:  # where the region ran on into the phalanx, it is no MC2
+                region = region.copy()
+                region[info["joint_cut_slice"] :] = False
+            c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, region), 4)}
             if prob is not None:  # the network's output is 0 outside its window
                 c["confidence"] = qc.confidence(win.of(prob), model.threshold)
             info["checks"] = c
@@ -160,6 +174,20 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         info["prob"] = preprocess.from_model(prob, geometry) if prob is not None else mask.astype(np.float32)
         info["geometry"] = geometry if prob is not None else None
     return mask, info
+
+
+def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:
+    """The network's MC2 ended where its mask's profile shows the joint (``postprocess.joint_end``): the
+    slices beyond it are zeroed in ``prob`` (in place). Returns the first zeroed model slice, or None."""
+    view = win.of(prob)
+    if view.size == 0:
+        return None
+    area = largest_component(view > threshold).sum(axis=(1, 2))
+    end = joint_end(area, spacing_mm)
+    if end is None:
+        return None
+    prob[win.z0 + end :] = 0
+    return win.z0 + end
 
 
 def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibration) -> dict:

@@ -81,17 +81,35 @@ def accuracy(w, cases) -> float:
     return right / max(1, len(cases))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("folders", nargs="*", type=Path)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--cache", type=Path, default=None, help="keep the candidates here (a refit is then instant)")
-    ap.add_argument("--stream", type=int, default=0, help="also N phantoms of the training families, made and deleted")
-    ap.add_argument("--stream-seed", type=int, default=21000)
-    a = ap.parse_args()
-    found = pickle.loads(a.cache.read_bytes()) if a.cache and a.cache.exists() else {}
+#: The sign anatomy gives a feature's weight (+1: evidence for the naming, -1: against; absent: free). The fit
+#: keeps to them, so that collinear evidence cannot turn a fact of anatomy around (a thumb next to MC2 made
+#: less likely because "beyond MC2" already counts it).
+SIGNS = {
+    "row2_head": -1,  # of two metacarpals, MC3's head is the larger
+    "row3_head": +1,  # of three or more, the far end (MC4, MC5) has the smaller head
+    "row2_joint": -1,  # MC3's joint is the more distal
+    "row3_joint": +1,
+    "thumb_off_row": +1,
+    "thumb_beyond": +1,
+    "thumb_next_to_mc2": +1,
+    "thumb_distance": -1,
+    "thumb_joint_off": +1,
+    "no_thumb_end_off_row": -1,
+    "row_residual": -1,
+    "trend_head": +1,
+    "trend_joint": +1,
+}
+
+
+def bounds(free: bool = False) -> list[tuple[float | None, float | None]]:
+    if free:
+        return [(None, None)] * len(identify.FEATURES)
+    return [(0.0, None) if SIGNS.get(k) == 1 else ((None, 0.0) if SIGNS.get(k) == -1 else (None, None)) for k in identify.FEATURES]
+
+
+def load_cases(folders, found: dict) -> tuple[list, int]:
     cases, skipped = [], 0
-    for folder in a.folders:
+    for folder in folders:
         for gt in sorted(folder.glob("*_GT.AIM")):
             key = str(gt)
             if key not in found:
@@ -101,6 +119,21 @@ def main() -> None:
                 skipped += 1
             else:
                 cases.append(c)
+    return cases, skipped
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folders", nargs="*", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None, help="keep the candidates here (a refit is then instant)")
+    ap.add_argument("--stream", type=int, default=0, help="also N phantoms of the training families, made and deleted")
+    ap.add_argument("--stream-seed", type=int, default=21000)
+    ap.add_argument("--free", action="store_true", help="fit without the anatomical signs (SIGNS), to compare")
+    ap.add_argument("--test", type=Path, nargs="*", default=[], help="folders only scored, never fitted on")
+    a = ap.parse_args()
+    found = pickle.loads(a.cache.read_bytes()) if a.cache and a.cache.exists() else {}
+    cases, skipped = load_cases(a.folders, found)
     if a.stream:
         from train_default_model import HOLD_OUT
 
@@ -123,16 +156,25 @@ def main() -> None:
                     cases.append(c)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    if a.cache:
-        a.cache.write_bytes(pickle.dumps(found))
     w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])
     print(f"{len(cases)} cases ({skipped} without a named choice: one candidate, or MC2 not a candidate)")
     print(f"accuracy with the current weights: {accuracy(w0, cases):.3f}")
-    res = minimize(loglik, w0, args=(cases,), method="L-BFGS-B")
+    start = np.clip(w0, *np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi) for lo, hi in bounds(a.free)]).T)
+    res = minimize(loglik, start, args=(cases,), method="L-BFGS-B", bounds=bounds(a.free))
     w = res.x
     print(f"accuracy after fitting: {accuracy(w, cases):.3f} (log-likelihood {-res.fun:.1f})")
+    for k in range(5):  # five-fold: how well the fit carries to cases it did not see
+        train = [c for i, c in enumerate(cases) if i % 5 != k]
+        held = [c for i, c in enumerate(cases) if i % 5 == k]
+        wk = minimize(loglik, start, args=(train,), method="L-BFGS-B", bounds=bounds(a.free)).x
+        print(f"  fold {k}: {accuracy(wk, held):.3f} on {len(held)} unseen cases")
+    if a.test:
+        test, _ = load_cases(a.test, found)
+        print(f"test folders ({len(test)} cases, not fitted on): current weights {accuracy(w0, test):.3f}, fitted {accuracy(w, test):.3f}")
     weights = {k: round(float(v), 2) for k, v in zip(identify.FEATURES, w, strict=True)}
     print(json.dumps(weights))
+    if a.cache:
+        a.cache.write_bytes(pickle.dumps(found))
     if a.out:
         a.out.write_text(json.dumps(weights, indent=2) + "\n")
 

@@ -228,3 +228,19 @@ def test_confidence_under_the_window_is_the_confidence_of_the_whole_grid(corner)
     prob = bonewin.paste(rng.random((35, win.size, win.size)).astype(np.float32) ** 4, win, grid)
     assert win.of(prob).size < prob.size and win.of(prob).sum() == pytest.approx(prob.sum(dtype=np.float64), rel=1e-5)
     assert qc.confidence(win.of(prob)) == qc.confidence(prob)
+
+
+def test_touching_shafts_that_share_a_cortex_wall_are_two_bones():
+    yy, xx = np.mgrid[:60, :100]
+    d1, d2 = np.hypot(yy - 30, xx - 40), np.hypot(yy - 30, xx - 56)
+    union = (d1 < 14) | (d2 < 10)  # no neck: the smaller shaft sits deep against the larger
+    ring = ((d1 < 14) & (d1 >= 12)) | ((d2 < 10) & (d2 >= 8))  # their cortices, the shared wall included
+    assert identify.split(union, 0.5).max() == 1  # the distance map alone takes them as one lobed bone
+    parts = identify.split(union, 0.5, ring=ring)
+    assert parts.max() == 2 and parts[30, 40] != parts[30, 58]
+    assert identify.wall_between(ring, (30, 40), (30, 58), 0.5)
+    from scipy import ndimage
+
+    outer = union & ~ndimage.binary_erosion(union, iterations=2)  # one lobed bone: one marrow, no wall inside
+    assert not identify.wall_between(outer, (30, 40), (30, 58), 0.5)
+    assert identify.split(union, 0.5, ring=outer).max() == 1

@@ -1,0 +1,95 @@
+"""How well can MC2 be named from anatomy at all? The identification stage's evidence on *perfect*
+measurements, straight from the randomised generator's parameters (no images, no instance errors).
+
+    python scripts/identity_ceiling.py [--cases 4000] [--seed 60000]
+
+For every case of ``random`` (``synth.families.sample_random``): each metacarpal (and the thumb) as a
+``runtime.identify.Bone`` with its true centre, shaft and head cross-sections and joint level (the head's
+tip; out of view where the stack ends first). The evidence weights are fitted on half of the cases with the
+same conditional logit as ``scripts/calibrate_identity.py`` (same anatomical signs) and scored on the other
+half, by row length and thumb. The result is a ceiling for the evidence the stage uses on these phantoms:
+where it stays below 98 %, the cues are not in the phantom (a row of three without a thumb or a side), and
+no better measurement will reach it; more cues (or ``--side``) will.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+sys.path.insert(0, str(Path(__file__).parent))
+from calibrate_identity import SIGNS, accuracy, loglik  # noqa: E402
+
+from vbmd_rt.runtime import identify  # noqa: E402
+from vbmd_rt.synth import families  # noqa: E402
+
+
+def oracle_bones(p) -> tuple[list[identify.Bone], int]:
+    length = p.slices * p.voxel_mm
+    bones = []
+    for i, b in enumerate(p.bones):
+        sx = -1.0 if p.side == "left" else 1.0  # left hands are mirror images: x mirrored
+        joint = min(b.tip, length)
+        bones.append(
+            identify.Bone(
+                label=i + 1,
+                x_mm=sx * b.x0,
+                y_mm=b.y0,
+                shaft_mm2=math.pi * b.shaft[0] * b.shaft[1],
+                head_mm2=math.pi * b.head[0] * b.head[1],
+                joint_mm=joint,
+                joint_in_view=b.tip < length - 0.5,
+                length_mm=joint,
+                edge=False,
+            )
+        )
+    return bones, next(i for i, b in enumerate(p.bones) if b.name == "MC2")
+
+
+def case_features(bones, true):
+    feats, owners = [], []
+    for mc2 in range(len(bones)):
+        for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
+            f = identify.features(bones, mc2, thumb)
+            if f is not None:
+                feats.append(f)
+                owners.append(mc2)
+    return np.array(feats), np.array(owners), true
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=60000)
+    a = ap.parse_args()
+    allowed = families.parse_family("random")
+    cases, kinds = [], []
+    for i in range(a.cases):
+        p = families.sample_random(a.seed + i, "small", allowed)
+        bones, true = oracle_bones(p)
+        cases.append(case_features(bones, true))
+        thumb = any(b.name == "T1" for b in p.bones)
+        kinds.append(f"{len(p.bones) - thumb} metacarpals, {'thumb' if thumb else 'no thumb'}")
+    bounds = [
+        (0.0, None) if SIGNS.get(k) == 1 else ((None, 0.0) if SIGNS.get(k) == -1 else (None, None))
+        for k in identify.FEATURES
+    ]
+    half = len(cases) // 2
+    w = minimize(loglik, np.zeros(len(identify.FEATURES)), args=(cases[:half],), method="L-BFGS-B", bounds=bounds).x
+    test, tk = cases[half:], kinds[half:]
+    print(f"fitted on {half} cases, scored on {len(test)}: right bone {accuracy(w, test):.3f}")
+    by = collections.defaultdict(list)
+    for c, k in zip(test, tk, strict=True):
+        by[k].append(c)
+    for k in sorted(by):
+        print(f"  {k}: {accuracy(w, by[k]):.3f} of {len(by[k])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
