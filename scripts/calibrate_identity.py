@@ -104,7 +104,10 @@ SIGNS = {
 def bounds(free: bool = False) -> list[tuple[float | None, float | None]]:
     if free:
         return [(None, None)] * len(identify.FEATURES)
-    return [(0.0, None) if SIGNS.get(k) == 1 else ((None, 0.0) if SIGNS.get(k) == -1 else (None, None)) for k in identify.FEATURES]
+    return [
+        (0.0, None) if SIGNS.get(k) == 1 else ((None, 0.0) if SIGNS.get(k) == -1 else (None, None))
+        for k in identify.FEATURES
+    ]
 
 
 def load_cases(folders, found: dict) -> tuple[list, int]:
@@ -159,7 +162,9 @@ def main() -> None:
     w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])
     print(f"{len(cases)} cases ({skipped} without a named choice: one candidate, or MC2 not a candidate)")
     print(f"accuracy with the current weights: {accuracy(w0, cases):.3f}")
-    start = np.clip(w0, *np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi) for lo, hi in bounds(a.free)]).T)
+    start = np.clip(
+        w0, *np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi) for lo, hi in bounds(a.free)]).T
+    )
     res = minimize(loglik, start, args=(cases,), method="L-BFGS-B", bounds=bounds(a.free))
     w = res.x
     print(f"accuracy after fitting: {accuracy(w, cases):.3f} (log-likelihood {-res.fun:.1f})")
@@ -170,7 +175,9 @@ def main() -> None:
         print(f"  fold {k}: {accuracy(wk, held):.3f} on {len(held)} unseen cases")
     if a.test:
         test, _ = load_cases(a.test, found)
-        print(f"test folders ({len(test)} cases, not fitted on): current weights {accuracy(w0, test):.3f}, fitted {accuracy(w, test):.3f}")
+        print(
+            f"test folders ({len(test)} cases, not fitted on): current weights {accuracy(w0, test):.3f}, fitted {accuracy(w, test):.3f}"
+        )
     weights = {k: round(float(v), 2) for k, v in zip(identify.FEATURES, w, strict=True)}
     print(json.dumps(weights))
     if a.cache:
