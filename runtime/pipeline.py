@@ -161,6 +161,9 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, region), 4)}
             if prob is not None:  # the network's output is 0 outside its window
                 c["confidence"] = qc.confidence(win.of(prob), model.threshold)
+            reader = backend.second_reader() if model.classical and hasattr(backend, "second_reader") else None
+            if reader is not None:
+                c["second_reading"] = second_reading(vol, idt, on_grid, reader, float(grid.spacing_mm))
             info["checks"] = c
     info.update(
         {
@@ -174,6 +177,17 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         info["prob"] = preprocess.from_model(prob, geometry) if prob is not None else mask.astype(np.float32)
         info["geometry"] = geometry if prob is not None else None
     return mask, info
+
+
+def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, reader, spacing_mm: float) -> dict:
+    """The classical mask (``on_grid``, model grid) against the one-bone network's mask of the same
+    identified bone (``reader``: model, active backend): where two methods that fail differently disagree,
+    at least one is wrong. Calibrated on the training families (``qc.Limits.reading_dice``)."""
+    model, backend = reader
+    prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
+    trim_at_joint(prob, win, model.threshold, spacing_mm)
+    theirs = largest_component(prob > model.threshold)
+    return {"reader": model.name, "dice_with_network": round(measure.dice(on_grid, theirs), 4)}
 
 
 def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:

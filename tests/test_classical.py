@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import cli_here
-from vbmd_rt.runtime import classical, measure
+from vbmd_rt.runtime import classical, measure, qc
 from vbmd_rt.runtime.io import aim
 from vbmd_rt.runtime.model import load_model
 
@@ -79,6 +79,10 @@ def test_run_with_the_classical_model(cases, tmp_path):
     assert res["model"]["name"] == "classical" and res["backend"]["name"] == "classical"
     assert abs(res["d100_mg_ha_cm3"] - truth["d100_mg_ha_cm3"]) < 15
     assert res["side"] == truth["side"]
+    # QC's second reading: the bundled network's mask of the same bone agrees with a good classical contour
+    second = res["qc"]["second_reading"]
+    assert second["dice_with_network"] >= qc.LIMITS.reading_dice, second
+    assert not any("disagree" in r for r in res["qc"]["reasons"])
     prob = aim.read_aim(tmp_path / "PHANTOM_0000_PROB.AIM")
     assert prob.header.shape == aim.read_header(cases / "PHANTOM_0000.AIM").shape
     assert load_model("classical").classical
@@ -119,3 +123,12 @@ def test_near_mc2_tracks_its_neighbourhood_only_and_returns_the_same_mask():
     z0, z1, y0, y1, x0, x1 = info["box"]
     assert np.count_nonzero(mask[z0:z1, y0:y1, x0:x1]) == np.count_nonzero(mask) > 0
     assert (np.count_nonzero(mask != whole) / np.count_nonzero(whole)) < 0.01
+
+
+def test_a_second_reading_that_disagrees_is_review():
+    """The classical contour and the network's of the same bone: below ``reading_dice`` one of them is wrong."""
+    checks = {"shape": {}, "second_reading": {"reader": "net", "dice_with_network": 0.64}}
+    v = qc.verdict(checks, {})
+    assert any("disagree on the same bone (Dice 0.64)" in r for r in v["reasons"]), v["reasons"]
+    checks["second_reading"]["dice_with_network"] = 0.93
+    assert not any("disagree" in r for r in qc.verdict(checks, {})["reasons"])

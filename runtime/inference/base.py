@@ -170,12 +170,27 @@ class Backend:
 
 
 class NoNetwork(Backend):
-    """The backend of the classical model: it runs no network (the segmentation is in ``classical``)."""
+    """The backend of the classical model: it runs no network for the mask (the segmentation is in
+    ``classical``). ``reader``: (model, backend) of a one-bone network that QC asks for a second reading of
+    the same bone (``pipeline.second_reading``: the two contours must agree); its backend is activated on
+    first use (``second_reader``) and deactivated with this one. None: no second reading."""
 
     name = "classical"
 
-    def __init__(self):
-        super().__init__(None, "n/a", "the classical model has no network")
+    def __init__(self, reader: tuple | None = None):
+        why = "the classical model has no network"
+        super().__init__(None, "n/a", why + ("; the bundled network reads the bone again for QC" if reader else ""))
+        self.reader = reader
+
+    def second_reader(self) -> tuple | None:
+        """(model, active backend) of the second reading, or None."""
+        if self.reader is not None and not self.reader[1].is_active:
+            self.reader[1].activate()
+        return self.reader
+
+    def _deactivate(self) -> None:
+        if self.reader is not None:
+            self.reader[1].deactivate()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("the classical model runs no network")

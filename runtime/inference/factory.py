@@ -83,6 +83,23 @@ def _has_plan(model: Model, flavour: str) -> bool:
     return cc is not None and engines.select(model, engines.key_for(model, flavour, cc))[0] is not None
 
 
+def second_reader(threads: int | None = None) -> tuple | None:
+    """The bundled one-bone network on ONNX Runtime's CPU provider, for QC's second reading of the classical
+    model's bone (``NoNetwork.reader``); None where ONNX Runtime or the bundled model is missing (the check
+    is then left out, the rest of QC stands)."""
+    from vbmd_rt.runtime.model import ModelError, load_model
+
+    if not installed("onnxruntime"):
+        return None
+    try:
+        model = load_model(None)
+        if not model.card.arch.bone_window:
+            return None
+        return model, OnnxRuntimeBackend(model, "cpu", threads=threads)
+    except (ModelError, BackendError):
+        return None
+
+
 def create(name: str, model: Model, device: str = "auto", threads: int | None = None, log=None) -> Backend:
     """Build the backend ``name`` (one of ``BACKENDS``) for ``model`` on ``device``."""
     if model.classical:
@@ -92,7 +109,7 @@ def create(name: str, model: Model, device: str = "auto", threads: int | None = 
                 f"the classical model runs no network, so --backend {name} does not apply",
                 "leave --backend at auto",
             )
-        return NoNetwork()
+        return NoNetwork(second_reader(threads))
     if name not in BACKENDS:
         raise BackendError(None, f"unknown backend {name!r}", f"choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:
