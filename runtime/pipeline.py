@@ -161,9 +161,9 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, region), 4)}
             if prob is not None:  # the network's output is 0 outside its window
                 c["confidence"] = qc.confidence(win.of(prob), model.threshold)
-            reader = backend.second_reader() if model.classical and hasattr(backend, "second_reader") else None
-            if reader is not None:
-                c["second_reading"] = second_reading(vol, idt, on_grid, reader, float(grid.spacing_mm))
+            reading = second_reading(vol, idt, on_grid, backend, float(grid.spacing_mm)) if model.classical else None
+            if reading is not None:
+                c["second_reading"] = reading
             info["checks"] = c
     info.update(
         {
@@ -179,15 +179,31 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     return mask, info
 
 
-def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, reader, spacing_mm: float) -> dict:
+def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, backend, spacing_mm: float) -> dict | None:
     """The classical mask (``on_grid``, model grid) against the one-bone network's mask of the same
-    identified bone (``reader``: model, active backend): where two methods that fail differently disagree,
-    at least one is wrong. Calibrated on the training families (``qc.Limits.reading_dice``)."""
-    model, backend = reader
-    prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
-    trim_at_joint(prob, win, model.threshold, spacing_mm)
-    theirs = largest_component(prob > model.threshold)
-    return {"reader": model.name, "dice_with_network": round(measure.dice(on_grid, theirs), 4)}
+    identified bone (``backend.second_reader()``: model, active backend): where two methods that fail
+    differently disagree, at least one is wrong. Calibrated on the training families
+    (``qc.Limits.reading_dice``). None without a reader. The reading is QC's aid, not the result: where it
+    fails (a damaged model file, ONNX Runtime's error), the record says so and the rest of QC stands."""
+    if not hasattr(backend, "second_reader"):
+        return None
+    name = None
+    try:
+        reader = backend.second_reader()
+        if reader is None:
+            return None
+        model, net = reader
+        name = model.name
+        prob, win = bonewin.predict(vol, idt.region, net.infer, net.batch_for(model.window.roi_slices))
+        trim_at_joint(prob, win, model.threshold, spacing_mm)
+        theirs = largest_component(prob > model.threshold)
+    except Exception as e:  # noqa: BLE001 - any failure of the aid leaves the classical result and its QC
+        return {"reader": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
+    return {
+        "reader": name,
+        "onnx_sha256": net.onnx_sha256,
+        "dice_with_network": round(measure.dice(on_grid, theirs), 4),
+    }
 
 
 def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:

@@ -132,3 +132,27 @@ def test_a_second_reading_that_disagrees_is_review():
     assert any("disagree on the same bone (Dice 0.64)" in r for r in v["reasons"]), v["reasons"]
     checks["second_reading"]["dice_with_network"] = 0.93
     assert not any("disagree" in r for r in qc.verdict(checks, {})["reasons"])
+
+
+def test_a_second_reading_that_fails_leaves_the_classical_result(cases, tmp_path):
+    """A damaged reader (its ONNX no longer matches its card) costs the second reading, not the run."""
+    import shutil
+
+    from vbmd_rt.runtime import pipeline
+    from vbmd_rt.runtime.inference.base import NoNetwork
+    from vbmd_rt.runtime.inference.ort_backend import OnnxRuntimeBackend
+    from vbmd_rt.runtime.model import default_model_dir
+
+    shutil.copytree(default_model_dir(), tmp_path / "net")
+    onnx = tmp_path / "net" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-64] + bytes(64))
+    net = load_model(tmp_path / "net")
+    backend = NoNetwork((net, OnnxRuntimeBackend(net, "cpu")))
+    with backend:
+        pipeline.run_scan(cases / "PHANTOM_0000.AIM", tmp_path / "out", load_model("classical"), backend)
+    res = json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())
+    truth = json.loads((cases / "PHANTOM_0000.truth.json").read_text())
+    assert abs(res["d100_mg_ha_cm3"] - truth["d100_mg_ha_cm3"]) < 15
+    second = res["qc"]["second_reading"]
+    assert "dice_with_network" not in second and second["error"].startswith("ModelError"), second
+    assert not backend.reader[1].is_active

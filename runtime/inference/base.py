@@ -188,8 +188,9 @@ class NoNetwork(Backend):
             self.reader[1].activate()
         return self.reader
 
-    def _deactivate(self) -> None:
-        if self.reader is not None:
+    def deactivate(self) -> None:
+        super().deactivate()
+        if self.reader is not None:  # also where this backend was used without activating it
             self.reader[1].deactivate()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
