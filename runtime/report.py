@@ -410,6 +410,21 @@ def calibration_text(cal: dict | None, plain: bool = False) -> str:
 
 # What each QC check is, in the order a reader checks them: (group, key, words, how the limit reads).
 _CHECKS = (
+    ("identity", "margin", "identity margin (log-odds of MC2 over the next bone)", "identity_margin", ">="),
+    (
+        "agreement",
+        "dice_with_identified_region",
+        "agreement with the identified bone's region (Dice)",
+        "region_dice",
+        ">=",
+    ),
+    (
+        "second_reading",
+        "dice_with_network",
+        "agreement with the bundled network on the same bone (Dice)",
+        "reading_dice",
+        ">=",
+    ),
     ("baseline", "dice", "agreement with the classical baseline on the same bone (Dice)", "baseline_dice", ">="),
     ("baseline", "d100_difference_mg_ha_cm3", "D100 minus the baseline's (mg HA/cm³)", "baseline_d100_mg", "±"),
     ("baseline", "row_end", "the bone is at an end of the metacarpal row (MC2 or MC5)", None, "yes"),

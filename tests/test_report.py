@@ -175,3 +175,22 @@ def test_profiles_start_at_zero_and_say_proximal_and_distal():
 def test_info_and_report_write_the_calibration_alike():
     text = report.calibration_text(CAL.to_dict(), plain=True)
     assert text.startswith("mg HA/cm3 = 0.17592 x stored value - 356.445") and "intercept -356.445 mg HA/cm3" in text
+
+
+def test_html_lists_the_identity_agreement_and_second_reading_checks():
+    """The checks that decide most verdicts of the one-bone models are in the report's table with limits."""
+    data, mask = _hand()
+    q = _qc()
+    q["identity"] = {"margin": 1.24, "reasons": ["MC2 not clearly identified"]}
+    q["agreement"] = {"dice_with_identified_region": 0.83}
+    q["second_reading"] = {"reader": "net", "dice_with_network": 0.91}
+    q["limits"].update(identity_margin=2.0, region_dice=0.6, reading_dice=0.87)
+    page = report.html_report(_result(qc=q), b"\x89PNG", report.details(data, mask, CAL, (0.082, 0.082, 0.082)))
+    checks = page.split("<h2>Quality checks</h2>")[1].split("</table>")[0]
+    for words, value, limit in (
+        ("identity margin", "1.24", "&gt;= 2"),
+        ("the identified bone", "0.83", "&gt;= 0.6"),
+        ("bundled network on the same bone", "0.91", "&gt;= 0.87"),
+    ):
+        row = next(r for r in checks.split("<tr>") if words in r)
+        assert value in row and limit in row, row
