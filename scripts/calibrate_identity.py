@@ -159,6 +159,8 @@ def main() -> None:
                     cases.append(c)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if a.cache:  # before the fit: the candidates are the costly part
+        a.cache.write_bytes(pickle.dumps(found))
     w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])
     print(f"{len(cases)} cases ({skipped} without a named choice: one candidate, or MC2 not a candidate)")
     print(f"accuracy with the current weights: {accuracy(w0, cases):.3f}")
@@ -175,13 +177,13 @@ def main() -> None:
         print(f"  fold {k}: {accuracy(wk, held):.3f} on {len(held)} unseen cases")
     if a.test:
         test, _ = load_cases(a.test, found)
+        if a.cache:
+            a.cache.write_bytes(pickle.dumps(found))
         print(
             f"test folders ({len(test)} cases, not fitted on): current weights {accuracy(w0, test):.3f}, fitted {accuracy(w, test):.3f}"
         )
     weights = {k: round(float(v), 2) for k, v in zip(identify.FEATURES, w, strict=True)}
     print(json.dumps(weights))
-    if a.cache:
-        a.cache.write_bytes(pickle.dumps(found))
     if a.out:
         a.out.write_text(json.dumps(weights, indent=2) + "\n")
 
