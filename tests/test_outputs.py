@@ -251,7 +251,9 @@ def test_two_runs_on_one_out_compute_each_scan_once(scans, tmp_path):
     cmd = [sys.executable, "-m", "vbmd_rt", "run", str(d), "-o", str(out), "--model", "classical"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     texts = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), texts
+    assert all(p.returncode == 0 for p in procs), "\n".join(
+        f"exit {p.returncode}:\n{o}{e}" for p, (o, e) in zip(procs, texts, strict=True)
+    )
     lines = [ln for o, e in texts for ln in (o + e).splitlines() if ln.startswith("S") and "D100" in ln]
     done = [ln for ln in lines if "skipped" not in ln]
     assert len(lines) == 8 and sorted(ln.split(":")[0] for ln in done) == [f"S{i}.AIM" for i in range(4)], lines
