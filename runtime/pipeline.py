@@ -134,9 +134,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             end = joint_end(on_grid.sum(axis=(1, 2)), float(grid.spacing_mm))
             if end is not None and info["box"] is not None:  # its tracking took in the phalanx's cup
                 on_grid[end:] = False
-                z0, z1, y0, y1, x0, x1 = info["box"]
-                cut = max(z0, min(z1, int(round(end * geometry.scale[0]))))
-                mask[cut:z1, y0:y1, x0:x1] = 0
+                cut_native(mask, info["box"], end, geometry.scale[0])
                 info["joint_cut_slice"] = end
     else:
         with timer("inference"):
@@ -204,6 +202,16 @@ def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, backend, spacing_m
         "onnx_sha256": net.onnx_sha256,
         "dice_with_network": round(measure.dice(on_grid, theirs), 4),
     }
+
+
+def cut_native(mask: np.ndarray, box, end: int, scale_z: float) -> int:
+    """Zero the native ``mask`` (in place, inside its ``box`` (z0, z1, y0, y1, x0, x1): it is 0 outside)
+    from the first native slice of model slice ``end`` on (``scale_z`` native slices per model slice; z is
+    never cropped). Returns that native slice, clipped to the box."""
+    z0, z1, y0, y1, x0, x1 = box
+    cut = max(z0, min(z1, int(round(end * scale_z))))
+    mask[cut:z1, y0:y1, x0:x1] = 0
+    return cut
 
 
 def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:

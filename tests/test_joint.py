@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vbmd_rt.runtime import bonewin
-from vbmd_rt.runtime.pipeline import trim_at_joint
+from vbmd_rt.runtime.pipeline import cut_native, trim_at_joint
 from vbmd_rt.runtime.postprocess import joint_end
 
 MM = 0.246  # model slices
@@ -64,3 +64,20 @@ def test_trim_leaves_a_mask_whose_head_ends_in_view():
     before = prob.copy()
     assert trim_at_joint(prob, bonewin.Window(20, 20, 0, radii.size), 0.5, MM) is None
     np.testing.assert_array_equal(prob, before)
+
+
+def test_the_classical_mask_is_cut_at_the_native_slices_of_the_joint():
+    """Model slice k covers native slices k*s to (k+1)*s: the cut at model slice 10 (s = 3) zeroes native
+    slices 30 on, inside the mask's box; a cut beyond the box changes nothing."""
+    mask = np.zeros((60, 20, 20), np.uint8)
+    box = (5, 50, 2, 18, 3, 17)
+    mask[5:50, 2:18, 3:17] = 1
+    before = mask.copy()
+    assert cut_native(mask, box, 10, 3.0) == 30
+    assert not mask[30:].any()
+    np.testing.assert_array_equal(mask[:30], before[:30])
+    again = before.copy()
+    assert cut_native(again, box, 40, 3.0) == 50  # beyond the box: clipped, nothing to zero
+    np.testing.assert_array_equal(again, before)
+    assert cut_native(again, box, 1, 3.0) == 5  # before the box: the whole box
+    assert not again.any()
