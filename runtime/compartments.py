@@ -57,6 +57,7 @@ import cv2
 import numpy as np
 
 from vbmd_rt.runtime.io.calibration import Calibration
+from vbmd_rt.runtime.parallel import each
 
 PARAMETERS = (
     "ct_bmd_mg_ha_cm3",
@@ -212,18 +213,21 @@ def _compartments(data, mask, spacing_zyx, equation, box, params: Params, given=
     rim = levels[2] + params.peel_level * (levels[0] - levels[2])
     labels = np.zeros(sub.shape, np.uint8)
     rows = np.zeros((nz, len(_ROW)), np.float64)
-    for c0 in range(0, nz, CHUNK_SLICES):
+
+    def one(c0: int) -> None:
         c1 = min(nz, c0 + CHUNK_SLICES)
         part = sub[c0:c1]
         yy = np.flatnonzero(part.any(axis=(0, 2)))
         xx = np.flatnonzero(part.any(axis=(0, 1)))
         if yy.size == 0:
-            continue
+            return
         y0, y1, x0, x1 = int(yy[0]), int(yy[-1]) + 1, int(xx[0]), int(xx[-1]) + 1
         d, m, t = block(c0, c1, y0, y1, x0, x1)
         lab, r = _chunk(d, m, thresholds[c0:c1], px, params, t, rim)
-        labels[c0:c1, y0:y1, x0:x1] = lab[:, frame:-frame, frame:-frame]
+        labels[c0:c1, y0:y1, x0:x1] = lab[:, frame:-frame, frame:-frame]  # chunks write disjoint slices
         rows[c0:c1] = r
+
+    each(one, range(0, nz, CHUNK_SLICES))
     values = summarise(rows, (sz, sy, sx), params)
     if values["neck_slice"] is not None:
         values["neck_slice"] += zs.start

@@ -24,6 +24,7 @@ from vbmd_rt.runtime.io.atomic import atomic_write_bytes, check_writable_dir
 from vbmd_rt.runtime.io.calibration import implausible as implausible_calibration
 from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
+from vbmd_rt.runtime.parallel import each
 from vbmd_rt.runtime.postprocess import detect_side, joint_end, largest_component, postprocess
 from vbmd_rt.runtime.result import Record, model_record
 from vbmd_rt.runtime.result import timings as result_timings
@@ -552,21 +553,34 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 f"MC2 periosteal mask by vbmd-rt ({model.name}, {backend.name}); "
                 f"D100 {'n/a' if m['d100_mg_ha_cm3'] is None else format(m['d100_mg_ha_cm3'], '.1f')} mg HA/ccm"
             )
-            rec.mask = {
-                **masks.write_mask(files["mask"], mask, scan.header, options.mask_format, entry, box, m["voxels"]),
-                "voxels": m["voxels"],
-            }
-            written.append(files["mask"])
-            written.extend((files["cort"], files["trab"]))  # same format, same transaction as the SEG mask
             comp = a.compartments
-            rec.mask["compartments"] = masks.write_compartments(
-                files,
-                None if comp is None else comp.labels,
-                None if comp is None else comp.box,
-                scan.header,
-                options.mask_format,
-                f"model {model.name}",
-            )
+            written.extend((files["mask"], files["cort"], files["trab"], files["png"]))  # removed on failure
+            done: dict = {}
+
+            def seg():
+                done["seg"] = masks.write_mask(
+                    files["mask"], mask, scan.header, options.mask_format, entry, box, m["voxels"]
+                )
+
+            def compartment_masks():  # same format, same transaction as the SEG mask
+                done["compartments"] = masks.write_compartments(
+                    files,
+                    None if comp is None else comp.labels,
+                    None if comp is None else comp.box,
+                    scan.header,
+                    options.mask_format,
+                    f"model {model.name}",
+                )
+
+            def picture(result=rec.to_json()):  # the picture shows the measures, QC and identity, not the files
+                done["png"] = report.png_bytes(
+                    report.montage(scan.data, mask, cal, box=box, result=result, compartments=comp)
+                )
+                atomic_write_bytes(files["png"], done["png"], overwrite=True)
+
+            each(lambda write: write(), (seg, compartment_masks, picture))  # separate files, side by side
+            rec.mask = {**done["seg"], "voxels": m["voxels"], "compartments": done["compartments"]}
+            png = done["png"]
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
                 grid = _model_grid_header(scan.header, info["geometry"])  # its log without patient fields:
@@ -581,11 +595,6 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                     overwrite=True,
                 )
                 written.append(files["prob"])
-            png = report.png_bytes(
-                report.montage(scan.data, mask, cal, box=box, result=rec.to_json(), compartments=a.compartments)
-            )
-            atomic_write_bytes(files["png"], png, overwrite=True)
-            written.append(files["png"])
             if options.export:  # into the staging folder: part of the scan's transaction
                 name, staging = scan_name(path), files["mask"].parent
                 written.extend(staging / n for n in export_names(name, options.export))

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from vbmd_rt.runtime.parallel import cores, each
+
 SIDES = ("auto", "left", "right")
 PREVIEW_SLICES = 8  # slices (at least) whose model voxels give the air level for padding
 MODEL_SPACING_MM = 0.246  # in-plane spacing of new models: an XtremeCT I slice (1536 x 82 µm) becomes 512 x 512
@@ -133,16 +135,21 @@ def _resample_zyx(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray
     nz, ny, nx = shape
     w = z_weights(volume.shape[0], nz)
     out = np.empty(shape, np.float32)
-    acc = np.empty(volume.shape[1:], np.float32)
-    term = np.empty_like(acc)
     interp = cv2.INTER_AREA if ny <= volume.shape[1] and nx <= volume.shape[2] else cv2.INTER_LINEAR
-    for k in range(nz):
-        js = np.flatnonzero(w[k])
-        np.multiply(volume[js[0]], w[k, js[0]], out=acc)
-        for j in js[1:]:
-            np.multiply(volume[j], w[k, j], out=term)
-            acc += term
-        out[k] = cv2.resize(acc, (nx, ny), interpolation=interp)
+
+    def part(ks: range) -> None:
+        acc = np.empty(volume.shape[1:], np.float32)
+        term = np.empty_like(acc)
+        for k in ks:
+            js = np.flatnonzero(w[k])
+            np.multiply(volume[js[0]], w[k, js[0]], out=acc)
+            for j in js[1:]:
+                np.multiply(volume[j], w[k, j], out=term)
+                acc += term
+            out[k] = cv2.resize(acc, (nx, ny), interpolation=interp)
+
+    n = max(1, min(cores(), 4, nz // 8))  # output slices in a few runs, one thread each
+    each(part, [range(i * nz // n, (i + 1) * nz // n) for i in range(n)], n)
     return out
 
 
@@ -292,7 +299,11 @@ def _to_model_in_box(
     z, ny, nx = data.shape
     mz, my, mx = grid
     fy, fx = ny // my, nx // mx
-    mean = data[:, fy // 2 :: fy, fx // 2 :: fx].sum(axis=0, dtype=np.float32)  # every slice: no bone missed
+    centres = data[:, fy // 2 :: fy, fx // 2 :: fx]  # every slice: no bone missed
+    n = max(1, min(cores(), 4, z // 16))
+    parts = np.empty((n, *centres.shape[1:]), np.float32)
+    each(lambda i: centres[i * z // n : (i + 1) * z // n].sum(axis=0, dtype=np.float32, out=parts[i]), range(n), n)
+    mean = parts.sum(axis=0)
     mean *= np.float32(1.0 / (z * spec.std))
     mean -= np.float32(spec.mean / spec.std)
     box = hand_box(orient(mean[None], flip), spec.multiple, spec.margin)

@@ -22,6 +22,7 @@ from vbmd_rt.runtime.inference.base import (
 from vbmd_rt.runtime.inference.ort_backend import OnnxRuntimeBackend
 from vbmd_rt.runtime.inference.trt_backend import TensorRTBackend
 from vbmd_rt.runtime.model import Model
+from vbmd_rt.runtime.parallel import set_threads
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,7 +102,10 @@ def second_reader(threads: int | None = None) -> tuple | None:
 
 
 def create(name: str, model: Model, device: str = "auto", threads: int | None = None, log=None) -> Backend:
-    """Build the backend ``name`` (one of ``BACKENDS``) for ``model`` on ``device``."""
+    """Build the backend ``name`` (one of ``BACKENDS``) for ``model`` on ``device``. ``threads`` bounds
+    the CPU threads of ONNX Runtime and of vbmd-rt's own stages (``parallel.set_threads``) in this process."""
+    if threads:
+        set_threads(threads)
     if model.classical:
         if name not in ("auto",):
             raise BackendError(

@@ -35,7 +35,9 @@ def watch(
     device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", "--device", help="Where the network runs."),
     report: Literal["html"] | None = typer.Option(None, "--report", help="Also write a report page."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write NAME_PROB.AIM."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for ONNX Runtime and vbmd-rt's own stages."
+    ),
     max_memory: str | None = typer.Option(
         None, "--max-memory", help="Refuse scans predicted to need more memory, e.g. 16G (default: 3/4 of the RAM)."
     ),

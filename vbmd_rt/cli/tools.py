@@ -121,7 +121,9 @@ def bench(
     model2d: Path | None = typer.Option(None, "--model2d", help="An exported 2D model for the per-slice latency."),
     no_network: bool = typer.Option(False, "--no-network", help="Skip the network-only latency and FLOPs."),
     no_2d: bool = typer.Option(False, "--no-2d", help="Skip the 2D net (exporting an untrained one needs torch)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for ONNX Runtime and vbmd-rt's own stages."
+    ),
     cache: Path = typer.Option(Path(".cache/bench"), "--cache", help="Where the phantom (and the 2D net) are kept."),
     train: bool = typer.Option(False, "--train", help="Training throughput per architecture instead (needs torch)."),
 ):
