@@ -541,6 +541,7 @@ WEIGHTS = {
 #: Candidates that cannot all be whole metacarpals (calibrated on the training families: no correct naming
 #: there has a shaft below 0.3x or above 3x the median, or more than five candidates).
 MAX_CANDIDATES, FRAGMENT_RATIO, MERGED_RATIO = 5, 0.3, 3.0
+ROW_MAX = 4  # metacarpals in the row: MC2 to MC5
 SIDE_WEIGHT = 8.0  # a side given by the user or written in the log outweighs anatomy
 
 
@@ -596,23 +597,34 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
     return np.array([f[k] for k in FEATURES])
 
 
+def namings(bones: list[Bone]) -> list[tuple[int, int | None, np.ndarray]]:
+    """The consistent namings of the candidates: (MC2, thumb or None, ``features``), MC2 at an end of the
+    row. A hand has four metacarpals besides the thumb's: where some naming leaves at most ``ROW_MAX`` in
+    the row, those with more there (a thumb or its phalanx taken into the row) are dropped; where none
+    does (a bone split in two by the instances), all stay, and ``irregular`` says so."""
+    out = []
+    for mc2 in range(len(bones)):
+        for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
+            f = features(bones, mc2, thumb)
+            if f is not None:
+                out.append((mc2, thumb, f))
+    fits = [n for n in out if len(bones) - (n[1] is not None) <= ROW_MAX]
+    return fits or out
+
+
 def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tuple[list[dict], float]:
     """Every consistent naming, best first (each: mc2, thumb, score, evidence), and the margin: the
     log-odds of the chosen bone over the best other bone, each summed over its thumb hypotheses."""
     w = np.array([(weights or WEIGHTS)[k] for k in FEATURES])
     xs = np.array([b.x_mm for b in bones])
     hyps: list[dict[str, Any]] = []
-    for mc2 in range(len(bones)):
-        for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
-            f = features(bones, mc2, thumb)
-            if f is None:
-                continue
-            ev = {k: round(float(v * wk), 2) for k, v, wk in zip(FEATURES, f, w, strict=True) if v * wk}
-            if side is not None:  # model space is a right hand: MC2 on the row's -x end
-                others = [b.x_mm for i, b in enumerate(bones) if i not in (mc2, thumb)]
-                low = xs[mc2] < float(np.mean(others))
-                ev["side"] = SIDE_WEIGHT if low == (side == "right") else -SIDE_WEIGHT
-            hyps.append({"mc2": mc2, "thumb": thumb, "score": round(float(sum(ev.values())), 2), "evidence": ev})
+    for mc2, thumb, f in namings(bones):
+        ev = {k: round(float(v * wk), 2) for k, v, wk in zip(FEATURES, f, w, strict=True) if v * wk}
+        if side is not None:  # model space is a right hand: MC2 on the row's -x end
+            others = [b.x_mm for i, b in enumerate(bones) if i not in (mc2, thumb)]
+            low = xs[mc2] < float(np.mean(others))
+            ev["side"] = SIDE_WEIGHT if low == (side == "right") else -SIDE_WEIGHT
+        hyps.append({"mc2": mc2, "thumb": thumb, "score": round(float(sum(ev.values())), 2), "evidence": ev})
     if not hyps:
         return [], 0.0
     per_bone: dict[int, float] = {}

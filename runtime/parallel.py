@@ -27,8 +27,9 @@ def cores() -> int:
 
 def each(fn, items, workers: int | None = None) -> None:
     """``fn(item)`` for every item, on up to ``workers`` threads (default: the cores, at most 4), for work
-    that releases the GIL (OpenCV, numpy on large arrays) and writes disjoint parts of its outputs. The
-    first exception is raised once all calls have ended; one worker, or one item, runs in this thread."""
+    that releases the GIL (OpenCV, numpy on large arrays) and writes disjoint parts of its outputs. On
+    threads, the first exception is raised once all calls have ended (no thread is left writing); with one
+    worker, or one item, the calls run in this thread and the first exception ends them."""
     items = list(items)
     n = min(len(items), workers or 4, cores())
     if n <= 1:

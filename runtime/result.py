@@ -12,6 +12,7 @@ cohort). ``run`` makes its record with ``of_run``, ``measure`` with ``of_given_m
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,19 @@ MEASURES = ("d100_mg_ha_cm3", "bone_volume_mm3", "mean_slice_area_mm2", "slices"
 # What a given mask's result names as its model and backend: no network made it.
 GIVEN_MASK_MODEL = {"name": "given mask", "architecture": None, "sha256": None, "intended_use": None}
 GIVEN_MASK_BACKEND = {"name": GIVEN_MASK, "precision": None}
+
+
+def finite(value):
+    """``value`` with every float that is not finite (an unchallenged identity margin, a level with no voxels
+    to read) as None: JSON has no inf or NaN, and strict readers (jq, JavaScript, Go) refuse Python's
+    ``Infinity``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 @dataclass
@@ -160,7 +174,7 @@ class Record:
             d["identity"] = self.identity
         d.update(compartments=self.compartments, qc=self.qc, warnings=self.warnings, vbmd_rt_version=self.version)
         d.update(self.extra)
-        return d
+        return finite(d)
 
     def summary_values(self) -> dict:
         """The columns of a summary row (``cohort.summary.ROW_FIELDS``) that come from the result."""

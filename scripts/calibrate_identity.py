@@ -53,12 +53,9 @@ def case_bones(scan_path: Path, gt_path: Path):
 def case_features(bones, true):
     """(features per naming, MC2 candidate per naming, index of the true MC2 candidate) or None."""
     feats, owners = [], []
-    for mc2 in range(len(bones)):
-        for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
-            f = identify.features(bones, mc2, thumb)
-            if f is not None:
-                feats.append(f)
-                owners.append(mc2)
+    for mc2, _thumb, f in identify.namings(bones):
+        feats.append(f)
+        owners.append(mc2)
     if true not in owners:
         return None
     return np.array(feats), np.array(owners), true

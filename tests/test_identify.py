@@ -165,6 +165,22 @@ def test_hypotheses_prefer_the_row_end_beside_the_thumb():
     assert margin > 0
 
 
+def test_a_row_holds_at_most_four_metacarpals():
+    """Five bones in a line: one of them is the thumb (or its phalanx), never a fifth metacarpal in the row;
+    six (a bone split in two) leave no such naming, and then every naming stays."""
+
+    def bone(x, y, area=60.0, joint=15.0):
+        return identify.Bone(0, x, y, area, area * 2, joint, True, joint, False)
+
+    five = [bone(0, 30, 70.0), bone(20, 24), bone(38, 22), bone(56, 22), bone(74, 24, 40.0, 12.0)]
+    found = identify.namings(five)
+    assert found and all(thumb is not None for _, thumb, _ in found)
+    hyps, _ = identify.name(five, None)
+    assert all(h["thumb"] is not None for h in hyps)
+    six = [*five, bone(92, 30, 35.0, 11.0)]
+    assert any(thumb is None for _, thumb, _ in identify.namings(six))  # nothing fits: all namings stay
+
+
 @pytest.mark.parametrize("name", ["bonelabdata_aluminum.aim", "aimiopy_TRAB_1240.AIM"])
 def test_scans_that_hold_no_hand_are_refused_with_exit_2_and_no_output(samples, tmp_path, name):
     import subprocess

@@ -96,3 +96,28 @@ def test_measure_json_is_the_record_of_a_given_mask(tiny, classical, tmp_path):
     assert m["model"]["name"] == "given mask" and m["mask"]["source"] == "given"
     row = batch.row(tiny, "done", m)
     assert row["backend"] == "given-mask" and row["d100_mg_ha_cm3"] == m["d100_mg_ha_cm3"]
+
+
+def test_result_json_holds_no_inf_or_nan():
+    """An unchallenged identity margin (inf) or a level with nothing to read (NaN) is null in NAME.json:
+    strict JSON readers refuse Python's Infinity and NaN."""
+    rec = Record(
+        d100_mg_ha_cm3=float("nan"),
+        bone_volume_mm3=1.0,
+        mean_slice_area_mm2=1.0,
+        slices=1,
+        side="right",
+        side_source="anatomy",
+        backend={},
+        model={},
+        calibration=None,
+        scan={},
+        mask={},
+        compartments={"thresholds_mg_ha_cm3": {"cortex_level": float("nan")}, "range": (1.5, float("-inf"))},
+        qc={"status": "review", "identity": {"margin": float("inf"), "reasons": []}},
+        warnings=[],
+    )
+    d = rec.to_json()
+    text = json.dumps(d, allow_nan=False)  # raises on inf or NaN
+    assert d["qc"]["identity"]["margin"] is None and d["d100_mg_ha_cm3"] is None
+    assert d["compartments"]["range"] == [1.5, None] and json.loads(text)["bone_volume_mm3"] == 1.0
