@@ -36,9 +36,23 @@ def each(fn, items, workers: int | None = None) -> None:
         for it in items:
             fn(it)
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(n, thread_name_prefix="vbmd-rt") as pool:
-        futures = [pool.submit(fn, it) for it in items]
+    pool = ThreadPoolExecutor(n, thread_name_prefix="vbmd-rt")
+    futures = [pool.submit(fn, it) for it in items]
+    try:
+        wait(futures)
+    except BaseException:  # Ctrl-C while waiting: nothing queued starts, what runs ends before this returns
+        for f in futures:
+            f.cancel()
+        while True:
+            try:
+                wait(futures)
+                break
+            except BaseException:  # noqa: S112 - a second Ctrl-C still waits for the running calls
+                continue
+        raise
+    finally:
+        pool.shutdown(wait=True)
     for f in futures:
         f.result()

@@ -578,7 +578,8 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
                 )
                 atomic_write_bytes(files["png"], done["png"], overwrite=True)
 
-            each(lambda write: write(), (seg, compartment_masks, picture))  # separate files, side by side
+            # Separate files, side by side; char masks (full-size arrays each) one after the other.
+            each(lambda write: write(), (seg, compartment_masks, picture), 1 if options.mask_format == "char" else None)
             rec.mask = {**done["seg"], "voxels": m["voxels"], "compartments": done["compartments"]}
             png = done["png"]
             if options.save_prob:

@@ -287,6 +287,17 @@ def to_model(data: np.ndarray, spec: Spec, side: str = "auto", spacing_zyx=None)
     return out, Geometry((z, ny, nx), (mz, my, mx), flip, box)
 
 
+def centre_sum(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """The sum over all slices of the centre voxel of every ``fy`` x ``fx`` block (float32), on the cores:
+    the parts are summed exactly (float64), so the result is the same on any number of threads."""
+    centres = data[:, fy // 2 :: fy, fx // 2 :: fx]
+    z = centres.shape[0]
+    n = max(1, min(cores(), 4, z // 16))
+    parts = np.empty((n, *centres.shape[1:]), np.float64)
+    each(lambda i: centres[i * z // n : (i + 1) * z // n].sum(axis=0, dtype=np.float64, out=parts[i]), range(n), n)
+    return parts.sum(axis=0).astype(np.float32)
+
+
 def _to_model_in_box(
     data: np.ndarray, spec: Spec, grid: tuple[int, int, int], flip: bool
 ) -> tuple[np.ndarray, Geometry]:
@@ -299,11 +310,7 @@ def _to_model_in_box(
     z, ny, nx = data.shape
     mz, my, mx = grid
     fy, fx = ny // my, nx // mx
-    centres = data[:, fy // 2 :: fy, fx // 2 :: fx]  # every slice: no bone missed
-    n = max(1, min(cores(), 4, z // 16))
-    parts = np.empty((n, *centres.shape[1:]), np.float32)
-    each(lambda i: centres[i * z // n : (i + 1) * z // n].sum(axis=0, dtype=np.float32, out=parts[i]), range(n), n)
-    mean = parts.sum(axis=0)
+    mean = centre_sum(data, fy, fx)  # every slice: no bone missed
     mean *= np.float32(1.0 / (z * spec.std))
     mean -= np.float32(spec.mean / spec.std)
     box = hand_box(orient(mean[None], flip), spec.multiple, spec.margin)

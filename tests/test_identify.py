@@ -181,6 +181,15 @@ def test_a_row_holds_at_most_four_metacarpals():
     assert any(thumb is None for _, thumb, _ in identify.namings(six))  # nothing fits: all namings stay
 
 
+def test_with_a_thumb_mc2_is_the_row_end_beside_it():
+    def bone(x, y, area=60.0, joint=15.0):
+        return identify.Bone(0, x, y, area, area * 2, joint, True, joint, False)
+
+    bones = [bone(20, 20), bone(38, 22), bone(56, 22), bone(74, 20, 40.0, 12.0), bone(92, 38, 50.0)]
+    with_thumb = [(mc2, thumb) for mc2, thumb, _ in identify.namings(bones) if thumb == 4]
+    assert with_thumb == [(3, 4)]  # the thumb beside bone 3: never the far end 0 as MC2
+
+
 @pytest.mark.parametrize("name", ["bonelabdata_aluminum.aim", "aimiopy_TRAB_1240.AIM"])
 def test_scans_that_hold_no_hand_are_refused_with_exit_2_and_no_output(samples, tmp_path, name):
     import subprocess

@@ -12,12 +12,12 @@ from vbmd_rt.runtime.io.calibration import Calibration
 
 @pytest.fixture
 def one_thread():
+    parallel.set_threads(None)  # another test's backend may have set a limit in this process
     yield lambda: parallel.set_threads(1)
     parallel.set_threads(None)
 
 
 def test_each_runs_every_item_and_raises_the_first_error_after_all_ended(one_thread):
-    parallel.set_threads(None)  # another test's backend may have set a limit in this process
     seen = []
 
     def work(i):
@@ -76,3 +76,42 @@ def test_compartments_on_threads_equal_one_thread(one_thread):
     assert many is not None and one is not None
     assert {compartments.CORTEX, compartments.TRABECULAR} <= set(np.unique(many.labels).tolist())
     assert np.array_equal(many.labels, one.labels) and many.values == one.values
+
+
+def test_the_hand_box_sum_is_the_same_on_any_number_of_threads(one_thread):
+    """Long stacks of high values: float32 partial sums would round differently per split."""
+    v = np.random.default_rng(2).integers(20000, 32767, size=(700, 24, 24), dtype=np.int16)
+    exact = v[:, 1::3, 1::3].sum(axis=0, dtype=np.float64).astype(np.float32)
+    many = preprocess.centre_sum(v, 3, 3)
+    one_thread()
+    assert np.array_equal(many, exact) and np.array_equal(preprocess.centre_sum(v, 3, 3), exact)
+
+
+def test_ctrl_c_while_waiting_leaves_no_call_running():
+    """KeyboardInterrupt in the waiting thread: the calls already running end before ``each`` returns, the
+    queued ones never start."""
+    import signal
+    import time
+
+    if parallel.cores() < 2 or not hasattr(signal, "setitimer"):
+        pytest.skip("needs two cores and setitimer")
+    started, ended = [], []
+
+    def work(i):
+        started.append(i)
+        time.sleep(0.4)
+        ended.append(i)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            parallel.each(work, range(6), 2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(ended) == sorted(started) and len(started) < 6  # nothing left running, the rest never ran
+    assert not [t for t in threading.enumerate() if t.name.startswith("vbmd-rt_")]

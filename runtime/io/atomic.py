@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from vbmd_rt.runtime.errors import OutputError, OutputUnavailable
@@ -54,9 +55,13 @@ def _umask_mode() -> int:
                     return 0o666 & ~int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
-    os.umask(mask)
+    with _UMASK_LOCK:  # elsewhere: read it by setting it, and put it back at once (writers run on threads)
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:
