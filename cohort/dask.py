@@ -34,6 +34,15 @@ def dask_task(path: str, out: str, job: Job) -> dict:
     return process(Path(path), Path(out), _worker_predictor(job), job.options, reraise_internal=True)
 
 
+def worker_threads(given: int | None, workers: int) -> int | None:
+    """CPU threads for each of ``workers`` local worker processes: the user's ``--threads``, else the cores
+    shared out (ONNX Runtime and vbmd-rt's own stages would otherwise each take every core in every worker).
+    None (each takes every core) for one worker."""
+    if given:
+        return given
+    return None if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
+
+
 def run_dask(
     files: list[Path],
     out: Path,
@@ -52,7 +61,7 @@ def run_dask(
     if cluster == "local":
         gpus = _gpu_count()
         n = workers or max(1, gpus or min(4, os.cpu_count() or 1))
-        job = dataclasses.replace(job, gpus=gpus)
+        job = dataclasses.replace(job, gpus=gpus, threads=worker_threads(job.threads, n))
         local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(local)
     elif cluster.startswith("tcp://"):

@@ -245,3 +245,17 @@ def test_summary_csv_rounds_and_names_model_version_qc_and_origin(tmp_path):
     assert json.loads(json_path.read_text())["rows"][0]["d100_mg_ha_cm3"] == 415.7255637786248  # JSON: every digit
     no_qc = cohort.row(tmp_path / "C.AIM", "done", {k: v for k, v in result.items() if k != "qc"})
     assert no_qc["qc_status"] is None and no_qc["qc_reasons"] is None
+
+
+def test_local_workers_share_the_cores():
+    """Each local Dask worker gets a share of the cores for ONNX Runtime and vbmd-rt's own threads, unless
+    --threads says; one worker keeps them all."""
+    import os
+
+    from vbmd_rt.cohort.dask import worker_threads
+
+    cores = os.cpu_count() or 1
+    assert worker_threads(3, 2) == 3
+    assert worker_threads(None, 1) is None
+    assert worker_threads(None, 2) == max(1, cores // 2)
+    assert worker_threads(None, 4 * cores) == 1
