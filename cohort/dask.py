@@ -14,6 +14,7 @@ from vbmd_rt.api import Predictor
 from vbmd_rt.cohort.batch import Job, load_job, pin_worker_gpu, process
 from vbmd_rt.cohort.summary import row
 from vbmd_rt.runtime.errors import VbmdInputError
+from vbmd_rt.runtime.parallel import cores
 
 _WORKER: dict = {}  # per worker process: the job key -> its Predictor, loaded once
 
@@ -40,7 +41,7 @@ def worker_threads(given: int | None, workers: int) -> int | None:
     None (each takes every core) for one worker."""
     if given:
         return given
-    return None if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
+    return None if workers <= 1 else max(1, cores() // workers)
 
 
 def run_dask(

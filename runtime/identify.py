@@ -545,13 +545,18 @@ ROW_MAX = 4  # metacarpals in the row: MC2 to MC5
 SIDE_WEIGHT = 8.0  # a side given by the user or written in the log outweighs anatomy
 
 
-def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | None:
-    """The evidence for "bone ``mc2`` is MC2, bone ``thumb`` the thumb (None: no thumb)", as ``FEATURES``;
-    None when the naming is impossible (MC2 not an end of the row)."""
+def _row(bones: list[Bone], thumb: int | None):
+    """The row (every bone but the thumb): its indices, points (mm), positions along it and its order."""
     row = [i for i in range(len(bones)) if i != thumb]
     pts = np.array([[bones[i].x_mm, bones[i].y_mm] for i in row])
     along, _ = _frame(pts)
-    order = [row[j] for j in np.argsort(along)]
+    return row, pts, along, [row[j] for j in np.argsort(along)]
+
+
+def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | None:
+    """The evidence for "bone ``mc2`` is MC2, bone ``thumb`` the thumb (None: no thumb)", as ``FEATURES``;
+    None when the naming is impossible (MC2 not an end of the row)."""
+    row, pts, along, order = _row(bones, thumb)
     if mc2 not in (order[0], order[-1]) or len(row) < 2:
         return None
     other = order[-1] if mc2 == order[0] else order[0]
@@ -620,10 +625,7 @@ def namings(bones: list[Bone]) -> list[tuple[int, int | None, np.ndarray]]:
 
 def _nearer_end(bones: list[Bone], mc2: int, thumb: int) -> bool:
     """Whether MC2 is the end of the row (the bones but the thumb) nearer the thumb."""
-    row = [i for i in range(len(bones)) if i != thumb]
-    pts = np.array([[bones[i].x_mm, bones[i].y_mm] for i in row])
-    along, _ = _frame(pts)
-    order = [row[j] for j in np.argsort(along)]
+    order = _row(bones, thumb)[3]
     other = order[-1] if mc2 == order[0] else order[0]
     t = bones[thumb]
     return math.hypot(bones[mc2].x_mm - t.x_mm, bones[mc2].y_mm - t.y_mm) <= math.hypot(

@@ -25,6 +25,12 @@ def cores() -> int:
     return n if _limit is None else min(n, _limit)
 
 
+def spans(total: int, least: int = 1) -> list[range]:
+    """``range(total)`` cut into one contiguous run per core (at most 4), each of at least ``least`` items."""
+    n = max(1, min(cores(), 4, total // least))
+    return [range(i * total // n, (i + 1) * total // n) for i in range(n)]
+
+
 def each(fn, items, workers: int | None = None) -> None:
     """``fn(item)`` for every item, on up to ``workers`` threads (default: the cores, at most 4), for work
     that releases the GIL (OpenCV, numpy on large arrays) and writes disjoint parts of its outputs. On

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from vbmd_rt.runtime.parallel import cores, each
+from vbmd_rt.runtime.parallel import each, spans
 
 SIDES = ("auto", "left", "right")
 PREVIEW_SLICES = 8  # slices (at least) whose model voxels give the air level for padding
@@ -148,8 +148,7 @@ def _resample_zyx(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray
                 acc += term
             out[k] = cv2.resize(acc, (nx, ny), interpolation=interp)
 
-    n = max(1, min(cores(), 4, nz // 8))  # output slices in a few runs, one thread each
-    each(part, [range(i * nz // n, (i + 1) * nz // n) for i in range(n)], n)
+    each(part, spans(nz, 8))  # output slices in a few runs, one thread each
     return out
 
 
@@ -291,10 +290,9 @@ def centre_sum(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
     """The sum over all slices of the centre voxel of every ``fy`` x ``fx`` block (float32), on the cores:
     the parts are summed exactly (float64), so the result is the same on any number of threads."""
     centres = data[:, fy // 2 :: fy, fx // 2 :: fx]
-    z = centres.shape[0]
-    n = max(1, min(cores(), 4, z // 16))
-    parts = np.empty((n, *centres.shape[1:]), np.float64)
-    each(lambda i: centres[i * z // n : (i + 1) * z // n].sum(axis=0, dtype=np.float64, out=parts[i]), range(n), n)
+    runs = spans(centres.shape[0], 16)
+    parts = np.empty((len(runs), *centres.shape[1:]), np.float64)
+    each(lambda i: centres[runs[i].start : runs[i].stop].sum(axis=0, dtype=np.float64, out=parts[i]), range(len(runs)))
     return parts.sum(axis=0).astype(np.float32)
 
 

@@ -250,11 +250,10 @@ def test_summary_csv_rounds_and_names_model_version_qc_and_origin(tmp_path):
 def test_local_workers_share_the_cores():
     """Each local Dask worker gets a share of the cores for ONNX Runtime and vbmd-rt's own threads, unless
     --threads says; one worker keeps them all."""
-    import os
-
     from vbmd_rt.cohort.dask import worker_threads
+    from vbmd_rt.runtime.parallel import cores as cpu
 
-    cores = os.cpu_count() or 1
+    cores = cpu()
     assert worker_threads(3, 2) == 3
     assert worker_threads(None, 1) is None
     assert worker_threads(None, 2) == max(1, cores // 2)
