@@ -10,7 +10,8 @@ reader needs to trust it or not. The groups of checks:
   slices or bled into a neighbour disagrees with it. The same regions say which bone it is: metacarpals
   are the regions that run through the proximal slices, and MC2 is an end of their row (the thumb, off
   the row's line, does not count), so a mask on a middle bone is flagged.
-* **Plausibility** of the native mask: one piece per slice, solid cross-sections, a smooth area profile
+* **Plausibility** of the native mask: one piece per slice, one shaft in its first 3 mm (not MC2 and its
+  neighbour taken as one bone), solid cross-sections, a smooth area profile
   along z, starting at the stack's first slice (an MCP scan starts mid-shaft) and ending before its last
   (the joint is in view: a mask that runs to the end holds the phalanx or a head cut by the stack), not
   touching the image's edge, length, volume, mean area and D100 in anatomical ranges.
@@ -253,6 +254,7 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
             solid.append(float(m.sum()) / (hull + 0.5 * cv2.arcLength(cv2.convexHull(pts), True)))
     a = area[zs[0] : zs[-1] + 1].astype(np.float64)
     gaps = int((a == 0).sum())
+    shafts = shafts_side_by_side(sub[zs[0] :], (sz, sy, sx))
     # The area profile's jumps, on the proximal 75 % (the dome narrows fast by nature); a 1 mm running
     # median keeps partial-volume flicker out.
     half = max(1, int(round(1.0 / sz)))
@@ -267,11 +269,38 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
         "solidity": round(float(np.median(solid)), 4) if solid else None,
         "area_jump": round(float(jumps.max()) * half, 4) if jumps.size else 0.0,
         "touches_edge": edge,
+        "shafts": shafts,
         "first_slice": int(z0 + zs[0]),
         "slice_mm": sz,
         "last_slice": int(z0 + zs[-1]),
         "touches_last_slice": bool(z0 + zs[-1] == mask.shape[0] - 1),
     }
+
+
+SHAFT_SLAB_MM = 3.0  # the mask's first slices, where a metacarpal is a shaft
+SHAFT_GRID_MM = 0.25
+
+
+def shafts_side_by_side(mask: np.ndarray, spacing_zyx) -> int:
+    """How many shafts the mask holds side by side in its first ``SHAFT_SLAB_MM`` (``mask`` starts at its
+    first slice): the mean cross-section there, on a 0.25 mm grid, cut where a neck parts two filled
+    cross-sections (``identify.split``, as the identification stage cuts touching shafts). One for a
+    metacarpal, however flat or lobed; two when a mask took in MC2 and its neighbour as one bone."""
+    from vbmd_rt.runtime.identify import split
+
+    sz, sy, sx = (float(v) for v in spacing_zyx)
+    slab = mask[: max(1, int(round(SHAFT_SLAB_MM / sz)))]
+    mean = np.count_nonzero(slab, axis=0).astype(np.float32) / max(1, slab.shape[0])
+    ys, xs = np.nonzero(mean)
+    if ys.size == 0:
+        return 0
+    sub = mean[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    size = (
+        max(1, int(round(sub.shape[1] * sx / SHAFT_GRID_MM))),
+        max(1, int(round(sub.shape[0] * sy / SHAFT_GRID_MM))),
+    )
+    small = np.pad(cv2.resize(sub, size, interpolation=cv2.INTER_AREA) > 0.5, 2)
+    return int(split(small, SHAFT_GRID_MM).max())
 
 
 # --------------------------------------------------------------------------- verdict
@@ -323,6 +352,10 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
             reasons.append(
                 f"the mask falls apart into pieces (separate objects) on {shape['pieces_fraction']:.0%} of its"
                 " slices: one bone (MC2) expected"
+            )
+        if shape.get("shafts", 1) > 1:
+            reasons.append(
+                f"the mask holds {shape['shafts']} bones side by side in its first slices: one bone (MC2) expected"
             )
         if shape.get("gap_slices"):
             reasons.append(f"the mask skips {shape['gap_slices']} slices")

@@ -430,6 +430,7 @@ _CHECKS = (
     ("baseline", "row_end", "the bone is at an end of the metacarpal row (MC2 or MC5)", None, "yes"),
     ("confidence", "uncertain_fraction", "share of uncertain voxels at the boundary", "uncertain_fraction", "<="),
     ("shape", "pieces_fraction", "share of slices where the mask falls apart", "pieces_fraction", "<="),
+    ("shape", "shafts", "shafts side by side in the mask's first 3 mm", None, "1"),
     ("shape", "gap_slices", "slices skipped inside the mask", None, "0"),
     ("shape", "solidity", "solidity of the cross-sections", "solidity", ">="),
     ("shape", "area_jump", "largest area jump between slices", "area_jump", "<="),
@@ -468,7 +469,7 @@ def qc_checks(result: dict) -> list[tuple[str, str, str]]:
             limit = f"within ±{lim:g}"
         elif how in (">=", "<=") and lim is not None:
             limit = f"{how} {lim:g}"
-        elif how in ("yes", "no", "0"):
+        elif how in ("yes", "no", "0", "1"):
             limit = how
         else:
             continue

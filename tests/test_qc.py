@@ -26,6 +26,28 @@ def test_the_true_mask_passes(case):
     assert v["status"] == "pass", v["reasons"]
     assert v["baseline"]["dice"] > 0.9 and v["baseline"]["row_end"] is True
     assert v["shape"]["pieces_fraction"] == 0 and v["shape"]["first_slice"] == 0
+    assert v["shape"]["shafts"] == 1
+
+
+def test_two_metacarpals_taken_as_one_are_flagged(case):
+    """A mask that took in MC2 and its neighbour (a network that outlined both): two shafts side by side."""
+    p = case[0]
+    _, mc3 = phantom.render_case(p, truth_bone="MC3")
+    v = _verdict(case, (case[2] > 0) | (mc3 > 0))
+    assert v["shape"]["shafts"] == 2
+    assert any("2 bones side by side" in r for r in v["reasons"])
+
+
+@pytest.mark.parametrize("axes_mm", [(4.5, 4.0), (7.0, 3.0), (9.0, 4.5)])
+def test_one_shaft_of_any_shape_is_one(axes_mm):
+    """A wide, flat or oval shaft has no neck: one bone, on any voxel size."""
+    for voxel in (0.082, 0.25):
+        n = int(round(24 / voxel))
+        yy, xx = np.mgrid[:n, :n] * voxel - 12.0
+        ellipse = (xx / axes_mm[0]) ** 2 + (yy / axes_mm[1]) ** 2 <= 1.0
+        flat = ellipse & (yy < 0.6 * axes_mm[1])  # the palmar side flattened
+        mask = np.repeat(flat[None], int(round(4 / voxel)), axis=0)
+        assert qc.shafts_side_by_side(mask, (voxel,) * 3) == 1
 
 
 def test_the_neighbouring_metacarpal_is_flagged_as_not_mc2(case):

@@ -103,7 +103,14 @@ def _qc():
         "status": "pass",
         "reasons": [],
         "baseline": {"dice": 0.95, "d100_difference_mg_ha_cm3": -3.4, "row_end": True},
-        "shape": {"pieces_fraction": 0.0, "gap_slices": 0, "solidity": 0.97, "area_jump": 0.06, "length_mm": 13.5},
+        "shape": {
+            "pieces_fraction": 0.0,
+            "shafts": 1,
+            "gap_slices": 0,
+            "solidity": 0.97,
+            "area_jump": 0.06,
+            "length_mm": 13.5,
+        },
         "limits": {
             "baseline_dice": 0.5,
             "baseline_d100_mg": 40.0,
@@ -153,6 +160,8 @@ def test_html_puts_the_phantom_notice_up_front_and_lists_the_checks_of_a_pass():
     checks = page.split("<h2>Quality checks</h2>")[1].split("</table>")[0]
     for words in ("classical baseline", "solidity", "MC2 length", "D100 (mg HA/cm³)"):
         assert words in checks
+    shafts = next(r for r in checks.split("<tr>") if "shafts side by side" in r)
+    assert "<td>1</td>" in shafts, shafts
     assert "&gt;= 0.5" in checks and "4 to 45" in checks
     assert "Voxel size (mm)</th><td>0.082 x 0.082 x 0.082" in page
     assert "intercept -356.445 mg HA/cm³" in page
