@@ -269,3 +269,23 @@ def test_touching_shafts_that_share_a_cortex_wall_are_two_bones():
     outer = union & ~ndimage.binary_erosion(union, iterations=2)  # one lobed bone: one marrow, no wall inside
     assert not identify.wall_between(outer, (30, 40), (30, 58), 0.5)
     assert identify.split(union, 0.5, ring=outer).max() == 1
+
+
+def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path):
+    """``scripts/identity_errors.py``: the instances of three standard phantoms cached, then named and measured
+    against the generator's bones from the cache alone (what a change to ``candidates`` is measured on)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import identity_errors
+    finally:
+        sys.path.pop(0)
+    cache = tmp_path / "cache"
+    assert identity_errors.fill(cache, [phantoms], 0, 0) == 3
+    assert identity_errors.fill(cache, [phantoms], 0, 0) == 0  # kept: nothing made twice
+    table = identity_errors.score(cache, None, None, False)[phantoms.name]
+    assert table["cases"] == 3 and table["right"] == 3 and table["wrong_margins"] == []
+    assert table["joint_abs_error_mm"]["median"] < 1.5  # each candidate's joint near its own bone's tip
+    assert 0.8 < table["head_ratio"]["median"] < 1.25

@@ -1,0 +1,212 @@
+"""The identification stage's measurements against the phantoms' truth, and its naming, on a cache of instances.
+
+    python scripts/identity_errors.py cache CACHE FOLDERS...          # phantom folders (vbmd-rt synth)
+    python scripts/identity_errors.py cache CACHE --stream 300 --stream-seed 21000   # training families
+    python scripts/identity_errors.py score CACHE [--group ident qc_rand] [--weights W.json] [--show]
+
+``cache`` keeps, per phantom, what is costly to make: the instance labels of ``identify.find_candidates``
+(the 2x coarse grid, pieces joined) and the coarse volume, with the generator's bones (centre, shaft and head
+cross-sections, the head's tip) in the same frame and the label under the true MC2 mask. 0.5-1 s a phantom;
+``--stream`` makes training-family phantoms one at a time in a temporary folder and deletes them.
+
+``score`` re-runs ``identify.candidates`` and ``identify.name`` on the cached labels (a second a hundred
+phantoms) and prints, per group (the folder's name, or ``streamSEED``): MC2 named right, the margins of the
+wrong namings, right namings under the review margin, and the candidates' measurement errors against the
+generator (joint level minus the head's tip; shaft and head cross-section over the truth's ellipse, which
+for the shaft is its proximal end: the metaphysis reads larger). A change to ``candidates`` is measured
+here without re-reading a scan; a change to the instances needs a new cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import pickle
+import shutil
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from vbmd_rt.runtime import bonewin, identify, preprocess
+from vbmd_rt.runtime.io import aim
+
+HOLD_OUT = "texture!=rodplate|blobs,shape!=condyle"  # as train_default_model.HOLD_OUT
+
+
+def cache_case(scan: Path, gt: Path, truth_json: Path) -> dict:
+    """The cached record of one phantom (see the module's docstring)."""
+    grid = float(bonewin.GRID.spacing_mm)
+    s = aim.read_aim(scan)
+    vol, geo = preprocess.to_model(s.data, bonewin.GRID, "auto", spacing_zyx=s.spacing_zyx)
+    vol = bonewin.to_input_units(vol, s.calibration)
+    labels, _ = identify.find_candidates(vol, grid)
+    truth = identify.reduce2(preprocess.to_model_mask(np.asarray(aim.read_aim(gt).data) != 0, geo) > 0.5) > 0.5
+    z = min(truth.shape[0], labels.shape[0])
+    under = np.bincount(labels[:z][truth[:z]].ravel(), minlength=int(labels.max()) + 1)
+    under[0] = 0
+    t = json.loads(truth_json.read_text())
+    vx, width = t["voxel_mm"], t["params"]["nxy"] * t["voxel_mm"]
+    sy, sx = geo.scale[1], geo.scale[2]
+    bones = []
+    for b in t["params"]["bones"]:  # generator frame (a right hand; a left one is stored mirrored) -> model grid mm
+        x = width - b["x0"] if t["side"] == "left" else b["x0"]
+        bones.append(
+            {
+                "name": b["name"],
+                "x": (x / vx / sx - geo.crop[2]) * grid,
+                "y": (b["y0"] / vx / sy - geo.crop[0]) * grid,
+                "tip": b["tip"],
+                "shaft": math.pi * b["shaft"][0] * b["shaft"][1],
+                "head": math.pi * b["head"][0] * b["head"][1],
+            }
+        )
+    return {
+        "labels": labels.astype(np.int16),
+        "coarse": identify.reduce2(vol).astype(np.float16),
+        "truth": bones,
+        "mc2_label": int(under.argmax()) if under.max() > 0 else None,
+    }
+
+
+def _store(cache: Path, key: str, record: dict) -> None:
+    dst = cache / (key.replace("/", "__") + ".pkl.gz")
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(pickle.dumps(record), 3))
+    tmp.replace(dst)
+
+
+def fill(cache: Path, folders: list[Path], stream: int, seed: int) -> int:
+    cache.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for folder in folders:
+        for tj in sorted(folder.glob("*.truth.json")):
+            name = tj.name[: -len(".truth.json")]
+            key = f"{folder.name}/{name}"
+            if not (cache / (key.replace("/", "__") + ".pkl.gz")).exists():
+                _store(cache, key, cache_case(tj.with_name(name + ".AIM"), tj.with_name(name + "_GT.AIM"), tj))
+                done += 1
+    if stream:
+        from vbmd_rt.synth import phantom
+
+        tmp = Path(tempfile.mkdtemp(prefix="vbmd_rt_ident_"))
+        try:
+            for i in range(stream):
+                key = f"stream{seed}/{i:04d}"
+                if (cache / (key.replace("/", "__") + ".pkl.gz")).exists():
+                    continue
+                phantom.synth_case(tmp, i, seed, "small", f"random:{HOLD_OUT}")
+                name = phantom.case_name(i)
+                _store(cache, key, cache_case(tmp / f"{name}.AIM", tmp / f"{name}_GT.AIM", tmp / f"{name}.truth.json"))
+                for f in tmp.glob(name + "*"):
+                    f.unlink()
+                done += 1
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return done
+
+
+def score_case(record: dict, weights: dict | None = None) -> dict:
+    """One cached phantom: the candidates' errors against their nearest true bone, and the naming."""
+    spacing = 2 * float(bonewin.GRID.spacing_mm)
+    bones = identify.candidates(record["labels"].astype(np.int32), spacing)
+    errors = []
+    for b in bones:
+        dist = [math.hypot(t["x"] - b.x_mm, t["y"] - b.y_mm) for t in record["truth"]]
+        k = int(np.argmin(dist))
+        t = record["truth"][k]
+        errors.append(
+            {
+                "truth": t["name"],
+                "off_mm": dist[k],
+                "joint_mm": b.joint_mm - t["tip"] if b.joint_in_view else None,
+                "shaft": b.shaft_mm2 / t["shaft"],
+                "head": b.head_mm2 / t["head"],
+            }
+        )
+    true = next((i for i, b in enumerate(bones) if b.label == record["mc2_label"]), None)
+    out: dict = {"errors": errors, "named": None, "margin": None}
+    if true is not None and len(bones) >= 2:
+        hyps, margin = identify.name(bones, None, weights)
+        if hyps:
+            choice = hyps[0]["mc2"]
+            named = errors[choice]["truth"]
+            out["named"] = "MC2" if choice == true else (named if named != "MC2" else "a piece of MC2")
+            out["margin"] = float(margin)
+    return out
+
+
+def pct(a: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(a, q)), 2) if a.size else None
+
+
+def score(cache: Path, groups: list[str] | None, weights: dict | None, show: bool) -> dict:
+    by: dict[str, list] = defaultdict(list)
+    for f in sorted(cache.glob("*.pkl.gz")):
+        group = f.name.split("__")[0]
+        if groups and group not in groups:
+            continue
+        by[group].append(
+            (f.name[: -len(".pkl.gz")], score_case(pickle.loads(gzip.decompress(f.read_bytes())), weights))
+        )
+    table = {}
+    for group, rows in sorted(by.items()):
+        right = [r for _, r in rows if r["named"] == "MC2"]
+        wrong = [(k, r) for k, r in rows if r["named"] not in (None, "MC2")]
+        errs = [e for _, r in rows for e in r["errors"] if e["off_mm"] < 6.0]
+        joint = np.array([abs(e["joint_mm"]) for e in errs if e["joint_mm"] is not None])
+        table[group] = {
+            "cases": len(rows),
+            "right": len(right),
+            "unnamed": len(rows) - len(right) - len(wrong),
+            "right_under_review_margin": sum(r["margin"] < identify.REVIEW_MARGIN for r in right),
+            "wrong_margins": sorted(round(r["margin"], 2) for _, r in wrong),
+            "joint_abs_error_mm": {
+                "median": pct(joint, 50),
+                "p90": pct(joint, 90),
+                "over_2mm": round(float((joint > 2).mean()), 3) if joint.size else None,
+            },
+            "shaft_ratio": {
+                "p10": pct(np.array([e["shaft"] for e in errs]), 10),
+                "median": pct(np.array([e["shaft"] for e in errs]), 50),
+                "p90": pct(np.array([e["shaft"] for e in errs]), 90),
+            },
+            "head_ratio": {
+                "p10": pct(np.array([e["head"] for e in errs]), 10),
+                "median": pct(np.array([e["head"] for e in errs]), 50),
+                "p90": pct(np.array([e["head"] for e in errs]), 90),
+            },
+        }
+        if show:
+            for key, r in wrong:
+                print(f"  {key}: named {r['named']} (margin {r['margin']:.2f})")
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cache")
+    c.add_argument("cache", type=Path)
+    c.add_argument("folders", nargs="*", type=Path)
+    c.add_argument("--stream", type=int, default=0)
+    c.add_argument("--stream-seed", type=int, default=21000)
+    s = sub.add_parser("score")
+    s.add_argument("cache", type=Path)
+    s.add_argument("--group", nargs="*", default=None)
+    s.add_argument("--weights", type=Path, default=None, help="a JSON of weights (calibrate_identity.py --out)")
+    s.add_argument("--show", action="store_true", help="list the wrong namings")
+    a = ap.parse_args()
+    if a.cmd == "cache":
+        print(f"{fill(a.cache, a.folders, a.stream, a.stream_seed)} phantoms cached in {a.cache}")
+    else:
+        weights = json.loads(a.weights.read_text()) if a.weights else None
+        print(json.dumps(score(a.cache, a.group, weights, a.show), indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
