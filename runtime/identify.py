@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from vbmd_rt.runtime import classical, qc
 from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.postprocess import fill_holes_2d, joint_end
+from vbmd_rt.runtime.postprocess import fill_holes_2d, joint_end, split, wall_between
 
 MIN_FOV_MM = 15.0  # a metacarpal head is 15-25 mm wide: a smaller field of view holds none
 REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the identity is left to a reader
@@ -224,92 +224,6 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
                 part = hull
             top = int(out.max())
             out[sl][part & (out[sl] == 0)] = top + 1
-    return out
-
-
-WALL_MM = 3.0  # a cortex wall between two marrows is at most this thick
-
-
-def wall_between(ring: np.ndarray, a, b, spacing_mm: float) -> bool:
-    """Whether the segment from ``a`` to ``b`` (two points in marrow, (y, x) px) crosses a cortex wall of
-    ``ring`` (bool, cortex): a run of cortex 0.5 mm to ``WALL_MM`` thick with at least 1 mm of marrow on
-    both sides. Two shafts that touch share such a wall; two lobes of one marrow do not. Runs of cortex at
-    the ends (a dense spot at a centre) are part of the ends."""
-    length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
-    t = np.linspace(0.0, 1.0, max(8, int(2 * length) + 1))
-    yy = np.clip(np.round(a[0] + t * (b[0] - a[0])).astype(int), 0, ring.shape[0] - 1)
-    xx = np.clip(np.round(a[1] + t * (b[1] - a[1])).astype(int), 0, ring.shape[1] - 1)
-    on = ring[yy, xx].astype(np.int8)
-    step = length / max(1, t.size - 1) * spacing_mm
-    edges = np.flatnonzero(np.diff(on)) + 1
-    bounds = np.concatenate([[0], edges, [on.size]])
-    runs: list[tuple[int, float]] = []
-    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-        value, mm = int(on[s]), (e - s) * step
-        if len(runs) >= 2 and value and not runs[-1][0] and runs[-1][1] < 0.5:  # a speck of marrow in a wall
-            mm += runs.pop()[1] + runs.pop()[1]
-        runs.append((value, mm))
-    for i in range(1, len(runs) - 1):
-        value, mm = runs[i]
-        before, after = runs[i - 1], runs[i + 1]
-        if value and 0.5 <= mm <= WALL_MM and not before[0] and not after[0] and before[1] >= 1.0 and after[1] >= 1.0:
-            return True
-    return False
-
-
-def split(
-    piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_radius_mm: float = 1.2, ring=None
-) -> np.ndarray:
-    """A 2D piece of bone (bool) -> labels 1..n of the bones it holds (touching shafts or heads): the filled
-    cross-section is cut by a watershed on its distance map, one seed per peak at least ``min_gap_mm``
-    from a higher one. ``ring``: the cortices (bool, same shape), where known: two seeds with a cortex wall
-    between them (``wall_between``) are two bones even without a neck."""
-    filled = fill_holes_2d(piece)
-    edt = ndimage.distance_transform_edt(filled) * spacing_mm
-    size = max(3, int(round(min_gap_mm / spacing_mm)) | 1)
-    peaks = (edt >= ndimage.maximum_filter(edt, size=size)) & (edt > min_radius_mm)
-    seeds, n = ndimage.label(ndimage.binary_dilation(peaks, iterations=1))
-    if n <= 1:
-        return piece.astype(np.int32)
-    # Two seeds with no clear neck between them (the distance map along the segment joining them stays
-    # above 3/4 of the lower peak) are one bone: an elongated or lobed cross-section.
-    cs = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
-    hs = ndimage.maximum(edt, seeds, range(1, n + 1))
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i in range(n):
-        for j in range(i + 1, n):
-            t = np.linspace(0, 1, 24)
-            yy = np.round(cs[i][0] + t * (cs[j][0] - cs[i][0])).astype(int)
-            xx = np.round(cs[i][1] + t * (cs[j][1] - cs[i][1])).astype(int)
-            if edt[yy, xx].min() > 0.75 * min(hs[i], hs[j]):
-                if ring is not None and wall_between(ring, cs[i], cs[j], spacing_mm):
-                    continue  # touching shafts that share a wall: their marrows are apart
-                parent[root(j)] = root(i)
-    lut = np.zeros(n + 1, np.int32)
-    roots = sorted({root(i) for i in range(n)})
-    for i in range(n):
-        lut[i + 1] = roots.index(root(i)) + 1
-    seeds = lut[seeds]
-    n = len(roots)
-    if n <= 1:
-        return piece.astype(np.int32)
-    # Each voxel to its nearest seed, weighted by the seed's radius (a power diagram of the discs).
-    idx = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
-    centres = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
-    radii = np.array(ndimage.maximum(edt, seeds, range(1, n + 1)))
-    yy, xx = np.nonzero(piece)
-    d = np.stack(
-        [np.hypot(yy - cy, xx - cx) * spacing_mm / max(r, 1e-6) for (cy, cx), r in zip(centres, radii, strict=True)]
-    )
-    out = np.zeros(piece.shape, np.int32)
-    out[yy, xx] = np.argmin(d, axis=0) + 1
-    del idx
     return out
 
 

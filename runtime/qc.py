@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from vbmd_rt.runtime.io.calibration import Calibration
-from vbmd_rt.runtime.postprocess import sample_slices
+from vbmd_rt.runtime.postprocess import sample_slices, split
 
 
 @dataclass(frozen=True)
@@ -284,10 +284,8 @@ SHAFT_GRID_MM = 0.25
 def shafts_side_by_side(mask: np.ndarray, spacing_zyx) -> int:
     """How many shafts the mask holds side by side in its first ``SHAFT_SLAB_MM`` (``mask`` starts at its
     first slice): the mean cross-section there, on a 0.25 mm grid, cut where a neck parts two filled
-    cross-sections (``identify.split``, as the identification stage cuts touching shafts). One for a
+    cross-sections (``postprocess.split``, as the identification stage cuts touching shafts). One for a
     metacarpal, however flat or lobed; two when a mask took in MC2 and its neighbour as one bone."""
-    from vbmd_rt.runtime.identify import split
-
     sz, sy, sx = (float(v) for v in spacing_zyx)
     slab = mask[: max(1, int(round(SHAFT_SLAB_MM / sz)))]
     mean = np.count_nonzero(slab, axis=0).astype(np.float32) / max(1, slab.shape[0])
