@@ -271,17 +271,23 @@ def test_touching_shafts_that_share_a_cortex_wall_are_two_bones():
     assert identify.split(union, 0.5, ring=outer).max() == 1
 
 
-def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path):
-    """``scripts/identity_errors.py``: the instances of three standard phantoms cached, then named and measured
-    against the generator's bones from the cache alone (what a change to ``candidates`` is measured on)."""
+def _script(name: str):
+    """A module of ``scripts/`` (they import each other by name, as when run from there)."""
+    import importlib
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     try:
-        import identity_errors
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path):
+    """``scripts/identity_errors.py``: the instances of three standard phantoms cached, then named and measured
+    against the generator's bones from the cache alone (what a change to ``candidates`` is measured on)."""
+    identity_errors = _script("identity_errors")
     cache = tmp_path / "cache"
     assert identity_errors.fill(cache, [phantoms], 0, 0) == 3
     assert identity_errors.fill(cache, [phantoms], 0, 0) == 0  # kept: nothing made twice
@@ -289,3 +295,47 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
     assert table["cases"] == 3 and table["right"] == 3 and table["wrong_margins"] == []
     assert table["joint_abs_error_mm"]["median"] < 1.5  # each candidate's joint near its own bone's tip
     assert 0.8 < table["head_ratio"]["median"] < 1.25
+    fitted = identity_errors.fit(cache, [phantoms.name], 0.05)
+    assert fitted["cases"] == 3 and set(fitted["weights"]) == set(identify.FEATURES)
+
+
+def test_the_vectorised_logit_is_calibrate_identitys_with_its_gradient():
+    calibrate_identity, identity_errors = _script("calibrate_identity"), _script("identity_errors")
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(20):
+        n = int(rng.integers(2, 7))
+        owners = rng.integers(0, 3, n)
+        owners[0] = 0
+        cases.append((rng.normal(size=(n, 5)), owners, 0))
+    w = rng.normal(size=5) * 0.3
+    value, grad = identity_errors.Logit(cases).loss(w, 0.05)
+    assert value == pytest.approx(calibrate_identity.loglik(w, cases, 0.05))
+    eps = 1e-6
+    numeric = [
+        (calibrate_identity.loglik(w + eps * e, cases, 0.05) - calibrate_identity.loglik(w - eps * e, cases, 0.05))
+        / (2 * eps)
+        for e in np.eye(5)
+    ]
+    np.testing.assert_allclose(grad, numeric, atol=1e-6)
+
+
+def test_a_bone_ends_past_its_head_not_at_a_dip_of_its_cortex():
+    """``bone_end``: a noisy cortex dips for a slice inside the shaft and head (no joint there); the region
+    ends where it dwindles to a sliver (a tendon carried on), at the phalanx's cup, or where the phalanx's base
+    joins it at one slice after the dome."""
+    head = np.array([64, 62, 63, 75, 76, 57, 75, 56, 56, 57, 61, 77, 73, 69, 57, 41, 39, 31, 17, 14], float)
+    sliver = np.concatenate([head, [4, 3, 4, 3, 2, 3, 4, 1, 4, 5, 3, 2, 2, 3]])
+    assert identify.bone_end(sliver, 0.49) == 20  # past the 14 mm² slice, the last over 15 % of the head
+    shaft = np.full(20, 100.0)
+    dome = np.linspace(100, 150, 10).tolist() + np.linspace(150, 80, 10).tolist()
+    cup = np.concatenate([shaft, dome, [95, 130, 150, 160, 160, 160]])
+    assert 38 <= identify.bone_end(cup, 0.49) <= 40  # the dome's narrowest slice
+    jump = np.concatenate([shaft, dome, [160, 160, 160]])
+    assert identify.bone_end(jump, 0.49) in (39, 40)  # the phalanx's base taken in at one slice
+    short = np.concatenate([shaft, np.linspace(100, 150, 10), [110, 100, 160, 160, 160]])
+    assert identify.bone_end(short, 0.49) == 32  # after a two-slice dome, too short for a cup
+    assert identify.bone_end(np.concatenate([shaft, [70], shaft]), 0.49) == 41  # one low slice is no dome
+    assert identify.bone_end(np.concatenate([shaft, dome]), 0.49) == 40  # no joint: the stack's end
+    late = np.concatenate([[0, 0, 0], shaft, dome])  # a region that starts a few slices in
+    assert identify.bone_end(late, 0.49) == 43
