@@ -309,7 +309,6 @@ def split(
     if n <= 1:
         return piece.astype(np.int32)
     # Each voxel to its nearest seed, weighted by the seed's radius (a power diagram of the discs).
-    idx = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
     centres = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
     radii = np.array(ndimage.maximum(edt, seeds, range(1, n + 1)))
     yy, xx = np.nonzero(piece)
@@ -318,5 +317,4 @@ def split(
     )
     out = np.zeros(piece.shape, np.int32)
     out[yy, xx] = np.argmin(d, axis=0) + 1
-    del idx
     return out
