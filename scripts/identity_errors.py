@@ -77,8 +77,13 @@ def cache_case(scan: Path, gt: Path, truth_json: Path) -> dict:
     }
 
 
+def _path(cache: Path, key: str) -> Path:
+    """The cache file of ``key`` ("group/case"): the group is the file name's part before "__"."""
+    return cache / (key.replace("/", "__") + ".pkl.gz")
+
+
 def _store(cache: Path, key: str, record: dict) -> None:
-    dst = cache / (key.replace("/", "__") + ".pkl.gz")
+    dst = _path(cache, key)
     tmp = dst.with_suffix(".tmp")
     tmp.write_bytes(gzip.compress(pickle.dumps(record), 3))
     tmp.replace(dst)
@@ -91,7 +96,7 @@ def fill(cache: Path, folders: list[Path], stream: int, seed: int) -> int:
         for tj in sorted(folder.glob("*.truth.json")):
             name = tj.name[: -len(".truth.json")]
             key = f"{folder.name}/{name}"
-            if not (cache / (key.replace("/", "__") + ".pkl.gz")).exists():
+            if not _path(cache, key).exists():
                 _store(cache, key, cache_case(tj.with_name(name + ".AIM"), tj.with_name(name + "_GT.AIM"), tj))
                 done += 1
     if stream:
@@ -101,7 +106,7 @@ def fill(cache: Path, folders: list[Path], stream: int, seed: int) -> int:
         try:
             for i in range(stream):
                 key = f"stream{seed}/{i:04d}"
-                if (cache / (key.replace("/", "__") + ".pkl.gz")).exists():
+                if _path(cache, key).exists():
                     continue
                 phantom.synth_case(tmp, i, seed, "small", f"random:{HOLD_OUT}")
                 name = phantom.case_name(i)
@@ -114,10 +119,23 @@ def fill(cache: Path, folders: list[Path], stream: int, seed: int) -> int:
     return done
 
 
+def records(cache: Path, groups):
+    """(group, key, record) of every cached phantom in ``groups`` (all groups when None)."""
+    for f in sorted(cache.glob("*.pkl.gz")):
+        group = f.name.split("__")[0]
+        if groups is None or group in groups:
+            yield group, f.name[: -len(".pkl.gz")], pickle.loads(gzip.decompress(f.read_bytes()))
+
+
+def candidates(record: dict) -> tuple[list, int | None]:
+    """The stage's candidates from a record's cached instances, and the index of the true MC2 among them."""
+    bones = identify.candidates(record["labels"].astype(np.int32), 2 * float(bonewin.GRID.spacing_mm))
+    return bones, next((i for i, b in enumerate(bones) if b.label == record["mc2_label"]), None)
+
+
 def score_case(record: dict, weights: dict | None = None) -> dict:
     """One cached phantom: the candidates' errors against their nearest true bone, and the naming."""
-    spacing = 2 * float(bonewin.GRID.spacing_mm)
-    bones = identify.candidates(record["labels"].astype(np.int32), spacing)
+    bones, true = candidates(record)
     errors = []
     for b in bones:
         dist = [math.hypot(t["x"] - b.x_mm, t["y"] - b.y_mm) for t in record["truth"]]
@@ -132,7 +150,6 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
                 "head": b.head_mm2 / t["head"],
             }
         )
-    true = next((i for i, b in enumerate(bones) if b.label == record["mc2_label"]), None)
     out: dict = {"errors": errors, "named": None, "margin": None}
     if true is not None and len(bones) >= 2:
         hyps, margin = identify.name(bones, None, weights)
@@ -148,15 +165,14 @@ def pct(a: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(a, q)), 2) if a.size else None
 
 
+def spread(a: np.ndarray) -> dict:
+    return {"p10": pct(a, 10), "median": pct(a, 50), "p90": pct(a, 90)}
+
+
 def score(cache: Path, groups: list[str] | None, weights: dict | None, show: bool) -> dict:
     by: dict[str, list] = defaultdict(list)
-    for f in sorted(cache.glob("*.pkl.gz")):
-        group = f.name.split("__")[0]
-        if groups and group not in groups:
-            continue
-        by[group].append(
-            (f.name[: -len(".pkl.gz")], score_case(pickle.loads(gzip.decompress(f.read_bytes())), weights))
-        )
+    for group, key, record in records(cache, groups or None):
+        by[group].append((key, score_case(record, weights)))
     table = {}
     for group, rows in sorted(by.items()):
         right = [r for _, r in rows if r["named"] == "MC2"]
@@ -174,16 +190,8 @@ def score(cache: Path, groups: list[str] | None, weights: dict | None, show: boo
                 "p90": pct(joint, 90),
                 "over_2mm": round(float((joint > 2).mean()), 3) if joint.size else None,
             },
-            "shaft_ratio": {
-                "p10": pct(np.array([e["shaft"] for e in errs]), 10),
-                "median": pct(np.array([e["shaft"] for e in errs]), 50),
-                "p90": pct(np.array([e["shaft"] for e in errs]), 90),
-            },
-            "head_ratio": {
-                "p10": pct(np.array([e["head"] for e in errs]), 10),
-                "median": pct(np.array([e["head"] for e in errs]), 50),
-                "p90": pct(np.array([e["head"] for e in errs]), 90),
-            },
+            "shaft_ratio": spread(np.array([e["shaft"] for e in errs])),
+            "head_ratio": spread(np.array([e["head"] for e in errs])),
         }
         if show:
             for key, r in wrong:
@@ -228,14 +236,9 @@ def fit(cache: Path, train: list[str], l2: float) -> dict:
     finally:
         sys.path.pop(0)
 
-    spacing = 2 * float(bonewin.GRID.spacing_mm)
     cases = []
-    for f in sorted(cache.glob("*.pkl.gz")):
-        if f.name.split("__")[0] not in train:
-            continue
-        record = pickle.loads(gzip.decompress(f.read_bytes()))
-        bones = identify.candidates(record["labels"].astype(np.int32), spacing)
-        true = next((i for i, b in enumerate(bones) if b.label == record["mc2_label"]), None)
+    for _, _, record in records(cache, train):
+        bones, true = candidates(record)
         c = ci.case_features(bones, true) if true is not None and len(bones) >= 2 else None
         if c is not None:
             cases.append(c)
