@@ -61,6 +61,7 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
             "bones": fam.get("bones"),
             "seconds": r.timings_s["total"],
             "qc_seconds": r.timings_s.get("qc", 0.0),
+            **distal_end(r.mask, gt, float(scan.spacing_zyx[0])),
         }
         if i < wrong_bone:
             p = _case_params(truth)
@@ -80,6 +81,19 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
     return rows
 
 
+def distal_end(mask: np.ndarray, gt: np.ndarray, slice_mm: float) -> dict:
+    """Where the mask's distal end lies against the truth's (mm, + past it; None without both), and the
+    mask's last slice as a share of its largest cross-section (a mask cut through the head ends wide)."""
+    m, g = mask.reshape(mask.shape[0], -1).sum(axis=1), gt.reshape(gt.shape[0], -1).sum(axis=1)
+    if not m.any() or not g.any():
+        return {"end_error_mm": None, "end_fraction": None}
+    last = int(np.flatnonzero(m)[-1])
+    return {
+        "end_error_mm": round((last - int(np.flatnonzero(g)[-1])) * slice_mm, 2),
+        "end_fraction": round(float(m[last]) / float(m.max()), 3),
+    }
+
+
 def summary(rows: list[dict]) -> dict:
     if not rows:
         return {}
@@ -89,6 +103,7 @@ def summary(rows: list[dict]) -> dict:
     good = [r for r in rows if r["dice"] >= 0.90]
     wrong = [r for r in rows if "wrong_bone_qc" in r]
     other_bone = [r for r in rows if r["dice"] < 0.3]  # the mask lies on another bone (or none)
+    ends = np.array([r["end_error_mm"] for r in rows if r["dice"] >= 0.3 and r.get("end_error_mm") is not None])
     return {
         "cases": len(rows),
         "dice_mean": round(float(d.mean()), 4),
@@ -100,6 +115,11 @@ def summary(rows: list[dict]) -> dict:
         "good_cases": len(good),
         "good_flagged": sum(r["qc"] == "review" for r in good),
         "right_bone": len(rows) - len(other_bone),
+        "end_error_mm_right_bone": {  # the distal end on the right bone: where the joint was put
+            "median": round(float(np.median(ends)), 2) if ends.size else None,
+            "over_1mm_short": int((ends < -1.0).sum()),
+            "over_1mm_long": int((ends > 1.0).sum()),
+        },
         "right_bone_fraction": round(1 - len(other_bone) / len(rows), 4),
         "other_bone_flagged": f"{sum(r['qc'] == 'review' for r in other_bone)} of {len(other_bone)}",
         "good_flagged_fraction": round(sum(r["qc"] == "review" for r in good) / max(1, len(good)), 4),

@@ -137,3 +137,28 @@ def test_bland_altman_limits_have_confidence_intervals():
     # Bland & Altman 1999: the limits' CIs are sqrt(3) times as wide as the bias's
     width = lambda k: ba[f"{k}_ci95"][1] - ba[f"{k}_ci95"][0]  # noqa: E731
     assert width("loa_low") == pytest.approx(np.sqrt(3) * width("bias"))
+
+
+def test_robustness_eval_reports_where_the_mask_ends_against_the_truth():
+    """A mask cut through the head ends short of the truth and wide; the evaluation says by how much."""
+    from tests.test_identify import _script
+
+    ev = _script("robustness_eval")
+    yy, xx = np.mgrid[:40, :40]
+    disc = [(np.hypot(yy - 20, xx - 20) < r) for r in (12, 12, 11, 10, 8, 6, 3)]
+    gt = np.zeros((10, 40, 40), bool)
+    gt[: len(disc)] = disc
+    cut = gt.copy()
+    cut[4:] = False  # ends 3 slices early, its last slice 10/12 of the largest radius
+    out = ev.distal_end(cut, gt, 0.25)
+    assert out["end_error_mm"] == -0.75
+    assert out["end_fraction"] == round(float(disc[3].sum() / disc[0].sum()), 3)
+    assert ev.distal_end(gt, gt, 0.25)["end_error_mm"] == 0.0
+    assert ev.distal_end(np.zeros_like(gt), gt, 0.25) == {"end_error_mm": None, "end_fraction": None}
+    rows = [
+        {"dice": 0.95, "end_error_mm": -0.75, "d100_error": 1.0, "qc": "pass", "seconds": 1.0, "qc_seconds": 0.1},
+        {"dice": 0.97, "end_error_mm": 1.5, "d100_error": 1.0, "qc": "pass", "seconds": 1.0, "qc_seconds": 0.1},
+        {"dice": 0.0, "end_error_mm": -9.0, "d100_error": 30.0, "qc": "review", "seconds": 1.0, "qc_seconds": 0.1},
+    ]
+    ends = ev.summary(rows)["end_error_mm_right_bone"]  # another bone's end says nothing about the joint
+    assert ends == {"median": 0.38, "over_1mm_short": 0, "over_1mm_long": 1}
