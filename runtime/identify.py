@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from vbmd_rt.runtime import classical, qc
 from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.postprocess import fill_holes_2d, joint_end, split, wall_between
+from vbmd_rt.runtime.postprocess import fill_holes_2d, split, wall_between
 
 MIN_FOV_MM = 15.0  # a metacarpal head is 15-25 mm wide: a smaller field of view holds none
 REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the identity is left to a reader
@@ -234,46 +234,6 @@ def track(bone: np.ndarray, spacing_mm: float, p=PARAMS, init=None) -> np.ndarra
     return classical.track(bone, (spacing_mm,) * 3, p, split=lambda m: split(m, spacing_mm), init=init)
 
 
-TAIL_FRACTION = 0.15  # past the head, a tracked region under this share of its largest cross-section is a sliver
-
-
-def bone_end(area: np.ndarray, spacing_mm: float, p=PARAMS) -> int:
-    """The first slice past a candidate's head, from its tracked region's cross-section per slice (``area``).
-    The first of:
-
-    * the phalanx's cup around the dome (``postprocess.joint_end``);
-    * the phalanx's base taken in at one slice: the area grows by ``p.jump`` right after the dome (slices
-      under ``p.dome_fraction`` of the largest so far): two dome slices, or three shrinking slices that end
-      under it. One low slice out of the blue is a noisy cortex;
-    * the region dwindled to under ``TAIL_FRACTION`` of its largest cross-section so far (3-slice mean): what
-      the tracking carries on past the dome's tip is a tendon's or a sesamoid's sliver.
-
-    The stack's end when none is in view. ``classical.joint_slice``'s one-slice rule, which this replaces
-    here, ended MC2 6.7 mm early on a noisy cortex and named the wrong bone with a margin of 3.9 (randomised
-    phantom 0017). Against the generator's head tips (``scripts/identity_errors.py``), joints more than 2 mm
-    off fall from 12 % to 11 % of bones on 900 training-family phantoms, from 13 % to 11 % on 112 randomised
-    test hands and from 16 % to 15 % on the three held-out families; MC2 is named as often (927 against 929 of
-    1,084 hands), with fewer wrong namings at a margin of 2 or more (3 against 5 on the test and held-out
-    hands, besides those ``irregular`` reviews)."""
-    n = int(area.size)
-    a = np.asarray(area, dtype=np.float64)
-    on = np.flatnonzero(a)
-    start = int(on[0]) if on.size else 0  # a region may start a few slices in
-    a = a[start:]
-    ends = [joint_end(area, spacing_mm) or n]
-    low = np.flatnonzero(a < TAIL_FRACTION * np.maximum.accumulate(ndimage.uniform_filter1d(a, 3, mode="nearest")))
-    if low.size:
-        ends.append(start + int(low[0]))
-    dome = a < p.dome_fraction * np.maximum.accumulate(a)
-    for k in range(1, a.size):
-        if dome[k - 1] and a[k] > p.jump * a[k - 1]:
-            # after two dome slices, or three shrinking ones: a noisy cortex dips for one slice and is back
-            if (k >= 2 and dome[k - 2]) or (k >= 3 and a[k - 3] > a[k - 2] > a[k - 1]):
-                ends.append(start + k)
-                break
-    return min(ends)
-
-
 def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
     """The metacarpal-like instances: through the proximal slices, with a shaft's cross-section."""
     nz = labels.shape[0]
@@ -293,7 +253,7 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
         shaft = float(np.median(area[:top][area[:top] > 0]))
         if shaft < 8.0 or shaft > 600.0:  # a fragment, or not a bone of a hand
             continue
-        end = bone_end(area, spacing_mm, p)
+        end = classical.bone_end(area, spacing_mm, p)
         zs = np.flatnonzero(area[:end] > 0)
         last = int(zs[-1]) + 1 if zs.size else end
         ys, xs = np.nonzero((labels[:top] == lab).any(axis=0))

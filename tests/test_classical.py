@@ -156,3 +156,21 @@ def test_a_second_reading_that_fails_leaves_the_classical_result(cases, tmp_path
     second = res["qc"]["second_reading"]
     assert "dice_with_network" not in second and second["error"].startswith("ModelError"), second
     assert not backend.reader[1].is_active
+
+
+def test_the_contour_ends_at_the_joint_not_at_a_dip_of_its_cortex():
+    """``bone_end`` on the native grid (``tail=None, cup=False``): a noisy cortex that dips for a few slices no longer
+    ends the head (``joint_slice`` ended it at the first slice back up), the phalanx's base taken in after
+    the dome still does, and the dome's thin tip is kept."""
+    from vbmd_rt.runtime.classical import bone_end, joint_slice
+
+    shaft = np.full(60, 100.0)
+    dip = np.concatenate([shaft, [70, 70, 70], shaft])  # 0.25 mm of cortex lost at 82 µm
+    assert joint_slice(dip) == 63
+    assert bone_end(dip, 0.082, tail=None, cup=False) == dip.size
+    dome = np.linspace(100, 60, 12)
+    phalanx = np.concatenate([shaft, dome, np.full(10, 130.0)])  # the base joins at one slice
+    assert bone_end(phalanx, 0.082, tail=None, cup=False) == 72
+    tip = np.concatenate([shaft, np.linspace(100, 5, 30), np.zeros(5)])  # a dome to a point
+    assert bone_end(tip, 0.082, tail=None, cup=False) == 95
+    assert bone_end(tip, 0.082) < 90  # the identification stage's sliver rule would cut it

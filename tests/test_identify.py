@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vbmd_rt.runtime import bonewin, identify
+from vbmd_rt.runtime import bonewin, classical, identify
 from vbmd_rt.runtime.preprocess import to_model, to_model_mask
 from vbmd_rt.synth import families, phantom
 
@@ -326,16 +326,16 @@ def test_a_bone_ends_past_its_head_not_at_a_dip_of_its_cortex():
     joins it at one slice after the dome."""
     head = np.array([64, 62, 63, 75, 76, 57, 75, 56, 56, 57, 61, 77, 73, 69, 57, 41, 39, 31, 17, 14], float)
     sliver = np.concatenate([head, [4, 3, 4, 3, 2, 3, 4, 1, 4, 5, 3, 2, 2, 3]])
-    assert identify.bone_end(sliver, 0.49) == 20  # past the 14 mm² slice, the last over 15 % of the head
+    assert classical.bone_end(sliver, 0.49) == 20  # past the 14 mm² slice, the last over 15 % of the head
     shaft = np.full(20, 100.0)
     dome = np.linspace(100, 150, 10).tolist() + np.linspace(150, 80, 10).tolist()
     cup = np.concatenate([shaft, dome, [95, 130, 150, 160, 160, 160]])
-    assert 38 <= identify.bone_end(cup, 0.49) <= 40  # the dome's narrowest slice
+    assert 38 <= classical.bone_end(cup, 0.49) <= 40  # the dome's narrowest slice
     jump = np.concatenate([shaft, dome, [160, 160, 160]])
-    assert identify.bone_end(jump, 0.49) in (39, 40)  # the phalanx's base taken in at one slice
+    assert classical.bone_end(jump, 0.49) in (39, 40)  # the phalanx's base taken in at one slice
     short = np.concatenate([shaft, np.linspace(100, 150, 10), [110, 100, 160, 160, 160]])
-    assert identify.bone_end(short, 0.49) == 32  # after a two-slice dome, too short for a cup
-    assert identify.bone_end(np.concatenate([shaft, [70], shaft]), 0.49) == 41  # one low slice is no dome
-    assert identify.bone_end(np.concatenate([shaft, dome]), 0.49) == 40  # no joint: the stack's end
+    assert classical.bone_end(short, 0.49) == 32  # after a two-slice dome, too short for a cup
+    assert classical.bone_end(np.concatenate([shaft, [70], shaft]), 0.49) == 41  # one low slice is no dome
+    assert classical.bone_end(np.concatenate([shaft, dome]), 0.49) == 40  # no joint: the stack's end
     late = np.concatenate([[0, 0, 0], shaft, dome])  # a region that starts a few slices in
-    assert identify.bone_end(late, 0.49) == 43
+    assert classical.bone_end(late, 0.49) == 43
