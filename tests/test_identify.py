@@ -297,6 +297,15 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
     assert 0.8 < table["head_ratio"]["median"] < 1.25
     fitted = identity_errors.fit(cache, [phantoms.name], 0.05)
     assert fitted["cases"] == 3 and set(fitted["weights"]) == set(identify.FEATURES)
+    # The instances made again from the cached coarse volumes are the cached ones (the same code made both;
+    # the cache keeps the volume in float16, so a voxel may differ), and the true MC2, found again by its
+    # centre, is the cached one.
+    for _, key, record in identity_errors.records(cache, None):
+        again = identity_errors.remake(record)
+        assert (again["labels"] == record["labels"]).mean() > 0.999, key
+        assert again["mc2_label"] == record["mc2_label"], key
+    remade = identity_errors.score(cache, None, None, False, again=True)[phantoms.name]
+    assert remade["right"] == 3 and remade["wrong_margins"] == []
 
 
 def test_the_vectorised_logit_is_calibrate_identitys_with_its_gradient():
