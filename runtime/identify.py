@@ -48,7 +48,7 @@ REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the ident
 #: and 350 mg HA/cm³, under the scan's own levels): on the 0.5 mm grid a faint cortex (an osteopenic 550-650 mg,
 #: blurred) stays under 350 mg and its bone is found in pieces or not at all. Chosen on 900 training-family
 #: phantoms (``identity_errors.py score --remake``: instances one per bone in 789 against 761 hands, MC2 named in
-#: 772 against 752); on the 172 randomised and held-out test hands 154 against 152.
+#: 785 against 772); on the 172 randomised and held-out test hands 156 against 155.
 PARAMS = classical.Params(close_mm=1.5, group_mm=1.0, min_volume_mm3=10.0, min_low_mg=150.0, min_high_mg=250.0)
 
 

@@ -172,14 +172,29 @@ def spread(a: np.ndarray) -> dict:
 
 def remake(record: dict) -> dict:
     """The record with its instances made again from its cached coarse volume by the current code (a change
-    to the instances measured without re-reading a scan). The true MC2 is then the candidate nearest the
-    generator's MC2 (within 6 mm; the cached label was the instance under the true mask)."""
+    to the instances measured without re-reading a scan). The true MC2 is then the candidate whose region
+    holds the generator's MC2 centre in the proximal slices (the cached label was the instance under the true
+    mask; a bone merged with its neighbour still counts as MC2, as there), else the candidate nearest it
+    within 6 mm."""
     cs = 2 * float(bonewin.GRID.spacing_mm)
     labels = identify.bone_instances(record["coarse"].astype(np.float32), cs)
     mc2 = next(t for t in record["truth"] if t["name"] == "MC2")
-    near = [(math.hypot(b.x_mm - mc2["x"], b.y_mm - mc2["y"]), b.label) for b in identify.candidates(labels, cs)]
+    bones = identify.candidates(labels, cs)
+    y, x = int(round(mc2["y"] / cs)), int(round(mc2["x"] / cs))
+    under = set()
+    if 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]:
+        under = {int(v) for v in labels[: identify.reach(labels.shape[0], cs), y, x] if v}
+    held = [b.label for b in bones if b.label in under]
+    if held:
+        return {**record, "labels": labels, "mc2_label": held[0]}
+    near = [(math.hypot(b.x_mm - mc2["x"], b.y_mm - mc2["y"]), b.label) for b in bones]
     best = min(near, default=(math.inf, None))
     return {**record, "labels": labels, "mc2_label": best[1] if best[0] < 6.0 else None}
+
+
+def _remade(item):
+    group, key, record = item
+    return group, key, remake(record)
 
 
 def _scored(item):
@@ -251,7 +266,7 @@ class Logit:
         return float(-(lt - la).sum() + l2 * w @ w), grad
 
 
-def fit(cache: Path, train: list[str], l2: float) -> dict:
+def fit(cache: Path, train: list[str], l2: float, again: bool = False) -> dict:
     """Evidence weights fitted on the cached ``train`` groups, as ``calibrate_identity.py`` fits them (the
     conditional logit with the anatomical signs), with their five-fold accuracy on those groups."""
     from scipy.optimize import minimize
@@ -263,7 +278,13 @@ def fit(cache: Path, train: list[str], l2: float) -> dict:
         sys.path.pop(0)
 
     cases = []
-    for _, _, record in records(cache, train):
+    listed = records(cache, train)
+    if again:
+        from multiprocessing import Pool
+
+        with Pool() as pool:
+            listed = list(pool.imap(_remade, listed, chunksize=4))
+    for _, _, record in listed:
         bones, true = candidates(record)
         c = ci.case_features(bones, true) if true is not None and len(bones) >= 2 else None
         if c is not None:
@@ -314,9 +335,10 @@ def main() -> None:
     f.add_argument("--train", nargs="+", required=True, help="the groups to fit on (training families only)")
     f.add_argument("--l2", type=float, default=0.05)
     f.add_argument("--out", type=Path, default=None, help="write the weights here (for score --weights)")
+    f.add_argument("--remake", action="store_true", help="on instances made again from the coarse volumes")
     a = ap.parse_args()
     if a.cmd == "fit":
-        result = fit(a.cache, a.train, a.l2)
+        result = fit(a.cache, a.train, a.l2, a.remake)
         print(json.dumps(result))
         if a.out:
             a.out.write_text(json.dumps(result["weights"], indent=2) + "\n")

@@ -306,6 +306,7 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
         assert again["mc2_label"] == record["mc2_label"], key
     remade = identity_errors.score(cache, None, None, False, again=True)[phantoms.name]
     assert remade["right"] == 3 and remade["wrong_margins"] == []
+    assert identity_errors.fit(cache, [phantoms.name], 0.05, again=True)["cases"] == 3
 
 
 def test_the_vectorised_logit_is_calibrate_identitys_with_its_gradient():
