@@ -233,7 +233,8 @@ def bone_end(
     * with ``cup``, the phalanx's cup around the dome (``postprocess.joint_end``);
     * the phalanx's base taken in at one slice: the area grows by ``p.jump`` right after the dome (slices
       under ``p.dome_fraction`` of the largest so far) that held over ``DOME_MM`` (two slices at least), or
-      after three shrinking slices that end under it. A low slice or two out of the blue are a noisy cortex;
+      after a run of as many shrinking slices and one more that ends under it (three on the 0.5 mm grid). A
+      slice or two that dip out of the blue are a noisy cortex;
     * with ``tail``, the region dwindled to under ``tail`` of its largest cross-section so far (3-slice mean):
       what the tracking carries on past the dome's tip is a tendon's or a sesamoid's sliver (on the
       identification stage's 0.5 mm grid). The native contour keeps its dome's tip (``tail=None``) and leaves
@@ -259,7 +260,7 @@ def bone_end(
     need = max(2, int(np.ceil(DOME_MM / spacing_mm - 1e-9)))
     for k in range(1, a.size):
         if dome[k - 1] and a[k] > p.jump * a[k - 1]:
-            if (k >= need and dome[k - need : k].all()) or (k >= 3 and a[k - 3] > a[k - 2] > a[k - 1]):
+            if k >= need and (dome[k - need : k].all() or (k > need and (np.diff(a[k - need - 1 : k]) < 0).all())):
                 ends.append(start + k)
                 break
     return min(ends)

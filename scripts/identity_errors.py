@@ -2,8 +2,8 @@
 
     python scripts/identity_errors.py cache CACHE FOLDERS...          # phantom folders (vbmd-rt synth)
     python scripts/identity_errors.py cache CACHE --stream 300 --stream-seed 21000   # training families
-    python scripts/identity_errors.py score CACHE [--group ident qc_rand] [--weights W.json] [--show]
-    python scripts/identity_errors.py fit CACHE --train stream21000 stream22000 [--out W.json]
+    python scripts/identity_errors.py score CACHE [--group ident qc_rand] [--weights W.json] [--show] [--remake]
+    python scripts/identity_errors.py fit CACHE --train stream21000 stream22000 [--out W.json] [--remake]
 
 ``cache`` keeps, per phantom, what is costly to make: the instance labels of ``identify.find_candidates``
 (the 2x coarse grid, pieces joined) and the coarse volume, with the generator's bones (centre, shaft and head
@@ -184,17 +184,32 @@ def remake(record: dict) -> dict:
     under = set()
     if 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]:
         under = {int(v) for v in labels[: identify.reach(labels.shape[0], cs), y, x] if v}
+    out = {k: v for k, v in record.items() if k != "coarse"}  # what naming needs: light to pass between processes
+    out["labels"] = labels.astype(np.int16)
     held = [b.label for b in bones if b.label in under]
-    if held:
-        return {**record, "labels": labels, "mc2_label": held[0]}
+    if held:  # the one under the centre in most proximal slices
+        column = labels[: identify.reach(labels.shape[0], cs), y, x]
+        out["mc2_label"] = max(held, key=lambda lab: int((column == lab).sum()))
+        return out
     near = [(math.hypot(b.x_mm - mc2["x"], b.y_mm - mc2["y"]), b.label) for b in bones]
     best = min(near, default=(math.inf, None))
-    return {**record, "labels": labels, "mc2_label": best[1] if best[0] < 6.0 else None}
+    out["mc2_label"] = best[1] if best[0] < 6.0 else None
+    return out
 
 
 def _remade(item):
     group, key, record = item
     return group, key, remake(record)
+
+
+def _on_every_core(fn, items) -> list:
+    """``fn`` over ``items`` in worker processes forked from this one (they see this module as imported,
+    also from a test's temporary path), as many as cores."""
+    import multiprocessing
+    import os
+
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        return list(pool.imap(fn, items, chunksize=4))
 
 
 def _scored(item):
@@ -205,13 +220,7 @@ def _scored(item):
 def score(cache: Path, groups: list[str] | None, weights: dict | None, show: bool, again: bool = False) -> dict:
     by: dict[str, list] = defaultdict(list)
     items = ((g, k, r, weights, again) for g, k, r in records(cache, groups or None))
-    if again:  # seconds a phantom: on every core
-        from multiprocessing import Pool
-
-        with Pool() as pool:
-            scored = list(pool.imap(_scored, items, chunksize=4))
-    else:
-        scored = map(_scored, items)
+    scored = _on_every_core(_scored, items) if again else map(_scored, items)  # remade: a second a phantom
     for group, key, result in scored:
         by[group].append((key, result))
     table = {}
@@ -268,7 +277,8 @@ class Logit:
 
 def fit(cache: Path, train: list[str], l2: float, again: bool = False) -> dict:
     """Evidence weights fitted on the cached ``train`` groups, as ``calibrate_identity.py`` fits them (the
-    conditional logit with the anatomical signs), with their five-fold accuracy on those groups."""
+    conditional logit with the anatomical signs), with their five-fold accuracy on those groups. ``again``:
+    on instances made again from the cached coarse volumes (``remake``)."""
     from scipy.optimize import minimize
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -278,12 +288,7 @@ def fit(cache: Path, train: list[str], l2: float, again: bool = False) -> dict:
         sys.path.pop(0)
 
     cases = []
-    listed = records(cache, train)
-    if again:
-        from multiprocessing import Pool
-
-        with Pool() as pool:
-            listed = list(pool.imap(_remade, listed, chunksize=4))
+    listed = _on_every_core(_remade, records(cache, train)) if again else records(cache, train)
     for _, _, record in listed:
         bones, true = candidates(record)
         c = ci.case_features(bones, true) if true is not None and len(bones) >= 2 else None

@@ -171,6 +171,12 @@ def test_the_contour_ends_at_the_joint_not_at_a_dip_of_its_cortex():
     dome = np.linspace(100, 60, 12)
     phalanx = np.concatenate([shaft, dome, np.full(10, 130.0)])  # the base joins at one slice
     assert bone_end(phalanx, 0.082, tail=None, cup=False) == 72
+    held = np.concatenate([shaft, np.full(5, 70.0), np.full(10, 130.0)])  # a flat dome over 0.41 mm, then the base
+    assert bone_end(held, 0.082, tail=None, cup=False) == 65
+    assert bone_end(np.concatenate([shaft, np.full(3, 70.0), np.full(10, 130.0)]), 0.082, tail=None, cup=False) == 73
+    falling = np.concatenate([shaft, [103, 102, 101, 70], shaft])  # a dip after a few falling slices: noise
+    assert bone_end(falling, 0.082, tail=None, cup=False) == falling.size
+    assert bone_end(falling, 0.49, tail=None, cup=False) == 64  # on the 0.5 mm grid three falling slices do
     tip = np.concatenate([shaft, np.linspace(100, 5, 30), np.zeros(5)])  # a dome to a point
     assert bone_end(tip, 0.082, tail=None, cup=False) == 95
     assert bone_end(tip, 0.082) < 90  # the identification stage's sliver rule would cut it
