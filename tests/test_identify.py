@@ -152,6 +152,20 @@ def test_candidates_that_cannot_be_whole_metacarpals_are_reviewed():
     assert "piece" in identify.irregular([bone(60), bone(70), bone(12), bone(50)])
     assert "two bones" in identify.irregular([bone(60), bone(70), bone(250), bone(50)])
     assert "at most" in identify.irregular([bone(60)] * 6)
+    wide = bone(110)
+    wide.aspect = 2.1  # two round shafts side by side in one instance
+    assert "times as long as it is wide" in identify.irregular([bone(60), wide, bone(55)])
+
+
+def test_a_shafts_aspect_tells_two_shafts_from_one():
+    """``_aspect`` on cross-sections at 0.5 mm: round, oval and flat shafts against two round ones touching."""
+    yy, xx = np.mgrid[:60, :80]
+    round_ = np.hypot(yy - 30, xx - 40) < 9
+    oval = ((yy - 30) / 7.0) ** 2 + ((xx - 40) / 10.0) ** 2 < 1  # 10 x 7 mm: the widest flat shaft
+    pair = (np.hypot(yy - 30, xx - 31) < 9) | (np.hypot(yy - 30, xx - 49) < 9)
+    assert identify._aspect(round_) < 1.05
+    assert identify._aspect(oval) < identify.MERGED_ASPECT < identify._aspect(pair)
+    assert identify._aspect(np.zeros((5, 5), bool)) == 1.0
 
 
 def test_hypotheses_prefer_the_row_end_beside_the_thumb():
