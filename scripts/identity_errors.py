@@ -181,14 +181,12 @@ def remake(record: dict) -> dict:
     mc2 = next(t for t in record["truth"] if t["name"] == "MC2")
     bones = identify.candidates(labels, cs)
     y, x = int(round(mc2["y"] / cs)), int(round(mc2["x"] / cs))
-    under = set()
-    if 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]:
-        under = {int(v) for v in labels[: identify.reach(labels.shape[0], cs), y, x] if v}
+    inside = 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]
+    column = labels[: identify.reach(labels.shape[0], cs), y, x] if inside else np.zeros(0, labels.dtype)
     out = {k: v for k, v in record.items() if k != "coarse"}  # what naming needs: light to pass between processes
     out["labels"] = labels.astype(np.int16)
-    held = [b.label for b in bones if b.label in under]
+    held = [b.label for b in bones if b.label in column]
     if held:  # the one under the centre in most proximal slices
-        column = labels[: identify.reach(labels.shape[0], cs), y, x]
         out["mc2_label"] = max(held, key=lambda lab: int((column == lab).sum()))
         return out
     near = [(math.hypot(b.x_mm - mc2["x"], b.y_mm - mc2["y"]), b.label) for b in bones]
