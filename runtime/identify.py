@@ -11,10 +11,13 @@
 3. **Hypotheses.** Every consistent naming is scored: MC2 at one end of the row, with or without a thumb
    beyond it. Evidence, in log-odds units:
 
-   * *row shape*: the row (the thumb excluded) is a gentle arch; a thumb lies off it, beyond MC2;
+   * *row shape*: the row (the thumb excluded) is a gentle arch; a thumb lies off it, beyond MC2, in the
+     thenar eminence: a lobe of the hand's outline of its own, past the waist of the first web space;
    * *the other end*: with three or more metacarpals the other end is MC4 or MC5, with a smaller head and
      a more proximal joint than MC2's; with two it is MC3, larger and more distal (the anatomy of the
-     hand: MC3 is the longest metacarpal, MC5 the shortest);
+     hand: MC3 is the longest metacarpal, MC5 the shortest). A head's size is its width, the long axis of
+     its widest cross-section: its area also holds the palmar side's shape (flat, notched between the
+     condyles), which varies from bone to bone;
    * *the side*: ``side`` given by the user (``--side``) or a hand side written in the scan's log; model
      space is a right hand, MC2 on the -x side.
 
@@ -68,6 +71,8 @@ class Bone:
     length_mm: float
     edge: bool  # touches the field of view's edge
     aspect: float = 1.0  # the shaft's cross-section (in most proximal slices): long axis over short
+    head_width_mm: float = 0.0  # the head's widest cross-section, its long axis (0: unknown, the area speaks)
+    lobe: float = 0.0  # how deep the waist of the hand's outline between this bone and the others (``lobes``)
     evidence: dict = field(default_factory=dict)
     name: str = ""  # the naming chosen: MC2, MC3 ... along the row, thumb; "" for a bone off the naming
 
@@ -77,10 +82,12 @@ class Bone:
             "centre_mm": [round(self.x_mm, 1), round(self.y_mm, 1)],
             "shaft_area_mm2": round(self.shaft_mm2, 1),
             "head_area_mm2": round(self.head_mm2, 1),
+            "head_width_mm": round(self.head_width_mm, 1),
             "joint_mm": round(self.joint_mm, 1),
             "joint_in_view": self.joint_in_view,
             "at_edge": self.edge,
             "shaft_aspect": round(self.aspect, 2),
+            "lobe": round(self.lobe, 2),
             "name": self.name,
             **({"evidence": self.evidence} if self.evidence else {}),
         }
@@ -128,16 +135,25 @@ def reduce2(vol: np.ndarray) -> np.ndarray:
     return vol[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _levels(coarse: np.ndarray, p=PARAMS) -> tuple[float, float]:
-    """Hysteresis levels (network units, mg HA/cm³ / 1000) from the hand's soft tissue and cortex."""
+def _tissue_cortex(coarse: np.ndarray) -> tuple[float, float] | None:
+    """The hand's soft tissue and cortex levels (network units): the median and 99.5th percentile of what Otsu
+    separates from the air, on a dozen slices; None when nothing is."""
     v = coarse[:: max(1, coarse.shape[0] // 12)].ravel()
     lo, hi = float(v.min()), float(v.max())
     grey = np.clip((v - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     hand = v[grey > otsu]
     if hand.size == 0:
+        return None
+    return float(np.median(hand)), float(np.percentile(hand, 99.5))
+
+
+def _levels(coarse: np.ndarray, p=PARAMS) -> tuple[float, float]:
+    """Hysteresis levels (network units, mg HA/cm³ / 1000) from the hand's soft tissue and cortex."""
+    levels = _tissue_cortex(coarse)
+    if levels is None:
         return p.min_low_mg / 1000, p.min_high_mg / 1000
-    tissue, cortex = float(np.median(hand)), float(np.percentile(hand, 99.5))
+    tissue, cortex = levels
     span = max(cortex - tissue, 0.0)
     return max(p.min_low_mg / 1000, tissue + p.low_frac * span), max(p.min_high_mg / 1000, tissue + p.high_frac * span)
 
@@ -241,8 +257,9 @@ def track(bone: np.ndarray, spacing_mm: float, p=PARAMS, init=None) -> np.ndarra
     return classical.track(bone, (spacing_mm,) * 3, p, split=lambda m: split(m, spacing_mm), init=init)
 
 
-def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
-    """The metacarpal-like instances: through the proximal slices, with a shaft's cross-section."""
+def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarray | None = None) -> list[Bone]:
+    """The metacarpal-like instances: through the proximal slices, with a shaft's cross-section. With the
+    ``coarse`` volume, each one's ``lobe`` of the hand's outline."""
     nz = labels.shape[0]
     top = reach(nz, spacing_mm, p)
     px2 = spacing_mm * spacing_mm
@@ -280,12 +297,78 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS) -> list[Bone]:
                 length_mm=last * spacing_mm,
                 edge=edge,
                 aspect=_aspect(mine.mean(axis=0) >= 0.5),
+                head_width_mm=float(_long_axes(sub[: max(1, last - sl[0].start)]).max(initial=0.0)) * spacing_mm,
             )
         )
     if out:  # pieces far smaller than the typical shaft are not metacarpals
         typical = float(np.median([b.shaft_mm2 for b in out]))
         out = [b for b in out if b.shaft_mm2 >= 0.3 * typical]
+    if coarse is not None and len(out) >= 2:
+        for b, lobe in zip(out, lobes(out, hand_depth(coarse, spacing_mm, p), spacing_mm), strict=True):
+            b.lobe = lobe
     return out
+
+
+def hand_depth(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
+    """How deep inside the hand's outline each pixel of the proximal slab lies, in mm (the distance to the air;
+    the field of view's edge is no outline): the hand is what lies above halfway from the air to soft tissue."""
+    mean = coarse[: reach(coarse.shape[0], spacing_mm, p)].mean(axis=0)
+    air = float(np.percentile(mean, 1))
+    levels = _tissue_cortex(mean[None])
+    tissue = levels[0] if levels is not None else air
+    hand = (mean > 0.5 * (air + tissue)).astype(np.uint8)
+    pad = max(hand.shape)
+    depth = cv2.distanceTransform(np.pad(hand, pad, mode="edge"), cv2.DIST_L2, 5)
+    return depth[pad:-pad, pad:-pad] * spacing_mm
+
+
+#: A lobe holds soft tissue round its bone: a bone whose centre lies less deep than its shaft's radius and this
+#: is at the outline (a slim hand's edge, or a phantom's bone outside its soft tissue), not in a lobe.
+LOBE_COVER_MM = 1.5
+
+
+def lobes(bones: list[Bone], depth: np.ndarray, spacing_mm: float) -> list[float]:
+    """Per bone, how far it sits in a lobe of the hand's outline of its own (0: none; 1: apart): one minus
+    the best, over the other bones, of the shallowest depth (``hand_depth``) on the straight way there over the
+    shallower of the two bones' own depths. Inside one convex outline the depth on a straight way never falls
+    below its ends', so a metacarpal in the palm is 0; the thumb lies in the thenar eminence, past the waist of
+    the first web space. A bone that lies at the outline (``LOBE_COVER_MM``) is in no lobe."""
+    h, w = depth.shape
+    t = np.linspace(0.0, 1.0, 64)[:, None]
+
+    def at(pt) -> np.ndarray:
+        return np.clip(np.round(pt).astype(int), 0, [h - 1, w - 1])
+
+    centres = [np.array([b.y_mm, b.x_mm]) / spacing_mm for b in bones]
+    out = []
+    for i, a in enumerate(centres):
+        own = float(depth[tuple(at(a))])
+        if own < math.sqrt(bones[i].shaft_mm2 / math.pi) + LOBE_COVER_MM:  # at the outline: no lobe round it
+            out.append(0.0)
+            continue
+        best = 0.0
+        for j, c in enumerate(centres):
+            if i != j:
+                way = at(a + t * (c - a))
+                shallow = min(own, float(depth[tuple(at(c))]))
+                best = max(best, float(depth[way[:, 0], way[:, 1]].min()) / max(shallow, 1e-6))
+        out.append(1.0 - min(1.0, best))
+    return out
+
+
+def _long_axes(sub: np.ndarray) -> np.ndarray:
+    """Per slice of a (z, y, x) mask: the long axis of its cross-section in pixels (four times the square
+    root of the larger second moment; 0 for a slice with under five pixels)."""
+    yy, xx = np.mgrid[: sub.shape[1], : sub.shape[2]].astype(np.float64)
+    m = sub.astype(np.float64)
+    n = m.sum(axis=(1, 2))
+    safe = np.maximum(n, 1.0)
+    my, mx = (m * yy).sum(axis=(1, 2)) / safe, (m * xx).sum(axis=(1, 2)) / safe
+    syy = (m * yy * yy).sum(axis=(1, 2)) / safe - my * my
+    sxx = (m * xx * xx).sum(axis=(1, 2)) / safe - mx * mx
+    sxy = (m * xx * yy).sum(axis=(1, 2)) / safe - mx * my
+    large = 0.5 * (sxx + syy) + np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
+    return np.where(n >= 5, 4.0 * np.sqrt(np.maximum(large, 0.0)), 0.0)
 
 
 def _aspect(mask: np.ndarray) -> float:
@@ -438,6 +521,7 @@ FEATURES = (
     "thumb_distance",
     "thumb_size",
     "thumb_joint_off",
+    "thumb_lobe",
     "no_thumb_end_off_row",
     "row_residual",
     "row_joint_spread",
@@ -446,29 +530,32 @@ FEATURES = (
     "trend_head",
     "trend_joint",
 )
-#: Weights of the evidence (log-odds per unit), fitted on the training families by
-#: ``scripts/calibrate_identity.py`` (a conditional logit over the hypotheses of each case).
+#: Weights of the evidence (log-odds per unit): the conditional logit over the hypotheses of each case of
+#: ``scripts/calibrate_identity.py`` with its anatomical signs, fitted on the 889 cached training-family phantoms
+#: with a naming (``identity_errors.py fit --remake --train stream21000 stream22000``: instances, head widths and
+#: lobes made by this code; five-fold accuracy 0.88-0.93). Never on a held-out family.
 WEIGHTS = {
-    "row2_head": 0.2,
-    "row3_head": 1.79,
-    "row2_joint": -0.43,
-    "row3_joint": 0.28,
-    "row2_shaft": 0.12,
-    "row3_shaft": -0.23,
-    "thumb": -7.64,
-    "thumb_off_row": 6.38,
-    "thumb_beyond": 4.17,
-    "thumb_next_to_mc2": -2.06,
-    "thumb_distance": -1.11,
-    "thumb_size": -2.59,
-    "thumb_joint_off": 0.94,
-    "no_thumb_end_off_row": -1.47,
-    "row_residual": -8.6,
-    "row_joint_spread": 0.06,
-    "mc2_at_edge": 0.23,
-    "other_at_edge": -0.76,
-    "trend_head": 2.6,
-    "trend_joint": 1.03,
+    "row2_head": -0.56,
+    "row3_head": 0.71,
+    "row2_joint": -0.66,
+    "row3_joint": 0.44,
+    "row2_shaft": 0.19,
+    "row3_shaft": 0.25,
+    "thumb": -7.85,
+    "thumb_off_row": 4.45,
+    "thumb_beyond": 1.29,
+    "thumb_next_to_mc2": 0.93,
+    "thumb_distance": -0.92,
+    "thumb_size": -3.44,
+    "thumb_joint_off": 1.23,
+    "thumb_lobe": 14.57,
+    "no_thumb_end_off_row": 0.0,
+    "row_residual": -8.75,
+    "row_joint_spread": 0.18,
+    "mc2_at_edge": -2.19,
+    "other_at_edge": -2.56,
+    "trend_head": 2.19,
+    "trend_joint": 0.82,
 }
 #: Candidates that cannot all be whole metacarpals (calibrated on the training families: no correct naming
 #: there has a shaft below 0.3x or above 3x the median, or more than five candidates).
@@ -489,6 +576,17 @@ def _row(bones: list[Bone], thumb: int | None):
     return row, pts, along, [row[j] for j in np.argsort(along)]
 
 
+def _head_ratio(a: Bone, b: Bone) -> float:
+    """Log of head ``a``'s size over head ``b``'s, clipped to +-1: the square of the widths (the long axes) where
+    both are known, else the areas. The width is the bone's size; the area also holds the palmar side's
+    shape (flat, notched between condyles), which varies from bone to bone and hand to hand."""
+    if a.head_width_mm > 0 and b.head_width_mm > 0:
+        sa, sb = a.head_width_mm**2, b.head_width_mm**2
+    else:
+        sa, sb = a.head_mm2, b.head_mm2
+    return float(np.clip(math.log(max(sa, 1e-6) / max(sb, 1e-6)), -1.0, 1.0))
+
+
 def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | None:
     """The evidence for "bone ``mc2`` is MC2, bone ``thumb`` the thumb (None: no thumb)", as ``FEATURES``;
     None when the naming is impossible (MC2 not an end of the row)."""
@@ -500,7 +598,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
     a, b = bones[mc2], bones[other]
     f = dict.fromkeys(FEATURES, 0.0)
     two = len(row) == 2
-    head = float(np.clip(math.log(max(a.head_mm2, 1) / max(b.head_mm2, 1)), -1.0, 1.0))
+    head = _head_ratio(a, b)
     shaft = float(np.clip(math.log(max(a.shaft_mm2, 1) / max(b.shaft_mm2, 1)), -1.0, 1.0))
     joint = float(np.clip(a.joint_mm - b.joint_mm, -6.0, 6.0)) / 3.0 if a.joint_in_view and b.joint_in_view else 0.0
     f["row2_head" if two else "row3_head"] = head
@@ -511,7 +609,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
     if len(row) >= 3:  # along the row away from MC2: MC3 is the longest metacarpal, MC5 the shortest and smallest
         ordered = order if mc2 == order[0] else order[::-1]
         nxt, far = bones[ordered[1]], bones[ordered[-1]]
-        f["trend_head"] = float(np.clip(math.log(max(nxt.head_mm2, 1) / max(far.head_mm2, 1)), -1.0, 1.0))
+        f["trend_head"] = _head_ratio(nxt, far)
         if nxt.joint_in_view and far.joint_in_view:
             f["trend_joint"] = float(np.clip(nxt.joint_mm - far.joint_mm, -6.0, 6.0)) / 3.0
     f["mc2_at_edge"], f["other_at_edge"] = float(a.edge), float(b.edge)
@@ -526,6 +624,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
         f["thumb_next_to_mc2"] = 1.0 if int(np.argmin(dist)) == mc2 else -1.0
         f["thumb_distance"] = float(np.clip(min(dist) / spacing, 0.0, 3.0))
         f["thumb_size"] = float(np.clip(math.log(max(t.shaft_mm2, 1) / max(a.shaft_mm2, 1)), -1.0, 1.0))
+        f["thumb_lobe"] = t.lobe
         med = _median_joint([bones[i] for i in row])
         if med is not None:  # the thumb's joint is far from the row's, or beyond the stack (its phalanx elsewhere)
             off = abs(t.joint_mm - med) / 3.0 if t.joint_in_view else 2.0
@@ -601,8 +700,9 @@ def find_candidates(vol: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, lis
     """Steps 1-2 on a model-grid volume in network units: the instances on the 2x coarser grid (cortex
     pieces joined) and the metacarpal candidates among them."""
     cs = 2 * spacing_mm
-    labels = bone_instances(reduce2(vol), cs)
-    return labels, candidates(labels, cs)
+    coarse = reduce2(vol)
+    labels = bone_instances(coarse, cs)
+    return labels, candidates(labels, cs, coarse=coarse)
 
 
 def bone_instances(coarse: np.ndarray, spacing_mm: float) -> np.ndarray:

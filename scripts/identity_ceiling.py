@@ -5,7 +5,8 @@ measurements, straight from the randomised generator's parameters (no images, no
 
 For every case of ``random`` (``synth.families.sample_random``): each metacarpal (and the thumb) as a
 ``runtime.identify.Bone`` with its true centre, shaft and head cross-sections and joint level (the head's
-tip; out of view where the stack ends first). The evidence weights are fitted on half of the cases with the
+tip; out of view where the stack ends first); the head's width is its ellipse's long axis, and the
+thumb's lobe of the hand's outline, an image measure, is left out (0). The evidence weights are fitted on half of the cases with the
 same conditional logit as ``scripts/calibrate_identity.py`` (same anatomical signs) and scored on the other
 half, by row length and thumb. The result is a ceiling for the evidence the stage uses on these phantoms:
 where it stays below 98 %, the cues are not in the phantom (a row of three without a thumb or a side), and
@@ -43,6 +44,7 @@ def oracle_bones(p) -> tuple[list[identify.Bone], int]:
                 y_mm=b.y0,
                 shaft_mm2=math.pi * b.shaft[0] * b.shaft[1],
                 head_mm2=math.pi * b.head[0] * b.head[1],
+                head_width_mm=2.0 * max(b.head),
                 joint_mm=joint,
                 joint_in_view=b.tip < length - 0.5,
                 length_mm=joint,

@@ -130,7 +130,12 @@ def records(cache: Path, groups):
 
 def candidates(record: dict) -> tuple[list, int | None]:
     """The stage's candidates from a record's cached instances, and the index of the true MC2 among them."""
-    bones = identify.candidates(record["labels"].astype(np.int32), 2 * float(bonewin.GRID.spacing_mm))
+    bones = record.get("bones")  # remade records carry them (made with their coarse volume, left behind)
+    if bones is None:
+        coarse = record["coarse"].astype(np.float32) if "coarse" in record else None
+        bones = identify.candidates(
+            record["labels"].astype(np.int32), 2 * float(bonewin.GRID.spacing_mm), coarse=coarse
+        )
     return bones, next((i for i, b in enumerate(bones) if b.label == record["mc2_label"]), None)
 
 
@@ -177,14 +182,16 @@ def remake(record: dict) -> dict:
     mask; a bone merged with its neighbour still counts as MC2, as there), else the candidate nearest it
     within 6 mm."""
     cs = 2 * float(bonewin.GRID.spacing_mm)
-    labels = identify.bone_instances(record["coarse"].astype(np.float32), cs)
+    coarse = record["coarse"].astype(np.float32)
+    labels = identify.bone_instances(coarse, cs)
     mc2 = next(t for t in record["truth"] if t["name"] == "MC2")
-    bones = identify.candidates(labels, cs)
+    bones = identify.candidates(labels, cs, coarse=coarse)
     y, x = int(round(mc2["y"] / cs)), int(round(mc2["x"] / cs))
     inside = 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]
     column = labels[: identify.reach(labels.shape[0], cs), y, x] if inside else np.zeros(0, labels.dtype)
     out = {k: v for k, v in record.items() if k != "coarse"}  # what naming needs: light to pass between processes
     out["labels"] = labels.astype(np.int16)
+    out["bones"] = bones
     held = [b.label for b in bones if b.label in column]
     if held:  # the one under the centre in most proximal slices
         out["mc2_label"] = max(held, key=lambda lab: int((column == lab).sum()))

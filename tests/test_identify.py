@@ -363,3 +363,96 @@ def test_a_bone_ends_past_its_head_not_at_a_dip_of_its_cortex():
     assert classical.bone_end(np.concatenate([shaft, dome]), 0.49) == 40  # no joint: the stack's end
     late = np.concatenate([[0, 0, 0], shaft, dome])  # a region that starts a few slices in
     assert classical.bone_end(late, 0.49) == 43
+
+
+def test_a_heads_width_is_its_long_axis_and_names_sizes_whatever_its_palmar_side():
+    """``_long_axes``: twice the radius of a disc, the long diameter of an ellipse, 0 on an empty slice.
+    ``_head_ratio``: two heads of one width are one size, however flat the palmar side of one of them (the
+    area would call it a third smaller); without widths the areas speak."""
+    yy, xx = np.mgrid[:60, :80]
+    disc = np.hypot(yy - 30, xx - 40) < 9
+    oval = ((yy - 30) / 7.0) ** 2 + ((xx - 40) / 10.0) ** 2 < 1
+    axes = identify._long_axes(np.stack([disc, oval, np.zeros_like(disc)]))
+    np.testing.assert_allclose(axes[:2], [18.0, 20.0], atol=0.8)
+    assert axes[2] == 0.0
+
+    def bone(area, width):
+        b = identify.Bone(0, 0.0, 0.0, 60.0, area, 15.0, True, 15.0, False)
+        b.head_width_mm = width
+        return b
+
+    assert identify._head_ratio(bone(150.0, 15.0), bone(100.0, 15.0)) == 0.0  # one width, one flat
+    assert identify._head_ratio(bone(150.0, 15.0), bone(150.0, 12.0)) > 0.4  # (15/12)² = 1.56
+    assert identify._head_ratio(bone(150.0, 0.0), bone(100.0, 0.0)) == pytest.approx(np.log(1.5))
+
+
+def _hand_with_thumb(waist_mm: float | None):
+    """A coarse (0.5 mm) proximal slab in network units: air, the palm's soft tissue (an ellipse) round three
+    shafts and, with ``waist_mm``, a thumb in a lobe of its own (a disc of soft tissue joined to the palm by a
+    neck that wide); None: the thumb inside the palm's ellipse."""
+    sp = 0.49
+    yy, xx = np.mgrid[:100, :160] * sp
+    palm = ((xx - 50) / 32) ** 2 + ((yy - 22) / 13) ** 2 < 1
+    slab = np.where(palm, 0.04, -1.0).astype(np.float32)
+    shafts = [(30.0, 22.0), (48.0, 22.0), (66.0, 22.0)]
+    if waist_mm is None:
+        thumb = (26.0, 27.0)
+    else:
+        thumb = (12.0, 38.0)
+        lobe = np.hypot(xx - thumb[0], yy - thumb[1]) < 9
+        half = waist_mm / 2
+        t = np.clip(((xx - thumb[0]) * 1 + (yy - thumb[1]) * -1) / 2, 0, None)  # along the way to the palm
+        neck = (np.abs((xx - thumb[0]) + (yy - thumb[1])) / np.sqrt(2) < half) & (t < 14)
+        slab[lobe | neck] = 0.04
+    for x, y in [*shafts, thumb]:
+        r = np.hypot(xx - x, yy - y)
+        slab[r < 4.5] = 0.05
+        slab[(r >= 3.5) & (r < 4.5)] = 0.9
+    bones = [
+        identify.Bone(i + 1, x, y, 60.0, 120.0, 15.0, True, 15.0, False) for i, (x, y) in enumerate([*shafts, thumb])
+    ]
+    return np.repeat(slab[None], 8, axis=0), bones, sp
+
+
+def test_a_thumb_in_a_lobe_of_the_hands_outline_is_told_by_its_waist():
+    """``lobes``: a bone past the waist between the thenar eminence and the palm scores by the waist's depth;
+    the metacarpals in the palm, and a thumb inside the palm's outline, score 0."""
+    for waist, least in ((4.0, 0.4), (8.0, 0.1)):
+        slab, bones, sp = _hand_with_thumb(waist)
+        depth = identify.hand_depth(slab, sp)
+        lobe = identify.lobes(bones, depth, sp)
+        assert max(lobe[:3]) < 0.05 and lobe[3] > least, (waist, lobe)
+    slab, bones, sp = _hand_with_thumb(None)
+    assert max(identify.lobes(bones, identify.hand_depth(slab, sp), sp)) < 0.05
+    narrow, wide = (
+        identify.lobes(b, identify.hand_depth(s, p), p)[3] for s, b, p in (_hand_with_thumb(4.0), _hand_with_thumb(8.0))
+    )
+    assert narrow > wide  # the narrower the waist, the deeper the lobe
+
+
+def test_the_field_of_views_edge_is_no_outline():
+    """A palm cut by the field of view's edge: a shaft beside the edge is not in a lobe."""
+    slab, bones, sp = _hand_with_thumb(None)
+    cut = slab[:, :, int(round(24 / sp)) :]  # the edge runs 6 mm from the first shaft's centre, through the palm
+    moved = [
+        identify.Bone(b.label, b.x_mm - int(round(24 / sp)) * sp, b.y_mm, 60.0, 120.0, 15.0, True, 15.0, False)
+        for b in bones[:3]
+    ]
+    depth = identify.hand_depth(cut, sp)
+    assert depth[int(round(22 / sp)), 0] > 5.0  # the palm runs on past the edge: 7.6 mm deep there, not 0
+    assert max(identify.lobes(moved, depth, sp)) < 0.05
+
+
+def test_a_thumb_in_its_lobe_is_evidence_for_the_naming_with_it():
+    """The same four bones, the thumb in a lobe of its own or not: the naming with the thumb gains
+    ``thumb_lobe``'s weight times the lobe."""
+    assert identify.WEIGHTS["thumb_lobe"] > 0
+
+    def thumb_score(bones):
+        hyps, _ = identify.name(bones, None)
+        return max(h["score"] for h in hyps if h["thumb"] == 3)
+
+    _, bones, _ = _hand_with_thumb(4.0)
+    flat = thumb_score(bones)
+    bones[3].lobe = 0.6
+    assert thumb_score(bones) == pytest.approx(flat + 0.6 * identify.WEIGHTS["thumb_lobe"], abs=0.02)
