@@ -6,8 +6,9 @@
    phalanx beyond a joint, a sesamoid or a thumb are separate instances.
 2. **Metacarpals.** An MCP scan starts mid-shaft, so the metacarpals (and a thumb that lies in the stack)
    are the instances that run through the proximal slices with the cross-section of a shaft. Per
-   candidate: position of the shaft, shaft and head cross-sections, the joint level (where the shrinking
-   head meets the phalanx), whether it touches the edge of the field of view.
+   candidate: position of the shaft, shaft and head cross-sections and the head's width, the joint level
+   (where the shrinking head meets the phalanx), whether it touches the edge of the field of view, and
+   whether it sits in a lobe of the hand's outline of its own (``lobes``: the thumb in the thenar eminence).
 3. **Hypotheses.** Every consistent naming is scored: MC2 at one end of the row, with or without a thumb
    beyond it. Evidence, in log-odds units:
 
@@ -15,11 +16,12 @@
      thenar eminence: a lobe of the hand's outline of its own, past the waist of the first web space;
    * *the other end*: with three or more metacarpals the other end is MC4 or MC5, with a smaller head and
      a more proximal joint than MC2's; with two it is MC3, larger and more distal (the anatomy of the
-     hand: MC3 is the longest metacarpal, MC5 the shortest). A head's size is its width, the long axis of
-     its widest cross-section: its area also holds the palmar side's shape (flat, notched between the
+     hand: MC3 is the longest metacarpal, MC5 the shortest). A head's size is its width, the longest long
+     axis of its cross-sections: its area also holds the palmar side's shape (flat, notched between the
      condyles), which varies from bone to bone;
-   * *the side*: ``side`` given by the user (``--side``) or a hand side written in the scan's log; model
-     space is a right hand, MC2 on the -x side.
+   * *the side*: ``side`` given by the user (``--side``) or a hand side written in the scan's log overrides
+     anatomy (only the namings that agree with it are scored; where anatomy alone names another bone with a
+     margin, the result is ``review``); model space is a right hand, MC2 on the -x side.
 
    The choice is the best hypothesis; its ``margin`` is the log-odds lead over the best hypothesis naming
    another bone. A small margin is a QC ``review`` with the reason.
@@ -43,7 +45,7 @@ from scipy import ndimage
 
 from vbmd_rt.runtime import classical, qc
 from vbmd_rt.runtime.errors import VbmdInputError
-from vbmd_rt.runtime.postprocess import fill_holes_2d, split, wall_between
+from vbmd_rt.runtime.postprocess import fill_holes_2d, segment_pixels, split, wall_between
 
 MIN_FOV_MM = 15.0  # a metacarpal head is 15-25 mm wide: a smaller field of view holds none
 REVIEW_MARGIN = qc.LIMITS.identity_margin  # log-odds lead below which the identity is left to a reader
@@ -71,8 +73,8 @@ class Bone:
     length_mm: float
     edge: bool  # touches the field of view's edge
     aspect: float = 1.0  # the shaft's cross-section (in most proximal slices): long axis over short
-    head_width_mm: float = 0.0  # the head's widest cross-section, its long axis (0: unknown, the area speaks)
-    lobe: float = 0.0  # how deep the waist of the hand's outline between this bone and the others (``lobes``)
+    head_width_mm: float = 0.0  # the longest long axis of its cross-sections up to the joint (0: unknown)
+    lobe: float = 0.0  # how far it sits in a lobe of the hand's outline of its own, 0-1 (``lobes``)
     evidence: dict = field(default_factory=dict)
     name: str = ""  # the naming chosen: MC2, MC3 ... along the row, thumb; "" for a bone off the naming
 
@@ -304,22 +306,29 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
         typical = float(np.median([b.shaft_mm2 for b in out]))
         out = [b for b in out if b.shaft_mm2 >= 0.3 * typical]
     if coarse is not None and len(out) >= 2:
+        if coarse.shape != labels.shape:
+            raise ValueError(f"coarse volume {coarse.shape} is not on the instances' grid {labels.shape}")
         for b, lobe in zip(out, lobes(out, hand_depth(coarse, spacing_mm, p), spacing_mm), strict=True):
             b.lobe = lobe
     return out
 
 
+def slab_mean(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
+    """The mean of the proximal slab (``reach``), where every metacarpal is a shaft."""
+    return coarse[: reach(coarse.shape[0], spacing_mm, p)].mean(axis=0)
+
+
 def hand_depth(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
-    """How deep inside the hand's outline each pixel of the proximal slab lies, in mm (the distance to the air;
-    the field of view's edge is no outline): the hand is what lies above halfway from the air to soft tissue."""
-    mean = coarse[: reach(coarse.shape[0], spacing_mm, p)].mean(axis=0)
+    """How deep inside the hand's outline each pixel of the proximal slab lies, in mm: the distance to the
+    nearest air pixel (``cv2.distanceTransform`` looks at pixels only, so the field of view's edge is no
+    outline; where the hand's box ran past the scan, its band of air is). The hand is what lies above halfway
+    from the air to soft tissue."""
+    mean = slab_mean(coarse, spacing_mm, p)
     air = float(np.percentile(mean, 1))
     levels = _tissue_cortex(mean[None])
     tissue = levels[0] if levels is not None else air
     hand = (mean > 0.5 * (air + tissue)).astype(np.uint8)
-    pad = max(hand.shape)
-    depth = cv2.distanceTransform(np.pad(hand, pad, mode="edge"), cv2.DIST_L2, 5)
-    return depth[pad:-pad, pad:-pad] * spacing_mm
+    return cv2.distanceTransform(hand, cv2.DIST_L2, 5) * spacing_mm
 
 
 #: A lobe holds soft tissue round its bone: a bone whose centre lies less deep than its shaft's radius and this
@@ -333,32 +342,25 @@ def lobes(bones: list[Bone], depth: np.ndarray, spacing_mm: float) -> list[float
     shallower of the two bones' own depths. Inside one convex outline the depth on a straight way never falls
     below its ends', so a metacarpal in the palm is 0; the thumb lies in the thenar eminence, past the waist of
     the first web space. A bone that lies at the outline (``LOBE_COVER_MM``) is in no lobe."""
-    h, w = depth.shape
-    t = np.linspace(0.0, 1.0, 64)[:, None]
-
-    def at(pt) -> np.ndarray:
-        return np.clip(np.round(pt).astype(int), 0, [h - 1, w - 1])
-
-    centres = [np.array([b.y_mm, b.x_mm]) / spacing_mm for b in bones]
+    centres = [(b.y_mm / spacing_mm, b.x_mm / spacing_mm) for b in bones]
+    own = [float(depth[segment_pixels(c, c, depth.shape, samples=1)][0]) for c in centres]
     out = []
     for i, a in enumerate(centres):
-        own = float(depth[tuple(at(a))])
-        if own < math.sqrt(bones[i].shaft_mm2 / math.pi) + LOBE_COVER_MM:  # at the outline: no lobe round it
+        if own[i] < math.sqrt(bones[i].shaft_mm2 / math.pi) + LOBE_COVER_MM:  # at the outline: no lobe round it
             out.append(0.0)
             continue
         best = 0.0
         for j, c in enumerate(centres):
             if i != j:
-                way = at(a + t * (c - a))
-                shallow = min(own, float(depth[tuple(at(c))]))
-                best = max(best, float(depth[way[:, 0], way[:, 1]].min()) / max(shallow, 1e-6))
+                way = float(depth[segment_pixels(a, c, depth.shape, least=64)].min())
+                best = max(best, way / max(min(own[i], own[j]), 1e-6))
         out.append(1.0 - min(1.0, best))
     return out
 
 
-def _long_axes(sub: np.ndarray) -> np.ndarray:
-    """Per slice of a (z, y, x) mask: the long axis of its cross-section in pixels (four times the square
-    root of the larger second moment; 0 for a slice with under five pixels)."""
+def _moments(sub: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice of a (z, y, x) mask: its pixel count and the larger and smaller second moment of its
+    cross-section (px²)."""
     yy, xx = np.mgrid[: sub.shape[1], : sub.shape[2]].astype(np.float64)
     m = sub.astype(np.float64)
     n = m.sum(axis=(1, 2))
@@ -367,25 +369,31 @@ def _long_axes(sub: np.ndarray) -> np.ndarray:
     syy = (m * yy * yy).sum(axis=(1, 2)) / safe - my * my
     sxx = (m * xx * xx).sum(axis=(1, 2)) / safe - mx * mx
     sxy = (m * xx * yy).sum(axis=(1, 2)) / safe - mx * my
-    large = 0.5 * (sxx + syy) + np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
+    half = np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
+    return n, 0.5 * (sxx + syy) + half, np.maximum(0.5 * (sxx + syy) - half, 0.0)
+
+
+def _long_axes(sub: np.ndarray) -> np.ndarray:
+    """Per slice of a (z, y, x) mask: the long axis of its cross-section in pixels (four times the square
+    root of the larger second moment: an ellipse's long diameter; 0 for a slice with under five pixels)."""
+    n, large, _ = _moments(sub)
     return np.where(n >= 5, 4.0 * np.sqrt(np.maximum(large, 0.0)), 0.0)
 
 
 def _aspect(mask: np.ndarray) -> float:
     """A cross-section's long axis over its short one (square root of its second moments' ratio); 1 when
     too small to say."""
-    ys, xs = np.nonzero(mask)
-    if ys.size < 5:
+    n, large, small = _moments(mask[None])
+    if n[0] < 5:
         return 1.0
-    small, large = np.linalg.eigvalsh(np.cov(np.vstack([xs, ys]).astype(np.float64)))
-    return float(math.sqrt(large / max(small, 1e-6)))
+    return float(math.sqrt(large[0] / max(small[0], 1e-6)))
 
 
 def slab_cortex(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
     """The cortices on the mean of the proximal slab (bool, 2D): above the high level, as ``shafts`` sees
     them (dense trabecular marrow may pass the low level, a cortex wall between two marrows does not)."""
     _, high = _levels(coarse, p)
-    mean = coarse[: reach(coarse.shape[0], spacing_mm, p)].mean(axis=0)
+    mean = slab_mean(coarse, spacing_mm, p)
     s = max(0.3, p.sigma_mm / spacing_mm)
     return cv2.GaussianBlur(mean, (0, 0), s, borderType=cv2.BORDER_REPLICATE) > high
 
@@ -414,9 +422,7 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS, cortex=None) -
             union = fill_holes_2d(ndimage.binary_closing(ma | mb, iterations=2))
             edt = ndimage.distance_transform_edt(union)
             ca, cb = ndimage.center_of_mass(ma), ndimage.center_of_mass(mb)
-            t = np.linspace(0, 1, 32)
-            yy = np.clip(np.round(ca[0] + t * (cb[0] - ca[0])).astype(int), 0, union.shape[0] - 1)
-            xx = np.clip(np.round(ca[1] + t * (cb[1] - ca[1])).astype(int), 0, union.shape[1] - 1)
+            yy, xx = segment_pixels(ca, cb, union.shape, samples=32)
             peak = min(float(edt[ma].max()), float(edt[mb].max()))
             if peak > 0 and edt[yy, xx].min() > 0.6 * peak:
                 keep, drop = (a, b) if a.shaft_mm2 >= b.shaft_mm2 else (b, a)
@@ -565,7 +571,10 @@ MAX_CANDIDATES, FRAGMENT_RATIO, MERGED_RATIO = 5, 0.3, 3.0
 #: 12 of the 4,021 that hold one (flat and D-shaped shafts; their median is 1.16, the 99th percentile 1.65).
 MERGED_ASPECT = 1.8
 ROW_MAX = 4  # metacarpals in the row: MC2 to MC5
-SIDE_WEIGHT = 8.0  # a side given by the user or written in the log outweighs anatomy
+#: A side given by the user or written in the log overrides anatomy: only the namings that agree with it stay
+#: (``name``), each with this much evidence shown; where anatomy alone names another bone with a margin, the
+#: result is ``review`` with the reason.
+SIDE_WEIGHT = 8.0
 
 
 def _row(bones: list[Bone], thumb: int | None):
@@ -671,7 +680,7 @@ def _nearer_end(bones: list[Bone], mc2: int, thumb: int) -> bool:
 def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tuple[list[dict], float]:
     """Every consistent naming, best first (each: mc2, thumb, score, evidence), and the margin: the
     log-odds of the chosen bone over the best other bone, each summed over its thumb hypotheses."""
-    w = np.array([(weights or WEIGHTS)[k] for k in FEATURES])
+    w = np.array([(weights or WEIGHTS).get(k, 0.0) for k in FEATURES])
     xs = np.array([b.x_mm for b in bones])
     hyps: list[dict[str, Any]] = []
     for mc2, thumb, f in namings(bones):
@@ -681,6 +690,8 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
             low = xs[mc2] < float(np.mean(others))
             ev["side"] = SIDE_WEIGHT if low == (side == "right") else -SIDE_WEIGHT
         hyps.append({"mc2": mc2, "thumb": thumb, "score": round(float(sum(ev.values())), 2), "evidence": ev})
+    if side is not None and any(h["evidence"]["side"] > 0 for h in hyps):
+        hyps = [h for h in hyps if h["evidence"]["side"] > 0]  # the side overrides anatomy: only its namings
     if not hyps:
         return [], 0.0
     per_bone: dict[int, float] = {}
@@ -792,8 +803,11 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
     if others:
         mean_x = float(np.mean([b.x_mm for b in others]))
         found_side = "right" if mc2.x_mm < mean_x else "left"
-    if hint and found_side and hint != found_side and source == "given":
-        reasons.append(f"the side given ({hint}) puts MC2 where anatomy does not")
+    if hint and len(bones) >= 2:
+        anatomy, lead = name(bones, None)  # what anatomy alone names, against the side
+        if (found_side and hint != found_side) or (anatomy and anatomy[0]["mc2"] != choice and lead >= REVIEW_MARGIN):
+            told = "given" if source == "given" else "in the scan's log"
+            reasons.append(f"the side {told} ({hint}) puts MC2 where anatomy does not")
     region = labels == mc2.label
     end = int(round(mc2.joint_mm / cs))
     region[end:] = False

@@ -239,17 +239,25 @@ def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
 WALL_MM = 3.0  # a cortex wall between two marrows is at most this thick
 
 
+def segment_pixels(a, b, shape, samples: int | None = None, least: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (rows, columns) on the straight segment from ``a`` to ``b`` ((y, x) px), clipped to ``shape``:
+    ``samples`` points, by default two a pixel of its length (at least ``least``)."""
+    n = samples or max(least, int(2 * float(np.hypot(b[0] - a[0], b[1] - a[1]))) + 1)
+    t = np.linspace(0.0, 1.0, n)
+    yy = np.clip(np.round(a[0] + t * (b[0] - a[0])).astype(int), 0, shape[0] - 1)
+    xx = np.clip(np.round(a[1] + t * (b[1] - a[1])).astype(int), 0, shape[1] - 1)
+    return yy, xx
+
+
 def wall_between(ring: np.ndarray, a, b, spacing_mm: float) -> bool:
     """Whether the segment from ``a`` to ``b`` (two points in marrow, (y, x) px) crosses a cortex wall of
     ``ring`` (bool, cortex): a run of cortex 0.5 mm to ``WALL_MM`` thick with at least 1 mm of marrow on
     both sides. Two shafts that touch share such a wall; two lobes of one marrow do not. Runs of cortex at
     the ends (a dense spot at a centre) are part of the ends."""
     length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
-    t = np.linspace(0.0, 1.0, max(8, int(2 * length) + 1))
-    yy = np.clip(np.round(a[0] + t * (b[0] - a[0])).astype(int), 0, ring.shape[0] - 1)
-    xx = np.clip(np.round(a[1] + t * (b[1] - a[1])).astype(int), 0, ring.shape[1] - 1)
+    yy, xx = segment_pixels(a, b, ring.shape)
     on = ring[yy, xx].astype(np.int8)
-    step = length / max(1, t.size - 1) * spacing_mm
+    step = length / max(1, yy.size - 1) * spacing_mm
     edges = np.flatnonzero(np.diff(on)) + 1
     bounds = np.concatenate([[0], edges, [on.size]])
     runs: list[tuple[int, float]] = []

@@ -8,7 +8,8 @@ For every case of ``random`` (``synth.families.sample_random``): each metacarpal
 tip; out of view where the stack ends first); the head's width is its ellipse's long axis, and the
 thumb's lobe of the hand's outline, an image measure, is left out (0). The evidence weights are fitted on half of the cases with the
 same conditional logit as ``scripts/calibrate_identity.py`` (same anatomical signs) and scored on the other
-half, by row length and thumb. The result is a ceiling for the evidence the stage uses on these phantoms:
+half, by row length and thumb. The result is a ceiling for the evidence the stage uses on these phantoms
+(not for hands with a thumb, whose lobe is left out):
 where it stays below 98 %, the cues are not in the phantom (a row of three without a thumb or a side), and
 no better measurement will reach it; more cues (or ``--side``) will.
 """

@@ -396,7 +396,7 @@ def _hand_with_thumb(waist_mm: float | None):
     slab = np.where(palm, 0.04, -1.0).astype(np.float32)
     shafts = [(30.0, 22.0), (48.0, 22.0), (66.0, 22.0)]
     if waist_mm is None:
-        thumb = (26.0, 27.0)
+        thumb = (57.0, 15.0)  # between two shafts, 5-7 mm off the row, 7 mm deep in the palm
     else:
         thumb = (12.0, 38.0)
         lobe = np.hypot(xx - thumb[0], yy - thumb[1]) < 9
@@ -456,3 +456,31 @@ def test_a_thumb_in_its_lobe_is_evidence_for_the_naming_with_it():
     flat = thumb_score(bones)
     bones[3].lobe = 0.6
     assert thumb_score(bones) == pytest.approx(flat + 0.6 * identify.WEIGHTS["thumb_lobe"], abs=0.02)
+
+
+def test_the_candidates_of_a_hand_with_a_thumb_have_its_lobe():
+    """``find_candidates`` measures the lobes on the scan: a randomised hand whose thumb lies in the thenar
+    eminence gives that candidate a lobe, the metacarpals none."""
+    lobed = 0
+    for p in _thumb_hands(8):  # in some the thumb lies beyond the field of view or the stack
+        scan, _ = phantom.render_case(p)
+        vol, _ = _grid(scan, (p.voxel_mm,) * 3, p.cal)
+        _, bones = identify.find_candidates(vol, bonewin.GRID.spacing_mm)
+        lobes = sorted(b.lobe for b in bones)
+        assert lobes[-2] < 0.1  # at most one bone, the thumb, in a lobe of its own
+        lobed += lobes[-1] > 0.2
+    assert lobed >= 3
+
+
+def test_a_given_side_overrides_a_thumbs_lobe_and_says_so():
+    """A thumb in a lobe of its own on one side, the user's side the other: the naming follows the side, and
+    the result is ``review`` because anatomy alone names another bone."""
+    _, bones, _ = _hand_with_thumb(4.0)
+    bones[3].lobe = 1.0
+    bones[3].y_mm = 55.0  # far off the row: every cue says thumb
+    free, lead = identify.name(bones, None)
+    assert free[0]["thumb"] == 3 and lead > identify.REVIEW_MARGIN
+    side = "left" if bones[free[0]["mc2"]].x_mm < np.mean([b.x_mm for b in bones[:3]]) else "right"
+    hyps, _ = identify.name(bones, side)
+    assert hyps[0]["mc2"] != free[0]["mc2"]
+    assert all(h["evidence"]["side"] > 0 for h in hyps)
