@@ -710,10 +710,13 @@ def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tu
 def find_candidates(vol: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[Bone]]:
     """Steps 1-2 on a model-grid volume in network units: the instances on the 2x coarser grid (cortex
     pieces joined) and the metacarpal candidates among them."""
-    cs = 2 * spacing_mm
-    coarse = reduce2(vol)
-    labels = bone_instances(coarse, cs)
-    return labels, candidates(labels, cs, coarse=coarse)
+    return coarse_candidates(reduce2(vol), 2 * spacing_mm)
+
+
+def coarse_candidates(coarse: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[Bone]]:
+    """``find_candidates`` on a volume already on the coarse grid (``reduce2``, ``spacing_mm`` its voxel)."""
+    labels = bone_instances(coarse, spacing_mm)
+    return labels, candidates(labels, spacing_mm, coarse=coarse)
 
 
 def bone_instances(coarse: np.ndarray, spacing_mm: float) -> np.ndarray:

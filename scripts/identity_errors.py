@@ -182,10 +182,8 @@ def remake(record: dict) -> dict:
     mask; a bone merged with its neighbour still counts as MC2, as there), else the candidate nearest it
     within 6 mm."""
     cs = 2 * float(bonewin.GRID.spacing_mm)
-    coarse = record["coarse"].astype(np.float32)
-    labels = identify.bone_instances(coarse, cs)
+    labels, bones = identify.coarse_candidates(record["coarse"].astype(np.float32), cs)
     mc2 = next(t for t in record["truth"] if t["name"] == "MC2")
-    bones = identify.candidates(labels, cs, coarse=coarse)
     y, x = int(round(mc2["y"] / cs)), int(round(mc2["x"] / cs))
     inside = 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]
     column = labels[: identify.reach(labels.shape[0], cs), y, x] if inside else np.zeros(0, labels.dtype)
