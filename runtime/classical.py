@@ -205,7 +205,7 @@ def pick_mc2(labels: np.ndarray, spacing_zyx, p: Params = Params(), near=None) -
         if zs.size < reach // 2:
             continue
         area = (labels == lab).sum(axis=(1, 2))
-        area = area[: joint_slice(area, p)]
+        area = area[: bone_end(area, float(spacing_zyx[0]), p, tail=None, cup=False)]
         if area.max() * voxel_mm2 < 2.0:
             continue
         ys, xs = np.nonzero((first == lab).any(axis=0))
@@ -240,9 +240,11 @@ def bone_end(
       identification stage's 0.5 mm grid). The native contour keeps its dome's tip (``tail=None``) and leaves
       the cup to the pipeline's cut on the model grid (``cup=False``).
 
-    The stack's end when none is in view. The one-slice rule this replaces (``joint_slice``) ended MC2 6.7 mm
-    early on a noisy cortex: the identification stage named the wrong bone with a margin of 3.9 (randomised
-    phantom 0017), and the classical contour cut heads short by up to 8.6 mm. Against the generator's head tips
+    The stack's end when none is in view. One rule for every tracked region: the identification stage's, the
+    native contour's, ``pick_mc2``'s heads and QC's baseline region (``qc.baseline``). The one-slice rule it
+    replaced (the first jump after any dip) ended MC2 6.7 mm early on a noisy cortex: the identification stage
+    named the wrong bone with a margin of 3.9 (randomised phantom 0017), and the classical contour cut heads
+    short by up to 8.6 mm. Against the generator's head tips
     (``scripts/identity_errors.py``), joints more than 2 mm off fall from 12 % to 11 % of bones on 900
     training-family phantoms, from 13 % to 11 % on 112 randomised test hands and from 16 % to 15 % on the
     three held-out families."""
@@ -264,17 +266,6 @@ def bone_end(
                 ends.append(start + k)
                 break
     return min(ends)
-
-
-def joint_slice(area: np.ndarray, p: Params = Params()) -> int:
-    """First slice beyond MC2's head: where its shrinking dome's cross-section jumps up again because the
-    tracked region took in the base of the proximal phalanx (which cups the head); else the last slice."""
-    peak = 0.0
-    for k in range(1, area.size):
-        peak = max(peak, float(area[k - 1]))
-        if area[k - 1] < p.dome_fraction * peak and area[k] > p.jump * area[k - 1]:
-            return k
-    return int(area.size)
 
 
 NEAR_MM = 30.0  # with ``near``, bones are tracked within this distance of MC2's shaft (its neighbours too)

@@ -150,7 +150,7 @@ def baseline(stored: np.ndarray, mask: np.ndarray, spacing_zyx, cal: Calibration
     if counts.sum() == 0:
         return {"dice": 0.0, "d100_difference_mg_ha_cm3": None, "bone": "none", "row_end": row_end}
     mine = labels == int(np.argmax(counts))
-    mine[classical.joint_slice(mine.sum(axis=(1, 2)), p) :] = False
+    mine[classical.bone_end(mine.sum(axis=(1, 2)), float(spacing_zyx[0]), p, tail=None, cup=False) :] = False
     dice = measure.dice(mine, msub)  # the mask lies inside its box: msub is all of it
     d_mask = cal.density(float(stored[mask].mean(dtype=np.float64)))
     d_base = cal.density(float(sub[mine].mean(dtype=np.float64))) if mine.any() else None

@@ -17,13 +17,17 @@ def cases(phantoms):
     return phantoms
 
 
-def test_joint_slice_finds_the_phalanx_jump():
+@pytest.mark.parametrize("slice_mm", [0.082, 0.246, 0.49])
+def test_bone_end_finds_the_phalanx_jump(slice_mm):
+    """The rule every tracked region ends by (identification, the native contour, ``pick_mc2``'s heads, QC's
+    baseline region), on any slice spacing."""
     shaft, head, dome = [100] * 10, [150, 200, 240, 250, 240], [200, 150, 100, 60]
-    area = np.array(shaft + head + dome + [170, 200, 210])  # then the phalanx joins the region
-    assert classical.joint_slice(area) == len(shaft + head + dome)
-    assert classical.joint_slice(np.array(shaft + head + dome)) == len(shaft + head + dome)
+    area = np.array(shaft + head + dome + [170, 200, 210], float)  # then the phalanx joins the region
+    end = classical.bone_end(area, slice_mm, tail=None, cup=False)
+    assert end == len(shaft + head + dome)
+    assert classical.bone_end(np.array(shaft + head + dome, float), slice_mm, tail=None, cup=False) == end
     # An erosion's dip in the shaft is no joint: the shaft never fell below 80% of the largest so far.
-    assert classical.joint_slice(np.array([100, 100, 85, 100, 110, 120])) == 6
+    assert classical.bone_end(np.array([100, 100, 85, 100, 110, 120], float), slice_mm, tail=None, cup=False) == 6
 
 
 def _ring(img, cy, cx, r, lab, width=2):
@@ -159,14 +163,13 @@ def test_a_second_reading_that_fails_leaves_the_classical_result(cases, tmp_path
 
 
 def test_the_contour_ends_at_the_joint_not_at_a_dip_of_its_cortex():
-    """``bone_end`` on the native grid (``tail=None, cup=False``): a noisy cortex that dips for a few slices no longer
-    ends the head (``joint_slice`` ended it at the first slice back up), the phalanx's base taken in after
-    the dome still does, and the dome's thin tip is kept."""
-    from vbmd_rt.runtime.classical import bone_end, joint_slice
+    """``bone_end`` on the native grid (``tail=None, cup=False``): a noisy cortex that dips for a few slices does
+    not end the head (the one-slice rule it replaced ended it at the first slice back up, 63), the phalanx's
+    base taken in after the dome still does, and the dome's thin tip is kept."""
+    from vbmd_rt.runtime.classical import bone_end
 
     shaft = np.full(60, 100.0)
     dip = np.concatenate([shaft, [70, 70, 70], shaft])  # 0.25 mm of cortex lost at 82 µm
-    assert joint_slice(dip) == 63
     assert bone_end(dip, 0.082, tail=None, cup=False) == dip.size
     dome = np.linspace(100, 60, 12)
     phalanx = np.concatenate([shaft, dome, np.full(10, 130.0)])  # the base joins at one slice
