@@ -5,7 +5,9 @@
 For every case of every FOLDER (made by ``vbmd-rt synth``, any ``--family``): the model's mask against the
 true one (Dice), D100 error, and the QC verdict. Summaries per folder and per family facet (texture,
 cross-section shape, scanner), and QC's two numbers: the share of bad cases (Dice < 0.90) it flags
-(must be all) and the share of good cases it flags (should be at most 10 %).
+(must be all) and the share of good cases it flags (should be at most 10 %). Last, issue 19's bars per folder
+and over all (``done_when``; which bars a folder must meet depends on its role: held-out family, standard
+phantoms, randomised hands).
 
 ``--wrong-bone N``: for N cases per folder, the mask of the neighbouring metacarpal (MC3), rendered from
 the case's own parameters, measured as if it were MC2: QC must flag it.
@@ -187,6 +189,59 @@ def geometry_check(predictor, count: int, seed: int, log) -> list[dict]:
     return out
 
 
+#: Issue 19's bars, as this script measures them (what each folder must meet depends on its role: the
+#: segmentation bars on families held out of training, the standard bar on standard phantoms, the identity
+#: bars on randomised hands, the QC bars everywhere).
+DONE_WHEN = (
+    ("segmentation", "dice_mean", ">=", 0.95),
+    ("segmentation", "dice_min", ">=", 0.90),
+    ("segmentation", "d100_max_abs_error", "<=", 5.0),
+    ("standard", "standard_dice_min", ">=", 0.98),
+    ("identity", "right_bone_fraction", ">=", 0.98),
+    ("identity", "wrong_bones_passing", "<=", 0),
+    ("qc", "bad_passing", "<=", 0),
+    ("qc", "good_flagged_fraction", "<=", 0.10),
+)
+
+
+def done_when(rows: list[dict]) -> list[dict]:
+    """Issue 19's bars on ``rows`` (one folder's cases or any set): per bar its group, value, target and
+    whether it is met (None where no case says: no standard phantom, no bad case...)."""
+    if not rows:
+        return []
+    s = summary(rows)
+    std = [r["dice"] for r in rows if r.get("family", "standard") == "standard"]
+    values = {
+        **s,
+        "standard_dice_min": round(min(std), 4) if std else None,
+        "wrong_bones_passing": sum(r["dice"] < 0.3 and r["qc"] == "pass" for r in rows),
+        "bad_passing": s["bad_cases"] - s["bad_flagged"],
+    }
+    out = []
+    for group, key, op, target in DONE_WHEN:
+        v = values.get(key)
+        met = None if v is None else (v >= target if op == ">=" else v <= target)
+        out.append({"group": group, "measure": key, "value": v, "target": f"{op} {target:g}", "met": met})
+    return out
+
+
+def done_when_table(report: dict) -> str:
+    """The bars per folder and over all, one line each: value and a mark (+ met, - not, . nothing to say)."""
+    cols = [f"{k}" for _, k, _, _ in DONE_WHEN]
+    lines = ["folder | " + " | ".join(f"{k} {op} {t:g}" for _, k, op, t in DONE_WHEN)]
+    for name, bars in report["done_when"].items():
+        marks = {b["measure"]: b for b in bars}
+        cells = []
+        for k in cols:
+            b = marks.get(k)
+            if b is None or b["value"] is None:
+                cells.append(".")
+            else:
+                cells.append(f"{b['value']:g} {'+' if b['met'] else '-'}")
+        lines.append(f"{name} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="*", type=Path)
@@ -221,6 +276,8 @@ def main() -> None:
                 "xct2_max_abs_d100_error": max(abs(r["xct2_d100_error"]) for r in g),
                 "whole_max_abs_d100_error": max(abs(r["whole_d100_error"]) for r in g),
             }
+    report["done_when"] = {name: done_when([r for r in rows if r["folder"] == name]) for name in report["folders"]}
+    report["done_when"]["all"] = done_when(rows)
     report["cases"] = rows
     report["seconds"] = round(time.time() - t0, 1)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -233,6 +290,7 @@ def main() -> None:
             indent=1,
         )
     )
+    print(done_when_table(report))
 
 
 if __name__ == "__main__":

@@ -162,3 +162,30 @@ def test_robustness_eval_reports_where_the_mask_ends_against_the_truth():
     ]
     ends = ev.summary(rows)["end_error_mm_right_bone"]  # another bone's end says nothing about the joint
     assert ends == {"median": 0.38, "over_1mm_short": 0, "over_1mm_long": 1}
+
+
+def test_robustness_eval_checks_issue_19s_bars():
+    """``done_when``: each bar measured on the rows, met or not; None where no case says."""
+    from tests.test_identify import _script
+
+    ev = _script("robustness_eval")
+
+    def row(dice, qc, err=1.0, family="random"):
+        return {"dice": dice, "qc": qc, "d100_error": err, "family": family, "end_error_mm": 0.0}
+
+    rows = [row(0.97, "pass"), row(0.96, "pass"), row(0.92, "review"), row(0.85, "review"), row(0.0, "review", 40.0)]
+    for r in rows:
+        r.update(seconds=1.0, qc_seconds=0.1)
+    bars = {b["measure"]: b for b in ev.done_when(rows)}
+    assert bars["dice_mean"]["value"] == pytest.approx(0.74) and bars["dice_mean"]["met"] is False
+    assert bars["right_bone_fraction"]["value"] == 0.8 and bars["right_bone_fraction"]["met"] is False
+    assert bars["wrong_bones_passing"]["value"] == 0 and bars["wrong_bones_passing"]["met"] is True
+    assert bars["bad_passing"]["value"] == 0 and bars["bad_passing"]["met"] is True
+    assert bars["good_flagged_fraction"]["value"] == pytest.approx(0.3333, abs=1e-4)
+    assert bars["standard_dice_min"]["value"] is None and bars["standard_dice_min"]["met"] is None
+    rows[3]["qc"] = rows[4]["qc"] = "pass"  # a bad result and a wrong bone that pass
+    bars = {b["measure"]: b for b in ev.done_when(rows)}
+    assert bars["bad_passing"]["value"] == 2 and bars["wrong_bones_passing"]["value"] == 1
+    rep = {"done_when": {"f": ev.done_when(rows)}}
+    table = ev.done_when_table(rep).splitlines()
+    assert len(table) == 2 and table[1].startswith("f | 0.74 -") and " . " in table[1]
