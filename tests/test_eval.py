@@ -181,11 +181,21 @@ def test_robustness_eval_checks_issue_19s_bars():
     assert bars["right_bone_fraction"]["value"] == 0.8 and bars["right_bone_fraction"]["met"] is False
     assert bars["wrong_bones_passing"]["value"] == 0 and bars["wrong_bones_passing"]["met"] is True
     assert bars["bad_passing"]["value"] == 0 and bars["bad_passing"]["met"] is True
-    assert bars["good_flagged_fraction"]["value"] == pytest.approx(0.3333, abs=1e-4)
+    g = bars["good_flagged_fraction"]
+    assert g["value"] == pytest.approx(0.3333, abs=1e-4) and g["met"] is False  # <= 0.10
+    assert bars["d100_max_abs_error"]["value"] == 40.0 and bars["d100_max_abs_error"]["met"] is False  # <= 5
     assert bars["standard_dice_min"]["value"] is None and bars["standard_dice_min"]["met"] is None
     rows[3]["qc"] = rows[4]["qc"] = "pass"  # a bad result and a wrong bone that pass
+    rows[0]["wrong_bone_qc"] = "pass"  # and the neighbour's mask measured as MC2 (--wrong-bone)
     bars = {b["measure"]: b for b in ev.done_when(rows)}
-    assert bars["bad_passing"]["value"] == 2 and bars["wrong_bones_passing"]["value"] == 1
+    assert bars["bad_passing"]["value"] == 2 and bars["bad_passing"]["met"] is False
+    assert bars["wrong_bones_passing"]["value"] == 2 and bars["wrong_bones_passing"]["met"] is False
+    good = [row(0.99, "pass", family="standard") for _ in range(3)]
+    for r in good:
+        r.update(seconds=1.0, qc_seconds=0.1)
+    bars = {b["measure"]: b for b in ev.done_when(good)}
+    assert bars["bad_passing"]["value"] is None and bars["good_flagged_fraction"]["met"] is True
+    assert bars["standard_dice_min"]["value"] == 0.99 and bars["standard_dice_min"]["met"] is True
     rep = {"done_when": {"f": ev.done_when(rows)}}
     table = ev.done_when_table(rep).splitlines()
     assert len(table) == 2 and table[1].startswith("f | 0.74 -") and " . " in table[1]
