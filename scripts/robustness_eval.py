@@ -221,7 +221,6 @@ def done_when(rows: list[dict]) -> list[dict]:
         + sum(r.get("wrong_bone_qc") == "pass" for r in rows),
         "bad_passing": s["bad_cases"] - s["bad_flagged"] if s["bad_cases"] else None,
         "good_flagged_fraction": s["good_flagged_fraction"] if s["good_cases"] else None,
-        "d100_max_abs_error": s["d100_max_abs_error"],
     }
     out = []
     for group, key, op, target in DONE_WHEN:
@@ -233,7 +232,7 @@ def done_when(rows: list[dict]) -> list[dict]:
 
 def done_when_table(report: dict) -> str:
     """The bars per folder and over all, one line each: value and a mark (+ met, - not, . nothing to say)."""
-    cols = [f"{k}" for _, k, _, _ in DONE_WHEN]
+    cols = [k for _, k, _, _ in DONE_WHEN]
     lines = ["folder | " + " | ".join(f"{k} {op} {t:g}" for _, k, op, t in DONE_WHEN)]
     for name, bars in report["done_when"].items():
         marks = {b["measure"]: b for b in bars}
