@@ -59,6 +59,18 @@ def _smooth(slice_: np.ndarray, sigma_vox: float, factor: int) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma_vox, 0.3), borderType=cv2.BORDER_REPLICATE)
 
 
+def hand_levels(v: np.ndarray) -> tuple[float, float] | None:
+    """Soft tissue and cortex levels from a sample of a scan's values (any unit): the hand is what Otsu
+    separates from the air, soft tissue its median, cortex its 99.5th percentile (bone is a few per cent of
+    the hand); None when nothing stands out."""
+    grey = np.clip((v - v.min()) / max(float(np.ptp(v)), 1e-6) * 255, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    hand = v[grey > otsu]
+    if hand.size == 0:
+        return None
+    return float(np.median(hand)), float(np.percentile(hand, 99.5))
+
+
 def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1):
     """The two thresholds in mg HA/cm³, from the scan's own soft tissue and cortex levels.
 
@@ -70,13 +82,10 @@ def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Para
     values = []
     for k in np.linspace(0, data.shape[0] - 1, min(9, data.shape[0])).astype(int):
         values.append(_smooth(data[k], p.sigma_mm / px, factor).ravel() * m + b)
-    v = np.concatenate(values)
-    grey = np.clip((v - v.min()) / max(float(np.ptp(v)), 1e-6) * 255, 0, 255).astype(np.uint8)
-    otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    hand = v[grey > otsu]
-    if hand.size == 0:
+    levels = hand_levels(np.concatenate(values))
+    if levels is None:
         return p.min_low_mg, p.min_high_mg
-    tissue, cortex = float(np.median(hand)), float(np.percentile(hand, 99.5))
+    tissue, cortex = levels
     span = max(cortex - tissue, 0.0)
     return max(p.min_low_mg, tissue + p.low_frac * span), max(p.min_high_mg, tissue + p.high_frac * span)
 

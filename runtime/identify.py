@@ -138,16 +138,9 @@ def reduce2(vol: np.ndarray) -> np.ndarray:
 
 
 def _tissue_cortex(coarse: np.ndarray) -> tuple[float, float] | None:
-    """The hand's soft tissue and cortex levels (network units): the median and 99.5th percentile of what Otsu
-    separates from the air, on a dozen slices; None when nothing is."""
-    v = coarse[:: max(1, coarse.shape[0] // 12)].ravel()
-    lo, hi = float(v.min()), float(v.max())
-    grey = np.clip((v - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-    otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    hand = v[grey > otsu]
-    if hand.size == 0:
-        return None
-    return float(np.median(hand)), float(np.percentile(hand, 99.5))
+    """The hand's soft tissue and cortex levels (network units, ``classical.hand_levels``) on a dozen slices;
+    None when nothing stands out of the air."""
+    return classical.hand_levels(coarse[:: max(1, coarse.shape[0] // 12)].ravel())
 
 
 def _levels(coarse: np.ndarray, p=PARAMS) -> tuple[float, float]:
