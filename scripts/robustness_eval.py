@@ -5,9 +5,11 @@
 For every case of every FOLDER (made by ``vbmd-rt synth``, any ``--family``): the model's mask against the
 true one (Dice), D100 error, and the QC verdict. Summaries per folder and per family facet (texture,
 cross-section shape, scanner), and QC's two numbers: the share of bad cases (Dice < 0.90) it flags
-(must be all) and the share of good cases it flags (should be at most 10 %). Last, issue 19's bars per folder
-and over all (``done_when``): every bar on every folder; which ones a folder must meet depends on its role
-(held-out family, standard phantoms, randomised hands), which the reader knows and the script does not.
+(must be all) and the share of good cases it flags (should be at most 10 %). Where a D100 is off, which part
+of the mask made it so (``boundary_errors``: the excess outside the truth, the truth missed). Last, issue
+19's bars per folder and over all (``done_when``): every bar on every folder; which ones a folder must meet
+depends on its role (held-out family, standard phantoms, randomised hands), which the reader knows and the
+script does not.
 
 ``--wrong-bone N``: for N cases per folder, the mask of the neighbouring metacarpal (MC3), rendered from
 the case's own parameters, measured as if it were MC2: QC must flag it.
@@ -64,6 +66,7 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
             "seconds": r.timings_s["total"],
             "qc_seconds": r.timings_s.get("qc", 0.0),
             **distal_end(r.mask, gt, float(scan.spacing_zyx[0])),
+            **boundary_errors(r.mask, gt, scan.data, scan.calibration),
         }
         if i < wrong_bone:
             p = _case_params(truth)
@@ -96,6 +99,41 @@ def distal_end(mask: np.ndarray, gt: np.ndarray, slice_mm: float) -> dict:
     }
 
 
+def boundary_errors(mask: np.ndarray, gt: np.ndarray, stored: np.ndarray, cal) -> dict:
+    """Where a mask's D100 error comes from: its excess (voxels outside the truth) and its misses (truth
+    voxels outside it), each as a share of the truth's voxels, and what each alone does to D100 (mg HA/cm³):
+    ``d100_error_excess`` = D100(truth + excess) - D100(truth), ``d100_error_missed`` = D100(truth - missed)
+    - D100(truth). An excess of blurred cortex or a neighbour reads high, one of soft tissue low; a missed
+    cortex reads low. Where each is a few % of the truth, the two add up to about the whole error (exactly
+    where one of them is 0; not for large ones, whose counts change each other's weight). All None without
+    a calibration or without overlap (another bone)."""
+    none = dict.fromkeys(("excess_fraction", "missed_fraction", "d100_error_excess", "d100_error_missed"))
+    m, g = np.asarray(mask) != 0, np.asarray(gt) != 0
+    n_gt = int(g.sum())
+    if cal is None or n_gt == 0 or not (m & g).any():
+        return none
+    slope, offset = cal.density_equation()
+    values = np.asarray(stored)
+
+    def total(sel: np.ndarray) -> tuple[float, int]:  # the sum of stored values and the count, float64
+        return float(values[sel].sum(dtype=np.float64)), int(sel.sum())
+
+    s_gt, _ = total(g)
+    s_ex, n_ex = total(m & ~g)
+    s_mi, n_mi = total(g & ~m)
+
+    def d100(s: float, n: int) -> float:
+        return slope * s / n + offset
+
+    base = d100(s_gt, n_gt)
+    return {
+        "excess_fraction": round(n_ex / n_gt, 4),
+        "missed_fraction": round(n_mi / n_gt, 4),
+        "d100_error_excess": round(d100(s_gt + s_ex, n_gt + n_ex) - base, 2),
+        "d100_error_missed": round(d100(s_gt - s_mi, n_gt - n_mi) - base, 2) if n_mi < n_gt else None,
+    }
+
+
 def summary(rows: list[dict]) -> dict:
     if not rows:
         return {}
@@ -122,6 +160,7 @@ def summary(rows: list[dict]) -> dict:
             "over_1mm_short": int((ends < -1.0).sum()),
             "over_1mm_long": int((ends > 1.0).sum()),
         },
+        "boundary_right_bone": _boundary_summary([r for r in rows if r["dice"] >= 0.3]),
         "right_bone_fraction": round(1 - len(other_bone) / len(rows), 4),
         "other_bone_flagged": f"{sum(r['qc'] == 'review' for r in other_bone)} of {len(other_bone)}",
         "good_flagged_fraction": round(sum(r["qc"] == "review" for r in good) / max(1, len(good)), 4),
@@ -130,6 +169,18 @@ def summary(rows: list[dict]) -> dict:
         "seconds_median": round(float(np.median([r["seconds"] for r in rows])), 3),
         "qc_seconds_median": round(float(np.median([r["qc_seconds"] for r in rows])), 3),
     }
+
+
+def _boundary_summary(rows: list[dict]) -> dict:
+    """Medians of ``boundary_errors`` over the right bones, and how many read more than 5 mg HA/cm³ off
+    from their excess alone or their misses alone."""
+    out: dict = {}
+    for k in ("excess_fraction", "missed_fraction", "d100_error_excess", "d100_error_missed"):
+        v = np.array([r[k] for r in rows if r.get(k) is not None], dtype=float)
+        out[f"{k}_median"] = round(float(np.median(v)), 4) if v.size else None
+        if k.startswith("d100") and v.size:
+            out[f"{k}_over_5"] = int((np.abs(v) > 5.0).sum())
+    return out
 
 
 def geometry_check(predictor, count: int, seed: int, log) -> list[dict]:

@@ -199,3 +199,53 @@ def test_robustness_eval_checks_issue_19s_bars():
     rep = {"done_when": {"f": ev.done_when(rows)}}
     table = ev.done_when_table(rep).splitlines()
     assert len(table) == 2 and table[1].startswith("f | 0.74 -") and " . " in table[1]
+
+
+def test_robustness_eval_splits_the_d100_error_into_excess_and_misses():
+    """A mask one ring too wide reads high where that ring is dense (a blurred cortex, a neighbour's bone) and
+    low where it is soft tissue; one that misses the cortex reads low. The two parts add up to the error."""
+    from tests.test_identify import _script
+    from vbmd_rt.runtime.io.calibration import Calibration
+
+    ev = _script("robustness_eval")
+    cal = Calibration(mu_scaling=2.0, slope=4.0, intercept=-10.0)  # density = 2 * stored - 10
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    gt = np.broadcast_to(r < 10, (6, 40, 40)).copy()
+    cortex = (r >= 8) & (r < 10)
+    stored = np.where(cortex, 400.0, np.where(r < 8, 100.0, 20.0)).astype(np.float32)
+    stored = np.broadcast_to(stored, gt.shape).copy()
+    density = 2.0 * stored - 10.0
+    truth = float(density[gt].mean())
+
+    def d100(mask):
+        return float(density[mask].mean()) - truth
+
+    wide = np.broadcast_to(r < 11, gt.shape).copy()  # one ring of soft tissue too many
+    out = ev.boundary_errors(wide, gt, stored, cal)
+    assert out["missed_fraction"] == 0.0 and out["d100_error_missed"] == 0.0
+    assert out["excess_fraction"] == round(float((wide & ~gt).sum() / gt.sum()), 4) > 0
+    assert out["d100_error_excess"] == pytest.approx(d100(wide), abs=0.01) and out["d100_error_excess"] < 0
+    stored_dense = stored.copy()
+    stored_dense[wide & ~gt] = 400.0  # the same ring, dense: the mask took in bone outside the truth
+    assert ev.boundary_errors(wide, gt, stored_dense, cal)["d100_error_excess"] > 0
+    inner = np.broadcast_to(r < 8, gt.shape).copy()  # the cortex missed
+    out = ev.boundary_errors(inner, gt, stored, cal)
+    assert out["excess_fraction"] == 0.0 and out["d100_error_missed"] == pytest.approx(d100(inner), abs=0.01)
+    assert out["d100_error_missed"] < 0
+    both = wide.copy()
+    both[:, 19:21, 19:22] = False  # too wide and a small hole: the parts add up to about the whole error
+    out = ev.boundary_errors(both, gt, stored, cal)
+    assert out["d100_error_excess"] + out["d100_error_missed"] == pytest.approx(d100(both), rel=0.05)
+    assert ev.boundary_errors(np.zeros_like(gt), gt, stored, cal)["excess_fraction"] is None  # another bone
+    assert ev.boundary_errors(wide, gt, stored, None)["d100_error_excess"] is None  # no calibration
+    rows = [
+        {"dice": 0.95, **ev.boundary_errors(wide, gt, stored_dense, cal)},
+        {"dice": 0.96, **ev.boundary_errors(inner, gt, stored, cal)},
+        {"dice": 0.0, "excess_fraction": None, "missed_fraction": None, "d100_error_excess": None},
+    ]
+    s = ev._boundary_summary([x for x in rows if x["dice"] >= 0.3])
+    assert s["d100_error_excess_over_5"] == int(abs(rows[0]["d100_error_excess"]) > 5)
+    assert s["missed_fraction_median"] == pytest.approx(
+        np.median([rows[0]["missed_fraction"], rows[1]["missed_fraction"]])
+    )
