@@ -138,6 +138,21 @@ def predict(vol: np.ndarray, region: np.ndarray, infer, batch_size: int = 32) ->
     return paste(out, win, vol.shape), win
 
 
+def exclude(prob: np.ndarray, win: Window, other: np.ndarray | None) -> None:
+    """Probability 0 (in place) on the voxels of other bones under the window (``prob`` is 0 elsewhere):
+    ``other`` is bool on the 2x coarser grid (``identify.Identity.others``; a model voxel lies in coarse voxel
+    index // 2, and the model grid's odd last plane in none, as ``identify.expand2``)."""
+    view = win.of(prob)
+    if other is None or view.size == 0:
+        return
+    starts = (win.z0, max(win.y0, 0), max(win.x0, 0))
+    idx = [np.arange(a, a + n) // 2 for a, n in zip(starts, view.shape, strict=True)]
+    ok = [i < c for i, c in zip(idx, other.shape, strict=True)]
+    inside = other[np.ix_(*(np.minimum(i, c - 1) for i, c in zip(idx, other.shape, strict=True)))]
+    inside &= ok[0][:, None, None] & ok[1][None, :, None] & ok[2][None, None, :]
+    view[inside] = 0.0
+
+
 def inputs_for_check(scan: np.ndarray, truth: np.ndarray, spacing_zyx, cal, count: int = 2) -> np.ndarray:
     """Network inputs of ``count`` slices through the middle of a phantom's MC2 (its true region as the
     prior): the export's ONNX-vs-torch check runs on what the runtime feeds."""

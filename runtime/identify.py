@@ -107,6 +107,8 @@ class Identity:
     thumb: int | None
     reasons: list[str]
     region: np.ndarray | None = None  # bool, the model grid (cropped), MC2 up to its joint
+    others: np.ndarray | None = None  # bool, the coarse grid (every second model voxel, as ``expand2``): the
+    #   other bones (``other_bones``); None: none, or instances that do not look like one hand's (``irregular``)
     hypotheses: list[dict] = field(default_factory=list)
 
     @property
@@ -751,6 +753,11 @@ def _name_row(bones: list[Bone], choice: int, thumb: int | None) -> None:
         bones[thumb].name = "thumb"
 
 
+#: The other bones' instances lose this rim before they bound MC2's mask (``Identity.others``): where two
+#: bones touch, tracking on the coarse grid (0.49 mm) guesses the boundary between them.
+OTHERS_RIM_MM = 1.0
+
+
 def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None) -> Identity:
     """MC2 on a model-grid volume in network units (``runtime.bonewin.to_input_units``), (z, y, x) at
     ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override)."""
@@ -773,6 +780,7 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
     logged = side_from_log(log) if given is None else None
     hint, source = (given, "given") if given else ((logged, "log") if logged else (None, "anatomy"))
     reasons: list[str] = []
+    odd = ""
     if len(bones) == 1:
         choice, thumb, margin = 0, None, 0.0
         hyps: list[dict[str, Any]] = []
@@ -817,8 +825,31 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
         thumb=thumb,
         reasons=reasons,
         region=up,
+        others=None if odd else other_bones(labels, mc2.label, cs),
         hypotheses=hyps,
     )
+
+
+def other_bones(labels: np.ndarray, mine: int, spacing_mm: float) -> np.ndarray | None:
+    """Every tracked instance but ``mine`` (the coarse grid's ``labels``, ``spacing_mm`` its voxel), each slice
+    eroded by ``OTHERS_RIM_MM``, on the coarse grid: bone that MC2's mask must not take in (a neighbour it
+    touches, a sesamoid, a phalanx). None where there is none."""
+    other = (labels > 0) & (labels != mine)
+    if not other.any():
+        return None
+    rim = max(1, int(round(OTHERS_RIM_MM / spacing_mm)))
+    zs, ys, xs = (np.flatnonzero(other.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    box = (  # their box, a rim wider in-plane (the rest is 0); the image's edge erodes as background does
+        slice(int(zs[0]), int(zs[-1]) + 1),
+        slice(max(int(ys[0]) - rim, 0), int(ys[-1]) + 1 + rim),
+        slice(max(int(xs[0]) - rim, 0), int(xs[-1]) + 1 + rim),
+    )
+    other[box] = ndimage.binary_erosion(other[box], structure=_IN_PLANE, iterations=rim)
+    return other if other.any() else None
+
+
+_IN_PLANE = np.zeros((3, 3, 3), bool)  # erosion within each slice (4-neighbours)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 __all__ = ["Identity", "NotAHand", "identify", "side_from_log", "REVIEW_MARGIN"]

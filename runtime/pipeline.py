@@ -141,7 +141,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
         with timer("postprocess"):
-            end = trim_at_joint(prob, win, model.threshold, float(grid.spacing_mm))
+            end = one_bone(prob, win, idt, model.threshold, float(grid.spacing_mm))
             mask, info = postprocess(prob, geometry, model.threshold)
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
@@ -194,7 +194,7 @@ def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, backend, spacing_m
         model, net = reader
         name = model.name
         prob, win = bonewin.predict(vol, idt.region, net.infer, net.batch_for(model.window.roi_slices))
-        trim_at_joint(prob, win, model.threshold, spacing_mm)
+        one_bone(prob, win, idt, model.threshold, spacing_mm)
         theirs = largest_component(prob > model.threshold)
     except Exception as e:  # noqa: BLE001 - any failure of the aid leaves the classical result and its QC
         return {"reader": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
@@ -213,6 +213,15 @@ def cut_native(mask: np.ndarray, box, end: int, scale_z: float) -> int:
     cut = max(z0, min(z1, int(round(end * scale_z))))
     mask[cut:z1, y0:y1, x0:x1] = 0
     return cut
+
+
+def one_bone(prob: np.ndarray, win: bonewin.Window, idt, threshold: float, spacing_mm: float) -> int | None:
+    """The network's probabilities (in place) held to the identified bone: ended at its joint
+    (``trim_at_joint``, on the network's own profile), then 0 on the other bones (``idt.others``: a neighbour
+    it touches, a sesamoid, a phalanx). Returns the joint's model slice, or None."""
+    end = trim_at_joint(prob, win, threshold, spacing_mm)
+    bonewin.exclude(prob, win, idt.others)
+    return end
 
 
 def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:

@@ -484,3 +484,47 @@ def test_a_given_side_overrides_a_thumbs_lobe_and_says_so():
     hyps, _ = identify.name(bones, side)
     assert hyps[0]["mc2"] != free[0]["mc2"]
     assert all(h["evidence"]["side"] > 0 for h in hyps)
+
+
+def test_other_bones_bound_mc2s_mask_less_the_rim_where_bones_touch():
+    """``Identity.others``: every instance but MC2's, each slice eroded by 1 mm, on the model grid; the
+    network's probabilities there are 0 (``bonewin.exclude``), so MC2's mask cannot take in a neighbour's
+    cortex, a sesamoid or a phalanx."""
+    labels = np.zeros((6, 40, 40), np.int32)
+    labels[:, 5:20, 5:20] = 1  # MC2
+    labels[:, 5:20, 20:35] = 2  # a neighbour that touches it
+    labels[:, 25:28, 25:28] = 3  # a small piece: gone after the rim
+    cs = 0.49  # the coarse grid's voxel: a rim of two voxels
+    others = identify.other_bones(labels, 1, cs)
+    assert others.shape == labels.shape and others.dtype == bool
+    core = np.zeros((40, 40), bool)
+    core[7:18, 22:33] = True
+    assert (others == core).all()  # label 2 less two voxels all round; MC2 and the piece not
+    assert identify.other_bones(np.where(labels == 1, 1, 0), 1, cs) is None
+    edge = np.zeros((2, 10, 10), np.int32)
+    edge[:, :, 5:] = 2  # a bone cut by the field of view's edge: eroded from its cut too
+    assert identify.other_bones(edge, 1, cs)[:, 2:8, 7:8].all() and not identify.other_bones(edge, 1, cs)[:, 0].any()
+
+    grid = (13, 81, 80)  # an odd last plane and row lie in no coarse voxel (``identify.expand2``)
+    prob, got = bonewin.predict(
+        np.zeros(grid, np.float32),
+        np.pad(np.ones((10, 2, 2), bool), ((1, 1), (39, 39), (49, 29))),
+        lambda x: np.ones((x.shape[0], 1, *x.shape[2:]), np.float32),
+    )
+    bonewin.exclude(prob, got, others)
+    fine = identify.expand2(others, grid)
+    inside = np.zeros(grid, bool)
+    inside[got.z0 : got.z1, max(got.y0, 0) : got.y0 + got.size, max(got.x0, 0) : got.x0 + got.size] = True
+    assert got.y0 < 0 and fine[inside].any()  # the window hangs over the grid's edge and covers a neighbour
+    assert not prob[fine].any() and (prob[inside & ~fine] == 1).all() and not prob[~inside].any()
+
+
+def test_identification_of_a_phantom_gives_the_other_bones_apart_from_mc2():
+    p = phantom.sample_case(3, "small")
+    scan, truth = phantom.render_case(p)
+    vol, geo = _grid(scan, (p.voxel_mm,) * 3, p.cal)
+    idt = identify.identify(vol, bonewin.GRID.spacing_mm)
+    t = to_model_mask(truth, geo) > 0.5
+    others = identify.expand2(idt.others, vol.shape)
+    assert (others & t).sum() < 0.002 * t.sum()  # MC2's own voxels are not another bone's
+    assert others.sum() > t.sum()  # its neighbours are
