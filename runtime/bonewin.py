@@ -142,8 +142,12 @@ def exclude(prob: np.ndarray, win: Window, other: np.ndarray | None) -> None:
     """Probability 0 (in place) on the voxels of other bones under the window (``prob`` is 0 elsewhere):
     ``other`` is bool on the 2x coarser grid (``identify.Identity.others``; a model voxel lies in coarse voxel
     index // 2, and the model grid's odd last plane in none, as ``identify.expand2``)."""
+    if other is None:
+        return
+    if other.shape != tuple(n // 2 for n in prob.shape):
+        raise ValueError(f"other bones on a {other.shape} grid, not the coarse grid of {prob.shape}")
     view = win.of(prob)
-    if other is None or view.size == 0:
+    if view.size == 0:
         return
     starts = (win.z0, max(win.y0, 0), max(win.x0, 0))
     idx = [np.arange(a, a + n) // 2 for a, n in zip(starts, view.shape, strict=True)]

@@ -125,7 +125,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         """A point of the (cropped) model grid, in mm, as native (y, x) voxel coordinates."""
         return (y_mm / grid.spacing_mm + geometry.crop[0]) * sy, (x_mm / grid.spacing_mm + geometry.crop[2]) * sx
 
-    prob = None
+    prob = raw = None
     if model.classical:
         mc2 = idt.candidates[idt.choice]
         with timer("inference"):
@@ -141,7 +141,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
         with timer("postprocess"):
-            end = one_bone(prob, win, idt, model.threshold, float(grid.spacing_mm))
+            end, raw = one_bone(prob, win, idt, model.threshold, float(grid.spacing_mm), keep=checks)
             mask, info = postprocess(prob, geometry, model.threshold)
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
@@ -158,8 +158,8 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
                 region = region.copy()
                 region[info["joint_cut_slice"] :] = False
             c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, region), 4)}
-            if prob is not None:  # the network's output is 0 outside its window
-                c["confidence"] = qc.confidence(win.of(prob), model.threshold)
+            if prob is not None:  # the network's output is 0 outside its window; its own, other bones and all
+                c["confidence"] = qc.confidence(win.of(prob) if raw is None else raw, model.threshold)
             reading = second_reading(vol, idt, on_grid, backend, float(grid.spacing_mm)) if model.classical else None
             if reading is not None:
                 c["second_reading"] = reading
@@ -215,13 +215,19 @@ def cut_native(mask: np.ndarray, box, end: int, scale_z: float) -> int:
     return cut
 
 
-def one_bone(prob: np.ndarray, win: bonewin.Window, idt, threshold: float, spacing_mm: float) -> int | None:
+def one_bone(
+    prob: np.ndarray, win: bonewin.Window, idt, threshold: float, spacing_mm: float, keep: bool = False
+) -> tuple[int | None, np.ndarray | None]:
     """The network's probabilities (in place) held to the identified bone: ended at its joint
-    (``trim_at_joint``, on the network's own profile), then 0 on the other bones (``idt.others``: a neighbour
-    it touches, a sesamoid, a phalanx). Returns the joint's model slice, or None."""
+    (``trim_at_joint``, on the network's own profile: the other bones taken off first can hide the cup),
+    then 0 on the other bones (``idt.others``: a neighbour it touches, a sesamoid, a phalanx). Returns the
+    joint's model slice (or None) and, with ``keep``, the window's probabilities as they were before the
+    other bones were taken off (QC's confidence limit was set on the network's own; None where nothing was
+    taken off)."""
     end = trim_at_joint(prob, win, threshold, spacing_mm)
+    raw = win.of(prob).copy() if keep and idt.others is not None else None
     bonewin.exclude(prob, win, idt.others)
-    return end
+    return end, raw
 
 
 def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from vbmd_rt.runtime import bonewin, classical, identify
 from vbmd_rt.runtime.preprocess import to_model, to_model_mask
@@ -486,10 +487,9 @@ def test_a_given_side_overrides_a_thumbs_lobe_and_says_so():
     assert all(h["evidence"]["side"] > 0 for h in hyps)
 
 
-def test_other_bones_bound_mc2s_mask_less_the_rim_where_bones_touch():
-    """``Identity.others``: every instance but MC2's, each slice eroded by 1 mm, on the model grid; the
-    network's probabilities there are 0 (``bonewin.exclude``), so MC2's mask cannot take in a neighbour's
-    cortex, a sesamoid or a phalanx."""
+def test_other_bones_are_every_instance_but_mc2s_less_an_in_plane_rim():
+    """``identify.other_bones``: on the coarse grid, every instance but MC2's, each slice eroded by 1 mm (two
+    0.49 mm voxels, 4-neighbours): where bones touch, the tracking guesses the boundary between them."""
     labels = np.zeros((6, 40, 40), np.int32)
     labels[:, 5:20, 5:20] = 1  # MC2
     labels[:, 5:20, 20:35] = 2  # a neighbour that touches it
@@ -504,19 +504,82 @@ def test_other_bones_bound_mc2s_mask_less_the_rim_where_bones_touch():
     edge = np.zeros((2, 10, 10), np.int32)
     edge[:, :, 5:] = 2  # a bone cut by the field of view's edge: eroded from its cut too
     assert identify.other_bones(edge, 1, cs)[:, 2:8, 7:8].all() and not identify.other_bones(edge, 1, cs)[:, 0].any()
+    rng = np.random.default_rng(3)  # any shapes: the same as eroding each slice on its own
+    for _ in range(10):
+        lab = ndimage.label(ndimage.gaussian_filter(rng.random((5, 50, 60)), 2.5) > 0.52)[0]
+        mine = int(rng.integers(0, lab.max() + 1))
+        ref = (lab > 0) & (lab != mine)
+        for k in range(ref.shape[0]):
+            ref[k] = ndimage.binary_erosion(ref[k], iterations=2)
+        got = identify.other_bones(lab, mine, cs)
+        assert (got is None and not ref.any()) or (got == ref).all()
 
-    grid = (13, 81, 80)  # an odd last plane and row lie in no coarse voxel (``identify.expand2``)
-    prob, got = bonewin.predict(
-        np.zeros(grid, np.float32),
-        np.pad(np.ones((10, 2, 2), bool), ((1, 1), (39, 39), (49, 29))),
-        lambda x: np.ones((x.shape[0], 1, *x.shape[2:]), np.float32),
+
+@pytest.mark.parametrize("grid", [(13, 81, 80), (12, 80, 81)])
+def test_the_network_is_0_on_other_bones_under_its_window(grid):
+    """``bonewin.exclude``: probability 0 where the coarse ``others`` is (model voxel i in coarse voxel i // 2;
+    an odd last plane, row or column in none, as ``identify.expand2``), under a window that hangs over the
+    grid's edges; an ``others`` of another grid is refused."""
+    coarse = tuple(n // 2 for n in grid)
+    others = np.zeros(coarse, bool)
+    others[:, 5:15, 25:40] = True  # a neighbour
+    others[-1], others[:, -1], others[:, :, -1] = True, True, True  # the coarse grid's last plane, row, column
+    region = np.zeros(grid, bool)
+    region[:, 38:42, 60:64] = True  # the window is centred here: it runs past the grid on every side
+    prob, win = bonewin.predict(
+        np.zeros(grid, np.float32), region, lambda x: np.ones((x.shape[0], 1, *x.shape[2:]), np.float32)
     )
-    bonewin.exclude(prob, got, others)
+    assert win.y0 < 0 and win.x0 + win.size > grid[2] and win.z0 == 0 and win.z1 == grid[0]
+    bonewin.exclude(prob, win, others)
     fine = identify.expand2(others, grid)
-    inside = np.zeros(grid, bool)
-    inside[got.z0 : got.z1, max(got.y0, 0) : got.y0 + got.size, max(got.x0, 0) : got.x0 + got.size] = True
-    assert got.y0 < 0 and fine[inside].any()  # the window hangs over the grid's edge and covers a neighbour
-    assert not prob[fine].any() and (prob[inside & ~fine] == 1).all() and not prob[~inside].any()
+    assert not prob[fine].any() and (prob[~fine] == 1).all()  # the odd edges (not in ``fine``) keep theirs
+    with pytest.raises(ValueError, match="coarse grid"):
+        bonewin.exclude(prob, win, others[:, 1:])
+
+
+def test_the_joint_is_found_before_the_other_bones_are_taken_off():
+    """``pipeline.one_bone``: the cut at the joint reads the network's own profile (dome, then the
+    phalanx's cup around it); with the phalanx taken off first, the cup would not show and the mask would
+    run on into the phalanx. QC's confidence gets the probabilities as they were."""
+    from types import SimpleNamespace
+
+    from vbmd_rt.runtime import pipeline
+
+    grid, spacing = (40, 160, 160), bonewin.GRID.spacing_mm
+    yy, xx = np.mgrid[:160, :160]
+    r = np.hypot(yy - 80, xx - 80)
+    prob = np.zeros(grid, np.float32)
+    for z in range(40):  # shaft r 20; dome narrowing to r 15; then dome and cup as one, r 20
+        radius = 20 if z < 15 else (20 - (z - 14) * 0.55 if z < 24 else 20)
+        prob[z][r < radius] = 0.95
+    win = bonewin.Window(0, 0, 0, 40)
+    phalanx = np.zeros(grid, bool)
+    phalanx[24:][:, r >= 15.5] = True  # the cup's rim: another instance
+    others = phalanx[::2, ::2, ::2].copy()
+    idt = SimpleNamespace(others=others)
+
+    first = prob.copy()  # the other order: taken off first, the profile shows no cup
+    bonewin.exclude(first, win, others)
+    assert pipeline.trim_at_joint(first, win, 0.5, spacing) is None
+
+    kept = prob.copy()
+    end, raw = pipeline.one_bone(prob, win, idt, 0.5, spacing, keep=True)
+    assert end is not None and 20 <= end <= 26 and not prob[end:].any()
+    assert (raw == np.where(np.arange(40)[:, None, None] < end, kept, 0)).all()  # before the exclusion
+    assert not prob[identify.expand2(others, grid)].any()
+    assert pipeline.one_bone(kept.copy(), win, SimpleNamespace(others=None), 0.5, spacing, keep=True)[1] is None
+
+
+def test_irregular_instances_bound_nothing(monkeypatch):
+    """Where the instances do not look like one hand's (``identify.irregular``), they are wrong themselves:
+    no other bone bounds MC2's mask."""
+    p = phantom.sample_case(3, "small")
+    scan, _ = phantom.render_case(p)
+    vol, _ = _grid(scan, (p.voxel_mm,) * 3, p.cal)
+    assert identify.identify(vol, bonewin.GRID.spacing_mm).others is not None
+    monkeypatch.setattr(identify, "irregular", lambda bones: "two shafts as one?")
+    idt = identify.identify(vol, bonewin.GRID.spacing_mm)
+    assert idt.others is None and any("two shafts as one?" in r for r in idt.reasons)
 
 
 def test_identification_of_a_phantom_gives_the_other_bones_apart_from_mc2():
