@@ -756,6 +756,8 @@ def _name_row(bones: list[Bone], choice: int, thumb: int | None) -> None:
 #: The other bones' instances lose this rim before they bound MC2's mask (``Identity.others``): where two
 #: bones touch, tracking on the coarse grid (0.49 mm) guesses the boundary between them.
 OTHERS_RIM_MM = 1.0
+_IN_PLANE = np.zeros((3, 3, 3), bool)  # their erosion: within each slice (4-neighbours)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None) -> Identity:
@@ -846,10 +848,6 @@ def other_bones(labels: np.ndarray, mine: int, spacing_mm: float) -> np.ndarray 
     )
     other[box] = ndimage.binary_erosion(other[box], structure=_IN_PLANE, iterations=rim)
     return other if other.any() else None
-
-
-_IN_PLANE = np.zeros((3, 3, 3), bool)  # erosion within each slice (4-neighbours)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 __all__ = ["Identity", "NotAHand", "identify", "side_from_log", "REVIEW_MARGIN"]

@@ -112,7 +112,6 @@ def boundary_errors(mask: np.ndarray, gt: np.ndarray, stored: np.ndarray, cal) -
     n_gt = int(g.sum())
     if cal is None or n_gt == 0 or not (m & g).any():
         return none
-    slope, offset = cal.density_equation()
     values = np.asarray(stored)
 
     def total(sel: np.ndarray) -> tuple[float, int]:  # the sum of stored values and the count, float64
@@ -120,17 +119,13 @@ def boundary_errors(mask: np.ndarray, gt: np.ndarray, stored: np.ndarray, cal) -
 
     s_gt, _ = total(g)
     s_ex, n_ex = total(m & ~g)
-    s_mi, n_mi = total(g & ~m)
-
-    def d100(s: float, n: int) -> float:
-        return slope * s / n + offset
-
-    base = d100(s_gt, n_gt)
+    s_mi, n_mi = total(g & ~m)  # fewer than the truth's: the mask overlaps it
+    base = cal.density(s_gt / n_gt)  # density is linear in the stored value: the mean's is the mean density
     return {
         "excess_fraction": round(n_ex / n_gt, 4),
         "missed_fraction": round(n_mi / n_gt, 4),
-        "d100_error_excess": round(d100(s_gt + s_ex, n_gt + n_ex) - base, 2),
-        "d100_error_missed": round(d100(s_gt - s_mi, n_gt - n_mi) - base, 2) if n_mi < n_gt else None,
+        "d100_error_excess": round(cal.density((s_gt + s_ex) / (n_gt + n_ex)) - base, 2),
+        "d100_error_missed": round(cal.density((s_gt - s_mi) / (n_gt - n_mi)) - base, 2),
     }
 
 
