@@ -171,8 +171,8 @@ def render_bone(D, grid, b, rng, case, truth_out=None, label=None):
     Z, Y, X = np.meshgrid(
         (np.arange(0, z1) + 0.5) * vox, (np.arange(y0, y1) + 0.5) * vox, (np.arange(x0, x1) + 0.5) * vox, indexing="ij"
     )
-    # the envelope is computed on a box one voxel larger than the FOV where it is cut, so that the
-    # distance transform sees the bone continue beyond the edge (a cut bone has no cortex at the cut)
+    # the envelope is computed inside the field of view only: the distance transform measures to the
+    # nearest outside voxel and the array's edge is none, so a bone cut by the edge has no cortex at the cut
     env, d, w = mc_fields(b, X, Y, Z)
     if not env.any():
         return None
@@ -221,8 +221,9 @@ def render_bone(D, grid, b, rng, case, truth_out=None, label=None):
     return (x0, x1, y0, y1)
 
 
-def render_thumb(D, grid, t, case, rng):
-    """The thumb's metacarpal: a tube along a tilted axis with a rounded distal end (its head)."""
+def render_thumb(D, grid, t, case, rng, keep=None):
+    """The thumb's metacarpal: a tube along a tilted axis with a rounded distal end (its head); never over
+    ``keep`` (MC2's true mask: what the truth holds stays as rendered)."""
     vox, nz, ny, nx = grid
     Z, Y, X = np.meshgrid(
         (np.arange(nz) + 0.5) * vox,
@@ -260,8 +261,12 @@ def render_thumb(D, grid, t, case, rng):
         return None
     di = ndimage.distance_transform_edt(env, sampling=vox)
     cort = env & (di <= t["ct"])
+    if keep is not None:
+        cort &= ~keep[:, y0:y1, x0:x1]
     Dv = D[:, y0:y1, x0:x1]
-    inner = env & ~cort
+    inner = env & ~(di <= t["ct"])
+    if keep is not None:
+        inner &= ~keep[:, y0:y1, x0:x1]
     Dv[inner] = case["marrow"] + 0.15 * (t["tb"] - case["marrow"]) + rng.normal(0, 40, int(inner.sum()))
     Dv[cort] = t["ct_dens"]
     return True
@@ -531,7 +536,7 @@ def build(i, traits, out: Path):
     for j in range(len(bones) - 1, -1, -1):  # MC2 last: nothing overwrites it
         render_bone(D, grid, bones[j], rng, case, truth_out=truth if j == 0 else None)
     if thumb is not None:
-        render_thumb(D, grid, thumb, case, rng)
+        render_thumb(D, grid, thumb, case, rng, keep=truth)
     if case["sesamoid"]:  # two small dense ellipsoids palmar of MC2's head
         b = bones[0]
         zz, yy, xx = np.meshgrid(
@@ -631,10 +636,9 @@ def build(i, traits, out: Path):
         "mc2_touches_edge": bool(
             truth[:, 0, :].any() or truth[:, -1, :].any() or truth[:, :, 0].any() or truth[:, :, -1].any()
         ),
-        "gen_s": round(time.time() - t0, 1),
     }
-    (out / f"{name}.truth.json").write_text(json.dumps(tj, indent=2))
-    return tj
+    (out / f"{name}.truth.json").write_text(json.dumps(tj, indent=2))  # no clock in it: the same bytes each time
+    return {**tj, "gen_s": round(time.time() - t0, 1)}
 
 
 CASES = {
@@ -675,8 +679,9 @@ def finalize_traits():
 
 
 def score(cases: Path, runs: Path) -> list[dict]:
-    """Each case of ``cases`` with a result in ``runs`` (``vbmd-rt run``'s NAME.json and NAME_SEG.AIM): Dice
-    against the truth, D100 error (tool minus truth), wrong bone (Dice < 0.3), QC verdict and reasons."""
+    """Each case of ``cases`` against its result in ``runs`` (``vbmd-rt run``'s NAME.json and NAME_SEG.AIM):
+    Dice against the truth, D100 error (tool minus truth), wrong bone (Dice < 0.3), QC verdict and reasons. A
+    case without a result (refused, failed, not run) is a row with ``missing`` True and no numbers."""
     from vbmd_rt.runtime.io.aim import read_aim
     from vbmd_rt.runtime.io.masks import read_mask_file
 
@@ -685,6 +690,7 @@ def score(cases: Path, runs: Path) -> list[dict]:
         t = json.loads(tj.read_text())
         res, seg = runs / f"{t['name']}.json", runs / f"{t['name']}_SEG.AIM"
         if not (res.exists() and seg.exists()):
+            rows.append({"case": t["name"], "traits": t["traits"], "missing": True})
             continue
         scan = read_aim(cases / f"{t['name']}.AIM")
         truth = np.asarray(read_aim(cases / f"{t['name']}_GT.AIM").data) != 0
@@ -696,6 +702,7 @@ def score(cases: Path, runs: Path) -> list[dict]:
             {
                 "case": t["name"],
                 "traits": t["traits"],
+                "missing": False,
                 "dice": round(dice, 4),
                 "d100_error": None if d100 is None else round(d100 - t["d100_mg_ha_cm3"], 2),
                 "wrong_bone": dice < 0.3,
@@ -729,19 +736,25 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({k: tj[k] for k in keys}), flush=True)
         return
     rows = score(a.out, a.runs)
-    for r in rows:
-        err = "-" if r["d100_error"] is None else f"{r['d100_error']:+.1f}"
-        print(f"{r['case']} Dice {r['dice']:.3f} D100 error {err} QC {r['qc']} {'; '.join(r['reasons'])[:120]}")
-    if rows:
-        d = np.array([r["dice"] for r in rows])
-        e = np.array([abs(r["d100_error"]) for r in rows if not r["wrong_bone"] and r["d100_error"] is not None])
-        bad = [r["case"] for r in rows if r["dice"] < 0.9 and r["qc"] == "pass"]
-        print(
-            f"{len(rows)} cases: Dice mean {d.mean():.3f}, min {d.min():.3f}; wrong bone {sum(r['wrong_bone'] for r in rows)};"
-            f" right bones' |D100 error| median {np.median(e):.1f}, max {e.max():.1f} mg HA/cm3; Dice < 0.90 passing QC: {bad}"
-        )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
+    done = [r for r in rows if not r["missing"]]
+    for r in rows:
+        if r["missing"]:
+            print(f"{r['case']} no result (refused, failed or not run)")
+            continue
+        err = "-" if r["d100_error"] is None else f"{r['d100_error']:+.1f}"
+        print(f"{r['case']} Dice {r['dice']:.3f} D100 error {err} QC {r['qc']} {'; '.join(r['reasons'])[:120]}")
+    line = f"{len(rows)} cases, {len(rows) - len(done)} without a result"
+    if done:
+        d = np.array([r["dice"] for r in done])
+        e = np.array([abs(r["d100_error"]) for r in done if not r["wrong_bone"] and r["d100_error"] is not None])
+        bad = [r["case"] for r in done if r["dice"] < 0.9 and r["qc"] == "pass"]
+        line += f"; Dice mean {d.mean():.3f}, min {d.min():.3f}; wrong bone {sum(r['wrong_bone'] for r in done)}"
+        if e.size:
+            line += f"; right bones' |D100 error| median {np.median(e):.1f}, max {e.max():.1f} mg HA/cm3"
+        line += f"; Dice < 0.90 passing QC: {bad}"
+    print(line)
 
 
 if __name__ == "__main__":
