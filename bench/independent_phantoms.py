@@ -51,6 +51,11 @@ from vbmd_rt.runtime.io.masks import MASK_VALUES
 # ----------------------------------------------------------------------------- geometry
 
 
+def centres_mm(vox: float, *ranges: tuple[int, int], sparse: bool = False) -> list[np.ndarray]:
+    """The voxel centres in mm along each axis's index ``range`` (start, stop), as ``np.meshgrid`` (ij)."""
+    return np.meshgrid(*((np.arange(a, b) + 0.5) * vox for a, b in ranges), indexing="ij", sparse=sparse)
+
+
 def xs_radius(theta, a, b, n, tri, tri_ph, lob1, lob1_ph):
     """Cross-section radius at polar angle theta: superellipse(a, b, n) * (1 + tri cos3 + lob1 cos1)."""
     c, s = np.abs(np.cos(theta)), np.abs(np.sin(theta))
@@ -168,9 +173,7 @@ def render_bone(D, grid, b, rng, case, truth_out=None, label=None):
     if x1 <= x0 or y1 <= y0:
         return None
     z1 = nz
-    Z, Y, X = np.meshgrid(
-        (np.arange(0, z1) + 0.5) * vox, (np.arange(y0, y1) + 0.5) * vox, (np.arange(x0, x1) + 0.5) * vox, indexing="ij"
-    )
+    Z, Y, X = centres_mm(vox, (0, z1), (y0, y1), (x0, x1))
     # the envelope is computed inside the field of view only: the distance transform measures to the
     # nearest outside voxel and the array's edge is none, so a bone cut by the edge has no cortex at the cut
     env, d, w = mc_fields(b, X, Y, Z)
@@ -225,13 +228,7 @@ def render_thumb(D, grid, t, case, rng, keep=None):
     """The thumb's metacarpal: a tube along a tilted axis with a rounded distal end (its head); never over
     ``keep`` (MC2's true mask: what the truth holds stays as rendered)."""
     vox, nz, ny, nx = grid
-    Z, Y, X = np.meshgrid(
-        (np.arange(nz) + 0.5) * vox,
-        (np.arange(ny) + 0.5) * vox,
-        (np.arange(nx) + 0.5) * vox,
-        indexing="ij",
-        sparse=True,
-    )
+    Z, Y, X = centres_mm(vox, (0, nz), (0, ny), (0, nx), sparse=True)
     # evaluate in a box around the axis
     zc = np.array([0, nz * vox])
     xs = t["x"] + t["dir"][0] / t["dir"][2] * (zc - t["z0"])
@@ -261,12 +258,12 @@ def render_thumb(D, grid, t, case, rng, keep=None):
         return None
     di = ndimage.distance_transform_edt(env, sampling=vox)
     cort = env & (di <= t["ct"])
+    inner = env & ~cort
     if keep is not None:
-        cort &= ~keep[:, y0:y1, x0:x1]
+        spare = ~keep[:, y0:y1, x0:x1]
+        cort &= spare
+        inner &= spare
     Dv = D[:, y0:y1, x0:x1]
-    inner = env & ~(di <= t["ct"])
-    if keep is not None:
-        inner &= ~keep[:, y0:y1, x0:x1]
     Dv[inner] = case["marrow"] + 0.15 * (t["tb"] - case["marrow"]) + rng.normal(0, 40, int(inner.sum()))
     Dv[cort] = t["ct_dens"]
     return True
@@ -278,7 +275,7 @@ def render_thumb(D, grid, t, case, rng, keep=None):
 def soft_tissue(grid, case, bones, thumb):
     """Density of soft tissue (mg HA/cm3) and a hand mask, slice by slice; air elsewhere (NaN)."""
     vox, nz, ny, nx = grid
-    yy, xx = np.meshgrid((np.arange(ny) + 0.5) * vox, (np.arange(nx) + 0.5) * vox, indexing="ij")
+    yy, xx = centres_mm(vox, (0, ny), (0, nx))
     H = case["hand"]
     ca, sa = math.cos(H["ang"]), math.sin(H["ang"])
     # hand frame: X radial->ulnar (right hand), Y palmar(-) -> dorsal(+)
@@ -539,13 +536,7 @@ def build(i, traits, out: Path):
         render_thumb(D, grid, thumb, case, rng, keep=truth)
     if case["sesamoid"]:  # two small dense ellipsoids palmar of MC2's head
         b = bones[0]
-        zz, yy, xx = np.meshgrid(
-            (np.arange(nz) + 0.5) * vox,
-            (np.arange(n) + 0.5) * vox,
-            (np.arange(n) + 0.5) * vox,
-            indexing="ij",
-            sparse=True,
-        )
+        zz, yy, xx = centres_mm(vox, (0, nz), (0, n), (0, n), sparse=True)
         for sgn in (-1, 1):
             ca, sa = math.cos(b["ang"]), math.sin(b["ang"])
             off_u, off_v = sgn * 3.2, -(b["head"][1] + 2.6)
@@ -682,6 +673,7 @@ def score(cases: Path, runs: Path) -> list[dict]:
     """Each case of ``cases`` against its result in ``runs`` (``vbmd-rt run``'s NAME.json and NAME_SEG.AIM):
     Dice against the truth, D100 error (tool minus truth), wrong bone (Dice < 0.3), QC verdict and reasons. A
     case without a result (refused, failed, not run) is a row with ``missing`` True and no numbers."""
+    from vbmd_rt.runtime import measure
     from vbmd_rt.runtime.io.aim import read_aim
     from vbmd_rt.runtime.io.masks import read_mask_file
 
@@ -695,7 +687,7 @@ def score(cases: Path, runs: Path) -> list[dict]:
         scan = read_aim(cases / f"{t['name']}.AIM")
         truth = np.asarray(read_aim(cases / f"{t['name']}_GT.AIM").data) != 0
         mask = read_mask_file(seg, scan.header).astype(bool)
-        dice = 2 * int((mask & truth).sum()) / max(int(mask.sum()) + int(truth.sum()), 1)
+        dice = measure.dice(mask, truth)
         j = json.loads(res.read_text())
         d100 = j.get("d100_mg_ha_cm3")
         rows.append(
