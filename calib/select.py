@@ -86,6 +86,8 @@ def samples(model: Model, path: Path, positions: list[float]) -> list[np.ndarray
 
         vol = bonewin.to_input_units(vol, scan.calibration)
         idt = identify.identify(vol, float(model.spec.spacing_mm), log=scan.header.processing_log, path=path)
+        if idt.stack.reversed:  # its region lies on the stack turned end to end
+            vol = vol[::-1]
         win = bonewin.place(idt.region, int(round(bonewin.EXTEND_MM / model.spec.spacing_mm)))
         image = bonewin.cut(vol[win.z0 : win.z1], win, float(np.percentile(vol[:, ::8, ::8], 1)))
         pri = bonewin.prior(bonewin.cut(idt.region[win.z0 : win.z1], win, False))

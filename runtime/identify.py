@@ -3,7 +3,8 @@
 1. **Bones as instances.** The model grid (0.246 mm, the hand's box) is reduced 2x to about 0.5 mm; bone is
    what the dual thresholds of the classical baseline find (levels from the scan's own soft tissue and
    cortex), and every bone is tracked slice by slice from the proximal end (``classical.track``): a
-   phalanx beyond a joint, a sesamoid or a thumb are separate instances.
+   phalanx beyond a joint, a sesamoid or a thumb are separate instances. A stack written from the fingers
+   to the wrist is found by how its joints bulge and turned end to end (``runtime.direction``).
 2. **Metacarpals.** An MCP scan starts mid-shaft, so the metacarpals (and a thumb that lies in the stack)
    are the instances that run through the proximal slices with the cross-section of a shaft. Per
    candidate: position of the shaft, shaft and head cross-sections and the head's width, the joint level
@@ -44,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from vbmd_rt.runtime import classical, qc
+from vbmd_rt.runtime.direction import Direction, decide, evidence
 from vbmd_rt.runtime.errors import VbmdInputError
 from vbmd_rt.runtime.postprocess import fill_holes_2d, segment_pixels, split, wall_between
 
@@ -110,6 +112,8 @@ class Identity:
     others: np.ndarray | None = None  # bool, the coarse grid (every second model voxel, as ``expand2``): the
     #   other bones (``other_bones``); None: none, or instances that do not look like one hand's (``irregular``)
     hypotheses: list[dict] = field(default_factory=list)
+    stack: Direction = field(default_factory=Direction)  # which way the slices run (``runtime.direction``);
+    #   ``stack.reversed``: everything above is on the grid turned end to end (the caller turns its own volumes)
 
     @property
     def review(self) -> bool:
@@ -125,6 +129,7 @@ class Identity:
             "side_source": self.side_source,
             "hypotheses": self.hypotheses[:4],
             "review_reasons": self.reasons,
+            "stack": self.stack.to_dict(),
         }
 
 
@@ -163,8 +168,9 @@ def expand2(coarse: np.ndarray, shape) -> np.ndarray:
     return out
 
 
-def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
-    """Tracked bone instances (int32 labels) of a coarse volume in network units."""
+def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> tuple[np.ndarray, np.ndarray]:
+    """A coarse volume in network units, each slice smoothed, and its bone (bool): above the low level
+    (``_levels``) and connected to voxels above the high one."""
     low, high = _levels(coarse, p)
     sm = np.empty_like(coarse)
     s = max(0.3, p.sigma_mm / spacing_mm)
@@ -174,7 +180,14 @@ def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
     keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[sm > high])] = True
     keep[0] = False
-    bone = keep[labels]
+    return sm, keep[labels]
+
+
+def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS, mask=None) -> np.ndarray:
+    """Tracked bone instances (int32 labels) of a coarse volume in network units (``mask``: its
+    ``bone_mask``, where already made)."""
+    low, high = _levels(coarse, p)
+    sm, bone = bone_mask(coarse, spacing_mm, p) if mask is None else mask
     return track(bone, spacing_mm, p, init=shafts(sm, low, high, spacing_mm, p))
 
 
@@ -708,16 +721,17 @@ def find_candidates(vol: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, lis
     return coarse_candidates(reduce2(vol), 2 * spacing_mm)
 
 
-def coarse_candidates(coarse: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[Bone]]:
-    """``find_candidates`` on a volume already on the coarse grid (``reduce2``, ``spacing_mm`` its voxel)."""
-    labels = bone_instances(coarse, spacing_mm)
+def coarse_candidates(coarse: np.ndarray, spacing_mm: float, mask=None) -> tuple[np.ndarray, list[Bone]]:
+    """``find_candidates`` on a volume already on the coarse grid (``reduce2``, ``spacing_mm`` its voxel;
+    ``mask``: its ``bone_mask``, where already made)."""
+    labels = bone_instances(coarse, spacing_mm, mask)
     return labels, candidates(labels, spacing_mm, coarse=coarse)
 
 
-def bone_instances(coarse: np.ndarray, spacing_mm: float) -> np.ndarray:
+def bone_instances(coarse: np.ndarray, spacing_mm: float, mask=None) -> np.ndarray:
     """Step 1 on the coarse grid (``reduce2``, ``spacing_mm`` its voxel): the tracked instances, with pieces
     of one cortex joined (``merge_pieces``)."""
-    labels = instances(coarse, spacing_mm)
+    labels = instances(coarse, spacing_mm, mask=mask)
     cortex = slab_cortex(coarse, spacing_mm)
     for _ in range(8):
         if not merge_pieces(labels, spacing_mm, cortex=cortex):
@@ -760,9 +774,37 @@ _IN_PLANE = np.zeros((3, 3, 3), bool)  # their erosion: within each slice (4-nei
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
-def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None) -> Identity:
+def stack_direction(
+    vol: np.ndarray, coarse: np.ndarray, spacing_mm: float, labels: np.ndarray, bones: list[Bone], mask
+):
+    """Which way the slices of ``vol`` (model grid) run (``runtime.direction``), from the candidates found on
+    its coarse grid ``coarse`` (``spacing_mm`` its voxel) and its ``bone_mask``. Returns the direction and,
+    where the stack runs distal first, the labels and candidates of ``vol`` turned end to end (else None)."""
+    levels = _tissue_cortex(coarse)
+    if levels is None or not bones:
+        return Direction(), None
+    low = _levels(coarse)[0]
+    span = levels[1] - levels[0]
+    top = reach(coarse.shape[0], spacing_mm)
+    turned: dict = {}
+
+    def reverse():
+        c = reduce2(vol[::-1])  # as the stack read the other way would be (with an odd slice count, not coarse[::-1])
+        m = bone_mask(c, spacing_mm)
+        turned["labels"], turned["bones"] = coarse_candidates(c, spacing_mm, m)
+        return evidence(c, spacing_mm, turned["labels"], turned["bones"], m[1], low, span, top)
+
+    d = decide(evidence(coarse, spacing_mm, labels, bones, mask[1], low, span, top), reverse)
+    return d, ((turned["labels"], turned["bones"]) if d.reversed else None)
+
+
+def identify(
+    vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None, stack: bool = True
+) -> Identity:
     """MC2 on a model-grid volume in network units (``runtime.bonewin.to_input_units``), (z, y, x) at
-    ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override)."""
+    ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override). With
+    ``stack``, the slices' direction is checked (``runtime.direction``): where they run from the fingers to
+    the wrist, the result is on ``vol`` turned end to end (``Identity.stack.reversed``)."""
     fov = (vol.shape[1] * spacing_mm, vol.shape[2] * spacing_mm)
     if min(fov) < MIN_FOV_MM:
         raise NotAHand(
@@ -770,8 +812,13 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
             f"field of view {fov[1]:.1f} x {fov[0]:.1f} mm cannot hold a metacarpal head (at least {MIN_FOV_MM:.0f} mm)",
             "pass an HR-pQCT scan of the MCP joints of the hand",
         )
-    labels, bones = find_candidates(vol, spacing_mm)
     cs = 2 * spacing_mm
+    coarse = reduce2(vol)
+    mask = bone_mask(coarse, cs)
+    labels, bones = coarse_candidates(coarse, cs, mask)
+    direction, turned = stack_direction(vol, coarse, cs, labels, bones, mask) if stack else (Direction(), None)
+    if turned is not None:
+        labels, bones = turned
     if not bones:
         raise NotAHand(
             path,
@@ -781,7 +828,7 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
     given = side if side in ("left", "right") else None
     logged = side_from_log(log) if given is None else None
     hint, source = (given, "given") if given else ((logged, "log") if logged else (None, "anatomy"))
-    reasons: list[str] = []
+    reasons: list[str] = [direction.reason] if direction.reason else []
     odd = ""
     if len(bones) == 1:
         choice, thumb, margin = 0, None, 0.0
@@ -829,6 +876,7 @@ def identify(vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | 
         region=up,
         others=None if odd else other_bones(labels, mc2.label, cs),
         hypotheses=hyps,
+        stack=direction,
     )
 
 

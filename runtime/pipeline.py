@@ -119,6 +119,9 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         vol = bonewin.to_input_units(vol, calibration)
     with timer("identify"):
         idt = identify.identify(vol, float(grid.spacing_mm), side, log, path)
+    turned = idt.stack.reversed
+    if turned:  # the slices run from the fingers to the wrist: the rest works on the stack turned end to end
+        data, vol = data[::-1], np.ascontiguousarray(vol[::-1])
     sy, sx = geometry.scale[1], geometry.scale[2]
 
     def native_yx(y_mm: float, x_mm: float) -> tuple[float, float]:
@@ -175,7 +178,26 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     if keep_prob:
         info["prob"] = preprocess.from_model(prob, geometry) if prob is not None else mask.astype(np.float32)
         info["geometry"] = geometry if prob is not None else None
+    if turned:
+        turn_back(mask, info)
     return mask, info
+
+
+def turn_back(mask: np.ndarray, info: dict) -> None:
+    """A mask made on a stack turned end to end back in the scan's slice order (in place), with its box and
+    probabilities. The record's other slice numbers (the identity's, the window's, ``joint_cut_slice``) count
+    from the proximal end, as the identity's ``stack`` says."""
+    nz = mask.shape[0]
+    if info.get("box") is None:  # an empty mask
+        mask[...] = mask[::-1].copy()
+    else:  # the mask is 0 outside its box: only the box moves
+        z0, z1, y0, y1, x0, x1 = info["box"]
+        part = mask[z0:z1, y0:y1, x0:x1][::-1].copy()
+        mask[z0:z1, y0:y1, x0:x1] = 0
+        mask[nz - z1 : nz - z0, y0:y1, x0:x1] = part
+        info["box"] = [nz - z1, nz - z0, y0, y1, x0, x1]
+    if info.get("prob") is not None:
+        info["prob"] = np.ascontiguousarray(info["prob"][::-1])
 
 
 def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, backend, spacing_mm: float) -> dict | None:
@@ -316,7 +338,8 @@ def analyse(
         )
     with timer("qc"):
         checks = dict(info.pop("checks", {}))
-        checks["shape"] = qc.plausibility(mask, spacing_zyx, _box(info.get("box")))
+        seen, box = proximal_first(mask, info)
+        checks["shape"] = qc.plausibility(seen, spacing_zyx, box)
         checks["compartments"] = qc.compartment_facts(comp, spacing_zyx)
         info["qc"] = qc.verdict(checks, m)
         if calibration is None:  # no D100 without a calibration: never a pass
@@ -324,6 +347,18 @@ def analyse(
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings, comp)
+
+
+def proximal_first(mask: np.ndarray, info: dict):
+    """``mask`` and its box (``_box``) with the slices from the proximal end: QC's area profile reads the
+    shaft first and the dome last. A stack that ran from the fingers (``Identity.stack``) is viewed turned."""
+    box = _box(info.get("box"))
+    if not info.get("identity", {}).get("stack", {}).get("turned"):
+        return mask, box
+    if box is not None:
+        z0, z1, *rest = box
+        box = (mask.shape[0] - z1, mask.shape[0] - z0, *rest)
+    return mask[::-1], box
 
 
 def record_of(

@@ -1,0 +1,115 @@
+"""Which way the stack runs (``runtime.direction``): a stack written from the fingers to the wrist is turned,
+measured as the same stack written the usual way, and written back in its own slice order."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vbmd_rt.runtime import bonewin, direction, identify
+from vbmd_rt.runtime.io import aim
+from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+from vbmd_rt.synth import phantom
+
+from .conftest import cli
+
+
+def _grid(scan, spacing, cal):
+    vol, geo = to_model(scan, bonewin.GRID, spacing_zyx=spacing)
+    return bonewin.to_input_units(vol, cal), geo
+
+
+def _on_truth(region, truth, geo) -> float:
+    t = to_model_mask(truth, geo) > 0.5
+    return float((region & t).sum()) / max(1, int(region.sum()))
+
+
+def test_the_joints_bulge_towards_the_fingers_in_both_measures():
+    """A standard phantom, shafts first: both measures bulge towards the last slice on every bone that says
+    anything (most do), and the stack is taken as it is without looking at the reverse; read the other way,
+    both turn negative, and identification turns the stack and finds MC2 on it."""
+    p = phantom.sample_case(3, "small")
+    scan, truth = phantom.render_case(p)
+    vol, geo = _grid(scan, (p.voxel_mm,) * 3, p.cal)
+    idt = identify.identify(vol, bonewin.GRID.spacing_mm)
+    d = idt.stack
+    assert not d.reversed and not d.reason and d.reverse is None  # clear: the reverse was not looked at
+    assert d.valleys > 2 and d.surfaces > 2, d.to_dict()
+    said = [v for _, a, b in d.per_bone for v in (a, b) if v is not None]
+    assert len(said) >= len(d.per_bone) and all(v > 0 for v in said), d.per_bone
+
+    back = np.ascontiguousarray(vol[::-1])
+    turned = identify.identify(back, bonewin.GRID.spacing_mm)
+    t = turned.stack
+    assert t.reversed and t.valleys < -2 and t.surfaces < -2 and min(t.reverse) > 2, t.to_dict()
+    assert t.to_dict()["slice_order"] == "distal first" and t.to_dict()["turned"]
+    assert turned.region.shape == vol.shape
+    assert _on_truth(turned.region, truth, geo) > 0.7  # on the stack turned back: the grid of ``vol``
+    assert turned.side == idt.side == p.side
+    assert idt.candidates[idt.choice].label >= 1 and not turned.reasons
+
+
+def test_identification_can_be_told_not_to_look():
+    p = phantom.sample_case(3, "small")
+    scan, _ = phantom.render_case(p)
+    vol, _ = _grid(scan[::-1], (p.voxel_mm,) * 3, p.cal)
+    idt = identify.identify(vol, bonewin.GRID.spacing_mm, stack=False)
+    assert not idt.stack.reversed and idt.stack.to_dict()["valleys_mm"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("here", "there", "turned", "review"),
+    [
+        ((3.0, 2.0), None, False, False),  # clear: taken as it is, the reverse not looked at
+        ((-3.0, -2.0), (2.0, 3.0), True, False),  # both measures, both ways: turned
+        ((-3.0, -2.0), (2.0, 0.0), False, True),  # the reverse not clear: left, reviewed (it leans)
+        ((-3.0, 0.4), (3.0, 2.0), False, True),  # one measure silent here: left, reviewed
+        ((0.2, 1.0), (0.1, -0.5), False, False),  # unclear, leaning the usual way: left as it is
+        ((0.0, 0.0), (0.0, 0.0), False, False),  # nothing said either way (no joint in view): left
+    ],
+)
+def test_the_stack_is_turned_only_where_both_measures_agree_both_ways(here, there, turned, review):
+    looked = []
+
+    def reverse():
+        looked.append(True)
+        return (*there, [])
+
+    d = direction.decide((*here, []), reverse)
+    assert d.reversed is turned
+    assert bool(d.reason) is review
+    assert bool(looked) is (there is not None)
+    if review:
+        assert "fingers to the wrist" in d.reason and d.lean < 0
+
+
+def _reversed_copy(src, dst):
+    """The scan and its true mask written with the slices in the other order (the header as it is)."""
+    s, gt = aim.read_aim(src), aim.read_aim(str(src).replace(".AIM", "_GT.AIM"))
+    aim.write_aim(dst, np.ascontiguousarray(np.asarray(s.data)[::-1]), s.header)
+    return np.ascontiguousarray(np.asarray(gt.data)[::-1]) != 0
+
+
+@pytest.mark.parametrize("model", ["default", "classical"])
+def test_a_stack_written_from_the_fingers_is_measured_as_the_usual_one(phantoms, tmp_path, model):
+    """A phantom and the same phantom with its slices in the other order: the same D100 and QC, the mask
+    written in each file's own slice order (Dice against each file's truth), and the record says it turned."""
+    src = phantoms / "PHANTOM_0000.AIM"
+    truth_back = _reversed_copy(src, tmp_path / "BACK.AIM")
+    extra = [] if model == "default" else ["--model", "classical"]
+    for f in (src, tmp_path / "BACK.AIM"):
+        r = cli("run", str(f), "-o", str(tmp_path / "out"), "-q", *extra)
+        assert r.returncode == 0, r.stderr
+    a = json.loads((tmp_path / "out/PHANTOM_0000.json").read_text())
+    b = json.loads((tmp_path / "out/BACK.json").read_text())
+    assert not a["identity"]["stack"]["turned"] and b["identity"]["stack"]["turned"]
+    assert b["d100_mg_ha_cm3"] == pytest.approx(a["d100_mg_ha_cm3"], abs=1.0)
+    assert a["qc"]["status"] == b["qc"]["status"] == "pass", (a["qc"]["reasons"], b["qc"]["reasons"])
+    s = aim.read_aim(tmp_path / "BACK.AIM")
+    from vbmd_rt.runtime.io.masks import read_mask_file
+    from vbmd_rt.runtime.measure import dice
+
+    mask = read_mask_file(tmp_path / "out/BACK_SEG.AIM", s.header).astype(bool)
+    assert dice(mask, truth_back) > 0.93
+    forward = read_mask_file(tmp_path / "out/PHANTOM_0000_SEG.AIM", s.header).astype(bool)
+    assert dice(mask, forward[::-1]) > 0.97  # the same mask, slice for slice
