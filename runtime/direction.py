@@ -60,7 +60,8 @@ class Direction:
     valleys: float = 0.0
     surfaces: float = 0.0
     reverse: tuple[float, float] | None = None
-    per_bone: list = field(default_factory=list)
+    per_bone: list = field(default_factory=list)  # [instance label, valleys, surfaces] of the stack as written
+    reverse_per_bone: list = field(default_factory=list)  # ... of the reversed stack (where looked at)
 
     @property
     def lean(self) -> float | None:
@@ -70,14 +71,16 @@ class Direction:
         return self.valleys + self.surfaces - sum(self.reverse)
 
     def to_dict(self) -> dict:
+        order = "distal first" if self.reversed else ("proximal first, uncertain" if self.reason else "proximal first")
         return {
-            "slice_order": "distal first" if self.reversed else "proximal first",
+            "slice_order": order,
             "turned": self.reversed,
             "valleys_mm": round(self.valleys, 2),
             "surfaces_mm": round(self.surfaces, 2),
             "reverse_mm": None if self.reverse is None else [round(v, 2) for v in self.reverse],
             "lean_mm": None if self.lean is None else round(self.lean, 2),
-            "per_bone_mm": self.per_bone,
+            "per_bone_mm": self.per_bone,  # the labels of the instances of the stack as written
+            "reverse_per_bone_mm": self.reverse_per_bone,  # ... of the reversed stack's (a turned identity's)
             **({"review_reason": self.reason} if self.reason else {}),
         }
 
@@ -104,9 +107,11 @@ def valley_sagitta(smooth: np.ndarray, cols: np.ndarray, low: float, span: float
     ``cols`` (bool, 2D) of the smoothed coarse volume ``smooth``; None when too few columns hold one.
 
     A dip is a local minimum along z below ``low`` that lies ``DIP`` x ``span`` under the highest value within
-    ``FLANK_MM`` on either side. The joint space is the dips' largest sheet: their connected set (dips up to
-    two slices apart in z joined) that covers the most columns; a textured head's own dips are small
-    patches. Where a column holds several of its dips, their mean height."""
+    ``FLANK_MM`` on either side. The joint space is the dips' largest sheet: their connected set that covers
+    the most columns, each dip grown by two slices up and down before the sets are found (so dips up to four
+    slices, 2 mm, apart in one column and five in neighbouring ones join: the joint space runs steeply at a
+    head's side); a textured head's own dips are small patches. Where a column holds several of the sheet's
+    dips, their mean height."""
     ys, xs = np.nonzero(cols)
     if ys.size < 20:
         return None
@@ -229,7 +234,7 @@ def decide(here: tuple[float, float, list], reverse: Callable[[], tuple[float, f
     d = Direction(valleys=v, surfaces=s, per_bone=per_bone)
     if v > LEVEL_MM and s > LEVEL_MM:
         return d
-    rv, rs, _ = reverse()
+    rv, rs, d.reverse_per_bone = reverse()
     d.reverse = (rv, rs)
     lean = v + s - rv - rs
     if v < -LEVEL_MM and s < -LEVEL_MM and rv > LEVEL_MM and rs > LEVEL_MM:

@@ -780,22 +780,35 @@ def stack_direction(
     """Which way the slices of ``vol`` (model grid) run (``runtime.direction``), from the candidates found on
     its coarse grid ``coarse`` (``spacing_mm`` its voxel) and its ``bone_mask``. Returns the direction and,
     where the stack runs distal first, the labels and candidates of ``vol`` turned end to end (else None)."""
-    levels = _tissue_cortex(coarse)
-    if levels is None or not bones:
+    if not bones:
         return Direction(), None
-    low = _levels(coarse)[0]
-    span = levels[1] - levels[0]
-    top = reach(coarse.shape[0], spacing_mm)
     turned: dict = {}
 
-    def reverse():
-        c = reduce2(vol[::-1])  # as the stack read the other way would be (with an odd slice count, not coarse[::-1])
+    def measured(c, m, lab, found):
+        levels = _tissue_cortex(c)
+        if levels is None:
+            return 0.0, 0.0, []
+        span = levels[1] - levels[0]
+        return evidence(c, spacing_mm, lab, found, m[1], _levels(c)[0], span, reach(c.shape[0], spacing_mm))
+
+    def reverse():  # the stack as it would be identified read the other way
+        c = reduce2(vol[::-1])  # (with an odd slice count, not coarse[::-1])
         m = bone_mask(c, spacing_mm)
         turned["labels"], turned["bones"] = coarse_candidates(c, spacing_mm, m)
-        return evidence(c, spacing_mm, turned["labels"], turned["bones"], m[1], low, span, top)
+        return measured(c, m, turned["labels"], turned["bones"])
 
-    d = decide(evidence(coarse, spacing_mm, labels, bones, mask[1], low, span, top), reverse)
+    d = decide(measured(coarse, mask, labels, bones), reverse)
     return d, ((turned["labels"], turned["bones"]) if d.reversed else None)
+
+
+def slice_order(vol: np.ndarray, spacing_mm: float) -> Direction:
+    """Which way the slices of a model-grid volume in network units run (``runtime.direction``), without
+    naming MC2: for a mask given to ``vbmd-rt measure``, whose QC reads the shaft first."""
+    cs = 2 * spacing_mm
+    coarse = reduce2(vol)
+    mask = bone_mask(coarse, cs)
+    labels, bones = coarse_candidates(coarse, cs, mask)
+    return stack_direction(vol, coarse, cs, labels, bones, mask)[0]
 
 
 def identify(
@@ -898,4 +911,4 @@ def other_bones(labels: np.ndarray, mine: int, spacing_mm: float) -> np.ndarray 
     return other if other.any() else None
 
 
-__all__ = ["Identity", "NotAHand", "identify", "side_from_log", "REVIEW_MARGIN"]
+__all__ = ["Identity", "NotAHand", "identify", "slice_order", "side_from_log", "REVIEW_MARGIN"]

@@ -5,7 +5,8 @@ with the network replaced by the given mask. The mask is checked before it is me
 scan's grid (voxel size, extent) and hold voxels; a mask that is not brighter than its surroundings or
 whose size or density is far from an MC2's is measured but flagged for review: the mask gets the same QC
 verdict as ``run``'s, with the same limits (``qc.assess_mask``, ``qc.LIMITS``: contrast, baseline agreement,
-which bone, shape, ranges).
+which bone, shape, ranges), read from the shaft as ``run`` reads them: a stack written from the fingers to
+the wrist (``identify.slice_order``) is viewed turned, and one whose direction is uncertain is ``review``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ from vbmd_rt.runtime.io.naming import measure_outputs_for, scan_name
 from vbmd_rt.runtime.model import sha256_of
 from vbmd_rt.runtime.postprocess import detect_side
 from vbmd_rt.runtime.result import Record, timings
+
+
+def slice_order_of(scan):
+    """Which way the scan's slices run (``identify.slice_order``, on run's model grid); the slices as written
+    where the scan is no hand scan (``run`` refuses it; a given mask is measured all the same)."""
+    from vbmd_rt.runtime import bonewin, identify, preprocess
+    from vbmd_rt.runtime.direction import Direction
+
+    vol, _ = preprocess.to_model(scan.data, bonewin.GRID, "auto", spacing_zyx=scan.spacing_zyx)
+    vol = bonewin.to_input_units(vol, scan.calibration)
+    if min(vol.shape[1:]) * bonewin.GRID.spacing_mm < identify.MIN_FOV_MM:
+        return Direction()
+    return identify.slice_order(vol, float(bonewin.GRID.spacing_mm))
 
 
 def measure_mask(
@@ -61,11 +75,16 @@ def measure_mask(
             mask_path, "is empty on this scan's grid", "pass a mask with MC2 in it, drawn on this scan"
         )
     cal = scan.calibration
+    with timer("identify"):
+        stack = slice_order_of(scan)
     with timer("vbmd"):
         m = measure.vbmd(scan.data, mask, scan.spacing_zyx, cal)
         comp = compartments.analyse(scan.data, mask, scan.spacing_zyx, cal)
-        verdict = qc.assess_mask(scan.data, mask, scan.spacing_zyx, cal, m, compartments=comp)
+        seen = (lambda a: a[::-1]) if stack.reversed else (lambda a: a)  # QC reads the shaft first, as run's
+        verdict = qc.assess_mask(seen(scan.data), seen(mask), scan.spacing_zyx, cal, m, compartments=comp)
         reasons = list(verdict["reasons"])  # run's limits
+        if stack.reason:
+            reasons.append(stack.reason)
         side = detect_side(scan.data, mask)
     if cal is None:  # no D100 without a calibration: never a pass
         reasons.append(NO_CALIBRATION)
@@ -73,7 +92,7 @@ def measure_mask(
     if cal is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed")
     given = {"file": mask_path.name, "sha256": sha256_of(mask_path), "voxels": voxels, "source": "given"}
-    qc_record = {**verdict, "status": "review" if reasons else "pass", "reasons": reasons}
+    qc_record = {**verdict, "status": "review" if reasons else "pass", "reasons": reasons, "stack": stack.to_dict()}
     rec = Record.of_given_mask(scan_path, scan, m, side, given, compartments.record(comp), qc_record, warnings)
     if out is not None:
         check_writable_dir(out)

@@ -138,6 +138,14 @@ def context_panel(
 HEADER_PX = 58
 
 
+def _turned(result: dict | None) -> bool:
+    """Whether the scan's slices run from the fingers to the wrist (``stack``: the identity's in ``run``'s
+    result, QC's in ``measure``'s): its z 0 is the distal end."""
+    result = result or {}
+    stack = ((result.get("identity") or {}).get("stack")) or ((result.get("qc") or {}).get("stack")) or {}
+    return bool(stack.get("turned"))
+
+
 def _header(width: int, result: dict) -> np.ndarray:
     """The band above the pictures: scan name, D100, QC status and its first reason, voxel size, side,
     and how the pictures are oriented, so that the PNG alone tells pass from review."""
@@ -160,8 +168,9 @@ def _header(width: int, result: dict) -> np.ndarray:
     facts = [
         f"voxel {el[0]:.4g} mm" if el else "",
         f"{result['side']} hand" if result.get("side") else "",
-        "axial: x right, y down, as stored; z 0 = proximal end of the stack",
-        "coronal: z up (distal up)",
+        "axial: x right, y down, as stored; z 0 = "
+        + ("distal end of the stack (written from the fingers)" if _turned(result) else "proximal end of the stack"),
+        "coronal: distal up",
         "contour / fill in orange: the measured bone"
         + ("; cortex magenta, trabecular green" if result.get("compartments") else ""),
     ]
@@ -227,8 +236,9 @@ def montage(
         cor_img = np.asarray(data[:, cy, x0:x1])
         cor_mask = mask[:, cy, x0:x1]
         cor_lab = _labels(compartments, (0, data.shape[0]), (cy, cy + 1), (x0, x1), data.shape)[:, 0]
+        up = slice(None) if _turned(result) else slice(None, None, -1)  # distal up: z 0 is distal where turned
         panels.append(
-            _panel(cor_img[::-1], cor_mask[::-1], size, f"coronal y {cy}", lo, hi, ex, "distal ^  x>", cor_lab[::-1])
+            _panel(cor_img[up], cor_mask[up], size, f"coronal y {cy}", lo, hi, ex, "distal ^  x>", cor_lab[up])
         )
     else:
         k = data.shape[0] // 2
@@ -363,9 +373,10 @@ def _svg_hist(h: dict, d100: float | None = None) -> str:
     )
 
 
-def _svg_profile(profile: list, which: int, label: str, colour: str) -> str:
+def _svg_profile(profile: list, which: int, label: str, colour: str, turned: bool = False) -> str:
     """A per-slice profile; its value axis starts at 0 (from a non-zero floor a small dip looks
-    dramatic), z runs from the proximal end (z 0 of the stack) to the distal end."""
+    dramatic), z runs from z 0 of the stack: the proximal end, or the distal one where ``turned`` (a stack
+    written from the fingers to the wrist)."""
     w, ht, pad, left = 560, 170, 40, 58
     z = [p[0] for p in profile]
     v = [p[which] for p in profile]
@@ -381,13 +392,14 @@ def _svg_profile(profile: list, which: int, label: str, colour: str) -> str:
         f"{v0 + f * (v1 - v0):.0f}</text>"
         for f in (0.0, 0.5, 1.0)
     )
+    ends = ("distal", "proximal") if turned else ("proximal", "distal")
     return (
         f'<svg width="{w}" height="{ht}" role="img" aria-label="{html.escape(label)} per slice">'
         f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
         f'<line x1="{left}" y1="{pad}" x2="{left}" y2="{ht - pad}" stroke="#333"/>{ticks}'
         f'<line x1="{left}" y1="{ht - pad}" x2="{w - pad}" y2="{ht - pad}" stroke="#333"/>'
-        f'<text x="{left}" y="{ht - 24}" font-size="11">z {z0} (proximal)</text>'
-        f'<text x="{w - pad}" y="{ht - 24}" font-size="11" text-anchor="end">z {z1} (distal)</text>'
+        f'<text x="{left}" y="{ht - 24}" font-size="11">z {z0} ({ends[0]})</text>'
+        f'<text x="{w - pad}" y="{ht - 24}" font-size="11" text-anchor="end">z {z1} ({ends[1]})</text>'
         f'<text x="{(left + w - pad) / 2}" y="{ht - 6}" font-size="11" text-anchor="middle">'
         f"{html.escape(label)} per slice</text>"
         "</svg>"
@@ -566,8 +578,14 @@ def html_report(result: dict, png: bytes, extra: dict | None = None) -> str:
         charts = (
             "<h2>Inside the mask</h2>"
             + _svg_hist(extra["hist"], d100 if cal else None)
-            + _svg_profile(extra["profile"], 1, "area (mm²)", "#2b6cd9")
-            + _svg_profile(extra["profile"], 2, "mean density (mg HA/cm³)" if cal else "mean stored value", "#d9822b")
+            + _svg_profile(extra["profile"], 1, "area (mm²)", "#2b6cd9", _turned(result))
+            + _svg_profile(
+                extra["profile"],
+                2,
+                "mean density (mg HA/cm³)" if cal else "mean stored value",
+                "#d9822b",
+                _turned(result),
+            )
         )
     if extra and extra.get("slices"):
         imgs = "".join(

@@ -43,8 +43,9 @@ def test_the_joints_bulge_towards_the_fingers_in_both_measures():
     t = turned.stack
     assert t.reversed and t.valleys < -2 and t.surfaces < -2 and min(t.reverse) > 2, t.to_dict()
     assert t.to_dict()["slice_order"] == "distal first" and t.to_dict()["turned"]
-    assert turned.region.shape == vol.shape
-    assert _on_truth(turned.region, truth, geo) > 0.7  # on the stack turned back: the grid of ``vol``
+    assert p.slices % 2 == 1  # an odd count: the coarse grid of the turned stack is not coarse[::-1]
+    assert np.array_equal(turned.region, idt.region)  # on the stack turned back: the grid of ``vol``, exactly
+    assert _on_truth(turned.region, truth, geo) > 0.7
     assert turned.side == idt.side == p.side
     assert idt.candidates[idt.choice].label >= 1 and not turned.reasons
 
@@ -92,24 +93,39 @@ def _reversed_copy(src, dst):
 
 @pytest.mark.parametrize("model", ["default", "classical"])
 def test_a_stack_written_from_the_fingers_is_measured_as_the_usual_one(phantoms, tmp_path, model):
-    """A phantom and the same phantom with its slices in the other order: the same D100 and QC, the mask
-    written in each file's own slice order (Dice against each file's truth), and the record says it turned."""
-    src = phantoms / "PHANTOM_0000.AIM"
-    truth_back = _reversed_copy(src, tmp_path / "BACK.AIM")
-    extra = [] if model == "default" else ["--model", "classical"]
-    for f in (src, tmp_path / "BACK.AIM"):
-        r = cli("run", str(f), "-o", str(tmp_path / "out"), "-q", *extra)
-        assert r.returncode == 0, r.stderr
-    a = json.loads((tmp_path / "out/PHANTOM_0000.json").read_text())
-    b = json.loads((tmp_path / "out/BACK.json").read_text())
-    assert not a["identity"]["stack"]["turned"] and b["identity"]["stack"]["turned"]
-    assert b["d100_mg_ha_cm3"] == pytest.approx(a["d100_mg_ha_cm3"], abs=1.0)
-    assert a["qc"]["status"] == b["qc"]["status"] == "pass", (a["qc"]["reasons"], b["qc"]["reasons"])
-    s = aim.read_aim(tmp_path / "BACK.AIM")
+    """A phantom (an odd slice count) and the same phantom with its slices in the other order: the same D100
+    and QC; every mask written in each file's own slice order, voxel for voxel the original's turned; the
+    record says it turned, the report labels z 0 the distal end; ``vbmd-rt measure`` of the mask agrees."""
     from vbmd_rt.runtime.io.masks import read_mask_file
     from vbmd_rt.runtime.measure import dice
 
-    mask = read_mask_file(tmp_path / "out/BACK_SEG.AIM", s.header).astype(bool)
+    src = phantoms / "PHANTOM_0001.AIM"
+    back = tmp_path / "BACK.AIM"
+    truth_back = _reversed_copy(src, back)
+    assert aim.read_aim(src).data.shape[0] % 2 == 1
+    extra = ["--report", "html"] + ([] if model == "default" else ["--model", "classical"])
+    for f in (src, back):
+        r = cli("run", str(f), "-o", str(tmp_path / "out"), "-q", *extra)
+        assert r.returncode == 0, r.stderr
+    a = json.loads((tmp_path / "out/PHANTOM_0001.json").read_text())
+    b = json.loads((tmp_path / "out/BACK.json").read_text())
+    assert not a["identity"]["stack"]["turned"] and b["identity"]["stack"]["turned"]
+    assert b["d100_mg_ha_cm3"] == pytest.approx(a["d100_mg_ha_cm3"], abs=1e-6)
+    assert a["qc"]["status"] == b["qc"]["status"] == "pass", (a["qc"]["reasons"], b["qc"]["reasons"])
+    header = aim.read_aim(back).header
+    for suffix in ("SEG", "CORT_MASK", "TRAB_MASK"):
+        forward = read_mask_file(tmp_path / f"out/PHANTOM_0001_{suffix}.AIM", header)
+        turned = read_mask_file(tmp_path / f"out/BACK_{suffix}.AIM", header)
+        assert turned.any() and np.array_equal(turned, forward[::-1]), suffix
+    mask = read_mask_file(tmp_path / "out/BACK_SEG.AIM", header).astype(bool)
     assert dice(mask, truth_back) > 0.93
-    forward = read_mask_file(tmp_path / "out/PHANTOM_0000_SEG.AIM", s.header).astype(bool)
-    assert dice(mask, forward[::-1]) > 0.97  # the same mask, slice for slice
+    html = (tmp_path / "out/BACK.html").read_text()
+    assert html.index("(distal)</text>") < html.index("(proximal)</text>")  # the profile runs from z 0: distal
+    forward_html = (tmp_path / "out/PHANTOM_0001.html").read_text()
+    assert forward_html.index("(proximal)</text>") < forward_html.index("(distal)</text>")
+    if model == "default":  # the same mask given to ``measure``: the same verdict, read from the shaft
+        r = cli("measure", str(back), str(tmp_path / "out/BACK_SEG.AIM"), "-o", str(tmp_path / "given"))
+        assert r.returncode == 0, r.stderr
+        g = json.loads((tmp_path / "given/BACK.json").read_text())
+        assert g["qc"]["stack"]["turned"] and g["qc"]["status"] == "pass", g["qc"]["reasons"]
+        assert g["d100_mg_ha_cm3"] == pytest.approx(b["d100_mg_ha_cm3"], abs=1e-6)
