@@ -15,8 +15,8 @@ two measures of which way its joint bulges, in mm (positive: towards the stack's
   its area over pi: the joint's sagitta.
 * ``surfaces``: the bone as the instances' levels find it (``identify.bone_mask``), split into pieces in
   3D within the bone's columns. The piece that holds its shaft in the proximal slices ends in the joint's
-  near surface (its top), the bone next above begins with the far one; for each surface, its median height
-  in the inner part of its footprint less that in the outer ring. A piece that runs on to the stack's end
+  near surface (its top); the largest piece beyond it begins with the far one (its bottom); for each
+  surface, its median height in the inner part of its footprint less that in the outer ring. A piece that runs on to the stack's end
   (the joint space not resolved) gives nothing, and neither does a surface that bulges more than a cap can
   (``CAP``; a sheet of dips, more than a hemisphere).
 
@@ -41,7 +41,6 @@ FLANK_MM = 2.0  # a joint space's dip has bone within this distance above and be
 DIP = 0.15  # ... and lies this fraction of the scan's soft-tissue-to-cortex span under both flanks
 SMOOTH_VOX = 1.0  # Gaussian sigma on the coarse grid (0.5 mm) before the dips are looked for
 INNER, OUTER = 0.45, (0.6, 1.0)  # a surface's centre and rim, in radii of its footprint
-FAR_MM = 6.0  # the far surface lies within this distance above the near one
 MERGED = 0.3  # a piece that reaches the stack's end in this fraction of its columns has no joint in view
 LEVEL_MM = 0.5  # both sums beyond this (mm) are a clear answer
 #: A surface's centre lies at most this many radii of its footprint above its rim: a hemisphere's 0.38 (the
@@ -156,31 +155,37 @@ def valley_sagitta(smooth: np.ndarray, cols: np.ndarray, low: float, span: float
 
 
 def surface_bulge(bone: np.ndarray, mine: np.ndarray, cols: np.ndarray, top: int, spacing_mm: float) -> float | None:
-    """The bulge (mm) of the joint's near and far surfaces, summed: the piece of ``bone`` (bool, coarse grid)
-    in the columns ``cols`` that holds the candidate's region ``mine`` (bool) in the first ``top`` slices, and
-    the bone next above it; None where that piece runs on to the stack's end or neither surface says."""
+    """The bulge (mm) of the joint's near and far surfaces, summed. In the columns ``cols``, ``bone`` (bool,
+    coarse grid) falls into 3D pieces: the one that holds the candidate's region ``mine`` (bool) in the first
+    ``top`` slices ends in the near surface (its top); the largest other piece whose bulk lies beyond that end
+    (its mean height above the near piece's median top) begins with the far one (its bottom), over all its
+    columns: a hollow base (a tube at the bone level) has no near surface inside its rim, the head beyond it
+    has one all across. None where the near piece runs on to the stack's end or neither surface says."""
     nz = bone.shape[0]
     y0, y1 = np.flatnonzero(cols.any(axis=1))[[0, -1]]
     x0, x1 = np.flatnonzero(cols.any(axis=0))[[0, -1]]
     box = (slice(y0, y1 + 1), slice(x0, x1 + 1))
     sub = bone[(slice(None), *box)] & cols[box]
-    pieces, _ = ndimage.label(sub)
+    pieces, n = ndimage.label(sub)
     seed = pieces[:top][mine[(slice(0, top), *box)] & sub[:top]]
     seed = seed[seed > 0]
     if seed.size == 0:
         return None
-    near = pieces == np.bincount(seed).argmax()
+    own = int(np.bincount(seed).argmax())
+    near = pieces == own
     ncols = near.any(axis=0)
     z = np.arange(nz)[:, None, None]
     h_near = np.where(near, z, -1).max(axis=0)
     if float((h_near[ncols] >= nz - 2).mean()) > MERGED:
         return None
-    above = sub & ~near & (z > h_near[None]) & (z <= h_near[None] + int(round(FAR_MM / spacing_mm)))
-    h_far = np.where(above, z, nz).min(axis=0)
-    parts = [
-        _ring_difference(h_near, ncols & (h_near < nz - 2)),
-        _ring_difference(h_far, above.any(axis=0) & ncols),
-    ]
+    parts = [_ring_difference(h_near, ncols & (h_near < nz - 2))]
+    size = np.bincount(pieces.ravel(), minlength=n + 1)
+    height = np.bincount(pieces.ravel(), weights=np.broadcast_to(z, pieces.shape).ravel(), minlength=n + 1)
+    beyond = height > float(np.median(h_near[ncols])) * size  # mean height above the near piece's end
+    beyond[[0, own]] = False
+    if beyond.any():
+        far = pieces == int(np.argmax(np.where(beyond, size, -1)))
+        parts.append(_ring_difference(np.where(far, z, nz).min(axis=0), far.any(axis=0)))
     found = [p for p in parts if p is not None]
     return sum(found) * spacing_mm if found else None
 

@@ -129,3 +129,24 @@ def test_a_stack_written_from_the_fingers_is_measured_as_the_usual_one(phantoms,
         g = json.loads((tmp_path / "given/BACK.json").read_text())
         assert g["qc"]["stack"]["turned"] and g["qc"]["status"] == "pass", g["qc"]["reasons"]
         assert g["d100_mg_ha_cm3"] == pytest.approx(b["d100_mg_ha_cm3"], abs=1e-6)
+
+
+def _tube_and_head(nz: int = 60, n: int = 41):
+    """A bone mask: a tube (a phalanx's base, hollow at the bone level) from slice 0 to 24, and beyond it a
+    head whose rounded end (a sphere of radius 9 voxels) faces the tube, its shaft running on to the end."""
+    z, y, x = np.mgrid[:nz, :n, :n]
+    r = np.hypot(y - n // 2, x - n // 2)
+    tube = (z <= 24) & (r >= 8) & (r <= 10)
+    head = ((r <= 9) & (z >= 36)) | (np.hypot(r, z - 36) <= 9)
+    return tube | head, tube, r[0] <= 10
+
+
+def test_a_hollow_base_gives_its_far_surface_all_across():
+    """Read fingers first, the near piece is a hollow base: it has no surface inside its rim, but the head
+    beyond it bulges towards the first slice over all of its own columns. Read the other way, the head is the
+    near piece and bulges towards the last slice. The same size both ways."""
+    bone, tube, cols = _tube_and_head()
+    there = direction.surface_bulge(bone, tube, cols, top=8, spacing_mm=0.5)
+    back = direction.surface_bulge(bone[::-1], bone[::-1] & ~tube[::-1], cols, top=8, spacing_mm=0.5)
+    assert there is not None and there < -1.0
+    assert back is not None and back == pytest.approx(-there, abs=0.26)
