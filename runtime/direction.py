@@ -15,10 +15,11 @@ two measures of which way its joint bulges, in mm (positive: towards the stack's
   its area over pi: the joint's sagitta.
 * ``surfaces``: the bone as the instances' levels find it (``identify.bone_mask``), split into pieces in
   3D within the bone's columns. The piece that holds its shaft in the proximal slices ends in the joint's
-  near surface (its top); the largest piece beyond it begins with the far one (its bottom); for each
-  surface, its median height in the inner part of its footprint less that in the outer ring. A piece that runs on to the stack's end
-  (the joint space not resolved) gives nothing, and neither does a surface that bulges more than a cap can
-  (``CAP``; a sheet of dips, more than a hemisphere).
+  near surface (its top); the piece met first above it begins with the far one (its bottom, over all of
+  that piece's columns); for each surface, its median height in the inner part of its footprint less that
+  in the outer ring. A piece that runs on to the stack's end (the joint space not resolved) gives nothing,
+  and neither does a surface that bulges more than a cap can (``CAP``; a sheet of dips, more than a
+  hemisphere).
 
 The two fail on different phantoms (a textured head's own dips; a joint space the levels bridge), so the
 stack is only turned where both say so, in both orientations: this one's sums are below ``-LEVEL_MM`` and the
@@ -157,35 +158,35 @@ def valley_sagitta(smooth: np.ndarray, cols: np.ndarray, low: float, span: float
 def surface_bulge(bone: np.ndarray, mine: np.ndarray, cols: np.ndarray, top: int, spacing_mm: float) -> float | None:
     """The bulge (mm) of the joint's near and far surfaces, summed. In the columns ``cols``, ``bone`` (bool,
     coarse grid) falls into 3D pieces: the one that holds the candidate's region ``mine`` (bool) in the first
-    ``top`` slices ends in the near surface (its top); the largest other piece whose bulk lies beyond that end
-    (its mean height above the near piece's median top) begins with the far one (its bottom), over all its
-    columns: a hollow base (a tube at the bone level) has no near surface inside its rim, the head beyond it
-    has one all across. None where the near piece runs on to the stack's end or neither surface says."""
+    ``top`` slices ends in the near surface (its top); the piece met first above that top in most of its
+    columns begins with the far one (its bottom), over all of that piece's own columns: a hollow base (a tube
+    at the bone level) has no near surface inside its rim, the head beyond it has one all across. Columns
+    where a surface lies at the stack's end (its first or last two slices) are left out. None where the near
+    piece runs on to the stack's end or neither surface says."""
     nz = bone.shape[0]
     y0, y1 = np.flatnonzero(cols.any(axis=1))[[0, -1]]
     x0, x1 = np.flatnonzero(cols.any(axis=0))[[0, -1]]
     box = (slice(y0, y1 + 1), slice(x0, x1 + 1))
     sub = bone[(slice(None), *box)] & cols[box]
-    pieces, n = ndimage.label(sub)
+    pieces, _ = ndimage.label(sub)
     seed = pieces[:top][mine[(slice(0, top), *box)] & sub[:top]]
     seed = seed[seed > 0]
     if seed.size == 0:
         return None
-    own = int(np.bincount(seed).argmax())
-    near = pieces == own
+    near = pieces == int(np.bincount(seed).argmax())
     ncols = near.any(axis=0)
     z = np.arange(nz)[:, None, None]
     h_near = np.where(near, z, -1).max(axis=0)
     if float((h_near[ncols] >= nz - 2).mean()) > MERGED:
         return None
     parts = [_ring_difference(h_near, ncols & (h_near < nz - 2))]
-    size = np.bincount(pieces.ravel(), minlength=n + 1)
-    height = np.bincount(pieces.ravel(), weights=np.broadcast_to(z, pieces.shape).ravel(), minlength=n + 1)
-    beyond = height > float(np.median(h_near[ncols])) * size  # mean height above the near piece's end
-    beyond[[0, own]] = False
-    if beyond.any():
-        far = pieces == int(np.argmax(np.where(beyond, size, -1)))
-        parts.append(_ring_difference(np.where(far, z, nz).min(axis=0), far.any(axis=0)))
+    first = np.where(sub & ~near & (z > h_near[None]), z, nz).min(axis=0)  # the first bone above the near top
+    met = ncols & (first < nz)
+    if met.any():
+        ys, xs = np.nonzero(met)
+        far = pieces == int(np.bincount(pieces[first[met], ys, xs]).argmax())
+        h_far = np.where(far, z, nz).min(axis=0)
+        parts.append(_ring_difference(h_far, far.any(axis=0) & (h_far > 1)))
     found = [p for p in parts if p is not None]
     return sum(found) * spacing_mm if found else None
 

@@ -144,9 +144,26 @@ def _tube_and_head(nz: int = 60, n: int = 41):
 def test_a_hollow_base_gives_its_far_surface_all_across():
     """Read fingers first, the near piece is a hollow base: it has no surface inside its rim, but the head
     beyond it bulges towards the first slice over all of its own columns. Read the other way, the head is the
-    near piece and bulges towards the last slice. The same size both ways."""
+    near piece and bulges towards the last slice. The same size both ways (a sagitta of 3 voxels)."""
     bone, tube, cols = _tube_and_head()
     there = direction.surface_bulge(bone, tube, cols, top=8, spacing_mm=0.5)
     back = direction.surface_bulge(bone[::-1], bone[::-1] & ~tube[::-1], cols, top=8, spacing_mm=0.5)
-    assert there is not None and there < -1.0
-    assert back is not None and back == pytest.approx(-there, abs=0.26)
+    assert there == -1.5 and back == 1.5
+
+
+def test_the_far_surface_is_the_bone_met_first_not_the_largest():
+    """Beyond a head's dome, a phalanx in two pieces: its base, cupped round the dome, then (past a gap) a
+    larger shaft. The far surface is the base's cup, met first above the dome, not the shaft's flat end: the
+    cup adds its own bulge to the dome's."""
+    nz, n = 70, 41
+    z, y, x = np.mgrid[:nz, :n, :n]
+    r = np.hypot(y - n // 2, x - n // 2)
+    head = ((r <= 9) & (z <= 20)) | (np.hypot(r, z - 20) <= 9)  # the dome's top at slice 29
+    base = (r <= 10) & (z >= 26) & (z <= 36) & (np.hypot(r, z - 20) > 11)  # its cup: slice 31 at the centre
+    shaft = (r <= 10) & (z >= 42)
+    cols = r[0] <= 10
+    assert shaft.sum() > base.sum()
+    dome = direction.surface_bulge(head | shaft, head, cols, top=8, spacing_mm=0.5)
+    both = direction.surface_bulge(head | base | shaft, head, cols, top=8, spacing_mm=0.5)
+    assert dome is not None and dome > 1.0
+    assert both is not None and both > dome + 1.0
