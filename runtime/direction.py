@@ -150,9 +150,9 @@ def valley_sagitta(smooth: np.ndarray, cols: np.ndarray, low: float, span: float
         coef = np.linalg.lstsq(a[keep], z[keep], rcond=None)[0]
         res = np.abs(z - a @ coef)
         keep = res < 3 * 1.4826 * float(np.median(res[keep])) + spacing_mm
-    area = float(has.sum()) * spacing_mm**2 / np.pi  # the sheet's radius, squared
-    sagitta = -0.5 * float(coef[3] + coef[5]) * area
-    return sagitta if abs(sagitta) <= np.sqrt(area) else None  # no cap bulges more than a hemisphere
+    radius2 = float(has.sum()) * spacing_mm**2 / np.pi  # the sheet's radius (a disc of its area), squared
+    sagitta = -0.5 * float(coef[3] + coef[5]) * radius2
+    return sagitta if abs(sagitta) <= np.sqrt(radius2) else None  # no cap bulges more than a hemisphere
 
 
 def surface_bulge(bone: np.ndarray, mine: np.ndarray, cols: np.ndarray, top: int, spacing_mm: float) -> float | None:
