@@ -130,3 +130,24 @@ def test_a_stack_written_distal_first_is_turned_and_measured(tmp_path):
     assert row["dice"] > 0.95 and abs(row["d100_error"]) < 5, row
     record = json.loads((tmp_path / "runs/ALIEN_17.json").read_text())
     assert record["identity"]["stack"]["turned"], record["identity"]["stack"]
+
+
+def test_the_stack_direction_bench_reads_a_scan_both_ways(phantoms, tmp_path, capsys):
+    """``bench/stack_direction.py`` on one phantom: as written it is used as it is, reversed in memory it is
+    turned; the tally counts each reading once, and ``--written-reversed`` swaps what counts as right."""
+    from vbmd_rt.bench import stack_direction as sd
+
+    from .conftest import phantom_copies
+
+    folder = phantom_copies(phantoms, tmp_path / "one", 1)
+    r = sd.measure([folder], log=lambda _: None)
+    (row,) = r["scans"]
+    assert row["written"]["outcome"] == "as written" and row["reversed"]["outcome"] == "turned", row
+    assert r["tally"]["one"] == {"shafts first": {"as written": 1}, "fingers first": {"turned": 1}}
+    assert sd.outcome(row["written"]["stack"], shafts_first=False) == "missed"
+    assert sd.outcome(row["reversed"]["stack"], shafts_first=True) == "turned wrongly"
+    sd.main([str(folder), "-o", str(tmp_path / "out.json")])
+    assert "one | fingers first | 1 | 0 | 1 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["tally"]["(all folders)"]["shafts first"] == {
+        "as written": 1
+    }
