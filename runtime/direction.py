@@ -157,8 +157,8 @@ def valley_sagitta(smooth: np.ndarray, cols: np.ndarray, low: float, span: float
 
 def surface_bulge(bone: np.ndarray, mine: np.ndarray, cols: np.ndarray, top: int, spacing_mm: float) -> float | None:
     """The bulge (mm) of the joint's near and far surfaces, summed. In the columns ``cols``, ``bone`` (bool,
-    coarse grid) falls into 3D pieces: the one that holds the candidate's region ``mine`` (bool) in the first
-    ``top`` slices ends in the near surface (its top); the piece met first above that top in most of its
+    coarse grid) falls into 3D pieces: the one that holds the candidate's region ``mine`` (bool, its first
+    ``top`` slices at least) in the first ``top`` slices ends in the near surface (its top); the piece met first above that top in most of its
     columns begins with the far one (its bottom), over all of that piece's own columns: a hollow base (a tube
     at the bone level) has no near surface inside its rim, the head beyond it has one all across. Columns
     where a surface lies at the stack's end (its first or last two slices) are left out. None where the near
@@ -204,29 +204,26 @@ def evidence(
     """Per candidate (``bones``, on ``labels``: ``identify.candidates``) the two measures; their sums (mm) and
     the per-bone list. ``bone``: the coarse volume's ``identify.bone_mask``; ``low``: its low level, ``span``
     its soft tissue to cortex; ``top``: the proximal slab's slices (``identify.reach``)."""
-    objs = ndimage.find_objects(labels)
-    footprints = [(labels[objs[b.label - 1]] == b.label).any(axis=0) for b in bones]
     if not bones:
         return 0.0, 0.0, []
-    ys = np.concatenate([np.arange(objs[b.label - 1][1].start, objs[b.label - 1][1].stop) for b in bones])
-    xs = np.concatenate([np.arange(objs[b.label - 1][2].start, objs[b.label - 1][2].stop) for b in bones])
+    every = ndimage.find_objects(labels)
+    objs = [every[b.label - 1] for b in bones]
     pad = int(4 * SMOOTH_VOX) + 1  # the filter's reach: inside the footprints, as if over the whole volume
     ny, nx = coarse.shape[1:]
     box = (
         slice(None),
-        slice(max(int(ys.min()) - pad, 0), min(int(ys.max()) + 1 + pad, ny)),
-        slice(max(int(xs.min()) - pad, 0), min(int(xs.max()) + 1 + pad, nx)),
+        slice(max(min(sl[1].start for sl in objs) - pad, 0), min(max(sl[1].stop for sl in objs) + pad, ny)),
+        slice(max(min(sl[2].start for sl in objs) - pad, 0), min(max(sl[2].stop for sl in objs) + pad, nx)),
     )
     smooth = np.zeros(coarse.shape, np.float32)
     smooth[box] = ndimage.gaussian_filter(coarse[box], SMOOTH_VOX)
     valleys = surfaces = 0.0
     per_bone = []
-    for b, fp in zip(bones, footprints, strict=True):
-        sl = objs[b.label - 1]
+    for b, sl in zip(bones, objs, strict=True):
         cols = np.zeros(labels.shape[1:], bool)
-        cols[sl[1], sl[2]] = fp
+        cols[sl[1], sl[2]] = (labels[sl] == b.label).any(axis=0)
         v = valley_sagitta(smooth, cols, low, span, spacing_mm)
-        s = surface_bulge(bone, labels == b.label, cols, top, spacing_mm)
+        s = surface_bulge(bone, labels[:top] == b.label, cols, top, spacing_mm)
         valleys += v or 0.0
         surfaces += s or 0.0
         per_bone.append([b.label, None if v is None else round(v, 2), None if s is None else round(s, 2)])

@@ -803,7 +803,10 @@ def stack_direction(
 
 def slice_order(vol: np.ndarray, spacing_mm: float) -> Direction:
     """Which way the slices of a model-grid volume in network units run (``runtime.direction``), without
-    naming MC2: for a mask given to ``vbmd-rt measure``, whose QC reads the shaft first."""
+    naming MC2: for a mask given to ``vbmd-rt measure``, whose QC reads the shaft first. As written where
+    the field of view cannot hold a hand (``identify`` refuses it)."""
+    if min(vol.shape[1:]) * spacing_mm < MIN_FOV_MM:
+        return Direction()
     cs = 2 * spacing_mm
     coarse = reduce2(vol)
     mask = bone_mask(coarse, cs)

@@ -194,8 +194,8 @@ def turn_back(mask: np.ndarray, info: dict) -> None:
         z0, z1, y0, y1, x0, x1 = info["box"]
         part = mask[z0:z1, y0:y1, x0:x1][::-1].copy()
         mask[z0:z1, y0:y1, x0:x1] = 0
-        mask[nz - z1 : nz - z0, y0:y1, x0:x1] = part
-        info["box"] = [nz - z1, nz - z0, y0, y1, x0, x1]
+        info["box"] = list(turned_box(info["box"], nz))
+        mask[info["box"][0] : info["box"][1], y0:y1, x0:x1] = part
     if info.get("prob") is not None:
         info["prob"] = np.ascontiguousarray(info["prob"][::-1])
 
@@ -355,10 +355,13 @@ def proximal_first(mask: np.ndarray, info: dict):
     box = _box(info.get("box"))
     if not info.get("identity", {}).get("stack", {}).get("turned"):
         return mask, box
-    if box is not None:
-        z0, z1, *rest = box
-        box = (mask.shape[0] - z1, mask.shape[0] - z0, *rest)
-    return mask[::-1], box
+    return mask[::-1], None if box is None else turned_box(box, mask.shape[0])
+
+
+def turned_box(box, nz: int) -> tuple[int, ...]:
+    """A box (z0, z1, y0, y1, x0, x1) on a stack of ``nz`` slices, on the same stack turned end to end."""
+    z0, z1, *rest = box
+    return (nz - z1, nz - z0, *rest)
 
 
 def record_of(

@@ -28,15 +28,11 @@ from vbmd_rt.runtime.result import Record, timings
 
 def slice_order_of(scan):
     """Which way the scan's slices run (``identify.slice_order``, on run's model grid); the slices as written
-    where the scan is no hand scan (``run`` refuses it; a given mask is measured all the same)."""
+    where the field of view holds no hand (``run`` refuses it; a given mask is measured all the same)."""
     from vbmd_rt.runtime import bonewin, identify, preprocess
-    from vbmd_rt.runtime.direction import Direction
 
     vol, _ = preprocess.to_model(scan.data, bonewin.GRID, "auto", spacing_zyx=scan.spacing_zyx)
-    vol = bonewin.to_input_units(vol, scan.calibration)
-    if min(vol.shape[1:]) * bonewin.GRID.spacing_mm < identify.MIN_FOV_MM:
-        return Direction()
-    return identify.slice_order(vol, float(bonewin.GRID.spacing_mm))
+    return identify.slice_order(bonewin.to_input_units(vol, scan.calibration), float(bonewin.GRID.spacing_mm))
 
 
 def measure_mask(
