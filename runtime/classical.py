@@ -12,7 +12,8 @@ semi-automatic tools follow, adapted to the MCP joint:
    overlap in the slice before, a piece touching two regions is split between them, and each bone is
    closed and filled on its own (its convex hull where the cortex stays open).
 4. MC2 is the end of the metacarpal row with the larger head; the joint is cut where the shrinking
-   dome's cross-section jumps up (the base of the phalanx joining the tracked region).
+   dome's cross-section jumps up (the base of the phalanx joining the tracked region), and the dome's tip
+   inside the phalanx's cup is followed on past the cut (``dome_tip``).
 5. MC2's region back on the native grid, and its largest 3D component.
 
 It needs the density calibration. It stands in for the semi-automatic expert tools in comparisons and
@@ -277,6 +278,105 @@ def bone_end(
     return min(ends)
 
 
+TIP_MM = 3.0  # ``dome_tip`` follows a head's dome at most this far past its joint cut (a phalanx's cup is shallow)
+NARROWING_MM = 4.0  # ... and where it cannot see it, extends the narrowing of the head's last this many mm
+
+
+def dome_tip(region: np.ndarray, bone: np.ndarray, end: int, spacing_mm: float, p: Params = Params()) -> np.ndarray:
+    """The tip of a head's dome inside the phalanx's cup, past the slice ``end`` where ``bone_end`` cut the
+    bone's tracked ``region`` (bool, z y x; ``bone``: the bone mask it was tracked on, ``spacing_mm`` apart in
+    z). Returns bool (k, y, x): the dome's cross-sections in slices ``end``, ``end + 1``, ... (k may be 0).
+
+    Where the cup closes round the dome, tracking takes the two in as one region, and the cut at the joint
+    (the narrowest slice, or the jump where the cup joins) loses the dome's tip inside the cup: up to 2.5 mm
+    of the head. A dome narrows slice by slice within the cross-section before, so:
+
+    1. as the image shows it (``_dome_slice``): the region itself while it still narrows and has not taken in
+       the cup; then the region's bone pieces inside the cup, parted from it by the joint space;
+    2. where the joint space is not seen (on a 0.5 mm grid, a blurred joint space is bone too), as the head
+       narrows: its cross-section's area over its last ``NARROWING_MM`` before the cut, fitted with a
+       parabola (a dome's area falls ever faster towards its tip; a line where the fit is not concave), is
+       carried on, and each slice is the one before shrunk to that area (its deepest pixels), within the
+       tracked region.
+
+    It stops at the dome's tip (below ``TAIL_FRACTION`` of the head's largest cross-section, where a tracked
+    region is a sliver), where the region ends, or ``TIP_MM`` past ``end``."""
+    nz = region.shape[0]
+    empty = np.zeros((0, *region.shape[1:]), bool)
+    if end <= 0 or end >= nz or not region[end - 1].any():
+        return empty
+    floor = max(1.0, TAIL_FRACTION * float(region[:end].sum(axis=(1, 2)).max()))
+    stop = min(nz, end + max(1, int(round(TIP_MM / spacing_mm))))
+    out: list[np.ndarray] = []
+    prev, k = region[end - 1], end
+    while k < stop:
+        cur = _dome_slice(region[k], bone[k], prev, p)
+        if cur is None:  # the dome touches the cup here
+            break
+        if cur.sum() < floor or cur.sum() >= prev.sum():  # its tip, the region's end, or no dome
+            return np.stack(out) if out else empty
+        out.append(cur)
+        prev, k = cur, k + 1
+    area = np.concatenate([region[:end].sum(axis=(1, 2)), [o.sum() for o in out]]).astype(np.float64)
+    fit = _narrowing(area, spacing_mm)
+    while fit is not None and k < stop:
+        want = int(np.polyval(fit, k))
+        if want < floor:
+            break
+        cur = _shrunk(prev, want) & region[k]
+        if cur.sum() < floor:
+            break
+        out.append(cur)
+        prev, k = cur, k + 1
+    return np.stack(out) if out else empty
+
+
+def _dome_slice(here: np.ndarray, bone: np.ndarray, prev: np.ndarray, p: Params) -> np.ndarray | None:
+    """The dome's cross-section in one slice past the cut, as the image shows it (``dome_tip``), from the tracked
+    region ``here``, the bone mask and the dome's cross-section ``prev`` in the slice before; None where the
+    dome cannot be told from the cup (no bone piece inside the region's outline, or none that narrows)."""
+    eight = np.ones((3, 3), bool)
+    near = ndimage.binary_dilation(prev, structure=eight)
+    if here.sum() <= prev.sum() and (here & ~near).sum() <= 0.05 * here.sum():
+        return here.copy()  # still the dome alone (or nothing: the region ends)
+    pieces, n = ndimage.label(bone & here, structure=eight)
+    keep = np.ones(n + 1, bool)
+    keep[0] = False
+    keep[pieces[here & ~ndimage.binary_erosion(here, structure=eight)]] = False  # the cup: the region's outline
+    inner = (keep[pieces] & near).astype(np.uint8)
+    filled = fill_holes_2d(inner)
+    hull = _hull(inner)
+    cur = (hull if filled.sum() < p.hull_fill * hull.sum() else filled) & near
+    return cur if 0 < cur.sum() < prev.sum() else None
+
+
+def _shrunk(section: np.ndarray, area: int) -> np.ndarray:
+    """A cross-section shrunk to about ``area`` pixels, always fewer than it has: its pixels deepest inside
+    (by distance to its outline; of the two counts around ``area`` that ties allow, the nearer)."""
+    depth = ndimage.distance_transform_edt(section)
+    order = np.sort(depth[section])[::-1]
+    level = order[min(order.size, max(area, 1)) - 1]
+    wide, narrow = depth >= level, depth > level
+    return wide if wide.sum() < section.sum() and wide.sum() - area <= area - narrow.sum() else narrow
+
+
+def _narrowing(area: np.ndarray, spacing_mm: float) -> np.ndarray | None:
+    """Polynomial coefficients (``np.polyval``, in slice numbers) of a head's cross-section area over its last
+    ``NARROWING_MM``, from where it narrows (its last slice within 5 % of the widest) at most: a concave
+    parabola, else a line; None where it does not narrow."""
+    n = area.size
+    widest = int(np.flatnonzero(area >= 0.95 * area.max())[-1])  # where the narrowing begins
+    z0 = max(widest, n - max(3, int(round(NARROWING_MM / spacing_mm))))
+    zs = np.arange(z0, n)
+    zs = zs[area[zs] > 0]
+    if zs.size < 3:
+        return None
+    fit = np.polyfit(zs, area[zs], 2) if zs.size >= 4 else None
+    if fit is None or fit[0] > 0:
+        fit = np.concatenate([[0.0], np.polyfit(zs, area[zs], 1)])
+    return fit if np.polyval(fit, n) < area[-1] else None
+
+
 NEAR_MM = 30.0  # with ``near``, bones are tracked within this distance of MC2's shaft (its neighbours too)
 
 
@@ -312,16 +412,21 @@ def segment(
 
 def _segment(data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, levels) -> tuple[np.ndarray, dict]:
     coarse_spacing = (spacing_zyx[0], spacing_zyx[1] * factor, spacing_zyx[2] * factor)
-    labels = track(bone_components(data, spacing_zyx, cal, p, factor, levels) > 0, coarse_spacing, p)
+    bone = bone_components(data, spacing_zyx, cal, p, factor, levels) > 0
+    labels = track(bone, coarse_spacing, p)
     n = int(labels.max())
     lab = pick_mc2(labels, coarse_spacing, p, None if near is None else (near[0] / factor, near[1] / factor))
     mask = np.zeros(data.shape, np.uint8)
     if lab == 0:
         return mask, {"components": n, "box": None, "empty": True, "thresholds_mg_ha_cm3": levels}
-    mine = (labels == lab).astype(np.uint8)
+    mine = labels == lab
     del labels
     end = bone_end(mine.sum(axis=(1, 2)), float(spacing_zyx[0]), p, tail=None, cup=False)
-    mine[end:] = 0
+    tip = dome_tip(mine, bone, end, float(spacing_zyx[0]), p)
+    del bone
+    mine[end:] = False
+    mine[end : end + len(tip)] = tip
+    mine = mine.astype(np.uint8)
     sl = ndimage.find_objects(mine)[0]
     pad = 2 * factor + 2
     ys = slice(max(0, sl[1].start * factor - pad), min(data.shape[1], sl[1].stop * factor + pad))
@@ -348,4 +453,5 @@ def _segment(data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, 
         "box": box,
         "empty": not mask.any(),
         "thresholds_mg_ha_cm3": [round(v, 1) for v in levels],
+        "tip_slices": len(tip),
     }

@@ -25,7 +25,7 @@ from vbmd_rt.runtime.io.calibration import implausible as implausible_calibratio
 from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.parallel import each
-from vbmd_rt.runtime.postprocess import detect_side, joint_end, largest_component, postprocess
+from vbmd_rt.runtime.postprocess import detect_side, fill_holes_slicewise, joint_end, largest_component, postprocess
 from vbmd_rt.runtime.result import Record, model_record
 from vbmd_rt.runtime.result import timings as result_timings
 
@@ -137,8 +137,10 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             on_grid = preprocess.to_model_mask(mask, geometry, info["box"]) > 0.5
             end = joint_end(on_grid.sum(axis=(1, 2)), float(grid.spacing_mm))
             if end is not None and info["box"] is not None:  # its tracking took in the phalanx's cup
-                on_grid[end:] = False
-                cut_native(mask, info["box"], end, geometry.scale[0])
+                tip = classical.dome_tip(fill_holes_slicewise(on_grid), on_grid, end, float(grid.spacing_mm))
+                keep_tip(mask, info["box"], tip, end, geometry)
+                on_grid[end + len(tip) :] = False
+                on_grid[end : end + len(tip)] = tip
                 info["joint_cut_slice"] = end
     else:
         with timer("inference"):
@@ -156,11 +158,11 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     if checks and not info["empty"]:
         with timer("qc"):
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}
-            region = idt.region
-            if info.get("joint_cut_slice") is not None:  # where the region ran on into the phalanx, it is no MC2
-                region = region.copy()
-                region[info["joint_cut_slice"] :] = False
-            c["agreement"] = {"dice_with_identified_region": round(measure.dice(on_grid, region), 4)}
+            region, mine = idt.region, on_grid
+            if info.get("joint_cut_slice") is not None:  # where the region ran on into the phalanx, it is no MC2;
+                region, mine = region.copy(), on_grid.copy()  # the dome's tip past the cut is left to the mask
+                region[info["joint_cut_slice"] :] = mine[info["joint_cut_slice"] :] = False
+            c["agreement"] = {"dice_with_identified_region": round(measure.dice(mine, region), 4)}
             if prob is not None:  # the network's output is 0 outside its window; its own, other bones and all
                 c["confidence"] = qc.confidence(win.of(prob) if raw is None else raw, model.threshold)
             reading = second_reading(vol, idt, on_grid, backend, float(grid.spacing_mm)) if model.classical else None
@@ -237,6 +239,27 @@ def cut_native(mask: np.ndarray, box, end: int, scale_z: float) -> int:
     return cut
 
 
+def keep_tip(mask: np.ndarray, box, tip: np.ndarray, end: int, geometry: preprocess.Geometry) -> None:
+    """Cut the native ``mask`` (in place; it is 0 outside ``box``) at model slice ``end`` (``cut_native``), but
+    for the dome's tip (``classical.dome_tip``: bool cross-sections of model slices ``end`` on, on the cropped
+    model grid): in the native slices under them, the mask's voxels that lie in them."""
+    z0, z1, y0, y1, x0, x1 = box
+    first = int(round(end * geometry.scale[0]))
+    last = min(z1, int(round((end + len(tip)) * geometry.scale[0])))
+    kept = mask[first:last, y0:y1, x0:x1].copy() if len(tip) and first < last else None
+    cut_native(mask, box, end, geometry.scale[0])
+    if kept is None:
+        return
+    inside = preprocess.sample_at_native(  # the tip's slices on the uncropped model grid, in scan orientation
+        preprocess.from_model(tip.astype(np.float32), geometry),
+        geometry,
+        (slice(first, last), slice(y0, y1), slice(x0, x1)),
+        origin=(end, 0, 0),
+        grid=geometry.model_shape,
+    )
+    mask[first:last, y0:y1, x0:x1] = kept & (inside >= 0.5)  # (a native slice half in the tip's first is in)
+
+
 def one_bone(
     prob: np.ndarray, win: bonewin.Window, idt, threshold: float, spacing_mm: float, keep: bool = False
 ) -> tuple[int | None, np.ndarray | None]:
@@ -254,15 +277,19 @@ def one_bone(
 
 def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:
     """The network's MC2 ended where its mask's profile shows the joint (``postprocess.joint_end``): the
-    slices beyond it are zeroed in ``prob`` (in place). Returns the first zeroed model slice, or None."""
+    slices beyond it are zeroed in ``prob`` (in place), but for the tip of the head's dome that the cup holds
+    (``classical.dome_tip`` of the mask, which takes in the cup there). Returns the joint's model slice (where
+    the cut is; the tip's slices follow it), or None."""
     view = win.of(prob)
     if view.size == 0:
         return None
-    area = largest_component(view > threshold).sum(axis=(1, 2))
-    end = joint_end(area, spacing_mm)
+    mask = largest_component(view > threshold)
+    end = joint_end(mask.sum(axis=(1, 2)), spacing_mm)
     if end is None:
         return None
-    prob[win.z0 + end :] = 0
+    tip = classical.dome_tip(fill_holes_slicewise(mask), mask, end, spacing_mm)  # a dark joint space parts them
+    view[end : end + len(tip)][~tip] = 0
+    prob[win.z0 + end + len(tip) :] = 0
     return win.z0 + end
 
 

@@ -170,9 +170,10 @@ def joint_end(area: np.ndarray, spacing_mm: float) -> int | None:
     slices. The phalanx's base cups the head, so a mask that takes it in keeps the outline of the cup: its
     cross-section shrinks along the dome (to below ``DOME_FRACTION`` of the largest, over at least
     ``DOME_MM``), then grows again (by ``CUP_RISE`` within ``CUP_MM``) where the cup's rim is wider than
-    the dome's tip. The cut is at the narrowest slice of the smoothed profile (the first zeroed slice is the one after it): the dome's tip inside the cup is lost (the truth
-    phantoms lose 10-20 % of the head's last 2 mm), the phalanx is not counted as MC2. A short dip (a few
-    slices the network marked badly) or a mask that fell apart (under ``CUP_FLOOR`` of the largest) is no
+    the dome's tip. The cut is at the narrowest slice of the smoothed profile (the first zeroed slice is the one
+    after it), so the phalanx is not counted as MC2; the dome's tip inside the cup, which the cut takes with it
+    (up to 2.5 mm of the head), is followed on past it by the callers (``classical.dome_tip``). A short dip (a
+    few slices the network marked badly) or a mask that fell apart (under ``CUP_FLOOR`` of the largest) is no
     joint.
     """
     a = ndimage.uniform_filter1d(np.asarray(area, dtype=np.float64), 3, mode="nearest")

@@ -446,6 +446,13 @@ _CHECKS = (
     ("shape", "gap_slices", "slices skipped inside the mask", None, "0"),
     ("shape", "solidity", "solidity of the cross-sections", "solidity", ">="),
     ("shape", "area_jump", "largest area jump between slices", "area_jump", "<="),
+    (
+        "shape",
+        "end_fraction",
+        "the last slice's share of the largest cross-section (a head ends in a dome)",
+        "end_fraction",
+        "<=",
+    ),
     ("shape", "touches_edge", "the mask touches the image's edge", None, "no"),
     ("shape", "length_mm", "MC2 length (mm)", "length_mm", "in"),
     (None, "bone_volume_mm3", "bone volume (mm³)", "volume_mm3", "in"),

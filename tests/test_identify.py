@@ -564,8 +564,11 @@ def test_the_joint_is_found_before_the_other_bones_are_taken_off():
 
     kept = prob.copy()
     end, raw = pipeline.one_bone(prob, win, idt, 0.5, spacing, keep=True)
-    assert end is not None and 20 <= end <= 26 and not prob[end:].any()
-    assert (raw == np.where(np.arange(40)[:, None, None] < end, kept, 0)).all()  # before the exclusion
+    assert end is not None and 20 <= end <= 26
+    tip = raw[end:] > 0  # past the joint, the dome's tip only (``classical.dome_tip``): inside the narrowest slice
+    assert tip.any() and not (tip & (kept[end - 1] == 0)).any() and not tip[round(classical.TIP_MM / spacing) :].any()
+    assert (raw[:end] == kept[:end]).all() and (raw[end:][tip] == kept[end:][tip]).all()  # before the exclusion
+    assert not prob[end:][~tip].any()
     assert not prob[identify.expand2(others, grid)].any()
     assert pipeline.one_bone(kept.copy(), win, SimpleNamespace(others=None), 0.5, spacing, keep=True)[1] is None
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vbmd_rt.runtime import bonewin
+from vbmd_rt.runtime import bonewin, classical
 from vbmd_rt.runtime.pipeline import cut_native, trim_at_joint
 from vbmd_rt.runtime.postprocess import joint_end
 
@@ -54,8 +54,15 @@ def test_trim_zeroes_the_phalanx_in_the_window_only_beyond_the_joint():
     before = prob.copy()
     end = trim_at_joint(prob, win, 0.5, MM)
     assert end is not None and abs(end - (5 + SHAFT_HEAD.size + DOME.size)) <= 2
-    assert not prob[end:].any()
     np.testing.assert_array_equal(prob[:end], before[:end])
+    # past the joint, only the dome's tip that the cup holds: narrowing inside the narrowest slice, at most
+    # TIP_MM long, with the network's own probabilities
+    tip = prob[end:] > 0
+    area = tip.sum(axis=(1, 2))
+    n = int((area > 0).sum())
+    assert 0 < n <= round(classical.TIP_MM / MM) and not area[n:].any()
+    assert (np.diff(area[:n]) < 0).all() and not (tip[:n] & ~(before[end - 1] > 0.5)).any()
+    np.testing.assert_array_equal(prob[end:][tip], before[end:][tip])
 
 
 def test_trim_leaves_a_mask_whose_head_ends_in_view():
@@ -81,3 +88,101 @@ def test_the_classical_mask_is_cut_at_the_native_slices_of_the_joint():
     np.testing.assert_array_equal(again, before)
     assert cut_native(again, box, 1, 3.0) == 5  # before the box: the whole box
     assert not again.any()
+
+
+# --------------------------------------------------------------------------- the dome's tip inside the cup
+
+PX = 0.25  # mm per pixel and per slice
+
+
+def _head_in_cup(joint_space: bool, cup_from: int = 30):
+    """A shaft, a head whose dome (half an ellipsoid: 5 mm in radius, 4 mm high) ends at slice 35, and the
+    phalanx's cup round it from slice ``cup_from`` on (1 mm from the dome, 1.5 mm thick). Returns the tracked region
+    (the cup and all inside it filled, as tracking takes them in as one), the bone the tracking saw (the joint
+    space dark, or bridged), the true head and the cup."""
+    yy, xx = np.mgrid[:64, :64]
+    d = np.hypot(yy - 32, xx - 32) * PX
+    z = np.arange(50)
+    dome = 5.0 * np.sqrt(np.clip(1 - ((z - 20) * PX / 4.0) ** 2, 0, None))
+    dome[z < 20] = 5.0
+    head = np.stack([d < r for r in dome]) & (z < 37)[:, None, None]
+    cup_in = np.where(z >= cup_from, dome + 1.0, 0.0)
+    cup_in[z > 36] = 0.0  # past the dome's tip, the cup's floor
+    cup = np.stack([(d >= ri) & (d < 7.5) for ri in cup_in]) & (z >= cup_from)[:, None, None]
+    region = head | np.stack([d < 7.5 for _ in z]) & (z >= cup_from)[:, None, None]
+    bone = (head | cup) if joint_space else region.copy()
+    return region, bone, head, cup
+
+
+@pytest.mark.parametrize("joint_space", [True, False], ids=["joint-space-seen", "joint-space-bridged"])
+def test_the_dome_tip_inside_the_cup_is_followed_past_the_cut(joint_space):
+    """Cut at the cup's rim (slice 30), the dome is followed to its tip (its last slice, under 15 % of the
+    head's largest cross-section, is a sliver's size and left out): as the image shows it where the joint
+    space is seen, else by its narrowing; the cup is never taken in."""
+    region, bone, head, cup = _head_in_cup(joint_space)
+    tip = classical.dome_tip(region, bone, 30, PX)
+    true_tip = np.flatnonzero(head.any(axis=(1, 2)))[-1]
+    assert true_tip - 1 <= 30 + len(tip) - 1 <= true_tip
+    got = np.zeros_like(head)
+    got[30 : 30 + len(tip)] = tip
+    assert not (got & cup).any()
+    covered = (got & head)[30:].sum() / head[30:].sum()
+    outside = (got & ~head).sum() / got.sum()
+    assert covered >= 0.94 and outside <= (0.0 if joint_space else 0.12)
+    assert (np.diff(tip.sum(axis=(1, 2))) < 0).all()  # a dome narrows
+
+
+def test_no_dome_tip_where_the_region_ends_or_runs_on_without_a_cut():
+    region, bone, head, _ = _head_in_cup(True)
+    assert len(classical.dome_tip(head, head, 37, PX)) == 0  # the head ended in view: nothing beyond it
+    assert len(classical.dome_tip(region, bone, 50, PX)) == 0  # no cut
+    assert len(classical.dome_tip(region, bone, 0, PX)) == 0
+    shaft = np.zeros_like(region)
+    shaft[:, 20:44, 20:44] = True  # a region as wide past the cut as before: not a dome
+    assert len(classical.dome_tip(shaft, shaft, 25, PX)) == 0
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_classical_cut_keeps_the_dome_tip_on_the_native_grid(flip):
+    """``keep_tip``: the native slices under the tip's model slices keep the mask's voxels inside the tip's
+    cross-sections (on a cropped, mirrored model grid 3x coarser in z, 2x in-plane); the rest past the
+    joint is cut."""
+    from vbmd_rt.runtime.pipeline import keep_tip
+    from vbmd_rt.runtime.preprocess import Geometry
+
+    geo = Geometry(native_shape=(60, 80, 80), model_shape=(20, 40, 40), flip_x=flip, crop=(4, 36, 6, 38))
+    mask = np.zeros(geo.native_shape, np.uint8)
+    box = (0, 60, 0, 80, 0, 80)
+    mask[:, 10:70, 10:70] = 1  # a square bone all along, cup and all
+    tip = np.zeros((2, 32, 32), bool)  # model slices 12 and 13, cropped grid: a block off-centre
+    tip[:, 10:20, 14:24] = True
+    before = mask.copy()
+    keep_tip(mask, box, tip, 12, geo)
+    np.testing.assert_array_equal(mask[:36], before[:36])
+    assert not mask[42:].any()
+    x0, x1 = (6 + 14) * 2, (6 + 24) * 2  # the block on the uncropped grid, native
+    if flip:
+        x0, x1 = 80 - x1, 80 - x0
+    y0, y1 = (4 + 10) * 2, (4 + 20) * 2
+    outer = np.zeros((80, 80), bool)  # the block, give or take its edge (interpolated)
+    outer[y0 - 1 : y1 + 1, x0 - 1 : x1 + 1] = True
+    for k in range(36, 42):
+        assert not (mask[k].astype(bool) & ~outer).any() and mask[k][y0 + 1 : y1 - 1, x0 + 1 : x1 - 1].all()
+
+
+def test_the_network_tip_is_the_dome_its_mask_parts_from_the_cup():
+    """A network mask that leaves the joint space dark (the dome a disc inside the cup's ring): the cut at the
+    joint keeps exactly the dome's cross-sections past it, as the mask shows them (an oblique tip, off the
+    centre that a shrinking cross-section would keep)."""
+    region, bone, head, cup = _head_in_cup(True, cup_from=32)  # the dome narrows over 2 mm before the cup
+    for k in range(33, 37):  # the tip leans 0.25 mm a slice (it stays clear of the cup)
+        head[k] = np.roll(head[k], k - 32, axis=1)
+    prob = np.zeros((60, 64, 64), np.float32)
+    prob[5:55] = (head | cup) * 0.9  # the dome and the cup, the joint space between them dark
+    win = bonewin.Window(0, 0, 5, 55, size=64)
+    end = trim_at_joint(prob, win, 0.5, PX)
+    assert end is not None and abs(end - (5 + 32)) <= 1
+    kept = prob[end:] > 0.5
+    n = int(kept.any(axis=(1, 2)).sum())
+    assert n >= 2 and not kept[n:].any() and end - 5 + n >= 35  # to the tip's last slice but one (the floor)
+    np.testing.assert_array_equal(kept[:n], head[end - 5 : end - 5 + n])

@@ -68,6 +68,19 @@ def test_a_head_cut_in_two_is_flagged(case):
     assert v["status"] == "review", v
 
 
+def test_a_head_cut_short_is_flagged(case):
+    """The true mask ends in its dome (its last slice a small part of its largest); cut where the head is still
+    wide, it ends abruptly: review, with the reason."""
+    mask = case[2].copy()
+    area = mask.sum(axis=(1, 2))
+    assert _verdict(case, mask)["shape"]["end_fraction"] < 0.3
+    wide = np.flatnonzero(area > 0.7 * area.max())[-1]  # the head's last slice still 70 % of the widest
+    mask[wide + 1 :] = 0
+    v = _verdict(case, mask)
+    assert v["shape"]["end_fraction"] > qc.LIMITS.end_fraction
+    assert any("ends abruptly" in r for r in v["reasons"]), v["reasons"]
+
+
 def test_lost_shaft_slices_are_flagged(case):
     mask = case[2].copy()
     mask[:8] = 0  # 2 mm of shaft missing at the stack's start
