@@ -29,10 +29,9 @@ import numpy as np
 
 def reading(data: np.ndarray, spacing_zyx, calibration) -> dict:
     """``identify.identify`` on one scan's voxels: its ``stack`` record, or ``{"refused": reason}``."""
-    from vbmd_rt.runtime import bonewin, identify, preprocess
+    from vbmd_rt.runtime import bonewin, identify
 
-    vol, _ = preprocess.to_model(data, bonewin.GRID, "auto", spacing_zyx=spacing_zyx)
-    vol = bonewin.to_input_units(vol, calibration)
+    vol, _ = bonewin.model_volume(data, spacing_zyx, calibration)
     try:
         return identify.identify(vol, float(bonewin.GRID.spacing_mm)).stack.to_dict()
     except identify.NotAHand as e:

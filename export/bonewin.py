@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from vbmd_rt.runtime import bonewin, identify
 from vbmd_rt.runtime.io import aim
-from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+from vbmd_rt.runtime.preprocess import to_model_mask
 
 CACHE_PX = 200  # cached window: the training window plus room for shifts and rotations
 WIDTHS = (16, 32, 48, 64)
@@ -124,8 +124,7 @@ def cache_case(scan_path: Path, gt_path: Path, rng: np.random.Generator, priors:
     ``priors`` degraded prior channels (float16); slices from the first to 8 mm past the joint."""
     scan = aim.read_aim(scan_path)
     spacing = scan.spacing_zyx
-    vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
-    vol = bonewin.to_input_units(vol, scan.calibration)
+    vol, geo = bonewin.model_volume(scan.data, spacing, scan.calibration)
     gt = aim.read_aim(gt_path)
     truth = to_model_mask(np.asarray(gt.data) != 0, geo) > 0.5
     if not truth.any():

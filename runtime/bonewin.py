@@ -157,13 +157,21 @@ def exclude(prob: np.ndarray, win: Window, other: np.ndarray | None) -> None:
     view[inside] = 0.0
 
 
+def model_volume(data: np.ndarray, spacing_zyx, cal):
+    """A native (z, y, x) scan on the one-bone grid (``GRID``, the hand's box) in network units, and its
+    ``preprocess.Geometry``: what the identification stage and the network read."""
+    from vbmd_rt.runtime.preprocess import to_model
+
+    vol, geo = to_model(data, GRID, "auto", spacing_zyx=spacing_zyx)
+    return to_input_units(vol, cal), geo
+
+
 def inputs_for_check(scan: np.ndarray, truth: np.ndarray, spacing_zyx, cal, count: int = 2) -> np.ndarray:
     """Network inputs of ``count`` slices through the middle of a phantom's MC2 (its true region as the
     prior): the export's ONNX-vs-torch check runs on what the runtime feeds."""
-    from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+    from vbmd_rt.runtime.preprocess import to_model_mask
 
-    vol, geo = to_model(scan, GRID, spacing_zyx=spacing_zyx)
-    vol = to_input_units(vol, cal)
+    vol, geo = model_volume(scan, spacing_zyx, cal)
     region = to_model_mask(np.asarray(truth) != 0, geo) > 0.5
     win = place(region, 0)
     image = cut(vol[win.z0 : win.z1], win, float(vol.min()))

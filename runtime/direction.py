@@ -239,7 +239,7 @@ def decide(here: tuple[float, float, list], reverse: Callable[[], tuple[float, f
         return d
     rv, rs, d.reverse_per_bone = reverse()
     d.reverse = (rv, rs)
-    lean = v + s - rv - rs
+    lean = d.lean or 0.0
     if v < -LEVEL_MM and s < -LEVEL_MM and rv > LEVEL_MM and rs > LEVEL_MM:
         d.reversed = True
     elif lean < 0:

@@ -29,10 +29,10 @@ from vbmd_rt.runtime.result import Record, timings
 def slice_order_of(scan):
     """Which way the scan's slices run (``identify.slice_order``, on run's model grid); the slices as written
     where the field of view holds no hand (``run`` refuses it; a given mask is measured all the same)."""
-    from vbmd_rt.runtime import bonewin, identify, preprocess
+    from vbmd_rt.runtime import bonewin, identify
 
-    vol, _ = preprocess.to_model(scan.data, bonewin.GRID, "auto", spacing_zyx=scan.spacing_zyx)
-    return identify.slice_order(bonewin.to_input_units(vol, scan.calibration), float(bonewin.GRID.spacing_mm))
+    vol, _ = bonewin.model_volume(scan.data, scan.spacing_zyx, scan.calibration)
+    return identify.slice_order(vol, float(bonewin.GRID.spacing_mm))
 
 
 def measure_mask(

@@ -32,15 +32,14 @@ from scipy.special import logsumexp
 
 from vbmd_rt.runtime import bonewin, identify
 from vbmd_rt.runtime.io import aim
-from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+from vbmd_rt.runtime.preprocess import to_model_mask
 
 
 def case_bones(scan_path: Path, gt_path: Path):
     """(metacarpal candidates, index of the true MC2 among them) or None."""
     scan = aim.read_aim(scan_path)
     spacing = scan.spacing_zyx
-    vol, geo = to_model(scan.data, bonewin.GRID, spacing_zyx=spacing)
-    vol = bonewin.to_input_units(vol, scan.calibration)
+    vol, geo = bonewin.model_volume(scan.data, spacing, scan.calibration)
     labels, bones = identify.find_candidates(vol, bonewin.GRID.spacing_mm)
     truth = to_model_mask(np.asarray(aim.read_aim(gt_path).data) != 0, geo) > 0.5
     t = identify.reduce2(truth) > 0.5

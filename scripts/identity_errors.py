@@ -47,8 +47,7 @@ def cache_case(scan: Path, gt: Path, truth_json: Path) -> dict:
     """The cached record of one phantom (see the module's docstring)."""
     grid = float(bonewin.GRID.spacing_mm)
     s = aim.read_aim(scan)
-    vol, geo = preprocess.to_model(s.data, bonewin.GRID, "auto", spacing_zyx=s.spacing_zyx)
-    vol = bonewin.to_input_units(vol, s.calibration)
+    vol, geo = bonewin.model_volume(s.data, s.spacing_zyx, s.calibration)
     labels, _ = identify.find_candidates(vol, grid)
     truth = identify.reduce2(preprocess.to_model_mask(np.asarray(aim.read_aim(gt).data) != 0, geo) > 0.5) > 0.5
     z = min(truth.shape[0], labels.shape[0])

@@ -8,15 +8,14 @@ import pytest
 
 from vbmd_rt.runtime import bonewin, direction, identify
 from vbmd_rt.runtime.io import aim
-from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+from vbmd_rt.runtime.preprocess import to_model_mask
 from vbmd_rt.synth import phantom
 
 from .conftest import cli
 
 
 def _grid(scan, spacing, cal):
-    vol, geo = to_model(scan, bonewin.GRID, spacing_zyx=spacing)
-    return bonewin.to_input_units(vol, cal), geo
+    return bonewin.model_volume(scan, spacing, cal)
 
 
 def _on_truth(region, truth, geo) -> float:

@@ -5,13 +5,12 @@ import pytest
 from scipy import ndimage
 
 from vbmd_rt.runtime import bonewin, classical, identify
-from vbmd_rt.runtime.preprocess import to_model, to_model_mask
+from vbmd_rt.runtime.preprocess import to_model_mask
 from vbmd_rt.synth import families, phantom
 
 
 def _grid(scan, spacing, cal):
-    vol, geo = to_model(scan, bonewin.GRID, spacing_zyx=spacing)
-    return bonewin.to_input_units(vol, cal), geo
+    return bonewin.model_volume(scan, spacing, cal)
 
 
 def _on_truth(idt, truth, geo) -> float:
