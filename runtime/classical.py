@@ -305,7 +305,8 @@ def dome_tip(region: np.ndarray, bone: np.ndarray, end: int, spacing_mm: float, 
     empty = np.zeros((0, *region.shape[1:]), bool)
     if end <= 0 or end >= nz or not region[end - 1].any():
         return empty
-    floor = max(1.0, TAIL_FRACTION * float(region[:end].sum(axis=(1, 2)).max()))
+    head = region[:end].sum(axis=(1, 2))  # the cross-sections up to the cut
+    floor = max(1.0, TAIL_FRACTION * float(head.max()))
     stop = min(nz, end + max(1, int(round(TIP_MM / spacing_mm))))
     out: list[np.ndarray] = []
     prev, k = region[end - 1], end
@@ -317,7 +318,7 @@ def dome_tip(region: np.ndarray, bone: np.ndarray, end: int, spacing_mm: float, 
             return np.stack(out) if out else empty
         out.append(cur)
         prev, k = cur, k + 1
-    area = np.concatenate([region[:end].sum(axis=(1, 2)), [o.sum() for o in out]]).astype(np.float64)
+    area = np.concatenate([head, [o.sum() for o in out]]).astype(np.float64)
     fit = _narrowing(area, spacing_mm)
     while fit is not None and k < stop:
         want = int(np.polyval(fit, k))

@@ -257,6 +257,7 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
         if hull > 20:
             solid.append(float(m.sum()) / (hull + 0.5 * cv2.arcLength(cv2.convexHull(pts), True)))
     a = area[zs[0] : zs[-1] + 1].astype(np.float64)
+    last = int(z0 + zs[-1])
     gaps = int((a == 0).sum())
     shafts = shafts_side_by_side(sub[zs[0] :], (sz, sy, sx))
     # The area profile's jumps, on the proximal 75 % (the dome narrows fast by nature); a 1 mm running
@@ -276,10 +277,10 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
         "shafts": shafts,
         "first_slice": int(z0 + zs[0]),
         "slice_mm": sz,
-        "last_slice": int(z0 + zs[-1]),
-        "touches_last_slice": bool(z0 + zs[-1] == mask.shape[0] - 1),
+        "last_slice": last,
+        "touches_last_slice": last == mask.shape[0] - 1,
         # (a mask that runs to the stack's last slice has no end in view to judge)
-        **({} if z0 + zs[-1] == mask.shape[0] - 1 else {"end_fraction": round(float(a[-1]) / float(a.max()), 4)}),
+        **({} if last == mask.shape[0] - 1 else {"end_fraction": round(float(a[-1]) / float(a.max()), 4)}),
     }
 
 
