@@ -669,16 +669,17 @@ def finalize_traits():
     return out
 
 
-def score(cases: Path, runs: Path) -> list[dict]:
+def score(cases: Path, runs: Path, pattern: str = "ALIEN_*.truth.json") -> list[dict]:
     """Each case of ``cases`` against its result in ``runs`` (``vbmd-rt run``'s NAME.json and NAME_SEG.AIM):
     Dice against the truth, D100 error (tool minus truth), wrong bone (Dice < 0.3), QC verdict and reasons. A
-    case without a result (refused, failed, not run) is a row with ``missing`` True and no numbers."""
+    case without a result (refused, failed, not run) is a row with ``missing`` True and no numbers. ``pattern``:
+    the truth files (``bench/third_phantoms.py`` scores its own with this)."""
     from vbmd_rt.runtime import measure
     from vbmd_rt.runtime.io.aim import read_aim
     from vbmd_rt.runtime.io.masks import read_mask_file
 
     rows = []
-    for tj in sorted(cases.glob("ALIEN_*.truth.json")):
+    for tj in sorted(cases.glob(pattern)):
         t = json.loads(tj.read_text())
         res, seg = runs / f"{t['name']}.json", runs / f"{t['name']}_SEG.AIM"
         if not (res.exists() and seg.exists()):
@@ -701,7 +702,7 @@ def score(cases: Path, runs: Path) -> list[dict]:
                 "qc": j["qc"]["status"],
                 "reasons": j["qc"]["reasons"],
                 "side": j.get("side"),
-                "true_side": t["side"],
+                "true_side": t.get("side"),
             }
         )
     return rows
@@ -730,6 +731,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = score(a.out, a.runs)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    """A line per case and the summary line (Dice, wrong bones, right bones' D100 error, bad results passing)."""
     done = [r for r in rows if not r["missing"]]
     for r in rows:
         if r["missing"]:

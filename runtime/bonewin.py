@@ -17,7 +17,7 @@ Everything here is numpy and OpenCV: ``export.bonewin`` imports it, so training 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ CONTEXT = (-4, -2, 0, 2, 4)  # model slices (0.246 mm) around the slice predicte
 PRIOR_SIGMA_MM = 1.0
 DENSITY_UNIT = 1000.0  # mg HA/cm³ per unit of network input
 EXTEND_MM = 4.0  # slices predicted beyond the identified region's ends (its joint estimate may be short)
+GROW_MM = 12.0  # ... and at most this much further where the mask reaches the window's end (``predict``)
+GROW_FRACTION = 0.15  # ... holding this share of its largest cross-section there (a dome's tip holds less)
 CHANNELS = len(CONTEXT) + 1
 
 #: The model grid the window is cut from: millimetre-isotropic, hand box, stored units (no normalisation).
@@ -126,15 +128,31 @@ def predict(vol: np.ndarray, region: np.ndarray, infer, batch_size: int = 32) ->
     """MC2 probabilities on the model grid from a volume in network units and the identified region (both
     the cropped model grid): the window over the region, every slice of it through ``infer`` (any
     callable ``(b, CHANNELS, size, size) -> (b, 1, size, size)``, a backend's or a torch module's).
-    ``batch_size`` slices go through at once (the backend's ``batch_for``: fewer on the CPU)."""
-    win = place(region, int(round(EXTEND_MM / GRID.spacing_mm)))
+    ``batch_size`` slices go through at once (the backend's ``batch_for``: fewer on the CPU).
+
+    Where the mask still holds a good part of the bone at the window's last slice (``GROW_FRACTION`` of its
+    largest cross-section: a head that the region ended short of, an erosion in the way of its tracking),
+    the window grows distally by ``EXTEND_MM`` at a time, up to ``GROW_MM`` (the slices whose context the old
+    end clipped are predicted again); the joint is cut from the mask's own profile after (``pipeline``)."""
+    ext = int(round(EXTEND_MM / GRID.spacing_mm))
+    win = place(region, ext)
     air = float(np.percentile(vol[:, ::8, ::8], 1)) if vol.size else 0.0
-    image = cut(vol[win.z0 : win.z1], win, air)
-    pri = prior(cut(region[win.z0 : win.z1], win, False))
-    out = np.empty(image.shape, np.float32)
-    for a in range(0, image.shape[0], batch_size):
-        ks = range(a, min(a + batch_size, image.shape[0]))
-        out[a : a + len(ks)] = np.asarray(infer(batch(image, pri, ks)), dtype=np.float32)[:, 0]
+    out = np.empty((0, win.size, win.size), np.float32)
+    done, limit = 0, min(vol.shape[0], win.z1 + int(round(GROW_MM / GRID.spacing_mm)))
+    while True:
+        image = cut(vol[win.z0 : win.z1], win, air)
+        pri = prior(cut(region[win.z0 : win.z1], win, False))
+        keep = max(0, done - max(CONTEXT))  # the slices predicted before whose context reached the old end
+        new = np.empty((image.shape[0] - keep,) + image.shape[1:], np.float32)
+        for a in range(keep, image.shape[0], batch_size):
+            ks = range(a, min(a + batch_size, image.shape[0]))
+            new[a - keep : a - keep + len(ks)] = np.asarray(infer(batch(image, pri, ks)), dtype=np.float32)[:, 0]
+        out = np.concatenate([out[:keep], new])
+        done = out.shape[0]
+        area = (out > 0.5).sum(axis=(1, 2))
+        if win.z1 >= limit or not area.any() or area[-1] < GROW_FRACTION * area.max():
+            break
+        win = replace(win, z1=min(limit, win.z1 + ext))
     return paste(out, win, vol.shape), win
 
 

@@ -147,7 +147,7 @@ def reduce2(vol: np.ndarray) -> np.ndarray:
 def _tissue_cortex(coarse: np.ndarray) -> tuple[float, float] | None:
     """The hand's soft tissue and cortex levels (network units, ``classical.hand_levels``) on a dozen slices;
     None when nothing stands out of the air."""
-    return classical.hand_levels(coarse[:: max(1, coarse.shape[0] // 12)].ravel())
+    return classical.hand_levels(coarse[:: max(1, coarse.shape[0] // 12)])
 
 
 def _levels(coarse: np.ndarray, p=PARAMS) -> tuple[float, float]:

@@ -284,7 +284,7 @@ def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spaci
     if view.size == 0:
         return None
     mask = largest_component(view > threshold)
-    end = joint_end(mask.sum(axis=(1, 2)), spacing_mm)
+    end = joint_end(mask.sum(axis=(1, 2)), spacing_mm, tip=True)
     if end is None:
         return None
     tip = classical.dome_tip(fill_holes_slicewise(mask), mask, end, spacing_mm)  # a dark joint space parts them

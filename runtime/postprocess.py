@@ -160,9 +160,11 @@ CUP_RISE = 1.15  # ... that grows again by this factor within CUP_MM has taken i
 CUP_MM = 3.0
 CUP_FLOOR = 0.45  # ... and the smallest cross-section there is still this share of the largest (a cup
 #                  around the dome, not a mask that fell apart)
+RIM_RISE = 0.5  # or (``tip``) the mask grows again to this share of the largest: across the joint space onto
+#                 the phalanx's base
 
 
-def joint_end(area: np.ndarray, spacing_mm: float) -> int | None:
+def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False) -> int | None:
     """Where a mask that ran on past MC2's head into the base of the proximal phalanx should end: the first
     slice of the phalanx, or None when the profile shows no joint.
 
@@ -175,6 +177,12 @@ def joint_end(area: np.ndarray, spacing_mm: float) -> int | None:
     (up to 2.5 mm of the head), is followed on past it by the callers (``classical.dome_tip``). A short dip (a
     few slices the network marked badly) or a mask that fell apart (under ``CUP_FLOOR`` of the largest) is no
     joint.
+
+    With ``tip`` (a network's mask, which follows the dome towards its tip rather than the cup's outline), a
+    dome that narrows below ``CUP_FLOOR`` and then grows again within ``CUP_MM`` (by ``CUP_RISE``) to over
+    ``RIM_RISE`` of the largest has run on across the joint space onto the phalanx's base (bridged by the
+    joint's blur, or a flexed finger's base beside the head's end): it ends after the narrowest slice (of
+    the profile as it is, not smoothed).
     """
     a = ndimage.uniform_filter1d(np.asarray(area, dtype=np.float64), 3, mode="nearest")
     n, look, dome = a.size, max(1, int(round(CUP_MM / spacing_mm))), DOME_MM / spacing_mm
@@ -190,8 +198,12 @@ def joint_end(area: np.ndarray, spacing_mm: float) -> int | None:
                 m += 1
             after = a[m + 1 : m + 1 + look]
             low = float(a[k : m + 1].min())
-            if after.size and after.max() > CUP_RISE * a[m] and low >= CUP_FLOOR * peak and m - top >= dome:
-                return m + 1
+            if after.size and after.max() > CUP_RISE * a[m] and m - top >= dome:
+                if low >= CUP_FLOOR * peak:
+                    return m + 1
+                if tip and after.max() > RIM_RISE * peak:
+                    raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
+                    return max(m - 1, 0) + int(np.argmin(raw)) + 1
             k = m + 1
             while k < n and a[k] < DOME_FRACTION * peak:  # no dome there: on to where the mask is whole again
                 k += 1

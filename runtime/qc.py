@@ -421,7 +421,7 @@ def compartment_reasons(facts: dict | None, limits: Limits = LIMITS) -> list[str
     if absent > limits.absent_cortex_fraction:
         reasons.append(f"no cortex found on {absent:.0%} of the slices")
     solid = facts.get("no_trabecular_fraction", 0.0)
-    if solid > limits.solid_fraction or facts.get("max_thickness_to_radius", 0.0) >= 1.0:
+    if solid > limits.solid_fraction:  # one odd slice (``max_thickness_to_radius``, recorded) is no reason
         reasons.append(
             f"the cortex is as thick as the bone's radius (no trabecular region) on {solid:.0%} of the slices"
         )

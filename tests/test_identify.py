@@ -593,3 +593,25 @@ def test_identification_of_a_phantom_gives_the_other_bones_apart_from_mc2():
     others = identify.expand2(idt.others, vol.shape)
     assert (others & t).sum() < 0.002 * t.sum()  # MC2's own voxels are not another bone's
     assert others.sum() > t.sum()  # its neighbours are
+
+
+def test_a_metal_ring_does_not_hide_the_bones():
+    """A ring on a finger (thousands of mg HA/cm³) in a few slices: the levels that the bone thresholds are
+    drawn from leave those slices out (``classical.hand_levels``), so MC2 is found as without the ring, by
+    the identification stage and by the classical contour's thresholds; before, the ring set the cortex
+    level and the scan was refused as holding no metacarpal."""
+    p = phantom.sample_case(3, "small")
+    scan, truth = phantom.render_case(p)
+    spacing = (p.voxel_mm,) * 3
+    ringed = scan.copy()
+    zs = slice(scan.shape[0] - 20, scan.shape[0] - 4)  # distal slices, round a finger beside MC2's
+    yy, xx = np.mgrid[: scan.shape[1], : scan.shape[2]]
+    cy, cx = scan.shape[1] * 0.5, scan.shape[2] * 0.75
+    band = np.abs(np.hypot(yy - cy, xx - cx) - 14) < 4
+    ringed[zs][:, band] = min(p.cal.stored(5000.0), np.iinfo(scan.dtype).max)  # steel saturates
+    want_levels = classical.thresholds(scan, spacing, p.cal)
+    assert classical.thresholds(ringed, spacing, p.cal) == pytest.approx(want_levels, rel=0.05)
+    got = identify.identify(_grid(ringed, spacing, p.cal)[0], bonewin.GRID.spacing_mm)
+    vol, geo = _grid(scan, spacing, p.cal)
+    want = identify.identify(vol, bonewin.GRID.spacing_mm)
+    assert _on_truth(got, truth, geo) > 0.7 and (got.region == want.region).mean() > 0.99

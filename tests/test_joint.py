@@ -40,6 +40,22 @@ def test_no_joint_no_cut(area):
     assert joint_end(area, MM) is None
 
 
+TIP = np.linspace(90, 20, 8)  # the dome narrows to its tip
+RIM = np.full(10, 120.0)  # past the joint space, the phalanx's base (bridged by blur, or a flexed finger's)
+
+
+def test_a_network_mask_that_runs_past_the_tip_onto_the_phalanx_ends_after_the_tip():
+    """``joint_end(tip=True)``: a dome narrowed to its tip, then the mask grows again to over half the
+    largest cross-section (the phalanx's base across the joint space) ends after the tip's narrowest slice;
+    without ``tip`` (a tracked region, whose cup holds the dome) that profile is no joint."""
+    area = _profile(SHAFT_HEAD, DOME, TIP, RIM)
+    assert joint_end(area, MM, tip=True) == SHAFT_HEAD.size + DOME.size + TIP.size
+    assert joint_end(area, MM) is None
+    assert joint_end(_profile(SHAFT_HEAD, DOME, TIP, np.zeros(10)), MM, tip=True) is None  # the tip in view
+    assert joint_end(_profile(SHAFT_HEAD, DOME, TIP, np.full(10, 60.0)), MM, tip=True) is None  # a small piece
+    assert joint_end(_profile(SHAFT_HEAD, [140, 100, 95, 100, 140], RIM), MM, tip=True) is None  # a short dip
+
+
 def _disc_volume(radii, shape=(200, 200)):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     d = np.hypot(yy - 100, xx - 100)
@@ -186,3 +202,34 @@ def test_the_network_tip_is_the_dome_its_mask_parts_from_the_cup():
     n = int(kept.any(axis=(1, 2)).sum())
     assert n >= 2 and not kept[n:].any() and end - 5 + n >= 35  # to the tip's last slice but one (the floor)
     np.testing.assert_array_equal(kept[:n], head[end - 5 : end - 5 + n])
+
+
+def test_the_window_grows_while_the_mask_reaches_its_end():
+    """``bonewin.predict``: a head that runs on past the identified region's end (an erosion stopped its
+    tracking) is predicted to its end: the window grows by ``EXTEND_MM`` while the mask's last slice holds a
+    good part of the bone, and the slices whose context the old end clipped are predicted again (a network
+    that needs its neighbours above and below sees them)."""
+    grid = (120, 60, 60)
+    z = np.arange(grid[0], dtype=np.float32)[:, None, None]
+    bone = np.zeros(grid, np.float32)
+    bone[:90, 20:40, 20:40] = 1.0  # the bone ends at slice 90
+    bone *= 1.0 + z / 1000  # each slice's own value: a clipped context slice shows
+    region = np.zeros(grid, bool)
+    region[:30, 20:40, 20:40] = True  # the region ended early
+    centre, ahead = bonewin.CONTEXT.index(0), bonewin.CONTEXT.index(max(bonewin.CONTEXT))
+    step = max(bonewin.CONTEXT) / 1000
+
+    def infer(x):  # bone where the slice and its last context slice are (0.7; 0.6 where that was clipped)
+        c, a = x[:, centre], x[:, ahead]
+        out = np.where(np.abs(a - c - step) < 1e-4, 0.7, 0.6) * ((c > 0.5) & (a > 0.5))
+        return out.astype(np.float32)[:, None]
+
+    prob, win = bonewin.predict(bone, region, infer)
+    got = np.flatnonzero((prob > 0.5).any(axis=(1, 2)))
+    assert got[0] == 0 and got[-1] == 90 - 1 - max(bonewin.CONTEXT)  # to the bone's end
+    assert set(np.unique(prob[prob > 0])) == {np.float32(0.7)}  # every slice with its whole context
+    assert win.z1 < grid[0]  # it stopped growing where the mask ended
+    short = bone.copy()
+    short[40:] = 0  # a bone that ends within the first window: no growth
+    _, w = bonewin.predict(short, region, infer)
+    assert w.z1 == 30 + int(round(bonewin.EXTEND_MM / bonewin.GRID.spacing_mm))

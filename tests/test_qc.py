@@ -168,3 +168,11 @@ def test_a_barely_working_network_is_flagged(phantoms):
     # (that the runtime imports without torch: test_lint.test_no_lean_module_imports_torch_tensorrt_or_dask)
     assert any("classical baseline" in r for r in v["reasons"]), v["reasons"]
     assert any("not solid" in r for r in v["reasons"]), v["reasons"]
+
+
+def test_one_solid_slice_is_no_review_reason():
+    """A cortex as thick as the radius on one slice (a cap, an odd slice) is recorded, not a reason: only on
+    over ``solid_fraction`` of the wide slices."""
+    facts = {"wide_slices": 40, "no_trabecular_fraction": 0.025, "max_thickness_to_radius": 1.3, "voxel_mm": 0.082}
+    assert qc.compartment_reasons(facts) == []
+    assert any("as thick as" in r for r in qc.compartment_reasons({**facts, "no_trabecular_fraction": 0.2}))
