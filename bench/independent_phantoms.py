@@ -569,23 +569,9 @@ def build(i, traits, out: Path):
         truth = truth[::-1].copy()
     # --- files
     out.mkdir(parents=True, exist_ok=True)
-    ln = proclog.field_line
-    rows = [
-        "!",
-        "! alien_gen phantom (independent generator)",
-        "!",
-        proclog.SEPARATOR,
-        ln("Created by", "alien_gen 0.1"),
-        ln("Original Creation-Date", "01-JAN-2024 12:00:00.00"),
-        ln("Orig-ISQ-Dim-p", f"{n} {n} {nz}"),
-        ln("Mu_Scaling", int(cal.mu_scaling)),
-        ln("Density: unit", "mg HA/ccm"),
-        ln("Density: slope", f"{cal.slope:.5f}"),
-        ln("Density: intercept", f"{cal.intercept:.5f}"),
-        ln("HU: mu water", f"{cal.mu_water:.5f}"),
-    ]
+    rows = log_rows("alien_gen phantom (independent generator)", "alien_gen 0.1", "01-JAN-2024", (n, n, nz), cal)
     if case["log_side"]:
-        rows.append(ln("Measured hand", case["side"]))
+        rows.append(proclog.field_line("Measured hand", case["side"]))
     rows.append(proclog.SEPARATOR)
     hdr = AimHeader(
         version=case["version"],
@@ -667,6 +653,25 @@ def finalize_traits():
         t.pop("edge", None)
         out[i] = t
     return out
+
+
+def log_rows(title: str, creator: str, date: str, dims, cal) -> list[str]:
+    """A Scanco-style processing log's header and calibration lines for a phantom (no closing separator)."""
+    ln = proclog.field_line
+    return [
+        "!",
+        f"! {title}",
+        "!",
+        proclog.SEPARATOR,
+        ln("Created by", creator),
+        ln("Original Creation-Date", f"{date} 12:00:00.00"),
+        ln("Orig-ISQ-Dim-p", " ".join(str(d) for d in dims)),
+        ln("Mu_Scaling", int(cal.mu_scaling)),
+        ln("Density: unit", "mg HA/ccm"),
+        ln("Density: slope", f"{cal.slope:.5f}"),
+        ln("Density: intercept", f"{cal.intercept:.5f}"),
+        ln("HU: mu water", f"{cal.mu_water:.5f}"),
+    ]
 
 
 def score(cases: Path, runs: Path, pattern: str = "ALIEN_*.truth.json") -> list[dict]:

@@ -630,22 +630,10 @@ def make_case(name, outdir: Path, seed=None):
     del mu
     # ---- files
     outdir.mkdir(parents=True, exist_ok=True)
-    ln = proclog.field_line
-    rows = [
-        "!",
-        "! third_phantoms (an independent generator)",
-        "!",
-        proclog.SEPARATOR,
-        ln("Created by", "gen3 0.1"),
-        ln("Original Creation-Date", "05-DEC-2026 12:00:00.00"),
-        ln("Orig-ISQ-Dim-p", f"{n_xy} {n_xy} {n_z}"),
-        ln("Mu_Scaling", int(cal.mu_scaling)),
-        ln("Density: unit", "mg HA/ccm"),
-        ln("Density: slope", f"{cal.slope:.5f}"),
-        ln("Density: intercept", f"{cal.intercept:.5f}"),
-        ln("HU: mu water", f"{cal.mu_water:.5f}"),
-        proclog.SEPARATOR,
-    ]
+    from vbmd_rt.bench.independent_phantoms import log_rows
+
+    rows = log_rows("third_phantoms (an independent generator)", "gen3 0.1", "05-DEC-2026", (n_xy, n_xy, n_z), cal)
+    rows.append(proclog.SEPARATOR)
     hdr = AimHeader(
         version=sp["version"],
         type_code=0x00020002,

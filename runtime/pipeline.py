@@ -269,22 +269,29 @@ def one_bone(
     joint's model slice (or None) and, with ``keep``, the window's probabilities as they were before the
     other bones were taken off (QC's confidence limit was set on the network's own; None where nothing was
     taken off)."""
-    end = trim_at_joint(prob, win, threshold, spacing_mm)
+    zs = np.flatnonzero(idt.region.any(axis=(1, 2)))
+    end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
     raw = win.of(prob).copy() if keep and idt.others is not None else None
     bonewin.exclude(prob, win, idt.others)
     return end, raw
 
 
-def trim_at_joint(prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float) -> int | None:
+def trim_at_joint(
+    prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float, region_end: int | None = None
+) -> int | None:
     """The network's MC2 ended where its mask's profile shows the joint (``postprocess.joint_end``): the
     slices beyond it are zeroed in ``prob`` (in place), but for the tip of the head's dome that the cup holds
     (``classical.dome_tip`` of the mask, which takes in the cup there). Returns the joint's model slice (where
-    the cut is; the tip's slices follow it), or None."""
+    the cut is; the tip's slices follow it), or None. ``region_end``: the identified region's end (model
+    slice, exclusive): a mask that ran past the dome's tip onto the phalanx is cut there only from
+    ``bonewin.EXTEND_MM`` before it on (a dip further back is the head falling apart, not its tip)."""
     view = win.of(prob)
     if view.size == 0:
         return None
     mask = largest_component(view > threshold)
-    end = joint_end(mask.sum(axis=(1, 2)), spacing_mm, tip=True)
+    back = int(round(bonewin.EXTEND_MM / spacing_mm))
+    tip_from = 0 if region_end is None else max(0, region_end - win.z0 - back)
+    end = joint_end(mask.sum(axis=(1, 2)), spacing_mm, tip=True, tip_from=tip_from)
     if end is None:
         return None
     tip = classical.dome_tip(fill_holes_slicewise(mask), mask, end, spacing_mm)  # a dark joint space parts them

@@ -164,7 +164,7 @@ RIM_RISE = 0.5  # or (``tip``) the mask grows again to this share of the largest
 #                 the phalanx's base
 
 
-def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False) -> int | None:
+def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False, tip_from: int = 0) -> int | None:
     """Where a mask that ran on past MC2's head into the base of the proximal phalanx should end: the first
     slice of the phalanx, or None when the profile shows no joint.
 
@@ -182,7 +182,9 @@ def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False) -> int | N
     dome that narrows below ``CUP_FLOOR`` and then grows again within ``CUP_MM`` (by ``CUP_RISE``) to over
     ``RIM_RISE`` of the largest has run on across the joint space onto the phalanx's base (bridged by the
     joint's blur, or a flexed finger's base beside the head's end): it ends after the narrowest slice (of
-    the profile as it is, not smoothed).
+    the profile as it is, not smoothed), where that slice lies at ``tip_from`` or beyond (the caller's
+    estimate of where the head may end: a mask that fell apart in the middle of the head, an erosion, is no
+    tip).
     """
     a = ndimage.uniform_filter1d(np.asarray(area, dtype=np.float64), 3, mode="nearest")
     n, look, dome = a.size, max(1, int(round(CUP_MM / spacing_mm))), DOME_MM / spacing_mm
@@ -201,7 +203,7 @@ def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False) -> int | N
             if after.size and after.max() > CUP_RISE * a[m] and m - top >= dome:
                 if low >= CUP_FLOOR * peak:
                     return m + 1
-                if tip and after.max() > RIM_RISE * peak:
+                if tip and m >= tip_from and after.max() > RIM_RISE * peak:
                     raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
                     return max(m - 1, 0) + int(np.argmin(raw)) + 1
             k = m + 1

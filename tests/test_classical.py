@@ -183,3 +183,22 @@ def test_the_contour_ends_at_the_joint_not_at_a_dip_of_its_cortex():
     tip = np.concatenate([shaft, np.linspace(100, 5, 30), np.zeros(5)])  # a dome to a point
     assert bone_end(tip, 0.082, tail=None, cup=False) == 95
     assert bone_end(tip, 0.082) < 90  # the identification stage's sliver rule would cut it
+
+
+def test_the_hand_levels_leave_out_a_slice_of_metal_only():
+    """``classical.hand_levels``: a slice through a steel ring is left out (its brightest values stand far
+    above every bone slice's), and a shaft's thick cortex beside the heads' thin one is no metal."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+
+    def hand(cortex: float, metal: float = 0.0) -> np.ndarray:
+        s = np.where(np.hypot(yy - 32, xx - 32) < 28, 50.0, -900.0) + rng.normal(0, 10, (64, 64))
+        s[np.abs(np.hypot(yy - 32, xx - 24) - 5) < 1.5] = cortex
+        if metal:
+            s[np.abs(np.hypot(yy - 32, xx - 44) - 5) < 1.0] = metal
+        return s
+
+    bones = [hand(1000.0), hand(600.0), hand(1100.0), hand(650.0)]
+    want = classical.hand_levels(bones)
+    assert want is not None and 900 < want[1] <= 1100
+    assert classical.hand_levels([*bones, hand(650.0, metal=5000.0)]) == pytest.approx(want, rel=0.05)

@@ -555,7 +555,9 @@ def test_the_joint_is_found_before_the_other_bones_are_taken_off():
     phalanx = np.zeros(grid, bool)
     phalanx[24:][:, r >= 15.5] = True  # the cup's rim: another instance
     others = phalanx[::2, ::2, ::2].copy()
-    idt = SimpleNamespace(others=others)
+    region = np.zeros(grid, bool)
+    region[:26] = prob[:26] > 0  # the identified region ran on to the cup
+    idt = SimpleNamespace(others=others, region=region)
 
     first = prob.copy()  # the other order: taken off first, the profile shows no cup
     bonewin.exclude(first, win, others)
@@ -569,7 +571,8 @@ def test_the_joint_is_found_before_the_other_bones_are_taken_off():
     assert (raw[:end] == kept[:end]).all() and (raw[end:][tip] == kept[end:][tip]).all()  # before the exclusion
     assert not prob[end:][~tip].any()
     assert not prob[identify.expand2(others, grid)].any()
-    assert pipeline.one_bone(kept.copy(), win, SimpleNamespace(others=None), 0.5, spacing, keep=True)[1] is None
+    alone = SimpleNamespace(others=None, region=region)
+    assert pipeline.one_bone(kept.copy(), win, alone, 0.5, spacing, keep=True)[1] is None
 
 
 def test_irregular_instances_bound_nothing(monkeypatch):

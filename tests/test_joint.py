@@ -54,6 +54,25 @@ def test_a_network_mask_that_runs_past_the_tip_onto_the_phalanx_ends_after_the_t
     assert joint_end(_profile(SHAFT_HEAD, DOME, TIP, np.zeros(10)), MM, tip=True) is None  # the tip in view
     assert joint_end(_profile(SHAFT_HEAD, DOME, TIP, np.full(10, 60.0)), MM, tip=True) is None  # a small piece
     assert joint_end(_profile(SHAFT_HEAD, [140, 100, 95, 100, 140], RIM), MM, tip=True) is None  # a short dip
+    # a tip is where the head may end (``tip_from``: the identified region's end less 4 mm, ``trim_at_joint``)
+    assert joint_end(area, MM, tip=True, tip_from=SHAFT_HEAD.size + DOME.size + TIP.size) is None
+
+
+def test_a_head_that_falls_apart_before_its_end_is_not_cut_there():
+    """A network mask that falls to a third of the head's cross-section for a millimetre (an erosion) and
+    comes back before the head's real dome: no tip there, where the identified region runs on past it
+    (``trim_at_joint``'s ``region_end``); without the region's end it would be taken for the tip."""
+    area = _profile(
+        SHAFT_HEAD, np.linspace(140, 50, 8), np.full(3, 50.0), np.linspace(60, 135, 4), np.full(10, 135.0), DOME, TIP
+    )
+    radii = np.sqrt(area / np.pi) / MM
+    prob = np.zeros((area.size + 10, 200, 200), np.float32)
+    prob[5 : 5 + area.size] = _disc_volume(radii) * 0.9
+    win = bonewin.Window(20, 20, 5, 5 + area.size)
+    before = prob.copy()
+    assert trim_at_joint(prob, win, 0.5, MM, region_end=5 + area.size - TIP.size) is None
+    np.testing.assert_array_equal(prob, before)
+    assert trim_at_joint(prob, win, 0.5, MM) is not None  # where the region's end is not known
 
 
 def _disc_volume(radii, shape=(200, 200)):
