@@ -126,6 +126,16 @@ def paint(mask, grid, hand, centre_h, axes_h, semi):
     mask[sl] |= acc < 1.0
 
 
+def solid(beads, grid, hand) -> tuple[np.ndarray, np.ndarray]:
+    """A bone's outer (periosteal) and inner (endosteal) solids on ``grid``: its bead chain ``beads(inner)``
+    painted with and without the cortex's thickness taken off."""
+    outer, inner = np.zeros(grid.shape, bool), np.zeros(grid.shape, bool)
+    for out, shrink in ((outer, False), (inner, True)):
+        for c, A, s in beads(shrink):
+            paint(out, grid, hand, c, A, s)
+    return outer, inner
+
+
 def smoothstep(x):
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3 - 2 * x)
@@ -383,12 +393,7 @@ def make_case(name, outdir: Path, seed=None):
     # ---- solids
     outer, inner = {}, {}
     for b in bones:
-        o = np.zeros(shape, bool)
-        i_ = np.zeros(shape, bool)
-        for c, A, s in b.beads(False):
-            paint(o, grid, hand, c, A, s)
-        for c, A, s in b.beads(True):
-            paint(i_, grid, hand, c, A, s)
+        o, i_ = solid(b.beads, grid, hand)
         outer[b.name], inner[b.name] = o, i_ & ndimage.binary_erosion(o)
     mc2 = next(b for b in bones if b.name == "MC2")
     traits = {}
@@ -445,12 +450,7 @@ def make_case(name, outdir: Path, seed=None):
         mc_all |= outer[b.name]
     phal_o, phal_i = {}, {}
     for b in bones:
-        po = np.zeros(shape, bool)
-        pi = np.zeros(shape, bool)
-        for c, A, s in b.phalanx_beads(False):
-            paint(po, grid, hand, c, A, s)
-        for c, A, s in b.phalanx_beads(True):
-            paint(pi, grid, hand, c, A, s)
+        po, pi = solid(b.phalanx_beads, grid, hand)
         if not po.any():
             continue
         g = b.k["gap"]

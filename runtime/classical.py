@@ -360,6 +360,12 @@ def dome_tip(region: np.ndarray, bone: np.ndarray, end: int, spacing_mm: float, 
     return np.stack(out) if out else empty
 
 
+def with_tip(mask: np.ndarray, end: int, tip: np.ndarray) -> None:
+    """A bool mask (z y x, in place) cut at slice ``end``, but for the dome's tip past it (``dome_tip``)."""
+    mask[end + len(tip) :] = False
+    mask[end : end + len(tip)] = tip
+
+
 def _dome_slice(here: np.ndarray, bone: np.ndarray, prev: np.ndarray, p: Params) -> np.ndarray | None:
     """The dome's cross-section in one slice past the cut, as the image shows it (``dome_tip``), from the tracked
     region ``here``, the bone mask and the dome's cross-section ``prev`` in the slice before; None where the
@@ -453,8 +459,7 @@ def _segment(data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, 
     end = bone_end(mine.sum(axis=(1, 2)), float(spacing_zyx[0]), p, tail=None, cup=False)
     tip = dome_tip(mine, bone, end, float(spacing_zyx[0]), p)
     del bone
-    mine[end:] = False
-    mine[end : end + len(tip)] = tip
+    with_tip(mine, end, tip)
     mine = mine.astype(np.uint8)
     sl = ndimage.find_objects(mine)[0]
     pad = 2 * factor + 2

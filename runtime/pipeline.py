@@ -139,8 +139,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             if end is not None and info["box"] is not None:  # its tracking took in the phalanx's cup
                 tip = classical.dome_tip(fill_holes_slicewise(on_grid), on_grid, end, float(grid.spacing_mm))
                 keep_tip(mask, info["box"], tip, end, geometry)
-                on_grid[end + len(tip) :] = False
-                on_grid[end : end + len(tip)] = tip
+                classical.with_tip(on_grid, end, tip)
                 info["joint_cut_slice"] = end
     else:
         with timer("inference"):
