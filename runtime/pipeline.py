@@ -15,7 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from vbmd_rt import __version__
-from vbmd_rt.runtime import bonewin, classical, compartments, identify, measure, preprocess, qc, report, resources
+from vbmd_rt.runtime import (
+    bonewin,
+    classical,
+    compartments,
+    edges,
+    identify,
+    measure,
+    preprocess,
+    qc,
+    report,
+    resources,
+)
 from vbmd_rt.runtime.errors import CalibrationError, VbmdInputError
 from vbmd_rt.runtime.inference.base import Backend, InputShapeError
 from vbmd_rt.runtime.inference.window import sliding_window
@@ -221,11 +232,11 @@ def second_reading(vol: np.ndarray, idt, on_grid: np.ndarray, backend, spacing_m
         theirs = largest_component(prob > model.threshold)
     except Exception as e:  # noqa: BLE001 - any failure of the aid leaves the classical result and its QC
         return {"reader": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
-    return {
-        "reader": name,
-        "onnx_sha256": net.onnx_sha256,
-        "dice_with_network": round(measure.dice(on_grid, theirs), 4),
-    }
+    out = {"reader": name, "onnx_sha256": net.onnx_sha256, "dice_with_network": round(measure.dice(on_grid, theirs), 4)}
+    if on_grid.any() and theirs.any():  # ``vol`` is calibrated density / DENSITY_UNIT (the classical model needs it)
+        diff = float(vol[on_grid].mean(dtype=np.float64) - vol[theirs].mean(dtype=np.float64))
+        out["d100_difference_mg_ha_cm3"] = round(diff * bonewin.DENSITY_UNIT, 2)
+    return out
 
 
 def cut_native(mask: np.ndarray, box, end: int, scale_z: float) -> int:
@@ -357,6 +368,12 @@ def analyse(
         path=path,
         log=log,
     )
+    if not info["empty"] and (model.classical or model.card.arch.bone_window):
+        with timer("postprocess"):  # the outline on the half level where the scan resolves the edge
+            edge = edges.snap(data, mask, info.get("box"))
+        if edge is not None:
+            info["box"] = edge.pop("box", info.get("box"))
+            info["edge"] = edge
     if info.get("rejected"):
         warnings.append(
             f"the network's output is not brighter than its surroundings (contrast {info['contrast']:.2f}):"
@@ -666,7 +683,8 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
 
             # Separate files, side by side; char masks (full-size arrays each) one after the other.
             each(lambda write: write(), (seg, compartment_masks, picture), 1 if options.mask_format == "char" else None)
-            rec.mask = {**done["seg"], "voxels": m["voxels"], "compartments": done["compartments"]}
+            edge = {"edge": info["edge"]} if info.get("edge") else {}  # how its outline was set (runtime.edges)
+            rec.mask = {**done["seg"], "voxels": m["voxels"], **edge, "compartments": done["compartments"]}
             png = done["png"]
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)

@@ -437,6 +437,13 @@ _CHECKS = (
         "reading_dice",
         ">=",
     ),
+    (
+        "second_reading",
+        "d100_difference_mg_ha_cm3",
+        "D100 minus the bundled network's on the same bone (mg HA/cm³)",
+        "reading_d100_mg",
+        "±",
+    ),
     ("baseline", "dice", "agreement with the classical baseline on the same bone (Dice)", "baseline_dice", ">="),
     ("baseline", "d100_difference_mg_ha_cm3", "D100 minus the baseline's (mg HA/cm³)", "baseline_d100_mg", "±"),
     ("baseline", "row_end", "the bone is at an end of the metacarpal row (MC2 or MC5)", None, "yes"),

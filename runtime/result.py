@@ -92,7 +92,11 @@ class Record:
             model=model,
             calibration=calibration_record(calibration),
             scan={**scan_record(path, scan), "fingerprint": fingerprint} if scan is not None else {},
-            mask={"file": mask_file, "voxels": measures["voxels"]},
+            mask={
+                "file": mask_file,
+                "voxels": measures["voxels"],
+                **({"edge": info["edge"]} if info.get("edge") else {}),
+            },
             compartments=compartments,
             qc=info.get("qc", {}),
             warnings=warnings,

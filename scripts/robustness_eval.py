@@ -65,6 +65,9 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
             "bones": fam.get("bones"),
             "seconds": r.timings_s["total"],
             "qc_seconds": r.timings_s.get("qc", 0.0),
+            "edge": (r.record.mask.get("edge") if r.record is not None else None),
+            "second_reading": {k: v for k, v in (r.qc.get("second_reading") or {}).items() if k != "onnx_sha256"}
+            or None,
             **distal_end(r.mask, gt, float(scan.spacing_zyx[0])),
             **boundary_errors(r.mask, gt, scan.data, scan.calibration),
         }
@@ -159,10 +162,24 @@ def summary(rows: list[dict]) -> dict:
         "right_bone_fraction": round(1 - len(other_bone) / len(rows), 4),
         "other_bone_flagged": f"{sum(r['qc'] == 'review' for r in other_bone)} of {len(other_bone)}",
         "good_flagged_fraction": round(sum(r["qc"] == "review" for r in good) / max(1, len(good)), 4),
+        # QC judged by the number, not the Dice: a right number (Dice >= 0.90 and D100 within issue 19's 5 mg
+        # HA/cm³) flagged, and the D100 errors that pass
+        **_numbers(rows),
         "wrong_bone_cases": len(wrong),
         "wrong_bone_flagged": sum(r["wrong_bone_qc"] == "review" for r in wrong),
         "seconds_median": round(float(np.median([r["seconds"] for r in rows])), 3),
         "qc_seconds_median": round(float(np.median([r["qc_seconds"] for r in rows])), 3),
+    }
+
+
+def _numbers(rows: list[dict]) -> dict:
+    scored = [r for r in rows if r["d100_error"] is not None]
+    right = [r for r in scored if r["dice"] >= 0.90 and abs(r["d100_error"]) <= 5.0]
+    passing = [abs(r["d100_error"]) for r in scored if r["qc"] == "pass"]
+    return {
+        "right_number_flagged": f"{sum(r['qc'] == 'review' for r in right)} of {len(right)}",
+        "passing_d100_max_abs_error": round(max(passing), 2) if passing else None,
+        "passing_d100_over_10": sum(e > 10.0 for e in passing),
     }
 
 

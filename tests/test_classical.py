@@ -86,7 +86,14 @@ def test_run_with_the_classical_model(cases, tmp_path):
     # QC's second reading: the bundled network's mask of the same bone agrees with a good classical contour
     second = res["qc"]["second_reading"]
     assert second["dice_with_network"] >= qc.LIMITS.reading_dice, second
-    assert not any("disagree" in r for r in res["qc"]["reasons"])
+    assert not any("disagree" in r or "differs from the network" in r for r in res["qc"]["reasons"])
+    # ... and its D100 on the model grid (the small phantom's own grid): what the two results' D100s differ by
+    r = cli_here("run", cases / "PHANTOM_0000.AIM", "-o", tmp_path / "net", "-q")
+    assert r.returncode == 0, r.stderr
+    net = json.loads((tmp_path / "net" / "PHANTOM_0000.json").read_text())
+    diff = res["d100_mg_ha_cm3"] - net["d100_mg_ha_cm3"]
+    assert abs(second["d100_difference_mg_ha_cm3"] - diff) < 1.0, (second, diff)
+    assert abs(second["d100_difference_mg_ha_cm3"]) <= qc.LIMITS.reading_d100_mg
     prob = aim.read_aim(tmp_path / "PHANTOM_0000_PROB.AIM")
     assert prob.header.shape == aim.read_header(cases / "PHANTOM_0000.AIM").shape
     assert load_model("classical").classical
@@ -136,6 +143,19 @@ def test_a_second_reading_that_disagrees_is_review():
     assert any("disagree on the same bone (Dice 0.64)" in r for r in v["reasons"]), v["reasons"]
     checks["second_reading"]["dice_with_network"] = 0.93
     assert not any("disagree" in r for r in qc.verdict(checks, {})["reasons"])
+
+
+def test_a_second_reading_of_another_d100_is_review():
+    """Contours that agree in Dice (0.93) can still read D100s far apart: a voxel wide of the bone all round
+    takes soft tissue in. More than ``reading_d100_mg`` apart, one of them is off by more than half of it."""
+    lim = qc.LIMITS.reading_d100_mg
+    checks = {"shape": {}, "second_reading": {"reader": "net", "dice_with_network": 0.93}}
+    for diff, flagged in ((-(lim + 1.0), True), (lim + 1.0, True), (lim - 1.0, False), (0.0, False)):
+        checks["second_reading"]["d100_difference_mg_ha_cm3"] = diff
+        reasons = qc.verdict(checks, {})["reasons"]
+        assert any("differs from the network's reading" in r for r in reasons) == flagged, (diff, reasons)
+    checks["second_reading"]["d100_difference_mg_ha_cm3"] = -21.7
+    assert any("by -22 mg HA/cm³: one of them is off" in r for r in qc.verdict(checks, {})["reasons"])
 
 
 def test_a_second_reading_that_fails_leaves_the_classical_result(cases, tmp_path):
