@@ -149,11 +149,25 @@ def predict(vol: np.ndarray, region: np.ndarray, infer, batch_size: int = 32) ->
             new[a - keep : a - keep + len(ks)] = np.asarray(infer(batch(image, pri, ks)), dtype=np.float32)[:, 0]
         out = np.concatenate([out[:keep], new])
         done = out.shape[0]
-        area = (out > 0.5).sum(axis=(1, 2))
-        if win.z1 >= limit or not area.any() or area[-1] < GROW_FRACTION * area.max():
+        if win.z1 >= limit or not _reaches_end(out > 0.5):
             break
         win = replace(win, z1=min(limit, win.z1 + ext))
     return paste(out, win, vol.shape), win
+
+
+def _reaches_end(mask: np.ndarray) -> bool:
+    """Does the bone's mask (bool, window slices) hold ``GROW_FRACTION`` of its largest cross-section at the
+    window's last slice? Only the largest 3D piece counts (the bone asked for): another bone the network
+    marked there (a neighbour's head, a phalanx) does not grow the window."""
+    area = mask.sum(axis=(1, 2))
+    if not area.any() or area[-1] < GROW_FRACTION * area.max():
+        return False
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        area = (labels == int(np.argmax(sizes))).sum(axis=(1, 2))
+    return bool(area[-1] >= GROW_FRACTION * area.max())
 
 
 def exclude(prob: np.ndarray, win: Window, other: np.ndarray | None) -> None:

@@ -46,6 +46,25 @@ def test_a_sharp_edge_puts_a_voxel_too_many_or_too_few_back_on_the_bone(step):
     assert int(mask[z0:z1, y0:y1, x0:x1].sum()) == int(mask.sum())
 
 
+def test_a_mask_a_voxel_inside_a_thin_sharp_cortex_gains_it_and_keeps_its_marrow():
+    """A cortex one voxel thick round dark marrow, the mask a voxel narrow (its outer shell is marrow): the
+    cortex is added, and the marrow under it stays in (no ring of holes); a dome's last small slice, all
+    outline, is not taken off; a mask written 0/127 stays 0/127."""
+    truth, _ = _disc_stack()
+    rim = truth & ~(_grow(truth, -1) != 0)
+    scan = np.where(rim, 1000.0, np.where(truth, 20.0, 50.0)).astype(np.float32)
+    mask = _grow(truth, -1) * np.uint8(127)
+    tip = np.zeros_like(mask)
+    mask[-1] = 0
+    mask[-1, 31:33, 31:33] = tip[-1, 31:33, 31:33] = 127  # the dome's tip: 2 x 2 voxels of partial volume
+    scan[-1] = 50.0
+    scan[-1, 31:33, 31:33] = 400.0
+    rec = edges.snap(scan, mask, _box(mask))
+    assert rec["snapped"] and rec["sharpness"] <= 1.0, rec
+    assert np.array_equal(mask[:-1] != 0, truth[:-1]), (rec, int(((mask[:-1] != 0) != truth[:-1]).sum()))
+    assert np.array_equal(mask[-1], tip[-1]) and set(np.unique(mask)) == {0, 127}
+
+
 def test_a_blurred_edge_is_left_as_drawn():
     """Blurred over 1.5 voxels (the project's phantoms: 0.8-1.8), the steepest step holds well under
     ``RESOLVED`` of the rise: the mask is not touched, even one voxel wide."""

@@ -252,3 +252,9 @@ def test_the_window_grows_while_the_mask_reaches_its_end():
     short[40:] = 0  # a bone that ends within the first window: no growth
     _, w = bonewin.predict(short, region, infer)
     assert w.z1 == 30 + int(round(bonewin.EXTEND_MM / bonewin.GRID.spacing_mm))
+    # ... nor where another bone, apart from it, is marked at the window's last slice (a neighbour's head):
+    # only the bone asked for (the mask's largest piece) grows the window
+    beside = short.copy()
+    beside[35:70, 45:55, 45:55] = 1.0 + z[35:70] / 1000  # a quarter of the bone's cross-section
+    _, w = bonewin.predict(beside, region, infer)
+    assert w.z1 == 30 + int(round(bonewin.EXTEND_MM / bonewin.GRID.spacing_mm))
