@@ -21,7 +21,8 @@ Blurred edges are left as the model drew them: there the half level of a thin co
 (its blurred peak is lower), and a one-voxel shift costs little.
 
 The shells are in the scan's own voxels. Every scan it was measured on had voxels of 0.18-0.25 mm; at 61
-or 82 µm a scanner's edge spreads over more than one voxel, and the outline is left as drawn.
+or 82 µm a scanner's edge is expected to spread over more than one voxel (sharpness under 0.6), and the
+outline is then left as drawn: not measured here, no such scan of a hand being at hand.
 
 Values are the scan's stored ones (the level is relative: a linear calibration does not move it).
 """
