@@ -713,30 +713,41 @@ def score(cases: Path, runs: Path, pattern: str = "ALIEN_*.truth.json") -> list[
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def command_line(argv: list[str] | None, doc: str, cases_help: str, case_type=str):
+    """The independent generators' command line (this one's and ``third_phantoms``'): ``make OUT [CASE ...]``
+    and ``score OUT RUNS [-o JSON]``; the parsed arguments."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make", help="write the cases (NAME.AIM, NAME_GT.AIM, NAME.truth.json) into OUT")
     mk.add_argument("out", type=Path)
-    mk.add_argument("cases", type=int, nargs="*", help="case numbers (default: all of CASES)")
+    mk.add_argument("cases", type=case_type, nargs="*", help=cases_help)
     sc = sub.add_parser("score", help="compare vbmd-rt's results in RUNS with the truth in OUT")
     sc.add_argument("out", type=Path)
     sc.add_argument("runs", type=Path)
     sc.add_argument("-o", "--json", type=Path, default=None, help="write the rows here")
-    a = ap.parse_args(argv)
-    if a.cmd == "make":
-        traits = finalize_traits()
-        for i in a.cases or list(CASES):
-            tj = build(i, dict(traits[i]), a.out)
-            keys = ("name", "d100_mg_ha_cm3", "slices", "shape_zyx", "mc2_touches_edge", "gen_s")
-            print(json.dumps({k: tj[k] for k in keys}), flush=True)
-        return
-    rows = score(a.out, a.runs)
+    return ap.parse_args(argv)
+
+
+def score_command(a, pattern: str = "ALIEN_*.truth.json") -> None:
+    """``score OUT RUNS [-o JSON]``: the rows (written where asked) and the report."""
+    rows = score(a.out, a.runs, pattern=pattern)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
     report(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = command_line(argv, __doc__, "case numbers (default: all of CASES)", int)
+    if a.cmd == "score":
+        score_command(a)
+        return
+    traits = finalize_traits()
+    for i in a.cases or list(CASES):
+        tj = build(i, dict(traits[i]), a.out)
+        keys = ("name", "d100_mg_ha_cm3", "slices", "shape_zyx", "mc2_touches_edge", "gen_s")
+        print(json.dumps({k: tj[k] for k in keys}), flush=True)
 
 
 def report(rows: list[dict]) -> None:

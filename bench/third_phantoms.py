@@ -670,26 +670,13 @@ def make_case(name, outdir: Path, seed=None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
     import time
 
     from vbmd_rt.bench import independent_phantoms
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    mk = sub.add_parser("make", help="write the cases (NAME.AIM, NAME_GT.AIM, NAME.truth.json) into OUT")
-    mk.add_argument("out", type=Path)
-    mk.add_argument("cases", nargs="*", help="case names (default: every C3_* case)")
-    sc = sub.add_parser("score", help="compare vbmd-rt's results in RUNS with the truth in OUT")
-    sc.add_argument("out", type=Path)
-    sc.add_argument("runs", type=Path)
-    sc.add_argument("-o", "--json", type=Path, default=None, help="write the rows here")
-    a = ap.parse_args(argv)
+    a = independent_phantoms.command_line(argv, __doc__, "case names (default: every C3_* case)")
     if a.cmd == "score":
-        rows = independent_phantoms.score(a.out, a.runs, pattern="C3_*.truth.json")
-        if a.json:
-            a.json.write_text(json.dumps(rows, indent=1) + "\n")
-        independent_phantoms.report(rows)
+        independent_phantoms.score_command(a, pattern="C3_*.truth.json")
         return
     a.out.mkdir(parents=True, exist_ok=True)
     for n in a.cases or [c for c in CASES if not c.startswith("D_")]:

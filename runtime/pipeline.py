@@ -687,8 +687,9 @@ def _process(path, out, model, backend, options, stage, timer, t_start, files, t
 
             # Separate files, side by side; char masks (full-size arrays each) one after the other.
             each(lambda write: write(), (seg, compartment_masks, picture), 1 if options.mask_format == "char" else None)
-            edge = {"edge": info["edge"]} if info.get("edge") else {}  # how its outline was set (runtime.edges)
-            rec.mask = {**done["seg"], "voxels": m["voxels"], **edge, "compartments": done["compartments"]}
+            # the files written, then what the record already says of the mask (voxels, how its outline was set)
+            rec.mask = {**done["seg"], **{k: v for k, v in rec.mask.items() if k != "file"}}
+            rec.mask["compartments"] = done["compartments"]
             png = done["png"]
             if options.save_prob:
                 prob = np.clip(np.rint(info["prob"] * 100), 0, 100).astype(np.uint8)
