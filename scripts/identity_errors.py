@@ -14,7 +14,8 @@ cross-sections, the head's tip) in the same frame and the label under the true M
 phantoms; with ``--remake``, the instances too, from the cached coarse volume: a minute for a thousand on two
 cores) and prints, per group (the folder's name, or ``streamSEED``): MC2 named right, the margins of the
 wrong namings, right namings under the review margin, and the candidates' measurement errors against the
-generator (joint level minus the head's tip; shaft and head cross-section over the truth's ellipse, which
+generator (joint level, and the estimated tip (``identify.head_tip``: what the naming compares), minus the
+head's tip, the tip's spread about its median and the share over 1.5 mm from it; shaft and head cross-section over the truth's ellipse, which
 for the shaft is its proximal end: the metaphysis reads larger). A change to ``candidates`` is measured
 here without re-reading a scan, a change to the instances with ``--remake``.
 
@@ -151,6 +152,7 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
                 "truth": t["name"],
                 "off_mm": dist[k],
                 "joint_mm": b.joint_mm - t["tip"] if b.joint_in_view else None,
+                "tip_mm": b.tip - t["tip"] if b.joint_in_view else None,
                 "shaft": b.shaft_mm2 / t["shaft"],
                 "head": b.head_mm2 / t["head"],
             }
@@ -231,6 +233,7 @@ def score(cache: Path, groups: list[str] | None, weights: dict | None, show: boo
         wrong = [(k, r) for k, r in rows if r["named"] not in (None, "MC2")]
         errs = [e for _, r in rows for e in r["errors"] if e["off_mm"] < 6.0]
         joint = np.array([abs(e["joint_mm"]) for e in errs if e["joint_mm"] is not None])
+        tip = np.array([e["tip_mm"] for e in errs if e["tip_mm"] is not None])
         table[group] = {
             "cases": len(rows),
             "right": len(right),
@@ -241,6 +244,10 @@ def score(cache: Path, groups: list[str] | None, weights: dict | None, show: boo
                 "median": pct(joint, 50),
                 "p90": pct(joint, 90),
                 "over_2mm": round(float((joint > 2).mean()), 3) if joint.size else None,
+            },
+            "tip_error_mm": {  # the head's tip (``identify.head_tip``), what the naming compares
+                **spread(tip),
+                "over_1_5mm": round(float((np.abs(tip - np.median(tip)) > 1.5).mean()), 3) if tip.size else None,
             },
             "shaft_ratio": spread(np.array([e["shaft"] for e in errs])),
             "head_ratio": spread(np.array([e["head"] for e in errs])),

@@ -308,6 +308,7 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
     table = identity_errors.score(cache, None, None, False)[phantoms.name]
     assert table["cases"] == 3 and table["right"] == 3 and table["wrong_margins"] == []
     assert table["joint_abs_error_mm"]["median"] < 1.5  # each candidate's joint near its own bone's tip
+    assert abs(table["tip_error_mm"]["median"]) < 1.5 and table["tip_error_mm"]["over_1_5mm"] == 0
     assert 0.8 < table["head_ratio"]["median"] < 1.25
     fitted = identity_errors.fit(cache, [phantoms.name], 0.05)
     assert fitted["cases"] == 3 and set(fitted["weights"]) == set(identify.FEATURES)
@@ -618,3 +619,54 @@ def test_a_metal_ring_does_not_hide_the_bones():
     vol, geo = _grid(scan, spacing, p.cal)
     want = identify.identify(vol, bonewin.GRID.spacing_mm)
     assert _on_truth(got, truth, geo) > 0.7 and (got.region == want.region).mean() > 0.99
+
+
+def _slab_labels(discs, shape=(30, 60, 120)):
+    """Instances (z, y, x) through every slice: (label, cy, cx, radius px) discs, or (label, mask 2D)."""
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    one = np.zeros(shape[1:], np.int32)
+    for lab, *geo in discs:
+        m = geo[0] if len(geo) == 1 else np.hypot(yy - geo[0], xx - geo[1]) < geo[2]
+        one[m & (one == 0)] = lab
+    return np.repeat(one[None], shape[0], axis=0)
+
+
+def test_a_small_shaft_beside_a_large_one_stays_a_bone_and_a_piece_of_cortex_joins():
+    """MC5 can hold a quarter of MC3's cross-section: a small round shaft a pixel from a large one (its
+    ring of two pixels touches it) was joined into it as a piece of its cortex, and the row lost a bone.
+    Touching it, the cortex wall between their marrows keeps it apart; a piece of cortex is still joined."""
+    cs = 0.5
+    labels = _slab_labels([(1, 30, 40, 12), (2, 30, 59, 7), (3, 30, 95, 12)])  # 2 is 1 px off 1
+    assert not identify.merge_pieces(labels, cs)
+    assert len(identify.candidates(labels, cs)) == 3
+    yy, xx = np.mgrid[:60, :120]
+    discs = [(1, 30, 40, 12), (2, 30, 58, 7), (3, 30, 95, 12)]  # 2 touches 1
+    cortex = np.zeros((60, 120), bool)
+    for _, cy, cx, r in discs:
+        d = np.hypot(yy - cy, xx - cx)
+        cortex |= (d < r) & (d >= r - 2)
+    assert identify._own_shaft(_slab_labels(discs)[:4], 2, cs) is False  # a fifth of its outline touches 1
+    labels = _slab_labels(discs)
+    assert not identify.merge_pieces(labels, cs, cortex=cortex) and len(np.unique(labels)) == 4
+    assert identify.merge_pieces(_slab_labels(discs), cs)  # no cortex known: no wall, one lobed bone
+    d = np.hypot(yy - 30, xx - 40)
+    arc = (d >= 12) & (d < 15) & (yy < 30)  # half a ring of cortex round bone 1, tracked as a bone of its own
+    labels = _slab_labels([(1, 30, 40, 12), (2, arc), (3, 30, 95, 12), (4, 30, 70, 10)])
+    top = identify.reach(labels.shape[0], cs)
+    labels[top // 2 :][labels[top // 2 :] == 2] = 0  # in the first slices only: past the first join's slice
+    assert len(identify.candidates(labels, cs)) == 4
+    assert identify.merge_pieces(labels, cs, cortex=cortex)
+    assert (labels[labels > 0] != 2).all() and (labels[:, 20, 40] == 1).all()
+
+
+def test_a_heads_tip_hidden_in_the_phalanxs_cup_is_found_from_its_profile():
+    """A head cut at the joint where the phalanx's cup meets it is still broad; its tip lies beyond."""
+    sp = 0.5
+    z = (np.arange(60) + 0.5) * sp  # slice centres
+    tip = 25.0
+    depth = np.clip((tip - z) / identify.HEAD_DOME_MM, 0.0, None)  # an ellipsoid's cap, its largest 100 mm²
+    area = np.where(depth >= 1.0, 100.0, 100.0 * (2 * depth - depth**2))
+    for cut in (21.0, 22.5, 24.0):  # 4, 2.5 and 1 mm short of the tip
+        assert identify.head_tip(area, int(cut / sp), sp) == pytest.approx(tip, abs=1e-6)
+        assert tip - int(cut / sp) * sp >= 1.0  # the cut itself is a mm or more short
+    assert identify.head_tip(area, 0, sp) == 0.0
