@@ -469,8 +469,8 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS, cortex=None) -
     """Join a small candidate that touches a larger one in the proximal slices (a piece of its cortex
     that the tracking started as a bone of its own) into it, in place; True when something was joined.
     ``cortex`` (``slab_cortex``): two candidates with a cortex wall between their centres are two bones.
-    A small candidate that is a shaft of its own (``_own_shaft``: MC5 can hold a quarter of MC3's
-    cross-section), or whose marrow a cortex wall parts from the larger one's, stays."""
+    A small candidate that is a shaft of its own (``_own_shaft``: MC5's shaft can be a quarter of
+    MC3's in cross-section), or whose marrow a cortex wall separates from the larger one's, stays."""
     bones = candidates(labels, spacing_mm, p)
     if len(bones) < 2:
         return False

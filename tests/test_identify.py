@@ -632,7 +632,7 @@ def _slab_labels(discs, shape=(30, 60, 120)):
 
 
 def test_a_small_shaft_beside_a_large_one_stays_a_bone_and_a_piece_of_cortex_joins():
-    """MC5 can hold a quarter of MC3's cross-section: a small round shaft a pixel from a large one (its
+    """MC5's shaft can be a quarter of MC3's in cross-section: a small round shaft a pixel from a large one (its
     ring of two pixels touches it) was joined into it as a piece of its cortex, and the row lost a bone.
     Touching it, the cortex wall between their marrows keeps it apart; a piece of cortex is still joined."""
     cs = 0.5
