@@ -451,13 +451,12 @@ def _inscribed_mm(slab: np.ndarray, spacing_mm: float) -> float:
     return best * spacing_mm
 
 
-def _own_shaft(slab: np.ndarray, label: int, spacing_mm: float) -> bool:
-    """Whether instance ``label`` of the proximal slab (z y x labels) is a shaft of its own: a filled
+def _own_shaft(me: np.ndarray, slab: np.ndarray, spacing_mm: float) -> bool:
+    """Whether the instance ``me`` (bool) of the proximal slab (``slab``: z y x labels) is a shaft of its own: a filled
     cross-section of a shaft's width (``SHAFT_RADIUS_MM``) that meets other bones along at most
     ``OWN_CONTACT`` of its outline (in-plane): a gap all round it. A piece of a bone shares a long border with
     the rest of it; so do two shafts that touch (a fifth of the outline and more on the coarse grid), which
     ``merge_pieces`` tells apart by the cortex wall between their marrows instead."""
-    me = slab == label
     if _inscribed_mm(me, spacing_mm) < SHAFT_RADIUS_MM:
         return False
     outline = me & ~ndimage.binary_erosion(me, structure=_IN_PLANE)
@@ -501,15 +500,16 @@ def merge_pieces(labels: np.ndarray, spacing_mm: float, p=PARAMS, cortex=None) -
     for b in sorted(bones, key=lambda b: b.shaft_mm2):
         if b.shaft_mm2 >= 0.6 * typical:
             break
-        if _own_shaft(slab, b.label, spacing_mm):
+        mine = slab == b.label
+        if _own_shaft(mine, slab, spacing_mm):
             continue  # a small metacarpal beside a larger one, not a piece of it
-        ring = ndimage.binary_dilation(slab == b.label, iterations=2) & (slab != b.label) & (slab > 0)
+        ring = ndimage.binary_dilation(mine, iterations=2) & ~mine & (slab > 0)
         if not ring.any():
             continue
         touching = np.bincount(slab[ring]).argmax()
         if not any(o.label == touching and o.shaft_mm2 > b.shaft_mm2 for o in bones):
             continue
-        ma, mb = ((slab == lab).mean(axis=0) >= 0.5 for lab in (b.label, touching))  # where most slab slices are
+        ma, mb = (m.mean(axis=0) >= 0.5 for m in (mine, slab == touching))  # where most slab slices are
         if cortex is not None and ma.any() and mb.any():
             if wall_between(cortex, ndimage.center_of_mass(ma), ndimage.center_of_mass(mb), spacing_mm):
                 continue  # its marrow and the larger one's are apart: two shafts that touch

@@ -14,10 +14,11 @@ cross-sections, the head's tip) in the same frame and the label under the true M
 phantoms; with ``--remake``, the instances too, from the cached coarse volume: a minute for a thousand on two
 cores) and prints, per group (the folder's name, or ``streamSEED``): MC2 named right, the margins of the
 wrong namings, right namings under the review margin, and the candidates' measurement errors against the
-generator (joint level, and the estimated tip (``identify.head_tip``: what the naming compares), minus the
-head's tip, the tip's spread about its median and the share over 1.5 mm from it; shaft and head cross-section over the truth's ellipse, which
-for the shaft is its proximal end: the metaphysis reads larger). A change to ``candidates`` is measured
-here without re-reading a scan, a change to the instances with ``--remake``.
+generator: the joint level minus the head's tip; the estimated tip (``identify.head_tip``, what the naming
+compares) minus the head's tip, its spread and the share more than 1.5 mm from its median; shaft and head
+cross-section over the truth's ellipse, which for the shaft is its proximal end (the metaphysis reads
+larger). A change to ``candidates`` is measured here without re-reading a scan, a change to the instances
+with ``--remake``.
 
 ``fit`` fits the evidence weights on cached groups (training families only: never a held-out family), as
 ``calibrate_identity.py`` does, for ``score --weights``.

@@ -645,7 +645,8 @@ def test_a_small_shaft_beside_a_large_one_stays_a_bone_and_a_piece_of_cortex_joi
     for _, cy, cx, r in discs:
         d = np.hypot(yy - cy, xx - cx)
         cortex |= (d < r) & (d >= r - 2)
-    assert identify._own_shaft(_slab_labels(discs)[:4], 2, cs) is False  # a fifth of its outline touches 1
+    slab = _slab_labels(discs)[:4]
+    assert identify._own_shaft(slab == 2, slab, cs) is False  # a fifth of its outline touches 1
     labels = _slab_labels(discs)
     assert not identify.merge_pieces(labels, cs, cortex=cortex) and len(np.unique(labels)) == 4
     assert identify.merge_pieces(_slab_labels(discs), cs)  # no cortex known: no wall, one lobed bone
