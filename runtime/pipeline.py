@@ -164,7 +164,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             info["joint_cut_slice"] = end
     if not info["empty"]:
         with timer("postprocess"):  # the outline on the half level where the scan resolves the edge
-            edge = edges.snap(data, mask, info.get("box"))
+            edge = edges.snap(data, mask, info.get("box"), float(min(spacing_zyx[1:])), float(grid.spacing_mm))
         if edge is not None:
             info["box"] = edge.pop("box", info.get("box"))
             info["edge"] = edge

@@ -13,6 +13,10 @@ script does not.
 
 ``--wrong-bone N``: for N cases per folder, the mask of the neighbouring metacarpal (MC3), rendered from
 the case's own parameters, measured as if it were MC2: QC must flag it.
+``--render NAME FAMILY N SEED`` (repeatable, with ``--size``): N cases of FAMILY (as ``vbmd-rt synth --family``)
+rendered one at a time into a temporary folder named NAME, evaluated as a folder of that name, and deleted
+before the next: a full-size case (82 µm, ``--size full``) takes 2-6 GB of disk, a cohort of them no more.
+A case that ``run`` refuses (its memory check, say) is listed under ``refused`` in the report, not measured.
 ``--geometry N``: N standard phantoms also cropped around the hand and rendered at XtremeCT II's
 resolution (60.7 µm, 3x coarser as small phantoms are): D100 against the whole scan's, Dice.
 """
@@ -37,8 +41,11 @@ def _case_params(truth: dict):
     return families.sample_random(truth["case_seed"], truth["size"], families.parse_family(fam))
 
 
-def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]:
+def evaluate_folder(predictor, folder: Path, wrong_bone: int, log, refused: list | None = None) -> list[dict]:
+    """One row per case of ``folder``; a case ``run`` refuses (its memory check, say) is logged and listed in
+    ``refused``, not measured."""
     from vbmd_rt.runtime import measure, qc
+    from vbmd_rt.runtime.errors import VbmdInputError
     from vbmd_rt.runtime.io import aim
     from vbmd_rt.synth import phantom
 
@@ -48,7 +55,13 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
         name = truth["name"]
         scan = aim.read_aim(folder / f"{name}.AIM")
         gt = np.asarray(aim.read_aim(folder / f"{name}_GT.AIM").data) != 0
-        r = predictor.run(folder / f"{name}.AIM")
+        try:
+            r = predictor.run(folder / f"{name}.AIM")
+        except VbmdInputError as e:
+            log(f"{folder.name}/{name}: refused: {e}")
+            if refused is not None:
+                refused.append({"folder": folder.name, "case": name, "reason": str(e)})
+            continue
         fam = truth.get("family_params", {"name": "standard"})
         row = {
             "folder": folder.name,
@@ -86,6 +99,29 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log) -> list[dict]
             f"{row['d100_error'] if row['d100_error'] is None else round(row['d100_error'], 1)}, QC {row['qc']}"
             + (f", wrong bone: {row['wrong_bone_qc']}" if "wrong_bone_qc" in row else "")
         )
+    return rows
+
+
+def render_and_evaluate(
+    predictor, name: str, family: str, count: int, seed: int, size: str, wrong_bone: int, log, refused=None
+):
+    """``evaluate_folder`` on ``count`` cases of ``family`` rendered (``phantom.synth_case``) one at a time into a
+    temporary folder called ``name``, each deleted before the next is made."""
+    import shutil
+    import tempfile
+
+    from vbmd_rt.synth import phantom
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vbmd_rt_render_") as tmp:
+        folder = Path(tmp) / name
+        for i in range(count):
+            folder.mkdir()
+            try:
+                phantom.synth_case(folder, i, seed, size, family)
+                rows += evaluate_folder(predictor, folder, int(i < wrong_bone), log, refused)
+            finally:
+                shutil.rmtree(folder)
     return rows
 
 
@@ -315,6 +351,15 @@ def main() -> None:
     ap.add_argument("folders", nargs="*", type=Path)
     ap.add_argument("--model", default=None, help="an exported model folder (default: the bundled model)")
     ap.add_argument("--wrong-bone", type=int, default=0)
+    ap.add_argument(
+        "--render",
+        nargs=4,
+        action="append",
+        default=[],
+        metavar=("NAME", "FAMILY", "N", "SEED"),
+        help="also N cases of FAMILY rendered one at a time (deleted after use), reported as folder NAME",
+    )
+    ap.add_argument("--size", choices=("small", "full"), default="small", help="the rendered cases' size")
     ap.add_argument("--geometry", type=int, default=0)
     ap.add_argument("--geometry-seed", type=int, default=4242)
     ap.add_argument("-o", "--out", type=Path, required=True)
@@ -324,11 +369,26 @@ def main() -> None:
     t0 = time.time()
     report: dict = {"model": a.model or "bundled", "folders": {}, "facets": {}}
     rows: list[dict] = []
+    refused: list[dict] = []
     with vbmd_rt.Predictor(a.model) as predictor:
         for folder in a.folders:
-            got = evaluate_folder(predictor, folder, a.wrong_bone, lambda s: print(s, flush=True))
+            got = evaluate_folder(predictor, folder, a.wrong_bone, lambda s: print(s, flush=True), refused)
             rows += got
             report["folders"][folder.name] = summary(got)
+        for name, family, count, seed in a.render:
+            got = render_and_evaluate(
+                predictor,
+                name,
+                family,
+                int(count),
+                int(seed),
+                a.size,
+                a.wrong_bone,
+                lambda s: print(s, flush=True),
+                refused,
+            )
+            rows += got
+            report["folders"][name] = summary(got)
         for facet in ("texture", "shape", "scanner"):
             report["facets"][facet] = {
                 v: summary([r for r in rows if r[facet] == v]) for v in sorted({r[facet] for r in rows})
@@ -347,6 +407,7 @@ def main() -> None:
     report["done_when"] = {name: done_when([r for r in rows if r["folder"] == name]) for name in report["folders"]}
     report["done_when"]["(all folders)"] = done_when(rows)
     report["cases"] = rows
+    report["refused"] = refused
     report["seconds"] = round(time.time() - t0, 1)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     print(

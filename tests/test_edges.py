@@ -77,11 +77,51 @@ def test_a_blurred_edge_is_left_as_drawn():
     assert np.array_equal(mask, before)
 
 
+def test_the_scans_voxels_to_one_voxel_of_the_models_grid():
+    assert edges.scale(0.082, 0.246) == 3 and edges.scale(0.0607, 0.246) == 4  # XtremeCT I and II
+    assert edges.scale(0.246, 0.246) == edges.scale(0.3, 0.246) == edges.scale(None, 0.246) == 1
+
+
+@pytest.mark.parametrize("wide", [2, -2])
+def test_on_fine_voxels_the_edge_is_judged_and_set_on_the_models_grid_scale(wide):
+    """82 µm voxels, blurred over one of them (0.08 mm: sharp on the models' 0.246 mm grid, a blur their
+    phantoms never had) and a mask two voxels wide or narrow, as an outline drawn on the coarser grid can be.
+    Read voxel by voxel the edge looks blurred and is left alone; read as the models' grid sees it (three
+    voxels to one), it is resolved, and the outline moves back onto the bone by up to three voxels."""
+    truth, scan = _disc_stack(size=96, radius=30)
+    scan = np.stack([cv2.GaussianBlur(s, (0, 0), 1.0) for s in scan])
+    mask = _grow(_grow(truth, wide // 2), wide // 2)
+    before = mask.copy()
+    rec = edges.snap(scan, mask, _box(mask))  # no voxel size: one voxel to one
+    assert rec["sharpness"] < edges.RESOLVED and not rec["snapped"] and np.array_equal(mask, before), rec
+    rec = edges.snap(scan, mask, _box(mask), voxel_mm=0.082, grid_mm=0.246)
+    assert rec["voxels_per_grid_voxel"] == 3 and rec["sharpness"] >= edges.RESOLVED and rec["snapped"], rec
+    off = int(((mask != 0) != truth).sum())
+    assert off <= 0.01 * truth.sum() < int((before != truth).sum()), (rec, off)
+    assert (rec["removed"] > 0) == (wide > 0) and (rec["added"] > 0) == (wide < 0), rec
+    z0, z1, y0, y1, x0, x1 = rec["box"]
+    assert int(mask[z0:z1, y0:y1, x0:x1].sum()) == int(mask.sum())
+
+
+def test_on_fine_voxels_an_edge_blurred_on_the_models_grid_is_left_as_drawn():
+    """The same 82 µm disc blurred over three voxels (0.25 mm, as the project's phantoms are on the models'
+    grid): the network learnt that boundary, and the outline stays."""
+    truth, scan = _disc_stack(size=96, radius=30)
+    scan = np.stack([cv2.GaussianBlur(s, (0, 0), 3.0) for s in scan])
+    mask = _grow(truth, 1)
+    before = mask.copy()
+    rec = edges.snap(scan, mask, _box(mask), voxel_mm=0.082, grid_mm=0.246)
+    assert rec["sharpness"] < edges.RESOLVED and not rec["snapped"] and np.array_equal(mask, before), rec
+
+
 def test_the_sharpness_of_a_profile():
     """Steepest step over the rise from the soft tissue (last shell) to the cortex (brightest shell in)."""
     assert edges.sharpness([900, 900, 900, 60, 50, 50]) == pytest.approx(840 / 850)
     assert edges.sharpness([900, 800, 600, 350, 150, 50]) == pytest.approx(250 / 850)
     assert edges.sharpness([50, 50, 50, 50, 50, 50]) == 0.0
+    fine = [900, 900, 900, 890, 850, 700, 450, 200, 90, 60, 50, 50]  # 12 shells: over three of them
+    assert edges.sharpness(fine, 3) == pytest.approx((850 - 200) / 850)
+    assert edges.sharpness(fine) == pytest.approx(250 / 850)
 
 
 def test_an_empty_or_tiny_mask_has_no_edge_to_read():
@@ -101,6 +141,13 @@ def test_a_sharp_scan_reads_its_true_d100_through_the_pipeline(monkeypatch):
 
     p = phantom.sample_case(7, "small")
     results = {}
+    snap, calls = edges.snap, []
+
+    def spy(*args):  # the pipeline says how fine the scan's voxels are against the models' grid
+        calls.append(args[3:])
+        return snap(*args)
+
+    monkeypatch.setattr(edges, "snap", spy)
     with vbmd_rt.Predictor() as pr:
         for name, params, resolved in (
             ("sharp", dataclasses.replace(p, psf_sigma_vox=0.3), edges.RESOLVED),
@@ -117,3 +164,4 @@ def test_a_sharp_scan_reads_its_true_d100_through_the_pipeline(monkeypatch):
     assert edge["snapped"] and edge["sharpness"] >= 0.6, results
     assert abs(err) < 3.0 < abs(err0) and dice > dice0, results
     assert not results["blurred"][2]["snapped"] and results["blurred"][2]["sharpness"] < 0.5, results
+    assert calls == [(p.voxel_mm, 0.246)] * 3, calls

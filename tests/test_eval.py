@@ -249,3 +249,31 @@ def test_robustness_eval_splits_the_d100_error_into_excess_and_misses():
     assert s["missed_fraction_median"] == pytest.approx(
         np.median([rows[0]["missed_fraction"], rows[1]["missed_fraction"]])
     )
+
+
+def test_robustness_eval_renders_cases_one_at_a_time_and_deletes_them(tmp_path, monkeypatch):
+    """``--render``: each case is made, evaluated as a case of the named folder with the real model, and deleted
+    before the next is made (a full-size case is 2-6 GB of disk)."""
+    import tempfile
+
+    import vbmd_rt
+    from tests.test_identify import _script
+
+    ev = _script("robustness_eval")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+
+    def log(line):  # while a case is evaluated, it is the only one on disk
+        seen.append(sorted(p.name for p in tmp_path.rglob("*.AIM")))
+
+    with vbmd_rt.Predictor() as predictor:
+        rows = ev.render_and_evaluate(predictor, "std", "standard", 2, 11, "small", 1, log)
+    assert [(r["folder"], r["case"]) for r in rows] == [("std", "PHANTOM_0000"), ("std", "PHANTOM_0001")]
+    assert seen == [["PHANTOM_0000.AIM", "PHANTOM_0000_GT.AIM"], ["PHANTOM_0001.AIM", "PHANTOM_0001_GT.AIM"]]
+    assert all(r["dice"] > 0.95 for r in rows) and "wrong_bone_qc" in rows[0] and "wrong_bone_qc" not in rows[1]
+    assert not any(tmp_path.iterdir())  # nothing left behind
+    refused: list = []  # a scan the memory check refuses is listed, not measured, and the rest go on
+    with vbmd_rt.Predictor(max_memory=1 << 20) as small:
+        assert ev.render_and_evaluate(small, "std", "standard", 1, 11, "small", 0, log, refused) == []
+    assert [(r["folder"], r["case"]) for r in refused] == [("std", "PHANTOM_0000")]
+    assert "memory" in refused[0]["reason"] and not any(tmp_path.iterdir())
