@@ -22,13 +22,15 @@ Blurred edges are left as the model drew them: there the half level of a thin co
 
 The edge is judged on the scale of the models' grid, where the outline was drawn. A Scanco scan's voxels
 (82 µm; 60.7 µm for XtremeCT II) are three or four to one of the grid's (``scale``: k). There the profile
-runs over k times the shells (the same 0.74 mm either side), the sharpness is the steepest rise over k
-shells (one grid voxel), and the outline moves by up to k voxels, a shell at a time. Read voxel by voxel, an
-82 µm scan's edge always looks blurred (0.25-0.39 on full-size phantoms); on the grid's scale most of
-theirs read 0.62-0.90. The outline interpolated from the grid lay up to a grid voxel off there, soft tissue
+runs over k times the shells (three grid voxels either side, read on every k-th slice), the sharpness is
+the steepest rise over k shells (one grid voxel), and the outline moves by up to k voxels, a shell at a time
+(4-neighbour steps: a diagonal edge moves less). Read voxel by voxel, an 82 or 60.7 µm scan's edge always
+looks blurred (0.25-0.39 on full-size phantoms); on the grid's scale most of theirs read 0.62-0.90. The outline interpolated from the grid lay up to a grid voxel off there, soft tissue
 in and cortex out: on 20 full-size phantoms of every family the right bones read D100 2.5 mg HA/cm³ low
 (median; up to 10.6) with the network and 6.6 low (up to 13.9) with the classical contour; set on the half
-level, +0.6 and +0.9, at most 5.9 and 5.4, every snapped Dice higher (CHANGELOG, sixteenth pass). At k = 1
+level, +0.6 and +0.9, every snapped Dice higher; the largest errors left, 5.9 and 5.4, are on edges blurred
+over more than half a grid voxel, left as drawn (CHANGELOG, sixteenth pass). Through a gap in a thin cortex
+the peel can reach k voxels (one grid voxel, 0.25 mm) into the marrow, as one voxel does at k = 1. At k = 1
 (voxels of 0.18-0.25 mm) the rule is the one above, unchanged.
 
 Values are the scan's stored ones (the level is relative: a linear calibration does not move it).

@@ -370,6 +370,11 @@ def main() -> None:
     report: dict = {"model": a.model or "bundled", "folders": {}, "facets": {}}
     rows: list[dict] = []
     refused: list[dict] = []
+    from vbmd_rt.synth import families
+
+    for _, family, _, _ in a.render:  # a bad family fails now, not after the folders before it
+        if family != "standard":
+            families.parse_family(family)
     with vbmd_rt.Predictor(a.model) as predictor:
         for folder in a.folders:
             got = evaluate_folder(predictor, folder, a.wrong_bone, lambda s: print(s, flush=True), refused)
@@ -404,6 +409,8 @@ def main() -> None:
                 "xct2_max_abs_d100_error": max(abs(r["xct2_d100_error"]) for r in g),
                 "whole_max_abs_d100_error": max(abs(r["whole_d100_error"]) for r in g),
             }
+    for name, folder in report["folders"].items():  # a folder's bars hold for the cases measured: say how many were not
+        folder["refused"] = sum(r["folder"] == name for r in refused)
     report["done_when"] = {name: done_when([r for r in rows if r["folder"] == name]) for name in report["folders"]}
     report["done_when"]["(all folders)"] = done_when(rows)
     report["cases"] = rows

@@ -103,6 +103,33 @@ def test_on_fine_voxels_the_edge_is_judged_and_set_on_the_models_grid_scale(wide
     assert int(mask[z0:z1, y0:y1, x0:x1].sum()) == int(mask.sum())
 
 
+def test_on_fine_voxels_the_outline_moves_one_grid_voxel_at_most():
+    """60.7 µm voxels (four to a grid voxel), seven slices (not a multiple of four), a mask stored 0/127 five
+    voxels wide of a sharp edge: it comes back four voxels, no more, and stays 0/127. Through a gap in a thin
+    cortex the peel reaches at most those four voxels into the marrow."""
+    truth, scan = _disc_stack(n=7, size=96, radius=30)
+    mask = truth.astype(np.uint8)
+    for _ in range(5):
+        mask = _grow(mask, 1)
+    mask *= np.uint8(127)
+    rec = edges.snap(scan, mask, _box(mask), voxel_mm=0.0607, grid_mm=0.246)
+    assert rec["voxels_per_grid_voxel"] == 4 and rec["snapped"], rec
+    assert np.array_equal(mask != 0, _grow(truth, 1) != 0) and set(np.unique(mask)) == {0, 127}, rec
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    cortex = (r <= 30) & (r > 29)  # one voxel thick, broken over a few voxels at the top
+    gap = cortex & (yy < 30) & (np.abs(xx - 48) <= 2)
+    sl = np.where(cortex & ~gap, 1000.0, np.where(r <= 29, 20.0, 50.0)).astype(np.float32)
+    scan = np.repeat(sl[None], 7, axis=0)
+    mask = truth.astype(np.uint8)
+    rec = edges.snap(scan, mask, _box(mask), voxel_mm=0.0607, grid_mm=0.246)
+    assert rec["snapped"] and rec["removed"] > 0, rec
+    lost = truth & (mask == 0)
+    depth = 30 - r[lost[0]]  # how far in from the bone's outline each lost voxel lies
+    assert depth.max() < 4.5 and set(np.unique(mask)) == {0, 1}, (rec, depth.max())
+    assert lost[:, 48:].sum() == 0  # where the cortex is whole, the marrow under it stays
+
+
 def test_on_fine_voxels_an_edge_blurred_on_the_models_grid_is_left_as_drawn():
     """The same 82 µm disc blurred over three voxels (0.25 mm, as the project's phantoms are on the models'
     grid): the network learnt that boundary, and the outline stays."""
