@@ -103,18 +103,18 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log, refused: list
 
 
 def render_and_evaluate(
-    predictor, name: str, family: str, count: int, seed: int, size: str, wrong_bone: int, log, refused=None
+    predictor, name: str, family: str, count: int, seed: int, size: str, wrong_bone: int, log, refused=None, tmp=None
 ):
     """``evaluate_folder`` on ``count`` cases of ``family`` rendered (``phantom.synth_case``) one at a time into a
-    temporary folder called ``name``, each deleted before the next is made."""
+    temporary folder called ``name`` (under ``tmp``, default the system's), each deleted before the next is made."""
     import shutil
     import tempfile
 
     from vbmd_rt.synth import phantom
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="vbmd_rt_render_") as tmp:
-        folder = Path(tmp) / name
+    with tempfile.TemporaryDirectory(prefix="vbmd_rt_render_", dir=tmp) as work:
+        folder = Path(work) / name
         for i in range(count):
             folder.mkdir()
             try:
@@ -360,10 +360,14 @@ def main() -> None:
         help="also N cases of FAMILY rendered one at a time (deleted after use), reported as folder NAME",
     )
     ap.add_argument("--size", choices=("small", "full"), default="small", help="the rendered cases' size")
+    ap.add_argument("--tmp", type=Path, default=None, help="where --render writes its cases (default: the system's)")
     ap.add_argument("--geometry", type=int, default=0)
     ap.add_argument("--geometry-seed", type=int, default=4242)
     ap.add_argument("-o", "--out", type=Path, required=True)
     a = ap.parse_args()
+    names = [f.name for f in a.folders] + [r[0] for r in a.render]
+    if len(set(names)) < len(names):
+        ap.error(f"folder names must differ (a folder's summary is kept by its name): {' '.join(names)}")
     import vbmd_rt
 
     t0 = time.time()
@@ -391,6 +395,7 @@ def main() -> None:
                 a.wrong_bone,
                 lambda s: print(s, flush=True),
                 refused,
+                a.tmp,
             )
             rows += got
             report["folders"][name] = summary(got)

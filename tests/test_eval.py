@@ -277,3 +277,9 @@ def test_robustness_eval_renders_cases_one_at_a_time_and_deletes_them(tmp_path, 
         assert ev.render_and_evaluate(small, "std", "standard", 1, 11, "small", 0, log, refused) == []
     assert [(r["folder"], r["case"]) for r in refused] == [("std", "PHANTOM_0000")]
     assert "memory" in refused[0]["reason"] and not any(tmp_path.iterdir())
+    monkeypatch.setattr(
+        "sys.argv", ["robustness_eval.py", str(tmp_path), "--render", tmp_path.name, "standard", "1", "1", "-o", "x"]
+    )
+    with pytest.raises(SystemExit) as exc:  # two folders of one name: their summaries would be one
+        ev.main()
+    assert exc.value.code == 2
