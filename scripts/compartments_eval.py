@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -107,13 +106,8 @@ def generated(specs: list[str], work: Path):
 
     for spec in specs:
         family, size, n, seed = spec.rsplit(":", 3)
-        for i in range(int(n)):
-            folder = Path(tempfile.mkdtemp(dir=work))
-            try:
-                phantom.synth_case(folder, i, int(seed), size, family)
-                yield dataset.discover(folder)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+        for folder in phantom.one_at_a_time(family, size, int(n), int(seed), work):
+            yield dataset.discover(folder)
 
 
 def resolution_pairs(specs: list[str]) -> list[str]:

@@ -105,23 +105,14 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log, refused: list
 def render_and_evaluate(
     predictor, name: str, family: str, count: int, seed: int, size: str, wrong_bone: int, log, refused=None, tmp=None
 ):
-    """``evaluate_folder`` on ``count`` cases of ``family`` rendered (``phantom.synth_case``) one at a time into a
-    temporary folder called ``name`` (under ``tmp``, default the system's), each deleted before the next is made."""
-    import shutil
-    import tempfile
-
+    """``evaluate_folder`` on ``count`` cases of ``family`` rendered one at a time (``phantom.one_at_a_time``)
+    into a temporary folder called ``name`` (under ``tmp``, default the system's), each deleted before the next
+    is made."""
     from vbmd_rt.synth import phantom
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="vbmd_rt_render_", dir=tmp) as work:
-        folder = Path(work) / name
-        for i in range(count):
-            folder.mkdir()
-            try:
-                phantom.synth_case(folder, i, seed, size, family)
-                rows += evaluate_folder(predictor, folder, int(i < wrong_bone), log, refused)
-            finally:
-                shutil.rmtree(folder)
+    for i, folder in enumerate(phantom.one_at_a_time(family, size, count, seed, tmp, name)):
+        rows += evaluate_folder(predictor, folder, int(i < wrong_bone), log, refused)
     return rows
 
 
@@ -369,13 +360,12 @@ def main() -> None:
     if len(set(names)) < len(names):
         ap.error(f"folder names must differ (a folder's summary is kept by its name): {' '.join(names)}")
     import vbmd_rt
+    from vbmd_rt.synth import families
 
     t0 = time.time()
     report: dict = {"model": a.model or "bundled", "folders": {}, "facets": {}}
     rows: list[dict] = []
     refused: list[dict] = []
-    from vbmd_rt.synth import families
-
     for _, family, _, _ in a.render:  # a bad family fails now, not after the folders before it
         if family != "standard":
             families.parse_family(family)

@@ -39,6 +39,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +62,7 @@ __all__ = [
     "sample_case",
     "render_case",
     "synth_case",
+    "one_at_a_time",
     "synth",
     "XTREMECT_CALIBRATION",
 ]
@@ -240,6 +244,24 @@ def synth_case(out: str | Path, index: int, seed: int, size: str = "small", fami
     t.update(name=name, seed=seed, case_seed=case_seed, index=index, family=family)
     atomic_write_bytes(out / f"{name}{naming.TRUTH_SUFFIX}", (json.dumps(t, indent=2) + "\n").encode())
     return t
+
+
+def one_at_a_time(
+    family: str, size: str, count: int, seed: int, work: str | Path | None = None, name: str | None = None
+) -> Iterator[Path]:
+    """Yield a folder holding case ``i`` of ``family`` (``synth_case``), for i in range(count), one at a time:
+    each is deleted before the next is made (a full-size case is 2-6 GB of disk, a cohort of them no more). The
+    folder lies in a fresh temporary folder under ``work`` (default: the system's) and is that folder, or one
+    called ``name`` inside it."""
+    for i in range(count):
+        tmp = Path(tempfile.mkdtemp(prefix="vbmd_rt_case_", dir=work))
+        try:
+            folder = tmp / name if name else tmp
+            folder.mkdir(exist_ok=True)
+            synth_case(folder, i, seed, size, family)
+            yield folder
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def truth_of(scan: np.ndarray, truth: np.ndarray, p: CaseParams) -> dict:
