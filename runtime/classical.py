@@ -147,7 +147,7 @@ def bone_components(
     return labels
 
 
-def _hull(m: np.ndarray) -> np.ndarray:
+def hull(m: np.ndarray) -> np.ndarray:
     pts = cv2.findNonZero(m)
     out = np.zeros(m.shape, np.uint8)
     if pts is not None:
@@ -215,9 +215,9 @@ def track(bone: np.ndarray, spacing_zyx, p: Params = Params(), split=None, init=
             sl = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in sl)
             m = cv2.morphologyEx((assigned[sl] == lab).astype(np.uint8), cv2.MORPH_CLOSE, close)
             filled = fill_holes_2d(m)
-            hull = _hull(m)
-            if filled.sum() < p.hull_fill * hull.sum():  # a cortex with gaps wider than the closing
-                filled = hull
+            convex = hull(m)
+            if filled.sum() < p.hull_fill * convex.sum():  # a cortex with gaps wider than the closing
+                filled = convex
             cur[sl][filled & (cur[sl] == 0)] = lab
         out[k] = cur
         prev = cur
@@ -380,8 +380,8 @@ def _dome_slice(here: np.ndarray, bone: np.ndarray, prev: np.ndarray, p: Params)
     keep[pieces[here & ~ndimage.binary_erosion(here, structure=eight)]] = False  # the cup: the region's outline
     inner = (keep[pieces] & near).astype(np.uint8)
     filled = fill_holes_2d(inner)
-    hull = _hull(inner)
-    cur = (hull if filled.sum() < p.hull_fill * hull.sum() else filled) & near
+    convex = hull(inner)
+    cur = (convex if filled.sum() < p.hull_fill * convex.sum() else filled) & near
     return cur if 0 < cur.sum() < prev.sum() else None
 
 

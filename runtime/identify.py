@@ -8,7 +8,8 @@
 2. **Metacarpals.** An MCP scan starts mid-shaft, so the metacarpals (and a thumb that lies in the stack)
    are the instances that run through the proximal slices with the cross-section of a shaft. Per
    candidate: position of the shaft, shaft and head cross-sections and the head's width, the joint level
-   (where the shrinking head meets the phalanx) and the head's tip beyond it (``head_tip``: the phalanx's
+   (where the shrinking head meets the phalanx; ``cup_end`` where the phalanx's cup closes round a region
+   that runs on through it) and the head's tip beyond it (``head_tip``: the phalanx's
    base cups the head), whether it touches the edge of the field of view, and
    whether it sits in a lobe of the hand's outline of its own (``lobes``: the thumb in the thenar eminence).
 3. **Hypotheses.** Every consistent naming is scored: MC2 at one end of the row, with or without a thumb
@@ -260,9 +261,9 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
         cut = split(pieces[sl] == j, spacing_mm, ring=rings[sl])
         for q in range(1, int(cut.max()) + 1):
             part = cut == q
-            hull = classical._hull(part.astype(np.uint8))
-            if part.sum() < p.hull_fill * hull.sum() and hull.sum() <= max_px:  # a ring with a gap: its hull
-                part = hull
+            convex = classical.hull(part.astype(np.uint8))
+            if part.sum() < p.hull_fill * convex.sum() and convex.sum() <= max_px:  # a ring with a gap: its hull
+                part = convex
             top = int(out.max())
             out[sl][part & (out[sl] == 0)] = top + 1
     return out
@@ -284,6 +285,9 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
     first = labels[:top]
     out = []
     objs = ndimage.find_objects(labels)
+    late = np.ones(int(labels.max()) + 1, bool)  # instances that start past the proximal slab: phalanges, ...
+    late[np.unique(first)] = False
+    late[0] = False
     for lab in np.unique(first[first > 0]):
         sl = objs[lab - 1]
         sub = labels[sl] == lab
@@ -296,6 +300,7 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
         if shaft < 8.0 or shaft > 600.0:  # a fragment, or not a bone of a hand
             continue
         end = classical.bone_end(area, spacing_mm, p)
+        end = min(end, cup_end(labels, int(lab), area, end, late, spacing_mm))
         zs = np.flatnonzero(area[:end] > 0)
         last = int(zs[-1]) + 1 if zs.size else end
         mine = labels[:top] == lab
@@ -328,6 +333,69 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
         for b, lobe in zip(out, lobes(out, hand_depth(coarse, spacing_mm, p), spacing_mm), strict=True):
             b.lobe = lobe
     return out
+
+
+CUP_DIRECTIONS = 12  # a region that bone begun past the proximal slab surrounds in this many of 16 directions ...
+CUP_REACH_MM = 3.0  # ... within this distance past its farthest pixel is in a phalanx's cup (``cup_end``), and one
+CUP_DEPTH_MM = 3.0  # ... that runs on this far past where the cup closed round it has run into the phalanx
+
+
+def cupped(me: np.ndarray, late: np.ndarray, spacing_mm: float) -> int:
+    """In how many of 16 directions from the centre of a region's cross-section (``me``, bool 2D) a ray meets
+    ``late`` (bool 2D: bone of instances that start past the proximal slab) outside the region's convex hull,
+    within ``CUP_REACH_MM`` past the region's farthest pixel. A phalanx's cup round a head meets it all round;
+    a neighbour, on one side; pieces of the head's own trabecular bone that the tracking started afresh, in a
+    region that wraps round them, not at all."""
+    ys, xs = np.nonzero(me)
+    if ys.size == 0:
+        return 0
+    late = late & ~classical.hull(me.astype(np.uint8))
+    cy, cx = float(ys.mean()), float(xs.mean())
+    far = float(np.hypot(ys - cy, xs - cx).max()) + CUP_REACH_MM / spacing_mm
+    t = np.arange(1.0, far + 1.0)
+    h, w = me.shape
+    hits = 0
+    for a in np.arange(16) * (2 * math.pi / 16):
+        yy = np.round(cy + t * math.sin(a)).astype(int)
+        xx = np.round(cx + t * math.cos(a)).astype(int)
+        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        hits += bool(late[yy[ok], xx[ok]].any())
+    return hits
+
+
+def cup_end(labels: np.ndarray, lab: int, area: np.ndarray, end: int, late: np.ndarray, spacing_mm: float) -> int:
+    """The first slice past a head whose tracked region ran on into the phalanx's cup: ``end`` (``bone_end``'s)
+    unless, past the head's largest cross-section, bone of instances begun past the proximal slab (``late``: a
+    lookup by label) closed round the region (``cupped`` in ``CUP_DIRECTIONS`` of 16) and the region still
+    runs on ``CUP_DEPTH_MM`` beyond that slice: then the slice after the dome stops narrowing there, or, where
+    it had stopped narrowing already (or grew into that slice: the phalanx's bone joined it), the first slice
+    that no longer narrowed (at most ``CUP_DEPTH_MM`` back).
+
+    Where the cup's rim is broken into arcs, the tracking starts each arc as a bone of its own and nothing fills
+    the cup; the phalanx's trabecular bone inside it then overlaps only the head's region in the slice before,
+    and the head runs on through the phalanx with the same cross-section, so the area profile shows no joint
+    (``bone_end``: 82 µm scans of rod-and-plate texture, where the cup's thin rim is broken on the 0.5 mm grid).
+    A phalanx's cup is shallow, and a dome narrows inside it: a region that stops narrowing there has left the
+    head."""
+    on = np.flatnonzero(area[:end])
+    if on.size == 0:
+        return end
+    depth = max(1, int(round(CUP_DEPTH_MM / spacing_mm)))
+    start = int(on[0]) + int(np.argmax(area[on[0] : end]))
+    for k in range(start + 1, end - depth):
+        if area[k] <= 0:
+            break
+        if cupped(labels[k] == lab, late[labels[k]], spacing_mm) >= CUP_DIRECTIONS:
+            if area[k] >= area[k - 1]:  # the region stopped narrowing before the cup closed round it (or grew
+                j = k  # here: the phalanx's bone joined it): back to where the narrowing ended, a few slices at most
+                while j - 1 > start and area[j - 1] >= area[j - 2] and k - j < depth:
+                    j -= 1
+                return j
+            j = k
+            while j + 1 < end and 0 < area[j + 1] < area[j]:
+                j += 1
+            return j + 1
+    return end
 
 
 #: How deep a head's dome is (mm; ``head_tip``): fitted on 1,474 metacarpals of the cached training-family

@@ -128,10 +128,12 @@ def z_weights(z: int, nz: int) -> np.ndarray:
     return cv2.resize(np.eye(z, dtype=np.float32), (z, nz), interpolation=interp)
 
 
-def _resample_zyx(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _resample_zyx(volume: np.ndarray, shape: tuple[int, int, int], nonzero: bool = False) -> np.ndarray:
     """``resample_z(resize_slices(volume, shape[1:]), shape[0])`` in the other order: each output slice is the
     weighted sum of its few input slices (``z_weights``), then resized in-plane. Both are linear, so the
-    result is the same; only ``shape[0]`` slices are resized, and the one temporary is a slice."""
+    result is the same; only ``shape[0]`` slices are resized, and the one temporary is a slice. ``nonzero``:
+    resample ``volume > 0`` (a mask stored 0/1 or 0/127), taken a slice at a time: a native mask is mostly
+    untouched zero pages (``postprocess.sparse_zeros``), and a whole-stack comparison would fill them."""
     nz, ny, nx = shape
     w = z_weights(volume.shape[0], nz)
     out = np.empty(shape, np.float32)
@@ -142,9 +144,9 @@ def _resample_zyx(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray
         term = np.empty_like(acc)
         for k in ks:
             js = np.flatnonzero(w[k])
-            np.multiply(volume[js[0]], w[k, js[0]], out=acc)
+            np.multiply(volume[js[0]] > 0 if nonzero else volume[js[0]], w[k, js[0]], out=acc)
             for j in js[1:]:
-                np.multiply(volume[j], w[k, j], out=term)
+                np.multiply(volume[j] > 0 if nonzero else volume[j], w[k, j], out=term)
                 acc += term
             out[k] = cv2.resize(acc, (nx, ny), interpolation=interp)
 
@@ -343,7 +345,7 @@ def to_model_mask(mask: np.ndarray, geometry: Geometry, box=None) -> np.ndarray:
         frac = np.zeros((mz, my, mx), np.float32)
         frac[:, a:b, c:d] = _resample_zyx(np.asarray(mask[:, a * fy : b * fy, c * fx : d * fx]) > 0, (mz, b - a, d - c))
     else:
-        frac = _resample_zyx(np.asarray(mask) > 0, (mz, my, mx))  # as to_model: no whole-stack float temporary
+        frac = _resample_zyx(np.asarray(mask), (mz, my, mx), nonzero=True)  # no whole-stack temporary
     return crop_pad(orient(frac, geometry.flip_x), geometry.crop, 0.0)
 
 

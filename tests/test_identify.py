@@ -671,3 +671,62 @@ def test_a_heads_tip_hidden_in_the_phalanxs_cup_is_found_from_its_profile():
         assert identify.head_tip(area, int(cut / sp), sp) == pytest.approx(tip, abs=1e-6)
         assert tip - int(cut / sp) * sp >= 1.0  # the cut itself is a mm or more short
     assert identify.head_tip(area, 0, sp) == 0.0
+
+
+def _head_in_cup(arcs: range, leak: bool = True, nz: int = 60, joined: float = 0.0, cup_from: int = 33):
+    """Labels at 0.5 mm of one metacarpal (label 1): a shaft, a head and a dome that narrows over slices 25-34;
+    with ``leak``, its region then runs on with the dome's last cross-section through the phalanx to the
+    stack's end (the tracking's fault that ``cup_end`` mends; ``joined``: with this radius from slice 33 on,
+    the phalanx's base taken in there; -1: slice 32's). From slice ``cup_from``, bone begun past the proximal
+    slab (labels 2-5, one per arc; ``arcs``: which of the four) stands round it 5.5-6.5 mm from its axis."""
+    yy, xx = np.mgrid[:80, :80]
+    rr, aa = np.hypot(yy - 40, xx - 40) * 0.5, np.arctan2(yy - 40, xx - 40)
+    labels = np.zeros((nz, 80, 80), np.int32)
+    radius = np.concatenate([np.full(15, 5.0), np.linspace(5.0, 7.0, 10), np.linspace(7.0, 3.5, 10)])
+    radius = np.concatenate([radius, np.full(nz - radius.size, 3.5 if leak else 0.0)])
+    radius[33:] = radius[32] if joined < 0 else (joined or radius[33:])
+    for k in range(nz):
+        labels[k][rr < radius[k]] = 1
+        if k >= cup_from:
+            for q in arcs:  # four arcs of a ring with gaps of 20 degrees between them
+                lo = -np.pi + q * np.pi / 2 + np.radians(10)
+                labels[k][(rr >= 5.5) & (rr < 6.5) & (aa >= lo) & (aa < lo + np.radians(70))] = 2 + q
+    return labels, radius
+
+
+def test_a_head_whose_region_runs_on_inside_the_phalanxs_cup_ends_where_its_dome_stops_narrowing():
+    """``cup_end``: the cup's rim in arcs, each an instance of its own, and the head's region carried on through
+    the phalanx with its dome's last cross-section (82 µm rod-and-plate hands): the area profile shows no joint,
+    the cup closing round the dome does."""
+    labels, radius = _head_in_cup(range(4))
+    (bone,) = identify.candidates(labels, 0.5)
+    assert bone.joint_in_view
+    last = int(np.argmin(radius[:40])) + 1  # the slice after the dome stops narrowing
+    assert bone.joint_mm == pytest.approx(last * 0.5)
+    assert bone.tip > bone.joint_mm  # the tip beyond the cut from how broad the head still is there
+    # a region that grew where the cup closed round it took the phalanx's base in there: it ends before
+    (grown,) = identify.candidates(_head_in_cup(range(4), joined=4.5)[0], 0.5)
+    assert grown.joint_mm == pytest.approx(33 * 0.5)
+    # ... and one that stopped narrowing before the cup closed round it (slice 32's cross-section on from 33,
+    # the cup from 36), where it stopped
+    (late,) = identify.candidates(_head_in_cup(range(4), joined=-1.0, cup_from=36)[0], 0.5)
+    assert late.joint_mm == pytest.approx(33 * 0.5)
+    # a neighbour's bone on one side is no cup: the region runs to the stack's end as before
+    (beside,) = identify.candidates(_head_in_cup(range(1))[0], 0.5)
+    assert not beside.joint_in_view and beside.joint_mm == pytest.approx(30.0)
+    # a dome that ends inside the cup, as a head does: the profile's own end
+    labels, radius = _head_in_cup(range(4), leak=False)
+    (whole,) = identify.candidates(labels, 0.5)
+    assert whole.joint_mm == pytest.approx(35 * 0.5)
+
+
+def test_bone_in_a_regions_own_concavity_is_no_cup():
+    """``cupped``: a ring round a disc meets every ray; the same bone inside a C-shaped region's hull, none."""
+    yy, xx = np.mgrid[:60, :60]
+    r = np.hypot(yy - 30, xx - 30)
+    disc, ring = r < 8, (r >= 12) & (r < 14)
+    assert identify.cupped(disc, ring, 0.5) == 16
+    c_shape = (r < 14) & (r >= 9) & (xx < 40)
+    inner = r < 6
+    assert identify.cupped(c_shape, inner, 0.5) == 0
+    assert identify.cupped(np.zeros_like(disc), ring, 0.5) == 0
