@@ -54,10 +54,11 @@ def default_max_memory() -> int:
 
 
 def output_bytes_per_voxel(native_prob: bool, mask_format: str, export: tuple | list | str | None) -> int:
-    """Bytes per scan voxel that the output files ask for on top of the run: a mask written as a whole char
-    AIM (``--mask-format char``: the mask compared with 0, then its int8 copy; the compartment masks after it),
-    an exported NIfTI or MetaImage (the mask compared with 0 before its box is cut), the classical model's
-    probability file (``--save-prob``: its mask as 0/100 on the native grid, and the writer's copy)."""
+    """Bytes per scan voxel that the output files ask for on top of the run, where they are whole-scan arrays
+    that the writers fill in the bone's box only: a mask written as a whole char AIM (``--mask-format char``),
+    an exported NIfTI or MetaImage (the mask, and the scan's image written out), the classical model's
+    probability file (``--save-prob``: its mask as 0/100 on the native grid). Counted at 2 bytes a voxel each
+    all the same: the exported scan's image and the writers' own conversions are not measured."""
     return 2 * (mask_format == "char") + 2 * bool(export) + 2 * bool(native_prob)
 
 

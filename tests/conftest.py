@@ -106,3 +106,27 @@ def cli_here(*args, env: dict | None = None):
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception  # an exception run_app did not turn into an exit code: a bug in the test or the CLI
     return types.SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
+class PeakMemory:
+    """The process's peak resident size (VmHWM), reset on entering: ``with PeakMemory() as pm: ...; pm.grown``
+    is how far the peak rose above the resident size at the start. Skips where /proc cannot reset it."""
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    def __enter__(self):
+        try:  # Linux 4.0 on
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pytest.skip("the peak resident size cannot be reset here")
+        self.start = self._status("VmRSS")
+        if self._status("VmHWM") - self.start > 64 * 2**20:  # the reset was taken and did nothing
+            pytest.skip("the peak resident size is not reset here")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.grown = self._status("VmHWM") - self.start

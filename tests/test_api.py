@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vbmd_rt
-from tests.conftest import cli_here, phantom_copies
+from tests.conftest import PeakMemory, cli_here, phantom_copies
 from vbmd_rt.runtime.errors import VbmdInputError
 from vbmd_rt.runtime.inference import engines
 from vbmd_rt.runtime.inference.base import BackendError, InputSpec
@@ -229,30 +229,15 @@ def test_a_sparse_native_mask_goes_to_the_model_grid_a_slice_at_a_time():
         preprocess._resample_zyx(m > 0, shape), preprocess._resample_zyx(m, shape, nonzero=True)
     )
 
-    def peak() -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-
-    try:  # the peak resident size, reset (Linux 4.0 on)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pytest.skip("the peak resident size cannot be reset here")
     big = sparse_zeros((100, 2000, 2000))  # 400 MB of zero pages
     big[40:60, 900:1000, 900:1000] = 1
     spec = preprocess.Spec(size=512, spacing_mm=0.246, crop=False)
     grid = preprocess.model_grid(big.shape, spec, (0.0607,) * 3)[0]
     geo = preprocess.Geometry(big.shape, grid, False, (0, grid[1], 0, grid[2]))
     assert 2000 % geo.model_shape[1] != 0  # the slice-by-slice path
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = peak()
-    with open("/proc/self/status") as f:
-        now = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
-    if before - now > 64 * 2**20:  # the reset was taken and did nothing: no peak to measure against
-        pytest.skip("the peak resident size is not reset here")
-    frac = preprocess.to_model_mask(big, geo, (40, 60, 900, 1000, 900, 1000))
-    assert peak() - before < 150 * 2**20
+    with PeakMemory() as pm:
+        frac = preprocess.to_model_mask(big, geo, (40, 60, 900, 1000, 900, 1000))
+    assert pm.grown < 150 * 2**20
     assert frac.max() > 0.9 and frac[:, :200].max() == 0
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import cli_here, phantom_copies
+from tests.conftest import PeakMemory, cli_here, phantom_copies
 from vbmd_rt.runtime.errors import VbmdInputError
 from vbmd_rt.runtime.io import aim, masks, nifti
 from vbmd_rt.runtime.io.codecs import encode_binary_rle
@@ -96,6 +96,23 @@ def test_a_scan_with_an_offset_gets_a_cropped_char_mask_not_run_length(tmp_path)
     info = masks.write_mask(tmp_path / "o.aim", m, hdr, "rle")
     assert info["format"] == "cropped" and info["type"] == "char"
     np.testing.assert_array_equal(masks.read_mask_file(tmp_path / "o.aim", hdr), m)
+
+
+def test_a_full_char_mask_is_filled_in_the_bones_box_only(tmp_path):
+    """A whole-grid char AIM (``--mask-format char``) was the mask compared with 0 over the whole scan, then
+    copied (a 2 GB XtremeCT II stack twice over): now written in the bone's box, the rest of the grid zero pages
+    never touched. The file reads back as the mask."""
+    from vbmd_rt.runtime.postprocess import sparse_zeros
+
+    hdr = _header(shape=(100, 2000, 2000))
+    big = sparse_zeros(hdr.shape)  # 400 MB of zero pages
+    big[40:60, 900:1000, 900:1000] = 1
+    with PeakMemory() as pm:
+        masks.write_mask(tmp_path / "c.aim", big, hdr, "char", box=(40, 60, 900, 1000, 900, 1000), voxels=200000)
+    assert pm.grown < 150 * 2**20
+    back = np.asarray(aim.read_aim(tmp_path / "c.aim").data)
+    assert back.shape == big.shape and int(np.count_nonzero(back)) == 200000
+    assert (back[40:60, 900:1000, 900:1000] == masks.MASK_VALUE).all()
 
 
 def test_a_mask_of_another_voxel_size_or_outside_the_scan_is_refused(tmp_path):

@@ -135,8 +135,10 @@ def write_mask(
             offset=tuple(int(min(max(o - c, 0), d)) for o, c, d in zip(header.offset, corner, dims, strict=True)),
         )
         written = aim.write_aim(path, data, tmpl, type="char", log_entry=log_entry, values=MASK_VALUES)
-    else:
-        data = np.where(np.asarray(mask) != 0, np.int8(MASK_VALUE), np.int8(0)).astype(np.int8)
+    else:  # the whole scan's grid, written in the bone's box only: the rest are zero pages never touched
+        data = np.zeros(mask.shape, np.int8)
+        if tight is not None:
+            data[tight] = np.where(np.asarray(mask[tight]) != 0, np.int8(MASK_VALUE), np.int8(0))
         written = aim.write_aim(path, data, header, type="char", log_entry=log_entry, values=MASK_VALUES)
     return {
         "file": Path(path).name,

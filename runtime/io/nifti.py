@@ -195,10 +195,13 @@ def export_pair(
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}")
     el, pos = scan.header.element_size_mm, scan.header.position
-    m = np.asarray(mask) != 0
+    hint = _box(np.asarray(mask), box)  # the mask's tight box (a hint that misses voxels is not taken)
+    m = np.zeros(mask.shape, bool)  # written in that box only: the rest are zero pages never touched
+    if hint is not None:
+        m[hint] = np.asarray(mask[hint]) != 0
     mpos = pos
     if cropped:
-        sl = _box(m, box) or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
+        sl = hint or (slice(0, 1), slice(0, 1), slice(0, 1))  # an empty mask: one background voxel
         m = np.ascontiguousarray(m[sl])
         mpos = tuple(int(p) + s.start for p, s in zip(pos, (sl[2], sl[1], sl[0]), strict=True))
     scan_file, mask_file, *sidecar = (out_dir / n for n in export_names(name, fmt))
