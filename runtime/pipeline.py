@@ -169,9 +169,10 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         info["window"] = win.to_dict()
         if end is not None:
             info["joint_cut_slice"] = end
+    voxel_mm, grid_mm = float(min(spacing_zyx[1:])), float(grid.spacing_mm)  # the edge is read on the grid's scale
     if not info["empty"]:
         with timer("postprocess"):  # the outline on the half level where the scan resolves the edge
-            edge = edges.snap(data, mask, info.get("box"), float(min(spacing_zyx[1:])), float(grid.spacing_mm))
+            edge = edges.snap(data, mask, info.get("box"), voxel_mm, grid_mm)
         if edge is not None:
             info["box"] = edge.pop("box", info.get("box"))
             info["edge"] = edge
@@ -196,7 +197,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
                     other, o = postprocess(theirs, geometry, threshold)
                     if o["empty"]:
                         return None
-                    edge = edges.snap(data, other, o.get("box"), float(min(spacing_zyx[1:])), float(grid.spacing_mm))
+                    edge = edges.snap(data, other, o.get("box"), voxel_mm, grid_mm)
                     box = edge["box"] if edge is not None and "box" in edge else o.get("box")
                     d = [
                         measure.vbmd(data, m, spacing_zyx, calibration, _box(b))["d100_mg_ha_cm3"]
@@ -204,7 +205,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
                     ]
                     return None if None in d else d[0] - d[1]
 
-                reading = second_reading(vol, idt, on_grid, backend, float(grid.spacing_mm), at_native)
+                reading = second_reading(vol, idt, on_grid, backend, grid_mm, at_native)
             if reading is not None:
                 c["second_reading"] = reading
             info["checks"] = c
@@ -792,12 +793,9 @@ def _prob_x100(prob: np.ndarray | None, mask: np.ndarray, box) -> np.ndarray:
     if prob is not None:
         return np.clip(np.rint(prob * 100), 0, 100).astype(np.uint8)
     out = sparse_zeros(mask.shape)
-    sl = (
-        (slice(None),) * 3
-        if not box
-        else tuple(slice(int(a), int(b)) for a, b in zip(box[::2], box[1::2], strict=True))
-    )
-    np.multiply(mask[sl] != 0, np.uint8(100), out=out[sl], casting="unsafe")
+    sl = masks.bounding_box(mask, box)
+    if sl is not None:
+        np.multiply(mask[sl] != 0, np.uint8(100), out=out[sl], casting="unsafe")
     return out
 
 

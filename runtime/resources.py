@@ -94,7 +94,7 @@ def estimate_bytes(
     if classical:
         from vbmd_rt.runtime import classical as contour
 
-        factor = max(1, int(round(0.16 / px)))  # ``classical.segment``'s coarse grid
+        factor = contour.coarse_factor(spacing_zyx)
         near = math.ceil(2 * contour.NEAR_MM / px)
         need += CLASSICAL_BYTES_PER_VOXEL * z * (min(ny, near) // factor) * (min(nx, near) // factor)
     return need
