@@ -42,6 +42,7 @@ from vbmd_rt.runtime.postprocess import (
     joint_end,
     largest_component,
     postprocess,
+    satellites,
     sparse_zeros,
 )
 from vbmd_rt.runtime.result import Record, model_record
@@ -163,10 +164,12 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
         with timer("postprocess"):
-            end, raw = one_bone(prob, win, idt, model.threshold, float(grid.spacing_mm), keep=checks)
+            end, raw, bodies = one_bone(prob, win, idt, model.threshold, float(grid.spacing_mm), keep=checks)
             mask, info = postprocess(prob, geometry, model.threshold)
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
+        if bodies:  # slices of the model grid, as ``joint_cut_slice`` (a turned stack's from its proximal end)
+            info["small_bones_removed"] = [{**b, "slices": [z + win.z0 for z in b["slices"]]} for b in bodies]
         if end is not None:
             info["joint_cut_slice"] = end
     voxel_mm, grid_mm = float(min(spacing_zyx[1:])), float(grid.spacing_mm)  # the edge is read on the grid's scale
@@ -324,18 +327,24 @@ def keep_tip(mask: np.ndarray, box, tip: np.ndarray, end: int, geometry: preproc
 
 def one_bone(
     prob: np.ndarray, win: bonewin.Window, idt, threshold: float, spacing_mm: float, keep: bool = False
-) -> tuple[int | None, np.ndarray | None]:
+) -> tuple[int | None, np.ndarray | None, list[dict]]:
     """The network's probabilities (in place) held to the identified bone: ended at its joint
     (``trim_at_joint``, on the network's own profile: the other bones taken off first can hide the cup),
-    then 0 on the other bones (``idt.others``: a neighbour it touches, a sesamoid, a phalanx). Returns the
-    joint's model slice (or None) and, with ``keep``, the window's probabilities as they were before the
-    other bones were taken off (QC's confidence limit was set on the network's own; None where nothing was
-    taken off)."""
+    then 0 on the other bones (``idt.others``: a neighbour it touches, a sesamoid, a phalanx), and on small
+    bones that its mask holds through a neck (``postprocess.satellites``: a sesamoid inside MC2's own
+    instance, or one the other bones' 1 mm rim left to it). Returns the joint's model slice (or None), with
+    ``keep`` the window's probabilities as they were before anything was taken off (QC's confidence limit was
+    set on the network's own; None where nothing was), and the small bones taken off."""
     zs = np.flatnonzero(idt.region.any(axis=(1, 2)))
     end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
-    raw = win.of(prob).copy() if keep and idt.others is not None else None
+    raw = win.of(prob).copy() if keep else None
     bonewin.exclude(prob, win, idt.others)
-    return end, raw
+    view = win.of(prob)
+    gone, bodies = satellites(largest_component(view > threshold), spacing_mm)
+    view[gone] = 0.0
+    if idt.others is None and not bodies:
+        raw = None
+    return end, raw, bodies
 
 
 def trim_at_joint(

@@ -248,6 +248,87 @@ def detect_side(data: np.ndarray, mask: np.ndarray) -> str | None:
     return "right" if np.median(np.subtract(mc2_x, all_x)) < 0 else "left"
 
 
+# --------------------------------------------------------------------------- a small bone held by a neck
+
+#: A sesamoid (or another small bone) that MC2's mask took in beside the head: in each slice a lobe that a neck
+#: parts from the cross-section (``split``) and that holds under this share of its largest lobe ...
+SATELLITE_FRACTION = 0.3
+SATELLITE_NECK = 0.9  # a neck: the distance map dips under this share of the lower peak between two lobes (for
+#                       touching shafts ``split`` asks 0.75: a sesamoid lies close, and blur widens its neck)
+SATELLITE_MIN_MM3 = 2.0  # ... whose lobes, stacked, make a body of at least this volume (not a sliver of a
+#                          lobe that the cut's power diagram left), at most ...
+SATELLITE_MAX_MM3 = 200.0  # ... this volume (an MCP sesamoid is
+SATELLITE_MAX_MM = 8.0  # ... 3-6 mm across), this height and ...
+SATELLITE_MAX_MM2 = 32.0  # ... this cross-section (a disc 6.4 mm across): a condyle, or a neighbour's shaft or
+#                           head that the mask took in with MC2 (two bones as one: QC's business), is larger
+SATELLITE_REACH_MM = 3.0  # the body's own voxels in the slices where no neck shows: within this of it
+
+
+def satellites(mask: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[dict]]:
+    """The voxels of small bones that a neck joins to MC2's ``mask`` (bool z, y, x; isotropic ``spacing_mm``),
+    and a record of each body (``volume_mm3``, ``slices``).
+
+    In each slice the cross-section is cut at its necks (``split``: peaks of the distance map 6 mm apart, at
+    least 1.2 mm deep, with a neck under ``SATELLITE_NECK`` of the lower one between them); lobes under ``SATELLITE_FRACTION`` of the slice's largest are stacked into bodies. A
+    body of at most ``SATELLITE_MAX_MM3``, ``SATELLITE_MAX_MM`` tall and ``SATELLITE_MAX_MM2`` in cross-section
+    is another bone: a sesamoid beside
+    the head (at the MCP joint of the index finger in about half of hands), which a blurred joint space
+    bridges to it. It takes the mask's voxels that lie closer to it than to MC2 through the mask, within
+    ``SATELLITE_REACH_MM`` (a watershed on the mask's distance map: its poles, which show no neck, and the neck
+    up to its narrowest point). Larger bodies stay (a condyle, two bones as one: QC's business)."""
+    lobes = np.zeros(mask.shape, bool)
+    main = np.zeros(mask.shape, bool)  # the largest lobe of every slice that has a neck
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        ys, xs = np.flatnonzero(mask[z].any(axis=1)), np.flatnonzero(mask[z].any(axis=0))
+        at = (slice(max(ys[0] - 1, 0), ys[-1] + 2), slice(max(xs[0] - 1, 0), xs[-1] + 2))  # its box, a rim wider
+        lab = split(mask[z][at], spacing_mm, neck=SATELLITE_NECK)
+        n = int(lab.max())
+        if n < 2:
+            continue
+        areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+        big = int(areas.argmax()) + 1
+        main[z][at] = lab == big
+        small = np.flatnonzero(areas < SATELLITE_FRACTION * areas[big - 1]) + 1
+        lobes[z][at] = np.isin(lab, small)
+    removed = np.zeros(mask.shape, bool)
+    bodies: list[dict] = []
+    if not lobes.any():
+        return removed, bodies
+    comps, _ = ndimage.label(lobes)
+    reach = max(1, int(round(SATELLITE_REACH_MM / spacing_mm)))
+    for j, sl in enumerate(ndimage.find_objects(comps), start=1):
+        body = comps[sl] == j
+        volume = float(body.sum()) * spacing_mm**3
+        widest = float(body.sum(axis=(1, 2)).max()) * spacing_mm**2
+        tall = (sl[0].stop - sl[0].start) * spacing_mm
+        if (
+            not SATELLITE_MIN_MM3 <= volume <= SATELLITE_MAX_MM3
+            or widest > SATELLITE_MAX_MM2
+            or tall > SATELLITE_MAX_MM
+        ):
+            continue
+        box = tuple(
+            slice(max(s.start - reach, 0), min(s.stop + reach, size)) for s, size in zip(sl, mask.shape, strict=True)
+        )
+        m = mask[box]
+        depth = ndimage.distance_transform_edt(m)
+        cost = np.full(m.shape, 255, np.uint8)  # deep inside floods first: a neck parts the two
+        cost[m] = (253 - np.minimum(depth[m] * 253 / max(float(depth.max()), 1.0), 252)).astype(np.uint8)
+        seeds = np.zeros(m.shape, np.int16)
+        faces = np.ones(m.shape, bool)
+        faces[1:-1, 1:-1, 1:-1] = False
+        seeds[m & (main[box] | faces)] = 1  # MC2: its largest lobes, and the mask where it leaves the box
+        inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(sl, box, strict=True))
+        seeds[inner][body] = 2
+        took = (ndimage.watershed_ift(cost, seeds) == 2) & m
+        removed[box] |= took
+        zs = np.flatnonzero(took.any(axis=(1, 2))) + box[0].start
+        bodies.append(
+            {"volume_mm3": round(float(took.sum()) * spacing_mm**3, 1), "slices": [int(zs[0]), int(zs[-1]) + 1]}
+        )
+    return removed, bodies
+
+
 # --------------------------------------------------------------------------- touching bones in one cross-section
 
 
@@ -290,11 +371,17 @@ def wall_between(ring: np.ndarray, a, b, spacing_mm: float) -> bool:
 
 
 def split(
-    piece: np.ndarray, spacing_mm: float, min_gap_mm: float = 6.0, min_radius_mm: float = 1.2, ring=None
+    piece: np.ndarray,
+    spacing_mm: float,
+    min_gap_mm: float = 6.0,
+    min_radius_mm: float = 1.2,
+    ring=None,
+    neck: float = 0.75,
 ) -> np.ndarray:
     """A 2D piece of bone (bool) -> labels 1..n of the bones it holds (touching shafts or heads): the filled
     cross-section is cut by a watershed on its distance map, one seed per peak at least ``min_gap_mm``
-    from a higher one. ``ring``: the cortices (bool, same shape), where known: two seeds with a cortex wall
+    from a higher one; two seeds are one bone unless the distance map between them dips under ``neck`` of the
+    lower peak. ``ring``: the cortices (bool, same shape), where known: two seeds with a cortex wall
     between them (``wall_between``) are two bones even without a neck."""
     filled = fill_holes_2d(piece)
     edt = ndimage.distance_transform_edt(filled) * spacing_mm
@@ -304,7 +391,7 @@ def split(
     if n <= 1:
         return piece.astype(np.int32)
     # Two seeds with no clear neck between them (the distance map along the segment joining them stays
-    # above 3/4 of the lower peak) are one bone: an elongated or lobed cross-section.
+    # above ``neck`` of the lower peak) are one bone: an elongated or lobed cross-section.
     cs = ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))
     hs = ndimage.maximum(edt, seeds, range(1, n + 1))
     parent = list(range(n))
@@ -319,7 +406,7 @@ def split(
             t = np.linspace(0, 1, 24)
             yy = np.round(cs[i][0] + t * (cs[j][0] - cs[i][0])).astype(int)
             xx = np.round(cs[i][1] + t * (cs[j][1] - cs[i][1])).astype(int)
-            if edt[yy, xx].min() > 0.75 * min(hs[i], hs[j]):
+            if edt[yy, xx].min() > neck * min(hs[i], hs[j]):
                 if ring is not None and wall_between(ring, cs[i], cs[j], spacing_mm):
                     continue  # touching shafts that share a wall: their marrows are apart
                 parent[root(j)] = root(i)

@@ -96,6 +96,7 @@ class Record:
                 "file": mask_file,
                 "voxels": measures["voxels"],
                 **({"edge": info["edge"]} if info.get("edge") else {}),
+                **({"small_bones_removed": info["small_bones_removed"]} if info.get("small_bones_removed") else {}),
             },
             compartments=compartments,
             qc=info.get("qc", {}),

@@ -79,6 +79,7 @@ def evaluate_folder(predictor, folder: Path, wrong_bone: int, log, refused: list
             "seconds": r.timings_s["total"],
             "qc_seconds": r.timings_s.get("qc", 0.0),
             "edge": (r.record.mask.get("edge") if r.record is not None else None),
+            "small_bones_removed": (r.record.mask.get("small_bones_removed") if r.record is not None else None),
             "second_reading": {k: v for k, v in (r.qc.get("second_reading") or {}).items() if k != "onnx_sha256"}
             or None,
             **distal_end(r.mask, gt, float(scan.spacing_zyx[0])),
