@@ -743,9 +743,10 @@ def _head_ratio(a: Bone, b: Bone) -> float:
     return float(np.clip(math.log(max(sa, 1e-6) / max(sb, 1e-6)), -1.0, 1.0))
 
 
-def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | None:
+def features(bones: list[Bone], mc2: int, thumb: int | None, cut: bool = True) -> np.ndarray | None:
     """The evidence for "bone ``mc2`` is MC2, bone ``thumb`` the thumb (None: no thumb)", as ``FEATURES``;
-    None when the naming is impossible (MC2 not an end of the row)."""
+    None when the naming is impossible (MC2 not an end of the row). ``cut=False``: without what bones that the
+    field of view's edge cuts measure (their head, shaft and joint against another's; ``cut_doubt``)."""
     row, pts, along, order = _row(bones, thumb)
     if mc2 not in (order[0], order[-1]) or len(row) < 2:
         return None
@@ -754,20 +755,22 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
     a, b = bones[mc2], bones[other]
     f = dict.fromkeys(FEATURES, 0.0)
     two = len(row) == 2
-    head = _head_ratio(a, b)
-    shaft = float(np.clip(math.log(max(a.shaft_mm2, 1) / max(b.shaft_mm2, 1)), -1.0, 1.0))
-    joint = float(np.clip(a.tip - b.tip, -6.0, 6.0)) / 3.0 if a.joint_in_view and b.joint_in_view else 0.0
-    f["row2_head" if two else "row3_head"] = head
-    f["row2_shaft" if two else "row3_shaft"] = shaft
-    f["row2_joint" if two else "row3_joint"] = joint
+    if cut or not (a.edge or b.edge):
+        head = _head_ratio(a, b)
+        shaft = float(np.clip(math.log(max(a.shaft_mm2, 1) / max(b.shaft_mm2, 1)), -1.0, 1.0))
+        joint = float(np.clip(a.tip - b.tip, -6.0, 6.0)) / 3.0 if a.joint_in_view and b.joint_in_view else 0.0
+        f["row2_head" if two else "row3_head"] = head
+        f["row2_shaft" if two else "row3_shaft"] = shaft
+        f["row2_joint" if two else "row3_joint"] = joint
     f["row_residual"] = min(_row_residual(pts) / spacing, 2.0)
     f["row_joint_spread"] = _joint_spread([bones[i] for i in row])
     if len(row) >= 3:  # along the row away from MC2: MC3 is the longest metacarpal, MC5 the shortest and smallest
         ordered = order if mc2 == order[0] else order[::-1]
         nxt, far = bones[ordered[1]], bones[ordered[-1]]
-        f["trend_head"] = _head_ratio(nxt, far)
-        if nxt.joint_in_view and far.joint_in_view:
-            f["trend_joint"] = float(np.clip(nxt.tip - far.tip, -6.0, 6.0)) / 3.0
+        if cut or not (nxt.edge or far.edge):
+            f["trend_head"] = _head_ratio(nxt, far)
+            if nxt.joint_in_view and far.joint_in_view:
+                f["trend_joint"] = float(np.clip(nxt.tip - far.tip, -6.0, 6.0)) / 3.0
     f["mc2_at_edge"], f["other_at_edge"] = float(a.edge), float(b.edge)
     if thumb is not None:
         t = bones[thumb]
@@ -793,7 +796,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None) -> np.ndarray | Non
     return np.array([f[k] for k in FEATURES])
 
 
-def namings(bones: list[Bone]) -> list[tuple[int, int | None, np.ndarray]]:
+def namings(bones: list[Bone], cut: bool = True) -> list[tuple[int, int | None, np.ndarray]]:
     """The consistent namings of the candidates: (MC2, thumb or None, ``features``), MC2 at an end of the
     row. A hand has four metacarpals besides the thumb's: where some naming leaves at most ``ROW_MAX`` in
     the row, those with more there (a thumb or its phalanx taken into the row) are dropped; where none
@@ -804,7 +807,7 @@ def namings(bones: list[Bone]) -> list[tuple[int, int | None, np.ndarray]]:
     out = []
     for mc2 in range(len(bones)):
         for thumb in [None] + [i for i in range(len(bones)) if i != mc2 and len(bones) >= 3]:
-            f = features(bones, mc2, thumb)
+            f = features(bones, mc2, thumb, cut)
             if f is not None:
                 out.append((mc2, thumb, f))
     fits = [n for n in out if len(bones) - (n[1] is not None) <= ROW_MAX]
@@ -824,13 +827,16 @@ def _nearer_end(bones: list[Bone], mc2: int, thumb: int) -> bool:
     )
 
 
-def name(bones: list[Bone], side: str | None, weights: dict | None = None) -> tuple[list[dict], float]:
+def name(
+    bones: list[Bone], side: str | None, weights: dict | None = None, cut: bool = True
+) -> tuple[list[dict], float]:
     """Every consistent naming, best first (each: mc2, thumb, score, evidence), and the margin: the
-    log-odds of the chosen bone over the best other bone, each summed over its thumb hypotheses."""
+    log-odds of the chosen bone over the best other bone, each summed over its thumb hypotheses (``cut``:
+    as ``features``)."""
     w = np.array([(weights or WEIGHTS).get(k, 0.0) for k in FEATURES])
     xs = np.array([b.x_mm for b in bones])
     hyps: list[dict[str, Any]] = []
-    for mc2, thumb, f in namings(bones):
+    for mc2, thumb, f in namings(bones, cut):
         ev = {k: round(float(v * wk), 2) for k, v, wk in zip(FEATURES, f, w, strict=True) if v * wk}
         if side is not None:  # model space is a right hand: MC2 on the row's -x end
             others = [b.x_mm for i, b in enumerate(bones) if i not in (mc2, thumb)]
@@ -876,6 +882,31 @@ def bone_instances(coarse: np.ndarray, spacing_mm: float, mask=None) -> np.ndarr
         if not merge_pieces(labels, spacing_mm, cortex=cortex):
             break
     return labels
+
+
+def cut_doubt(bones: list[Bone], side: str | None, choice: int) -> str:
+    """Why the naming may rest on bones that the field of view's edge cuts, or "": a cut bone's head, shaft
+    and joint are the edge's, not its own (a thumb cut to a stump reads like a small metacarpal, a cut MC2
+    like MC4). Named again without them (``features(cut=False)``), another bone leads, or the choice's lead
+    falls under ``REVIEW_MARGIN``. On an independent generator's cropped hand (ALIEN_23) a wrong bone passed
+    QC with a margin of 2.5 that came from a cut thumb's head and joint."""
+    if not any(b.edge for b in bones):
+        return ""
+    hyps, lead = name(bones, side, cut=False)
+    if not hyps:
+        return ""
+    best = hyps[0]["mc2"]
+    if best != choice:
+        return (
+            f"MC2 not clearly identified: bone {bones[choice].label} leads on the sizes and joints of bones the"
+            f" field of view cuts; without them bone {bones[best].label} leads by {lead:.1f}"
+        )
+    if lead < REVIEW_MARGIN:
+        return (
+            f"MC2 not clearly identified: bone {bones[choice].label} leads by {lead:.1f} (needs"
+            f" {REVIEW_MARGIN:.1f}) without the sizes and joints of bones the field of view cuts"
+        )
+    return ""
 
 
 def irregular(bones: list[Bone]) -> str:
@@ -996,6 +1027,9 @@ def identify(
         odd = irregular(bones)
         if odd:
             reasons.append(f"bone instances uncertain: {odd}")
+        doubt = cut_doubt(bones, hint, choice) if margin >= REVIEW_MARGIN else ""
+        if doubt:
+            reasons.append(doubt)
         if margin < REVIEW_MARGIN:
             alt = next(h for h in hyps if h["mc2"] != choice)
             reasons.append(

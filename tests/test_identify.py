@@ -204,6 +204,31 @@ def test_with_a_thumb_mc2_is_the_row_end_beside_it():
     assert with_thumb == [(3, 4)]  # the thumb beside bone 3: never the far end 0 as MC2
 
 
+def test_a_naming_that_rests_on_a_bone_the_field_of_view_cuts_is_reviewed():
+    """Independent case ALIEN_23: a cropped hand whose end bone the field of view's edge cuts (its head read
+    14 mm wide against 18, its joint 6 mm short). Anatomy named the far end MC2 with a margin of 2.5 from the
+    cut bone's head and joint, a wrong bone that passed QC. Without what cut bones measure
+    (``features(cut=False)``: their head, shaft and joint against another's, and the trend along the row that
+    reads them), the middle bone leads: ``cut_doubt`` says so, and the stage reviews the naming."""
+
+    def bone(x, area, width, joint, edge=False):
+        return identify.Bone(0, x, 30.0, area, area * 2, joint, True, joint, edge, head_width_mm=width)
+
+    row = [bone(12.7, 98.0, 18.1, 22.8), bone(33.7, 97.6, 18.2, 22.7), bone(53.0, 104.8, 14.4, 16.3, edge=True)]
+    for i, b in enumerate(row, start=1):
+        b.label = i
+    hyps, margin = identify.name(row, None)
+    assert hyps[0]["mc2"] == 0 and margin >= identify.REVIEW_MARGIN
+    f = dict(zip(identify.FEATURES, identify.features(row, 0, None, cut=False), strict=True))
+    assert f["row3_head"] == f["row3_joint"] == f["trend_head"] == f["trend_joint"] == 0.0
+    assert f["other_at_edge"] == 1.0  # the edge itself still counts
+    assert identify.features(row, 0, None)[identify.FEATURES.index("row3_head")] != 0.0
+    doubt = identify.cut_doubt(row, None, 0)
+    assert doubt.startswith("MC2 not clearly identified") and "cuts" in doubt
+    uncut = [bone(12.7, 98.0, 18.1, 22.8), bone(33.7, 97.6, 18.2, 22.7), bone(53.0, 104.8, 14.4, 16.3)]
+    assert identify.cut_doubt(uncut, None, 0) == ""  # no bone at the edge: nothing to doubt
+
+
 @pytest.mark.parametrize("name", ["bonelabdata_aluminum.aim", "aimiopy_TRAB_1240.AIM"])
 def test_scans_that_hold_no_hand_are_refused_with_exit_2_and_no_output(samples, tmp_path, name):
     import subprocess
