@@ -745,8 +745,10 @@ def _head_ratio(a: Bone, b: Bone) -> float:
 
 def features(bones: list[Bone], mc2: int, thumb: int | None, cut: bool = True) -> np.ndarray | None:
     """The evidence for "bone ``mc2`` is MC2, bone ``thumb`` the thumb (None: no thumb)", as ``FEATURES``;
-    None when the naming is impossible (MC2 not an end of the row). ``cut=False``: without what bones that the
-    field of view's edge cuts measure (their head, shaft and joint against another's; ``cut_doubt``)."""
+    None when the naming is impossible (MC2 not an end of the row). ``cut=False``: without the comparisons that
+    read bones the field of view's edge cuts (``cut_doubt``): the row's ends' heads, shafts and joints where
+    either end is cut, the trend along the row where its next or far bone is. What else reads a cut bone
+    stays: its place (the thumb's, the row's line), the thumb's size and joint, the joints' spread."""
     row, pts, along, order = _row(bones, thumb)
     if mc2 not in (order[0], order[-1]) or len(row) < 2:
         return None

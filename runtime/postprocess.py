@@ -268,28 +268,50 @@ def satellites(mask: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[di
     """The voxels of small bones that a neck joins to MC2's ``mask`` (bool z, y, x; isotropic ``spacing_mm``),
     and a record of each body (``volume_mm3``, ``slices``).
 
-    In each slice the cross-section is cut at its necks (``split``: peaks of the distance map 6 mm apart, at
-    least 1.2 mm deep, with a neck under ``SATELLITE_NECK`` of the lower one between them); lobes under ``SATELLITE_FRACTION`` of the slice's largest are stacked into bodies. A
-    body of at most ``SATELLITE_MAX_MM3``, ``SATELLITE_MAX_MM`` tall and ``SATELLITE_MAX_MM2`` in cross-section
-    is another bone: a sesamoid beside
-    the head (at the MCP joint of the index finger in about half of hands), which a blurred joint space
-    bridges to it. It takes the mask's voxels that lie closer to it than to MC2 through the mask, within
-    ``SATELLITE_REACH_MM`` (a watershed on the mask's distance map: its poles, which show no neck, and the neck
-    up to its narrowest point). Larger bodies stay (a condyle, two bones as one: QC's business)."""
+    In each slice the cross-section is cut at its necks (``split``: peaks of the distance map, each the highest
+    in a 6 mm square and at least 1.2 mm deep, with a neck under ``SATELLITE_NECK`` of the lower one between
+    them). MC2's lobe is the one nearest the centre of its cross-section in the slice before, counted from the
+    largest cross-section towards both ends (not the largest lobe: near the dome's tip a sesamoid can be
+    larger than MC2 there). Other lobes under ``SATELLITE_FRACTION`` of MC2's are stacked into bodies. A body
+    of ``SATELLITE_MIN_MM3`` to ``SATELLITE_MAX_MM3``, at most ``SATELLITE_MAX_MM`` tall and
+    ``SATELLITE_MAX_MM2`` in cross-section is another bone: a sesamoid beside the head (at the MCP joint of the
+    index finger in about half of hands), which a blurred joint space bridges to it. It takes the mask's
+    voxels that lie closer to it than to MC2 through the mask, within ``SATELLITE_REACH_MM`` (a watershed on
+    the mask's distance map: its poles, which show no neck, and the neck up to its narrowest point). Larger
+    bodies stay (a condyle, two bones as one: QC's business). The mask alone decides: a bony outgrowth on a
+    narrow stalk, rare at the MCP joint, would go as a sesamoid does (``mask.small_bones_removed`` says what
+    went)."""
     lobes = np.zeros(mask.shape, bool)
-    main = np.zeros(mask.shape, bool)  # the largest lobe of every slice that has a neck
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+    main = np.zeros(mask.shape, bool)  # MC2's lobe in every slice that has a neck
+    cut: dict[int, tuple] = {}
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    for z in zs:
         ys, xs = np.flatnonzero(mask[z].any(axis=1)), np.flatnonzero(mask[z].any(axis=0))
         at = (slice(max(ys[0] - 1, 0), ys[-1] + 2), slice(max(xs[0] - 1, 0), xs[-1] + 2))  # its box, a rim wider
         lab = split(mask[z][at], spacing_mm, neck=SATELLITE_NECK)
-        n = int(lab.max())
-        if n < 2:
-            continue
-        areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-        big = int(areas.argmax()) + 1
-        main[z][at] = lab == big
-        small = np.flatnonzero(areas < SATELLITE_FRACTION * areas[big - 1]) + 1
-        lobes[z][at] = np.isin(lab, small)
+        if int(lab.max()) >= 2:
+            cut[int(z)] = (at, lab)
+    if not cut:
+        return np.zeros(mask.shape, bool), []
+    start = int(zs[int(np.argmax(mask[zs].sum(axis=(1, 2))))])
+    for order in (range(start, int(zs[-1]) + 1), range(start - 1, int(zs[0]) - 1, -1)):
+        before = None if order.start == start else (main[start] if start in cut else mask[start])
+        for k in order:  # MC2's cross-section in the slice before (``before``), on the way from the largest one
+            if k not in cut:
+                before = mask[k]
+                continue
+            at, lab = cut[k]
+            n = int(lab.max())
+            areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+            own = int(areas.argmax()) + 1
+            if before is not None and before.any():  # the lobe nearest the centre of MC2's cross-section before
+                centre = np.array(ndimage.center_of_mass(before)) - (at[0].start, at[1].start)
+                lobes_at = np.array(ndimage.center_of_mass(lab > 0, lab, range(1, n + 1)))
+                own = int(np.argmin(np.hypot(*(lobes_at - centre).T))) + 1
+            main[k][at] = lab == own
+            small = np.flatnonzero(areas < SATELLITE_FRACTION * areas[own - 1]) + 1
+            lobes[k][at] = np.isin(lab, small)
+            before = main[k]
     removed = np.zeros(mask.shape, bool)
     bodies: list[dict] = []
     if not lobes.any():

@@ -205,11 +205,12 @@ def test_with_a_thumb_mc2_is_the_row_end_beside_it():
 
 
 def test_a_naming_that_rests_on_a_bone_the_field_of_view_cuts_is_reviewed():
-    """Independent case ALIEN_23: a cropped hand whose end bone the field of view's edge cuts (its head read
-    14 mm wide against 18, its joint 6 mm short). Anatomy named the far end MC2 with a margin of 2.5 from the
-    cut bone's head and joint, a wrong bone that passed QC. Without what cut bones measure
-    (``features(cut=False)``: their head, shaft and joint against another's, and the trend along the row that
-    reads them), the middle bone leads: ``cut_doubt`` says so, and the stage reviews the naming."""
+    """A row of three measured as independent case ALIEN_23's candidates (head widths, shafts, joints; set in a
+    straight line): the end bone that the field of view's edge cuts read a head 14 mm wide against 18 and a
+    joint 6 mm short. With its measurements bone 1 leads by over 2 (on ALIEN_23, 2.5: a wrong bone that passed
+    QC); without what cut bones measure (``features(cut=False)``: their head, shaft and joint against
+    another's at the row's ends, and the trend along the row where it reads them) the cut bone itself leads:
+    the naming rested on it, and ``cut_doubt`` says so."""
 
     def bone(x, area, width, joint, edge=False):
         return identify.Bone(0, x, 30.0, area, area * 2, joint, True, joint, edge, head_width_mm=width)
@@ -224,9 +225,21 @@ def test_a_naming_that_rests_on_a_bone_the_field_of_view_cuts_is_reviewed():
     assert f["other_at_edge"] == 1.0  # the edge itself still counts
     assert identify.features(row, 0, None)[identify.FEATURES.index("row3_head")] != 0.0
     doubt = identify.cut_doubt(row, None, 0)
-    assert doubt.startswith("MC2 not clearly identified") and "cuts" in doubt
+    assert doubt.startswith("MC2 not clearly identified") and "without them bone 3 leads" in doubt
     uncut = [bone(12.7, 98.0, 18.1, 22.8), bone(33.7, 97.6, 18.2, 22.7), bone(53.0, 104.8, 14.4, 16.3)]
     assert identify.cut_doubt(uncut, None, 0) == ""  # no bone at the edge: nothing to doubt
+
+
+def test_the_stage_reviews_what_cut_doubt_doubts(monkeypatch):
+    """``identify`` asks ``cut_doubt`` where its margin is over 2, and its doubt is a review reason."""
+    p = phantom.sample_case(3, "small")
+    scan, _ = phantom.render_case(p)
+    vol, _ = _grid(scan, (p.voxel_mm,) * 3, p.cal)
+    plain = identify.identify(vol, bonewin.GRID.spacing_mm)
+    assert plain.margin >= identify.REVIEW_MARGIN and not plain.reasons
+    monkeypatch.setattr(identify, "cut_doubt", lambda bones, side, choice: "MC2 not clearly identified: (a doubt)")
+    doubted = identify.identify(vol, bonewin.GRID.spacing_mm)
+    assert doubted.reasons == ["MC2 not clearly identified: (a doubt)"] and doubted.choice == plain.choice
 
 
 @pytest.mark.parametrize("name", ["bonelabdata_aluminum.aim", "aimiopy_TRAB_1240.AIM"])

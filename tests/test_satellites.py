@@ -86,16 +86,49 @@ def test_a_tall_body_stays():
     assert not gone.any() and bodies == []
 
 
-def test_a_large_body_stays():
-    """A body of 230 mm³ within 8 mm of the stack is larger than an MCP sesamoid (3-6 mm across)."""
-    n = 160
+def _beside(body_mm2, tall_mm, main_mm=7.5, n=160):
+    """MC2 (a cylinder of ``main_mm`` radius) and beside it, held by a 0.7 mm neck, a short cylinder of
+    ``body_mm2`` cross-section and ``tall_mm`` height (0.3 of MC2's cross-section or less: a lobe)."""
     c = n * SPACING / 2
-    bone = _bone(n=n, radius_mm=8.5)
-    ball = _ball((7.0, c + 8.5 + 0.8 + 3.8, c), 3.8, n=n)
+    r = float(np.sqrt(body_mm2 / np.pi))
     zz, yy, xx = _grid(n=n)
-    neck = (np.abs(xx - c) < 0.35) & (yy > c + 8.0) & (yy < c + 10.0) & (np.abs(zz - 7.0) < 1.0)
-    gone, bodies = postprocess.satellites(bone | ball | neck, SPACING)
+    other = (np.hypot(yy - (c + main_mm + 0.8 + r), xx - c) < r) & (zz >= 2.0) & (zz < 2.0 + tall_mm)
+    neck = (np.abs(xx - c) < 0.35) & (yy > c + main_mm - 0.5) & (yy < c + main_mm + 1.5) & (zz >= 2.0)
+    neck &= zz < 2.0 + tall_mm
+    return _bone(n=n, radius_mm=main_mm) | other | neck, other
+
+
+def test_a_large_body_stays():
+    """A body of about 225 mm³ (7.5 mm tall, 30 mm² across) is larger than an MCP sesamoid (3-6 mm): only
+    the volume limit keeps it."""
+    mask, other = _beside(30.0, 7.5)
+    assert 205 < other.sum() * SPACING**3 < 240
+    gone, bodies = postprocess.satellites(mask, SPACING)
     assert not gone.any() and bodies == []
+
+
+def test_a_wide_body_stays():
+    """A body 40 mm² across (a disc 7.1 mm wide: a neighbour's shaft or head that the mask took in with MC2)
+    but 4 mm tall (160 mm³): only the cross-section limit keeps it."""
+    mask, other = _beside(40.0, 4.0)
+    assert other.sum() * SPACING**3 < postprocess.SATELLITE_MAX_MM3
+    gone, bodies = postprocess.satellites(mask, SPACING)
+    assert not gone.any() and bodies == []
+
+
+def test_mc2s_lobe_is_the_one_that_carries_on():
+    """Past the head's widest part MC2's cross-section can be smaller than a sesamoid's beside it: MC2's lobe
+    is the one nearest the centre of its cross-section in the slice before, so its end stays (taken for the
+    largest lobe, the
+    sesamoid made MC2's end a small lobe of its own, and the end went). A sesamoid this large against MC2's
+    end is no small lobe there: it stays too."""
+    c = 120 * SPACING / 2
+    zz, yy, xx = _grid()
+    bone = (np.hypot(yy - c, xx - c) < np.where(zz < 5.0, 5.0, 1.6)) & (zz < 7.5)
+    other = (np.hypot(yy - (c + 1.6 + 0.6 + 3.0), xx - c) < 3.0) & (zz >= 5.0) & (zz < 7.5)
+    neck = (np.abs(xx - c) < 0.35) & (yy > c + 1.3) & (yy < c + 2.5) & (zz >= 5.0) & (zz < 7.5)
+    gone, _ = postprocess.satellites(bone | other | neck, SPACING)
+    assert not (gone & bone).any()
 
 
 @pytest.mark.parametrize("radius_mm", [1.0])
