@@ -337,13 +337,13 @@ def one_bone(
     set on the network's own; None where nothing was), and the small bones taken off."""
     zs = np.flatnonzero(idt.region.any(axis=(1, 2)))
     end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
-    raw = win.of(prob).copy() if keep else None
+    raw = win.of(prob).copy() if keep and idt.others is not None else None
     bonewin.exclude(prob, win, idt.others)
     view = win.of(prob)
     gone, bodies = satellites(largest_component(view > threshold), spacing_mm)
+    if keep and raw is None and bodies:  # nothing excluded before: the window is still the network's own
+        raw = view.copy()
     view[gone] = 0.0
-    if idt.others is None and not bodies:
-        raw = None
     return end, raw, bodies
 
 

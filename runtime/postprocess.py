@@ -344,9 +344,9 @@ def satellites(mask: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[di
         seeds[inner][body] = 2
         took = (ndimage.watershed_ift(cost, seeds) == 2) & m
         removed[box] |= took
-        zs = np.flatnonzero(took.any(axis=(1, 2))) + box[0].start
+        on = np.flatnonzero(took.any(axis=(1, 2))) + box[0].start  # the body's slices
         bodies.append(
-            {"volume_mm3": round(float(took.sum()) * spacing_mm**3, 1), "slices": [int(zs[0]), int(zs[-1]) + 1]}
+            {"volume_mm3": round(float(took.sum()) * spacing_mm**3, 1), "slices": [int(on[0]), int(on[-1]) + 1]}
         )
     return removed, bodies
 
