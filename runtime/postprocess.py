@@ -354,7 +354,7 @@ def satellites(mask: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, list[di
 # --------------------------------------------------------------------------- touching bones in one cross-section
 
 
-WALL_MM = 3.0  # a cortex wall between two marrows is at most this thick
+WALL_MM = 4.0  # a cortex wall between two marrows is at most this thick: two cortices of up to 2 mm, touching
 
 
 def segment_pixels(a, b, shape, samples: int | None = None, least: int = 8) -> tuple[np.ndarray, np.ndarray]:

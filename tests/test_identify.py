@@ -323,6 +323,42 @@ def test_touching_shafts_that_share_a_cortex_wall_are_two_bones():
     assert identify.split(union, 0.5, ring=outer).max() == 1
 
 
+def _slab(img: np.ndarray) -> np.ndarray:
+    """A proximal slab (8 slices of 0.5 mm) whose every slice is ``img``."""
+    return np.repeat(img[None].astype(np.float32), 8, axis=0)
+
+
+def test_a_filled_shaft_beside_an_open_ring_stays_a_shaft_of_its_own():
+    """A small filled shaft 1.5 mm from a broad cortex ring open over a quarter of its round (a thin cortex
+    the slab's mean left open): the closing joins them into one piece whose filled cross-section falls short
+    of its hull. The hull of both was one bone; the filled shaft, apart from the ring before the closing and
+    outside the ring's hull, is a shaft of its own, and the ring is its hull."""
+    yy, xx = np.mgrid[:80, :120]
+    ring_d, shaft_d = np.hypot(yy - 40, xx - 75), np.hypot(yy - 40, xx - 40.5)
+    ring = (ring_d >= 14) & (ring_d < 16) & ~((yy < 40) & (xx > 75))  # r 8 mm, 1 mm thick, a quarter open
+    shaft = shaft_d < 7.5  # r 3.75 mm, filled (dense marrow), 1.5 mm from the ring
+    labels = identify.shafts(_slab(ring | shaft), 0.3, 0.8, 0.5)
+    assert labels[40, 40] > 0 and labels[40, 75] > 0 and labels[40, 40] != labels[40, 75]
+    assert (labels == labels[40, 40]).sum() < 250  # the shaft alone (177 px), not the ring's hull with it
+
+    # one bone: a lobe of dense marrow inside an open ring, joined to its cortex, stays one with the ring
+    lobe = (np.hypot(yy - 46, xx - 75) < 7) | ((np.abs(yy - 53) <= 2) & (np.abs(xx - 75) <= 3))
+    one = identify.shafts(_slab(ring | lobe), 0.3, 0.8, 0.5)
+    assert one[46, 75] > 0 and one[46, 75] == one[40, 89] == one[54, 75]
+
+
+def test_a_wall_of_two_thick_cortices_still_parts_two_shafts():
+    """Two shafts that touch, each cortex 1.75 mm thick on the 0.5 mm coarse grid: the wall between their
+    marrows is both cortices, 3.5 mm (rand7000 0004 read 3.5 mm; MC2 and MC3 were taken as one bone), and
+    a wall twice as thick as a thick cortex is still two bones; a dense band thicker than that is not."""
+    yy, xx = np.mgrid[:60, :100]
+    d1, d2 = np.hypot(yy - 30, xx - 37), np.hypot(yy - 30, xx - 63)
+    ring = ((d1 < 13.5) & (d1 >= 10)) | ((d2 < 13.5) & (d2 >= 10))  # 1.75 mm each, touching: a wall at x 47-53
+    assert identify.wall_between(ring, (30, 37), (30, 63), 0.5)
+    thick = ring | ((np.abs(xx - 50) <= 6) & (np.abs(yy - 30) <= 8))  # a band 6.5 mm across: no two cortices
+    assert not identify.wall_between(thick, (30, 37), (30, 63), 0.5)
+
+
 def _script(name: str):
     """A module of ``scripts/`` (they import each other by name, as when run from there)."""
     import importlib
