@@ -268,46 +268,57 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
             convex = classical.hull(part.astype(np.uint8))
             subs = [part]
             if part.sum() < p.hull_fill * convex.sum() and convex.sum() <= max_px:  # a ring with a gap: its hull
-                subs = ring_and_shafts(part, unclosed[sl], convex, spacing_mm, max_px)
+                subs = ring_and_shafts(part, unclosed[sl], convex, spacing_mm)
             for sub in subs:
                 top = int(out.max())
                 out[sl][sub & (out[sl] == 0)] = top + 1
     return out
 
 
-def ring_and_shafts(part: np.ndarray, unclosed: np.ndarray, convex: np.ndarray, spacing_mm: float, max_px: int):
+def ring_and_shafts(part: np.ndarray, unclosed: np.ndarray, convex: np.ndarray, spacing_mm: float):
     """The shafts in a piece of the slab whose filled cross-section falls short of its hull (``convex``): a
     ring with a gap (a thin cortex the mean did not close), taken as its hull. But the closing that makes the
     pieces also joins a filled shaft lying a millimetre or two from such a ring (a small MC2 beside MC3's broad,
-    open ring: randomised 0012 of seed 7000), and the hull of the two is one bone. So the piece's filled lobes
-    (what an opening by ``SOLID_MM`` keeps, a disc of ``SHAFT_RADIUS_MM`` or more) that lie mostly outside the
-    hull of the rest, and whose own piece of the bone before the closing (``unclosed``: the one that holds most
-    of the lobe) holds under a tenth of the rest, are shafts of their own. Returns [each of them, the rest's
-    hull without them], else [``convex``]. A lobe of marrow inside a ring (one bone) lies within the ring's
-    hull or is joined to its cortex, and stays."""
+    open ring: randomised 0012 of seed 7000), and the hull of the two is one bone. So a filled shaft in the
+    piece is a shaft of its own: a lobe that an opening by ``SOLID_MM`` keeps, deep enough to hold a disc of
+    ``SHAFT_RADIUS_MM`` (an arc of cortex up to 4 mm thick is not), lying mostly outside the hull of the rest
+    of the piece (a shaft beside a ring, not inside it), and whose own piece of the bone before the closing
+    (``unclosed``: the one that holds most of the lobe) holds under a tenth of the rest (a lobe joined to the
+    ring's cortex is the ring's marrow). Returns [each such shaft, the hull of the rest without them], else
+    [``convex``]."""
     r = max(1, int(round(SOLID_MM / spacing_mm)))
     pad = r + 1
     padded = np.pad(part, pad).astype(np.uint8)
     solid, n = ndimage.label(cv2.morphologyEx(padded, cv2.MORPH_OPEN, classical._disc(r)) > 0)
-    least = math.pi * (SHAFT_RADIUS_MM / spacing_mm) ** 2
-    lobes = [solid == i for i in range(1, n + 1) if int((solid == i).sum()) >= least]
+    lobes = []
+    for i in range(1, n + 1):
+        lobe = solid == i
+        deep = float(ndimage.distance_transform_edt(np.pad(lobe, 1)).max()) * spacing_mm
+        if deep >= SHAFT_RADIUS_MM:
+            lobes.append(lobe)
     if not lobes:
         return [convex]
-    rest = (padded > 0) & ~ndimage.binary_dilation(np.any(lobes, axis=0), structure=np.ones((3, 3), bool))
-    if rest.sum() < least:
+    eight = np.ones((3, 3), bool)
+
+    def without(some: list[np.ndarray]) -> np.ndarray:  # the piece less these lobes and a pixel round them
+        return (padded > 0) & ~ndimage.binary_dilation(np.any(some, axis=0), structure=eight)
+
+    rest = without(lobes)
+    if rest.sum() < math.pi * (SHAFT_RADIUS_MM / spacing_mm) ** 2:
         return [convex]
-    ring = classical.hull(rest.astype(np.uint8))
-    pieces, _ = ndimage.label(np.pad(unclosed & part, pad), structure=np.ones((3, 3), bool))
+    hull = classical.hull(rest.astype(np.uint8))
+    pieces, _ = ndimage.label(np.pad(unclosed & part, pad), structure=eight)
 
     def own(lobe: np.ndarray) -> bool:  # the piece that holds most of the lobe holds (almost) none of the rest
         held = np.bincount(pieces[lobe], minlength=2)[1:]
         return bool(held.any()) and bool((pieces[rest] == 1 + int(held.argmax())).sum() < 0.1 * rest.sum())
 
-    apart = [lobe for lobe in lobes if (lobe & ring).sum() < 0.5 * lobe.sum() and own(lobe)]
-    if not apart or ring.sum() > max_px:
+    apart = [lobe for lobe in lobes if (lobe & hull).sum() < 0.5 * lobe.sum() and own(lobe)]
+    if not apart:
         return [convex]
+    ring = classical.hull(without(apart).astype(np.uint8)) & ~np.any(apart, axis=0)  # lobes that stay are its own
     inner = (slice(pad, -pad), slice(pad, -pad))
-    return [lobe[inner] for lobe in apart] + [(ring & ~np.any(apart, axis=0))[inner]]
+    return [lobe[inner] for lobe in apart] + [ring[inner]]
 
 
 def track(bone: np.ndarray, spacing_mm: float, p=PARAMS, init=None) -> np.ndarray:

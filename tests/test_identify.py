@@ -329,22 +329,46 @@ def _slab(img: np.ndarray) -> np.ndarray:
 
 
 def test_a_filled_shaft_beside_an_open_ring_stays_a_shaft_of_its_own():
-    """A small filled shaft 1.5 mm from a broad cortex ring open over a quarter of its round (a thin cortex
-    the slab's mean left open): the closing joins them into one piece whose filled cross-section falls short
-    of its hull. The hull of both was one bone; the filled shaft, apart from the ring before the closing and
-    outside the ring's hull, is a shaft of its own, and the ring is its hull."""
+    """A small filled shaft (a cortex round dense marrow) 1.5 mm from a broad cortex ring open over a quarter
+    of its round (a thin cortex the slab's mean left open): the closing joins them into one piece whose filled
+    cross-section falls short of its hull. The hull of both was one bone; the filled shaft, apart from the ring
+    before the closing and outside the ring's hull, is a shaft of its own, and the ring is its hull."""
     yy, xx = np.mgrid[:80, :120]
-    ring_d, shaft_d = np.hypot(yy - 40, xx - 75), np.hypot(yy - 40, xx - 40.5)
+    ring_d, shaft_d = np.hypot(yy - 40, xx - 75), np.hypot(yy - 40, xx - 48.5)
     ring = (ring_d >= 14) & (ring_d < 16) & ~((yy < 40) & (xx > 75))  # r 8 mm, 1 mm thick, a quarter open
-    shaft = shaft_d < 7.5  # r 3.75 mm, filled (dense marrow), 1.5 mm from the ring
-    labels = identify.shafts(_slab(ring | shaft), 0.3, 0.8, 0.5)
-    assert labels[40, 40] > 0 and labels[40, 75] > 0 and labels[40, 40] != labels[40, 75]
-    assert (labels == labels[40, 40]).sum() < 250  # the shaft alone (177 px), not the ring's hull with it
+    shaft = shaft_d < 7.5  # r 3.75 mm, its outer edge 3 px (1.5 mm) from the ring's
+    img = (ring | shaft).astype(np.float32)
+    img[shaft_d < 5.5] = 0.5  # marrow: above the low level, under the high one
+    labels = identify.shafts(_slab(img), 0.3, 0.8, 0.5)
+    assert labels[40, 48] > 0 and labels[40, 75] > 0 and labels[40, 48] != labels[40, 75]
+    assert (labels == labels[40, 48]).sum() < 250  # the shaft alone (177 px), not the ring's hull with it
 
-    # one bone: a lobe of dense marrow inside an open ring, joined to its cortex, stays one with the ring
-    lobe = (np.hypot(yy - 46, xx - 75) < 7) | ((np.abs(yy - 53) <= 2) & (np.abs(xx - 75) <= 3))
-    one = identify.shafts(_slab(ring | lobe), 0.3, 0.8, 0.5)
-    assert one[46, 75] > 0 and one[46, 75] == one[40, 89] == one[54, 75]
+    # joined to the ring by a bridge of bone before the closing: one piece of bone, left to the hull
+    bridged = img.copy()
+    bridged[(yy == 40) & (xx >= 55) & (xx <= 60)] = 1.0
+    one = identify.shafts(_slab(bridged), 0.3, 0.8, 0.5)
+    assert one[40, 48] > 0 and one[40, 48] == one[40, 75]
+
+
+def test_an_open_ring_with_a_thick_arc_or_a_lobe_of_marrow_stays_one_bone():
+    """What the filled-shaft rule must leave whole: a core of dense marrow inside an open ring, 1.5 mm off its
+    cortex (a piece of its own before the closing, but inside the ring's hull), and a ring broken into a thin
+    arc and a thick one (3 mm of cortex, a piece of its own before the closing, outside the thin arc's hull: too
+    thin to hold a shaft's disc of 2 mm)."""
+    yy, xx = np.mgrid[:80, :120]
+    d = np.hypot(yy - 40, xx - 60)
+    ring = (d >= 14) & (d < 16) & ~((yy < 40) & (xx > 60))  # a quarter open
+    lobe = np.hypot(yy - 42, xx - 60) < 9  # 1.5 mm inside the ring's inner edge below, 2.5 mm at the sides
+    img = ring.astype(np.float32)
+    img[lobe] = 0.5
+    one = identify.shafts(_slab(img), 0.3, 0.8, 0.5)
+    assert one[42, 60] > 0 and one[42, 60] == one[40, 75] == one[55, 60]
+
+    ang = np.degrees(np.arctan2(yy - 40, xx - 60)) % 360
+    thin = (d >= 14) & (d < 16) & (ang <= 200)
+    thick = (d >= 10) & (d < 16) & (ang >= 214) & (ang <= 264)  # 3 mm of cortex, 7 degrees from the thin arc
+    arcs = identify.shafts(_slab((thin | thick).astype(np.float32)), 0.3, 0.8, 0.5)
+    assert len(set(np.unique(arcs[thin | thick]).tolist()) - {0}) == 1
 
 
 def test_a_wall_of_two_thick_cortices_still_parts_two_shafts():
