@@ -285,8 +285,17 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
         "last_slice": last,
         "touches_last_slice": last == mask.shape[0] - 1,
         # (a mask that runs to the stack's last slice has no end in view to judge)
-        **({} if last == mask.shape[0] - 1 else {"end_fraction": round(float(a[-1]) / float(a.max()), 4)}),
+        **({} if last == mask.shape[0] - 1 else _end(a, half)),
     }
+
+
+def _end(a: np.ndarray, half: int) -> dict:
+    """How the mask's area profile ``a`` ends: its last slice as a share of the largest (``end_fraction``),
+    and whether its last 1 mm (``half`` slices) narrows as a head's dome does (``end_narrows``: the last
+    slice under 0.95 of the one 1 mm before). A head cut short narrows to its cut; a mask that takes in the
+    joint space or the base of the phalanx round the dome's tip stops narrowing, or widens."""
+    before = float(a[max(0, a.size - 1 - half)])
+    return {"end_fraction": round(float(a[-1]) / float(a.max()), 4), "end_narrows": bool(a[-1] < 0.95 * before)}
 
 
 SHAFT_SLAB_MM = 3.0  # the mask's first slices, where a metacarpal is a shaft
@@ -393,9 +402,14 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
                 " (the mask may hold the phalanx)"
             )
         elif shape.get("end_fraction", 0.0) > limits.end_fraction:
+            why = (
+                "(is the head cut short?)"
+                if shape.get("end_narrows", True)
+                else "and its last 1 mm does not narrow (does the mask hold the joint space or the phalanx's base?)"
+            )
             reasons.append(
                 f"the mask ends abruptly: its last slice holds {shape['end_fraction']:.0%} of its largest"
-                " cross-section, where a head ends in a dome (is the head cut short?)"
+                f" cross-section, where a head ends in a dome {why}"
             )
         _range(reasons, "MC2 length", shape["length_mm"], limits.length_mm, "mm")
         _range(reasons, "bone volume", measures.get("bone_volume_mm3"), limits.volume_mm3, "mm³")

@@ -77,8 +77,27 @@ def test_a_head_cut_short_is_flagged(case):
     wide = np.flatnonzero(area > 0.7 * area.max())[-1]  # the head's last slice still 70 % of the widest
     mask[wide + 1 :] = 0
     v = _verdict(case, mask)
-    assert v["shape"]["end_fraction"] > qc.LIMITS.end_fraction
-    assert any("ends abruptly" in r for r in v["reasons"]), v["reasons"]
+    assert v["shape"]["end_fraction"] > qc.LIMITS.end_fraction and v["shape"]["end_narrows"]
+    assert any("ends abruptly" in r and "cut short" in r for r in v["reasons"]), v["reasons"]
+
+
+def test_a_mask_that_widens_at_its_end_is_flagged_for_the_joint(case):
+    """A mask that takes in the joint space round the dome's last slices (a network that filled the phalanx's
+    cup): its end stops narrowing, and the reason says what it may hold rather than a head cut short."""
+    import cv2
+
+    p, _, truth = case
+    mask = truth.copy()
+    area = mask.sum(axis=(1, 2))
+    zs = np.flatnonzero(area)
+    n = max(2, int(round(1.0 / p.voxel_mm)))  # its last 1 mm
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    base = mask[np.flatnonzero(area >= 0.5 * area.max())[-1]].astype(np.uint8)  # the dome still half the widest
+    for k in zs[-n:]:
+        mask[k] = cv2.dilate(base, disc)  # the last 1 mm as wide as that and more: the joint space taken in
+    v = _verdict(case, mask)
+    assert v["shape"]["end_fraction"] > qc.LIMITS.end_fraction and not v["shape"]["end_narrows"]
+    assert any("ends abruptly" in r and "joint space" in r for r in v["reasons"]), v["reasons"]
 
 
 def test_lost_shaft_slices_are_flagged(case):
