@@ -278,8 +278,8 @@ def shafts(sm: np.ndarray, low: float, high: float, spacing_mm: float, p=PARAMS)
 def ring_and_shafts(part: np.ndarray, unclosed: np.ndarray, convex: np.ndarray, spacing_mm: float):
     """The shafts in a piece of the slab whose filled cross-section falls short of its hull (``convex``): a
     ring with a gap (a thin cortex the mean did not close), taken as its hull. But the closing that makes the
-    pieces also joins a filled shaft lying a millimetre or two from such a ring (a small MC2 beside MC3's broad,
-    open ring: randomised 0012 of seed 7000), and the hull of the two is one bone. So a filled shaft in the
+    pieces also joins a filled shaft lying a millimetre or two from such a ring (a filled MC3 beside MC2's open
+    ring: randomised 0012 of seed 7000), and the hull of the two is one bone. So a filled shaft in the
     piece is a shaft of its own: a lobe that an opening by ``SOLID_MM`` keeps, deep enough to hold a disc of
     ``SHAFT_RADIUS_MM`` (an arc of cortex up to 4 mm thick is not), lying mostly outside the hull of the rest
     of the piece (a shaft beside a ring, not inside it), and whose own piece of the bone before the closing
