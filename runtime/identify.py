@@ -290,12 +290,11 @@ def ring_and_shafts(part: np.ndarray, unclosed: np.ndarray, convex: np.ndarray, 
     pad = r + 1
     padded = np.pad(part, pad).astype(np.uint8)
     solid, n = ndimage.label(cv2.morphologyEx(padded, cv2.MORPH_OPEN, classical._disc(r)) > 0)
-    lobes = []
-    for i in range(1, n + 1):
-        lobe = solid == i
-        deep = float(ndimage.distance_transform_edt(np.pad(lobe, 1)).max()) * spacing_mm
-        if deep >= SHAFT_RADIUS_MM:
-            lobes.append(lobe)
+    lobes = [
+        lobe
+        for lobe in (solid == i for i in range(1, n + 1))
+        if _inscribed_mm(lobe[None], spacing_mm) >= SHAFT_RADIUS_MM
+    ]
     if not lobes:
         return [convex]
     eight = np.ones((3, 3), bool)
