@@ -92,7 +92,7 @@ def samples(model: Model, path: Path, positions: list[float]) -> list[np.ndarray
         image = bonewin.cut(vol[win.z0 : win.z1], win, float(np.percentile(vol[:, ::8, ::8], 1)))
         pri = bonewin.prior(bonewin.cut(idt.region[win.z0 : win.z1], win, False))
         ks = [int(round(p * (image.shape[0] - 1))) for p in positions]
-        return [x for x in bonewin.batch(image, pri, ks)]  # (CHANNELS, size, size) each
+        return [x for x in bonewin.batch(image, pri, ks, bonewin.odd_slices(image, pri))]  # (CHANNELS, size, size) each
     out = []
     for p in positions:
         k = int(round(p * (vol.shape[0] - 1)))

@@ -119,14 +119,17 @@ def render_and_evaluate(
 
 def distal_end(mask: np.ndarray, gt: np.ndarray, slice_mm: float) -> dict:
     """Where the mask's distal end lies against the truth's (mm, + past it; None without both), and the
-    mask's last slice as a share of its largest cross-section (a mask cut through the head ends wide)."""
+    mask's last slice as a share of its largest cross-section (a mask cut through the head ends wide), and how
+    far (mm) before its last slice it last held 0.9 of its largest (``end_taper_mm``: a head's dome narrows
+    over millimetres)."""
     m, g = mask.reshape(mask.shape[0], -1).sum(axis=1), gt.reshape(gt.shape[0], -1).sum(axis=1)
     if not m.any() or not g.any():
-        return {"end_error_mm": None, "end_fraction": None}
+        return {"end_error_mm": None, "end_fraction": None, "end_taper_mm": None}
     last = int(np.flatnonzero(m)[-1])
     return {
         "end_error_mm": round((last - int(np.flatnonzero(g)[-1])) * slice_mm, 2),
         "end_fraction": round(float(m[last]) / float(m.max()), 3),
+        "end_taper_mm": round((last - int(np.flatnonzero(m >= 0.9 * m.max())[-1])) * slice_mm, 2),
     }
 
 

@@ -154,7 +154,10 @@ def test_robustness_eval_reports_where_the_mask_ends_against_the_truth():
     assert out["end_error_mm"] == -0.75
     assert out["end_fraction"] == round(float(disc[3].sum() / disc[0].sum()), 3)
     assert ev.distal_end(gt, gt, 0.25)["end_error_mm"] == 0.0
-    assert ev.distal_end(np.zeros_like(gt), gt, 0.25) == {"end_error_mm": None, "end_fraction": None}
+    assert out["end_taper_mm"] == 0.5  # 0.9 of the largest cross-section two slices before its last
+    assert ev.distal_end(gt, gt, 0.25)["end_taper_mm"] == 1.25  # the whole dome: five
+    none = {"end_error_mm": None, "end_fraction": None, "end_taper_mm": None}
+    assert ev.distal_end(np.zeros_like(gt), gt, 0.25) == none
     rows = [
         {"dice": 0.95, "end_error_mm": -0.75, "d100_error": 1.0, "qc": "pass", "seconds": 1.0, "qc_seconds": 0.1},
         {"dice": 0.97, "end_error_mm": 1.5, "d100_error": 1.0, "qc": "pass", "seconds": 1.0, "qc_seconds": 0.1},

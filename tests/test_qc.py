@@ -81,6 +81,26 @@ def test_a_head_cut_short_is_flagged(case):
     assert any("ends abruptly" in r and "cut short" in r for r in v["reasons"]), v["reasons"]
 
 
+def test_a_head_cut_at_its_widest_is_flagged_though_its_last_slice_is_narrow(case):
+    """A network that loses a cortex-free head stops where the head is widest and its last slice or two thin
+    out: under ``end_fraction``, but within ``end_taper_mm`` of a full cross-section. The whole dome is not."""
+    from scipy import ndimage
+
+    mask = case[2].copy()
+    assert _verdict(case, mask)["shape"]["end_taper_mm"] >= qc.LIMITS.end_taper_mm
+    area = mask.sum(axis=(1, 2))
+    wide = np.flatnonzero(area >= 0.95 * area.max())[-1]
+    mask[wide + 1 :] = 0
+    last = mask[wide]
+    while last.sum() > 0.45 * area.max():  # its last slice thinned to under half the widest
+        last = ndimage.binary_erosion(last)
+    mask[wide] = last
+    v = _verdict(case, mask)
+    assert v["shape"]["end_fraction"] < qc.LIMITS.end_fraction
+    assert v["shape"]["end_taper_mm"] < qc.LIMITS.end_taper_mm
+    assert any("90% of its largest" in r and "cut short" in r for r in v["reasons"]), v["reasons"]
+
+
 def test_a_mask_that_widens_at_its_end_is_flagged_for_the_joint(case):
     """A mask that takes in the joint space round the dome's last slices (a network that filled the phalanx's
     cup): its end stops narrowing, and the reason says what it may hold rather than a head cut short."""
