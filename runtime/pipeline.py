@@ -19,6 +19,7 @@ from vbmd_rt.runtime import (
     bonewin,
     classical,
     compartments,
+    damage,
     edges,
     identify,
     measure,
@@ -418,6 +419,10 @@ def analyse(
     warnings: list[str] = []
     if calibration is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
+    lost = damage.lost_slices(data)
+    if lost.size:  # slices of one value: filled from their neighbours to find and draw the bone (a copy)
+        damage.check(path, lost, data.shape[0], float(spacing_zyx[0]) if spacing_zyx is not None else 0.0)
+        data = damage.filled(data, lost)
     mask, info = segment(
         data,
         model,
@@ -437,6 +442,9 @@ def analyse(
         )
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
+    if lost.size:  # ... and left out of the mask and every number: they hold no density
+        mask[lost] = 0
+        info["lost_slices"] = lost.tolist()
     with timer("vbmd"):
         m = measure.vbmd(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         comp = (
@@ -445,11 +453,16 @@ def analyse(
     with timer("qc"):
         checks = dict(info.pop("checks", {}))
         seen, box = proximal_first(mask, info)
-        checks["shape"] = qc.plausibility(seen, spacing_zyx, box)
+        bridged = (
+            mask.shape[0] - 1 - lost if info.get("identity", {}).get("stack", {}).get("turned") else lost
+        ).tolist()
+        checks["shape"] = qc.plausibility(seen, spacing_zyx, box, bridged=bridged)
         checks["compartments"] = qc.compartment_facts(comp, spacing_zyx)
         info["qc"] = qc.verdict(checks, m)
         if calibration is None:  # no D100 without a calibration: never a pass
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], NO_CALIBRATION]}
+        if lost.size:  # a damaged scan: never a pass
+            info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], damage.reason(lost)]}
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings, comp)

@@ -238,8 +238,10 @@ def _along(c: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- native mask: plausibility
 
 
-def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
-    """Shape facts of a native (z, y, x) mask: pieces per slice, solidity, area profile, edge contact, size."""
+def plausibility(mask: np.ndarray, spacing_zyx, box=None, bridged=()) -> dict:
+    """Shape facts of a native (z, y, x) mask: pieces per slice, solidity, area profile, edge contact, size.
+    ``bridged``: slices the mask leaves out because the scan lost them (``runtime.damage``); the area profile
+    reads them as the slices around them do, not as gaps."""
     sz, sy, sx = (float(v) for v in spacing_zyx)
     if box is not None:
         z0, z1, y0, y1, x0, x1 = box
@@ -247,6 +249,10 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
         z0, z1, y0, y1, x0, x1 = 0, mask.shape[0], 0, mask.shape[1], 0, mask.shape[2]
     sub = mask[z0:z1, y0:y1, x0:x1]
     area = np.count_nonzero(sub.reshape(sub.shape[0], -1), axis=1)
+    inside = [k - z0 for k in bridged if z0 <= k < z1]
+    if inside and len(inside) < area.size:
+        kept = np.setdiff1d(np.arange(area.size), inside)
+        area[inside] = np.rint(np.interp(inside, kept, area[kept])).astype(area.dtype)
     zs = np.flatnonzero(area)
     if zs.size == 0:
         return {"slices": 0}
@@ -257,7 +263,7 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None) -> dict:
         or (x1 == mask.shape[2] and sub[:, :, -1].any())
     )
     pieces, solid = 0, []
-    for k in zs:
+    for k in np.setdiff1d(zs, inside):
         m = (sub[k] != 0).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         big = stats[1:, cv2.CC_STAT_AREA] if n > 1 else np.zeros(0)
