@@ -1035,6 +1035,17 @@ def slice_order(vol: np.ndarray, spacing_mm: float) -> Direction:
     return stack_direction(vol, coarse, cs, labels, bones, mask)[0]
 
 
+def check_fov(fov_yx_mm, path=None) -> None:
+    """Refuse (``NotAHand``) a field of view (y, x in mm) too small to hold a metacarpal head."""
+    if min(fov_yx_mm) < MIN_FOV_MM:
+        raise NotAHand(
+            path,
+            f"field of view {fov_yx_mm[1]:.1f} x {fov_yx_mm[0]:.1f} mm cannot hold a metacarpal head (at least"
+            f" {MIN_FOV_MM:.0f} mm)",
+            "pass an HR-pQCT scan of the MCP joints of the hand",
+        )
+
+
 def identify(
     vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None, stack: bool = True
 ) -> Identity:
@@ -1042,13 +1053,7 @@ def identify(
     ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override). With
     ``stack``, the slices' direction is checked (``runtime.direction``): where they run from the fingers to
     the wrist, the result is on ``vol`` turned end to end (``Identity.stack.reversed``)."""
-    fov = (vol.shape[1] * spacing_mm, vol.shape[2] * spacing_mm)
-    if min(fov) < MIN_FOV_MM:
-        raise NotAHand(
-            path,
-            f"field of view {fov[1]:.1f} x {fov[0]:.1f} mm cannot hold a metacarpal head (at least {MIN_FOV_MM:.0f} mm)",
-            "pass an HR-pQCT scan of the MCP joints of the hand",
-        )
+    check_fov((vol.shape[1] * spacing_mm, vol.shape[2] * spacing_mm), path)
     cs = 2 * spacing_mm
     coarse = reduce2(vol)
     mask = bone_mask(coarse, cs)

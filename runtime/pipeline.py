@@ -420,6 +420,8 @@ def analyse(
     if calibration is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
     lost = damage.lost_slices(data)
+    if lost.size and spacing_zyx is not None and (model.classical or model.card.arch.bone_window):
+        identify.check_fov((data.shape[1] * spacing_zyx[1], data.shape[2] * spacing_zyx[2]), path)  # first: a crop
     if lost.size:  # slices of one value: filled from their neighbours to find and draw the bone (a copy)
         damage.check(path, lost, data.shape[0], float(spacing_zyx[0]) if spacing_zyx is not None else 0.0)
         data = damage.filled(data, lost)

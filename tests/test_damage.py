@@ -91,3 +91,14 @@ def test_a_run_of_lost_slices_too_long_to_bridge_is_refused(damaged, tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("backend:")]
     assert len(lines) == 1 and "five.AIM" in lines[0] and "5 neighbouring slices" in lines[0], r.stderr
     assert not list(tmp_path.glob("five*"))  # no result, no mask, no picture
+
+
+def test_a_crop_with_lost_slices_is_refused_for_its_field_of_view_first(damaged, tmp_path):
+    """A trabecular crop is no hand, lost slices or not: the user is told that, not to reconstruct it."""
+    d, _, _ = damaged
+    s = aim.read_aim(d / "one.AIM")
+    crop = np.array(s.data[:, :40, :40])
+    crop[: crop.shape[0] // 2] = 0  # half its slices lost
+    aim.write_aim(tmp_path / "crop.AIM", crop, s.header)
+    r = cli_here("run", tmp_path / "crop.AIM", "-o", tmp_path / "out")
+    assert r.returncode == 2 and "field of view" in r.stderr and "reconstruct" not in r.stderr, r.stderr
