@@ -67,23 +67,38 @@ def filled(data: np.ndarray, lost: np.ndarray) -> np.ndarray:
     as it is."""
     out = np.array(data, copy=True)
     keep = np.setdiff1d(np.arange(data.shape[0]), lost)
+    whole = np.issubdtype(out.dtype, np.integer)
     for k in lost:
         below, above = keep[keep < k], keep[keep > k]
         if below.size and above.size:
             a, b = int(below[-1]), int(above[0])
             w = (k - a) / (b - a)
-            out[k] = np.rint((1.0 - w) * out[a].astype(np.float32) + w * out[b].astype(np.float32)).astype(out.dtype)
+            v = (1.0 - w) * out[a].astype(np.float64) + w * out[b].astype(np.float64)
+            if whole:  # between two values of the type: within its range
+                v = np.rint(v)
+            out[k] = v.astype(out.dtype)
         else:
             out[k] = out[int(below[-1] if below.size else above[0])]
     return out
 
 
-def reason(lost: np.ndarray) -> str:
-    """QC's reason for a result made across lost slices (slice numbers as the file stores them)."""
+def near(lost: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether a lost slice lies within MC2's mask's slices or next to them (the mask leaves it out)."""
+    if lost.size == 0:
+        return False
+    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    return bool(zs.size) and bool(((lost >= zs[0] - 1) & (lost <= zs[-1] + 1)).any())
+
+
+def reason(lost: np.ndarray, near: bool = True) -> str:
+    """QC's reason for a result made across lost slices (slice numbers as the file stores them); ``near``
+    False: a warning for lost slices away from MC2's (they were filled to find the bones, D100 holds none)."""
     shown = ", ".join(str(int(k)) for k in lost[:8]) + (", ..." if lost.size > 8 else "")
     s = "s" if lost.size > 1 else ""
+    head = f"slice{s} {shown} of the scan hold{'' if s else 's'} a single value throughout (lost)"
+    if not near:
+        return f"{head}, away from MC2: filled from the slices around to find the bones; D100 is not affected"
     return (
-        f"slice{s} {shown} of the scan hold{'' if s else 's'} a single value throughout (lost): MC2 was found"
-        f" across {'them' if s else 'it'} from the slices around, and {'they are' if s else 'it is'} left out"
-        " of the mask and of D100"
+        f"{head}: MC2 was found across {'them' if s else 'it'} from the slices around, and"
+        f" {'they are' if s else 'it is'} left out of the mask and of D100"
     )

@@ -85,7 +85,26 @@ def segment(
     ``checks``, the QC checks that need the model grid (identity, agreement with the identified region,
     network confidence) go into ``info["checks"]``. ``log``: the scan's processing log (a hand side it
     states is evidence for the identity).
+
+    Slices the scan lost (one value throughout, ``runtime.damage``) are filled from the slices around them
+    in a copy to find and draw the bone, and left out of the mask (``info["lost_slices"]``); too many are
+    refused (``VbmdInputError``).
     """
+    lost = damage.lost_slices(data)
+    if lost.size:
+        if spacing_zyx is not None and (model.classical or model.card.arch.bone_window):
+            identify.check_fov((data.shape[1] * spacing_zyx[1], data.shape[2] * spacing_zyx[2]), path)  # a crop
+        damage.check(path, lost, data.shape[0], float(spacing_zyx[0]) if spacing_zyx is not None else 0.0)
+        data = damage.filled(data, lost)
+    mask, info = _segment(data, model, backend, side, timer, keep_prob, spacing_zyx, calibration, path, checks, log)
+    if lost.size:  # they hold no density: no mask, no number
+        mask[lost] = 0
+        info["lost_slices"] = lost.tolist()
+    return mask, info
+
+
+def _segment(data, model, backend, side, timer, keep_prob, spacing_zyx, calibration, path, checks, log):
+    """``segment`` on a scan without lost slices."""
     timer = timer or Timer()
     if model.classical or model.card.arch.bone_window:
         return _segment_identified(
@@ -419,12 +438,8 @@ def analyse(
     warnings: list[str] = []
     if calibration is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
-    lost = damage.lost_slices(data)
-    if lost.size and spacing_zyx is not None and (model.classical or model.card.arch.bone_window):
-        identify.check_fov((data.shape[1] * spacing_zyx[1], data.shape[2] * spacing_zyx[2]), path)  # first: a crop
-    if lost.size:  # slices of one value: filled from their neighbours to find and draw the bone (a copy)
-        damage.check(path, lost, data.shape[0], float(spacing_zyx[0]) if spacing_zyx is not None else 0.0)
-        data = damage.filled(data, lost)
+    if damage.lost_slices(data).size:  # ``segment`` fills them in a copy of the scan: its memory too
+        resources.check_memory(path, data.shape, spacing_zyx, spec, max_memory, one_bone, data.itemsize)
     mask, info = segment(
         data,
         model,
@@ -444,9 +459,7 @@ def analyse(
         )
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
-    if lost.size:  # ... and left out of the mask and every number: they hold no density
-        mask[lost] = 0
-        info["lost_slices"] = lost.tolist()
+    lost = np.array(info.get("lost_slices", []), np.int64)
     with timer("vbmd"):
         m = measure.vbmd(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         comp = (
@@ -463,8 +476,10 @@ def analyse(
         info["qc"] = qc.verdict(checks, m)
         if calibration is None:  # no D100 without a calibration: never a pass
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], NO_CALIBRATION]}
-        if lost.size:  # a damaged scan: never a pass
+        if damage.near(lost, mask):  # MC2 drawn across slices of no image: never a pass
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], damage.reason(lost)]}
+    if lost.size and not damage.near(lost, mask):
+        warnings.append(damage.reason(lost, near=False))
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings, comp)

@@ -102,3 +102,44 @@ def test_a_crop_with_lost_slices_is_refused_for_its_field_of_view_first(damaged,
     aim.write_aim(tmp_path / "crop.AIM", crop, s.header)
     r = cli_here("run", tmp_path / "crop.AIM", "-o", tmp_path / "out")
     assert r.returncode == 2 and "field of view" in r.stderr and "reconstruct" not in r.stderr, r.stderr
+
+
+def test_float_scans_are_filled_without_rounding():
+    data = np.random.default_rng(1).random((12, 20, 20)).astype(np.float32)
+    data[5] = 0.0
+    out = damage.filled(data, np.array([5]))
+    assert np.allclose(out[5], (data[4].astype(np.float64) + data[6]) / 2, atol=1e-6)
+
+
+def test_qc_and_the_neck_read_across_the_slices_the_mask_leaves_out(phantoms):
+    from vbmd_rt.runtime import compartments, qc
+
+    gt = np.asarray(aim.read_aim(phantoms / "PHANTOM_0000_GT.AIM").data) != 0
+    spacing = aim.read_aim(phantoms / "PHANTOM_0000_GT.AIM").spacing_zyx
+    zs = np.flatnonzero(gt.any(axis=(1, 2)))
+    holed = gt.copy()
+    k = int(zs[0] + (zs[-1] - zs[0]) // 4)  # where the shaft widens into the head (without the bridge: neck moved)
+    holed[k : k + 4] = False
+    assert qc.plausibility(holed, spacing)["gap_slices"] == 4
+    bridged = qc.plausibility(holed, spacing, bridged=list(range(k, k + 4)))
+    assert bridged["gap_slices"] == 0 and bridged["area_jump"] == pytest.approx(
+        qc.plausibility(gt, spacing)["area_jump"], abs=0.05
+    )
+    area = lambda m: m.reshape(m.shape[0], -1).sum(axis=1)  # noqa: E731
+    assert compartments.neck_slice(area(holed), spacing[0]) == compartments.neck_slice(area(gt), spacing[0])
+
+
+def test_a_lost_slice_away_from_mc2_is_a_warning_not_a_review(phantoms, tmp_path):
+    s = aim.read_aim(phantoms / "PHANTOM_0000.AIM")
+    gt = np.asarray(aim.read_aim(phantoms / "PHANTOM_0000_GT.AIM").data) != 0
+    last = int(np.flatnonzero(gt.any(axis=(1, 2)))[-1])
+    assert last + 4 < gt.shape[0]
+    data = np.array(s.data)
+    data[last + 4] = 0  # past the head, in the phalanx
+    aim.write_aim(tmp_path / "far.AIM", data, s.header)
+    r = cli_here("run", tmp_path / "far.AIM", "-o", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "out" / "far.json").read_text())
+    assert res["mask"]["lost_slices"] == [last + 4]
+    assert not any("single value" in x for x in res["qc"]["reasons"])
+    assert any("away from MC2" in w for w in res["warnings"])
