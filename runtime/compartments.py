@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from vbmd_rt.runtime import damage
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.parallel import each
 
@@ -448,10 +449,8 @@ def neck_slice(area: np.ndarray, slice_mm: float, params: Params = PARAMS) -> tu
     zs = np.flatnonzero(area)
     if zs.size < 8:
         return None
-    a = area[zs[0] : zs[-1] + 1].astype(np.float64)
-    gaps = a == 0  # slices the mask leaves out inside its span (the scan lost them): read as those around
-    if gaps.any():
-        a[gaps] = np.interp(np.flatnonzero(gaps), np.flatnonzero(~gaps), a[~gaps])
+    span = area[zs[0] : zs[-1] + 1]
+    a = damage.bridged(span, np.flatnonzero(span == 0))  # slices the mask leaves out (the scan lost them)
     half = max(1, int(round(0.5 * params.neck_smooth_mm / slice_mm)))
     sm = ndimage.median_filter(a, size=2 * half + 1, mode="nearest")
     top = int(np.argmax(sm))

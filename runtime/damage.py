@@ -82,6 +82,17 @@ def filled(data: np.ndarray, lost: np.ndarray) -> np.ndarray:
     return out
 
 
+def bridged(profile: np.ndarray, slices) -> np.ndarray:
+    """A per-slice profile (a mask's area) with its values at ``slices`` (indices into it) read, linearly,
+    from the others: slices a mask leaves out because the scan lost them are no gap in it."""
+    out = np.array(profile, dtype=np.float64)
+    slices = np.asarray(slices, np.int64)
+    kept = np.setdiff1d(np.arange(out.size), slices)
+    if slices.size and kept.size:
+        out[slices] = np.interp(slices, kept, out[kept])
+    return out
+
+
 def near(lost: np.ndarray, mask: np.ndarray) -> bool:
     """Whether a lost slice lies within MC2's mask's slices or next to them (the mask leaves it out)."""
     if lost.size == 0:

@@ -77,6 +77,7 @@ def segment(
     path=None,
     checks: bool = True,
     log: str | None = None,
+    lost: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts (side, identity, components...).
 
@@ -88,9 +89,9 @@ def segment(
 
     Slices the scan lost (one value throughout, ``runtime.damage``) are filled from the slices around them
     in a copy to find and draw the bone, and left out of the mask (``info["lost_slices"]``); too many are
-    refused (``VbmdInputError``).
+    refused (``VbmdInputError``). ``lost``: ``damage.lost_slices(data)`` where the caller found them already.
     """
-    lost = damage.lost_slices(data)
+    lost = damage.lost_slices(data) if lost is None else lost
     if lost.size:
         if spacing_zyx is not None and (model.classical or model.card.arch.bone_window):
             identify.check_fov((data.shape[1] * spacing_zyx[1], data.shape[2] * spacing_zyx[2]), path)  # a crop
@@ -438,7 +439,8 @@ def analyse(
     warnings: list[str] = []
     if calibration is None:
         warnings.append("scan has no density calibration in its header: vBMD not computed (mask still written)")
-    if damage.lost_slices(data).size:  # ``segment`` fills them in a copy of the scan: its memory too
+    lost = damage.lost_slices(data)
+    if lost.size:  # ``segment`` fills them in a copy of the scan: its memory too
         resources.check_memory(path, data.shape, spacing_zyx, spec, max_memory, one_bone, data.itemsize)
     mask, info = segment(
         data,
@@ -451,6 +453,7 @@ def analyse(
         calibration=calibration,
         path=path,
         log=log,
+        lost=lost,
     )
     if info.get("rejected"):
         warnings.append(
@@ -459,7 +462,6 @@ def analyse(
         )
     elif info["empty"]:
         warnings.append("no MC2 found in this scan: the mask is empty (is this an MCP scan of the hand?)")
-    lost = np.array(info.get("lost_slices", []), np.int64)
     with timer("vbmd"):
         m = measure.vbmd(data, mask, spacing_zyx, calibration, _box(info.get("box")))
         comp = (
@@ -467,31 +469,31 @@ def analyse(
         )
     with timer("qc"):
         checks = dict(info.pop("checks", {}))
-        seen, box = proximal_first(mask, info)
-        bridged = (
-            mask.shape[0] - 1 - lost if info.get("identity", {}).get("stack", {}).get("turned") else lost
-        ).tolist()
+        seen, box, bridged = proximal_first(mask, info, lost)
         checks["shape"] = qc.plausibility(seen, spacing_zyx, box, bridged=bridged)
         checks["compartments"] = qc.compartment_facts(comp, spacing_zyx)
         info["qc"] = qc.verdict(checks, m)
         if calibration is None:  # no D100 without a calibration: never a pass
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], NO_CALIBRATION]}
-        if damage.near(lost, mask):  # MC2 drawn across slices of no image: never a pass
+        near = damage.near(lost, mask)
+        if near:  # MC2 drawn across slices of no image: never a pass
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], damage.reason(lost)]}
-    if lost.size and not damage.near(lost, mask):
+    if lost.size and not near:
         warnings.append(damage.reason(lost, near=False))
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings, comp)
 
 
-def proximal_first(mask: np.ndarray, info: dict):
-    """``mask`` and its box (``_box``) with the slices from the proximal end: QC's area profile reads the
-    shaft first and the dome last. A stack that ran from the fingers (``Identity.stack``) is viewed turned."""
+def proximal_first(mask: np.ndarray, info: dict, slices: np.ndarray):
+    """``mask``, its box (``_box``) and the slice numbers ``slices`` (a list) with the slices from the
+    proximal end: QC's area profile reads the shaft first and the dome last. A stack that ran from the
+    fingers (``Identity.stack``) is viewed turned."""
     box = _box(info.get("box"))
     if not info.get("identity", {}).get("stack", {}).get("turned"):
-        return mask, box
-    return mask[::-1], None if box is None else turned_box(box, mask.shape[0])
+        return mask, box, slices.tolist()
+    nz = mask.shape[0]
+    return mask[::-1], None if box is None else turned_box(box, nz), (nz - 1 - slices).tolist()
 
 
 def turned_box(box, nz: int) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from vbmd_rt.runtime import damage
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.postprocess import sample_slices, split
 
@@ -250,9 +251,8 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None, bridged=()) -> dict:
     sub = mask[z0:z1, y0:y1, x0:x1]
     area = np.count_nonzero(sub.reshape(sub.shape[0], -1), axis=1)
     inside = [k - z0 for k in bridged if z0 <= k < z1]
-    if inside and len(inside) < area.size:
-        kept = np.setdiff1d(np.arange(area.size), inside)
-        area[inside] = np.rint(np.interp(inside, kept, area[kept])).astype(area.dtype)
+    if inside:
+        area = np.rint(damage.bridged(area, inside)).astype(area.dtype)
     zs = np.flatnonzero(area)
     if zs.size == 0:
         return {"slices": 0}

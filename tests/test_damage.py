@@ -143,3 +143,19 @@ def test_a_lost_slice_away_from_mc2_is_a_warning_not_a_review(phantoms, tmp_path
     assert res["mask"]["lost_slices"] == [last + 4]
     assert not any("single value" in x for x in res["qc"]["reasons"])
     assert any("away from MC2" in w for w in res["warnings"])
+
+
+def test_a_stack_written_fingers_first_bridges_the_same_slice(damaged, tmp_path):
+    """QC reads a turned stack from its proximal end: the lost slice is bridged there, not taken for a gap."""
+    d, k, _ = damaged
+    s = aim.read_aim(d / "one.AIM")
+    aim.write_aim(tmp_path / "turned.AIM", np.ascontiguousarray(np.asarray(s.data)[::-1]), s.header)
+    for name in ("one", "turned"):
+        r = cli_here("run", d / "one.AIM" if name == "one" else tmp_path / "turned.AIM", "-o", tmp_path / name, "-q")
+        assert r.returncode == 0, r.stderr
+    up = json.loads((tmp_path / "one" / "one.json").read_text())
+    down = json.loads((tmp_path / "turned" / "turned.json").read_text())
+    assert down["identity"]["stack"]["turned"]
+    assert down["mask"]["lost_slices"] == [s.data.shape[0] - 1 - k]
+    assert not any("skips" in x for x in down["qc"]["reasons"])
+    assert down["d100_mg_ha_cm3"] == pytest.approx(up["d100_mg_ha_cm3"], abs=0.5)
