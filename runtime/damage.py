@@ -1,4 +1,6 @@
-"""Slices a scan lost: one value throughout (zeros where a reconstruction or a transfer dropped them).
+"""What damages a scan: slices it lost, and metal.
+
+**Lost slices**: one value throughout (zeros where a reconstruction or a transfer dropped them).
 
 A scanner writes noise into every voxel of every slice it reconstructed; a slice that holds one value
 throughout holds no image. Read as bone, one such slice in the shaft cut every bone's tracking in two at it
@@ -10,11 +12,20 @@ Where a few slices are lost, the rest of the scan is still a scan: the lost slic
 nearest slices on each side (linear in z) for everything that finds and draws the bone, and left out of the
 mask and of every number (they hold no density to measure). QC reviews the result, and says which slices.
 Where too many are lost, or a run of them is too long to bridge, the scan is refused.
+
+**Metal** (a ring, a wire, an implant) reads thousands of mg HA/cm³, far over any bone, and its streaks
+run across the slices it lies in. With dark streaks from a steel spot 2 mm from MC2 crossing the shaft on a
+few slices, D100 read 6-9 mg HA/cm³ low while the mask was right, and QC passed it (5 of 8 phantoms, a
+fault-injection campaign). Metal in MC2's own slices (within 1 mm of them) is a QC ``review``; metal only
+in other slices (a ring on a finger past the joint) is a warning: its streaks lie in slices D100 does not
+read.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from vbmd_rt.runtime.errors import VbmdInputError
 
@@ -113,3 +124,60 @@ def reason(lost: np.ndarray, near: bool = True) -> str:
         f"{head}: MC2 was found across {'them' if s else 'it'} from the slices around, and"
         f" {'they are' if s else 'it is'} left out of the mask and of D100"
     )
+
+
+#: Metal: over this density on the model grid (0.25 mm voxels). Bone reads at most 1,630 mg HA/cm³ there on
+#: 229 evaluation, independent and third-generator phantoms (median of their maxima 1,120); a steel ring
+#: 5,400 (`/work/notes/s21/metal_scan.py`).
+METAL_MG = 2500.0
+#: Specks smaller than this (mm³; three voxels of 0.246 mm) are no metal: a single hot voxel is noise.
+MIN_METAL_MM3 = 0.04
+#: Metal within this (mm, along the stack) of MC2's first or last slice shares its slices.
+METAL_SLICES_MM = 1.0
+
+
+def metal(vol: np.ndarray, grid_mm: float, mask: np.ndarray, density_unit: float) -> dict | None:
+    """Metal in a calibrated model-grid volume ``vol`` (mg HA/cm³ / ``density_unit``; isotropic ``grid_mm``)
+    and where it lies from MC2's ``mask`` on the same grid; None where there is none.
+
+    ``{"volume_mm3", "distance_mm"`` (nearest metal voxel to the mask's), ``"in_mc2_slices"`` (metal on a
+    slice within ``METAL_SLICES_MM`` of the mask's slices), ``"slices"`` (the metal's first and last grid
+    slice)``}``. One pass over the grid where nothing reads as metal."""
+    level = METAL_MG / density_unit
+    if vol.size == 0 or float(vol.max()) <= level:
+        return None
+    zs, ys, xs = (np.flatnonzero(np.any(vol > level, axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    hot = vol[box] > level
+    lab, n = ndimage.label(hot, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = sizes * grid_mm**3 >= MIN_METAL_MM3
+    keep[0] = False
+    if not keep.any():
+        return None
+    where = np.argwhere(keep[lab]) + np.array([zs[0], ys[0], xs[0]])
+    out = {
+        "volume_mm3": round(float(len(where)) * grid_mm**3, 2),
+        "slices": [int(where[:, 0].min()), int(where[:, 0].max())],
+        "distance_mm": None,
+        "in_mc2_slices": False,
+    }
+    mz = np.flatnonzero(mask.any(axis=(1, 2)))
+    if mz.size:
+        reach = METAL_SLICES_MM / grid_mm
+        out["in_mc2_slices"] = bool(((where[:, 0] >= mz[0] - reach) & (where[:, 0] <= mz[-1] + reach)).any())
+        my, mx = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+        sub = np.pad(mask[mz[0] : mz[-1] + 1, my[0] : my[-1] + 1, mx[0] : mx[-1] + 1], 1)
+        rim = np.argwhere(sub & ~ndimage.binary_erosion(sub)) + np.array([mz[0], my[0], mx[0]]) - 1
+        d, _ = cKDTree(rim * grid_mm).query(where * grid_mm, k=1)
+        out["distance_mm"] = round(float(d.min()), 1)
+    return out
+
+
+def metal_reason(found: dict, near: bool = True) -> str:
+    """QC's reason for metal in MC2's slices; ``near`` False: the warning for metal only in other slices."""
+    where = "" if found["distance_mm"] is None else f" {found['distance_mm']:g} mm from MC2,"
+    head = f"metal ({found['volume_mm3']:.1f} mm³ over {METAL_MG:.0f} mg HA/cm³){where}"
+    if near:
+        return f"{head} in MC2's slices: its streaks cross the bone there and may bias D100"
+    return f"{head} only in slices MC2 does not span: D100 is not affected"

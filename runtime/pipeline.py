@@ -203,9 +203,18 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     info["identity"] = idt.to_dict()
     for c, b in zip(info["identity"]["candidates"], idt.candidates, strict=True):  # for the picture
         c["native_yx"] = [round(v, 1) for v in native_yx(b.y_mm, b.x_mm)]
+    if calibration is not None and not info["empty"]:
+        with timer("qc"):
+            found = damage.metal(vol, grid_mm, on_grid, bonewin.DENSITY_UNIT)
+        if found is not None:  # its slices as the file numbers them
+            k = [int(round((z + 0.5) * geometry.scale[0] - 0.5)) for z in found["slices"]]
+            found["slices"] = sorted(data.shape[0] - 1 - z for z in k) if turned else k
+            info["metal"] = found
     if checks and not info["empty"]:
         with timer("qc"):
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}
+            if "metal" in info:
+                c["metal"] = info["metal"]
             region, mine = idt.region, on_grid
             if info.get("joint_cut_slice") is not None:  # where the region ran on into the phalanx, it is no MC2;
                 region, mine = region.copy(), on_grid.copy()  # the dome's tip past the cut is left to the mask
@@ -480,6 +489,8 @@ def analyse(
             info["qc"] = {**info["qc"], "status": "review", "reasons": [*info["qc"]["reasons"], damage.reason(lost)]}
     if lost.size and not near:
         warnings.append(damage.reason(lost, near=False))
+    if info.get("metal") and not info["metal"]["in_mc2_slices"]:
+        warnings.append(damage.metal_reason(info["metal"], near=False))
     if info["qc"]["status"] == "review":
         warnings.append("QC: review before use: " + "; ".join(info["qc"]["reasons"]))
     return Analysis(mask, m, info, warnings, comp)

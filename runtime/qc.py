@@ -366,6 +366,9 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
     ident = checks.get("identity")
     if ident:
         reasons.extend(ident.get("reasons", []))
+    metal = checks.get("metal")
+    if metal and metal.get("in_mc2_slices"):
+        reasons.append(damage.metal_reason(metal))
     agree = checks.get("agreement")
     if agree and agree.get("dice_with_identified_region") is not None:
         d = agree["dice_with_identified_region"]
