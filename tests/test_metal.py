@@ -87,6 +87,8 @@ def with_metal(phantoms, tmp_path_factory):
     hdr = dataclasses.replace(s.header)
     aim.write_aim(d / "beside.AIM", beside, hdr)
     aim.write_aim(d / "past.AIM", past, hdr)
+    aim.write_aim(d / "turned.AIM", np.ascontiguousarray(beside[::-1]), hdr)  # written fingers first
+    (d / "slices.txt").write_text(f"{k - 3} {k + 3} {beside.shape[0]}")
     return d
 
 
@@ -108,3 +110,14 @@ def test_metal_past_mc2s_tip_is_a_warning_only(with_metal, tmp_path):
     assert not any("metal" in x for x in res["qc"]["reasons"])
     assert not res["qc"]["metal"]["in_mc2_slices"]
     assert any("metal" in w and "D100 is not affected" in w for w in res["warnings"])
+
+
+def test_metal_slices_are_numbered_as_the_file_stores_them(with_metal, tmp_path):
+    first, last, nz = (int(v) for v in (with_metal / "slices.txt").read_text().split())
+    r = cli_here("run", with_metal / "beside.AIM", with_metal / "turned.AIM", "-o", tmp_path, "-q")
+    assert r.returncode == 0, r.stderr
+    ahead, turned = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("beside", "turned"))
+    assert ahead["qc"]["metal"]["slices"] == [first, last]
+    assert turned["identity"]["stack"]["turned"]
+    assert turned["qc"]["metal"]["slices"] == [nz - 1 - last, nz - 1 - first]
+    assert turned["qc"]["status"] == "review"
