@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -728,6 +729,22 @@ def command_line(argv: list[str] | None, doc: str, cases_help: str, case_type=st
     sc.add_argument("runs", type=Path)
     sc.add_argument("-o", "--json", type=Path, default=None, help="write the rows here")
     return ap.parse_args(argv)
+
+
+def make_command(a, cases: dict, make_case, tool: str, diagnosis: str) -> None:
+    """``make OUT [CASE ...]`` of ``third_phantoms`` and ``fourth_phantoms``: the cases named, or every case of
+    ``cases`` but the diagnosis variants (names starting with ``diagnosis``), each with a line of its truth."""
+    a.out.mkdir(parents=True, exist_ok=True)
+    for n in a.cases or [c for c in cases if not c.startswith(diagnosis)]:
+        if n not in cases:
+            sys.exit(f"{tool}: no case {n!r} (the cases: {', '.join(cases)})")
+        t0 = time.time()
+        tj = make_case(n, a.out)
+        print(
+            f"{n}: D100 {tj['d100_mg_ha_cm3']:.1f} vol {tj['bone_volume_mm3']:.0f} mm3 shape {tj['shape_zyx']} "
+            f"slices {tj['slices']} edge {tj['mc2_touches_edge']} ({time.time() - t0:.1f}s)",
+            flush=True,
+        )
 
 
 def score_command(a, pattern: str = "ALIEN_*.truth.json") -> None:

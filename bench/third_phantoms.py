@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import zlib
 from pathlib import Path
 
@@ -670,7 +669,6 @@ def make_case(name, outdir: Path, seed=None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    import time
 
     from vbmd_rt.bench import independent_phantoms
 
@@ -678,17 +676,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "score":
         independent_phantoms.score_command(a, pattern="C3_*.truth.json")
         return
-    a.out.mkdir(parents=True, exist_ok=True)
-    for n in a.cases or [c for c in CASES if not c.startswith("D_")]:
-        if n not in CASES:
-            sys.exit(f"third_phantoms: no case {n!r} (the cases: {', '.join(CASES)})")
-        t0 = time.time()
-        tj = make_case(n, a.out)
-        print(
-            f"{n}: D100 {tj['d100_mg_ha_cm3']:.1f} vol {tj['bone_volume_mm3']:.0f} mm3 shape {tj['shape_zyx']} "
-            f"slices {tj['slices']} edge {tj['mc2_touches_edge']} ({time.time() - t0:.1f}s)",
-            flush=True,
-        )
+    independent_phantoms.make_command(a, CASES, make_case, "third_phantoms", "D_")
 
 
 if __name__ == "__main__":

@@ -179,17 +179,55 @@ def expand2(coarse: np.ndarray, shape) -> np.ndarray:
 
 def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> tuple[np.ndarray, np.ndarray]:
     """A coarse volume in network units, each slice smoothed, and its bone (bool): above the low level
-    (``_levels``) and connected to voxels above the high one."""
+    (``_levels``) and connected to voxels above the high one. A hand holder's shell or a cast round the hand
+    (``shells``) is set under the low level in the smoothed volume: it is no bone for any stage after."""
     low, high = _levels(coarse, p)
     sm = np.empty_like(coarse)
     s = max(0.3, p.sigma_mm / spacing_mm)
     for k in range(coarse.shape[0]):
         sm[k] = cv2.GaussianBlur(coarse[k], (0, 0), s, borderType=cv2.BORDER_REPLICATE)
     labels, n = ndimage.label(sm > low, structure=np.ones((3, 3, 3), bool))
+    shell = shells(labels, spacing_mm)
+    if shell.any():
+        sm[shell] = np.float32(min(low, float(sm.min())))
+        labels, n = ndimage.label(sm > low, structure=np.ones((3, 3, 3), bool))
     keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[sm > high])] = True
     keep[0] = False
     return sm, keep[labels]
+
+
+#: A piece of one slice above the bone's low level with a hole larger than this (mm²) is a shell round the
+#: hand (a holder, a cast): a metacarpal head's marrow is under 250 mm², the widest head 20 mm across.
+SHELL_ENCLOSED_MM2 = 800.0
+#: Only 3D pieces at least this wide (mm) in both y and x are looked at slice by slice.
+SHELL_SPAN_MM = 30.0
+
+
+def shells(labels: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Where a hand holder's shell or a cast closed round the hand lies (bool, the shape of ``labels``: the
+    3D pieces above the bone's low level on the coarse grid): in each slice of a piece wide enough to hold a
+    hand, a part with a hole larger than ``SHELL_ENCLOSED_MM2``. A carbon-fibre or glass-fibre shell can read
+    300-400 mg HA/cm³, over the low level that a thin cortex needs; closed round the hand, it made the hand
+    one bone and the scan was refused as holding no metacarpal (an independent generator,
+    ``bench/fourth_phantoms.py``: a 380 mg HA/cm³ shell). An arc of a shell that the field of view cuts open
+    is not taken off: a chain of thin cortices where the heads nearly touch is as long and as thin."""
+    out = np.zeros(labels.shape, bool)
+    span = SHELL_SPAN_MM / spacing_mm
+    px2 = spacing_mm * spacing_mm
+    eight = np.ones((3, 3), bool)
+    for j, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or sl[1].stop - sl[1].start < span or sl[2].stop - sl[2].start < span:
+            continue
+        piece = labels[sl] == j
+        for k in range(piece.shape[0]):
+            parts, n = ndimage.label(piece[k], structure=eight)
+            for q, psl in enumerate(ndimage.find_objects(parts), start=1):
+                part = parts[psl] == q
+                holes, m = ndimage.label(ndimage.binary_fill_holes(part) & ~part)
+                if m and np.bincount(holes.ravel())[1:].max() * px2 > SHELL_ENCLOSED_MM2:
+                    out[sl][k][psl] |= part  # one hole that large: touching heads each hold their own marrow
+    return out
 
 
 def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS, mask=None) -> np.ndarray:

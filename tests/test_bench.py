@@ -175,3 +175,23 @@ def test_a_phantom_of_the_third_generator_is_measured(tmp_path):
     assert again["d100_mg_ha_cm3"] == json.loads((cases / "C3_17_two_mc.truth.json").read_text())["d100_mg_ha_cm3"]
     with pytest.raises(SystemExit, match="no case"):
         third.main(["make", str(cases), "C3_99"])
+
+
+def test_a_hand_in_the_fourth_generators_dense_holder_is_measured(tmp_path):
+    """The fourth generator's hand in a 380 mg HA/cm³ carbon shell closed round it (``bench/fourth_phantoms.py``:
+    signed-distance bones, a holder, stack shifts), run as a user runs it: before ``identify.shells`` it was
+    refused as holding no metacarpal; now MC2 is found and measured. Its scorer reads the files."""
+    from vbmd_rt.bench import fourth_phantoms as fourth
+
+    cases, runs = tmp_path / "cases", tmp_path / "runs"
+    fourth.main(["make", str(cases), "F4_23_holder_tight"])
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "run", str(cases / "F4_23_holder_tight.AIM"), "-o", str(runs), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    (row,) = fourth.score(cases, runs)
+    assert not row["missing"] and row["right_bone"] and row["dice"] > 0.95 and abs(row["d100_error"]) < 5, row
+    with pytest.raises(SystemExit, match="no case"):
+        fourth.main(["make", str(cases), "F4_99"])
