@@ -1017,6 +1017,41 @@ def irregular(bones: list[Bone]) -> str:
     return ""
 
 
+def past_edge(coarse: np.ndarray, spacing_mm: float, bones: list[Bone], choice: int) -> str:
+    """Why MC2 may lie outside the field of view, or "": from the bone named MC2, away from its neighbour in
+    the row (named MC3), the hand runs on to the field of view's edge within a metacarpal's spacing (their
+    distance). A field of view holding MC3-MC5 alone reads like a short row whose end is MC2 (an independent
+    generator's crop, ``bench/fourth_phantoms.py`` ``D4_no_mc2_in_view``: MC3 named with a margin of 4.2). Where
+    the thumb is found beside MC2, no metacarpal can lie past it, and the caller does not ask. The hand is what
+    lies above halfway from air to soft tissue in the mean of all slices (``hand_depth``'s rule)."""
+    nxt = next((b for b in bones if b.name == "MC3"), None)
+    if nxt is None:
+        return ""
+    mc2 = bones[choice]
+    p = np.array([mc2.y_mm, mc2.x_mm]) / spacing_mm
+    step = p - np.array([nxt.y_mm, nxt.x_mm]) / spacing_mm
+    gap = float(np.hypot(*step)) * spacing_mm
+    if gap <= 0:
+        return ""
+    mean = coarse.mean(axis=0)
+    air = float(np.percentile(mean, 1))
+    levels = _tissue_cortex(mean[None])
+    if levels is None:
+        return ""
+    hand = mean > 0.5 * (air + levels[0])
+    u = step / np.hypot(*step)
+    for t in np.arange(0.0, gap / spacing_mm, 0.5):
+        y, x = (int(round(v)) for v in p + t * u)
+        if not (0 <= y < hand.shape[0] and 0 <= x < hand.shape[1]):
+            return (
+                f"MC2 not clearly identified: the hand runs out of the field of view {t * spacing_mm:.0f} mm past"
+                f" bone {mc2.label}, within a metacarpal's spacing ({gap:.0f} mm): MC2 may lie outside it"
+            )
+        if not hand[y, x]:
+            return ""
+    return ""
+
+
 def _name_row(bones: list[Bone], choice: int, thumb: int | None) -> None:
     """Names for the picture and the record: MC2, then MC3, MC4, MC5 along the row away from it, the thumb."""
     row = [i for i in range(len(bones)) if i != thumb]
@@ -1134,6 +1169,9 @@ def identify(
             )
     mc2 = bones[choice]
     _name_row(bones, choice, thumb)
+    beyond = past_edge(coarse, cs, bones, choice) if thumb is None else ""
+    if beyond:
+        reasons.append(beyond)
     others = [b for i, b in enumerate(bones) if i != choice and i != thumb]
     found_side = None
     if others:
