@@ -23,6 +23,8 @@ read.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -140,7 +142,8 @@ def metal(vol: np.ndarray, grid_mm: float, mask: np.ndarray, density_unit: float
     """Metal in a calibrated model-grid volume ``vol`` (mg HA/cm³ / ``density_unit``; isotropic ``grid_mm``)
     and where it lies from MC2's ``mask`` on the same grid; None where there is none.
 
-    ``{"volume_mm3", "distance_mm"`` (nearest metal voxel to the mask's), ``"in_mc2_slices"`` (metal on a
+    ``{"volume_mm3", "distance_mm"`` (nearest metal voxel to the mask's rim; 0 where metal lies in the mask),
+    ``"in_mc2_slices"`` (metal on a
     slice within ``METAL_SLICES_MM`` of the mask's slices), ``"slices"`` (the metal's first and last grid
     slice)``}``. One pass over the grid where nothing reads as metal."""
     level = METAL_MG / density_unit
@@ -169,8 +172,9 @@ def metal(vol: np.ndarray, grid_mm: float, mask: np.ndarray, density_unit: float
         my, mx = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
         sub = np.pad(mask[mz[0] : mz[-1] + 1, my[0] : my[-1] + 1, mx[0] : mx[-1] + 1], 1)
         rim = np.argwhere(sub & ~ndimage.binary_erosion(sub)) + np.array([mz[0], my[0], mx[0]]) - 1
+        inside = bool(mask[tuple(where.T)].any())  # in the canal: the rim is no measure of it
         d, _ = cKDTree(rim * grid_mm).query(where * grid_mm, k=1)
-        out["distance_mm"] = round(float(d.min()), 1)
+        out["distance_mm"] = 0.0 if inside else round(float(d.min()), 1)
     return out
 
 
@@ -181,3 +185,12 @@ def metal_reason(found: dict, near: bool = True) -> str:
     if near:
         return f"{head} in MC2's slices: its streaks cross the bone there and may bias D100"
     return f"{head} only in slices MC2 does not span: D100 is not affected"
+
+
+def native_slices(found: dict, per_grid: float, nz: int, turned: bool) -> list[int]:
+    """``metal``'s first and last grid slice as the scan's own slices: every native slice a grid slice
+    covers (``per_grid`` native slices each), counted as the file stores them (``turned``: the grid is of
+    the stack turned end to end)."""
+    z0, z1 = found["slices"]
+    first, last = int(math.floor(z0 * per_grid)), min(int(math.ceil((z1 + 1) * per_grid)) - 1, nz - 1)
+    return sorted((nz - 1 - last, nz - 1 - first)) if turned else [first, last]

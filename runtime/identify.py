@@ -1017,13 +1017,16 @@ def irregular(bones: list[Bone]) -> str:
     return ""
 
 
-def past_edge(coarse: np.ndarray, spacing_mm: float, bones: list[Bone], choice: int) -> str:
+def past_edge(
+    coarse: np.ndarray, spacing_mm: float, bones: list[Bone], choice: int, view: tuple[int, ...] | None = None
+) -> str:
     """Why MC2 may lie outside the field of view, or "": from the bone named MC2, away from its neighbour in
     the row (named MC3), the hand runs on to the field of view's edge within a metacarpal's spacing (their
     distance). A field of view holding MC3-MC5 alone reads like a short row whose end is MC2 (an independent
     generator's crop, ``bench/fourth_phantoms.py`` ``D4_no_mc2_in_view``: MC3 named with a margin of 4.2). Where
     the thumb is found beside MC2, no metacarpal can lie past it, and the caller does not ask. The hand is what
-    lies above halfway from air to soft tissue in the mean of all slices (``hand_depth``'s rule)."""
+    lies above halfway from air to soft tissue in the mean of all slices (``hand_depth``'s rule); ``view`` the
+    (y0, y1, x0, x1) of ``coarse`` that holds the scan (the rest is padding)."""
     nxt = next((b for b in bones if b.name == "MC3"), None)
     if nxt is None:
         return ""
@@ -1039,13 +1042,15 @@ def past_edge(coarse: np.ndarray, spacing_mm: float, bones: list[Bone], choice: 
     if levels is None:
         return ""
     hand = mean > 0.5 * (air + levels[0])
+    y0, y1, x0, x1 = view or (0, hand.shape[0], 0, hand.shape[1])
     u = step / np.hypot(*step)
     for t in np.arange(0.0, gap / spacing_mm, 0.5):
         y, x = (int(round(v)) for v in p + t * u)
-        if not (0 <= y < hand.shape[0] and 0 <= x < hand.shape[1]):
+        if not (max(y0, 0) <= y < min(y1, hand.shape[0]) and max(x0, 0) <= x < min(x1, hand.shape[1])):
             return (
                 f"MC2 not clearly identified: the hand runs out of the field of view {t * spacing_mm:.0f} mm past"
-                f" bone {mc2.label}, within a metacarpal's spacing ({gap:.0f} mm): MC2 may lie outside it"
+                f" the bone named MC2 (candidate {mc2.label}), within a metacarpal's spacing ({gap:.0f} mm): MC2"
+                " may lie outside it"
             )
         if not hand[y, x]:
             return ""
@@ -1120,13 +1125,22 @@ def check_fov(fov_yx_mm, path=None) -> None:
 
 
 def identify(
-    vol: np.ndarray, spacing_mm: float, side: str = "auto", log: str | None = None, path=None, stack: bool = True
+    vol: np.ndarray,
+    spacing_mm: float,
+    side: str = "auto",
+    log: str | None = None,
+    path=None,
+    stack: bool = True,
+    view: tuple[int, int, int, int] | None = None,
 ) -> Identity:
     """MC2 on a model-grid volume in network units (``runtime.bonewin.to_input_units``), (z, y, x) at
     ``spacing_mm`` isotropic. ``side``: ``auto`` or the user's ``left``/``right`` (an override). With
     ``stack``, the slices' direction is checked (``runtime.direction``): where they run from the fingers to
-    the wrist, the result is on ``vol`` turned end to end (``Identity.stack.reversed``)."""
-    check_fov((vol.shape[1] * spacing_mm, vol.shape[2] * spacing_mm), path)
+    the wrist, the result is on ``vol`` turned end to end (``Identity.stack.reversed``). ``view``: the
+    (y0, y1, x0, x1) of ``vol`` that holds the scan, where the grid was padded with air past its edges
+    (``preprocess.in_view``); the field of view's edge is there."""
+    view = view or (0, vol.shape[1], 0, vol.shape[2])
+    check_fov(((view[1] - view[0]) * spacing_mm, (view[3] - view[2]) * spacing_mm), path)
     cs = 2 * spacing_mm
     coarse = reduce2(vol)
     mask = bone_mask(coarse, cs)
@@ -1169,7 +1183,7 @@ def identify(
             )
     mc2 = bones[choice]
     _name_row(bones, choice, thumb)
-    beyond = past_edge(coarse, cs, bones, choice) if thumb is None else ""
+    beyond = past_edge(coarse, cs, bones, choice, tuple(v // 2 for v in view)) if thumb is None else ""
     if beyond:
         reasons.append(beyond)
     others = [b for i, b in enumerate(bones) if i != choice and i != thumb]

@@ -158,7 +158,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         vol, geometry = preprocess.to_model(data, grid, "auto", spacing_zyx=spacing_zyx)
         vol = bonewin.to_input_units(vol, calibration)
     with timer("identify"):
-        idt = identify.identify(vol, float(grid.spacing_mm), side, log, path)
+        idt = identify.identify(vol, float(grid.spacing_mm), side, log, path, view=preprocess.in_view(geometry))
     turned = idt.stack.reversed
     if turned:  # the slices run from the fingers to the wrist: the rest works on the stack turned end to end
         data, vol = data[::-1], np.ascontiguousarray(vol[::-1])
@@ -207,8 +207,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         with timer("qc"):
             found = damage.metal(vol, grid_mm, on_grid, bonewin.DENSITY_UNIT)
         if found is not None:  # its slices as the file numbers them
-            k = [int(round((z + 0.5) * geometry.scale[0] - 0.5)) for z in found["slices"]]
-            found["slices"] = sorted(data.shape[0] - 1 - z for z in k) if turned else k
+            found["slices"] = damage.native_slices(found, geometry.scale[0], data.shape[0], turned)
             info["metal"] = found
     if checks and not info["empty"]:
         with timer("qc"):

@@ -222,6 +222,14 @@ def _round_box(a: int, b: int, n: int, multiple: int) -> tuple[int, int]:
     return a, a + length
 
 
+def in_view(geometry: Geometry) -> tuple[int, int, int, int]:
+    """The (y0, y1, x0, x1) of a cropped model grid that holds the scan: the crop box may reach past the
+    image, and ``crop_pad`` fills that part with air."""
+    y0, y1, x0, x1 = geometry.crop
+    _, my, mx = geometry.model_shape
+    return max(0, -y0), min(y1, my) - y0, max(0, -x0), min(x1, mx) - x0
+
+
 def crop_pad(volume: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
     """volume[:, y0:y1, x0:x1], padded with ``fill`` where the box reaches past the image."""
     y0, y1, x0, x1 = box

@@ -53,6 +53,19 @@ def test_metal_past_mc2s_slices_is_not_in_them():
     assert damage.metal(vol, GRID, mask, UNIT)["in_mc2_slices"]
 
 
+def test_metal_in_mc2s_canal_is_no_distance_from_it():
+    vol, mask = _bone_grid()
+    vol[28:31, 29:32, 29:32] = 6.0  # a screw in the shaft
+    assert damage.metal(vol, GRID, mask, UNIT)["distance_mm"] == 0.0
+
+
+def test_metal_slices_cover_every_native_slice_of_their_grid_slices():
+    found = {"slices": [2, 5]}
+    assert damage.native_slices(found, 3.0, 30, turned=False) == [6, 17]  # grid slice 2 holds native 6-8
+    assert damage.native_slices(found, 3.0, 30, turned=True) == [12, 23]  # as a stack written fingers first
+    assert damage.native_slices({"slices": [8, 9]}, 3.0, 29, turned=False) == [24, 28]  # within the stack
+
+
 def test_the_level_is_in_mg_ha_per_cm3():
     vol, mask = _bone_grid()
     vol[20:24, 30:33, 48:51] = 2.0  # 2,000 mg HA/cm³: dense, not metal
@@ -101,6 +114,12 @@ def test_metal_beside_mc2_is_reviewed(with_metal, tmp_path):
     assert res["qc"]["metal"]["in_mc2_slices"]
     assert 1.0 <= res["qc"]["metal"]["distance_mm"] <= 3.0
     assert res["d100_mg_ha_cm3"] is not None  # measured, for the reviewer
+    # ``measure`` of the same scan with that mask: the same review (one set of limits for run and measure)
+    r = cli_here("measure", with_metal / "beside.AIM", tmp_path / "beside_SEG.AIM", "-o", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "m" / "beside.json").read_text())
+    assert again["qc"]["status"] == "review" and again["qc"]["metal"]["in_mc2_slices"]
+    assert any("metal" in x and "in MC2's slices" in x for x in again["qc"]["reasons"])
 
 
 def test_metal_past_mc2s_tip_is_a_warning_only(with_metal, tmp_path):
