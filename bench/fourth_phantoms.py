@@ -62,12 +62,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from vbmd_rt.bench.independent_phantoms import command_line, log_rows, make_command
+from vbmd_rt.bench.independent_phantoms import command_line, log_rows, make_command, write_case
 from vbmd_rt.bench.third_phantoms import CAL_XCT1, CAL_XCT2
-from vbmd_rt.runtime.io import proclog
-from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 from vbmd_rt.runtime.io.calibration import Calibration, to_density
-from vbmd_rt.runtime.io.masks import MASK_VALUES
 
 STACK_SLICES = 110  # slices per stack of the scanner
 
@@ -392,6 +389,11 @@ BASE = dict(
 
 OP = dict(c_shaft=0.6, c_head=0.15, tb=115.0)  # osteoporotic
 
+#: An XtremeCT I stack at its native 82 µm (a cut holder; the field of view cropped round the hand with a 3 mm
+#: margin), and one 17 mm long tilted 15 degrees.
+NATIVE82 = dict(holder_cut=True, vox=0.082, margin=3.0, noise=90.0, psf=0.11)
+NATIVE82_TILT15 = dict(NATIVE82, length=17.0, start=12.5, tilt=15.0)
+
 CASES = {
     "F4_00_base": dict(),
     "F4_01_tilt20": dict(tilt=20.0),
@@ -416,18 +418,8 @@ CASES = {
         anat=dict(MC2=dict(head=(6.5, 6.0, 5.6), shaft=(3.6, 3.5)), MC3=dict(head=(7.8, 7.2, 6.6), shaft=(4.4, 4.3)))
     ),
     "F4_18_dense": dict(dens_cort=1150.0, bone=dict(BASE["bone"], c_shaft=1.6, c_head=0.4, tb=320.0)),
-    "F4_19_native82": dict(holder_cut=True, vox=0.082, margin=3.0, noise=90.0, psf=0.11, length=18.0, start=13.0),
-    "F4_20_native82_ra_tilt15": dict(
-        holder_cut=True,
-        vox=0.082,
-        margin=3.0,
-        noise=90.0,
-        psf=0.11,
-        length=17.0,
-        start=12.5,
-        tilt=15.0,
-        mc2=dict(pits=5, gap=0.5),
-    ),
+    "F4_19_native82": dict(NATIVE82, length=18.0, start=13.0),
+    "F4_20_native82_ra_tilt15": dict(NATIVE82_TILT15, mc2=dict(pits=5, gap=0.5)),
     "F4_21_native61_crop": dict(
         vox=0.0607,
         native_mm=0.0607,
@@ -452,17 +444,7 @@ CASES = {
     "D4_gap07": dict(bone=dict(BASE["bone"], gap=0.7)),
     "D4_gap09": dict(bone=dict(BASE["bone"], gap=0.9)),
     "D4_pits_gap11": dict(mc2=dict(pits=6)),
-    "D4_native82_tilt15_pits_gap11": dict(
-        holder_cut=True,
-        vox=0.082,
-        margin=3.0,
-        noise=90.0,
-        psf=0.11,
-        length=17.0,
-        start=12.5,
-        tilt=15.0,
-        mc2=dict(pits=5),
-    ),
+    "D4_native82_tilt15_pits_gap11": dict(NATIVE82_TILT15, mc2=dict(pits=5)),
     "D4_crop_025": dict(crop=(-10, 25, -10, 10), margin=1.0),
     "D4_no_mc2_in_view": dict(crop=(9.5, 52, -14, 12), margin=0.0, holder_cut=True),
     "D4_mc2_half_cut": dict(crop=(-1.0, 52, -14, 12), margin=0.0, holder_cut=True),
@@ -482,11 +464,7 @@ CASES = {
     "D4_shafts_only": dict(start=34.0, length=20.0),
     "D4_too_distal": dict(start=4.0, length=16.0),
     "D4_native82_op2": dict(
-        holder_cut=True,
-        vox=0.082,
-        margin=3.0,
-        noise=90.0,
-        psf=0.11,
+        NATIVE82,
         length=18.0,
         start=13.0,
         dens_cort=780.0,
@@ -682,16 +660,7 @@ def make_case(name, outdir: Path):
     # ---- files
     outdir.mkdir(parents=True, exist_ok=True)
     rows = log_rows("fourth_phantoms (an independent generator)", "gen4 0.1", "06-DEC-2026", shape[::-1], cal)
-    rows.append(proclog.SEPARATOR)
-    hdr = AimHeader(
-        version=sp["version"],
-        type_code=0x00020002,
-        dim=(1, 1, 1),
-        element_size_mm=(vox, vox, vox),
-        processing_log="\n".join(rows) + "\n",
-    )
-    write_aim(outdir / f"{name}.AIM", stored, hdr, type="int16")
-    write_aim(outdir / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), hdr, type="char", values=MASK_VALUES)
+    write_case(outdir, name, stored, truth, rows, sp["version"], (vox, vox, vox))
     dens = to_density(stored[truth], cal).astype(np.float64) if truth.any() else np.full(1, np.nan)
     zs = np.nonzero(truth.any(axis=(1, 2)))[0]
     tj = dict(

@@ -37,7 +37,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -573,24 +572,8 @@ def build(i, traits, out: Path):
     rows = log_rows("alien_gen phantom (independent generator)", "alien_gen 0.1", "01-JAN-2024", (n, n, nz), cal)
     if case["log_side"]:
         rows.append(proclog.field_line("Measured hand", case["side"]))
-    rows.append(proclog.SEPARATOR)
-    hdr = AimHeader(
-        version=case["version"],
-        type_code=0x00020002,
-        dim=(1, 1, 1),
-        element_size_mm=(vox,) * 3,
-        position=tuple(case["position"]),
-        processing_log="\n".join(rows) + "\n",
-    )
     name = case["name"]
-    write_aim(out / f"{name}.AIM", stored, hdr, type="int16")
-    write_aim(
-        out / f"{name}_GT.AIM",
-        truth.view(np.int8) * np.int8(127),
-        replace(hdr, processing_log=hdr.processing_log),
-        type="char",
-        values=MASK_VALUES,
-    )
+    write_case(out, name, stored, truth, rows, case["version"], (vox,) * 3, case["position"])
     dens = to_density(stored[truth], cal)
     per = truth.reshape(nz, -1).sum(1)
     zs = np.nonzero(per)[0]
@@ -673,6 +656,22 @@ def log_rows(title: str, creator: str, date: str, dims, cal) -> list[str]:
         ln("Density: intercept", f"{cal.intercept:.5f}"),
         ln("HU: mu water", f"{cal.mu_water:.5f}"),
     ]
+
+
+def write_case(out: Path, name: str, stored, truth, rows: list[str], version, element_size_mm, position=None) -> None:
+    """A phantom's scan (``NAME.AIM``, int16) and its truth (``NAME_GT.AIM``, char 0/127), both with the
+    processing log ``rows`` (closed here by its separator)."""
+    hdr = AimHeader(
+        version=version,
+        type_code=0x00020002,
+        dim=(1, 1, 1),
+        element_size_mm=tuple(element_size_mm),
+        **({"position": tuple(position)} if position is not None else {}),
+        processing_log="\n".join([*rows, proclog.SEPARATOR]) + "\n",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_aim(out / f"{name}.AIM", stored, hdr, type="int16")
+    write_aim(out / f"{name}_GT.AIM", truth.view(np.int8) * np.int8(127), hdr, type="char", values=MASK_VALUES)
 
 
 def score(cases: Path, runs: Path, pattern: str = "ALIEN_*.truth.json") -> list[dict]:

@@ -42,10 +42,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import erfinv
 
-from vbmd_rt.runtime.io import proclog
-from vbmd_rt.runtime.io.aim import AimHeader, write_aim
 from vbmd_rt.runtime.io.calibration import Calibration, to_density
-from vbmd_rt.runtime.io.masks import MASK_VALUES
 
 CAL_XCT1 = (8192.0, 1441.13599, -356.445007, 0.2464)
 CAL_XCT2 = (8192.0, 1603.51904, -391.209015, 0.2409)
@@ -629,19 +626,10 @@ def make_case(name, outdir: Path, seed=None):
     del mu
     # ---- files
     outdir.mkdir(parents=True, exist_ok=True)
-    from vbmd_rt.bench.independent_phantoms import log_rows
+    from vbmd_rt.bench.independent_phantoms import log_rows, write_case
 
     rows = log_rows("third_phantoms (an independent generator)", "gen3 0.1", "05-DEC-2026", (n_xy, n_xy, n_z), cal)
-    rows.append(proclog.SEPARATOR)
-    hdr = AimHeader(
-        version=sp["version"],
-        type_code=0x00020002,
-        dim=(1, 1, 1),
-        element_size_mm=(vxy, vxy, vz),
-        processing_log="\n".join(rows) + "\n",
-    )
-    write_aim(outdir / f"{name}.AIM", stored, hdr, type="int16")
-    write_aim(outdir / f"{name}_GT.AIM", truth_g.view(np.int8) * np.int8(127), hdr, type="char", values=MASK_VALUES)
+    write_case(outdir, name, stored, truth_g, rows, sp["version"], (vxy, vxy, vz))
     dens = to_density(stored[truth_g], cal).astype(np.float64)
     per = truth_g.reshape(n_z, -1).sum(1)
     zs = np.nonzero(per)[0]

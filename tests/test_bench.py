@@ -153,6 +153,20 @@ def test_the_stack_direction_bench_reads_a_scan_both_ways(phantoms, tmp_path, ca
     }
 
 
+def _made_and_run(generator, case: str, tmp_path):
+    """One case of an independent generator made with its ``make`` and run as a user runs it (``vbmd-rt run``);
+    the cases' and the runs' folders."""
+    cases, runs = tmp_path / "cases", tmp_path / "runs"
+    generator.main(["make", str(cases), case])
+    r = subprocess.run(
+        [sys.executable, "-m", "vbmd_rt", "run", str(cases / f"{case}.AIM"), "-o", str(runs), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    return cases, runs
+
+
 def test_a_phantom_of_the_third_generator_is_measured(tmp_path):
     """The third generator's base hand (``bench/third_phantoms.py``: bead-chain bones, trabecular sheets, its
     own soft tissue and scanner), run as a user runs it: MC2 found, its envelope within Dice 0.95, and the
@@ -161,14 +175,7 @@ def test_a_phantom_of_the_third_generator_is_measured(tmp_path):
     from vbmd_rt.bench import independent_phantoms as ind
     from vbmd_rt.bench import third_phantoms as third
 
-    cases, runs = tmp_path / "cases", tmp_path / "runs"
-    third.main(["make", str(cases), "C3_17_two_mc"])
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "run", str(cases / "C3_17_two_mc.AIM"), "-o", str(runs), "-q"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
+    cases, runs = _made_and_run(third, "C3_17_two_mc", tmp_path)
     (row,) = ind.score(cases, runs, pattern="C3_*.truth.json")
     assert not row["missing"] and not row["wrong_bone"] and row["dice"] > 0.95, row
     again = third.make_case("C3_17_two_mc", tmp_path)
@@ -183,14 +190,7 @@ def test_a_hand_in_the_fourth_generators_dense_holder_is_measured(tmp_path):
     refused as holding no metacarpal; now MC2 is found and measured. Its scorer reads the files."""
     from vbmd_rt.bench import fourth_phantoms as fourth
 
-    cases, runs = tmp_path / "cases", tmp_path / "runs"
-    fourth.main(["make", str(cases), "F4_23_holder_tight"])
-    r = subprocess.run(
-        [sys.executable, "-m", "vbmd_rt", "run", str(cases / "F4_23_holder_tight.AIM"), "-o", str(runs), "-q"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
+    cases, runs = _made_and_run(fourth, "F4_23_holder_tight", tmp_path)
     (row,) = fourth.score(cases, runs)
     assert not row["missing"] and row["right_bone"] and row["dice"] > 0.95 and abs(row["d100_error"]) < 5, row
     with pytest.raises(SystemExit, match="no case"):
