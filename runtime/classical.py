@@ -99,18 +99,23 @@ def hand_levels(slices) -> tuple[float, float] | None:
     return float(np.median(hand)), float(np.percentile(hand, 99.5))
 
 
-def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1):
+def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1, not_bone=None):
     """The two thresholds in mg HA/cm³, from the scan's own soft tissue and cortex levels.
 
     On nine slices spread over the scan, smoothed as for segmentation: the hand is what Otsu separates
     from air, soft tissue its median, cortex its 99.5th percentile (bone is a few per cent of the hand).
+    ``not_bone`` (as ``bone_components``'s): a holder's shell, counted as air (it is neither tissue nor bone).
     """
     px = float(np.mean(spacing_zyx[1:])) * factor
     m, b = cal.density_equation()
-    values = [
-        _smooth(data[k], p.sigma_mm / px, factor) * m + b
-        for k in np.linspace(0, data.shape[0] - 1, min(9, data.shape[0])).astype(int)
-    ]
+    y, x = data.shape[1] // factor, data.shape[2] // factor
+    centres = np.arange(y) * factor + factor // 2, np.arange(x) * factor + factor // 2
+    values = []
+    for k in np.linspace(0, data.shape[0] - 1, min(9, data.shape[0])).astype(int):
+        v = _smooth(data[k], p.sigma_mm / px, factor) * m + b
+        if not_bone is not None:
+            v[not_bone(int(k), *centres)[: v.shape[0], : v.shape[1]]] = float(v.min())
+        values.append(v)
     levels = hand_levels(values)
     if levels is None:
         return p.min_low_mg, p.min_high_mg
@@ -126,18 +131,24 @@ def bone_components(
     p: Params = Params(),
     factor: int = 1,
     levels: tuple[float, float] | None = None,
+    not_bone=None,
 ):
     """Labelled 3D bone components on a grid ``factor`` times coarser in-plane: hysteresis of the two
-    thresholds (mg HA/cm³) on the smoothed scan (voxels above ``low`` joined to voxels above ``high``)."""
+    thresholds (mg HA/cm³) on the smoothed scan (voxels above ``low`` joined to voxels above ``high``).
+    ``not_bone(k, ys, xs)``: where slice ``k`` holds no bone whatever its density (bool, ``len(ys)`` x
+    ``len(xs)``, at the native rows and columns given), e.g. a holder's shell the identification stage found."""
     px = float(np.mean(spacing_zyx[1:])) * factor
     low_mg, high_mg = levels or thresholds(data, spacing_zyx, cal, p, factor)
     lo, hi = cal.stored(low_mg), cal.stored(high_mg)
     z, y, x = data.shape
     low = np.zeros((z, y // factor, x // factor), bool)
     high = np.zeros_like(low)
+    centres = np.arange(y // factor) * factor + factor // 2, np.arange(x // factor) * factor + factor // 2
     for k in range(z):
         s = _smooth(data[k], p.sigma_mm / px, factor)
         low[k], high[k] = s > lo, s > hi
+        if not_bone is not None:
+            low[k] &= ~not_bone(k, *centres)
     labels, n = ndimage.label(low, structure=np.ones((3, 3, 3), bool))
     del low
     keep = np.zeros(n + 1, bool)
@@ -422,7 +433,7 @@ def coarse_factor(spacing_zyx) -> int:
 
 
 def segment(
-    data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), near=None
+    data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), near=None, not_bone=None
 ) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts, as the network path gives.
 
@@ -432,17 +443,19 @@ def segment(
     and with the thresholds of the whole scan; ``components`` then counts the bones there.
 
     Bones are found and tracked on a grid of about 0.16 mm (2x coarser for 82 µm scans); MC2's region is
-    then resampled (linear, at 0.5) onto the native grid.
+    then resampled (linear, at 0.5) onto the native grid. ``not_bone``: as ``bone_components``'s, on the
+    whole scan's native rows and columns.
     """
     px = float(np.mean(spacing_zyx[1:]))
     factor = coarse_factor(spacing_zyx)
-    levels = thresholds(data, spacing_zyx, cal, p, factor)
+    levels = thresholds(data, spacing_zyx, cal, p, factor, not_bone)
     if near is None:
-        return _segment(data, spacing_zyx, cal, p, None, factor, levels)
+        return _segment(data, spacing_zyx, cal, p, None, factor, levels, not_bone)
     r = int(round(NEAR_MM / px))
     y0, x0 = (max(0, int(v) - r) // factor * factor for v in near)  # on the whole scan's coarse grid
     y1, x1 = min(data.shape[1], int(near[0]) + r), min(data.shape[2], int(near[1]) + r)
-    sub, info = _segment(data[:, y0:y1, x0:x1], spacing_zyx, cal, p, (near[0] - y0, near[1] - x0), factor, levels)
+    crop = None if not_bone is None else (lambda k, ys, xs: not_bone(k, ys + y0, xs + x0))
+    sub, info = _segment(data[:, y0:y1, x0:x1], spacing_zyx, cal, p, (near[0] - y0, near[1] - x0), factor, levels, crop)
     mask = sparse_zeros(data.shape)  # written in MC2's box only
     if info["box"] is not None:
         z0, z1, b0, b1, b2, b3 = info["box"]
@@ -451,9 +464,11 @@ def segment(
     return mask, info
 
 
-def _segment(data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, levels) -> tuple[np.ndarray, dict]:
+def _segment(
+    data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, levels, not_bone=None
+) -> tuple[np.ndarray, dict]:
     coarse_spacing = (spacing_zyx[0], spacing_zyx[1] * factor, spacing_zyx[2] * factor)
-    bone = bone_components(data, spacing_zyx, cal, p, factor, levels) > 0
+    bone = bone_components(data, spacing_zyx, cal, p, factor, levels, not_bone) > 0
     labels = track(bone, coarse_spacing, p)
     n = int(labels.max())
     lab = pick_mc2(labels, coarse_spacing, p, None if near is None else (near[0] / factor, near[1] / factor))

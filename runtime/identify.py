@@ -123,6 +123,7 @@ class Identity:
     hypotheses: list[dict] = field(default_factory=list)
     stack: Direction = field(default_factory=Direction)  # which way the slices run (``runtime.direction``);
     #   ``stack.reversed``: everything above is on the grid turned end to end (the caller turns its own volumes)
+    shell: np.ndarray | None = None  # bool, the coarse grid: a holder's shell or a cast round the hand (``shells``)
 
     @property
     def review(self) -> bool:
@@ -177,10 +178,11 @@ def expand2(coarse: np.ndarray, shape) -> np.ndarray:
     return out
 
 
-def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> tuple[np.ndarray, np.ndarray]:
+def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS, shell_out: list | None = None):
     """A coarse volume in network units, each slice smoothed, and its bone (bool): above the low level
     (``_levels``) and connected to voxels above the high one. A hand holder's shell or a cast round the hand
-    (``shells``) is set under the low level in the smoothed volume: it is no bone for any stage after."""
+    (``shells``) is set under the low level in the smoothed volume: it is no bone for any stage after
+    (``shell_out``: a list that gets the shell, bool on the coarse grid, where there is one)."""
     low, high = _levels(coarse, p)
     sm = np.empty_like(coarse)
     s = max(0.3, p.sigma_mm / spacing_mm)
@@ -190,6 +192,8 @@ def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> tuple[np.ndarr
     shell = shells(labels, spacing_mm)
     if shell.any():
         sm[shell] = np.float32(min(low, float(sm.min())))
+        if shell_out is not None:
+            shell_out.append(shell)
         labels, n = ndimage.label(sm > low, structure=np.ones((3, 3, 3), bool))
     keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[sm > high])] = True
@@ -1143,11 +1147,13 @@ def identify(
     check_fov(((view[1] - view[0]) * spacing_mm, (view[3] - view[2]) * spacing_mm), path)
     cs = 2 * spacing_mm
     coarse = reduce2(vol)
-    mask = bone_mask(coarse, cs)
+    shell: list = []
+    mask = bone_mask(coarse, cs, shell_out=shell)
     labels, bones = coarse_candidates(coarse, cs, mask)
     direction, turned = stack_direction(vol, coarse, cs, labels, bones, mask) if stack else (Direction(), None)
     if turned is not None:
         labels, bones = turned
+        shell = [s[::-1] for s in shell]
     if not bones:
         raise NotAHand(
             path,
@@ -1212,6 +1218,7 @@ def identify(
         others=None if odd else other_bones(labels, mc2.label, cs),
         hypotheses=hyps,
         stack=direction,
+        shell=shell[0] if shell else None,
     )
 
 

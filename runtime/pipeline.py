@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from vbmd_rt import __version__
 from vbmd_rt.runtime import (
@@ -171,8 +172,11 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     prob = raw = None
     if model.classical:
         mc2 = idt.candidates[idt.choice]
+        not_bone = None if idt.shell is None else shell_lookup(idt.shell, geometry)
         with timer("inference"):
-            mask, info = classical.segment(data, spacing_zyx, calibration, near=native_yx(mc2.y_mm, mc2.x_mm))
+            mask, info = classical.segment(
+                data, spacing_zyx, calibration, near=native_yx(mc2.y_mm, mc2.x_mm), not_bone=not_bone
+            )
         with timer("postprocess"):
             on_grid = preprocess.to_model_mask(mask, geometry, info["box"]) > 0.5
             end = joint_end(on_grid.sum(axis=(1, 2)), float(grid.spacing_mm))
@@ -255,6 +259,28 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
     if turned:
         turn_back(mask, info)
     return mask, info
+
+
+def shell_lookup(shell: np.ndarray, geometry):
+    """``classical.segment``'s ``not_bone`` from the identification stage's holder shell (``Identity.shell``:
+    bool on the coarse grid, two model voxels a side, of the cropped model grid, in the stack's order as
+    segmented), widened by a coarse voxel for its blurred rim: where a native slice's rows and columns lie on
+    it."""
+    wide = ndimage.binary_dilation(shell, structure=np.ones((1, 3, 3), bool))
+    sz, sy, sx = geometry.scale
+    y0, x0 = geometry.crop[0], geometry.crop[2]
+    nz, ny, nx = wide.shape
+
+    def at(k: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        z = min(max(int(((k + 0.5) / sz - 0.5) // 2), 0), nz - 1)
+        iy = (np.floor((ys + 0.5) / sy - 0.5).astype(np.int64) - y0) // 2
+        ix = (np.floor((xs + 0.5) / sx - 0.5).astype(np.int64) - x0) // 2
+        out = np.zeros((len(ys), len(xs)), bool)
+        oky, okx = (iy >= 0) & (iy < ny), (ix >= 0) & (ix < nx)
+        out[np.ix_(oky, okx)] = wide[z][np.ix_(iy[oky], ix[okx])]
+        return out
+
+    return at
 
 
 def turn_back(mask: np.ndarray, info: dict) -> None:

@@ -78,13 +78,16 @@ def in_holder(phantoms, tmp_path_factory):
     return d
 
 
-def test_a_hand_in_a_dense_holder_is_measured(phantoms, in_holder, tmp_path):
-    r = cli_here("run", in_holder / "held.AIM", "-o", tmp_path, "-q")
+@pytest.mark.parametrize("model", ["default", "classical"])
+def test_a_hand_in_a_dense_holder_is_measured(phantoms, in_holder, tmp_path, model):
+    """Both models: the network reads the window over the bone the identification stage found; the classical
+    contour thresholds the scan itself and is told where the shell lies (``Identity.shell``)."""
+    r = cli_here("run", in_holder / "held.AIM", "-o", tmp_path, "-q", "--model", model)
     assert r.returncode == 0, r.stderr  # before: refused, "holds no metacarpal"
     res = json.loads((tmp_path / "held.json").read_text())
     truth = json.loads((phantoms / "PHANTOM_0000.truth.json").read_text())
     mask = np.asarray(aim.read_aim(tmp_path / "held_SEG.AIM").data) != 0
     gt = np.asarray(aim.read_aim(phantoms / "PHANTOM_0000_GT.AIM").data) != 0
     dice = 2 * (mask & gt).sum() / (mask.sum() + gt.sum())
-    assert dice > 0.95
-    assert abs(res["d100_mg_ha_cm3"] - truth["d100_mg_ha_cm3"]) < 5
+    assert dice > (0.95 if model == "default" else 0.92)
+    assert abs(res["d100_mg_ha_cm3"] - truth["d100_mg_ha_cm3"]) < (5 if model == "default" else 8)
