@@ -99,6 +99,12 @@ def hand_levels(slices) -> tuple[float, float] | None:
     return float(np.median(hand)), float(np.percentile(hand, 99.5))
 
 
+def _centres(shape, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The native rows and columns at the centres of the ``factor`` times coarser grid's pixels (``_smooth``)."""
+    ny, nx = shape[1] // factor, shape[2] // factor
+    return np.arange(ny) * factor + factor // 2, np.arange(nx) * factor + factor // 2
+
+
 def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Params(), factor: int = 1, not_bone=None):
     """The two thresholds in mg HA/cm³, from the scan's own soft tissue and cortex levels.
 
@@ -108,13 +114,12 @@ def thresholds(data: np.ndarray, spacing_zyx, cal: Calibration, p: Params = Para
     """
     px = float(np.mean(spacing_zyx[1:])) * factor
     m, b = cal.density_equation()
-    y, x = data.shape[1] // factor, data.shape[2] // factor
-    centres = np.arange(y) * factor + factor // 2, np.arange(x) * factor + factor // 2
+    centres = _centres(data.shape, factor)
     values = []
     for k in np.linspace(0, data.shape[0] - 1, min(9, data.shape[0])).astype(int):
         v = _smooth(data[k], p.sigma_mm / px, factor) * m + b
         if not_bone is not None:
-            v[not_bone(int(k), *centres)[: v.shape[0], : v.shape[1]]] = float(v.min())
+            v[not_bone(int(k), *centres)] = float(v.min())
         values.append(v)
     levels = hand_levels(values)
     if levels is None:
@@ -143,7 +148,7 @@ def bone_components(
     z, y, x = data.shape
     low = np.zeros((z, y // factor, x // factor), bool)
     high = np.zeros_like(low)
-    centres = np.arange(y // factor) * factor + factor // 2, np.arange(x // factor) * factor + factor // 2
+    centres = _centres(data.shape, factor)
     for k in range(z):
         s = _smooth(data[k], p.sigma_mm / px, factor)
         low[k], high[k] = s > lo, s > hi

@@ -138,15 +138,15 @@ MIN_METAL_MM3 = 0.04
 METAL_SLICES_MM = 1.0
 
 
-def metal(vol: np.ndarray, grid_mm: float, mask: np.ndarray, density_unit: float) -> dict | None:
-    """Metal in a calibrated model-grid volume ``vol`` (mg HA/cm³ / ``density_unit``; isotropic ``grid_mm``)
-    and where it lies from MC2's ``mask`` on the same grid; None where there is none.
+def metal(vol: np.ndarray, grid_mm: float, mask: np.ndarray, level: float) -> dict | None:
+    """Metal in a calibrated model-grid volume ``vol`` (isotropic ``grid_mm``): over ``level``, ``METAL_MG``
+    in the volume's own units (any unit rising with density: network units, stored values), and where it lies
+    from MC2's ``mask`` on the same grid; None where there is none.
 
     ``{"volume_mm3", "distance_mm"`` (nearest metal voxel to the mask's rim; 0 where metal lies in the mask),
     ``"in_mc2_slices"`` (metal on a
     slice within ``METAL_SLICES_MM`` of the mask's slices), ``"slices"`` (the metal's first and last grid
     slice)``}``. One pass over the grid where nothing reads as metal."""
-    level = METAL_MG / density_unit
     if vol.size == 0 or float(vol.max()) <= level:
         return None
     zs, ys, xs = (np.flatnonzero(np.any(vol > level, axis=a)) for a in ((1, 2), (0, 2), (0, 1)))

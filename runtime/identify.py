@@ -178,11 +178,11 @@ def expand2(coarse: np.ndarray, shape) -> np.ndarray:
     return out
 
 
-def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS, shell_out: list | None = None):
-    """A coarse volume in network units, each slice smoothed, and its bone (bool): above the low level
-    (``_levels``) and connected to voxels above the high one. A hand holder's shell or a cast round the hand
-    (``shells``) is set under the low level in the smoothed volume: it is no bone for any stage after
-    (``shell_out``: a list that gets the shell, bool on the coarse grid, where there is one)."""
+def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A coarse volume in network units, each slice smoothed, its bone (bool: above the low level
+    (``_levels``) and connected to voxels above the high one) and a hand holder's shell or a cast round the
+    hand (``shells``; None where there is none), which is set under the low level in the smoothed volume: it is
+    no bone for any stage after."""
     low, high = _levels(coarse, p)
     sm = np.empty_like(coarse)
     s = max(0.3, p.sigma_mm / spacing_mm)
@@ -192,13 +192,11 @@ def bone_mask(coarse: np.ndarray, spacing_mm: float, p=PARAMS, shell_out: list |
     shell = shells(labels, spacing_mm)
     if shell.any():
         sm[shell] = np.float32(min(low, float(sm.min())))
-        if shell_out is not None:
-            shell_out.append(shell)
         labels, n = ndimage.label(sm > low, structure=np.ones((3, 3, 3), bool))
     keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[sm > high])] = True
     keep[0] = False
-    return sm, keep[labels]
+    return sm, keep[labels], shell if shell.any() else None
 
 
 #: A piece of one slice above the bone's low level with a hole larger than this (mm²) is a shell round the
@@ -238,7 +236,7 @@ def instances(coarse: np.ndarray, spacing_mm: float, p=PARAMS, mask=None) -> np.
     """Tracked bone instances (int32 labels) of a coarse volume in network units (``mask``: its
     ``bone_mask``, where already made)."""
     low, high = _levels(coarse, p)
-    sm, bone = bone_mask(coarse, spacing_mm, p) if mask is None else mask
+    sm, bone, _ = bone_mask(coarse, spacing_mm, p) if mask is None else mask
     return track(bone, spacing_mm, p, init=shafts(sm, low, high, spacing_mm, p))
 
 
@@ -521,11 +519,19 @@ def hand_depth(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:
     outline; where the hand's box ran past the scan, its band of air is). The hand is what lies above halfway
     from the air to soft tissue."""
     mean = slab_mean(coarse, spacing_mm, p)
-    air = float(np.percentile(mean, 1))
+    hand = hand_outline(mean)
+    if hand is None:  # nothing stands out of the air: all but the air is hand
+        hand = mean > float(np.percentile(mean, 1))
+    return cv2.distanceTransform(hand.astype(np.uint8), cv2.DIST_L2, 5) * spacing_mm
+
+
+def hand_outline(mean: np.ndarray) -> np.ndarray | None:
+    """The hand in a mean image of slices (bool): what lies above halfway from the air (its 1st percentile) to
+    the soft tissue; None where nothing stands out of the air."""
     levels = _tissue_cortex(mean[None])
-    tissue = levels[0] if levels is not None else air
-    hand = (mean > 0.5 * (air + tissue)).astype(np.uint8)
-    return cv2.distanceTransform(hand, cv2.DIST_L2, 5) * spacing_mm
+    if levels is None:
+        return None
+    return mean > 0.5 * (float(np.percentile(mean, 1)) + levels[0])
 
 
 #: A lobe holds soft tissue round its bone: a bone whose centre lies less deep than its shaft's radius and this
@@ -1028,9 +1034,9 @@ def past_edge(
     the row (named MC3), the hand runs on to the field of view's edge within a metacarpal's spacing (their
     distance). A field of view holding MC3-MC5 alone reads like a short row whose end is MC2 (an independent
     generator's crop, ``bench/fourth_phantoms.py`` ``D4_no_mc2_in_view``: MC3 named with a margin of 4.2). Where
-    the thumb is found beside MC2, no metacarpal can lie past it, and the caller does not ask. The hand is what
-    lies above halfway from air to soft tissue in the mean of all slices (``hand_depth``'s rule); ``view`` the
-    (y0, y1, x0, x1) of ``coarse`` that holds the scan (the rest is padding)."""
+    the thumb is found beside MC2, no metacarpal can lie past it, and the caller does not ask. The hand is
+    read on the mean of all slices (``hand_outline``); ``view`` is the (y0, y1, x0, x1) of ``coarse`` that
+    holds the scan (the rest is padding)."""
     nxt = next((b for b in bones if b.name == "MC3"), None)
     if nxt is None:
         return ""
@@ -1040,12 +1046,9 @@ def past_edge(
     gap = float(np.hypot(*step)) * spacing_mm
     if gap <= 0:
         return ""
-    mean = coarse.mean(axis=0)
-    air = float(np.percentile(mean, 1))
-    levels = _tissue_cortex(mean[None])
-    if levels is None:
+    hand = hand_outline(coarse.mean(axis=0))
+    if hand is None:
         return ""
-    hand = mean > 0.5 * (air + levels[0])
     y0, y1, x0, x1 = view or (0, hand.shape[0], 0, hand.shape[1])
     u = step / np.hypot(*step)
     for t in np.arange(0.0, gap / spacing_mm, 0.5):
@@ -1082,7 +1085,8 @@ def stack_direction(
 ):
     """Which way the slices of ``vol`` (model grid) run (``runtime.direction``), from the candidates found on
     its coarse grid ``coarse`` (``spacing_mm`` its voxel) and its ``bone_mask``. Returns the direction and,
-    where the stack runs distal first, the labels and candidates of ``vol`` turned end to end (else None)."""
+    where the stack runs distal first, the labels, candidates and ``bone_mask`` of ``vol`` turned end to end
+    (else None)."""
     if not bones:
         return Direction(), None
     turned: dict = {}
@@ -1098,10 +1102,11 @@ def stack_direction(
         c = reduce2(vol[::-1])  # (with an odd slice count, not coarse[::-1])
         m = bone_mask(c, spacing_mm)
         turned["labels"], turned["bones"] = coarse_candidates(c, spacing_mm, m)
+        turned["mask"] = m
         return measured(c, m, turned["labels"], turned["bones"])
 
     d = decide(measured(coarse, mask, labels, bones), reverse)
-    return d, ((turned["labels"], turned["bones"]) if d.reversed else None)
+    return d, ((turned["labels"], turned["bones"], turned["mask"]) if d.reversed else None)
 
 
 def slice_order(vol: np.ndarray, spacing_mm: float) -> Direction:
@@ -1147,13 +1152,11 @@ def identify(
     check_fov(((view[1] - view[0]) * spacing_mm, (view[3] - view[2]) * spacing_mm), path)
     cs = 2 * spacing_mm
     coarse = reduce2(vol)
-    shell: list = []
-    mask = bone_mask(coarse, cs, shell_out=shell)
+    mask = bone_mask(coarse, cs)
     labels, bones = coarse_candidates(coarse, cs, mask)
     direction, turned = stack_direction(vol, coarse, cs, labels, bones, mask) if stack else (Direction(), None)
-    if turned is not None:
-        labels, bones = turned
-        shell = [s[::-1] for s in shell]
+    if turned is not None:  # the candidates, and the shell, of the stack turned end to end
+        labels, bones, mask = turned
     if not bones:
         raise NotAHand(
             path,
@@ -1218,7 +1221,7 @@ def identify(
         others=None if odd else other_bones(labels, mc2.label, cs),
         hypotheses=hyps,
         stack=direction,
-        shell=shell[0] if shell else None,
+        shell=mask[2],
     )
 
 

@@ -209,7 +209,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         c["native_yx"] = [round(v, 1) for v in native_yx(b.y_mm, b.x_mm)]
     if calibration is not None and not info["empty"]:
         with timer("qc"):
-            found = damage.metal(vol, grid_mm, on_grid, bonewin.DENSITY_UNIT)
+            found = damage.metal(vol, grid_mm, on_grid, damage.METAL_MG / bonewin.DENSITY_UNIT)
         if found is not None:  # its slices as the file numbers them
             found["slices"] = damage.native_slices(found, geometry.scale[0], data.shape[0], turned)
             info["metal"] = found

@@ -528,8 +528,7 @@ def assess_mask(
         scale = (data.shape[0] / mz, data.shape[1] / my, data.shape[2] / mx)
         grid = tuple(float(s) * f for s, f in zip(spacing_zyx, scale, strict=True))
         checks["baseline"] = baseline(vol, frac > inside, grid, calibration)
-        m, b = calibration.density_equation()
-        found = damage.metal(vol * np.float32(m) + np.float32(b), grid_mm, frac > inside, 1.0)
+        found = damage.metal(vol, grid_mm, frac > inside, calibration.stored(damage.METAL_MG))  # stored units
         if found is not None:  # metal beside the mask: the same review as ``run``'s
             found["slices"] = damage.native_slices(found, scale[0], data.shape[0], False)
             checks["metal"] = found

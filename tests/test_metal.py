@@ -13,6 +13,7 @@ from vbmd_rt.runtime.io import aim
 
 GRID = 0.25
 UNIT = 1000.0  # mg HA/cm³ per network unit
+LEVEL = damage.METAL_MG / UNIT  # metal in network units
 
 
 def _bone_grid() -> tuple[np.ndarray, np.ndarray]:
@@ -29,15 +30,15 @@ def _bone_grid() -> tuple[np.ndarray, np.ndarray]:
 
 def test_bone_alone_and_a_hot_voxel_are_no_metal():
     vol, mask = _bone_grid()
-    assert damage.metal(vol, GRID, mask, UNIT) is None
+    assert damage.metal(vol, GRID, mask, LEVEL) is None
     vol[20, 5, 5] = 9.0  # one voxel: noise, not metal
-    assert damage.metal(vol, GRID, mask, UNIT) is None
+    assert damage.metal(vol, GRID, mask, LEVEL) is None
 
 
 def test_metal_beside_mc2_shares_its_slices_and_its_distance_is_measured():
     vol, mask = _bone_grid()
     vol[20:24, 30:33, 48:51] = 6.0  # 6,000 mg HA/cm³, from x 48: 6 voxels (1.5 mm) past the disc's rim at 42
-    found = damage.metal(vol, GRID, mask, UNIT)
+    found = damage.metal(vol, GRID, mask, LEVEL)
     assert found["in_mc2_slices"] and found["slices"] == [20, 23]
     assert found["volume_mm3"] == pytest.approx(36 * GRID**3, abs=0.01)
     assert found["distance_mm"] == pytest.approx(1.5, abs=0.3)
@@ -47,16 +48,16 @@ def test_metal_beside_mc2_shares_its_slices_and_its_distance_is_measured():
 def test_metal_past_mc2s_slices_is_not_in_them():
     vol, mask = _bone_grid()
     vol[56:60, 30:33, 30:33] = 6.0  # 7 slices (1.75 mm) past the last one: a ring on a finger
-    found = damage.metal(vol, GRID, mask, UNIT)
+    found = damage.metal(vol, GRID, mask, LEVEL)
     assert not found["in_mc2_slices"]
     vol[52:54, 30:33, 30:33] = 6.0  # within 1 mm of it
-    assert damage.metal(vol, GRID, mask, UNIT)["in_mc2_slices"]
+    assert damage.metal(vol, GRID, mask, LEVEL)["in_mc2_slices"]
 
 
 def test_metal_in_mc2s_canal_is_no_distance_from_it():
     vol, mask = _bone_grid()
     vol[28:31, 29:32, 29:32] = 6.0  # a screw in the shaft
-    assert damage.metal(vol, GRID, mask, UNIT)["distance_mm"] == 0.0
+    assert damage.metal(vol, GRID, mask, LEVEL)["distance_mm"] == 0.0
 
 
 def test_metal_slices_cover_every_native_slice_of_their_grid_slices():
@@ -69,8 +70,8 @@ def test_metal_slices_cover_every_native_slice_of_their_grid_slices():
 def test_the_level_is_in_mg_ha_per_cm3():
     vol, mask = _bone_grid()
     vol[20:24, 30:33, 48:51] = 2.0  # 2,000 mg HA/cm³: dense, not metal
-    assert damage.metal(vol, GRID, mask, UNIT) is None
-    assert damage.metal(vol, GRID, mask, 2 * UNIT) is not None  # in units of 2 g: 4,000 mg HA/cm³
+    assert damage.metal(vol, GRID, mask, LEVEL) is None
+    assert damage.metal(vol, GRID, mask, LEVEL / 2) is not None  # in units of 2 g: 4,000 mg HA/cm³
 
 
 @pytest.fixture(scope="module")
