@@ -23,6 +23,7 @@ from vbmd_rt.runtime import (
     damage,
     edges,
     identify,
+    jointspace,
     measure,
     preprocess,
     qc,
@@ -169,7 +170,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         """A point of the (cropped) model grid, in mm, as native (y, x) voxel coordinates."""
         return (y_mm / grid.spacing_mm + geometry.crop[0]) * sy, (x_mm / grid.spacing_mm + geometry.crop[2]) * sx
 
-    prob = raw = None
+    prob = raw = parted_off = None
     if model.classical:
         mc2 = idt.candidates[idt.choice]
         not_bone = None if idt.shell is None else shell_lookup(idt.shell, geometry)
@@ -185,11 +186,20 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
                 keep_tip(mask, info["box"], tip, end, geometry)
                 classical.with_tip(on_grid, end, tip)
                 info["joint_cut_slice"] = end
+            elif info["box"] is not None:  # no joint in its profile: it may have run on across a narrow one
+                found = jointspace.part(vol, on_grid, float(grid.spacing_mm), _tip_in(idt, 0.0))
+                if found is not None:
+                    parted_off = on_grid & ~found[0]
+                    drop_native(mask, info["box"], parted_off, geometry)
+                    on_grid = found[0]
+                    info["joint_parted"] = found[1]
     else:
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))
         with timer("postprocess"):
-            end, raw, bodies = one_bone(prob, win, idt, model.threshold, float(grid.spacing_mm), keep=checks)
+            end, raw, bodies, parted = one_bone(
+                prob, win, idt, model.threshold, float(grid.spacing_mm), keep=checks, vol=vol
+            )
             mask, info = postprocess(prob, geometry, model.threshold)
             on_grid = largest_component(prob > model.threshold)
         info["window"] = win.to_dict()
@@ -197,6 +207,10 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             info["small_bones_removed"] = [{**b, "slices": [z + win.z0 for z in b["slices"]]} for b in bodies]
         if end is not None:
             info["joint_cut_slice"] = end
+        if parted is not None:
+            info["joint_parted"], off = parted
+            parted_off = np.zeros(vol.shape, bool)
+            win.of(parted_off)[off] = True
     voxel_mm, grid_mm = float(min(spacing_zyx[1:])), float(grid.spacing_mm)  # the edge is read on the grid's scale
     if not info["empty"]:
         with timer("postprocess"):  # the outline on the half level where the scan resolves the edge
@@ -218,10 +232,14 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
             c: dict = {"identity": {"margin": idt.margin, "reasons": idt.reasons}}
             if "metal" in info:
                 c["metal"] = info["metal"]
+            if "joint_parted" in info:
+                c["joint"] = info["joint_parted"]
             region, mine = idt.region, on_grid
             if info.get("joint_cut_slice") is not None:  # where the region ran on into the phalanx, it is no MC2;
                 region, mine = region.copy(), on_grid.copy()  # the dome's tip past the cut is left to the mask
                 region[info["joint_cut_slice"] :] = mine[info["joint_cut_slice"] :] = False
+            if parted_off is not None:  # what was parted off the mask at the joint is the phalanx, no MC2
+                region = region & ~parted_off
             c["agreement"] = {"dice_with_identified_region": round(measure.dice(mine, region), 4)}
             if prob is not None:  # the network's output is 0 outside its window; its own, other bones and all
                 c["confidence"] = qc.confidence(win.of(prob) if raw is None else raw, model.threshold)
@@ -324,7 +342,7 @@ def second_reading(
         model, net = reader
         name = model.name
         prob, win = bonewin.predict(vol, idt.region, net.infer, net.batch_for(model.window.roi_slices))
-        one_bone(prob, win, idt, model.threshold, spacing_mm)
+        one_bone(prob, win, idt, model.threshold, spacing_mm, vol=vol)
         theirs = largest_component(prob > model.threshold)
     except Exception as e:  # noqa: BLE001 - any failure of the aid leaves the classical result and its QC
         return {"reader": name, "error": _error_line(e)}
@@ -380,16 +398,57 @@ def keep_tip(mask: np.ndarray, box, tip: np.ndarray, end: int, geometry: preproc
     mask[first:last, y0:y1, x0:x1] = kept & (inside >= 0.5)  # (a native slice half in the tip's first is in)
 
 
+def drop_native(mask: np.ndarray, box, gone: np.ndarray, geometry: preprocess.Geometry) -> None:
+    """Take the model voxels ``gone`` (bool, the cropped model grid) off the native ``mask`` (in place; it is 0
+    outside ``box``): the native voxels that lie at least half in them, and what that leaves apart from the
+    mask's largest component."""
+    zs = np.flatnonzero(gone.any(axis=(1, 2)))
+    if zs.size == 0:
+        return
+    za, zb = int(zs[0]), int(zs[-1]) + 1
+    z0, z1, y0, y1, x0, x1 = box
+    first = max(z0, int(np.floor(za * geometry.scale[0])))
+    last = min(z1, int(np.ceil(zb * geometry.scale[0])))
+    if first >= last:
+        return
+    under = preprocess.sample_at_native(
+        preprocess.from_model(gone[za:zb].astype(np.float32), geometry),
+        geometry,
+        (slice(first, last), slice(y0, y1), slice(x0, x1)),
+        origin=(za, 0, 0),
+        grid=geometry.model_shape,
+    )
+    mask[first:last, y0:y1, x0:x1][under >= 0.5] = 0
+    part = mask[z0:z1, y0:y1, x0:x1]  # what the cut left of the far bone's rim, a voxel thin, goes with it
+    part[~largest_component(part != 0)] = 0
+
+
+def _tip_in(idt, z0_mm: float) -> float | None:
+    """The identified MC2's tip (z, mm) in a frame that starts ``z0_mm`` into the model grid; None where its
+    joint is not in view."""
+    mc2 = idt.candidates[idt.choice]
+    return mc2.tip - z0_mm if mc2.joint_in_view else None
+
+
 def one_bone(
-    prob: np.ndarray, win: bonewin.Window, idt, threshold: float, spacing_mm: float, keep: bool = False
-) -> tuple[int | None, np.ndarray | None, list[dict]]:
+    prob: np.ndarray,
+    win: bonewin.Window,
+    idt,
+    threshold: float,
+    spacing_mm: float,
+    keep: bool = False,
+    vol: np.ndarray | None = None,
+) -> tuple[int | None, np.ndarray | None, list[dict], tuple[dict, np.ndarray] | None]:
     """The network's probabilities (in place) held to the identified bone: ended at its joint
     (``trim_at_joint``, on the network's own profile: the other bones taken off first can hide the cup),
     then 0 on the other bones (``idt.others``: a neighbour it touches, a sesamoid, a phalanx), and on small
     bones that its mask holds through a neck (``postprocess.satellites``: a sesamoid inside MC2's own
     instance, or one the other bones' 1 mm rim left to it). Returns the joint's model slice (or None), with
     ``keep`` the window's probabilities as they were before anything was taken off (QC's confidence limit was
-    set on the network's own; None where nothing was), and the small bones taken off."""
+    set on the network's own; None where nothing was), the small bones taken off, and where no joint showed
+    in the profile and MC2 was parted from the phalanx in 3D at the joint the scan ``vol`` (the model grid)
+    shows (``jointspace.part``), its record (slices of the model grid) and what was taken off (bool, the
+    window's shape, ``win.of``), else None."""
     zs = np.flatnonzero(idt.region.any(axis=(1, 2)))
     end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
     raw = win.of(prob).copy() if keep and idt.others is not None else None
@@ -399,7 +458,17 @@ def one_bone(
     if keep and raw is None and bodies:  # nothing excluded before: the window is still the network's own
         raw = view.copy()
     view[gone] = 0.0
-    return end, raw, bodies
+    parted = None
+    if end is None and vol is not None:
+        mine = largest_component(view > threshold)
+        found = jointspace.part(win.of(vol), mine, spacing_mm, _tip_in(idt, win.z0 * spacing_mm))
+        if found is not None:
+            if keep and raw is None:
+                raw = view.copy()
+            off = mine & ~found[0]
+            view[off] = 0.0
+            parted = ({**found[1], "slice": found[1]["slice"] + win.z0}, off)
+    return end, raw, bodies, parted
 
 
 def trim_at_joint(

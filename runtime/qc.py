@@ -55,6 +55,13 @@ class Limits:
     # classical contours that passed with errors of 12-22 mg HA/cm³ (its envelope a voxel wide of the bone)
     # differed from the network's by 13-24, and one right classical reading from a network's 11 mg off by 12.
     reading_d100_mg: float = 10.0
+    # Where MC2 was parted from the phalanx in 3D (``runtime.jointspace``), the share of the contact between
+    # them (the surface away from its rim) where the scan shows the joint space: a darker sheet between the
+    # plates. On 75 hands of the fourth generator (its cases, diagnosis variants and a sweep of narrow joints,
+    # 0.25 mm voxels; both models) the 31 partings that left MC2 right showed it on 0.83-1.0 of the contact
+    # but one (0.68); the four that kept a piece of the phalanx's plate, pressed on an osteoporotic dome
+    # without a gap, on 0.64-0.68: the midpoint of 0.68 and 0.83.
+    joint_shown: float = 0.75
     baseline_d100_mg: float = 40.0  # |D100(mask) - D100(baseline)| on the model grid
     uncertain_fraction: float = 0.35  # voxels 0.1 < p < 0.9 per voxel inside the mask
     pieces_fraction: float = 0.1  # share of slices where the mask falls apart into pieces
@@ -299,11 +306,11 @@ def plausibility(mask: np.ndarray, spacing_zyx, box=None, bridged=()) -> dict:
         "last_slice": last,
         "touches_last_slice": last == mask.shape[0] - 1,
         # (a mask that runs to the stack's last slice has no end in view to judge)
-        **({} if last == mask.shape[0] - 1 else _end(a, half, sz)),
+        **({} if last == mask.shape[0] - 1 else end_shape(a, half, sz)),
     }
 
 
-def _end(a: np.ndarray, half: int, slice_mm: float) -> dict:
+def end_shape(a: np.ndarray, half: int, slice_mm: float) -> dict:
     """How the mask's area profile ``a`` ends: its last slice as a share of the largest (``end_fraction``),
     whether its last 1 mm (``half`` slices) narrows as a head's dome does (``end_narrows``: the last slice
     under 0.95 of the one 1 mm before), and over how many mm from the last slice that held 0.9 of the
@@ -383,6 +390,12 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
         reasons.append(
             f"the classical contour's D100 differs from the network's reading of the same bone by"
             f" {second['d100_difference_mg_ha_cm3']:+.0f} mg HA/cm³: one of them is off"
+        )
+    joint = checks.get("joint")
+    if joint and joint.get("joint_shown", 1.0) < limits.joint_shown:
+        reasons.append(
+            f"MC2 was parted from the phalanx where the joint space is narrow, and the scan shows it on only"
+            f" {joint['joint_shown']:.0%} of the surface between them: check the head's end"
         )
     conf = checks.get("confidence")
     if conf:

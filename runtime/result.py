@@ -97,6 +97,7 @@ class Record:
                 "voxels": measures["voxels"],
                 **({"edge": info["edge"]} if info.get("edge") else {}),
                 **({"small_bones_removed": info["small_bones_removed"]} if info.get("small_bones_removed") else {}),
+                **({"joint_parted": info["joint_parted"]} if info.get("joint_parted") else {}),
                 **({"lost_slices": info["lost_slices"]} if info.get("lost_slices") else {}),
             },
             compartments=compartments,

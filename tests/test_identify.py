@@ -663,7 +663,7 @@ def test_the_joint_is_found_before_the_other_bones_are_taken_off():
     assert pipeline.trim_at_joint(first, win, 0.5, spacing) is None
 
     kept = prob.copy()
-    end, raw, _ = pipeline.one_bone(prob, win, idt, 0.5, spacing, keep=True)
+    end, raw, _, _ = pipeline.one_bone(prob, win, idt, 0.5, spacing, keep=True)
     assert end is not None and 20 <= end <= 26
     tip = raw[end:] > 0  # past the joint, the dome's tip only (``classical.dome_tip``): inside the narrowest slice
     assert tip.any() and not (tip & (kept[end - 1] == 0)).any() and not tip[round(classical.TIP_MM / spacing) :].any()
