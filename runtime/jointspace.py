@@ -25,11 +25,15 @@ took of the far bone where the two touch without a gap the scan resolves (``with
   head cut short, with nothing beyond it;
 - if MC2 then ends in a dome by QC's own limits (``qc.Limits.end_fraction``, ``end_taper_mm``), narrowing
   to it (``regrows``: a head split along its length, where the seeds met in its marrow between trabecular
-  sheets, widens again), not more than ``SHORT_MM`` before the identified tip;
+  sheets, widens again), keeping a head (its largest cross-section ``HEAD_RATIO`` of its first 3 mm's or
+  more: 1.5-2.9 where a parting was right, 1.02 where the seeds met in a stack of shafts only), not more than
+  ``SHORT_MM`` before the identified tip;
 - if the surface between the parts is a joint: its density lies below the brightest within ``NEAR`` voxels
   on both sides by ``VALLEY`` of the mask's range from marrow to cortex (median over the surface), and the
-  dimmer of those two is as bright as cortex (``PLATES``, on three quarters of it). A cut through marrow (a
-  stack that ends in the shaft or in the head) has no plates on its sides;
+  dimmer of those two is nearly as bright as cortex (``PLATES`` of the way from marrow to it, on three
+  quarters of the surface: a head's subchondral plates are thinner than the shaft's cortex, and the third
+  generator's read 0.74 of it). A cut through marrow (a stack that ends in the shaft or in the head) has
+  no plates on its sides (a stack of shafts only: 0.62);
 - and at least ``MIN_MM3`` is taken off.
 
 Otherwise the mask stays as it was. The record (``mask.joint_parted`` in the result JSON) holds the first
@@ -52,11 +56,13 @@ VALLEY_PAST = 0.25  # ... where only the identified tip says the mask ran on
 VALLEY = 0.15  # the joint's sheet lies this far (of marrow to cortex) below the plates on both sides
 MIN_MM3 = 20.0  # the least a phalanx's base takes off
 SEED_MM = 0.5  # the distal seed: the mask's last slices over this depth (at least one)
-PLATES = 0.8  # ... between plates as bright as cortex: three quarters of the surface has this much on both sides
+PLATES = 0.7  # ... between plates nearly as bright as cortex (a head's plates are thinner than the shaft's cortex)
 SHOWN = 0.05  # a surface voxel where the joint shows: this far below the plates on both sides
 DARK = 0.3  # the weight of darkness beside the top-hat in the cost
 PAST_TIP_MM = 1.0  # a mask that ends this far beyond the identified head's tip may hold the phalanx's base
 HEAD_MM = 5.0  # the shaft's seed ends this far before the identified tip (a head's dome and the cup's rim)
+HEAD_RATIO = 1.25  # MC2 keeps a head: its largest cross-section this much over its first SHAFT_MM's
+SHAFT_MM = 3.0
 REGROW = 1.15  # a parted MC2 whose cross-section grows again by more past its largest was split along its head
 SHORT_MM = 1.5  # ... and a parting that ends MC2 this far before it cut into the head
 RIM = 3  # voxels from the envelope's outside where the surface is the contact of the bones, not its rim
@@ -174,6 +180,9 @@ def part(
     keep = np.count_nonzero(one, axis=(1, 2))
     kz = np.flatnonzero(keep)
     if not ends_in_dome(keep[kz[0] : kz[-1] + 1], spacing_mm, kz[-1] == n - 2) or regrows(keep) > REGROW:
+        return None
+    shaft_area = float(np.median(keep[kz[0] : kz[0] + max(1, int(round(SHAFT_MM / spacing_mm)))]))
+    if keep.max() < HEAD_RATIO * shaft_area:  # no head: the seeds met in a shaft (a stack of shafts only)
         return None
     if tip_mm is not None and (z0 + kz[-1]) * spacing_mm < tip_mm - SHORT_MM:  # (one slice of padding)
         return None

@@ -57,10 +57,10 @@ class Limits:
     reading_d100_mg: float = 10.0
     # Where MC2 was parted from the phalanx in 3D (``runtime.jointspace``), the share of the contact between
     # them (the surface away from its rim) where the scan shows the joint space: a darker sheet between the
-    # plates. On 75 hands of the fourth generator (its cases, diagnosis variants and a sweep of narrow joints,
-    # 0.25 mm voxels; both models) the 31 partings that left MC2 right showed it on 0.83-1.0 of the contact
-    # but one (0.68); the four that kept a piece of the phalanx's plate, pressed on an osteoporotic dome
-    # without a gap, on 0.64-0.68: the midpoint of 0.68 and 0.83.
+    # plates. On 41 partings (the fourth generator's 75 hands and a third generator's 8 narrow joints, 0.18-0.25
+    # mm voxels, both models) the 35 that left MC2 right showed it on 0.82-1.0 of the contact but one (0.68);
+    # four of the six bad ones, which kept a piece of the phalanx's plate pressed on an osteoporotic dome
+    # without a gap, on 0.64-0.68: the midpoint of 0.68 and 0.82.
     joint_shown: float = 0.75
     baseline_d100_mg: float = 40.0  # |D100(mask) - D100(baseline)| on the model grid
     uncertain_fraction: float = 0.35  # voxels 0.1 < p < 0.9 per voxel inside the mask

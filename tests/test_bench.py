@@ -240,3 +240,17 @@ def test_an_osteoporotic_head_is_not_split_along_its_length(tmp_path):
     assert "joint_parted" not in result["mask"]
     (row,) = ind.score(cases, runs, pattern="C3_*.truth.json")
     assert row["dice"] > 0.97, row
+
+
+def test_a_stack_of_shafts_only_is_not_parted(tmp_path):
+    """The fourth generator's stack that holds shafts only (``D4_shafts_only``): the mask runs to its last
+    slice, and a parting's seeds met on an oblique surface along the cortex, with plates on both sides (0.79)
+    and a taper like a dome. What MC2 kept had no head (its largest cross-section 1.02 of its first 3 mm's;
+    1.5-2.9 where a parting was right, ``jointspace.HEAD_RATIO``), and the mask stays whole."""
+    from vbmd_rt.bench import fourth_phantoms as fourth
+
+    cases, runs = _made_and_run(fourth, "D4_shafts_only", tmp_path)
+    result = json.loads((runs / "D4_shafts_only.json").read_text())
+    assert "joint_parted" not in result["mask"]
+    (row,) = fourth.score(cases, runs)
+    assert row["dice"] > 0.97, row

@@ -12,9 +12,10 @@ CORTEX, MARROW, SOFT = 1.0, 0.35, 0.1
 
 
 def _joint(gap_mm: float, tilt_deg: float = 0.0, nz: int = 100):
-    """A metacarpal's shaft and dome (radius 5.5 mm, a 0.9 mm cortex over marrow) and, ``gap_mm`` beyond the
-    dome, a phalanx's base (radius 6.3 mm) whose cup holds it, both along an axis tilted ``tilt_deg`` from z,
-    blurred as a scan is. Returns (scan, MC2, what a network marks: both bones and the joint between)."""
+    """A metacarpal's shaft (radius 3.8 mm) widening into its head and dome (radius 5.5 mm), a 0.9 mm cortex
+    over marrow, and, ``gap_mm`` beyond the dome, a phalanx's base (radius 6.3 mm) whose cup holds it, both
+    along an axis tilted ``tilt_deg`` from z, blurred as a scan is. Returns (scan, MC2, what a network marks:
+    both bones and the joint between)."""
     z, y, x = np.meshgrid(*(np.arange(n) * MM for n in (nz, 80, 80)), indexing="ij")
     t = np.deg2rad(tilt_deg)
     ax = np.array([np.cos(t), np.sin(t)])  # the bone's axis in (z, y)
@@ -22,16 +23,18 @@ def _joint(gap_mm: float, tilt_deg: float = 0.0, nz: int = 100):
     s = (z - oz) * ax[0] + (y - oy) * ax[1]  # along the axis
     ry, rz = (y - oy) - s * ax[1], (z - oz) - s * ax[0]
     r = np.sqrt(ry**2 + rz**2 + (x - ox) ** 2)  # from the axis
-    rad, sc = 5.5, 12.0  # the dome's centre on the axis
-    d = np.where(s < sc, r, np.sqrt(r**2 + (s - sc) ** 2))  # from the shaft's axis, or the dome's centre
-    mc2 = d < rad
+    rad, sc = 5.5, 12.0  # the dome's radius and its centre on the axis
+    dome = np.sqrt(r**2 + (s - sc) ** 2)  # from the dome's centre
+    widening = 3.8 + (rad - 3.8) * np.clip(s / sc, 0.0, 1.0) ** 2
+    inside = np.where(s < sc, widening - r, rad - dome)  # depth under MC2's surface
+    mc2 = inside > 0
     cup = rad + gap_mm  # the cup's inner surface round the dome
-    base = (d >= cup) & (r < 6.3) & (s > sc + 2.0) & (s < sc + 25.0)
+    base = (dome >= cup) & (r < 6.3) & (s > sc + 2.0) & (s < sc + 25.0)
     scan = np.full(z.shape, SOFT, np.float32)
     scan[mc2] = MARROW
-    scan[mc2 & (d > rad - 0.9)] = CORTEX
+    scan[mc2 & (inside < 0.9)] = CORTEX
     scan[base] = MARROW
-    scan[base & ((d < cup + 0.8) | (r > 6.3 - 0.8))] = CORTEX
+    scan[base & ((dome < cup + 0.8) | (r > 6.3 - 0.8))] = CORTEX
     scan = ndimage.gaussian_filter(scan, 0.8)
     marked = ndimage.binary_closing(mc2 | base, iterations=3) | mc2 | base
     return scan, mc2, marked
