@@ -70,13 +70,17 @@ WALL = 65534  # (not 65535: scipy before 1.12 overflows on the type's largest va
 NEAR = 3  # voxels on either side of the surface where the plates are looked for
 
 
+def _end(area: np.ndarray, spacing_mm: float) -> dict:
+    """QC's reading of how a cross-section profile ends (``qc.end_shape``, its last millimetre as QC reads it)."""
+    return qc.end_shape(np.asarray(area, dtype=np.float64), max(1, int(round(1.0 / spacing_mm))), spacing_mm)
+
+
 def ends_in_dome(area: np.ndarray, spacing_mm: float, at_last_slice: bool) -> bool:
     """Whether a mask with the cross-sections ``area`` (its first to its last slice) ends in a dome by QC's
     limits; False where it runs to the last slice that was read (``at_last_slice``: no end in view)."""
     if at_last_slice or area.size < 2:  # no end in view, or no dome in one slice
         return False
-    half = max(1, int(round(1.0 / spacing_mm)))
-    end = qc.end_shape(np.asarray(area, dtype=np.float64), half, spacing_mm)
+    end = _end(area, spacing_mm)
     return end["end_fraction"] <= qc.LIMITS.end_fraction and end["end_taper_mm"] >= qc.LIMITS.end_taper_mm
 
 
@@ -99,7 +103,7 @@ def runs_on(area: np.ndarray, spacing_mm: float, at_last_slice: bool) -> bool:
         return True
     if area.size < 2:
         return False
-    end = qc.end_shape(np.asarray(area, dtype=np.float64), max(1, int(round(1.0 / spacing_mm))), spacing_mm)
+    end = _end(area, spacing_mm)
     return end["end_fraction"] > qc.LIMITS.end_fraction and not end["end_narrows"]
 
 
