@@ -324,9 +324,9 @@ def second_reading(
     """The classical mask (``on_grid``, model grid) against the one-bone network's mask of the same
     identified bone (``backend.second_reader()``: model, active backend): where two methods that fail
     differently disagree, at least one is wrong: their Dice (on the model grid, as drawn; calibrated on the
-    training families, ``qc.Limits.reading_dice``) and their D100s (twice the accuracy bar,
-    ``reading_d100_mg``). ``at_native(prob, threshold)``, where given, gives the D100 difference as the
-    results read it: the network's mask brought to the scan's voxels and set on a sharp edge
+    training families, ``qc.Limits.reading_dice``) and their D100s (``qc.Limits.reading_d100_mg``: the
+    accuracy bar and the network's own typical error). ``at_native(prob, threshold)``, where given, gives
+    the D100 difference as the results read it: the network's mask brought to the scan's voxels and set on a sharp edge
     (``runtime.edges``) as the classical one was. On the model grid the outlines are as drawn, up to a grid
     voxel off the bone at the scanner's own 60-82 µm, and the D100s of two right masks differed by up to 15
     mg HA/cm³ (seventeenth pass; that difference is kept as ``d100_difference_on_grid_mg_ha_cm3``). None
