@@ -1,6 +1,7 @@
 """Domain-randomised phantoms: structurally different families, exact truth, named held-out families."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from vbmd_rt.synth import families, phantom
 def randomised(tmp_path_factory):
     out = tmp_path_factory.mktemp("random")
     truths = phantom.synth(out, 6, seed=5, size="small", family="random")
-    return out, truths
+    yield out, truths
+    shutil.rmtree(out, ignore_errors=True)  # 0.7 GB: gone when the module is done, not at the session's end
 
 
 def test_family_filters_parse_and_refuse_what_does_not_exist():
