@@ -52,14 +52,14 @@ class Limits:
     reading_dice: float = 0.87
     # ... and their D100s (the results' own, at the scan's voxels). The network's reading is the more accurate
     # one (right bones' |D100 error| median 1.9, 90th percentile 6.2 on held-out families; the classical
-    # contour's median 6.3, twenty-third pass), so a classical result further from it than the accuracy bar (5 mg HA/cm³) and
-    # the network's own typical error is likely off by more than the bar. Set on the 60 training-family
-    # (seed 6000) and standard (seed 9000) phantoms with ``--model classical``: from 10 to 7, classical results
-    # with a wrong number (Dice < 0.90 or D100 more than 5 off) that pass went from 14 to 10 of 33, right ones
-    # flagged from 7 to 8 of 27 (a right reading 7.8 from the network's, itself 5.6 off); at 6, 8 of 33 and 10 of
-    # 27. Checked after, on the 124 held-out and randomised phantoms: 27 to 18 of 84 wrong passing, right
-    # flagged 12 of 40 unchanged. (Fourteenth pass, at 10: the classical contours that passed with errors of
-    # 12-22 mg HA/cm³ differed from the network's by 13-24.)
+    # contour's median 6.3, twenty-third pass), so a classical result further from it than the accuracy bar
+    # (5 mg HA/cm³) and the network's own typical error is likely off by more than the bar. Set on the 60
+    # training-family (seed 6000) and standard (seed 9000) phantoms with ``--model classical``: from 10 to 7,
+    # classical results with a wrong number (Dice < 0.90 or D100 more than 5 off) that pass went from 14 to 10
+    # of 33, right ones flagged from 7 to 8 of 27 (a right reading 7.8 from the network's, itself 5.6 off); at
+    # 6, 8 of 33 and 10 of 27. Checked after, on the 124 held-out and randomised phantoms: 27 to 18 of 84
+    # wrong passing, right flagged 12 of 40 unchanged. (Fourteenth pass, at 10: the classical contours that
+    # passed with errors of 12-22 mg HA/cm³ differed from the network's by 13-24.)
     reading_d100_mg: float = 7.0
     # Where MC2 was parted from the phalanx in 3D (``runtime.jointspace``), the share of the contact between
     # them (the surface away from its rim) where the scan shows the joint space: a darker sheet between the
