@@ -100,12 +100,17 @@ SIGNS = {
 
 
 def bounds(free: bool = False) -> list[tuple[float | None, float | None]]:
-    if free:
-        return [(None, None)] * len(identify.FEATURES)
-    return [
-        (0.0, None) if SIGNS.get(k) == 1 else ((None, 0.0) if SIGNS.get(k) == -1 else (None, None))
-        for k in identify.FEATURES
-    ]
+    """Each weight's bounds in the fit: its anatomical sign (``SIGNS``; none with ``free``), and a weight set
+    from anatomy rather than fitted (``identify.NOT_FITTED``) held where it is."""
+
+    def one(k: str) -> tuple[float | None, float | None]:
+        if k in identify.NOT_FITTED:
+            return identify.WEIGHTS[k], identify.WEIGHTS[k]
+        if free:
+            return None, None
+        return (0.0, None) if SIGNS.get(k) == 1 else ((None, 0.0) if SIGNS.get(k) == -1 else (None, None))
+
+    return [one(k) for k in identify.FEATURES]
 
 
 def load_cases(folders, found: dict) -> tuple[list, int]:

@@ -71,10 +71,15 @@ def cache_case(scan: Path, gt: Path, truth_json: Path) -> dict:
                 "head": math.pi * b["head"][0] * b["head"][1],
             }
         )
+    sesamoids = []
+    for e in t["params"].get("extras", {}).get("sesamoids", []):  # the generator's, in the same frame
+        x = width - e["x"] if t["side"] == "left" else e["x"]
+        sesamoids.append({"x": (x / vx / sx - geo.crop[2]) * grid, "y": (e["y"] / vx / sy - geo.crop[0]) * grid})
     return {
         "labels": labels.astype(np.int16),
         "coarse": identify.reduce2(vol).astype(np.float16),
         "truth": bones,
+        "sesamoids": sesamoids,
         "mc2_label": int(under.argmax()) if under.max() > 0 else None,
     }
 

@@ -828,3 +828,63 @@ def test_bone_in_a_regions_own_concavity_is_no_cup():
     inner = r < 6
     assert identify.cupped(c_shape, inner, 0.5) == 0
     assert identify.cupped(np.zeros_like(disc), ring, 0.5) == 0
+
+
+def _ball(shape, centre, r):
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    return np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) < r
+
+
+def test_a_sesamoid_beside_a_head_is_found_and_a_phalanxs_piece_or_a_cups_arc_is_not():
+    """A small compact bone palmar to a head, at its level, is that bone's sesamoid. A piece over the bone past
+    its tip (a phalanx's base), one beside it but past the tip, and a thin arc of a cup's rim are not."""
+    cs, shape = 0.5, (44, 60, 110)
+    labels = _slab_labels([(1, 30, 30, 8), (2, 30, 70, 8)], shape)
+    labels[30:] = 0  # both heads end at slice 30: the joint at 15 mm, the tip there
+    labels[_ball(shape, (25, 43, 30), 4)] = 3  # beside bone 1, 2.5 mm short of its tip, 0.5 mm off its cortex
+    labels[_ball(shape, (35, 30, 70), 4)] = 4  # over bone 2, past its tip: a phalanx's base
+    labels[_ball(shape, (33, 43, 70), 4)] = 5  # beside bone 2, but past its tip
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    d = np.hypot(yy - 30, xx - 70)
+    labels[(d >= 9) & (d < 10) & (yy > 30) & (zz >= 20) & (zz < 28)] = 6  # an arc round bone 2's head, at its level
+    bones = [
+        identify.Bone(lab, x * cs, 30 * cs, 200.0, 200.0, 15.0, True, 15.0, False) for lab, x in ((1, 30), (2, 70))
+    ]
+    assert identify.sesamoids(labels, bones, cs) == [1, 0]
+    bones[0].joint_in_view = False  # no joint in view: no head's level to be at
+    assert identify.sesamoids(labels, bones, cs) == [0, 0]
+    labels[labels == 3] = 0
+    labels[_ball(shape, (25, 43, 70), 4)] = 3  # now beside bone 2
+    assert identify.sesamoids(labels, bones, cs) == [0, 1]
+
+
+def test_a_sesamoid_at_one_end_of_a_short_row_names_that_end():
+    """In a row of two or three, the other end is MC3 or MC4, which seldom has a sesamoid: one at an end is
+    evidence for it. In a row of four, MC5 has one as often as MC2: it is no evidence."""
+
+    def bone(x, ses=False, area=60.0, joint=15.0):
+        return identify.Bone(0, x, 20.0, area, area * 2, joint, True, joint, False, sesamoid=ses)
+
+    hyps, margin = identify.name([bone(20), bone(38)], None)
+    assert margin < 0.5  # two alike bones: nothing tells them apart
+    for ses in (0, 1):
+        hyps, margin = identify.name([bone(20, ses == 0), bone(38, ses == 1)], None)
+        assert hyps[0]["mc2"] == ses and margin >= identify.REVIEW_MARGIN
+        assert hyps[0]["evidence"]["row_sesamoid"] > 0
+    row = [bone(20), bone(38), bone(56), bone(74, True, 40.0, 12.0)]
+    plain, margin = identify.name(row, None)
+    row[0].sesamoid, row[3].sesamoid = True, False
+    hyps, moved = identify.name(row, None)
+    assert (hyps, moved) == (plain, margin)  # nor where a naming takes an end for a thumb (a row of three)
+
+
+def test_a_weight_set_from_anatomy_is_held_in_a_refit():
+    """``row_sesamoid``'s weight comes from prevalences and the detection (``identify.sesamoid_weight``); the
+    generator puts sesamoids beside MC2 alone, so a fit would take one for certainty."""
+    ci = _script("calibrate_identity")
+    fixed = (identify.WEIGHTS["row_sesamoid"],) * 2
+    for free in (False, True):
+        box = dict(zip(identify.FEATURES, ci.bounds(free), strict=True))
+        assert box["row_sesamoid"] == fixed
+    assert dict(zip(identify.FEATURES, ci.bounds(True), strict=True))["thumb"] == (None, None)
+    assert identify.sesamoid_weight(other=0.434) == pytest.approx(0.0)  # as common at both ends: no evidence
