@@ -80,7 +80,7 @@ class Bone:
     head_width_mm: float = 0.0  # the longest long axis of its cross-sections up to the joint (0: unknown)
     lobe: float = 0.0  # how far it sits in a lobe of the hand's outline of its own, 0-1 (``lobes``)
     tip_mm: float | None = None  # z of the head's tip (``head_tip``); None: at the joint
-    sesamoid: bool = False  # a small bone beside its head (``sesamoids``)
+    sesamoids: int = 0  # small bones beside its head (``sesamoids``)
     evidence: dict = field(default_factory=dict)
     name: str = ""  # the naming chosen: MC2, MC3 ... along the row, thumb; "" for a bone off the naming
 
@@ -102,7 +102,7 @@ class Bone:
             "at_edge": self.edge,
             "shaft_aspect": round(self.aspect, 2),
             "lobe": round(self.lobe, 2),
-            "sesamoid": self.sesamoid,
+            "sesamoids": self.sesamoids,
             "name": self.name,
             **({"evidence": self.evidence} if self.evidence else {}),
         }
@@ -421,7 +421,7 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
         typical = float(np.median([b.shaft_mm2 for b in out]))
         out = [b for b in out if b.shaft_mm2 >= 0.3 * typical]
     for b, n in zip(out, sesamoids(labels, out, spacing_mm), strict=True):
-        b.sesamoid = n > 0
+        b.sesamoids = n
     if coarse is not None and len(out) >= 2:
         if coarse.shape != labels.shape:
             raise ValueError(f"coarse volume {coarse.shape} is not on the instances' grid {labels.shape}")
@@ -442,12 +442,12 @@ SESAMOID_LEVEL_MM = (-8.0, -1.0)
 
 def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float) -> list[int]:
     """How many sesamoids lie beside each candidate's head (a list as ``bones``). The volar plate of an MCP
-    joint holds them, palmar to the head: at the thumb's always, at the index finger's (MC2) in 43 % of hands,
-    the little finger's (MC5) in 68 %, the middle and ring fingers' (MC3, MC4) in 1.5 % and 0.6 % (a
-    meta-analysis of 19 studies, Clin Anat 2019).
+    joint holds them, palmar to the head: at the thumb's two (radial and ulnar) in nearly every hand, at the
+    index finger's (MC2) one in 43 % of hands, the little finger's (MC5) in 68 %, the middle and ring
+    fingers' (MC3, MC4) in 1.5 % and 0.6 % (a meta-analysis of 19 studies, Clin Anat 2019).
 
-    A sesamoid is an instance that is no candidate, away from the field of view's edge, small and compact
-    (``SESAMOID_MM3``, ``SESAMOID_EXTENT_MM``, ``SESAMOID_FILL``). It belongs to the bone whose outline, its
+    A sesamoid is an instance that is no candidate, away from the field of view's edge in the slice plane,
+    small and compact (``SESAMOID_MM3``, ``SESAMOID_EXTENT_MM``, ``SESAMOID_FILL``). It belongs to the bone whose outline, its
     cross-sections up to the joint projected along the stack, lies nearest its centre; it counts where its
     centre lies outside that outline (over it lies a phalanx's base, or a piece of the head itself), within
     ``SESAMOID_GAP_MM`` of the bone, and at its head's level (``SESAMOID_LEVEL_MM`` from the tip), the joint
@@ -456,7 +456,7 @@ def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float) -> list[
     if not bones:
         return out
     shape = labels.shape
-    outlines = [(labels[: int(math.ceil(b.joint_mm / spacing_mm))] == b.label).any(axis=0) for b in bones]
+    outlines = [(labels[: int(round(b.joint_mm / spacing_mm))] == b.label).any(axis=0) for b in bones]
     away = [ndimage.distance_transform_edt(~o) if o.any() else np.full(o.shape, np.inf) for o in outlines]
     mine = {b.label for b in bones}
     reach_px = int(math.ceil(SESAMOID_GAP_MM / spacing_mm)) + 1
@@ -464,7 +464,7 @@ def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float) -> list[
         if sl is None or lab in mine or max(s.stop - s.start for s in sl) * spacing_mm > SESAMOID_EXTENT_MM:
             continue
         if any(s.start == 0 or s.stop >= n for s, n in zip(sl[1:], shape[1:], strict=True)):
-            continue
+            continue  # cut by the field of view's edge (a piece the stack's end cuts is judged by its level)
         piece = labels[sl] == lab
         n_px = int(piece.sum())
         if not SESAMOID_MM3[0] <= n_px * spacing_mm**3 <= SESAMOID_MM3[1] or n_px < SESAMOID_FILL * piece.size:
@@ -874,15 +874,17 @@ WEIGHTS = {
 
 
 def sesamoid_weight(mc2: float = 0.434, other: float = 0.01, found: float = 0.65, false: float = 0.0023) -> float:
-    """The weight of ``row_sesamoid``: half the log-odds that the end of a row of two or three with a sesamoid
-    (``sesamoids``), its other end without one, is MC2 (the feature is +1 in that end's naming and -1 in the
-    other's). From the prevalences beside MC2 and beside MC3 or MC4 (``sesamoids``' meta-analysis; the other
-    end of such a row, without a thumb, is one of those two), and the stage's detection on 458 cached
-    phantoms of the training families (``scripts/identity_errors.py``): it found 65 % of the generator's
-    sesamoids beside MC2 (87 of 134; the others lie merged with a head or a phalanx's piece) and took
-    something else for one beside 0.23 % of the other bones (3 of 1,297). Not fitted: the generator puts them
-    beside MC2 alone (30 %), which a fit would learn as certainty. A row of four ends at MC5, which has one
-    more often than MC2 (68 %); there it would weigh -0.35, and is left out."""
+    """The weight of ``row_sesamoid``: half the log-odds that the end of a row of two or three with one
+    sesamoid (``sesamoids``), its other end without, is MC2 (the feature is +1 in that end's naming and -1 in
+    the other's). From the prevalences beside MC2 and beside MC3 or MC4 (``sesamoids``' meta-analysis; the
+    other end of such a row, without a thumb, is one of those two; ``other`` is about their mean, 1.5 % and
+    0.6 %), and the stage's detection on the 458 cached training-family phantoms whose MC2 is a candidate
+    (``scripts/identity_errors.py sesamoids``): it found 65 % of the generator's sesamoids beside MC2 (87 of
+    134; the others lie merged with a head or a piece of a phalanx) and took something else for one beside
+    0.23 % of the other bones (3 of 1,297). Not fitted: the generator puts them beside MC2 alone (30 %),
+    which a fit would learn as certainty. A row of four ends at MC5, which has one more often than MC2
+    (68 %); there it would weigh -0.35, and is left out. A thumb's MCP joint holds two: an end with two is no
+    evidence (a thumb taken into a row of thumbless namings)."""
     seen, seen_other = mc2 * found + false, other * found + false
     return (math.log(seen / seen_other) - math.log((1 - seen) / (1 - seen_other))) / 2
 
@@ -955,7 +957,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None, cut: bool = True) -
     f["mc2_at_edge"], f["other_at_edge"] = float(a.edge), float(b.edge)
     if len(row) <= 3 and thumb is None:  # the other end is MC3 or MC4, which a sesamoid seldom lies beside (a
         #   thumb's naming leaves a row of three of a row of four too, whose end MC5 has one as often as MC2)
-        f["row_sesamoid"] = float(a.sesamoid) - float(b.sesamoid)
+        f["row_sesamoid"] = float(a.sesamoids == 1) - float(b.sesamoids == 1)
     if thumb is not None:
         t = bones[thumb]
         p_t, p_2, p_o = (np.array([x.x_mm, x.y_mm]) for x in (t, a, b))

@@ -4,6 +4,7 @@
     python scripts/identity_errors.py cache CACHE --stream 300 --stream-seed 21000   # training families
     python scripts/identity_errors.py score CACHE [--group ident qc_rand] [--weights W.json] [--show] [--remake]
     python scripts/identity_errors.py fit CACHE --train stream21000 stream22000 [--out W.json] [--remake]
+    python scripts/identity_errors.py sesamoids CACHE [--group stream21000 train6000]
 
 ``cache`` keeps, per phantom, what is costly to make: the instance labels of ``identify.find_candidates``
 (the 2x coarse grid, pieces joined) and the coarse volume, with the generator's bones (centre, shaft and head
@@ -334,6 +335,30 @@ def fit(cache: Path, train: list[str], l2: float, again: bool = False) -> dict:
     }
 
 
+def sesamoid_detection(cache: Path, groups: list[str] | None) -> dict:
+    """How ``identify.sesamoids`` finds the generator's sesamoids (the records made since the twenty-fourth
+    pass hold them; the generator draws them beside MC2 alone), on the phantoms whose MC2 is a candidate:
+    the share of MC2s with one drawn that it finds (``found``), of MC2s without one where it finds one, and
+    of the other candidates where it finds one (``false``), the inputs of ``identify.sesamoid_weight``."""
+    n = {"cases": 0, "drawn": 0, "found": 0, "mc2_without_found": 0, "others": 0, "others_found": 0}
+    for _, _, record in records(cache, groups):
+        if "sesamoids" not in record:
+            continue
+        bones, true = candidates(record)
+        if true is None:
+            continue
+        drawn, at_mc2 = bool(record["sesamoids"]), bones[true].sesamoids > 0
+        n["cases"] += 1
+        n["drawn"] += drawn
+        n["found"] += drawn and at_mc2
+        n["mc2_without_found"] += (not drawn) and at_mc2
+        n["others"] += len(bones) - 1
+        n["others_found"] += sum(b.sesamoids > 0 for i, b in enumerate(bones) if i != true)
+    n["found_share"] = round(n["found"] / max(n["drawn"], 1), 3)
+    n["false_share"] = round(n["others_found"] / max(n["others"], 1), 4)
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -356,8 +381,13 @@ def main() -> None:
     f.add_argument("--l2", type=float, default=0.05)
     f.add_argument("--out", type=Path, default=None, help="write the weights here (for score --weights)")
     f.add_argument("--remake", action="store_true", help="on instances made again from the coarse volumes")
+    d = sub.add_parser("sesamoids")
+    d.add_argument("cache", type=Path)
+    d.add_argument("--group", nargs="*", default=None)
     a = ap.parse_args()
-    if a.cmd == "fit":
+    if a.cmd == "sesamoids":
+        print(json.dumps(sesamoid_detection(a.cache, a.group)))
+    elif a.cmd == "fit":
         result = fit(a.cache, a.train, a.l2, a.remake)
         print(json.dumps(result))
         if a.out:

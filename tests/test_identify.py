@@ -410,6 +410,9 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
     assert 0.8 < table["head_ratio"]["median"] < 1.25
     fitted = identity_errors.fit(cache, [phantoms.name], 0.05)
     assert fitted["cases"] == 3 and set(fitted["weights"]) == set(identify.FEATURES)
+    assert fitted["weights"]["row_sesamoid"] == identify.WEIGHTS["row_sesamoid"]  # set from anatomy, held
+    found = identity_errors.sesamoid_detection(cache, None)  # the standard generator draws none
+    assert found["cases"] == 3 and found["drawn"] == 0 and found["others"] >= 6 and found["others_found"] == 0
     # The instances made again from the cached coarse volumes are the cached ones (the same code made both;
     # the cache keeps the volume in float16, so a voxel may differ), and the true MC2, found again by its
     # centre, is the cached one.
@@ -836,26 +839,42 @@ def _ball(shape, centre, r):
 
 
 def test_a_sesamoid_beside_a_head_is_found_and_a_phalanxs_piece_or_a_cups_arc_is_not():
-    """A small compact bone palmar to a head, at its level, is that bone's sesamoid. A piece over the bone past
-    its tip (a phalanx's base), one beside it but past the tip, and a thin arc of a cup's rim are not."""
+    """A small compact bone beside a head, at its level, is that bone's sesamoid. Beside bone 2 lie pieces that
+    each fail one test alone: over the bone (a piece of the head, a phalanx's base), past the tip, not compact
+    (a thin plate), too far off, too far short of the tip, too long (a rod), too small; beside bone 1, one too
+    large. An arc of a cup's rim is both too long and not compact."""
     cs, shape = 0.5, (44, 60, 110)
     labels = _slab_labels([(1, 30, 30, 8), (2, 30, 70, 8)], shape)
     labels[30:] = 0  # both heads end at slice 30: the joint at 15 mm, the tip there
     labels[_ball(shape, (25, 43, 30), 4)] = 3  # beside bone 1, 2.5 mm short of its tip, 0.5 mm off its cortex
-    labels[_ball(shape, (35, 30, 70), 4)] = 4  # over bone 2, past its tip: a phalanx's base
+    labels[_ball(shape, (25, 30, 70), 3)] = 4  # over bone 2, at its head's level
     labels[_ball(shape, (33, 43, 70), 4)] = 5  # beside bone 2, but past its tip
     zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
     d = np.hypot(yy - 30, xx - 70)
-    labels[(d >= 9) & (d < 10) & (yy > 30) & (zz >= 20) & (zz < 28)] = 6  # an arc round bone 2's head, at its level
+    labels[(d >= 9) & (d < 10) & (yy > 30) & (zz >= 20) & (zz < 28)] = 6  # an arc round bone 2's head, 9.5 mm long
+    box = (zz >= 20) & (zz < 28) & (yy >= 13) & (yy < 21) & (xx >= 66) & (xx < 74)
+    labels[box & (yy - 13 == xx - 66)] = 7  # a thin plate across its box (an eighth of it) beside bone 2
+    labels[_ball(shape, (25, 30, 90), 4)] = 8  # beside bone 2, 4 mm off its cortex
+    labels[_ball(shape, (8, 30, 57), 4)] = 9  # beside bone 2's shaft, 11 mm short of its tip
+    labels[12:30, 29:31, 80:82] = 13  # a rod beside bone 2, 9 mm long
+    labels[_ball(shape, (24, 24, 80), 1.5)] = 14  # a speck beside bone 2 (under 4 mm³)
+    labels[_ball(shape, (22, 30, 14), 7)] = 15  # a ball of 180 mm³ beside bone 1
     bones = [
         identify.Bone(lab, x * cs, 30 * cs, 200.0, 200.0, 15.0, True, 15.0, False) for lab, x in ((1, 30), (2, 70))
     ]
     assert identify.sesamoids(labels, bones, cs) == [1, 0]
     bones[0].joint_in_view = False  # no joint in view: no head's level to be at
     assert identify.sesamoids(labels, bones, cs) == [0, 0]
+    bones[0].joint_in_view = True
     labels[labels == 3] = 0
     labels[_ball(shape, (25, 43, 70), 4)] = 3  # now beside bone 2
     assert identify.sesamoids(labels, bones, cs) == [0, 1]
+    labels[_ball(shape, (25, 17, 30), 4)] = 10  # two beside bone 1, as a thumb's MCP joint has
+    labels[_ball(shape, (25, 43, 30), 4)] = 11
+    assert identify.sesamoids(labels, bones, cs) == [2, 1]
+    labels[:, :, :3] = 0
+    labels[_ball(shape, (25, 30, 2), 4)] = 12  # cut by the field of view's edge
+    assert identify.sesamoids(labels, bones, cs) == [2, 1]
 
 
 def test_a_sesamoid_at_one_end_of_a_short_row_names_that_end():
@@ -863,7 +882,7 @@ def test_a_sesamoid_at_one_end_of_a_short_row_names_that_end():
     evidence for it. In a row of four, MC5 has one as often as MC2: it is no evidence."""
 
     def bone(x, ses=False, area=60.0, joint=15.0):
-        return identify.Bone(0, x, 20.0, area, area * 2, joint, True, joint, False, sesamoid=ses)
+        return identify.Bone(0, x, 20.0, area, area * 2, joint, True, joint, False, sesamoids=int(ses))
 
     hyps, margin = identify.name([bone(20), bone(38)], None)
     assert margin < 0.5  # two alike bones: nothing tells them apart
@@ -873,9 +892,16 @@ def test_a_sesamoid_at_one_end_of_a_short_row_names_that_end():
         assert hyps[0]["evidence"]["row_sesamoid"] > 0
     row = [bone(20), bone(38), bone(56), bone(74, True, 40.0, 12.0)]
     plain, margin = identify.name(row, None)
-    row[0].sesamoid, row[3].sesamoid = True, False
+    row[0].sesamoids, row[3].sesamoids = 1, 0
     hyps, moved = identify.name(row, None)
     assert (hyps, moved) == (plain, margin)  # nor where a naming takes an end for a thumb (a row of three)
+    three = [bone(20), bone(38), bone(56)]
+    plain, margin = identify.name(three, None)
+    three[0].sesamoids = 2  # two, as beside a thumb's head: no evidence for MC2
+    assert identify.name(three, None) == (plain, margin)
+    three[0].sesamoids = 1
+    hyps, moved = identify.name(three, None)
+    assert hyps[0]["mc2"] == 0 and moved > margin + 1.0
 
 
 def test_a_weight_set_from_anatomy_is_held_in_a_refit():
