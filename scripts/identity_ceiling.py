@@ -55,7 +55,7 @@ def oracle_bones(p) -> tuple[list[identify.Bone], int]:
                 joint_in_view=b.tip < length - 0.5,
                 length_mm=joint,
                 edge=False,
-                sesamoid=i in beside,
+                sesamoids=int(i in beside),
             )
         )
     return bones, next(i for i, b in enumerate(p.bones) if b.name == "MC2")

@@ -914,3 +914,22 @@ def test_a_weight_set_from_anatomy_is_held_in_a_refit():
         assert box["row_sesamoid"] == fixed
     assert dict(zip(identify.FEATURES, ci.bounds(True), strict=True))["thumb"] == (None, None)
     assert identify.sesamoid_weight(other=0.434) == pytest.approx(0.0)  # as common at both ends: no evidence
+
+
+def test_the_identity_ceiling_script_names_from_the_generators_own_bones(monkeypatch, capsys):
+    """``scripts/identity_ceiling.py``: each hand's bones straight from the generator's parameters, the sesamoid
+    beside the bone it was drawn beside (MC2), then the evidence fitted and scored by row."""
+    ceiling = _script("identity_ceiling")
+    allowed = families.parse_family("random")
+    drawn = 0
+    for seed in range(60000, 60040):
+        p = families.sample_random(seed, "small", allowed)
+        bones, true = ceiling.oracle_bones(p)
+        assert bones[true].sesamoids == (1 if p.extras.get("sesamoids") else 0)
+        assert sum(b.sesamoids for b in bones) == len(p.extras.get("sesamoids", ()))
+        drawn += bool(p.extras.get("sesamoids"))
+    assert drawn > 0
+    monkeypatch.setattr("sys.argv", ["identity_ceiling.py", "--cases", "60"])
+    ceiling.main()
+    out = capsys.readouterr().out
+    assert "right bone" in out and "4 metacarpals, no thumb" in out
