@@ -6,8 +6,8 @@ measurements, straight from the randomised generator's parameters (no images, no
 For every case of ``random`` (``synth.families.sample_random``): each metacarpal (and the thumb) as a
 ``runtime.identify.Bone`` with its true centre, shaft and head cross-sections and joint level (the head's
 tip; out of view where the stack ends first); the head's width is its ellipse's long axis, and the
-thumb's lobe of the hand's outline, an image measure, is left out (0); a sesamoid is found beside the bone
-it was drawn beside, without fault. The evidence weights are fitted on half of the cases with the
+thumb's lobe of the hand's outline, an image measure, is left out (0); a sesamoid is found beside MC2, where the
+generator draws it, without fault. The evidence weights are fitted on half of the cases with the
 same conditional logit as ``scripts/calibrate_identity.py`` (same anatomical signs) and scored on the other
 half, by row length and thumb. The result is a ceiling for the evidence the stage uses on these phantoms
 (not for hands with a thumb, whose lobe is left out):
@@ -35,10 +35,8 @@ from vbmd_rt.synth import families  # noqa: E402
 
 def oracle_bones(p) -> tuple[list[identify.Bone], int]:
     length = p.slices * p.voxel_mm
-    beside = {  # each sesamoid's bone: the one whose centre is nearest, found without fault
-        int(np.argmin([math.hypot(b.x0 - s["x"], b.y0 - s["y"]) for b in p.bones]))
-        for s in p.extras.get("sesamoids", ())
-    }
+    drawn = len(p.extras.get("sesamoids", ()))  # the generator draws them beside MC2's head (palmar: a sesamoid
+    #   can lie nearer MC3's centre than MC2's), each found without fault
     bones = []
     for i, b in enumerate(p.bones):
         sx = -1.0 if p.side == "left" else 1.0  # left hands are mirror images: x mirrored
@@ -55,7 +53,7 @@ def oracle_bones(p) -> tuple[list[identify.Bone], int]:
                 joint_in_view=b.tip < length - 0.5,
                 length_mm=joint,
                 edge=False,
-                sesamoids=int(i in beside),
+                sesamoids=drawn if b.name == "MC2" else 0,
             )
         )
     return bones, next(i for i, b in enumerate(p.bones) if b.name == "MC2")

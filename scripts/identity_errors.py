@@ -337,9 +337,10 @@ def fit(cache: Path, train: list[str], l2: float, again: bool = False) -> dict:
 
 def sesamoid_detection(cache: Path, groups: list[str] | None) -> dict:
     """How ``identify.sesamoids`` finds the generator's sesamoids (the records made since the twenty-fourth
-    pass hold them; the generator draws them beside MC2 alone), on the phantoms whose MC2 is a candidate:
-    the share of MC2s with one drawn that it finds (``found``), of MC2s without one where it finds one, and
-    of the other candidates where it finds one (``false``), the inputs of ``identify.sesamoid_weight``."""
+    pass hold them; the generator draws one beside MC2, or none), on the phantoms whose MC2 is a candidate:
+    the share of MC2s with one drawn where it finds exactly one (``found``; ``row_sesamoid`` counts an end
+    with one), of MC2s without one where it does, and of the other candidates where it does (``false``):
+    the inputs of ``identify.sesamoid_weight``."""
     n = {"cases": 0, "drawn": 0, "found": 0, "mc2_without_found": 0, "others": 0, "others_found": 0}
     for _, _, record in records(cache, groups):
         if "sesamoids" not in record:
@@ -347,13 +348,13 @@ def sesamoid_detection(cache: Path, groups: list[str] | None) -> dict:
         bones, true = candidates(record)
         if true is None:
             continue
-        drawn, at_mc2 = bool(record["sesamoids"]), bones[true].sesamoids > 0
+        drawn, at_mc2 = bool(record["sesamoids"]), bones[true].sesamoids == 1  # as ``row_sesamoid`` counts
         n["cases"] += 1
         n["drawn"] += drawn
         n["found"] += drawn and at_mc2
         n["mc2_without_found"] += (not drawn) and at_mc2
         n["others"] += len(bones) - 1
-        n["others_found"] += sum(b.sesamoids > 0 for i, b in enumerate(bones) if i != true)
+        n["others_found"] += sum(b.sesamoids == 1 for i, b in enumerate(bones) if i != true)
     n["found_share"] = round(n["found"] / max(n["drawn"], 1), 3)
     n["false_share"] = round(n["others_found"] / max(n["others"], 1), 4)
     return n
