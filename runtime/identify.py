@@ -420,7 +420,7 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
     if out:  # pieces far smaller than the typical shaft are not metacarpals
         typical = float(np.median([b.shaft_mm2 for b in out]))
         out = [b for b in out if b.shaft_mm2 >= 0.3 * typical]
-    for b, n in zip(out, sesamoids(labels, out, spacing_mm), strict=True):
+    for b, n in zip(out, sesamoids(labels, out, spacing_mm, objs), strict=True):
         b.sesamoids = n
     if coarse is not None and len(out) >= 2:
         if coarse.shape != labels.shape:
@@ -440,27 +440,35 @@ SESAMOID_GAP_MM = 2.5  # ... within this distance of a head, beside it (not over
 SESAMOID_LEVEL_MM = (-8.0, -1.0)
 
 
-def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float) -> list[int]:
+def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float, objs: list | None = None) -> list[int]:
     """How many sesamoids lie beside each candidate's head (a list as ``bones``). The volar plate of an MCP
     joint holds them, palmar to the head: at the thumb's two (radial and ulnar) in nearly every hand, at the
     index finger's (MC2) one in 43 % of hands, the little finger's (MC5) in 68 %, the middle and ring
     fingers' (MC3, MC4) in 1.5 % and 0.6 % (a meta-analysis of 19 studies, Clin Anat 2019).
 
     A sesamoid is an instance that is no candidate, away from the field of view's edge in the slice plane,
-    small and compact (``SESAMOID_MM3``, ``SESAMOID_EXTENT_MM``, ``SESAMOID_FILL``). It belongs to the bone whose outline, its
-    cross-sections up to the joint projected along the stack, lies nearest its centre; it counts where its
-    centre lies outside that outline (over it lies a phalanx's base, or a piece of the head itself), within
-    ``SESAMOID_GAP_MM`` of the bone, and at its head's level (``SESAMOID_LEVEL_MM`` from the tip), the joint
-    in view."""
+    small and compact (``SESAMOID_MM3``, ``SESAMOID_EXTENT_MM``, ``SESAMOID_FILL``). It belongs to the bone
+    whose outline, its cross-sections up to the joint projected along the stack, lies nearest its centre; it
+    counts where its centre lies outside that outline (over it lies a phalanx's base, or a piece of the head
+    itself), within ``SESAMOID_GAP_MM`` of the bone, and at its head's level (``SESAMOID_LEVEL_MM`` from the
+    tip), the joint in view. ``objs``: ``ndimage.find_objects(labels)``, where the caller has it."""
     out = [0] * len(bones)
     if not bones:
         return out
     shape = labels.shape
-    outlines = [(labels[: int(round(b.joint_mm / spacing_mm))] == b.label).any(axis=0) for b in bones]
+    objs = ndimage.find_objects(labels) if objs is None else objs
+    outlines = []
+    for b in bones:  # each bone's outline, read in its own box
+        zs, ys, xs = objs[b.label - 1]
+        o = np.zeros(shape[1:], bool)
+        o[ys, xs] = (labels[zs.start : max(zs.start, int(round(b.joint_mm / spacing_mm))), ys, xs] == b.label).any(
+            axis=0
+        )
+        outlines.append(o)
     away = [ndimage.distance_transform_edt(~o) if o.any() else np.full(o.shape, np.inf) for o in outlines]
     mine = {b.label for b in bones}
     reach_px = int(math.ceil(SESAMOID_GAP_MM / spacing_mm)) + 1
-    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+    for lab, sl in enumerate(objs, start=1):
         if sl is None or lab in mine or max(s.stop - s.start for s in sl) * spacing_mm > SESAMOID_EXTENT_MM:
             continue
         if any(s.start == 0 or s.stop >= n for s, n in zip(sl[1:], shape[1:], strict=True)):

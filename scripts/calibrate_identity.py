@@ -113,6 +113,11 @@ def bounds(free: bool = False) -> list[tuple[float | None, float | None]]:
     return [one(k) for k in identify.FEATURES]
 
 
+def inside(w: np.ndarray, box: list[tuple[float | None, float | None]]) -> np.ndarray:
+    """``w`` clipped into the bounds ``box`` (``bounds``): a fit's start."""
+    return np.clip(w, *np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi) for lo, hi in box]).T)
+
+
 def load_cases(folders, found: dict) -> tuple[list, int]:
     cases, skipped = [], 0
     for folder in folders:
@@ -167,9 +172,7 @@ def main() -> None:
     w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])
     print(f"{len(cases)} cases ({skipped} without a named choice: one candidate, or MC2 not a candidate)")
     print(f"accuracy with the current weights: {accuracy(w0, cases):.3f}")
-    start = np.clip(
-        w0, *np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi) for lo, hi in bounds(a.free)]).T
-    )
+    start = inside(w0, bounds(a.free))
     res = minimize(loglik, start, args=(cases,), method="L-BFGS-B", bounds=bounds(a.free))
     w = res.x
     print(f"accuracy after fitting: {accuracy(w, cases):.3f} (log-likelihood {-res.fun:.1f})")

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from calibrate_identity import accuracy, bounds, case_features, loglik  # noqa: E402
+from calibrate_identity import accuracy, bounds, case_features, inside, loglik  # noqa: E402
 
 from vbmd_rt.runtime import identify  # noqa: E402
 from vbmd_rt.synth import families  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
         kinds.append(f"{len(p.bones) - thumb} metacarpals, {'thumb' if thumb else 'no thumb'}")
     half = len(cases) // 2
     box = bounds(free=False)  # a weight set from anatomy (``identify.NOT_FITTED``) is held, not fitted
-    start = np.array([lo if lo is not None and lo == hi else 0.0 for lo, hi in box])
+    start = inside(np.zeros(len(identify.FEATURES)), box)
     w = minimize(loglik, start, args=(cases[:half],), method="L-BFGS-B", bounds=box).x
     test, tk = cases[half:], kinds[half:]
     print(f"fitted on {half} cases, scored on {len(test)}: right bone {accuracy(w, test):.3f}")

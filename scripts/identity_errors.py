@@ -312,7 +312,7 @@ def fit(cache: Path, train: list[str], l2: float, again: bool = False) -> dict:
             cases.append(c)
     w0 = np.array([identify.WEIGHTS[k] for k in identify.FEATURES])
     box = ci.bounds()
-    start = np.clip(w0, *np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi) for lo, hi in box]).T)
+    start = ci.inside(w0, box)
 
     def solve(part):
         return minimize(Logit(part).loss, start, args=(l2,), jac=True, method="L-BFGS-B", bounds=box).x
