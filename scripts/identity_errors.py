@@ -14,7 +14,9 @@ cross-sections, the head's tip) in the same frame and the label under the true M
 ``score`` re-runs ``identify.candidates`` and ``identify.name`` on the cached labels (a second a hundred
 phantoms; with ``--remake``, the instances too, from the cached coarse volume: a minute for a thousand on two
 cores) and prints, per group (the folder's name, or ``streamSEED``): MC2 named right, the margins of the
-wrong namings, right namings under the review margin, and the candidates' measurement errors against the
+wrong namings, right namings under the review margin, right namings that any of the stage's checks reviews
+and wrong namings that none does (``review_checks``: what QC would let through from this stage), and the
+candidates' measurement errors against the
 generator: the joint level minus the head's tip; the estimated tip (``identify.head_tip``, what the naming
 compares) minus the head's tip, its spread and the share more than 1.5 mm from its median; shaft and head
 cross-section over the truth's ellipse, which for the shaft is its proximal end (the metaphysis reads
@@ -164,7 +166,7 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
                 "head": b.head_mm2 / t["head"],
             }
         )
-    out: dict = {"errors": errors, "named": None, "margin": None}
+    out: dict = {"errors": errors, "named": None, "margin": None, "review": None}
     if true is not None and len(bones) >= 2:
         hyps, margin = identify.name(bones, None, weights)
         if hyps:
@@ -172,6 +174,25 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
             named = errors[choice]["truth"]
             out["named"] = "MC2" if choice == true else (named if named != "MC2" else "a piece of MC2")
             out["margin"] = float(margin)
+            out["review"] = review_checks(record, bones, choice, hyps[0]["thumb"], margin)
+    return out
+
+
+def review_checks(record: dict, bones: list, choice: int, thumb: int | None, margin: float) -> list:
+    """Which of the identification stage's checks put the naming up for review (``identify.identify``'s
+    reasons, as far as the cache holds what they read): ``margin`` (under ``REVIEW_MARGIN``), ``instances``
+    (``irregular``), ``cut`` (``cut_doubt``), ``past_edge`` (where the record keeps its coarse volume: a
+    remade record does not). The stack's direction is not checked (it reads the model grid): the phantoms'
+    stacks all run from the wrist. A wrong naming with none of them passes the stage."""
+    out = ["margin"] if margin < identify.REVIEW_MARGIN else []
+    if identify.irregular(bones):
+        out.append("instances")
+    if margin >= identify.REVIEW_MARGIN and identify.cut_doubt(bones, None, choice):  # with the stage's weights
+        out.append("cut")
+    if thumb is None and "coarse" in record:
+        cs = 2 * float(bonewin.GRID.spacing_mm)
+        if identify.past_edge(record["coarse"].astype(np.float32), cs, bones, choice):
+            out.append("past_edge")
     return out
 
 
@@ -246,7 +267,9 @@ def score(cache: Path, groups: list[str] | None, weights: dict | None, show: boo
             "right": len(right),
             "unnamed": len(rows) - len(right) - len(wrong),
             "right_under_review_margin": sum(r["margin"] < identify.REVIEW_MARGIN for r in right),
+            "right_reviewed": sum(bool(r["review"]) for r in right),  # by any of the stage's checks
             "wrong_margins": sorted(round(r["margin"], 2) for _, r in wrong),
+            "wrong_passing": sorted(k for k, r in wrong if not r["review"]),  # none of the stage's checks fired
             "joint_abs_error_mm": {
                 "median": pct(joint, 50),
                 "p90": pct(joint, 90),
@@ -261,7 +284,8 @@ def score(cache: Path, groups: list[str] | None, weights: dict | None, show: boo
         }
         if show:
             for key, r in wrong:
-                print(f"  {key}: named {r['named']} (margin {r['margin']:.2f})")
+                why = ", ".join(r["review"]) or "passes the stage"
+                print(f"  {key}: named {r['named']} (margin {r['margin']:.2f}; {why})")
     return table
 
 

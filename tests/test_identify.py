@@ -405,6 +405,7 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
     assert identity_errors.fill(cache, [phantoms], 0, 0) == 0  # kept: nothing made twice
     table = identity_errors.score(cache, None, None, False)[phantoms.name]
     assert table["cases"] == 3 and table["right"] == 3 and table["wrong_margins"] == []
+    assert table["right_reviewed"] == table["right_under_review_margin"] and table["wrong_passing"] == []
     assert table["joint_abs_error_mm"]["median"] < 1.5  # each candidate's joint near its own bone's tip
     assert abs(table["tip_error_mm"]["median"]) < 1.5 and table["tip_error_mm"]["over_1_5mm"] == 0
     assert 0.8 < table["head_ratio"]["median"] < 1.25
@@ -423,6 +424,30 @@ def test_the_identity_error_script_caches_and_scores_phantoms(phantoms, tmp_path
     remade = identity_errors.score(cache, None, None, False, again=True)[phantoms.name]
     assert remade["right"] == 3 and remade["wrong_margins"] == []
     assert identity_errors.fit(cache, [phantoms.name], 0.05, again=True)["cases"] == 3
+
+
+def test_the_identity_error_script_says_which_checks_review_a_naming():
+    """``identity_errors.review_checks``: the stage's review reasons that the cache can read, so that ``score``
+    counts the wrong namings that pass the stage (none fired) and the right ones it reviews."""
+    identity_errors = _script("identity_errors")
+
+    def bone(x, area, width, joint, edge=False):
+        return identify.Bone(0, x, 30.0, area, area * 2, joint, True, joint, edge, head_width_mm=width)
+
+    def row(edge=False):
+        out = [bone(12.7, 98.0, 18.1, 22.8), bone(33.7, 97.6, 18.2, 22.7), bone(53.0, 104.8, 14.4, 16.3, edge)]
+        for i, b in enumerate(out, start=1):
+            b.label = i
+        return out
+
+    assert identity_errors.review_checks({}, row(), 0, None, 3.0) == []  # a clear naming of whole bones passes
+    assert identity_errors.review_checks({}, row(), 0, None, 1.0) == ["margin"]
+    assert identity_errors.review_checks({}, row(edge=True), 0, None, 3.0) == ["cut"]  # as ALIEN_23 (above)
+    merged = row()
+    merged[1].aspect = identify.MERGED_ASPECT + 0.2  # two shafts side by side taken as one
+    assert identity_errors.review_checks({}, merged, 0, None, 3.0) == ["instances"]
+    six = row() + [bone(70.0 + 15 * i, 98.0, 18.0, 20.0) for i in range(3)]
+    assert "instances" in identity_errors.review_checks({}, six, 0, None, 3.0)
 
 
 def test_the_sesamoid_summary_counts_what_is_found_missed_and_taken_for_one(tmp_path):
@@ -957,3 +982,40 @@ def test_the_identity_ceiling_script_names_from_the_generators_own_bones(monkeyp
     ceiling.main()
     out = capsys.readouterr().out
     assert "right bone" in out and "4 metacarpals, no thumb" in out
+
+
+def test_the_bayes_rate_script_draws_rows_as_the_generator_does():
+    """``scripts/identity_bayes.py``: its ``DRAWS`` are the randomised generator's (tips' differences, head and
+    shaft size ratios between MC2 and MC3, MC2 and MC4, and the sesamoid's share, over 600 drawn hands: all
+    inside the bounds ``DRAWS`` implies, and reaching near both ends, so that a narrowed or widened generator
+    fails), and its rates on a small draw lie where 3 million rows put them (two 88.6 %, three 91.1 %)."""
+    bayes = _script("identity_bayes")
+    d = bayes.DRAWS
+    allowed = families.parse_family("random")
+    tips: dict[str, list] = {"MC3": [], "MC4": []}
+    heads: dict[str, list] = {"MC3": [], "MC4": []}
+    sesamoids = 0
+    for seed in range(600):
+        p = families.sample_random(seed, "small", allowed)
+        by = {b.name: b for b in p.bones}
+        sesamoids += bool(p.extras.get("sesamoids"))
+        for other in ("MC3", "MC4"):
+            if other in by:
+                tips[other].append(by["MC2"].tip - by[other].tip)
+                heads[other].append(by[other].head[0] / by["MC2"].head[0])
+    for other in ("MC3", "MC4"):
+        lo = d["dz"]["MC2"][0] - d["dz"][other][1]
+        hi = d["dz"]["MC2"][1] - d["dz"][other][0]
+        t = np.array(tips[other])
+        assert lo - 1e-9 <= t.min() and t.max() <= hi + 1e-9, other
+        assert t.min() < lo + 0.25 * (hi - lo) and t.max() > hi - 0.25 * (hi - lo), other
+        f0 = d["head"][0]
+        r_lo = d["rel"][other][0] * f0[0] / (d["rel"]["MC2"][1] * f0[1])
+        r_hi = d["rel"][other][1] * f0[1] / (d["rel"]["MC2"][0] * f0[0])
+        h = np.array(heads[other])
+        assert r_lo - 1e-9 <= h.min() and h.max() <= r_hi + 1e-9, other
+        assert np.median(h) == pytest.approx(np.mean(d["rel"][other]) / np.mean(d["rel"]["MC2"]), abs=0.05), other
+    assert sesamoids / 600 == pytest.approx(d["sesamoid"], abs=0.06)
+    r = bayes.rates(200_000, seed=1)
+    assert 0.86 < r["two"] < 0.91 and 0.88 < r["three"] < 0.94
+    assert r["two_with_sesamoid"] == pytest.approx(0.3 + 0.7 * r["two"], abs=1e-3)

@@ -1,0 +1,94 @@
+"""The best any naming rule can do on the randomised generator's thumbless short rows, measurements perfect.
+
+    python scripts/identity_bayes.py [--rows 3000000] [--seed 0]
+
+A row of two (MC2, MC3) or three (MC2, MC3, MC4) without a thumb has no end that says MC2: only how the
+heads' tips, heads and shafts of its ends differ, and in 30 % of hands a sesamoid beside MC2's head. This
+draws rows from the distributions ``synth.families.sample_random`` draws them from (``DRAWS``, checked against
+the generator by a test), and estimates the Bayes rate: each row's differences (the ends' tips, log head and
+shaft areas; for three, each end against the middle) are binned, and the rule names as MC2 the end whose
+reading is the more frequent one in its bin (the mirrored reading is the other end's). A sesamoid found beside
+MC2 in every hand that has one names it outright. ``scripts/identity_ceiling.py`` is the stage's own evidence
+on perfect measurements; where it comes close to these, only better measurements or more cues (the hand's
+side) can help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+#: What ``families.sample_random`` draws per metacarpal (uniform ranges): its size relative to the hand's,
+#: its head's tip against the row's joint level (mm), the hand's scale, and the shafts' and heads' own
+#: factors on their two semi-axes (base 4.6 x 4.2 mm and 7.6 x 7.0 mm).
+DRAWS = {
+    "rel": {"MC2": (0.85, 1.15), "MC3": (0.85, 1.25), "MC4": (0.7, 1.0)},
+    "dz": {"MC2": (-2.0, 1.0), "MC3": (-0.5, 2.5), "MC4": (-3.0, 0.0)},
+    "scale": (0.75, 1.25),
+    "shaft": ((0.85, 1.15), (0.8, 1.15)),
+    "head": ((0.88, 1.12), (0.85, 1.12)),
+    "sesamoid": 0.3,
+}
+
+
+def draw_rows(names: list[str], n: int, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """``n`` rows of the metacarpals ``names``: per bone its tip (mm, against the row's joint), log shaft and
+    log head cross-section (mm², the ellipses' areas)."""
+    scale = rng.uniform(*DRAWS["scale"], n)
+    out = {}
+    for name in names:
+        s = scale * rng.uniform(*DRAWS["rel"][name], n)
+        shaft = np.pi * (4.6 * s * rng.uniform(*DRAWS["shaft"][0], n)) * (4.2 * s * rng.uniform(*DRAWS["shaft"][1], n))
+        head = np.pi * (7.6 * s * rng.uniform(*DRAWS["head"][0], n)) * (7.0 * s * rng.uniform(*DRAWS["head"][1], n))
+        out[name] = {"tip": rng.uniform(*DRAWS["dz"][name], n), "shaft": np.log(shaft), "head": np.log(head)}
+    return out
+
+
+def bayes_rate(x: np.ndarray, mirrored: np.ndarray, bins: int) -> float:
+    """Share of rows named right by the rule that picks the reading (``x``, MC2 at its first end, or
+    ``mirrored``, the same row read from the other end) more frequent in its bin; ties count half."""
+    lo = np.minimum(x.min(axis=0), mirrored.min(axis=0))
+    hi = np.maximum(x.max(axis=0), mirrored.max(axis=0))
+
+    def cell(v: np.ndarray) -> tuple:
+        return tuple(np.clip(((v - lo) / (hi - lo) * bins).astype(int), 0, bins - 1).T)
+
+    counts = np.zeros((bins,) * x.shape[1])
+    np.add.at(counts, cell(x), 1)
+    p, q = counts[cell(x)], counts[cell(mirrored)]
+    return float(((p > q) + 0.5 * (p == q)).mean())
+
+
+def rates(n: int, seed: int = 0) -> dict:
+    """The Bayes rates of rows of two and three, without and with every sesamoid found."""
+    rng = np.random.default_rng(seed)
+    two = draw_rows(["MC2", "MC3"], n, rng)
+    a, b = two["MC2"], two["MC3"]
+    x2 = np.stack([a[k] - b[k] for k in ("tip", "head", "shaft")], axis=1)
+    three = draw_rows(["MC2", "MC3", "MC4"], n, rng)
+    a, m, b = three["MC2"], three["MC3"], three["MC4"]
+    x3 = np.stack([e[k] - m[k] for k in ("tip", "head") for e in (a, b)], axis=1)  # tipA, tipB, headA, headB
+    r2 = bayes_rate(x2, -x2, 40)
+    r3 = bayes_rate(x3, x3[:, [1, 0, 3, 2]], 30)
+    found = DRAWS["sesamoid"]
+    return {
+        "rows": n,
+        "two": round(r2, 4),
+        "two_with_sesamoid": round(found + (1 - found) * r2, 4),
+        "three": round(r3, 4),
+        "three_with_sesamoid": round(found + (1 - found) * r3, 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=3_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(json.dumps(rates(a.rows, a.seed)))
+
+
+if __name__ == "__main__":
+    main()
