@@ -1078,15 +1078,15 @@ def bone_instances(coarse: np.ndarray, spacing_mm: float, mask=None) -> np.ndarr
     return labels
 
 
-def cut_doubt(bones: list[Bone], side: str | None, choice: int) -> str:
+def cut_doubt(bones: list[Bone], side: str | None, choice: int, weights: dict | None = None) -> str:
     """Why the naming may rest on bones that the field of view's edge cuts, or "": a cut bone's head, shaft
     and joint are the edge's, not its own (a thumb cut to a stump reads like a small metacarpal, a cut MC2
     like MC4). Named again without them (``features(cut=False)``), another bone leads, or the choice's lead
     falls under ``REVIEW_MARGIN``. On an independent generator's cropped hand (ALIEN_23) a wrong bone passed
-    QC with a margin of 2.5 that came from a cut thumb's head and joint."""
+    QC with a margin of 2.5 that came from a cut thumb's head and joint. ``weights``: as ``name``'s."""
     if not any(b.edge for b in bones):
         return ""
-    hyps, lead = name(bones, side, cut=False)
+    hyps, lead = name(bones, side, weights, cut=False)
     if not hyps:
         return ""
     best = hyps[0]["mc2"]

@@ -30,6 +30,7 @@ with ``--remake``.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -84,6 +85,7 @@ def cache_case(scan: Path, gt: Path, truth_json: Path) -> dict:
         "truth": bones,
         "sesamoids": sesamoids,
         "mc2_label": int(under.argmax()) if under.max() > 0 else None,
+        "view": preprocess.in_view(geo),  # the model grid's part that holds the scan (``review_checks``)
     }
 
 
@@ -174,24 +176,33 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
             named = errors[choice]["truth"]
             out["named"] = "MC2" if choice == true else (named if named != "MC2" else "a piece of MC2")
             out["margin"] = float(margin)
-            out["review"] = review_checks(record, bones, choice, hyps[0]["thumb"], margin)
+            out["review"] = review_checks(record, bones, choice, hyps[0]["thumb"], margin, weights)
     return out
 
 
-def review_checks(record: dict, bones: list, choice: int, thumb: int | None, margin: float) -> list:
+def review_checks(
+    record: dict, bones: list, choice: int, thumb: int | None, margin: float, weights: dict | None = None
+) -> list:
     """Which of the identification stage's checks put the naming up for review (``identify.identify``'s
     reasons, as far as the cache holds what they read): ``margin`` (under ``REVIEW_MARGIN``), ``instances``
-    (``irregular``), ``cut`` (``cut_doubt``), ``past_edge`` (where the record keeps its coarse volume: a
-    remade record does not). The stack's direction is not checked (it reads the model grid): the phantoms'
-    stacks all run from the wrist. A wrong naming with none of them passes the stage."""
+    (``irregular``), ``cut`` (``cut_doubt``, where the margin is not under it), ``past_edge`` (without a
+    thumb, where the record keeps its coarse volume: a remade record does not; the row named first, as the
+    stage names it, and the field of view's edge where the record keeps it, ``view``, since this pass; an
+    older record's grid edge is the padded one, where a row that runs off the image is not seen: fewer
+    reviews). The stack's direction is not checked (it reads the model grid): the phantoms' stacks all run
+    from the wrist. A wrong naming with none of them passes the stage. ``weights``: as ``identify.name``'s."""
     out = ["margin"] if margin < identify.REVIEW_MARGIN else []
     if identify.irregular(bones):
         out.append("instances")
-    if margin >= identify.REVIEW_MARGIN and identify.cut_doubt(bones, None, choice):  # with the stage's weights
+    if margin >= identify.REVIEW_MARGIN and identify.cut_doubt(bones, None, choice, weights):
         out.append("cut")
     if thumb is None and "coarse" in record:
         cs = 2 * float(bonewin.GRID.spacing_mm)
-        if identify.past_edge(record["coarse"].astype(np.float32), cs, bones, choice):
+        named = copy.deepcopy(bones)  # past_edge reads the names (MC3); the cached bones stay as they were
+        identify._name_row(named, choice, thumb)
+        view = record.get("view")
+        half = tuple(v // 2 for v in view) if view is not None else None
+        if identify.past_edge(record["coarse"].astype(np.float32), cs, named, choice, half):
             out.append("past_edge")
     return out
 
