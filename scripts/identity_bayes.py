@@ -8,8 +8,8 @@ draws rows from the distributions ``synth.families.sample_random`` draws them fr
 the generator by a test) and estimates the Bayes rate of those differences, measured without error: the
 differences are binned, and the rule names as MC2 the end whose reading is the more frequent one in its bin
 (the mirrored reading is the other end's); bins counted on half the rows, the rule scored on the other half,
-so the estimate is a rule's accuracy, at most the Bayes rate (3 million rows: within about 0.5 % of it, by
-how it grows with the rows). A sesamoid found beside MC2 in every hand that has one names it outright. Not
+so the estimate is a rule's accuracy: at least, not at most, what these differences allow (for rows of three
+a finer rule, tips and sizes binned apart, reads about half a point higher). A sesamoid found beside MC2 in every hand that has one names it outright. Not
 read: the heads' two axes apart, the domes and phalanges (they scale with the bone), erosions (the generator
 draws them on MC2 in 35 % of hands), tips past the stack.
 ``scripts/identity_ceiling.py`` is the stage's own evidence on perfect measurements; where it comes close to

@@ -991,16 +991,18 @@ def test_the_bayes_rate_script_draws_rows_as_the_generator_does():
     tips' differences and head ratios between MC2 and MC3 and MC2 and MC4, and each bone's shaft over head
     and head's two axes (every factor ``DRAWS`` names) lie inside the bounds ``DRAWS`` implies, reach within a
     quarter of their width of both ends, and are distributed as the script's own draws (two-sample
-    Kolmogorov-Smirnov); the sesamoid's share and place (beside MC2's head alone) are the generator's. A
-    range's end moved by a tenth of its width fails (checked for each range; the hand's scale cancels in
-    every difference the script reads, and is not checked). Its rates on 600,000 rows lie within a point of
-    what 3 million give (two 88.5 %, three 91.2 %)."""
+    Kolmogorov-Smirnov), as do MC3's and MC2's shafts as ``draw_rows`` makes them (their ratio over the heads'); the
+    sesamoid's share and place (beside MC2's head alone) are the generator's. A range shifted by a tenth of
+    its width fails (checked for each; one end moved alone can pass; the hand's scale cancels in every
+    difference the script reads, and is not checked). Its rates on 600,000 rows lie within 0.01 and 0.012
+    of what 3 million give (two 88.5 %, three 91.2 %)."""
     from scipy.stats import ks_2samp
 
     bayes = _script("identity_bayes")
     d = bayes.DRAWS
     allowed = families.parse_family("random")
-    got: dict[str, list] = {k: [] for k in ("tip3", "tip4", "head3", "head4", "shaft_head0", "shaft_head1", "axes")}
+    keys = ("tip3", "tip4", "head3", "head4", "shaft3", "shaft_head0", "shaft_head1", "axes")
+    got: dict[str, list] = {k: [] for k in keys}
     hands, sesamoids = 1500, 0
     for seed in range(hands):
         p = families.sample_random(seed, "small", allowed)
@@ -1013,6 +1015,9 @@ def test_the_bayes_rate_script_draws_rows_as_the_generator_does():
             if other in by:
                 got["tip" + key].append(by["MC2"].tip - by[other].tip)
                 got["head" + key].append(math.sqrt(by[other].head[0] * by[other].head[1] / math.prod(by["MC2"].head)))
+                if other == "MC3":  # the shafts' ratio over the heads': the bones' sizes cancel, the factors stay
+                    shafts = math.prod(by["MC3"].shaft) / math.prod(by["MC2"].shaft)
+                    got["shaft3"].append(math.sqrt(shafts / (math.prod(by["MC3"].head) / math.prod(by["MC2"].head))))
         for b in p.bones:
             if b.name.startswith("MC"):
                 got["shaft_head0"].append(b.shaft[0] / b.head[0])
@@ -1028,6 +1033,7 @@ def test_the_bayes_rate_script_draws_rows_as_the_generator_does():
         "tip4": rows["MC2"]["tip"] - rows["MC4"]["tip"],
         "head3": np.exp((rows["MC3"]["head"] - rows["MC2"]["head"]) / 2),  # the areas' ratio, as a length
         "head4": np.exp((rows["MC4"]["head"] - rows["MC2"]["head"]) / 2),
+        "shaft3": np.exp((rows["MC3"]["shaft"] - rows["MC2"]["shaft"] - rows["MC3"]["head"] + rows["MC2"]["head"]) / 2),
         "shaft_head0": 4.6 * f["s0"] / (7.6 * f["h0"]),
         "shaft_head1": 4.2 * f["s1"] / (7.0 * f["h1"]),
         "axes": 7.0 * f["h1"] / (7.6 * f["h0"]),
