@@ -1103,6 +1103,22 @@ def cut_doubt(bones: list[Bone], side: str | None, choice: int, weights: dict | 
     return ""
 
 
+def doubts(bones: list[Bone], choice: int, margin: float, side: str | None, weights: dict | None = None) -> list:
+    """The review reasons on a naming that its candidates give, each with its check's key, in the stage's
+    order: ``instances`` (they cannot all be whole metacarpals: ``irregular``), ``cut`` (the naming rests on
+    bones the field of view's edge cuts: ``cut_doubt``, asked where the margin is not under
+    ``REVIEW_MARGIN``, itself a reason). ``identify`` and ``scripts/identity_errors.py`` both ask here.
+    ``weights``: as ``name``'s."""
+    out = []
+    odd = irregular(bones)
+    if odd:
+        out.append(("instances", f"bone instances uncertain: {odd}"))
+    doubt = cut_doubt(bones, side, choice, weights) if margin >= REVIEW_MARGIN else ""
+    if doubt:
+        out.append(("cut", doubt))
+    return out
+
+
 def irregular(bones: list[Bone]) -> str:
     """Why the candidates do not look like one hand's metacarpals (a cortex found in pieces, two shafts
     taken as one, more bones than a hand has), or "": the naming then rests on a wrong row."""
@@ -1260,7 +1276,7 @@ def identify(
     logged = side_from_log(log) if given is None else None
     hint, source = (given, "given") if given else ((logged, "log") if logged else (None, "anatomy"))
     reasons: list[str] = [direction.reason] if direction.reason else []
-    odd = ""
+    odd = False
     if len(bones) == 1:
         choice, thumb, margin = 0, None, 0.0
         hyps: list[dict[str, Any]] = []
@@ -1271,12 +1287,9 @@ def identify(
             raise NotAHand(path, "holds no row of metacarpals", "pass an HR-pQCT scan of the MCP joints of the hand")
         choice, thumb = hyps[0]["mc2"], hyps[0]["thumb"]
         bones[choice].evidence = hyps[0]["evidence"]
-        odd = irregular(bones)
-        if odd:
-            reasons.append(f"bone instances uncertain: {odd}")
-        doubt = cut_doubt(bones, hint, choice) if margin >= REVIEW_MARGIN else ""
-        if doubt:
-            reasons.append(doubt)
+        found = doubts(bones, choice, margin, hint)
+        odd = any(key == "instances" for key, _ in found)
+        reasons.extend(reason for _, reason in found)
         if margin < REVIEW_MARGIN:
             alt = next(h for h in hyps if h["mc2"] != choice)
             reasons.append(

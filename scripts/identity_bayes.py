@@ -2,16 +2,16 @@
 
     python scripts/identity_bayes.py [--rows 3000000] [--seed 0]
 
-A row of two (MC2, MC3) or three (MC2, MC3, MC4) without a thumb has no end that says MC2: the stage reads
-how its ends' heads' tips, heads and shafts differ, and in 30 % of hands a sesamoid beside MC2's head. This
-draws rows from the distributions ``synth.families.sample_random`` draws them from (``DRAWS``, checked against
-the generator by a test) and estimates the Bayes rate of those differences, measured without error: the
-differences are binned, and the rule names as MC2 the end whose reading is the more frequent one in its bin
-(the mirrored reading is the other end's); bins counted on half the rows, the rule scored on the other half,
-so the estimate is a rule's accuracy: at least, not at most, what these differences allow (for rows of three
-a finer rule, tips and sizes binned apart, reads about half a point higher). A sesamoid found beside MC2 in every hand that has one names it outright. Not
-read: the heads' two axes apart, the domes and phalanges (they scale with the bone), erosions (the generator
-draws them on MC2 in 35 % of hands), tips past the stack.
+A row of two (MC2, MC3) or three (MC2, MC3, MC4) without a thumb has no end that says MC2: the stage reads how
+its ends' heads' tips, heads and shafts differ, and in 30 % of hands a sesamoid beside MC2's head. This draws
+rows from the distributions ``synth.families.sample_random`` draws them from (``DRAWS``, checked against the
+generator by a test) and estimates the Bayes rate of those differences, measured without error: the differences
+are binned, and the rule names as MC2 the end whose reading is the more frequent one in its bin (the mirrored
+reading is the other end's); bins counted on half the rows, the rule scored on the other half, so the estimate
+is a rule's accuracy: at least, not at most, what these differences allow (for rows of three a finer rule, tips
+and sizes binned apart, reads about half a point higher). A sesamoid found beside MC2 in every hand that has one
+names it outright. Not read: the heads' two axes apart, the domes and phalanges (they scale with the bone),
+erosions (the generator draws them on MC2 in 35 % of hands), tips past the stack.
 ``scripts/identity_ceiling.py`` is the stage's own evidence on perfect measurements; where it comes close to
 these rates, better measurements or more cues (the hand's side) are what can help.
 """
@@ -25,13 +25,15 @@ import numpy as np
 
 #: What ``families.sample_random`` draws per metacarpal (uniform ranges): its size relative to the hand's,
 #: its head's tip against the row's joint level (mm), the hand's scale, and the shafts' and heads' own
-#: factors on their two semi-axes (base 4.6 x 4.2 mm and 7.6 x 7.0 mm).
+#: factors on their two semi-axes (``*_mm``: the semi-axes they scale).
 DRAWS = {
     "rel": {"MC2": (0.85, 1.15), "MC3": (0.85, 1.25), "MC4": (0.7, 1.0)},
     "dz": {"MC2": (-2.0, 1.0), "MC3": (-0.5, 2.5), "MC4": (-3.0, 0.0)},
     "scale": (0.75, 1.25),
     "shaft": ((0.85, 1.15), (0.8, 1.15)),
     "head": ((0.88, 1.12), (0.85, 1.12)),
+    "shaft_mm": (4.6, 4.2),
+    "head_mm": (7.6, 7.0),
     "sesamoid": 0.3,
 }
 
@@ -43,9 +45,11 @@ def draw_rows(names: list[str], n: int, rng: np.random.Generator) -> dict[str, d
     out = {}
     for name in names:
         s = scale * rng.uniform(*DRAWS["rel"][name], n)
-        shaft = np.pi * (4.6 * s * rng.uniform(*DRAWS["shaft"][0], n)) * (4.2 * s * rng.uniform(*DRAWS["shaft"][1], n))
-        head = np.pi * (7.6 * s * rng.uniform(*DRAWS["head"][0], n)) * (7.0 * s * rng.uniform(*DRAWS["head"][1], n))
-        out[name] = {"tip": rng.uniform(*DRAWS["dz"][name], n), "shaft": np.log(shaft), "head": np.log(head)}
+        area = {}
+        for part in ("shaft", "head"):
+            (a, b), (fa, fb) = DRAWS[part + "_mm"], DRAWS[part]
+            area[part] = np.log(np.pi * (a * s * rng.uniform(*fa, n)) * (b * s * rng.uniform(*fb, n)))
+        out[name] = {"tip": rng.uniform(*DRAWS["dz"][name], n), **area}
     return out
 
 

@@ -184,18 +184,16 @@ def review_checks(
     record: dict, bones: list, choice: int, thumb: int | None, margin: float, weights: dict | None = None
 ) -> list:
     """Which of the identification stage's checks put the naming up for review (``identify.identify``'s
-    reasons, as far as the cache holds what they read): ``margin`` (under ``REVIEW_MARGIN``), ``instances``
-    (``irregular``), ``cut`` (``cut_doubt``, where the margin is not under it), ``past_edge`` (without a
+    reasons, as far as the cache holds what they read): ``instances`` and ``cut`` (``identify.doubts``),
+    ``margin`` (under ``REVIEW_MARGIN``), ``past_edge`` (without a
     thumb, where the record keeps its coarse volume: a remade record does not; the row named first, as the
     stage names it, and the field of view's edge where the record keeps it, ``view``, since this pass; an
     older record's grid edge is the padded one, where a row that runs off the image is not seen: fewer
     reviews). The stack's direction is not checked (it reads the model grid): the phantoms' stacks all run
     from the wrist. A wrong naming with none of them passes the stage. ``weights``: as ``identify.name``'s."""
-    out = ["margin"] if margin < identify.REVIEW_MARGIN else []
-    if identify.irregular(bones):
-        out.append("instances")
-    if margin >= identify.REVIEW_MARGIN and identify.cut_doubt(bones, None, choice, weights):
-        out.append("cut")
+    out = [key for key, _ in identify.doubts(bones, choice, margin, None, weights)]
+    if margin < identify.REVIEW_MARGIN:
+        out.append("margin")
     if thumb is None and "coarse" in record:
         cs = 2 * float(bonewin.GRID.spacing_mm)
         named = copy.deepcopy(bones)  # past_edge reads the names (MC3); the cached bones stay as they were

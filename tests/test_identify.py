@@ -239,7 +239,7 @@ def test_the_stage_reviews_what_cut_doubt_doubts(monkeypatch):
     vol, _ = _grid(scan, (p.voxel_mm,) * 3, p.cal)
     plain = identify.identify(vol, bonewin.GRID.spacing_mm)
     assert plain.margin >= identify.REVIEW_MARGIN and not plain.reasons
-    monkeypatch.setattr(identify, "cut_doubt", lambda bones, side, choice: "MC2 not clearly identified: (a doubt)")
+    monkeypatch.setattr(identify, "cut_doubt", lambda *args: "MC2 not clearly identified: (a doubt)")
     doubted = identify.identify(vol, bonewin.GRID.spacing_mm)
     assert doubted.reasons == ["MC2 not clearly identified: (a doubt)"] and doubted.choice == plain.choice
 
@@ -1026,6 +1026,7 @@ def test_the_bayes_rate_script_draws_rows_as_the_generator_does():
     rng = np.random.default_rng(0)
     rows = bayes.draw_rows(["MC2", "MC3", "MC4"], 200_000, rng)
     sh, hd = d["shaft"], d["head"]
+    (s0, s1), (h0, h1) = d["shaft_mm"], d["head_mm"]
     n = 200_000
     f = {k: rng.uniform(*r, n) for k, r in (("s0", sh[0]), ("s1", sh[1]), ("h0", hd[0]), ("h1", hd[1]))}
     mine = {
@@ -1034,16 +1035,16 @@ def test_the_bayes_rate_script_draws_rows_as_the_generator_does():
         "head3": np.exp((rows["MC3"]["head"] - rows["MC2"]["head"]) / 2),  # the areas' ratio, as a length
         "head4": np.exp((rows["MC4"]["head"] - rows["MC2"]["head"]) / 2),
         "shaft3": np.exp((rows["MC3"]["shaft"] - rows["MC2"]["shaft"] - rows["MC3"]["head"] + rows["MC2"]["head"]) / 2),
-        "shaft_head0": 4.6 * f["s0"] / (7.6 * f["h0"]),
-        "shaft_head1": 4.2 * f["s1"] / (7.0 * f["h1"]),
-        "axes": 7.0 * f["h1"] / (7.6 * f["h0"]),
+        "shaft_head0": s0 * f["s0"] / (h0 * f["h0"]),
+        "shaft_head1": s1 * f["s1"] / (h1 * f["h1"]),
+        "axes": h1 * f["h1"] / (h0 * f["h0"]),
     }
     bounds = {
         "tip3": (d["dz"]["MC2"][0] - d["dz"]["MC3"][1], d["dz"]["MC2"][1] - d["dz"]["MC3"][0]),
         "tip4": (d["dz"]["MC2"][0] - d["dz"]["MC4"][1], d["dz"]["MC2"][1] - d["dz"]["MC4"][0]),
-        "shaft_head0": (4.6 * sh[0][0] / (7.6 * hd[0][1]), 4.6 * sh[0][1] / (7.6 * hd[0][0])),
-        "shaft_head1": (4.2 * sh[1][0] / (7.0 * hd[1][1]), 4.2 * sh[1][1] / (7.0 * hd[1][0])),
-        "axes": (7.0 * hd[1][0] / (7.6 * hd[0][1]), 7.0 * hd[1][1] / (7.6 * hd[0][0])),
+        "shaft_head0": (s0 * sh[0][0] / (h0 * hd[0][1]), s0 * sh[0][1] / (h0 * hd[0][0])),
+        "shaft_head1": (s1 * sh[1][0] / (h1 * hd[1][1]), s1 * sh[1][1] / (h1 * hd[1][0])),
+        "axes": (h1 * hd[1][0] / (h0 * hd[0][1]), h1 * hd[1][1] / (h0 * hd[0][0])),
     }
     for k, values in got.items():
         v = np.array(values)
