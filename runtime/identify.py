@@ -9,7 +9,8 @@
    are the instances that run through the proximal slices with the cross-section of a shaft. Per
    candidate: position of the shaft, shaft and head cross-sections and the head's width, the joint level
    (where the shrinking head meets the phalanx; ``cup_end`` where the phalanx's cup closes round a region
-   that runs on through it) and the head's tip beyond it (``head_tip``: the phalanx's
+   that runs on through it; ``joint_dip`` where the region runs on into the phalanx's base with only a dip
+   before it) and the head's tip beyond it (``head_tip``: the phalanx's
    base cups the head), whether it touches the edge of the field of view, and
    whether it sits in a lobe of the hand's outline of its own (``lobes``: the thumb in the thenar eminence).
 3. **Hypotheses.** Every consistent naming is scored: MC2 at one end of the row, with or without a thumb
@@ -396,6 +397,9 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
         end = min(end, cup_end(labels, int(lab), area, end, late, spacing_mm))
         zs = np.flatnonzero(area[:end] > 0)
         last = int(zs[-1]) + 1 if zs.size else end
+        dip = joint_dip(area, spacing_mm) if last >= nz - 2 else nz  # no joint in view: the phalanx taken in?
+        if dip < nz:
+            last = dip
         mine = labels[:top] == lab
         ys, xs = np.nonzero(mine.any(axis=0))
         edge = bool(
@@ -409,7 +413,7 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
                 shaft_mm2=shaft,
                 head_mm2=float(area[:last].max()),
                 joint_mm=last * spacing_mm,
-                tip_mm=head_tip(area, last, spacing_mm),
+                tip_mm=head_tip(area, last, spacing_mm) if dip >= nz else last * spacing_mm + DIP_TIP_MM,
                 joint_in_view=last < nz - 2,
                 length_mm=last * spacing_mm,
                 edge=edge,
@@ -575,6 +579,46 @@ def head_tip(area: np.ndarray, last: int, spacing_mm: float) -> float:
         return 0.0
     share = float(np.clip(area[last - 1] / max(float(area[:last].max()), 1e-6), 0.0, 0.95))
     return (last - 0.5) * spacing_mm + HEAD_DOME_MM * (1.0 - math.sqrt(1.0 - share))
+
+
+#: A joint as a dip in the area profile (``joint_dip``): the head narrows over at least this length ...
+DIP_NARROWING_MM = 1.5
+DIP_BELOW = 0.9  # ... to under this share of its largest cross-section so far ...
+DIP_RISE = 1.15  # ... and the area then grows by this factor at one slice ...
+DIP_HOLD_MM = 1.0  # ... and stays that much above the dip for this length (two slices on the 0.5 mm grid)
+#: The head's tip past the first slice of the rise: the depth of the phalanx's cup that took the dome in before
+#: its end (the median on the training families' cached phantoms, 120 joints: 1.98 mm; 1.81 on the others')
+DIP_TIP_MM = 2.0
+
+
+def joint_dip(area: np.ndarray, spacing_mm: float) -> int:
+    """The first slice past a head whose region runs on into the phalanx without a joint that ``bone_end`` or
+    ``cup_end`` sees (``len(area)`` when there is none): where the head narrowed slice by slice for
+    ``DIP_NARROWING_MM`` to under ``DIP_BELOW`` of its largest cross-section, and the area grows by
+    ``DIP_RISE`` at the next slice and holds (``DIP_HOLD_MM``). On the 0.5 mm grid a narrow joint space is
+    bone too, and the phalanx's base joins the dome before its end: the area falls to only 0.7-0.9 of the
+    head's, then rises to the phalanx's, short of ``bone_end``'s dome (0.8) and jump (1.3). 7.7 % of the
+    metacarpals whose head lies in the stack had no joint on the cached phantoms (348 of 4,497); the dome's tip
+    then lies ``DIP_TIP_MM`` past the rise (``candidates``). Asked only where no other rule found a joint:
+    a noisy cortex dips too (``classical.bone_end``)."""
+    a = np.asarray(area, dtype=np.float64)
+    n = a.size
+    on = np.flatnonzero(a)
+    if on.size == 0:
+        return n
+    s = int(on[0])
+    shrink = max(2, int(round(DIP_NARROWING_MM / spacing_mm)))
+    hold = max(2, int(round(DIP_HOLD_MM / spacing_mm)))
+    for k in range(s + shrink + 1, n - hold + 1):
+        low = a[k - 1]
+        if (
+            a[k] > DIP_RISE * low
+            and low < DIP_BELOW * a[s:k].max()
+            and (np.diff(a[k - shrink - 1 : k]) < 0).all()
+            and a[k : k + hold].min() > DIP_RISE * low
+        ):
+            return k
+    return n
 
 
 def slab_mean(coarse: np.ndarray, spacing_mm: float, p=PARAMS) -> np.ndarray:

@@ -867,6 +867,26 @@ def test_a_head_whose_region_runs_on_inside_the_phalanxs_cup_ends_where_its_dome
     assert whole.joint_mm == pytest.approx(35 * 0.5)
 
 
+def test_a_head_whose_region_runs_on_into_the_phalanx_ends_at_the_dip_before_its_base():
+    """``joint_dip``: no cup round the dome and a rise too small for ``bone_end``'s jump (the phalanx's base
+    taken in at 1.2x the dome's last cross-section, 0.37 of the head's): the joint is the dip, the tip
+    ``DIP_TIP_MM`` past it. A dome that narrows into a region running on without a rise, or a dip of one
+    slice (a noisy cortex), is no joint."""
+    labels, radius = _head_in_cup(range(0), joined=4.7)
+    assert 1.15 < (4.7 / radius[32]) ** 2 < 1.3  # between the dip's rise and the jump
+    (bone,) = identify.candidates(labels, 0.5)
+    assert bone.joint_in_view and bone.joint_mm == pytest.approx(33 * 0.5)
+    assert bone.tip == pytest.approx(33 * 0.5 + identify.DIP_TIP_MM)
+    (on,) = identify.candidates(_head_in_cup(range(0))[0], 0.5)  # the dome's last cross-section runs on
+    assert not on.joint_in_view
+    area = np.array([0, 50, 50, 50, 52, 40, 52, 52, 52, 52], float)  # one slice dips: no joint
+    assert identify.joint_dip(area, 0.5) == area.size
+    area[3:5] = [48, 45]  # narrowing over three slices (1.5 mm) to 0.8 of the largest, then 1.3x and held
+    assert identify.joint_dip(area, 0.5) == 6
+    area[7:] = 41  # ... not held: the tracking's noise
+    assert identify.joint_dip(area, 0.5) == area.size
+
+
 def test_bone_in_a_regions_own_concavity_is_no_cup():
     """``cupped``: a ring round a disc meets every ray; the same bone inside a C-shaped region's hull, none."""
     yy, xx = np.mgrid[:60, :60]
