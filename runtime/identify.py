@@ -80,7 +80,8 @@ class Bone:
     aspect: float = 1.0  # the shaft's cross-section (in most proximal slices): long axis over short
     head_width_mm: float = 0.0  # the longest long axis of its cross-sections up to the joint (0: unknown)
     lobe: float = 0.0  # how far it sits in a lobe of the hand's outline of its own, 0-1 (``lobes``)
-    tip_mm: float | None = None  # z of the head's tip (``head_tip``); None: at the joint
+    #: z of the head's tip (``head_tip``, or ``DIP_TIP_MM`` past a ``joint_dip``); None: at the joint
+    tip_mm: float | None = None
     sesamoids: int = 0  # small bones beside its head (``sesamoids``)
     evidence: dict = field(default_factory=dict)
     name: str = ""  # the naming chosen: MC2, MC3 ... along the row, thumb; "" for a bone off the naming
@@ -397,7 +398,7 @@ def candidates(labels: np.ndarray, spacing_mm: float, p=PARAMS, coarse: np.ndarr
         end = min(end, cup_end(labels, int(lab), area, end, late, spacing_mm))
         zs = np.flatnonzero(area[:end] > 0)
         last = int(zs[-1]) + 1 if zs.size else end
-        dip = joint_dip(area, spacing_mm) if last >= nz - 2 else nz  # no joint in view: the phalanx taken in?
+        dip = joint_dip(area, spacing_mm, top) if last >= nz - 2 else nz  # no joint in view: the phalanx taken in?
         if dip < nz:
             last = dip
         mine = labels[:top] == lab
@@ -586,21 +587,25 @@ DIP_NARROWING_MM = 1.5
 DIP_BELOW = 0.9  # ... to under this share of its largest cross-section so far ...
 DIP_RISE = 1.15  # ... and the area then grows by this factor at one slice ...
 DIP_HOLD_MM = 1.0  # ... and stays that much above the dip for this length (two slices on the 0.5 mm grid)
-#: The head's tip past the first slice of the rise: the depth of the phalanx's cup that took the dome in before
-#: its end (the median on the training families' cached phantoms, 120 joints: 1.98 mm; 1.81 on the others')
+#: The head's tip past the joint's level (the rise slice's proximal face, ``Bone.joint_mm``): the depth of the
+#: phalanx's cup that took the dome in before its end (the median on the training families' cached phantoms,
+#: 120 joints: 1.98 mm; 1.81 on the others')
 DIP_TIP_MM = 2.0
 
 
-def joint_dip(area: np.ndarray, spacing_mm: float) -> int:
+def joint_dip(area: np.ndarray, spacing_mm: float, start: int = 0) -> int:
     """The first slice past a head whose region runs on into the phalanx without a joint that ``bone_end`` or
-    ``cup_end`` sees (``len(area)`` when there is none): where the head narrowed slice by slice for
-    ``DIP_NARROWING_MM`` to under ``DIP_BELOW`` of its largest cross-section, and the area grows by
-    ``DIP_RISE`` at the next slice and holds (``DIP_HOLD_MM``). On the 0.5 mm grid a narrow joint space is
+    ``cup_end`` sees (``len(area)`` when there is none; a joint found is in view, two slices or more short of
+    the stack's end): where the area narrowed slice by slice for ``DIP_NARROWING_MM`` to under ``DIP_BELOW``
+    of its largest cross-section so far, and grows by ``DIP_RISE`` at the next slice and holds
+    (``DIP_HOLD_MM``), past slice ``start`` (``candidates``: the proximal slab, where every metacarpal is a
+    shaft). On the 0.5 mm grid, which the lengths and the one-slice rise are set for, a narrow joint space is
     bone too, and the phalanx's base joins the dome before its end: the area falls to only 0.7-0.9 of the
     head's, then rises to the phalanx's, short of ``bone_end``'s dome (0.8) and jump (1.3). 7.7 % of the
     metacarpals whose head lies in the stack had no joint on the cached phantoms (348 of 4,497); the dome's tip
-    then lies ``DIP_TIP_MM`` past the rise (``candidates``). Asked only where no other rule found a joint:
-    a noisy cortex dips too (``classical.bone_end``)."""
+    then lies ``DIP_TIP_MM`` past the joint (``candidates``). Asked only where no other rule found a joint
+    in view: a noisy cortex dips too (``classical.bone_end``), and nothing here tells a head from a shaft
+    past the slab but the dip's depth and the rise that holds."""
     a = np.asarray(area, dtype=np.float64)
     n = a.size
     on = np.flatnonzero(a)
@@ -609,10 +614,11 @@ def joint_dip(area: np.ndarray, spacing_mm: float) -> int:
     s = int(on[0])
     shrink = max(2, int(round(DIP_NARROWING_MM / spacing_mm)))
     hold = max(2, int(round(DIP_HOLD_MM / spacing_mm)))
-    for k in range(s + shrink + 1, n - hold + 1):
+    for k in range(max(s + shrink + 1, start), n - hold):
         low = a[k - 1]
         if (
-            a[k] > DIP_RISE * low
+            low > 0
+            and a[k] > DIP_RISE * low
             and low < DIP_BELOW * a[s:k].max()
             and (np.diff(a[k - shrink - 1 : k]) < 0).all()
             and a[k : k + hold].min() > DIP_RISE * low

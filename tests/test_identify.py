@@ -867,11 +867,17 @@ def test_a_head_whose_region_runs_on_inside_the_phalanxs_cup_ends_where_its_dome
     assert whole.joint_mm == pytest.approx(35 * 0.5)
 
 
+def _one_bone(radius: np.ndarray) -> np.ndarray:
+    """Labels at 0.5 mm of one bone (label 1) whose cross-section in slice k is a disc of ``radius[k]`` mm."""
+    rr = np.hypot(*(np.mgrid[:80, :80] - 40)) * 0.5
+    return (rr[None] < np.asarray(radius)[:, None, None]).astype(np.int32)
+
+
 def test_a_head_whose_region_runs_on_into_the_phalanx_ends_at_the_dip_before_its_base():
-    """``joint_dip``: no cup round the dome and a rise too small for ``bone_end``'s jump (the phalanx's base
-    taken in at 1.2x the dome's last cross-section, 0.37 of the head's): the joint is the dip, the tip
-    ``DIP_TIP_MM`` past it. A dome that narrows into a region running on without a rise, or a dip of one
-    slice (a noisy cortex), is no joint."""
+    """``joint_dip``: the region runs on into the phalanx's base with only a dip before it, too shallow for
+    ``bone_end``'s dome and too small a rise for its jump. The joint is the first slice of the rise, the tip
+    ``DIP_TIP_MM`` past it, and the head's size is the head's, not the phalanx's."""
+    # no cup round the dome, the base taken in at 1.2x the dome's last cross-section (0.37 of the head's)
     labels, radius = _head_in_cup(range(0), joined=4.7)
     assert 1.15 < (4.7 / radius[32]) ** 2 < 1.3  # between the dip's rise and the jump
     (bone,) = identify.candidates(labels, 0.5)
@@ -879,12 +885,40 @@ def test_a_head_whose_region_runs_on_into_the_phalanx_ends_at_the_dip_before_its
     assert bone.tip == pytest.approx(33 * 0.5 + identify.DIP_TIP_MM)
     (on,) = identify.candidates(_head_in_cup(range(0))[0], 0.5)  # the dome's last cross-section runs on
     assert not on.joint_in_view
-    area = np.array([0, 50, 50, 50, 52, 40, 52, 52, 52, 52], float)  # one slice dips: no joint
-    assert identify.joint_dip(area, 0.5) == area.size
-    area[3:5] = [48, 45]  # narrowing over three slices (1.5 mm) to 0.8 of the largest, then 1.3x and held
-    assert identify.joint_dip(area, 0.5) == 6
-    area[7:] = 41  # ... not held: the tracking's noise
-    assert identify.joint_dip(area, 0.5) == area.size
+    # a shallow dip (0.86 of the head: no dome for bone_end) into a phalanx wider than the head
+    radius = np.concatenate([np.full(15, 5.0), np.linspace(5.0, 7.0, 10), [6.9, 6.8, 6.6, 6.5], np.full(21, 7.5)])
+    (wide,) = identify.candidates(_one_bone(radius), 0.5)
+    assert wide.joint_mm == pytest.approx(29 * 0.5) and wide.joint_in_view
+    head = float((_one_bone(radius)[:29] == 1).sum(axis=(1, 2)).max()) * 0.25
+    assert wide.head_mm2 == pytest.approx(head) and wide.head_mm2 < np.pi * 7.5**2 * 0.97
+    assert wide.head_width_mm < 14.4  # the head's 13.9 mm (its long axis on the grid), not the phalanx's 14.9
+    # a joint in view (the region ends) is not asked again: a dip in its head is no joint
+    radius = np.concatenate([np.full(15, 5.0), [6.0, 7.0, 6.9, 6.8, 6.6, 6.4, 7.2, 7.3], np.linspace(7.0, 3.5, 10)])
+    (ended,) = identify.candidates(_one_bone(np.concatenate([radius, np.zeros(10)])), 0.5)
+    assert ended.joint_mm == pytest.approx(radius.size * 0.5)
+    assert identify.joint_dip(np.pi * radius**2, 0.5) == 21  # the dip that the stage does not ask for
+
+
+def test_a_dip_is_a_joint_where_the_area_narrowed_dipped_and_rose_to_hold():
+    """``joint_dip`` on area profiles (mm², 0.5 mm slices): a head narrowing over three slices (1.5 mm) to 0.85
+    of its largest, then 1.18x at one slice, held. Each condition alone is needed."""
+    head = [30.0] * 4 + [40.0, 52.0, 50.0, 47.0, 44.0]
+
+    def dip(tail, start=0, before=head):
+        return identify.joint_dip(np.array(before + tail), 0.5, start)
+
+    assert dip([52.0, 52.0, 52.0]) == 9
+    assert dip([52.0, 52.0, 44.0]) == 9  # held over the rise's slice and the next (1 mm)
+    assert dip([52.0, 45.0, 52.0]) == 12  # not held: no joint there
+    assert dip([52.0, 52.0, 52.0], start=10) == 12  # only past ``start`` (the proximal slab)
+    assert dip([50.0, 52.0, 52.0]) == 12  # a rise of 1.14x
+    assert dip([52.0, 52.0]) == 11  # a rise two slices short of the stack's end is not in view
+    assert dip([52.0, 52.0, 52.0], before=head[:5] + [52.0, 52.0, 48.0, 44.0]) == 12  # narrowing over 1 mm
+    shallow = head[:5] + [52.0, 51.0, 49.0, 47.5]  # 0.91 of the largest
+    assert dip([56.0, 56.0, 56.0], before=shallow) == 12
+    assert dip([56.0, 56.0, 56.0], before=shallow[:-1] + [46.0]) == 9
+    gap = head[:-1] + [0.0]  # a region that vanishes and comes back is no narrowing head
+    assert dip([52.0, 52.0, 52.0], before=gap) == 12
 
 
 def test_bone_in_a_regions_own_concavity_is_no_cup():
