@@ -934,8 +934,9 @@ WEIGHTS = {
 def sesamoid_weight(mc2: float = 0.434, other: float = 0.01, found: float = 0.65, false: float = 0.0023) -> float:
     """The weight of ``row_sesamoid``: half the log-odds that the end of a row of two or three with one
     sesamoid (``sesamoids``), its other end without, is MC2 (the feature is +1 in that end's naming and -1 in
-    the other's). From the prevalences beside MC2 and beside MC3 or MC4 (``sesamoids``' meta-analysis; the
-    other end of such a row, without a thumb, is one of those two; ``other`` is about their mean, 1.5 % and
+    the other's, and in a naming that calls the bone MC3, the middle of a thumbless row of three beside a
+    thumb's naming of a row of two). From the prevalences beside MC2 and beside MC3 or MC4 (``sesamoids``'
+    meta-analysis; the other bones of such a row, without a thumb, are those two; ``other`` is about their mean, 1.5 % and
     0.6 %), and the stage's detection on the 458 cached training-family phantoms whose MC2 is a candidate
     (``scripts/identity_errors.py sesamoids``): it found 65 % of the generator's sesamoids beside MC2 (87 of
     134; the others lie merged with a head or a piece of a phalanx) and took something else for one beside
@@ -1013,9 +1014,11 @@ def features(bones: list[Bone], mc2: int, thumb: int | None, cut: bool = True) -
             if nxt.joint_in_view and far.joint_in_view:
                 f["trend_joint"] = float(np.clip(nxt.tip - far.tip, -6.0, 6.0)) / 3.0
     f["mc2_at_edge"], f["other_at_edge"] = float(a.edge), float(b.edge)
-    if len(row) <= 3 and thumb is None:  # the other end is MC3 or MC4, which a sesamoid seldom lies beside (a
-        #   thumb's naming leaves a row of three of a row of four too, whose end MC5 has one as often as MC2)
-        f["row_sesamoid"] = float(a.sesamoids == 1) - float(b.sesamoids == 1)
+    if len(row) <= 3 and (thumb is None or len(row) == 2):  # the row's other bones are MC3 and MC4, which a
+        #   sesamoid seldom lies beside: +1 where MC2 has one, -1 for each of them with one (the middle bone of a
+        #   row of three too, against a thumb's naming that calls it MC2). A thumb's naming of a row of four
+        #   leaves a row of three whose end MC5 has one as often as MC2: with a thumb, only a row of two
+        f["row_sesamoid"] = float(a.sesamoids == 1) - sum(float(bones[i].sesamoids == 1) for i in row if i != mc2)
     if thumb is not None:
         t = bones[thumb]
         p_t, p_2, p_o = (np.array([x.x_mm, x.y_mm]) for x in (t, a, b))
