@@ -933,17 +933,21 @@ WEIGHTS = {
 
 def sesamoid_weight(mc2: float = 0.434, other: float = 0.01, found: float = 0.65, false: float = 0.0023) -> float:
     """The weight of ``row_sesamoid``: half the log-odds that the end of a row of two or three with one
-    sesamoid (``sesamoids``), its other end without, is MC2 (the feature is +1 in that end's naming and -1 in
-    the other's, and in a naming that calls the bone MC3, the middle of a thumbless row of three beside a
-    thumb's naming of a row of two). From the prevalences beside MC2 and beside MC3 or MC4 (``sesamoids``'
-    meta-analysis; the other bones of such a row, without a thumb, are those two; ``other`` is about their mean, 1.5 % and
+    sesamoid (``sesamoids``), its other end without, is MC2. The feature is a sum over the bones of the
+    namings it is asked for (rows of two or three without a thumb, rows of two with one) of +1 for each bone
+    with exactly one named MC2 or the thumb and -1 for each named MC3 or MC4, so that calling a bone MC2
+    rather than MC3 or MC4 moves the score by twice the weight, the full log-odds, whichever naming it is. From
+    the prevalences beside MC2 and beside MC3 or MC4 (``sesamoids``' meta-analysis; the other bones of such a
+    row are those two; ``other`` is about their mean, 1.5 % and
     0.6 %), and the stage's detection on the 458 cached training-family phantoms whose MC2 is a candidate
     (``scripts/identity_errors.py sesamoids``): it found 65 % of the generator's sesamoids beside MC2 (87 of
     134; the others lie merged with a head or a piece of a phalanx) and took something else for one beside
     0.23 % of the other bones (3 of 1,297). Not fitted: the generator puts them beside MC2 alone (30 %),
     which a fit would learn as certainty. A row of four ends at MC5, which has one more often than MC2
     (68 %); there it would weigh -0.35, and is left out. A thumb's MCP joint holds two: an end with two is no
-    evidence (a thumb taken into a row of thumbless namings)."""
+    evidence (a thumb taken into a row of thumbless namings); with one of them missed, the thumb shows one
+    about as often as MC2 does (45 % at this detection), and counts as MC2 does. The sum takes the bones as
+    independent: two others with one each (a hand rich in sesamoids) count twice."""
     seen, seen_other = mc2 * found + false, other * found + false
     return (math.log(seen / seen_other) - math.log((1 - seen) / (1 - seen_other))) / 2
 
@@ -1014,11 +1018,15 @@ def features(bones: list[Bone], mc2: int, thumb: int | None, cut: bool = True) -
             if nxt.joint_in_view and far.joint_in_view:
                 f["trend_joint"] = float(np.clip(nxt.tip - far.tip, -6.0, 6.0)) / 3.0
     f["mc2_at_edge"], f["other_at_edge"] = float(a.edge), float(b.edge)
-    if len(row) <= 3 and (thumb is None or len(row) == 2):  # the row's other bones are MC3 and MC4, which a
-        #   sesamoid seldom lies beside: +1 where MC2 has one, -1 for each of them with one (the middle bone of a
-        #   row of three too, against a thumb's naming that calls it MC2). A thumb's naming of a row of four
-        #   leaves a row of three whose end MC5 has one as often as MC2: with a thumb, only a row of two
-        f["row_sesamoid"] = float(a.sesamoids == 1) - sum(float(bones[i].sesamoids == 1) for i in row if i != mc2)
+    if len(row) <= 3 and (thumb is None or len(row) == 2):  # per bone with exactly one sesamoid, summed as if
+        #   independent: +1 named MC2 or the thumb (43 % of hands; a thumb has two, one of them missed in about
+        #   45 %), -1 named MC3 or MC4 (1.5 %, 0.6 %): the row's other bones here, the middle of a row of three
+        #   too. A thumb's naming of a row of four leaves a row of three whose end MC5 has one as often as MC2:
+        #   with a thumb, only a row of two
+        ones = [float(bones[i].sesamoids == 1) for i in row if i != mc2]
+        f["row_sesamoid"] = (
+            float(a.sesamoids == 1) - sum(ones) + float(thumb is not None and bones[thumb].sesamoids == 1)
+        )
     if thumb is not None:
         t = bones[thumb]
         p_t, p_2, p_o = (np.array([x.x_mm, x.y_mm]) for x in (t, a, b))

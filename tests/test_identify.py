@@ -1013,29 +1013,37 @@ def test_a_sesamoid_beside_the_middle_of_a_thumbless_row_of_three_names_it_mc2_b
     """A row of two with a thumb beyond MC2 reads as a thumbless row of three whose small far end is the thumb
     (a fresh training-family hand, stream seed 25000, 0042: MC3, MC2, thumb; named MC3 with a margin of 2.1).
     A sesamoid beside the middle bone is evidence against the naming that calls it MC3 and for the one that
-    calls it MC2, as much as one beside an end: the thumb's naming wins."""
+    calls it MC2, as much as one beside an end: the thumb's naming wins. Per bone with exactly one: +1 named
+    MC2 or the thumb (whose second one was missed), -1 named MC3 or MC4, summed; two is no evidence."""
+    w = identify.WEIGHTS["row_sesamoid"]
 
     def bone(x, y, shaft, head, width, tip, lobe=0.0, ses=0):
         b = identify.Bone(0, x, y, shaft, head, tip - 1.0, True, tip - 1.0, False, head_width_mm=width, lobe=lobe)
         b.tip_mm, b.sesamoids = tip, ses
         return b
 
-    def row(ses):
+    def row(mc3=0, mc2=0, thumb=0):
         return [
-            bone(23, 15, 63, 153, 15.1, 18.7),
-            bone(39, 24, 54, 126, 12.8, 16.1, ses=ses),
-            bone(55, 41, 44, 94, 11.5, 16.0, lobe=0.13),
+            bone(23, 15, 63, 153, 15.1, 18.7, ses=mc3),
+            bone(39, 24, 54, 126, 12.8, 16.1, ses=mc2),
+            bone(55, 41, 44, 94, 11.5, 16.0, lobe=0.13, ses=thumb),
         ]
 
-    hyps, margin = identify.name(row(0), None)
+    def evidence(hyps, mc2, thumb):
+        return next(h for h in hyps if (h["mc2"], h["thumb"]) == (mc2, thumb))["evidence"].get("row_sesamoid", 0.0)
+
+    hyps, margin = identify.name(row(), None)
     assert hyps[0]["mc2"] == 0 and hyps[0]["thumb"] is None  # the far end taken for MC2, the thumb for MC4
-    hyps, margin = identify.name(row(1), None)
+    hyps, margin = identify.name(row(mc2=1), None)
     assert (hyps[0]["mc2"], hyps[0]["thumb"]) == (1, 2)
-    assert hyps[0]["evidence"]["row_sesamoid"] == pytest.approx(identify.WEIGHTS["row_sesamoid"])
-    other = next(h for h in hyps if h["mc2"] == 0 and h["thumb"] is None)
-    assert other["evidence"]["row_sesamoid"] == pytest.approx(-identify.WEIGHTS["row_sesamoid"])
-    hyps, _ = identify.name(row(2), None)  # two, as beside a thumb's head: no evidence
-    assert hyps[0]["mc2"] == 0
+    assert evidence(hyps, 1, 2) == pytest.approx(w) and evidence(hyps, 0, None) == pytest.approx(-w)
+    hyps, _ = identify.name(row(mc2=1, thumb=1), None)  # the thumb's, one of two found: as MC2's
+    assert evidence(hyps, 1, 2) == pytest.approx(2 * w) and evidence(hyps, 0, None) == pytest.approx(-2 * w)
+    assert evidence(hyps, 2, None) == pytest.approx(0.0)  # the thumb named MC2: +1, the middle -1
+    hyps, _ = identify.name(row(mc3=1, mc2=1), None)  # two others with one each count twice
+    assert evidence(hyps, 2, None) == pytest.approx(-2 * w) and evidence(hyps, 1, 2) == pytest.approx(0.0)
+    hyps, _ = identify.name(row(mc2=2), None)  # two, as beside a thumb's head: no evidence
+    assert hyps[0]["mc2"] == 0 and all(h["evidence"].get("row_sesamoid", 0.0) == 0 for h in hyps)
 
 
 def test_a_weight_set_from_anatomy_is_held_in_a_refit():
