@@ -40,6 +40,8 @@ from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.parallel import each
 from vbmd_rt.runtime.postprocess import (
+    CUP_FLOOR,
+    TIP_FLOOR,
     detect_side,
     fill_holes_slicewise,
     joint_end,
@@ -450,7 +452,10 @@ def one_bone(
     shows (``jointspace.part``), its record (slices of the model grid) and what was taken off (bool, the
     window's shape, ``win.of``), else None."""
     zs = np.flatnonzero(idt.region.any(axis=(1, 2)))
-    end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
+    if idt.candidates[idt.choice].joint_in_view:
+        end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
+    else:  # the region ran on to the stack's end (no joint found): its end tells nothing of the head's
+        end = trim_at_joint(prob, win, threshold, spacing_mm, tip_floor=TIP_FLOOR)
     raw = win.of(prob).copy() if keep and idt.others is not None else None
     bonewin.exclude(prob, win, idt.others)
     view = win.of(prob)
@@ -472,27 +477,54 @@ def one_bone(
 
 
 def trim_at_joint(
-    prob: np.ndarray, win: bonewin.Window, threshold: float, spacing_mm: float, region_end: int | None = None
+    prob: np.ndarray,
+    win: bonewin.Window,
+    threshold: float,
+    spacing_mm: float,
+    region_end: int | None = None,
+    tip_floor: float | None = None,
 ) -> int | None:
     """The network's MC2 ended where its mask's profile shows the joint (``postprocess.joint_end``): the
     slices beyond it are zeroed in ``prob`` (in place), but for the tip of the head's dome that the cup holds
     (``classical.dome_tip`` of the mask, which takes in the cup there). Returns the joint's model slice (where
     the cut is; the tip's slices follow it), or None. ``region_end``: the identified region's end (model
     slice, exclusive): a mask that ran past the dome's tip onto the phalanx is cut there only from
-    ``bonewin.EXTEND_MM`` before it on (a dip further back is the head falling apart, not its tip)."""
+    ``bonewin.EXTEND_MM`` before it on (a dip further back is the head falling apart, not its tip). Without
+    it, ``tip_floor`` (``joint_end``'s): ``TIP_FLOOR`` takes a tip only where the dome narrowed to one; given,
+    a base that joined the dome is looked for too (``joined_base``)."""
     view = win.of(prob)
     if view.size == 0:
         return None
     mask = largest_component(view > threshold)
     back = int(round(bonewin.EXTEND_MM / spacing_mm))
     tip_from = 0 if region_end is None else max(0, region_end - win.z0 - back)
-    end = joint_end(mask.sum(axis=(1, 2)), spacing_mm, tip=True, tip_from=tip_from)
+    area = mask.sum(axis=(1, 2))
+    end = joint_end(area, spacing_mm, tip=True, tip_from=tip_from, tip_floor=tip_floor)
+    if end is None and tip_floor is not None:  # the head's end unknown: the phalanx's base may have joined the dome
+        end = joined_base(area, win.z0, prob.shape[0], spacing_mm)
     if end is None:
         return None
     tip = classical.dome_tip(fill_holes_slicewise(mask), mask, end, spacing_mm)  # a dark joint space parts them
     view[end : end + len(tip)][~tip] = 0
     prob[win.z0 + end + len(tip) :] = 0
     return win.z0 + end
+
+
+def joined_base(area: np.ndarray, z0: int, nz: int, spacing_mm: float) -> int | None:
+    """Where a network mask whose identified region ran on to the stack's end (its joint not found) took in
+    the phalanx's base before the dome's end: the joint ``identify.joint_dip`` finds on the mask's own
+    profile (``area``, from model slice ``z0`` of ``nz``), read as the identification stage reads a region's,
+    on its grid (two model slices to one) and past its proximal slab. The dip there falls to 0.7-0.9 of the
+    head's cross-section, short of ``joint_end``'s dome (0.8 of the largest, smoothed); one that falls under
+    ``CUP_FLOOR`` of it is a head that fell apart (an erosion) and is no joint. Returns the first slice past
+    the joint (window slices, as ``joint_end``'s), or None."""
+    a = np.asarray(area, dtype=np.float64)
+    pairs = a[: a.size // 2 * 2].reshape(-1, 2).sum(axis=1)
+    start = max(0, identify.reach(nz // 2, 2 * spacing_mm) - z0 // 2)
+    k = identify.joint_dip(pairs, 2 * spacing_mm, start)
+    if k >= pairs.size or pairs[k - 1] < CUP_FLOOR * pairs[:k].max():
+        return None
+    return 2 * k
 
 
 def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibration) -> dict:

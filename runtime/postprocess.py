@@ -162,9 +162,13 @@ CUP_FLOOR = 0.45  # ... and the smallest cross-section there is still this share
 #                  around the dome, not a mask that fell apart)
 RIM_RISE = 0.5  # or (``tip``) the mask grows again to this share of the largest: across the joint space onto
 #                 the phalanx's base
+TIP_FLOOR = 0.2  # ... from a dome that narrowed to under this share of the largest, where nothing else tells
+#                  where the head ends (``tip_floor``): a dome's tip narrows to a tenth, an erosion leaves a third
 
 
-def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False, tip_from: int = 0) -> int | None:
+def joint_end(
+    area: np.ndarray, spacing_mm: float, tip: bool = False, tip_from: int = 0, tip_floor: float | None = None
+) -> int | None:
     """Where a mask that ran on past MC2's head into the base of the proximal phalanx should end: the first
     slice of the phalanx, or None when the profile shows no joint.
 
@@ -184,7 +188,9 @@ def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False, tip_from: 
     joint's blur, or a flexed finger's base beside the head's end): it ends after the narrowest slice (of
     the profile as it is, not smoothed), where that slice lies at ``tip_from`` or beyond (the caller's
     estimate of where the head may end: a mask that fell apart in the middle of the head, an erosion, is no
-    tip).
+    tip). Where the caller has no such estimate, ``tip_floor`` (``TIP_FLOOR``) asks the narrowest slice
+    itself to be that small a share of the largest: a dome's tip narrows to nothing, an erosion leaves a good
+    part of the head's cross-section.
     """
     a = ndimage.uniform_filter1d(np.asarray(area, dtype=np.float64), 3, mode="nearest")
     n, look, dome = a.size, max(1, int(round(CUP_MM / spacing_mm))), DOME_MM / spacing_mm
@@ -203,8 +209,13 @@ def joint_end(area: np.ndarray, spacing_mm: float, tip: bool = False, tip_from: 
             if after.size and after.max() > CUP_RISE * a[m] and m - top >= dome:
                 if low >= CUP_FLOOR * peak:
                     return m + 1
-                if tip and m >= tip_from and after.max() > RIM_RISE * peak:
-                    raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
+                raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
+                if (
+                    tip
+                    and m >= tip_from
+                    and (tip_floor is None or raw.min() < tip_floor * peak)
+                    and after.max() > RIM_RISE * peak
+                ):
                     return max(m - 1, 0) + int(np.argmin(raw)) + 1
             k = m + 1
             while k < n and a[k] < DOME_FRACTION * peak:  # no dome there: on to where the mask is whole again

@@ -705,7 +705,7 @@ def test_the_joint_is_found_before_the_other_bones_are_taken_off():
     others = phalanx[::2, ::2, ::2].copy()
     region = np.zeros(grid, bool)
     region[:26] = prob[:26] > 0  # the identified region ran on to the cup
-    idt = SimpleNamespace(others=others, region=region)
+    idt = SimpleNamespace(others=others, region=region, candidates=[SimpleNamespace(joint_in_view=True)], choice=0)
 
     first = prob.copy()  # the other order: taken off first, the profile shows no cup
     bonewin.exclude(first, win, others)
@@ -719,7 +719,7 @@ def test_the_joint_is_found_before_the_other_bones_are_taken_off():
     assert (raw[:end] == kept[:end]).all() and (raw[end:][tip] == kept[end:][tip]).all()  # before the exclusion
     assert not prob[end:][~tip].any()
     assert not prob[identify.expand2(others, grid)].any()
-    alone = SimpleNamespace(others=None, region=region)
+    alone = SimpleNamespace(others=None, region=region, candidates=idt.candidates, choice=0)
     assert pipeline.one_bone(kept.copy(), win, alone, 0.5, spacing, keep=True)[1] is None
 
 
