@@ -40,7 +40,6 @@ from vbmd_rt.runtime.io.naming import export_names, outputs_for, scan_name
 from vbmd_rt.runtime.model import Model
 from vbmd_rt.runtime.parallel import each
 from vbmd_rt.runtime.postprocess import (
-    CUP_FLOOR,
     TIP_FLOOR,
     detect_side,
     fill_holes_slicewise,
@@ -452,10 +451,10 @@ def one_bone(
     shows (``jointspace.part``), its record (slices of the model grid) and what was taken off (bool, the
     window's shape, ``win.of``), else None."""
     zs = np.flatnonzero(idt.region.any(axis=(1, 2)))
-    if idt.candidates[idt.choice].joint_in_view:
-        end = trim_at_joint(prob, win, threshold, spacing_mm, int(zs[-1]) + 1 if zs.size else None)
-    else:  # the region ran on to the stack's end (no joint found): its end tells nothing of the head's
-        end = trim_at_joint(prob, win, threshold, spacing_mm, tip_floor=TIP_FLOOR)
+    region_end = int(zs[-1]) + 1 if zs.size else None
+    # where no joint was found, the region ran on to the stack's end, and its end may not be the head's
+    floor = None if idt.candidates[idt.choice].joint_in_view else TIP_FLOOR
+    end = trim_at_joint(prob, win, threshold, spacing_mm, region_end, tip_floor=floor)
     raw = win.of(prob).copy() if keep and idt.others is not None else None
     bonewin.exclude(prob, win, idt.others)
     view = win.of(prob)
@@ -489,9 +488,10 @@ def trim_at_joint(
     (``classical.dome_tip`` of the mask, which takes in the cup there). Returns the joint's model slice (where
     the cut is; the tip's slices follow it), or None. ``region_end``: the identified region's end (model
     slice, exclusive): a mask that ran past the dome's tip onto the phalanx is cut there only from
-    ``bonewin.EXTEND_MM`` before it on (a dip further back is the head falling apart, not its tip). Without
-    it, ``tip_floor`` (``joint_end``'s): ``TIP_FLOOR`` takes a tip only where the dome narrowed to one; given,
-    a base that joined the dome is looked for too (``joined_base``)."""
+    ``bonewin.EXTEND_MM`` before it on (a dip further back is the head falling apart, not its tip).
+    ``tip_floor`` (``joint_end``'s; ``one_bone`` gives ``TIP_FLOOR`` where the identified MC2's joint was not
+    found, so that its region ran on to the stack's end): a tip is also taken further back where the dome
+    narrowed to one, and where no tip shows, a base that joined the dome before its end (``joined_base``)."""
     view = win.of(prob)
     if view.size == 0:
         return None
@@ -510,21 +510,36 @@ def trim_at_joint(
     return win.z0 + end
 
 
+#: A network mask's dip on the identification grid that falls under this share of the largest cross-section
+#: before it is a head that fell apart (an erosion, a mask that lost its marrow), not a base that joined the
+#: dome (``joined_base``): on the identification grid's regions those fall to 0.7-0.9 of the head's
+JOINED_FLOOR = 0.6
+
+
 def joined_base(area: np.ndarray, z0: int, nz: int, spacing_mm: float) -> int | None:
     """Where a network mask whose identified region ran on to the stack's end (its joint not found) took in
-    the phalanx's base before the dome's end: the joint ``identify.joint_dip`` finds on the mask's own
-    profile (``area``, from model slice ``z0`` of ``nz``), read as the identification stage reads a region's,
-    on its grid (two model slices to one) and past its proximal slab. The dip there falls to 0.7-0.9 of the
-    head's cross-section, short of ``joint_end``'s dome (0.8 of the largest, smoothed); one that falls under
-    ``CUP_FLOOR`` of it is a head that fell apart (an erosion) and is no joint. Returns the first slice past
-    the joint (window slices, as ``joint_end``'s), or None."""
+    the phalanx's base before the dome's end (a narrow joint space, or a flexed finger's base beside the
+    head): the joint ``identify.joint_dip`` finds on the mask's own profile (``area``, window slices from
+    model slice ``z0`` of ``nz``), read as the identification stage reads a region's: on its grid (two model
+    slices to one, both pairings, so that a rise is read whichever slice it falls on) and past its proximal
+    slab. ``joint_end`` misses such a dip where it stays above its dome's 0.8 of the smoothed largest
+    cross-section (on the identification grid's regions such dips fall to 0.7-0.9) or narrows for less than
+    its dome's length from there. A dip that falls under ``JOINED_FLOOR`` of the largest
+    cross-section before it (read on the model slices) is passed over for the next. Returns the first window
+    slice past the joint (the raw rise's, as ``joint_end``'s), or None."""
     a = np.asarray(area, dtype=np.float64)
-    pairs = a[: a.size // 2 * 2].reshape(-1, 2).sum(axis=1)
-    start = max(0, identify.reach(nz // 2, 2 * spacing_mm) - z0 // 2)
-    k = identify.joint_dip(pairs, 2 * spacing_mm, start)
-    if k >= pairs.size or pairs[k - 1] < CUP_FLOOR * pairs[:k].max():
-        return None
-    return 2 * k
+    found = []
+    for o in (0, 1):  # the two pairings of model slices
+        pairs = a[o : o + (a.size - o) // 2 * 2].reshape(-1, 2).sum(axis=1)
+        k = max(0, identify.reach(nz // 2, 2 * spacing_mm) - (z0 + o) // 2)
+        while (k := identify.joint_dip(pairs, 2 * spacing_mm, k)) < pairs.size:
+            first = o + 2 * k  # the rise's pair: the raw rise is at its first slice or inside it
+            rise = first if a[first] / max(a[first - 1], 1.0) >= a[first + 1] / max(a[first], 1.0) else first + 1
+            if a[first - 2 : rise].min() >= JOINED_FLOOR * a[:rise].max():  # the dip, read on the slices
+                found.append(rise)
+                break
+            k += 1
+    return min(found) if found else None
 
 
 def _model_grid_checks(vol, prob, geometry, model: Model, spacing_zyx, calibration) -> dict:

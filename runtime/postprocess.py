@@ -162,8 +162,8 @@ CUP_FLOOR = 0.45  # ... and the smallest cross-section there is still this share
 #                  around the dome, not a mask that fell apart)
 RIM_RISE = 0.5  # or (``tip``) the mask grows again to this share of the largest: across the joint space onto
 #                 the phalanx's base
-TIP_FLOOR = 0.2  # ... from a dome that narrowed to under this share of the largest, where nothing else tells
-#                  where the head ends (``tip_floor``): a dome's tip narrows to a tenth, an erosion leaves a third
+TIP_FLOOR = 0.2  # ... or, where the head's end is not known (``tip_floor``), from a dome that narrowed to under
+#                  this share of the largest wherever it lies: a dome's tip narrows to a tenth, an erosion a third
 
 
 def joint_end(
@@ -188,9 +188,10 @@ def joint_end(
     joint's blur, or a flexed finger's base beside the head's end): it ends after the narrowest slice (of
     the profile as it is, not smoothed), where that slice lies at ``tip_from`` or beyond (the caller's
     estimate of where the head may end: a mask that fell apart in the middle of the head, an erosion, is no
-    tip). Where the caller has no such estimate, ``tip_floor`` (``TIP_FLOOR``) asks the narrowest slice
-    itself to be that small a share of the largest: a dome's tip narrows to nothing, an erosion leaves a good
-    part of the head's cross-section.
+    tip). ``tip_floor`` (``TIP_FLOOR``, where that estimate may be wrong) takes a tip before ``tip_from`` too
+    where the narrowest slice (the least of the three raw ones around the smoothed profile's) holds under that
+    share of the largest cross-section so far: a dome's tip narrows to nothing, an erosion leaves a good part
+    of the head's.
     """
     a = ndimage.uniform_filter1d(np.asarray(area, dtype=np.float64), 3, mode="nearest")
     n, look, dome = a.size, max(1, int(round(CUP_MM / spacing_mm))), DOME_MM / spacing_mm
@@ -210,12 +211,8 @@ def joint_end(
                 if low >= CUP_FLOOR * peak:
                     return m + 1
                 raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
-                if (
-                    tip
-                    and m >= tip_from
-                    and (tip_floor is None or raw.min() < tip_floor * peak)
-                    and after.max() > RIM_RISE * peak
-                ):
+                deep = tip_floor is not None and raw.min() < tip_floor * peak
+                if tip and (m >= tip_from or deep) and after.max() > RIM_RISE * peak:
                     return max(m - 1, 0) + int(np.argmin(raw)) + 1
             k = m + 1
             while k < n and a[k] < DOME_FRACTION * peak:  # no dome there: on to where the mask is whole again

@@ -79,20 +79,22 @@ def test_a_head_that_falls_apart_before_its_end_is_not_cut_there():
 
 def test_where_the_region_tells_nothing_of_the_heads_end_a_tip_is_a_dome_narrowed_to_one():
     """The identified region ran on to the stack's end (its joint not found: ``one_bone`` reads the chosen
-    candidate's ``joint_in_view``), so its end is no estimate of where the head ends (``tip_from``): a dip is
-    taken for the tip where the dome narrowed to under ``TIP_FLOOR`` of the largest cross-section (a tip
-    narrows to nothing), not where a head fell to a third at an erosion and came back. Where the region's end
-    is the head's, a dip short of it stays uncut, as before (held-out condyle 0016 of seed 5102: the mask
-    ran on into the phalanx, Dice 0.786; cut at the tip, 0.955)."""
+    candidate's ``joint_in_view``), so its end may not be the head's: a tip further back than ``tip_from``
+    is taken too where the dome narrowed to under ``TIP_FLOOR`` of the largest cross-section (a tip narrows to
+    nothing), not where a head fell to a third at an erosion and came back, nor at a shallower dip. Where the
+    region's end is the head's, a dip short of it stays uncut, as before (held-out condyle 0016 of seed 5102:
+    the mask ran on into the phalanx, Dice 0.786; cut at the tip, 0.955)."""
     erosion = (np.linspace(140, 50, 8), np.full(3, 50.0), np.linspace(60, 135, 4), np.full(10, 135.0))
     area = _profile(SHAFT_HEAD, *erosion, DOME, TIP, RIM, RIM)
     at_tip = SHAFT_HEAD.size + sum(e.size for e in erosion) + DOME.size + TIP.size
-    assert joint_end(area, MM, tip=True, tip_floor=TIP_FLOOR) == at_tip
-    assert joint_end(_profile(SHAFT_HEAD, *erosion, DOME), MM, tip=True, tip_floor=TIP_FLOOR) is None
-    shallow = _profile(SHAFT_HEAD, DOME, np.linspace(90, 35, 8), RIM)  # a dip to 0.25 of the head: no tip
-    assert (
-        joint_end(shallow, MM, tip=True) is not None and joint_end(shallow, MM, tip=True, tip_floor=TIP_FLOOR) is None
-    )
+    n = area.size  # tip_from past every dip: only the floor takes one
+    assert joint_end(area, MM, tip=True, tip_from=n) is None
+    assert joint_end(area, MM, tip=True, tip_from=n, tip_floor=TIP_FLOOR) == at_tip
+    running_off = _profile(SHAFT_HEAD, *erosion, np.full(20, 140.0))  # the erosion, the head beyond the stack
+    assert joint_end(running_off, MM, tip=True, tip_from=n, tip_floor=TIP_FLOOR) is None
+    shallow = _profile(SHAFT_HEAD, DOME, np.linspace(90, 35, 8), RIM)  # a dip to 0.25 of the head: no tip ...
+    assert joint_end(shallow, MM, tip=True, tip_from=shallow.size, tip_floor=TIP_FLOOR) is None
+    assert joint_end(shallow, MM, tip=True, tip_floor=TIP_FLOOR) is not None  # ... but within tip_from, as before
 
     radii = np.sqrt(area / np.pi) / MM
     prob = np.zeros((area.size, 200, 200), np.float32)
@@ -119,15 +121,24 @@ def test_where_the_region_ran_on_a_base_that_joined_the_dome_before_its_end_ends
     rise = SHAFT_HEAD.size + 8
     assert joint_end(joined, MM, tip=True, tip_floor=TIP_FLOOR) is None
     assert joined_base(joined, 0, joined.size, MM) == rise
-    eroded = _profile(SHAFT_HEAD, np.linspace(140, 50, 8), np.full(12, 150.0))
-    assert joined_base(eroded, 0, eroded.size, MM) is None
+    assert joined_base(_profile([100.0], joined), 0, joined.size + 1, MM) == rise + 1  # either slice's pairing
+    for eroded in (np.linspace(140, 50, 8), np.linspace(140, 70, 8)):  # to a third, to a half: no joint
+        assert joined_base(_profile(SHAFT_HEAD, eroded, np.full(12, 150.0)), 0, 50, MM) is None
     assert joined_base(_profile(SHAFT_HEAD, np.full(20, 140.0)), 0, 50, MM) is None  # no dip
+    later = _profile(SHAFT_HEAD, np.linspace(140, 50, 8), np.full(6, 140.0), np.linspace(140, 118, 8), np.full(12, 150))
+    assert joined_base(later, 0, later.size, MM) == SHAFT_HEAD.size + 22  # past an erosion, the base that joined
+    early = _profile(np.linspace(100, 140, 6), np.linspace(140, 118, 8), np.full(12, 150.0))
+    assert joined_base(early, 0, early.size, MM) == 14
+    assert joined_base(early, 0, 200, MM) is None  # in the proximal slab of a long stack (30 model slices) ...
+    assert joined_base(early, 21, 200, MM) == 14  # ... unless the window starts past most of it
 
-    prob = _disc_volume(np.sqrt(joined / np.pi) / MM) * 0.9
-    win = bonewin.Window(20, 20, 0, joined.size)
-    region = np.zeros((joined.size, 100, 100), bool)
+    z0 = 3  # the window from an odd model slice
+    prob = np.zeros((z0 + joined.size, 200, 200), np.float32)
+    prob[z0:] = _disc_volume(np.sqrt(joined / np.pi) / MM) * 0.9
+    win = bonewin.Window(20, 20, z0, z0 + joined.size)
+    region = np.zeros((z0 + joined.size, 100, 100), bool)
     region[:, 40:60, 40:60] = True
-    for in_view, cut in ((False, rise), (True, None)):
+    for in_view, cut in ((False, z0 + rise), (True, None)):
         idt = SimpleNamespace(candidates=[SimpleNamespace(joint_in_view=in_view)], choice=0, region=region, others=None)
         p = prob.copy()
         assert one_bone(p, win, idt, 0.5, MM)[0] == cut
