@@ -115,13 +115,18 @@ def test_where_the_region_ran_on_a_base_that_joined_the_dome_before_its_end_ends
     the network's mask narrowed over 2 mm to 0.84 of the head, short of ``joint_end``'s dome, and grew 1.27x
     at one slice onto the base. Where the identified region ran on to the stack's end, ``joined_base`` reads
     that dip on pairs of slices and ends the mask there (fresh randomised hand 0007 of seed 27000: Dice 0.689,
-    +12.4 mg HA/cm³ and `pass`; now 0.937); a dip to a third (an erosion) is no joint, nor one where the
-    region's end is the head's."""
+    +12.4 mg HA/cm³ and `pass`; now 0.937); a dip to a third or a half (an erosion) is no joint, nor one
+    where the region's end is the head's."""
     joined = _profile(SHAFT_HEAD, np.linspace(140, 118, 8), np.full(12, 150.0))
     rise = SHAFT_HEAD.size + 8
     assert joint_end(joined, MM, tip=True, tip_floor=TIP_FLOOR) is None
     assert joined_base(joined, 0, joined.size, MM) == rise
     assert joined_base(_profile([100.0], joined), 0, joined.size + 1, MM) == rise + 1  # either slice's pairing
+    steep = _profile(SHAFT_HEAD, np.linspace(140, 118, 8), np.full(12, 180.0))  # seen by both pairings: the cut
+    for shift in (0, 1):  # at the raw rise, not at the first slice of the pair that holds it
+        assert joined_base(_profile([100.0] * shift, steep), 0, steep.size + shift, MM) == rise + shift
+    two = _profile(joined, [150.0], np.linspace(150, 126, 8), np.full(12, 160.0))  # a second base at slice 59,
+    assert joined_base(two, 0, two.size, MM) == rise  # which only the other pairing sees: the first joint wins
     for eroded in (np.linspace(140, 50, 8), np.linspace(140, 70, 8)):  # to a third, to a half: no joint
         assert joined_base(_profile(SHAFT_HEAD, eroded, np.full(12, 150.0)), 0, 50, MM) is None
     assert joined_base(_profile(SHAFT_HEAD, np.full(20, 140.0)), 0, 50, MM) is None  # no dip
