@@ -210,10 +210,10 @@ def joint_end(
             if after.size and after.max() > CUP_RISE * a[m] and m - top >= dome:
                 if low >= CUP_FLOOR * peak:
                     return m + 1
-                raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
-                deep = tip_floor is not None and raw.min() < tip_floor * peak
-                if tip and (m >= tip_from or deep) and after.max() > RIM_RISE * peak:
-                    return max(m - 1, 0) + int(np.argmin(raw)) + 1
+                if tip and after.max() > RIM_RISE * peak:
+                    raw = np.asarray(area, dtype=np.float64)[max(m - 1, 0) : m + 2]
+                    if m >= tip_from or (tip_floor is not None and raw.min() < tip_floor * peak):
+                        return max(m - 1, 0) + int(np.argmin(raw)) + 1
             k = m + 1
             while k < n and a[k] < DOME_FRACTION * peak:  # no dome there: on to where the mask is whole again
                 k += 1
