@@ -169,11 +169,13 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
             }
         )
     out: dict = {"errors": errors, "named": None, "margin": None, "review": None}
-    if true is not None and len(bones) >= 2:
+    if len(bones) >= 2:
         hyps, margin = identify.name(bones, None, weights)
         if hyps:
             choice = hyps[0]["mc2"]
             named = errors[choice]["truth"]
+            if true is None:  # MC2 is no candidate (a shaft in pieces, a head begun past the proximal slab)
+                named = f"{named}, MC2 no candidate" if named != "MC2" else "a piece of MC2, MC2 no candidate"
             out["named"] = "MC2" if choice == true else (named if named != "MC2" else "a piece of MC2")
             out["margin"] = float(margin)
             out["review"] = review_checks(record, bones, choice, hyps[0]["thumb"], margin, weights)
@@ -185,7 +187,7 @@ def review_checks(
 ) -> list:
     """Which of the identification stage's checks put the naming up for review (``identify.identify``'s
     reasons, as far as the cache holds what they read): ``instances`` and ``cut`` (``identify.doubts``),
-    ``margin`` (under ``REVIEW_MARGIN``), ``past_edge`` (without a
+    ``margin`` (under ``REVIEW_MARGIN``), ``row_goes_on`` (on the cached instances), ``past_edge`` (without a
     thumb, where the record keeps its coarse volume: a remade record does not; the row named first, as the
     stage names it, and the field of view's edge where the record keeps it, ``view``, since this pass; an
     older record's grid edge is the padded one, where a row that runs off the image is not seen: fewer
@@ -194,14 +196,16 @@ def review_checks(
     out = [key for key, _ in identify.doubts(bones, choice, margin, None, weights)]
     if margin < identify.REVIEW_MARGIN:
         out.append("margin")
+    cs = 2 * float(bonewin.GRID.spacing_mm)
+    named = copy.deepcopy(bones)  # past_edge and row_goes_on read the names (MC3); the cached bones stay
+    identify._name_row(named, choice, thumb)
     if thumb is None and "coarse" in record:
-        cs = 2 * float(bonewin.GRID.spacing_mm)
-        named = copy.deepcopy(bones)  # past_edge reads the names (MC3); the cached bones stay as they were
-        identify._name_row(named, choice, thumb)
         view = record.get("view")
         half = tuple(v // 2 for v in view) if view is not None else None
         if identify.past_edge(record["coarse"].astype(np.float32), cs, named, choice, half):
             out.append("past_edge")
+    if "labels" in record and identify.row_goes_on(record["labels"].astype(np.int32), cs, named, choice):
+        out.append("row_goes_on")
     return out
 
 
