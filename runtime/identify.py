@@ -1207,20 +1207,16 @@ def past_edge(
     the thumb is found beside MC2, no metacarpal can lie past it, and the caller does not ask. The hand is
     read on the mean of all slices (``hand_outline``); ``view`` is the (y0, y1, x0, x1) of ``coarse`` that
     holds the scan (the rest is padding)."""
-    nxt = next((b for b in bones if b.name == "MC3"), None)
-    if nxt is None:
+    row = _past_mc2(bones, choice)
+    if row is None:
         return ""
     mc2 = bones[choice]
-    p = np.array([mc2.y_mm, mc2.x_mm]) / spacing_mm
-    step = p - np.array([nxt.y_mm, nxt.x_mm]) / spacing_mm
-    gap = float(np.hypot(*step)) * spacing_mm
-    if gap <= 0:
-        return ""
+    at, on, gap = row
+    p, u = at[::-1] / spacing_mm, on[::-1]  # (y, x) pixels of ``coarse``
     hand = hand_outline(coarse.mean(axis=0))
     if hand is None:
         return ""
     y0, y1, x0, x1 = view or (0, hand.shape[0], 0, hand.shape[1])
-    u = step / np.hypot(*step)
     for t in np.arange(0.0, gap / spacing_mm, 0.5):
         y, x = (int(round(v)) for v in p + t * u)
         if not (max(y0, 0) <= y < min(y1, hand.shape[0]) and max(x0, 0) <= x < min(x1, hand.shape[1])):
@@ -1232,6 +1228,21 @@ def past_edge(
         if not hand[y, x]:
             return ""
     return ""
+
+
+def _past_mc2(bones: list[Bone], choice: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Where the row runs on past the bone named MC2 (``bones[choice]``): its centre (x, y mm), the unit
+    direction from the bone named MC3 through it, and their distance (mm, a metacarpal's spacing); None where
+    no bone is named MC3 (``_name_row``) or the two coincide. ``past_edge`` and ``row_goes_on`` look there."""
+    nxt = next((b for b in bones if b.name == "MC3"), None)
+    if nxt is None:
+        return None
+    at = np.array([bones[choice].x_mm, bones[choice].y_mm])
+    step = at - np.array([nxt.x_mm, nxt.y_mm])
+    gap = float(np.hypot(*step))
+    if gap <= 0:
+        return None
+    return at, step / gap, gap
 
 
 #: A bone that is no candidate lies in the row past the bone named MC2 (``row_goes_on``): instances whose
@@ -1257,20 +1268,15 @@ def row_goes_on(labels: np.ndarray, spacing_mm: float, bones: list[Bone], choice
     of 1,788, all reviewed already; without ``ROW_ON_OWN``, 3 more right ones, each a thumb's head in
     pieces beside it on the row's line. ``labels``: the instances on the grid of ``spacing_mm``; the bones
     named (``_name_row``)."""
-    nxt = next((b for b in bones if b.name == "MC3"), None)
-    if nxt is None:
+    row = _past_mc2(bones, choice)
+    if row is None or labels.size == 0:
         return ""
     mc2 = bones[choice]
-    p = np.array([mc2.x_mm, mc2.y_mm])
-    step = p - np.array([nxt.x_mm, nxt.y_mm])
-    gap = float(np.hypot(*step))
-    if gap <= 0:
-        return ""
-    u = step / gap
+    p, u, gap = row
     n = int(labels.max()) + 1
     flat = labels.reshape(labels.shape[0], -1)
     count = np.bincount(flat.ravel(), minlength=n).astype(float)
-    if count[mc2.label] <= 0:
+    if mc2.label >= n or count[mc2.label] <= 0:
         return ""
     ys, xs = np.divmod(np.arange(flat.shape[1]), labels.shape[2])
     fy = np.bincount(flat.ravel(), np.tile(ys, labels.shape[0]).astype(float), minlength=n)

@@ -75,6 +75,7 @@ def test_the_identity_error_script_sees_a_row_cut_short_as_the_stage_does(phanto
     choice, thumb = hyps[0]["mc2"], hyps[0]["thumb"]
     assert thumb is None
     assert "past_edge" in identity_errors.review_checks(record, bones, choice, thumb, margin)
+    assert identity_errors.score_case(record)["named"].endswith(", MC2 in no instance")  # no label under it
     assert all(b.name == "" for b in bones)  # the cached bones are not renamed
     padded = {k: v for k, v in record.items() if k != "view"}
     assert "past_edge" not in identity_errors.review_checks(padded, bones, choice, thumb, margin)

@@ -49,10 +49,16 @@ def test_a_bone_one_spacing_past_mc2_in_the_rows_line_is_reviewed_and_nothing_el
     assert asks([(4, 34.0, 20.0, 4.0, 10)]) == ""
     assert asks([(4, 100.0, 20.0, 4.0, 10)]) == ""
     assert asks([(4, 60.0, 20.0, 4.0, 10)]) == ""  # over MC3 (its phalanx): behind MC2, not past it
-    # beyond one and a half spacings: another hand's bone, or none of this row
+    assert asks([(4, 60.0, 29.0, 4.0, 10)]) == ""  # MC3's side of MC2, 0.45 spacings off the line
+    # from 0.7 to 1.5 spacings past it; beyond: another hand's bone, or none of this row
+    assert asks([(4, 40.0 - 0.6 * 20.0, 20.0, 4.0, 10)]) == ""
+    assert asks([(4, 40.0 - 0.75 * 20.0, 20.0, 4.0, 10)]) != ""
+    assert asks([(4, 40.0 - 1.4 * 20.0, 20.0, 4.0, 10)]) != ""
     assert asks([(4, 40.0 - 1.6 * 20.0, 20.0, 4.0, 10)]) == ""
     # small pieces (a sesamoid) are not; pieces of one bone count together
     assert asks([(4, 22.0, 20.0, 2.0, 5)]) == ""
+    assert asks([(4, 20.0, 20.0, 4.0, 16)]) == ""  # 0.22 of MC2's volume (a quarter is needed)
+    assert asks([(4, 20.0, 20.0, 4.0, 14)]) != ""  # 0.33
     assert asks([(4, 22.0, 17.0, 2.0, 5), (5, 18.0, 23.0, 2.0, 5)]) != ""  # 0.19 each, 0.38 together
     # a candidate there (the thumb, where it lies on the row's line) is a bone the naming has weighed
     labels, bones = _row([(4, 20.0, 20.0, 4.0, 10)])
@@ -67,6 +73,13 @@ def test_a_bone_one_spacing_past_mc2_in_the_rows_line_is_reviewed_and_nothing_el
     assert identify.row_goes_on(labels, SPACING, bones, 0) == ""
     bones[-1].y_mm = 20.0 + 0.45 * 20.0
     assert identify.row_goes_on(labels, SPACING, bones, 0) != ""
+    # the background is no bone: a grid whose middle lies one spacing past MC2
+    labels, bones = _row([], shape=(20, 80, 80))
+    assert identify.row_goes_on(labels, SPACING, bones, 0) == ""
+    # a candidate's own instance is no bone past it, wherever its centre was measured (its proximal slices)
+    labels, bones = _row([(4, 20.0, 20.0, 4.0, 0)])
+    bones.append(identify.Bone(4, 20.0, 40.0, 50.0, 80.0, 9.0, True, 9.0, False, name="thumb"))
+    assert identify.row_goes_on(labels, SPACING, bones, 0) == ""
     # a row without a bone named MC3 (MC2 alone) asks nothing
     labels, bones = _row([(4, 20.0, 20.0, 4.0, 10)])
     bones[1].name = ""
