@@ -14,10 +14,11 @@ cross-sections, the head's tip) in the same frame and the label under the true M
 ``score`` re-runs ``identify.candidates`` and ``identify.name`` on the cached labels (a second a hundred
 phantoms; with ``--remake``, the instances too, from the cached coarse volume: a minute for a thousand on two
 cores) and prints, per group (the folder's name, or ``streamSEED``): MC2 named right, the margins of the
-wrong namings, right namings under the review margin, right namings that any of the stage's checks reviews
-and wrong namings that none does (``review_checks``: what QC would let through from this stage), and the
-candidates' measurement errors against the
-generator: the joint level minus the head's tip; the estimated tip (``identify.head_tip``, what the naming
+wrong namings (a naming whose true MC2 is no candidate is wrong: "MC3, MC2 no candidate"; "unnamed" is
+a phantom with fewer than two candidates or no consistent naming), right namings under the review margin,
+right namings that any of the stage's checks reviews and wrong namings that none does (``review_checks``:
+what QC would let through from this stage), and the candidates' measurement errors against the generator:
+the joint level minus the head's tip; the estimated tip (``identify.head_tip``, what the naming
 compares) minus the head's tip, its spread and the share more than 1.5 mm from its median; shaft and head
 cross-section over the truth's ellipse, which for the shaft is its proximal end (the metaphysis reads
 larger). A change to ``candidates`` is measured here without re-reading a scan, a change to the instances
