@@ -14,8 +14,9 @@ cross-sections, the head's tip) in the same frame and the label under the true M
 ``score`` re-runs ``identify.candidates`` and ``identify.name`` on the cached labels (a second a hundred
 phantoms; with ``--remake``, the instances too, from the cached coarse volume: a minute for a thousand on two
 cores) and prints, per group (the folder's name, or ``streamSEED``): MC2 named right, the margins of the
-wrong namings (a naming whose true MC2 is no candidate is wrong: "MC3, MC2 no candidate"; "unnamed" is
-a phantom with fewer than two candidates or no consistent naming), right namings under the review margin,
+wrong namings (a naming whose true MC2 is no candidate is wrong: "MC3, MC2 no candidate", or "MC3, MC2 in
+no instance" where no instance lies under it; "unnamed" is a phantom with fewer than two candidates or no
+consistent naming), right namings under the review margin,
 right namings that any of the stage's checks reviews and wrong namings that none does (``review_checks``:
 what QC would let through from this stage), and the candidates' measurement errors against the generator:
 the joint level minus the head's tip; the estimated tip (``identify.head_tip``, what the naming
@@ -225,7 +226,8 @@ def remake(record: dict) -> dict:
     to the instances measured without re-reading a scan). The true MC2 is then the candidate whose region
     holds the generator's MC2 centre in the proximal slices (the cached label was the instance under the true
     mask; a bone merged with its neighbour still counts as MC2, as there), else the candidate nearest it
-    within 6 mm."""
+    within 6 mm, else the instance (no candidate) met most often along its centre through all slices (a shaft
+    in pieces, a head begun past the proximal slab: "MC2 no candidate"), else None ("MC2 in no instance")."""
     cs = 2 * float(bonewin.GRID.spacing_mm)
     labels, bones = identify.coarse_candidates(record["coarse"].astype(np.float32), cs)
     mc2 = next(t for t in record["truth"] if t["name"] == "MC2")
@@ -241,7 +243,12 @@ def remake(record: dict) -> dict:
         return out
     near = [(math.hypot(b.x_mm - mc2["x"], b.y_mm - mc2["y"]), b.label) for b in bones]
     best = min(near, default=(math.inf, None))
-    out["mc2_label"] = best[1] if best[0] < 6.0 else None
+    if best[0] < 6.0:
+        out["mc2_label"] = best[1]
+        return out
+    line = labels[:, y, x] if inside else np.zeros(0, labels.dtype)  # MC2's centre line, all slices
+    pieces = line[line > 0]
+    out["mc2_label"] = int(np.bincount(pieces).argmax()) if pieces.size else None
     return out
 
 

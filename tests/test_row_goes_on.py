@@ -80,6 +80,11 @@ def test_a_bone_one_spacing_past_mc2_in_the_rows_line_is_reviewed_and_nothing_el
     labels, bones = _row([(4, 20.0, 20.0, 4.0, 0)])
     bones.append(identify.Bone(4, 20.0, 40.0, 50.0, 80.0, 9.0, True, 9.0, False, name="thumb"))
     assert identify.row_goes_on(labels, SPACING, bones, 0) == ""
+    # an empty grid, or one that holds no instance of the bone named MC2, asks nothing
+    assert identify.row_goes_on(np.zeros((0, 0, 0), np.int32), SPACING, bones, 0) == ""
+    labels, bones = _row([(4, 20.0, 20.0, 4.0, 10)])
+    bones[0].label = 99
+    assert identify.row_goes_on(labels, SPACING, bones, 0) == ""
     # a row without a bone named MC3 (MC2 alone) asks nothing
     labels, bones = _row([(4, 20.0, 20.0, 4.0, 10)])
     bones[1].name = ""
@@ -135,6 +140,10 @@ def test_the_identity_error_script_counts_a_naming_without_mc2_among_the_candida
     scored = identity_errors.score_case(record)
     assert scored["named"] == "MC3, MC2 no candidate"
     assert "row_goes_on" in scored["review"]
+    # instances made again from the cached volume (``score --remake``): MC2's head is still an instance
+    remade = identity_errors.score_case(identity_errors.remake(record))
+    assert remade["named"] == "MC3, MC2 no candidate"
+    assert "row_goes_on" in remade["review"]
     assert "row_goes_on" not in identity_errors.review_checks(
         {k: v for k, v in record.items() if k != "labels"}, *_naming(identity_errors, record)
     )
