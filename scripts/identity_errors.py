@@ -247,7 +247,7 @@ def remake(record: dict) -> dict:
         out["mc2_label"] = best[1]
         return out
     line = labels[:, y, x] if inside else np.zeros(0, labels.dtype)  # MC2's centre line, all slices
-    pieces = line[line > 0]
+    pieces = line[(line > 0) & ~np.isin(line, [b.label for b in bones])]  # a candidate there is another bone
     out["mc2_label"] = int(np.bincount(pieces).argmax()) if pieces.size else None
     return out
 
