@@ -1273,26 +1273,20 @@ def row_goes_on(labels: np.ndarray, spacing_mm: float, bones: list[Bone], choice
         return ""
     mc2 = bones[choice]
     p, u, gap = row
-    n = int(labels.max()) + 1
-    flat = labels.reshape(labels.shape[0], -1)
-    count = np.bincount(flat.ravel(), minlength=n).astype(float)
-    if mc2.label >= n or count[mc2.label] <= 0:
+    count = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    if mc2.label >= count.size or count[mc2.label] <= 0:
         return ""
-    ys, xs = np.divmod(np.arange(flat.shape[1]), labels.shape[2])
-    fy = np.bincount(flat.ravel(), np.tile(ys, labels.shape[0]).astype(float), minlength=n)
-    fx = np.bincount(flat.ravel(), np.tile(xs, labels.shape[0]).astype(float), minlength=n)
     seen = count > 0
     seen[0] = False
-    seen[[b.label for b in bones if b.label < n]] = False
-    if not seen.any():
-        return ""
+    seen[[b.label for b in bones if b.label < count.size]] = False
     labs = np.flatnonzero(seen)
-    at = np.stack([fx[labs], fy[labs]], axis=1) / count[labs, None] * spacing_mm
-    centre = at - p
-    along = centre @ u / gap
-    lateral = np.abs(centre @ np.array([-u[1], u[0]])) / gap
+    if not labs.size:
+        return ""
+    at = np.array(ndimage.center_of_mass(labels > 0, labels, labs))[:, [2, 1]] * spacing_mm  # (x, y) mm
+    along = (at - p) @ u / gap
+    lateral = np.abs((at - p) @ np.array([-u[1], u[0]])) / gap
     own = np.array([[b.x_mm, b.y_mm] for b in bones])
-    apart = np.hypot(*(at[:, None, :] - own[None, :, :]).transpose(2, 0, 1)).min(axis=1) / gap > ROW_ON_OWN
+    apart = np.linalg.norm(at[:, None] - own[None], axis=2).min(axis=1) / gap > ROW_ON_OWN
     there = (along >= ROW_ON_ALONG[0]) & (along <= ROW_ON_ALONG[1]) & (lateral <= ROW_ON_LATERAL) & apart
     share = float(count[labs[there]].sum() / count[mc2.label])
     if share < ROW_ON_VOLUME:

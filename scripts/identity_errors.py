@@ -175,12 +175,13 @@ def score_case(record: dict, weights: dict | None = None) -> dict:
         hyps, margin = identify.name(bones, None, weights)
         if hyps:
             choice = hyps[0]["mc2"]
-            named = errors[choice]["truth"]
+            named = "MC2" if choice == true else errors[choice]["truth"]
+            if named == "MC2" and choice != true:
+                named = "a piece of MC2"
             if true is None:  # MC2 is no candidate (a shaft in pieces, a head begun past the proximal slab),
                 #   or in no instance (out of the field of view: no label under its true mask)
-                why = "MC2 no candidate" if record.get("mc2_label") is not None else "MC2 in no instance"
-                named = f"{named}, {why}" if named != "MC2" else f"a piece of MC2, {why}"
-            out["named"] = "MC2" if choice == true else (named if named != "MC2" else "a piece of MC2")
+                named += ", MC2 no candidate" if record.get("mc2_label") is not None else ", MC2 in no instance"
+            out["named"] = named
             out["margin"] = float(margin)
             out["review"] = review_checks(record, bones, choice, hyps[0]["thumb"], margin, weights)
     return out
