@@ -1286,8 +1286,8 @@ def row_goes_on(labels: np.ndarray, spacing_mm: float, bones: list[Bone], choice
     # every instance's centre (x, y mm) at once: bincounts of the voxels' columns and rows, a third of the
     # time of ndimage.center_of_mass over the labels (which sums z too)
     ys, xs = np.divmod(np.tile(np.arange(labels.shape[1] * labels.shape[2]), labels.shape[0]), labels.shape[2])
-    at = np.stack([np.bincount(flat, xs, count.size), np.bincount(flat, ys, count.size)], axis=1)[labs]
-    at = at / count[labs, None] * spacing_mm
+    sums = np.stack([np.bincount(flat, xs, count.size), np.bincount(flat, ys, count.size)], axis=1)[labs]
+    at = sums / count[labs, None] * spacing_mm
     along = (at - p) @ u / gap
     lateral = np.abs((at - p) @ np.array([-u[1], u[0]])) / gap
     own = np.array([[b.x_mm, b.y_mm] for b in bones])
