@@ -443,6 +443,14 @@ SESAMOID_GAP_MM = 2.5  # ... within this distance of a head, beside it (not over
 #: ... its centre short of the head's tip along the stack (the pieces of a phalanx's cup lie at the tip and past
 #: it), within a head's length
 SESAMOID_LEVEL_MM = (-8.0, -1.0)
+#: ... and not past the joint: its centre at most this far distal of the end of the bone's own region (the joint,
+#: ``Bone.joint_mm``). The volar plate holds a sesamoid beside the head; a piece past the joint space lies beside
+#: the phalanx's base (its cup's rim, split off by the instances). Over the 123 pieces counted on the cached
+#: phantoms where the generator drew a sesamoid (training streams 24000 and 25000, fresh seed 30000;
+#: ``identify.sesamoids`` as before this limit), centres lie 7.2 mm proximal to 0.14 mm distal of the joint; the
+#: one piece counted where none was drawn, 1.1 mm distal (fresh seed 30000, case 0044: a rim piece beside MC3 that
+#: named MC3 as MC2 with a margin of 2.7)
+SESAMOID_PAST_JOINT_MM = 0.5
 
 
 def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float, objs: list | None = None) -> list[int]:
@@ -489,6 +497,8 @@ def sesamoids(labels: np.ndarray, bones: list[Bone], spacing_mm: float, objs: li
         if outlines[i][y, x] or not b.joint_in_view:
             continue
         if not SESAMOID_LEVEL_MM[0] <= cz * spacing_mm - b.tip <= SESAMOID_LEVEL_MM[1]:
+            continue
+        if cz * spacing_mm - b.joint_mm > SESAMOID_PAST_JOINT_MM:
             continue
         box = tuple(
             slice(max(0, s.start - reach_px), min(n, s.stop + reach_px)) for s, n in zip(sl, shape, strict=True)
@@ -1197,6 +1207,42 @@ def irregular(bones: list[Bone]) -> str:
     return ""
 
 
+#: A thumb beside a row of two reads like the far end of a row of three: its metacarpal lies palmar to the row,
+#: off the line of the other two. Where the naming is a thumbless row of three whose end away from MC2 lies more
+#: than ``END_OFF_ROW`` metacarpal spacings off the line through MC2 and the middle bone, the lead must be
+#: ``END_OFF_ROW_MARGIN`` rather than ``REVIEW_MARGIN``. On the 1,581 cached training-family phantoms
+#: (streams 21000-25000; ``scripts/identity_errors.py``), the 7 wrong namings of this shape led by 1.62 at
+#: most; 9 right ones not reviewed otherwise lead by 2-3 (0.6 % of the 1,499 right namings). Three fresh
+#: randomised hands of this shape (seed 28000's 0076, seed 31000's 0019 and 0103), a thumb named as MC4 at the
+#: far end, passed with leads of 2.2-2.4: their far ends lie 0.51-0.69 spacings off the line.
+END_OFF_ROW = 0.5
+END_OFF_ROW_MARGIN = 3.0
+
+
+def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
+    """Why a thumbless row of three may be a thumb beside a row of two, or "": its end away from MC2 (bone
+    ``choice``) lies over ``END_OFF_ROW`` spacings (the median distance between neighbours along the row, at
+    least 8 mm, as ``features``) off the line through MC2 and the middle bone, and the lead ``margin``, over
+    ``REVIEW_MARGIN`` (under it, that is the reason), is under ``END_OFF_ROW_MARGIN``."""
+    if thumb is not None or not REVIEW_MARGIN <= margin < END_OFF_ROW_MARGIN:
+        return ""
+    _, pts, along, order = _row(bones, None)
+    if len(order) != 3 or choice not in (order[0], order[-1]):
+        return ""
+    far = order[-1] if choice == order[0] else order[0]
+    a, b, c = (np.array([bones[i].x_mm, bones[i].y_mm]) for i in (choice, order[1], far))
+    spacing = max(float(np.median(np.diff(np.sort(along)))), 8.0)
+    line = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+    off = abs(_cross(line, c - b)) / spacing
+    if off <= END_OFF_ROW:
+        return ""
+    return (
+        f"MC2 not clearly identified: the row's end away from bone {bones[choice].label} (bone {bones[far].label})"
+        f" lies {off:.2f} metacarpal spacings off the line of the other two, as a thumb beside a row of two does;"
+        f" bone {bones[choice].label} leads by {margin:.1f} (needs {END_OFF_ROW_MARGIN:.1f} there)"
+    )
+
+
 def past_edge(
     coarse: np.ndarray, spacing_mm: float, bones: list[Bone], choice: int, view: tuple[int, ...] | None = None
 ) -> str:
@@ -1426,6 +1472,9 @@ def identify(
                 f"MC2 not clearly identified: bone {bones[choice].label} leads bone {bones[alt['mc2']].label}"
                 f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
             )
+        off_row = end_off_row(bones, choice, thumb, margin)
+        if off_row:
+            reasons.append(off_row)
     mc2 = bones[choice]
     _name_row(bones, choice, thumb)
     beyond = past_edge(coarse, cs, bones, choice, tuple(v // 2 for v in view)) if thumb is None else ""

@@ -982,6 +982,21 @@ def test_a_sesamoid_beside_a_head_is_found_and_a_phalanxs_piece_or_a_cups_arc_is
     assert identify.sesamoids(edge, one, cs) == [1]
 
 
+def test_a_piece_past_the_joint_is_no_sesamoid_though_short_of_the_heads_tip():
+    """Where the head's tip lies past the end of the bone's own region (the joint; fresh seed 30000's case 0044:
+    tip 10.2 mm, joint 7.9), a compact piece beside the head can be short of the tip and still past the joint: the
+    rim of the phalanx's cup, split off by the instances. Its centre 1 mm past the joint: no sesamoid (it named MC3
+    as MC2 with a margin of 2.7); half a millimetre past it, or short of it: one."""
+    cs, shape = 0.5, (44, 60, 60)
+    bone = [identify.Bone(1, 30 * cs, 30 * cs, 200.0, 200.0, 15.0, True, 15.0, False, tip_mm=18.0)]
+    for centre_slice, counted in ((32, False), (31, True), (26, True), (33, False)):
+        labels = _slab_labels([(1, 30, 30, 8)], shape)
+        labels[30:] = 0  # the bone's own region ends at slice 30: its joint at 15 mm; its tip set at 18 mm
+        labels[_ball(shape, (centre_slice, 43, 30), 4)] = 2  # beside it, 0.5 mm off its cortex
+        assert identify.sesamoids(labels, bone, cs) == [int(counted)], centre_slice * cs - 15.0
+    assert identify.SESAMOID_PAST_JOINT_MM == 0.5
+
+
 def test_a_sesamoid_at_one_end_of_a_short_row_names_that_end():
     """In a row of two or three, the other end is MC3 or MC4, which seldom has a sesamoid: one at an end is
     evidence for it. In a row of four, MC5 has one as often as MC2: it is no evidence."""
