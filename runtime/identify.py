@@ -445,11 +445,12 @@ SESAMOID_GAP_MM = 2.5  # ... within this distance of a head, beside it (not over
 SESAMOID_LEVEL_MM = (-8.0, -1.0)
 #: ... and not past the joint: its centre at most this far distal of the end of the bone's own region (the joint,
 #: ``Bone.joint_mm``). The volar plate holds a sesamoid beside the head; a piece past the joint space lies beside
-#: the phalanx's base (its cup's rim, split off by the instances). Over the 123 pieces counted on the cached
-#: phantoms where the generator drew a sesamoid (training streams 24000 and 25000, fresh seed 30000;
-#: ``identify.sesamoids`` as before this limit), centres lie 7.2 mm proximal to 0.14 mm distal of the joint; the
-#: one piece counted where none was drawn, 1.1 mm distal (fresh seed 30000, case 0044: a rim piece beside MC3 that
-#: named MC3 as MC2 with a margin of 2.7)
+#: the phalanx's base (its cup's rim, split off by the instances). Of the 444 pieces counted on the 2,259 cached
+#: phantoms (``scripts/identity_errors.py``: training streams 21000-25000, the evaluation folders, fresh seeds
+#: 28000-32000; ``sesamoids`` as before this limit), 440 lie where the generator drew a sesamoid, their centres
+#: 7.2 mm proximal to 0.88 mm distal of the joint, three of them over 0.5 mm distal (now missed: on the streams
+#: 21000 and 23000, 224 of 326 drawn are found instead of 227); of the 4 where none was drawn, two lie past it,
+#: 0.62 and 1.09 mm (fresh seed 30000's 0044: a rim piece beside MC3 that named MC3 as MC2 with a lead of 2.7)
 SESAMOID_PAST_JOINT_MM = 0.5
 
 
@@ -1222,8 +1223,10 @@ END_OFF_ROW_MARGIN = 3.0
 def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
     """Why a thumbless row of three may be a thumb beside a row of two, or "": its end away from MC2 (bone
     ``choice``) lies over ``END_OFF_ROW`` spacings (the median distance between neighbours along the row, at
-    least 8 mm, as ``features``) off the line through MC2 and the middle bone, and the lead ``margin``, over
-    ``REVIEW_MARGIN`` (under it, that is the reason), is under ``END_OFF_ROW_MARGIN``."""
+    least 8 mm, as ``features``) off the line through MC2 and the middle bone, and the lead ``margin``, at least
+    ``REVIEW_MARGIN`` (under it, that is the reason), is under ``END_OFF_ROW_MARGIN``. With a side given (or
+    read from the log), ``name`` keeps only the namings on that side, and of a thumbless row of three's two only
+    one: the lead is then over namings with a thumb, and the side decides which end is MC2."""
     if thumb is not None or not REVIEW_MARGIN <= margin < END_OFF_ROW_MARGIN:
         return ""
     _, pts, along, order = _row(bones, None)
@@ -1237,9 +1240,9 @@ def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float
     if off <= END_OFF_ROW:
         return ""
     return (
-        f"MC2 not clearly identified: the row's end away from bone {bones[choice].label} (bone {bones[far].label})"
-        f" lies {off:.2f} metacarpal spacings off the line of the other two, as a thumb beside a row of two does;"
-        f" bone {bones[choice].label} leads by {margin:.1f} (needs {END_OFF_ROW_MARGIN:.1f} there)"
+        f"MC2 not clearly identified: bone {bones[choice].label} leads by {margin:.1f} (needs"
+        f" {END_OFF_ROW_MARGIN:.1f} where the row bends so: its other end, bone {bones[far].label}, lies {off:.2f}"
+        " metacarpal spacings off the line of the other two, as a thumb beside a row of two does)"
     )
 
 

@@ -27,17 +27,20 @@ def test_a_row_of_three_whose_far_end_lies_off_the_line_needs_a_larger_lead():
     spacing = 18.0
     row = [_bone(1, 10.0, 20.0), _bone(2, 28.0, 20.0), _bone(3, 46.0, 20.0 + 0.6 * spacing)]
     why = identify.end_off_row(row, 0, None, 2.5)
-    assert "(bone 3)" in why and "needs 3.0" in why, why
+    assert "bone 1 leads by 2.5 (needs 3.0" in why and "other end, bone 3," in why, why
     off = float(re.search(r"lies ([0-9.]+) metacarpal spacings off", why).group(1))
     assert 0.55 <= off <= 0.6  # the spacing is read along the row's principal axis, which the bend tilts
+    assert identify.end_off_row(row, 0, None, 2.0) and identify.end_off_row(row, 0, None, 2.9)
     assert identify.end_off_row(row, 0, None, 3.1) == ""
     assert identify.end_off_row(row, 0, None, 3.0) == ""
     assert identify.end_off_row(row, 0, None, 1.9) == ""
+    mirrored = [_bone(1, 46.0, 20.0), _bone(2, 28.0, 20.0), _bone(3, 10.0, 20.0 + 0.6 * spacing)]
+    assert "other end, bone 3," in identify.end_off_row(mirrored, 0, None, 2.5)  # MC2 at the row's other end
     assert identify.end_off_row(row, 0, 2, 2.5) == ""  # the naming takes bone 3 as the thumb
     assert identify.end_off_row(row, 1, None, 2.5) == ""  # the middle bone is no end (no such naming)
     near = [*row[:2], _bone(3, 46.0, 20.0 + 0.45 * spacing)]
     assert identify.end_off_row(near, 0, None, 2.5) == ""
-    four = [*row, _bone(4, 64.0, 20.0)]
+    four = [*row, _bone(4, 64.0, 20.0 + 1.2 * spacing)]  # a fourth bone, off the line too: no row of three
     assert identify.end_off_row(four, 0, None, 2.5) == ""
     # bones 6 mm apart: the spacing is taken as 8 mm at least (as ``features``), so 3.6 mm off is 0.45 of it
     tight = [_bone(1, 10.0, 20.0), _bone(2, 16.0, 20.0), _bone(3, 22.0, 23.6)]
@@ -64,7 +67,7 @@ def _on_truth(idt, gt) -> float:
     [
         (31000, 19, "off the line of the other two"),  # a thumb named MC4 beyond MC3 taken for MC2 (lead 2.4)
         (31000, 103, "off the line of the other two"),  # the same, a thumb half as thick as MC2 (lead 2.2)
-        (30000, 44, "MC2 not clearly identified"),  # a cup-rim piece beside MC3 as its sesamoid (lead 2.7)
+        (30000, 44, " leads bone "),  # a cup-rim piece beside MC3 as its sesamoid (lead 2.7); the margin's reason
     ],
 )
 def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, index, why):
@@ -79,3 +82,16 @@ def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, 
     assert record["margin"] is not None
     if index == 44:  # MC2 named now; no candidate holds a sesamoid
         assert _on_truth(idt, gt) > 0.7 and all(c["sesamoids"] == 0 for c in record["candidates"])
+
+
+def test_the_cache_script_asks_the_same_check():
+    """``scripts/identity_errors.py review_checks`` names the check ``end_off_row`` where ``identify`` would give
+    its reason, and not where the lead is enough or the naming holds a thumb."""
+    from tests.test_identify import _script
+
+    identity_errors = _script("identity_errors")
+    row = [_bone(1, 10.0, 20.0), _bone(2, 28.0, 20.0), _bone(3, 46.0, 31.0)]
+    assert "end_off_row" in identity_errors.review_checks({}, row, 0, None, 2.5)
+    assert "end_off_row" not in identity_errors.review_checks({}, row, 0, None, 3.2)
+    assert "end_off_row" not in identity_errors.review_checks({}, row, 0, 2, 2.5)
+    assert identity_errors.review_checks({}, row, 0, None, 1.5) == ["margin"]
