@@ -987,6 +987,12 @@ def _row(bones: list[Bone], thumb: int | None):
     return row, pts, along, [row[j] for j in np.argsort(along)]
 
 
+def _spacing(along: np.ndarray) -> float:
+    """A metacarpal's spacing (mm) in a row whose bones lie at ``along`` on it: the median distance between
+    neighbours, at least 8 mm (bones split or merged by the instances lie closer)."""
+    return max(float(np.median(np.diff(np.sort(along)))), 8.0)
+
+
 def _head_ratio(a: Bone, b: Bone) -> float:
     """Log of head ``a``'s size over head ``b``'s, clipped to +-1: the square of the widths (the long axes) where
     both are known, else the areas. The width is the bone's size; the area also holds the palmar side's
@@ -1008,7 +1014,7 @@ def features(bones: list[Bone], mc2: int, thumb: int | None, cut: bool = True) -
     if mc2 not in (order[0], order[-1]) or len(row) < 2:
         return None
     other = order[-1] if mc2 == order[0] else order[0]
-    spacing = max(float(np.median(np.diff(np.sort(along)))), 8.0)
+    spacing = _spacing(along)
     a, b = bones[mc2], bones[other]
     f = dict.fromkeys(FEATURES, 0.0)
     two = len(row) == 2
@@ -1222,21 +1228,18 @@ END_OFF_ROW_MARGIN = 3.0
 
 def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
     """Why a thumbless row of three may be a thumb beside a row of two, or "": its end away from MC2 (bone
-    ``choice``) lies over ``END_OFF_ROW`` spacings (the median distance between neighbours along the row, at
-    least 8 mm, as ``features``) off the line through MC2 and the middle bone, and the lead ``margin``, at least
+    ``choice``) lies over ``END_OFF_ROW`` spacings (``_spacing``) off the line through MC2 and the middle bone
+    (``_off_row``, as ``features`` reads a thumbless row's ends), and the lead ``margin``, at least
     ``REVIEW_MARGIN`` (under it, that is the reason), is under ``END_OFF_ROW_MARGIN``. With a side given (or
     read from the log), ``name`` keeps only the namings on that side, and of a thumbless row of three's two only
     one: the lead is then over namings with a thumb, and the side decides which end is MC2."""
     if thumb is not None or not REVIEW_MARGIN <= margin < END_OFF_ROW_MARGIN:
         return ""
-    _, pts, along, order = _row(bones, None)
+    _, pts, along, order = _row(bones, None)  # no thumb: the row holds every bone, pts[i] is bone i's centre
     if len(order) != 3 or choice not in (order[0], order[-1]):
         return ""
     far = order[-1] if choice == order[0] else order[0]
-    a, b, c = (np.array([bones[i].x_mm, bones[i].y_mm]) for i in (choice, order[1], far))
-    spacing = max(float(np.median(np.diff(np.sort(along)))), 8.0)
-    line = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
-    off = abs(_cross(line, c - b)) / spacing
+    off = _off_row(pts[[choice, order[1]]], pts[far]) / _spacing(along)
     if off <= END_OFF_ROW:
         return ""
     return (
