@@ -2,7 +2,10 @@
 #   make demo   set up from nothing (the plain install: vbmd-rt with ONNX Runtime on the CPU, no extra) and
 #               run the main job on a bundled example
 #   make test   set up from nothing (with the dev, itk (ITK's Scanco reader, a test oracle), train, cluster,
-#               eval and rtx (TensorRT-RTX) extras) and run the tests
+#               eval and rtx (TensorRT-RTX) extras) and run the tests (the default suite, under 5 minutes on two
+#               cores)
+#   make test-slow   the long tests (-m slow: other generators' hands, the bench report, full-size phantoms,
+#               the 200-scan watch stream, a killed Dask worker); CI runs them after `make test`
 # Every install takes its exact versions from constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,12 +21,15 @@ $(VENV)/.installed-%: pyproject.toml constraints.txt
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".$(if $(filter base,$*),,[$*])"
 	touch $@
 
-.PHONY: setup demo-setup test demo bench lint typecheck clean
+.PHONY: setup demo-setup test test-slow demo bench lint typecheck clean
 setup: $(VENV)/.installed-$(EXTRAS)
 demo-setup: $(VENV)/.installed-$(DEMO_EXTRAS)
 
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadscope
+	$(PY) -m pytest -q -n auto --dist loadscope --no-loadscope-reorder
+
+test-slow: setup
+	$(PY) -m pytest -q -n auto --dist loadscope --no-loadscope-reorder -m "slow and not gpu"
 
 demo: demo-setup
 	$(VENV)/bin/vbmd-rt synth demo-out/scans --cases 1 --size small --seed 7

@@ -27,6 +27,7 @@ def test_flops_of_the_bundled_net_match_torch():
     assert cost["activation_bytes"] > 2 * 4 * 16 * 64 * 96
 
 
+@pytest.mark.slow
 def test_bench_small_report(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run(
@@ -167,6 +168,7 @@ def _made_and_run(generator, case: str, tmp_path, *options: str):
     return cases, runs
 
 
+@pytest.mark.slow
 def test_a_phantom_of_the_third_generator_is_measured(tmp_path):
     """The third generator's base hand (``bench/third_phantoms.py``: bead-chain bones, trabecular sheets, its
     own soft tissue and scanner), run as a user runs it: MC2 found, its envelope within Dice 0.95, and the
@@ -184,6 +186,7 @@ def test_a_phantom_of_the_third_generator_is_measured(tmp_path):
         third.main(["make", str(cases), "C3_99"])
 
 
+@pytest.mark.slow
 def test_a_hand_in_the_fourth_generators_dense_holder_is_measured(tmp_path):
     """The fourth generator's hand in a 380 mg HA/cm³ carbon shell closed round it (``bench/fourth_phantoms.py``:
     signed-distance bones, a holder, stack shifts), run as a user runs it: before ``identify.shells`` it was
@@ -197,6 +200,7 @@ def test_a_hand_in_the_fourth_generators_dense_holder_is_measured(tmp_path):
         fourth.main(["make", str(cases), "F4_99"])
 
 
+@pytest.mark.slow
 def test_a_hand_with_a_narrow_joint_is_parted_from_its_phalanx(tmp_path):
     """The fourth generator's hand with joint spaces of 0.3 mm (``F4_09_narrow_joints``), run as a user runs it:
     the network's mask ran on into the phalanx's base, whose cup holds the dome, and QC reviewed it (Dice 0.82,
@@ -212,6 +216,7 @@ def test_a_hand_with_a_narrow_joint_is_parted_from_its_phalanx(tmp_path):
     assert result["qc"]["status"] == "pass", result["qc"]["reasons"]
 
 
+@pytest.mark.slow
 def test_the_classical_contour_run_on_across_a_tilted_narrow_joint_is_parted_too(tmp_path):
     """``--model classical`` on the fourth generator's hand with 0.5 mm joint spaces and a finger tilted 15°
     (``D4_gap05_mc2_tilt15_025``): its profile shows no joint (the cup's rim joins the dome's slices), and its
@@ -242,6 +247,7 @@ def test_an_osteoporotic_head_is_not_split_along_its_length(tmp_path):
     assert row["dice"] > 0.97, row
 
 
+@pytest.mark.slow
 def test_a_stack_of_shafts_only_is_not_parted(tmp_path):
     """The fourth generator's stack that holds shafts only (``D4_shafts_only``): the mask runs to its last
     slice, and a parting's seeds met on an oblique surface along the cortex, with plates on both sides (0.79)

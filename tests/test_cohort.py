@@ -155,6 +155,7 @@ def _worker_processes(pid: int) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_dask_worker_has_its_scans_redone(phantoms, tmp_path):
     """``run --cluster local``: a worker process killed mid-cohort has its scans rescheduled (on the other
     worker, or on the one its nanny restarts) and every scan ends with one valid result, nothing half-written.

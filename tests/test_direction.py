@@ -90,7 +90,7 @@ def _reversed_copy(src, dst):
     return np.ascontiguousarray(np.asarray(gt.data)[::-1]) != 0
 
 
-@pytest.mark.parametrize("model", ["default", "classical"])
+@pytest.mark.parametrize("model", ["default", pytest.param("classical", marks=pytest.mark.slow)])
 def test_a_stack_written_from_the_fingers_is_measured_as_the_usual_one(phantoms, tmp_path, model):
     """A phantom (an odd slice count) and the same phantom with its slices in the other order: the same D100
     and QC; every mask written in each file's own slice order, voxel for voxel the original's turned; the

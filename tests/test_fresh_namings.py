@@ -1,7 +1,8 @@
 """Wrong namings that passed the identification stage on fresh randomised hands (the twenty-ninth pass), and the
 checks that now review or mend them: a thumb beside a row of two read as the far end of a row of three
 (``identify.end_off_row``), a piece of a phalanx's cup rim past the joint counted as a sesamoid
-(``identify.SESAMOID_PAST_JOINT_MM``)."""
+(``identify.SESAMOID_PAST_JOINT_MM``); and of the thirtieth pass, a thumb beside a row of three read as MC5 of a
+row of four (``identify.far_gap``)."""
 
 import json
 import re
@@ -47,6 +48,35 @@ def test_a_row_of_three_whose_far_end_lies_off_the_line_needs_a_larger_lead():
     assert identify.end_off_row(tight, 0, None, 2.5) == ""
 
 
+def test_a_row_of_four_whose_far_end_lies_far_from_its_neighbour_is_reviewed():
+    """MC2 at x = 10, MC3 and MC4 16 and 17 mm on (median 16.5 mm); the bone named MC5 1.6 spacings from MC4
+    (a thumb's place beyond a row of three) is a reason at any lead over ``REVIEW_MARGIN``; 1.45 spacings, a
+    thumb in the naming, MC2 in the middle, a row of three, or a lead under ``REVIEW_MARGIN`` (the margin is
+    the reason there) are not. The distance is in the plane: a far end as far off the line counts in full."""
+
+    def row(far_x: float, far_y: float = 20.0) -> list:
+        return [_bone(1, 10.0, 20.0), _bone(2, 26.0, 20.0), _bone(3, 43.0, 20.0), _bone(4, far_x, far_y)]
+
+    far = row(43.0 + 1.6 * 16.5)
+    why = identify.far_gap(far, 0, None, 2.0)
+    assert "bone named MC5, bone 4, lies 1.60 metacarpal spacings from MC4 (more than 1.5)" in why, why
+    assert identify.far_gap(far, 0, None, 9.0) == why.replace("2.0", "9.0")  # however large the lead
+    assert identify.far_gap(far, 0, None, 1.9) == ""
+    assert identify.far_gap(row(43.0 + 1.45 * 16.5), 0, None, 3.0) == ""
+    assert identify.far_gap(far, 0, 3, 3.0) == ""  # bone 4 taken as the thumb: a row of three
+    assert identify.far_gap(far, 1, None, 3.0) == ""  # no end of the row
+    assert identify.far_gap(far[:3], 0, None, 3.0) == ""  # a row of three
+    # 1.2 spacings on along the row and 1.0 off it: 1.56 spacings in the plane
+    assert "lies 1.56 metacarpal" in identify.far_gap(row(43.0 + 1.2 * 16.5, 20.0 + 1.0 * 16.5), 0, None, 3.0)
+    mirrored = [_bone(b.label, 100.0 - b.x_mm, b.y_mm) for b in far]
+    assert "bone 4, lies 1.60" in identify.far_gap(mirrored, 0, None, 3.0)
+    # MC2 at the row's other end: its far end is bone 1, 16 mm from bone 2, no gap
+    assert identify.far_gap(far, 3, None, 3.0) == ""
+    # bones 6 mm apart: the spacing is taken as 8 mm at least, so 11 mm is 1.38 of it
+    tight = [_bone(1, 10.0, 20.0), _bone(2, 16.0, 20.0), _bone(3, 22.0, 20.0), _bone(4, 33.0, 20.0)]
+    assert identify.far_gap(tight, 0, None, 3.0) == ""
+
+
 def _fresh(tmp_path, seed: int, index: int):
     """Case ``index`` of ``vbmd-rt synth -s SEED --family random`` (small), its model grid, the truth on it."""
     truth = phantom.synth_case(tmp_path, index, seed, "small", "random")
@@ -68,11 +98,12 @@ def _on_truth(idt, gt) -> float:
         (31000, 19, "off the line of the other two"),  # a thumb named MC4 beyond MC3 taken for MC2 (lead 2.4)
         (31000, 103, "off the line of the other two"),  # the same, a thumb half as thick as MC2 (lead 2.2)
         (30000, 44, " leads bone "),  # a cup-rim piece beside MC3 as its sesamoid (lead 2.7); the margin's reason
+        (32000, 116, "as a thumb beside a row of three does"),  # a thumb named MC5 of a row of four (lead 3.3)
     ],
 )
 def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, index, why):
-    """The fresh hands of the note: each named another bone than MC2 and passed the stage. The thumbs beside a
-    row of two are still named wrong, and reviewed with the reason; the rim piece is no sesamoid now, and the
+    """The fresh hands of the notes: each named another bone than MC2 and passed the stage. The thumbs beside a
+    row of two or three are still named wrong, and reviewed with the reason; the rim piece is no sesamoid now, and the
     hand, named on what is left, is reviewed for its small lead."""
     truth, vol, gt = _fresh(tmp_path, seed, index)
     assert "T1" in [b["name"] for b in truth["params"]["bones"]] or index == 44
@@ -85,8 +116,9 @@ def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, 
 
 
 def test_the_cache_script_asks_the_same_check():
-    """``scripts/identity_errors.py review_checks`` names the check ``end_off_row`` where ``identify`` would give
-    its reason, and not where the lead is enough or the naming holds a thumb."""
+    """``scripts/identity_errors.py review_checks`` names the checks ``end_off_row`` and ``far_gap`` where
+    ``identify`` would give their reasons, and not where the lead is enough (``end_off_row``) or the naming
+    holds a thumb."""
     from tests.test_identify import _script
 
     identity_errors = _script("identity_errors")
@@ -95,3 +127,6 @@ def test_the_cache_script_asks_the_same_check():
     assert "end_off_row" not in identity_errors.review_checks({}, row, 0, None, 3.2)
     assert "end_off_row" not in identity_errors.review_checks({}, row, 0, 2, 2.5)
     assert identity_errors.review_checks({}, row, 0, None, 1.5) == ["margin"]
+    four = [*row[:2], _bone(3, 46.0, 20.0), _bone(4, 75.0, 20.0)]  # the far end 1.6 spacings from MC4
+    assert identity_errors.review_checks({}, four, 0, None, 4.0) == ["far_gap"]
+    assert identity_errors.review_checks({}, four, 0, 3, 4.0) == []
