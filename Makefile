@@ -4,8 +4,9 @@
 #   make test   set up from nothing (with the dev, itk (ITK's Scanco reader, a test oracle), train, cluster,
 #               eval and rtx (TensorRT-RTX) extras) and run the tests (the default suite, under 5 minutes on two
 #               cores)
-#   make test-slow   the long tests (-m slow: other generators' hands, the bench report, full-size phantoms,
-#               the 200-scan watch stream, a killed Dask worker); CI runs them after `make test`
+#   make test-slow   the long tests (-m slow: the other generators' hands and the bench's hard cases, the
+#               bench report, a full-size phantom, the 200-scan watch stream, a killed Dask worker, training's
+#               determinism); CI runs them after `make test`
 # Every install takes its exact versions from constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv

@@ -987,10 +987,13 @@ def _row(bones: list[Bone], thumb: int | None):
     return row, pts, along, [row[j] for j in np.argsort(along)]
 
 
+SPACING_FLOOR_MM = 8.0  # a metacarpal spacing is taken as at least this: bones split or merged lie closer
+
+
 def _spacing(along: np.ndarray) -> float:
     """A metacarpal's spacing (mm) in a row whose bones lie at ``along`` on it: the median distance between
-    neighbours, at least 8 mm (bones split or merged by the instances lie closer)."""
-    return max(float(np.median(np.diff(np.sort(along)))), 8.0)
+    neighbours, at least ``SPACING_FLOOR_MM`` (bones split or merged by the instances lie closer)."""
+    return max(float(np.median(np.diff(np.sort(along)))), SPACING_FLOOR_MM)
 
 
 def _head_ratio(a: Bone, b: Bone) -> float:
@@ -1251,9 +1254,9 @@ def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float
 
 #: A thumb beside a row of three reads like the far end of a row of four, MC5, but lies farther from its
 #: neighbour than the metacarpals of a row lie from theirs: a hand's metacarpals lie side by side at near-even
-#: spacings. Where the naming is a thumbless row of four whose far end lies over ``FAR_GAP`` times the median of
-#: the row's other neighbour distances (at least 8 mm, as ``_spacing``) from its neighbour, the result is
-#: ``review`` however large the lead. On the 838 cached training-family phantoms named as such a row (streams
+#: spacings. Where the naming is a thumbless row of four whose far end lies over ``FAR_GAP`` times the median
+#: of the row's other neighbour distances (in the slice plane, at least ``SPACING_FLOOR_MM``) from its
+#: neighbour, the result is ``review`` however large the lead. On the 838 cached training-family phantoms named as such a row (streams
 #: 21000-25000 and seed 6000; ``scripts/identity_errors.py``), the right namings' far gaps have a 99th
 #: percentile of 1.23; the one over 1.5 is reviewed by another check, and the largest not reviewed otherwise
 #: is 1.43: the limit reviews no right training naming that was not already. (Fresh seed 32000's 0116, a
@@ -1265,7 +1268,7 @@ FAR_GAP = 1.5
 def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
     """Why a thumbless row of four may be a thumb beside a row of three, or "": the row's end away from MC2
     (bone ``choice``), named MC5, lies over ``FAR_GAP`` times the median distance between the other
-    neighbours (at least 8 mm) from MC4. Asked where the lead ``margin`` is at least ``REVIEW_MARGIN`` (under
+    neighbours (at least ``SPACING_FLOOR_MM``) from MC4. Asked where the lead ``margin`` is at least ``REVIEW_MARGIN`` (under
     it, that is the reason). The distances are between centres in the slice plane, so a far end that also
     lies off the row's line counts its full distance."""
     if thumb is not None or margin < REVIEW_MARGIN:
@@ -1275,7 +1278,7 @@ def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) ->
         return ""
     seq = order if choice == order[0] else order[::-1]
     gaps = np.linalg.norm(np.diff(pts[seq], axis=0), axis=1)
-    gap = float(gaps[-1]) / max(float(np.median(gaps[:-1])), 8.0)
+    gap = float(gaps[-1]) / max(float(np.median(gaps[:-1])), SPACING_FLOOR_MM)
     if gap <= FAR_GAP:
         return ""
     return (

@@ -43,8 +43,8 @@ def pytest_configure(config):
     """Under pytest-xdist (``-n``), one thread per worker for the numerical libraries that size their pools from
     the machine (OpenMP's: torch's; OpenBLAS's, MKL's), unless the environment says otherwise: the
     workers fill the cores already, and each worker's pools (and those of the scans it runs) on every core
-    made two workers on two cores spend 599 s of test time against 529 s this way (``--durations=0``; wall
-    320 s against 282 s). The workers and their subprocesses inherit it; what the runtime sizes itself
+    made two workers on two cores spend 599 s of test time against 529-558 s this way (``--durations=0``;
+    wall 320 s against 282-298 s). The workers and their subprocesses inherit it; what the runtime sizes itself
     (ONNX Runtime's ``--threads``, ``runtime.parallel``) is unchanged."""
     if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -53,7 +53,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable: within a module as written
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: within a module as written
 
 
 @pytest.fixture

@@ -102,20 +102,25 @@ def test_training_resumes(trained):
 def test_training_is_deterministic_on_cpu(tmp_path, trained):
     d, _, _ = trained
     weights = []
-    for k in range(2):
-        cfg = TrainConfig(
-            data=str(d),
-            out=str(tmp_path / f"r{k}"),
-            epochs=1,
-            steps_per_epoch=2,
-            window=32,
-            max_val_cases=1,
-            seed=3,
-            device="cpu",
-            **SMALL_GRID,
-        )
-        best = train(cfg, log=lambda s: None)
-        weights.append(torch.load(best, weights_only=False)["model"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two threads, as a user's run has: under xdist a worker has one (conftest)
+    try:
+        for k in range(2):
+            cfg = TrainConfig(
+                data=str(d),
+                out=str(tmp_path / f"r{k}"),
+                epochs=1,
+                steps_per_epoch=2,
+                window=32,
+                max_val_cases=1,
+                seed=3,
+                device="cpu",
+                **SMALL_GRID,
+            )
+            best = train(cfg, log=lambda s: None)
+            weights.append(torch.load(best, weights_only=False)["model"])
+    finally:
+        torch.set_num_threads(threads)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 

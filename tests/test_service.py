@@ -221,7 +221,8 @@ def test_scans_dropped_while_the_service_runs_are_each_done_once(source, tmp_pat
         t = threading.Thread(target=drop)
         t.start()
         t.join()
-        assert _wait(lambda: len(_events(out, "done")) + len(_events(out, "failed")) >= count + 1, 300, p)
+        done = lambda: len(_events(out, "done")) + len(_events(out, "failed")) >= count + 1  # noqa: E731
+        assert _wait(done, 60 + 3 * count, p)  # 3 s a scan: three times what two loaded cores take
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
