@@ -1217,6 +1217,16 @@ def irregular(bones: list[Bone]) -> str:
     return ""
 
 
+def _from_mc2(bones: list[Bone], choice: int, size: int):
+    """A thumbless row of ``size`` bones with MC2 (bone ``choice``) at an end: its centres (mm; ``pts[i]`` is
+    bone i's, the row holding every bone), positions along it, and its bones in order from MC2; None where the
+    bones are another number or ``choice`` is no end. ``end_off_row`` and ``far_gap`` read the row so."""
+    _, pts, along, order = _row(bones, None)
+    if len(order) != size or choice not in (order[0], order[-1]):
+        return None
+    return pts, along, order if choice == order[0] else order[::-1]
+
+
 #: A thumb beside a row of two reads like the far end of a row of three: its metacarpal lies palmar to the row,
 #: off the line of the other two. Where the naming is a thumbless row of three whose end away from MC2 lies more
 #: than ``END_OFF_ROW`` metacarpal spacings off the line through MC2 and the middle bone, the lead must be
@@ -1238,11 +1248,12 @@ def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float
     one: the lead is then over namings with a thumb, and the side decides which end is MC2."""
     if thumb is not None or not REVIEW_MARGIN <= margin < END_OFF_ROW_MARGIN:
         return ""
-    _, pts, along, order = _row(bones, None)  # no thumb: the row holds every bone, pts[i] is bone i's centre
-    if len(order) != 3 or choice not in (order[0], order[-1]):
+    row = _from_mc2(bones, choice, 3)
+    if row is None:
         return ""
-    far = order[-1] if choice == order[0] else order[0]
-    off = _off_row(pts[[choice, order[1]]], pts[far]) / _spacing(along)
+    pts, along, seq = row
+    far = seq[-1]
+    off = _off_row(pts[[choice, seq[1]]], pts[far]) / _spacing(along)
     if off <= END_OFF_ROW:
         return ""
     return (
@@ -1256,10 +1267,10 @@ def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float
 #: neighbour than the metacarpals of a row lie from theirs: a hand's metacarpals lie side by side at near-even
 #: spacings. Where the naming is a thumbless row of four whose far end lies over ``FAR_GAP`` times the median
 #: of the row's other neighbour distances (in the slice plane, at least ``SPACING_FLOOR_MM``) from its
-#: neighbour, the result is ``review`` however large the lead. On the 838 cached training-family phantoms named as such a row (streams
-#: 21000-25000 and seed 6000; ``scripts/identity_errors.py``), the right namings' far gaps have a 99th
-#: percentile of 1.23; the one over 1.5 is reviewed by another check, and the largest not reviewed otherwise
-#: is 1.43: the limit reviews no right training naming that was not already. (Fresh seed 32000's 0116, a
+#: neighbour, the result is ``review`` however large the lead. On the 838 cached training-family phantoms
+#: named as such a row (streams 21000-25000 and seed 6000; ``scripts/identity_errors.py``), the right namings'
+#: far gaps have a 99th percentile of 1.23; the one over 1.5 is reviewed by another check, and the largest not
+#: reviewed otherwise is 1.43: the limit reviews no right training naming that was not already. (Fresh seed 32000's 0116, a
 #: thumb beside a row of three named MC5 with a lead of 3.33, lies 1.79 from MC4; no right naming of the 320
 #: evaluation and fresh rows of four lies over 1.36.)
 FAR_GAP = 1.5
@@ -1268,15 +1279,15 @@ FAR_GAP = 1.5
 def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
     """Why a thumbless row of four may be a thumb beside a row of three, or "": the row's end away from MC2
     (bone ``choice``), named MC5, lies over ``FAR_GAP`` times the median distance between the other
-    neighbours (at least ``SPACING_FLOOR_MM``) from MC4. Asked where the lead ``margin`` is at least ``REVIEW_MARGIN`` (under
-    it, that is the reason). The distances are between centres in the slice plane, so a far end that also
+    neighbours (at least ``SPACING_FLOOR_MM``) from MC4. Asked where the lead ``margin`` is at least
+    ``REVIEW_MARGIN`` (under it, that is the reason). The distances are between centres in the slice plane, so a far end that also
     lies off the row's line counts its full distance."""
     if thumb is not None or margin < REVIEW_MARGIN:
         return ""
-    _, pts, _, order = _row(bones, None)
-    if len(order) != ROW_MAX or choice not in (order[0], order[-1]):
+    row = _from_mc2(bones, choice, ROW_MAX)
+    if row is None:
         return ""
-    seq = order if choice == order[0] else order[::-1]
+    pts, _, seq = row
     gaps = np.linalg.norm(np.diff(pts[seq], axis=0), axis=1)
     gap = float(gaps[-1]) / max(float(np.median(gaps[:-1])), SPACING_FLOOR_MM)
     if gap <= FAR_GAP:

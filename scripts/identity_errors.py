@@ -194,8 +194,7 @@ def review_checks(
     reasons, as far as the cache holds what they read): ``instances`` and ``cut`` (``identify.doubts``),
     ``margin`` (under ``REVIEW_MARGIN``), ``end_off_row`` (a thumbless row of three whose far end lies off the row),
     ``far_gap`` (a thumbless row of four whose far end lies far from its neighbour), ``row_goes_on`` (on the
-    cached instances), ``past_edge`` (without a
-    thumb, where the record keeps its coarse volume: a remade record does not; the row named first, as the
+    cached instances), ``past_edge`` (without a thumb, where the record keeps its coarse volume: a remade record does not; the row named first, as the
     stage names it, and the field of view's edge where the record keeps it, ``view``, since this pass; an
     older record's grid edge is the padded one, where a row that runs off the image is not seen: fewer
     reviews). The stack's direction is not checked (it reads the model grid): the phantoms' stacks all run
