@@ -32,10 +32,6 @@ def _watcher(in_dir, out, **kw):
     return service.Watcher(in_dir, out, lambda p: pipeline.run_scan(p, out, model, be, pipeline.RunOptions()), **kw)
 
 
-def _journal(out):
-    return [json.loads(x) for x in (out / ".vbmd-rt" / "journal.jsonl").read_text().splitlines()]
-
-
 def _names(cands):
     return [p.name for p, _ in cands]
 
