@@ -2,7 +2,7 @@
 #   make demo   set up from nothing (the plain install: vbmd-rt with ONNX Runtime on the CPU, no extra) and
 #               run the main job on a bundled example
 #   make test   set up from nothing (with the dev, itk (ITK's Scanco reader, a test oracle), train, cluster,
-#               eval and rtx (TensorRT-RTX) extras) and run the tests (the default suite, under 5 minutes on two
+#               eval and rtx (TensorRT-RTX) extras) and run the tests (the default suite, about 5 minutes on two
 #               cores)
 #   make test-slow   the long tests (-m slow: the other generators' hands and the bench's hard cases, the
 #               bench report, a full-size phantom, the 200-scan watch stream, a killed Dask worker, training's
