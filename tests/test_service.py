@@ -202,9 +202,9 @@ def test_sigterm_finishes_the_current_scan(source, tmp_path):
     assert json.loads((out / ".vbmd-rt" / "health.json").read_text())["status"] == "stopped"
 
 
-# The same stream at two sizes: 20 scans (the corrupt one among them, pauses mid-copy) in the default suite,
+# The same stream at two sizes: 12 scans (the corrupt one among them, pauses mid-copy) in the default suite,
 # the 200 of the issue with -m slow (about 1 s a scan here on two loaded cores: three minutes).
-@pytest.mark.parametrize("count", [20, pytest.param(200, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("count", [12, pytest.param(200, marks=pytest.mark.slow)])
 def test_scans_dropped_while_the_service_runs_are_each_done_once(source, tmp_path, count):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
