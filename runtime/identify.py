@@ -1298,6 +1298,35 @@ def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) ->
     )
 
 
+#: Where the stage finds two bones only, one with a head over ``WIDE_PAIR`` times as wide as the other's (the
+#: longest axis of its cross-sections up to the joint, ``Bone.head_width_mm``) holds two metacarpals taken as
+#: one (their heads touch), and the hand's row is three bones, not two: either may then be MC2, and the result
+#: is ``review`` however large the lead. Metacarpal heads differ by less (MC5's is the narrowest): on the
+#: cached training-family phantoms with two candidates (streams 21000-25000 and seed 6000; 128 hands,
+#: ``scripts/identity_errors.py``), pairs of single bones reach 1.55, and each of the three over 1.8 holds two
+#: or more bones in its wide instance. Over all caches (the evaluation folders and fresh seeds 28000-33000 too),
+#: it reviews no naming that was right. (Fresh seed 28000's 0138: MC2 and MC3 one instance with a head 38.5
+#: mm wide beside MC4's 17.9, MC4 named MC2 with a lead of 2.48, the network's mask on MC4.)
+WIDE_PAIR = 1.8
+
+
+def wide_pair(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
+    """Why two bones may be three, or "": the stage found exactly two, and one's head is over ``WIDE_PAIR``
+    times as wide as the other's. Asked where the lead ``margin`` is at least ``REVIEW_MARGIN`` (under it,
+    that is the reason); ``choice`` and ``thumb`` are the naming's, which the check does not read (either bone
+    may be the one taken wrong)."""
+    if len(bones) != 2 or margin < REVIEW_MARGIN:
+        return ""
+    narrow, wide = sorted(bones, key=lambda b: b.head_width_mm)
+    if narrow.head_width_mm <= 0 or wide.head_width_mm <= WIDE_PAIR * narrow.head_width_mm:
+        return ""
+    return (
+        f"MC2 not clearly identified: only two bones found, and the head of bone {wide.label} is"
+        f" {wide.head_width_mm / narrow.head_width_mm:.2f} times as wide as bone {narrow.label}'s (more than"
+        f" {WIDE_PAIR:.1f}), as two metacarpals taken as one are"
+    )
+
+
 def past_edge(
     coarse: np.ndarray, spacing_mm: float, bones: list[Bone], choice: int, view: tuple[int, ...] | None = None
 ) -> str:
@@ -1527,7 +1556,7 @@ def identify(
                 f"MC2 not clearly identified: bone {bones[choice].label} leads bone {bones[alt['mc2']].label}"
                 f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
             )
-        for check in (end_off_row, far_gap):
+        for check in (end_off_row, far_gap, wide_pair):
             why = check(bones, choice, thumb, margin)
             if why:
                 reasons.append(why)

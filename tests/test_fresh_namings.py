@@ -2,7 +2,8 @@
 checks that now review or mend them: a thumb beside a row of two read as the far end of a row of three
 (``identify.end_off_row``), a piece of a phalanx's cup rim past the joint counted as a sesamoid
 (``identify.SESAMOID_PAST_JOINT_MM``); and of the thirtieth pass, a thumb beside a row of three read as MC5 of a
-row of four (``identify.far_gap``)."""
+row of four (``identify.far_gap``); and of the thirty-first, two metacarpals taken as one beside a third, the only
+two bones found (``identify.wide_pair``)."""
 
 import json
 import re
@@ -86,6 +87,30 @@ def test_a_row_of_four_whose_far_end_lies_far_from_its_neighbour_is_reviewed():
     assert "lies 1.62 metacarpal" in identify.far_gap(seven, 0, None, 3.0)
 
 
+def _headed(label: int, x: float, width: float) -> identify.Bone:
+    b = _bone(label, x, 20.0)
+    b.head_width_mm = width
+    return b
+
+
+def test_two_bones_one_with_a_head_twice_as_wide_are_reviewed():
+    """Two bones found, one head over 1.8 times as wide as the other's (either of the two, whichever is named
+    MC2): a reason at any lead over ``REVIEW_MARGIN``. Exactly 1.8 or 1.79 times, a third bone, a head of
+    unknown width (0), or a lead under ``REVIEW_MARGIN`` (the margin is the reason there) are not."""
+    pair = [_headed(1, 10.0, 38.5), _headed(2, 28.0, 17.9)]
+    why = identify.wide_pair(pair, 1, None, 2.48)
+    assert "only two bones found, and the head of bone 1 is 2.15 times as wide as bone 2's (more than 1.8)" in why
+    assert identify.wide_pair(pair, 0, None, 9.0) == why  # however large the lead, whichever bone is MC2
+    assert identify.wide_pair(pair, 1, 0, 3.0) == why  # the wide one taken as the thumb
+    assert identify.wide_pair(pair[::-1], 0, None, 2.0) == why  # the order the stage found them in
+    assert identify.wide_pair(pair, 1, None, 1.9) == ""
+    assert identify.wide_pair([_headed(1, 10.0, 36.0), _headed(2, 28.0, 20.0)], 1, None, 3.0) == ""  # 1.8
+    assert identify.wide_pair([_headed(1, 10.0, 35.8), _headed(2, 28.0, 20.0)], 1, None, 3.0) == ""  # 1.79
+    assert "1.81 times" in identify.wide_pair([_headed(1, 10.0, 36.2), _headed(2, 28.0, 20.0)], 1, None, 3.0)
+    assert identify.wide_pair([*pair, _headed(3, 46.0, 18.0)], 1, None, 3.0) == ""  # three bones: a row
+    assert identify.wide_pair([_headed(1, 10.0, 38.5), _headed(2, 28.0, 0.0)], 1, None, 3.0) == ""  # unknown
+
+
 def _fresh(tmp_path, seed: int, index: int):
     """Case ``index`` of ``vbmd-rt synth -s SEED --family random`` (small), its model grid, the truth on it."""
     truth = phantom.synth_case(tmp_path, index, seed, "small", "random")
@@ -108,20 +133,24 @@ def _on_truth(idt, gt) -> float:
         (31000, 103, "off the line of the other two"),  # the same, a thumb half as thick as MC2 (lead 2.2)
         (30000, 44, " leads bone "),  # a cup-rim piece beside MC3 as its sesamoid (lead 2.7); the margin's reason
         (32000, 116, "as a thumb beside a row of three does"),  # a thumb named MC5 of a row of four (lead 3.3)
+        (28000, 138, "as two metacarpals taken as one are"),  # MC2 and MC3 one bone, MC4 named MC2 (lead 2.5)
     ],
 )
 def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, index, why):
     """The fresh hands of the notes: each named another bone than MC2 and passed the stage. The thumbs beside a
     row of two or three are still named wrong, and reviewed with the reason; the rim piece is no sesamoid now, and the
-    hand, named on what is left, is reviewed for its small lead."""
+    hand, named on what is left, is reviewed for its small lead. The hand whose MC2 and MC3 are one instance is
+    still named wrong (MC4), and reviewed with the reason."""
     truth, vol, gt = _fresh(tmp_path, seed, index)
-    assert "T1" in [b["name"] for b in truth["params"]["bones"]] or index == 44
+    assert "T1" in [b["name"] for b in truth["params"]["bones"]] or index in (44, 138)
     idt = identify.identify(vol, bonewin.GRID.spacing_mm)
     assert any(why in r for r in idt.reasons), idt.reasons
     record = json.loads(json.dumps(idt.to_dict()))
     assert record["margin"] is not None
     if index == 44:  # MC2 named now; no candidate holds a sesamoid
         assert _on_truth(idt, gt) > 0.7 and all(c["sesamoids"] == 0 for c in record["candidates"])
+    if index == 138:  # two candidates, MC2 and MC3 as one and MC4, and MC4 named MC2: its region lies on no MC2
+        assert len(record["candidates"]) == 2 and _on_truth(idt, gt) < 0.1 and record["margin"] >= 2.0
 
 
 def test_the_cache_script_asks_the_same_check():
@@ -139,3 +168,6 @@ def test_the_cache_script_asks_the_same_check():
     four = [*row[:2], _bone(3, 46.0, 20.0), _bone(4, 75.0, 20.0)]  # the far end 1.6 spacings from MC4
     assert identity_errors.review_checks({}, four, 0, None, 4.0) == ["far_gap"]
     assert identity_errors.review_checks({}, four, 0, 3, 4.0) == []
+    pair = [_headed(1, 10.0, 38.5), _headed(2, 28.0, 17.9)]
+    assert identity_errors.review_checks({}, pair, 1, None, 2.5) == ["wide_pair"]
+    assert identity_errors.review_checks({}, pair, 1, None, 1.5) == ["margin"]
