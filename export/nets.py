@@ -225,8 +225,10 @@ class UNet3D(nn.Module):
                 )
             else:  # top level: a 3x3x3 conv keeping 2c channels, as Isensee et al.
                 self.locals.append(nn.Sequential(nn.Conv3d(2 * c, 2 * c, 3, 1, 1), *_norm_act3d(2 * c)))
-        # Deep-supervision heads on the last three decoder levels (strides 4, 2 and 1).
-        self.heads = nn.ModuleList([nn.Conv3d(w[2], 1, 1), nn.Conv3d(w[1], 1, 1), nn.Conv3d(2 * w[0], 1, 1)])
+        # Deep-supervision heads on the last three decoder levels (strides 4, 2 and 1), or on all of them where a
+        # shallower net has fewer: every head is used (an unused one would be missing from the ONNX).
+        n = min(3, len(w) - 1)
+        self.heads = nn.ModuleList([nn.Conv3d(c, 1, 1) for c in [*(w[i] for i in range(n - 1, 0, -1)), 2 * w[0]]])
         self.config = {"widths": w, "dropout": dropout}
 
     def forward(self, x):
@@ -239,7 +241,7 @@ class UNet3D(nn.Module):
         levels = len(skips)
         for k, (up, loc) in enumerate(zip(self.ups, self.locals, strict=True)):
             y = loc(torch.cat([up(y), skips[levels - 2 - k]], dim=1))
-            h = k - (levels - 1 - 3)  # index into heads for the last three decoder levels
+            h = k - (levels - 1 - len(self.heads))  # index into heads for the last decoder levels
             if h >= 0:
                 s = self.heads[h](y)
                 seg = s if seg is None else s + F.interpolate(seg, scale_factor=2.0, mode="nearest")

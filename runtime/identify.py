@@ -1305,7 +1305,7 @@ def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) ->
 #: cached training-family phantoms with two candidates (streams 21000-25000 and seed 6000; 128 hands,
 #: ``scripts/identity_errors.py``), pairs of single bones reach 1.55, and each of the three over 1.8 holds two
 #: or more bones in its wide instance. Over all caches (the evaluation folders and fresh seeds 28000-33000 too),
-#: it reviews no naming that was right. (Fresh seed 28000's 0138: MC2 and MC3 one instance with a head 38.5
+#: it reviews no right naming that was not reviewed already (two, for their instances). (Fresh seed 28000's 0138: MC2 and MC3 one instance with a head 38.5
 #: mm wide beside MC4's 17.9, MC4 named MC2 with a lead of 2.48, the network's mask on MC4.)
 WIDE_PAIR = 1.8
 
@@ -1323,7 +1323,7 @@ def wide_pair(bones: list[Bone], choice: int, thumb: int | None, margin: float) 
     return (
         f"MC2 not clearly identified: only two bones found, and the head of bone {wide.label} is"
         f" {wide.head_width_mm / narrow.head_width_mm:.2f} times as wide as bone {narrow.label}'s (more than"
-        f" {WIDE_PAIR:.1f}), as two metacarpals taken as one are"
+        f" {WIDE_PAIR:.1f}), as where two metacarpals are taken as one"
     )
 
 

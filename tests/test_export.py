@@ -45,7 +45,8 @@ def test_resnet34_init_sums_rgb_kernels(tmp_path):
 # and a 3D U-Net step on 512 x 512 x 32 voxels takes tens of seconds on 2 CPU cores.
 SMALL_GRID = {"size": 128, "spacing_mm": 0.984}
 # ... and a three-level 3D U-Net (widths 2, 4, 8): the export's torch.export pass takes 12 s for it against 22 s for
-# the bundled five levels, and the same code exports both (``test_unet3d_shapes_and_size`` builds the five).
+# the bundled five levels. The same code exports both; the five levels' export, whose windows need multiples of
+# 16 where three levels need 4, is ``test_the_five_level_unet3d_exports_with_windows_of_sixteen`` (-m slow).
 SMALL_NET = {**SMALL_GRID, "widths": [2, 4, 8]}
 
 
@@ -137,6 +138,26 @@ def test_export_checks_and_runs(trained, exported, tmp_path):
     r = cli_here("run", d / "PHANTOM_0000.AIM", "-o", tmp_path / "out", "--model", folder, "-q")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "PHANTOM_0000.json").read_text())["model"]["sha256"] == m.sha256("fp32")
+    # the torch backend loads every weight of the export back (a deep-supervision head the net never used would
+    # be missing from the ONNX)
+    r = cli_here("run", d / "PHANTOM_0000.AIM", "-o", tmp_path / "torch", "--model", folder, "--backend", "torch", "-q")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_the_five_level_unet3d_exports_with_windows_of_sixteen(tmp_path):
+    """The bundled depth (five levels, ``UNET3D_WIDTHS``) exported untrained: its card asks for windows of
+    multiples of 16, which its ONNX runs, and a window of another size is refused by the graph."""
+    import onnxruntime as ort
+
+    from vbmd_rt.export.onnx_export import export_untrained
+
+    card = export_untrained("unet3d", tmp_path / "m")
+    assert card["config"]["widths"] == list(nets.UNET3D_WIDTHS) and card["preprocessing"]["multiple"] == 16
+    s = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert s.run(None, {"image": np.zeros((1, 1, 16, 32, 48), np.float32)})[0].shape == (1, 1, 16, 32, 48)
+    with pytest.raises(Exception):  # noqa: B017 - ONNX Runtime's own error types
+        s.run(None, {"image": np.zeros((1, 1, 20, 36, 44), np.float32)})
 
 
 def test_bundled_model_fp16_agrees_with_fp32():
