@@ -3,7 +3,8 @@ checks that now review or mend them: a thumb beside a row of two read as the far
 (``identify.end_off_row``), a piece of a phalanx's cup rim past the joint counted as a sesamoid
 (``identify.SESAMOID_PAST_JOINT_MM``); and of the thirtieth pass, a thumb beside a row of three read as MC5 of a
 row of four (``identify.far_gap``); and of the thirty-first, two metacarpals taken as one beside a third, the only
-two bones found (``identify.wide_pair``)."""
+two bones found (``identify.wide_pair``), and MC2 in two pieces read as MC4 and MC5 of a row of four (``far_gap``'s
+``NEAR_GAP``)."""
 
 import json
 import re
@@ -87,6 +88,34 @@ def test_a_row_of_four_whose_far_end_lies_far_from_its_neighbour_is_reviewed():
     assert "lies 1.62 metacarpal" in identify.far_gap(seven, 0, None, 3.0)
 
 
+def test_a_row_of_four_whose_far_end_lies_close_to_its_neighbour_is_reviewed():
+    """MC2 at x = 10, MC3 and MC4 16 and 17 mm on (median 16.5 mm); the bone named MC5 0.6 spacings from MC4
+    (a bone in two pieces: the row is three long and may end in MC2) is a reason at any lead over
+    ``REVIEW_MARGIN``; 0.7 or exactly 0.65 spacings, a thumb in the naming, a row of three or a lead under
+    ``REVIEW_MARGIN`` are not. The 8 mm floor holds here too."""
+
+    def row(far_x: float) -> list:
+        return [_bone(1, 10.0, 20.0), _bone(2, 26.0, 20.0), _bone(3, 43.0, 20.0), _bone(4, far_x, 20.0)]
+
+    near = row(43.0 + 0.6 * 16.5)
+    why = identify.far_gap(near, 0, None, 2.0)
+    assert "bones named MC4 and MC5, bones 3 and 4, lie 0.60 metacarpal spacings apart (less than 0.65)" in why, why
+    assert identify.far_gap(near, 0, None, 9.0) == why
+    assert identify.far_gap(near, 0, None, 1.9) == ""
+    assert identify.far_gap(row(43.0 + 0.7 * 16.5), 0, None, 3.0) == ""
+    even = [_bone(1, 10.0, 20.0), _bone(2, 30.0, 20.0), _bone(3, 50.0, 20.0)]  # 20 mm apart: 13 mm is 0.65
+    assert identify.far_gap([*even, _bone(4, 63.0, 20.0)], 0, None, 3.0) == ""
+    assert "lie 0.64 metacarpal" in identify.far_gap([*even, _bone(4, 62.8, 20.0)], 0, None, 3.0)
+    assert identify.far_gap(near, 0, 3, 3.0) == ""  # bone 4 taken as the thumb
+    assert identify.far_gap(near[:3], 0, None, 3.0) == ""  # a row of three
+    assert "lie 0.60 metacarpal" in identify.far_gap([_bone(b.label, 100.0 - b.x_mm, b.y_mm) for b in near], 0, None, 3.0)
+    # MC2 at the other end: bones 1 and 2, 16 mm apart, against the median of 17 and 9.9 mm: no piece
+    assert identify.far_gap(near, 3, None, 3.0) == ""
+    # 6 mm apart, MC5 5 mm on: 0.62 of the 8 mm floor (the median, 6 mm, would make it 0.83)
+    tight = [_bone(1, 10.0, 20.0), _bone(2, 16.0, 20.0), _bone(3, 22.0, 20.0), _bone(4, 27.0, 20.0)]
+    assert "lie 0.62 metacarpal" in identify.far_gap(tight, 0, None, 3.0)
+
+
 def _headed(label: int, x: float, width: float) -> identify.Bone:
     b = _bone(label, x, 20.0)
     b.head_width_mm = width
@@ -135,6 +164,7 @@ def _on_truth(idt, gt) -> float:
         (30000, 44, " leads bone "),  # a cup-rim piece beside MC3 as its sesamoid (lead 2.7); the margin's reason
         (32000, 116, "as a thumb beside a row of three does"),  # a thumb named MC5 of a row of four (lead 3.3)
         (28000, 138, "as where two metacarpals are taken as one"),  # MC2 and MC3 one bone, MC4 named MC2 (lead 2.5)
+        (34000, 60, "as pieces of one bone do"),  # MC2 in two pieces read as MC4 and MC5, MC4 named MC2 (lead 2.0)
     ],
 )
 def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, index, why):
@@ -143,7 +173,7 @@ def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, 
     hand, named on what is left, is reviewed for its small lead. The hand whose MC2 and MC3 are one instance is
     still named wrong (MC4), and reviewed with the reason."""
     truth, vol, gt = _fresh(tmp_path, seed, index)
-    assert "T1" in [b["name"] for b in truth["params"]["bones"]] or index in (44, 138)
+    assert "T1" in [b["name"] for b in truth["params"]["bones"]] or index in (44, 138, 60)
     idt = identify.identify(vol, bonewin.GRID.spacing_mm)
     assert any(why in r for r in idt.reasons), idt.reasons
     record = json.loads(json.dumps(idt.to_dict()))
