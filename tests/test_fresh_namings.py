@@ -108,7 +108,8 @@ def test_a_row_of_four_whose_far_end_lies_close_to_its_neighbour_is_reviewed():
     assert "lie 0.64 metacarpal" in identify.far_gap([*even, _bone(4, 62.8, 20.0)], 0, None, 3.0)
     assert identify.far_gap(near, 0, 3, 3.0) == ""  # bone 4 taken as the thumb
     assert identify.far_gap(near[:3], 0, None, 3.0) == ""  # a row of three
-    assert "lie 0.60 metacarpal" in identify.far_gap([_bone(b.label, 100.0 - b.x_mm, b.y_mm) for b in near], 0, None, 3.0)
+    mirrored = [_bone(b.label, 100.0 - b.x_mm, b.y_mm) for b in near]
+    assert "lie 0.60 metacarpal" in identify.far_gap(mirrored, 0, None, 3.0)
     # MC2 at the other end: bones 1 and 2, 16 mm apart, against the median of 17 and 9.9 mm: no piece
     assert identify.far_gap(near, 3, None, 3.0) == ""
     # 6 mm apart, MC5 5 mm on: 0.62 of the 8 mm floor (the median, 6 mm, would make it 0.83)
