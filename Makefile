@@ -6,7 +6,8 @@
 #               cores)
 #   make test-slow   the long tests (-m slow: the other generators' hands and the bench's hard cases, the
 #               bench report, a full-size phantom, the 200-scan watch stream, a killed Dask worker, training's
-#               determinism); CI runs them after `make test`
+#               determinism, the five-level 3D U-Net's export, mypy, the README's tour); CI runs them after
+#               `make test`
 # Every install takes its exact versions from constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv

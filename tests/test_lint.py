@@ -76,6 +76,7 @@ def test_no_import_cycles_between_vbmd_rt_modules():
     assert not cycles, cycles
 
 
+@pytest.mark.slow  # 10-11 s; `make typecheck` runs the same check, and CI runs -m slow
 def test_mypy_is_clean_on_the_runtime():
     mypy = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
     if mypy is None:
@@ -180,6 +181,7 @@ def test_readme_vbmd_rt_commands_parse_as_typed():
     assert seen >= 3
 
 
+@pytest.mark.slow  # 10-11 s of runs; CI runs -m slow
 def test_readme_tour_runs_as_typed_after_make_demo(phantoms, tmp_path, monkeypatch):
     """The README's tour block, each line run for real (the command line as typed, in this process) in a
     folder laid out as after `make demo`."""
