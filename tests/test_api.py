@@ -83,6 +83,31 @@ def test_device_cuda_without_a_gpu_is_an_input_error_not_a_cpu_run(run_out, tmp_
     assert not (tmp_path / "o" / "PHANTOM_0000.json").exists()
 
 
+def test_a_card_whose_3d_window_the_net_cannot_take_is_refused(phantoms, tmp_path):
+    """A 3D net's window and sizes must be multiples of its downsampling (2 ** (levels - 1)): a card giving a
+    40-slice window to the five-level U-Net, or a multiple of 8 to it, is refused with one line and exit 2
+    when loaded, not when the network's shapes fail mid-scan."""
+    m = load_model("unet3d")
+    d = json.loads(json.dumps(m.card.to_dict()))
+    with pytest.raises(ModelError, match="a 3D window of 40 slices is no multiple of 16"):
+        ModelCard.from_dict({**d, "window": {"slices": 40, "overlap": 8}})
+    with pytest.raises(ModelError, match="a 5-level net needs sizes in multiples of 16, the card gives 8"):
+        ModelCard.from_dict({**d, "preprocessing": {**d["preprocessing"], "multiple": 8}, "window": {"slices": 48}})
+    assert ModelCard.from_dict({**d, "window": {"slices": 48, "overlap": 8}}).window.roi_slices == 48
+    three = {
+        **d,
+        "config": {**d["config"], "widths": [2, 4, 8]},
+        "preprocessing": {**d["preprocessing"], "multiple": 4},
+    }
+    assert ModelCard.from_dict({**three, "window": {"slices": 36, "overlap": 4}}).window.roi_slices == 36
+    folder = tmp_path / "m"
+    shutil.copytree(m.folder, folder)
+    (folder / CARD_NAME).write_text(json.dumps({**d, "window": {"slices": 40, "overlap": 8}}))
+    r = cli_here("run", phantoms / "PHANTOM_0000.AIM", "-o", tmp_path / "o", "--model", folder, "-q")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no multiple of 16" in r.stderr, r.stderr
+    assert not (tmp_path / "o" / "PHANTOM_0000.json").exists()
+
+
 def test_the_model_card_round_trips_without_machine_paths(tmp_path):
     m = load_model("unet3d")
     d = m.card.to_dict()

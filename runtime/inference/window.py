@@ -35,6 +35,8 @@ class WindowSpec:
             raise ValueError(f"window mode must be one of {MODES}, not {self.mode!r}")
         if self.roi_slices < 1 or not 0 <= self.overlap < self.roi_slices:
             raise ValueError(f"bad window: {self.roi_slices} slices with {self.overlap} overlapping")
+        if self.mode == "volume" and self.roi_slices % max(1, self.multiple):
+            raise ValueError(f"a 3D window of {self.roi_slices} slices is no multiple of {self.multiple}")
 
 
 def starts(n: int, window: int, overlap: int) -> list[int]:
