@@ -228,7 +228,7 @@ class UNet3D(nn.Module):
         # Deep-supervision heads on the last three decoder levels (strides 4, 2 and 1), or on all of them where a
         # shallower net has fewer: every head is used (an unused one would be missing from the ONNX).
         n = min(3, len(w) - 1)
-        self.heads = nn.ModuleList([nn.Conv3d(c, 1, 1) for c in [*(w[i] for i in range(n - 1, 0, -1)), 2 * w[0]]])
+        self.heads = nn.ModuleList([nn.Conv3d(c, 1, 1) for c in [*w[n - 1 : 0 : -1], 2 * w[0]]])
         self.config = {"widths": w, "dropout": dropout}
 
     def forward(self, x):

@@ -1270,9 +1270,9 @@ def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float
 #: neighbour, the result is ``review`` however large the lead. On the 838 cached training-family phantoms
 #: named as such a row (streams 21000-25000 and seed 6000; ``scripts/identity_errors.py``), the right namings'
 #: far gaps have a 99th percentile of 1.23; the one over 1.5 is reviewed by another check, and the largest not
-#: reviewed otherwise is 1.43: the limit reviews no right training naming that was not already. (Fresh seed 32000's 0116, a
-#: thumb beside a row of three named MC5 with a lead of 3.33, lies 1.79 from MC4; no right naming of the 320
-#: evaluation and fresh rows of four lies over 1.36.)
+#: reviewed otherwise is 1.43: the limit reviews no right training naming that was not already. (Fresh seed
+#: 32000's 0116, a thumb beside a row of three named MC5 with a lead of 3.33, lies 1.79 from MC4; no right
+#: naming of the 320 evaluation and fresh rows of four lies over 1.36.)
 FAR_GAP = 1.5
 #: ... and the far end's gap under ``NEAR_GAP`` times that median is the far end in two pieces: one bone split
 #: along its shaft reads as two, the row is three bones long, and its far end may be MC2 (fresh seed 34000's
@@ -1287,9 +1287,9 @@ def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) ->
     """Why a thumbless row of four may be a thumb beside a row of three, or a row of three whose far end is in
     two pieces, or "": the row's end away from MC2 (bone ``choice``), named MC5, lies over ``FAR_GAP`` (or
     under ``NEAR_GAP``) times the median distance between the other neighbours (at least ``SPACING_FLOOR_MM``)
-    from MC4. Asked where the lead ``margin`` is at least
-    ``REVIEW_MARGIN`` (under it, that is the reason). The distances are between centres in the slice plane, so a far end that also
-    lies off the row's line counts its full distance."""
+    from MC4. Asked where the lead ``margin`` is at least ``REVIEW_MARGIN`` (under it, that is the reason).
+    The distances are between centres in the slice plane, so a far end that also lies off the row's line
+    counts its full distance."""
     if thumb is not None or margin < REVIEW_MARGIN:
         return ""
     row = _from_mc2(bones, choice, ROW_MAX)
@@ -1319,8 +1319,9 @@ def far_gap(bones: list[Bone], choice: int, thumb: int | None, margin: float) ->
 #: cached training-family phantoms with two candidates (streams 21000-25000 and seed 6000; 128 hands,
 #: ``scripts/identity_errors.py``), pairs of single bones reach 1.55, and each of the three over 1.8 holds two
 #: or more bones in its wide instance. Over all caches (the evaluation folders and fresh seeds 28000-33000 too),
-#: it reviews no right naming that was not reviewed already (two, for their instances). (Fresh seed 28000's 0138: MC2 and MC3 one instance with a head 38.5
-#: mm wide beside MC4's 17.9, MC4 named MC2 with a lead of 2.48, the network's mask on MC4.)
+#: it reviews no right naming that was not reviewed already (two, for their instances). (Fresh seed 28000's
+#: 0138: MC2 and MC3 one instance with a head 38.5 mm wide beside MC4's 17.9, MC4 named MC2 with a lead of
+#: 2.48, the network's mask on MC4.)
 WIDE_PAIR = 1.8
 
 
@@ -1339,6 +1340,11 @@ def wide_pair(bones: list[Bone], choice: int, thumb: int | None, margin: float) 
         f" {wide.head_width_mm / narrow.head_width_mm:.2f} times as wide as bone {narrow.label}'s (more than"
         f" {WIDE_PAIR:.1f}), as where two metacarpals are taken as one"
     )
+
+
+#: The checks of the chosen naming's row that ``identify`` asks, each ``(bones, choice, thumb, margin) -> reason``
+#: ("" where none); ``scripts/identity_errors.py`` asks the same.
+ROW_CHECKS = (end_off_row, far_gap, wide_pair)
 
 
 def past_edge(
@@ -1570,7 +1576,7 @@ def identify(
                 f"MC2 not clearly identified: bone {bones[choice].label} leads bone {bones[alt['mc2']].label}"
                 f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
             )
-        for check in (end_off_row, far_gap, wide_pair):
+        for check in ROW_CHECKS:
             why = check(bones, choice, thumb, margin)
             if why:
                 reasons.append(why)

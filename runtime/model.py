@@ -184,46 +184,50 @@ class ModelCard:
             )
         window = d.get("window") or {}
         try:
-            card = cls._from_dict(arch, window, d)
-            if not card.classical:
-                card.window  # noqa: B018 - a 3D window that is no multiple of the net's downsampling is refused here
-                widths = (card.config or {}).get("widths") if card.arch.window_mode == "volume" else None
-                if widths and card.preprocessing.multiple % 2 ** (len(widths) - 1):
-                    raise ValueError(
-                        f"a {len(widths)}-level net needs sizes in multiples of {2 ** (len(widths) - 1)}, the card"
-                        f" gives {card.preprocessing.multiple}"
-                    )
+            files = {
+                k: ModelFile(str(v["path"]), v.get("sha256"), v.get("bytes")) for k, v in d.get("files", {}).items()
+            }
+            card = cls(
+                architecture=arch,
+                preprocessing=Spec.from_dict(d.get("preprocessing", {})),
+                files=files,
+                name=d.get("name"),
+                threshold=float(d.get("threshold", 0.5)),
+                window_slices=window.get("slices"),
+                window_overlap=window.get("overlap"),
+                config=d.get("config"),
+                input=_tensor(d.get("input", {}), "image"),
+                output=_tensor(d.get("output", {}), "prob"),
+                parameters=d.get("parameters"),
+                description=d.get("description", ""),
+                intended_use=d.get("intended_use", ""),
+                training=d.get("training", {}),
+                training_data=d.get("training_data", {}),
+                validation=d.get("validation", {}),
+                export_checks=d.get("export_checks", {}),
+                exported_with=d.get("exported_with", {}),
+                format=int(d.get("format", CARD_FORMAT)),
+            )
+            card.check_window()
             return card
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise ModelError(
                 where, f"model card is malformed ({type(e).__name__}: {e})", "re-export the model with `vbmd-rt export`"
             ) from None
 
-    @classmethod
-    def _from_dict(cls, arch: str, window: dict, d: dict) -> ModelCard:
-        """The card's fields (``from_dict`` checks them)."""
-        files = {k: ModelFile(str(v["path"]), v.get("sha256"), v.get("bytes")) for k, v in d.get("files", {}).items()}
-        return cls(
-            architecture=arch,
-            preprocessing=Spec.from_dict(d.get("preprocessing", {})),
-            files=files,
-            name=d.get("name"),
-            threshold=float(d.get("threshold", 0.5)),
-            window_slices=window.get("slices"),
-            window_overlap=window.get("overlap"),
-            config=d.get("config"),
-            input=_tensor(d.get("input", {}), "image"),
-            output=_tensor(d.get("output", {}), "prob"),
-            parameters=d.get("parameters"),
-            description=d.get("description", ""),
-            intended_use=d.get("intended_use", ""),
-            training=d.get("training", {}),
-            training_data=d.get("training_data", {}),
-            validation=d.get("validation", {}),
-            export_checks=d.get("export_checks", {}),
-            exported_with=d.get("exported_with", {}),
-            format=int(d.get("format", CARD_FORMAT)),
-        )
+    def check_window(self) -> None:
+        """Raise ValueError where the network cannot take the card's windows: a 3D window that is no multiple of
+        ``preprocessing.multiple`` (``WindowSpec``), or a multiple that is none of the net's downsampling, 2 **
+        (levels - 1) for the card's ``widths``."""
+        if self.classical:
+            return
+        self.window  # noqa: B018 - WindowSpec checks the window as it is made
+        widths = (self.config or {}).get("widths") if self.arch.window_mode == "volume" else None
+        if widths and self.preprocessing.multiple % 2 ** (len(widths) - 1):
+            raise ValueError(
+                f"a {len(widths)}-level net needs sizes in multiples of {2 ** (len(widths) - 1)}, the card"
+                f" gives {self.preprocessing.multiple}"
+            )
 
     @classmethod
     def read(cls, path: str | Path) -> ModelCard:

@@ -193,17 +193,17 @@ def review_checks(
     """Which of the identification stage's checks put the naming up for review (``identify.identify``'s
     reasons, as far as the cache holds what they read): ``instances`` and ``cut`` (``identify.doubts``),
     ``margin`` (under ``REVIEW_MARGIN``), ``end_off_row`` (a thumbless row of three whose far end lies off the row),
-    ``far_gap`` (a thumbless row of four whose far end lies far from its neighbour), ``wide_pair`` (two
-    bones, one head over ``WIDE_PAIR`` times the other's), ``row_goes_on`` (on the
-    cached instances), ``past_edge`` (without a thumb, where the record keeps its coarse volume: a remade record does not; the row named first, as the
-    stage names it, and the field of view's edge where the record keeps it, ``view``, since this pass; an
-    older record's grid edge is the padded one, where a row that runs off the image is not seen: fewer
-    reviews). The stack's direction is not checked (it reads the model grid): the phantoms' stacks all run
+    ``far_gap`` (a thumbless row of four whose far end lies far from, or close to, its neighbour), ``wide_pair``
+    (two bones, one head over ``WIDE_PAIR`` times the other's; these three are ``identify.ROW_CHECKS``),
+    ``row_goes_on`` (on the cached instances), ``past_edge`` (without a thumb, where the record keeps its coarse
+    volume: a remade record does not; the row named first, as the stage names it, and the field of view's edge
+    where the record keeps it, ``view``, since this pass; an older record's grid edge is the padded one, where
+    a row that runs off the image is not seen: fewer reviews). The stack's direction is not checked (it reads the model grid): the phantoms' stacks all run
     from the wrist. A wrong naming with none of them passes the stage. ``weights``: as ``identify.name``'s."""
     out = [key for key, _ in identify.doubts(bones, choice, margin, None, weights)]
     if margin < identify.REVIEW_MARGIN:
         out.append("margin")
-    for check in (identify.end_off_row, identify.far_gap, identify.wide_pair):
+    for check in identify.ROW_CHECKS:
         if check(bones, choice, thumb, margin):
             out.append(check.__name__)
     cs = 2 * float(bonewin.GRID.spacing_mm)

@@ -54,7 +54,8 @@ def test_a_row_of_four_whose_far_end_lies_far_from_its_neighbour_is_reviewed():
     """MC2 at x = 10, MC3 and MC4 16 and 17 mm on (median 16.5 mm); the bone named MC5 1.6 spacings from MC4
     (a thumb's place beyond a row of three) is a reason at any lead over ``REVIEW_MARGIN``; 1.45 or exactly 1.5
     spacings, a thumb in the naming, MC2 in the middle, a row of three (even a spread one), or a lead under
-    ``REVIEW_MARGIN`` (the margin is the reason there) are not. The distance is in the plane: a far end as far off the line counts in full."""
+    ``REVIEW_MARGIN`` (the margin is the reason there) are not. The distance is in the plane: a far end as far
+    off the line counts in full."""
 
     def row(far_x: float, far_y: float = 20.0) -> list:
         return [_bone(1, 10.0, 20.0), _bone(2, 26.0, 20.0), _bone(3, 43.0, 20.0), _bone(4, far_x, far_y)]
