@@ -14,7 +14,9 @@ semi-automatic tools follow, adapted to the MCP joint:
 4. MC2 is the end of the metacarpal row with the larger head; the joint is cut where the shrinking
    dome's cross-section jumps up (the base of the phalanx joining the tracked region), and the dome's tip
    inside the phalanx's cup is followed on past the cut (``dome_tip``).
-5. MC2's region back on the native grid, and its largest 3D component.
+5. MC2's region back on the native grid; its outline moved in to where the smoothed density crosses the
+   high threshold, the half level (``peel``: the low threshold's hysteresis takes the blurred edge's outer
+   part in), and its largest 3D component.
 
 It needs the density calibration. It stands in for the semi-automatic expert tools in comparisons and
 is a fallback where no trained model fits.
@@ -428,6 +430,51 @@ def _narrowing(area: np.ndarray, spacing_mm: float) -> np.ndarray | None:
     return fit if np.polyval(fit, n) < area[-1] else None
 
 
+PEEL_MM = 0.25  # ``peel`` moves the outline in by at most this much (a voxel of the models' grid)
+#: ``peel``'s smoothing: 0.15 mm (two 82 µm voxels), at least 1.2 of the scan's voxels (0.3 mm at 0.246 mm). The
+#: thresholds' 0.3 mm flattens a thin cortex's peak at 82 µm under the half level (a standard full-size hand's
+#: outline then went 3 voxels in, -5.3 mg HA/cm³ where it read +2.0); without smoothing, a 0.246 mm scan's noise
+#: decides voxel by voxel (rand7000: mean absolute error 5.3 against 4.6).
+PEEL_SIGMA_MM, PEEL_SIGMA_VOXELS = 0.15, 1.2
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def peel(mask: np.ndarray, data: np.ndarray, cal: Calibration, level_mg: float, px: float, zs, ys, xs) -> int:
+    """The outline of a native ``mask`` (uint8, in place, in slices ``zs`` and the box ``ys``, ``xs``) where
+    the smoothed density crosses ``level_mg``: the high threshold, half-way from the soft tissue to the cortex.
+
+    The hysteresis grows the cortex into every voxel above the low threshold (tissue + 0.3 x the rise) that
+    touches it: what joins and fills a thin or porous cortex also takes in the blurred edge's outer part, a
+    voxel of soft tissue and partial volume all round. On the project's 0.246 mm phantoms the contour was then
+    7-28 % larger than the bone and D100 read up to 26 mg HA/cm³ off (rand7000: Dice 0.933, mean absolute
+    error 7.0; training families 0.945, 5.2). So the outline's voxels (in-plane, 4-neighbour) whose density,
+    smoothed a little (``PEEL_SIGMA_MM``), stays under the half level are taken off, a shell at a time, for at most
+    ``PEEL_MM``: never a slice that is all outline (a dome's last small slices), never deeper than the edge's
+    blur (rand7000: Dice 0.954, error 4.6; training families 0.961, 4.0). A sharp edge is then set exactly by
+    ``runtime.edges``. Returns the voxels taken off."""
+    level = cal.stored(level_mg)  # the calibration's slope is positive
+    sigma = max(PEEL_SIGMA_MM / px, PEEL_SIGMA_VOXELS)
+    removed = 0
+    for k in range(zs.start, zs.stop):
+        cur = mask[k, ys, xs]  # a view: written in place
+        if not cur.any():
+            continue
+        dark = cv2.GaussianBlur(
+            data[k, ys, xs].astype(np.float32), (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE
+        )
+        dark = dark < level
+        for _ in range(max(1, int(round(PEEL_MM / px)))):
+            core = cv2.erode(cur, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            if not core.any():
+                break
+            drop = (cur != 0) & (core == 0) & dark
+            if not drop.any():
+                break
+            cur[drop] = 0
+            removed += int(drop.sum())
+    return removed
+
+
 NEAR_MM = 30.0  # with ``near``, bones are tracked within this distance of MC2's shaft (its neighbours too)
 
 
@@ -506,6 +553,7 @@ def _segment(
         else:
             region = mine[k]
         mask[k] = region
+    peeled = peel(mask, data, cal, levels[1], float(np.mean(spacing_zyx[1:])), sl[0], ys, xs)
     mask = largest_component(mask).astype(np.uint8)
     box = [sl[0].start, sl[0].stop, ys.start, ys.stop, xs.start, xs.stop]
     return mask, {
@@ -514,4 +562,5 @@ def _segment(
         "empty": not mask.any(),
         "thresholds_mg_ha_cm3": [round(v, 1) for v in levels],
         "tip_slices": len(tip),
+        "peeled_voxels": peeled,
     }

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import cli_here
 from vbmd_rt.runtime import classical, measure, qc
 from vbmd_rt.runtime.io import aim, masks
+from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.model import load_model
 
 
@@ -231,11 +232,12 @@ def test_the_hand_levels_leave_out_a_slice_of_metal_only():
     assert classical.hand_levels([*bones, hand(650.0, metal=5000.0)]) == pytest.approx(want, rel=0.05)
 
 
-def test_a_classical_envelope_a_voxel_wide_is_review_where_the_network_reads_the_bone_closer(tmp_path):
-    """A randomised hand (seed 7000, case 7) whose classical contour draws the right bone at Dice 0.95 but a
-    voxel wide of it, so its D100 reads 12 mg HA/cm³ low (soft tissue in); the network's reading of the same
-    bone is 8.9 apart, over ``reading_d100_mg`` (7; it passed under the former 10). The bone and its Dice are
-    fine, the number is not: `review`, with the reading's reason."""
+def test_the_classical_outline_lies_on_the_half_level_not_a_voxel_wide(tmp_path):
+    """A randomised hand (seed 7000, case 7) whose classical contour was the right bone at Dice 0.95 but a voxel
+    wide of it all round: the hysteresis's low threshold took the blurred edge's outer part in, and D100 read 12
+    mg HA/cm³ low (soft tissue in), 8.9 from the network's reading of the same bone. ``classical.peel`` sets
+    the outline where the smoothed density crosses the half level: the number is right, and QC's second
+    reading agrees with it."""
     cases, out = tmp_path / "cases", tmp_path / "out"
     r = cli_here("synth", cases, "--cases", "1", "--start", "7", "--seed", "7000", "--family", "random")
     assert r.returncode == 0, r.stderr
@@ -246,9 +248,44 @@ def test_a_classical_envelope_a_voxel_wide_is_review_where_the_network_reads_the
     scan = aim.read_aim(cases / "PHANTOM_0007.AIM")
     mine = masks.read_mask_file(out / "PHANTOM_0007_SEG.AIM", scan.header) != 0
     gt = np.asarray(aim.read_aim(cases / "PHANTOM_0007_GT.AIM").data) != 0
-    assert measure.dice(mine, gt) > 0.9
+    assert measure.dice(mine, gt) > 0.97
     error = res["d100_mg_ha_cm3"] - truth["d100_mg_ha_cm3"]
     diff = res["qc"]["second_reading"]["d100_difference_mg_ha_cm3"]
-    assert error < -5.0 and qc.LIMITS.reading_d100_mg < -diff < 10.0, (error, diff)
-    assert res["qc"]["status"] == "review"
-    assert any("differs from the network's reading" in x for x in res["qc"]["reasons"]), res["qc"]["reasons"]
+    assert abs(error) < 3.0 and abs(diff) <= qc.LIMITS.reading_d100_mg, (error, diff)
+    assert not any("differs from the network's reading" in x for x in res["qc"]["reasons"]), res["qc"]["reasons"]
+
+
+def _blurred_disc(radius_vox: float, blur_vox: float, n: int = 64, slices: int = 3):
+    """Slices of a bone's cross-section: a disc of cortex (1000 stored units) in soft tissue (100), blurred."""
+    import cv2
+
+    yy, xx = np.mgrid[:n, :n]
+    disc = (np.hypot(yy - n / 2, xx - n / 2) <= radius_vox).astype(np.float32)
+    img = 100.0 + 900.0 * cv2.GaussianBlur(disc, (0, 0), blur_vox)
+    return np.repeat(img[None], slices, axis=0), disc.astype(bool)
+
+
+def test_peel_sets_the_outline_on_the_half_level_and_no_deeper_than_a_grid_voxel():
+    cal = Calibration(mu_scaling=1.0, slope=1.0, intercept=0.0)  # stored units are mg HA/cm³
+    data, disc = _blurred_disc(12.0, 1.0)
+    level = 550.0  # half-way from the soft tissue (100) to the cortex (1000), in mg HA/cm³ (identity calibration)
+    grown = np.zeros(data.shape, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    for k, r in enumerate((13.0, 14.0, 16.0)):  # a voxel wide, two, four
+        grown[k] = np.hypot(yy - 32, xx - 32) <= r
+    before = [int(s.sum()) for s in grown]
+    removed = classical.peel(grown, data, cal, level, 0.082, slice(0, 3), slice(0, 64), slice(0, 64))
+    assert removed == sum(before) - int(grown.sum()) > 0
+    # PEEL_MM at 82 µm: 3 shells. One and two voxels wide: back on the disc, within a voxel's ring
+    for k in (0, 1):
+        assert abs(int(grown[k].sum()) - int(disc.sum())) <= 2 * np.pi * 12, (k, int(grown[k].sum()), int(disc.sum()))
+        assert measure.dice(grown[k], disc) > 0.97
+    # four voxels wide: three shells off and no more, still outside the disc
+    assert grown[2].sum() > disc.sum() and np.all(grown[2][disc])
+    # the bone's own voxels stay: none a voxel or more inside the half level's contour is taken off
+    assert np.all(grown[data > 700])
+    # a slice that is all outline (a dome's last small slice) is left as it is
+    tiny = np.zeros(data.shape, np.uint8)
+    tiny[1, 10:12, 10:12] = 1
+    assert classical.peel(tiny, data, cal, level, 0.082, slice(0, 3), slice(0, 64), slice(0, 64)) == 0
+    assert tiny.sum() == 4
