@@ -98,12 +98,20 @@ def foreign_summaries(out: Path, num_parts: int = 1, part_id: int = 0) -> list[P
     without ``--overwrite``. Ours: a summary JSON of vbmd-rt, and a CSV whose hash that JSON records (or,
     from older versions, that starts with vbmd-rt's header)."""
     csv_name, json_name = naming.summary_names(num_parts, part_id)
-    out = Path(out)
+    found = _foreign(Path(out), csv_name, json_name)
+    if found:  # a run beside this one on the same -o may have written its pair (CSV, then JSON) between the looks
+        found = _foreign(Path(out), csv_name, json_name)
+    return found
+
+
+def _foreign(out: Path, csv_name: str, json_name: str) -> list[Path]:
+    """``foreign_summaries``'s one look. The JSON is found present before it is read: one written by another
+    run between the read and the look for it would read as no summary of ours."""
     foreign = []
-    own = _own_summary_json(out / json_name)
-    if (out / json_name).exists() or (out / json_name).is_symlink():
-        if own is None:
-            foreign.append(out / json_name)
+    present = (out / json_name).exists() or (out / json_name).is_symlink()
+    own = _own_summary_json(out / json_name) if present else None
+    if present and own is None:
+        foreign.append(out / json_name)
     p = out / csv_name
     if p.exists() or p.is_symlink():
         rec = (own or {}).get("csv") or {}

@@ -259,6 +259,40 @@ def test_two_runs_on_one_out_compute_each_scan_once(scans, tmp_path):
     assert len(lines) == 8 and sorted(ln.split(":")[0] for ln in done) == [f"S{i}.AIM" for i in range(4)], lines
 
 
+def test_a_summary_another_run_writes_while_this_one_looks_is_not_foreign(tmp_path, monkeypatch):
+    """Two runs on one -o: the other run's summary pair (CSV, then JSON) can land between this run's read of
+    ``summary.json`` and its look for the file. The read found nothing of ours, the look found a file: it was
+    refused as "not written by vbmd-rt" (a flaky failure of the test above under load). The JSON is now found
+    present before it is read, and a look that finds foreign files looks once more."""
+    from vbmd_rt.cohort import summary
+
+    theirs, out = tmp_path / "theirs", tmp_path / "out"
+    theirs.mkdir()
+    out.mkdir()
+    cohort.write_summary(theirs, [])  # the other run's pair, as it writes it
+    real = summary._own_summary_json
+    calls = []
+
+    def read_then_the_other_run_writes(path):
+        absent = not os.path.lexists(path)
+        got = real(path)
+        if absent and not calls:  # the other run's pair lands just after this run read nothing there
+            shutil.copy2(theirs / "summary.csv", out / "summary.csv")
+            shutil.copy2(theirs / "summary.json", out / "summary.json")
+        calls.append(got)
+        return got
+
+    monkeypatch.setattr(summary, "_own_summary_json", read_then_the_other_run_writes)
+    assert cohort.foreign_summaries(out) == []
+    if not calls:  # this run looked before the other run wrote: now it has written
+        read_then_the_other_run_writes(out / "summary.json")
+    assert cohort.foreign_summaries(out) == []  # its pair is ours
+    cohort.check_summary(out)  # and the batch goes on to replace it
+    (out / "summary.json").write_text("{}")  # a file of the user's is still refused, after the second look
+    with pytest.raises(OutputError, match="not written by vbmd-rt"):
+        cohort.check_summary(out)
+
+
 def test_a_scan_another_process_is_writing_is_waited_for_and_reused_not_computed_again(scans, predictor, tmp_path):
     d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
