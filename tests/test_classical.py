@@ -255,37 +255,87 @@ def test_the_classical_outline_lies_on_the_half_level_not_a_voxel_wide(tmp_path)
     assert not any("differs from the network's reading" in x for x in res["qc"]["reasons"]), res["qc"]["reasons"]
 
 
-def _blurred_disc(radius_vox: float, blur_vox: float, n: int = 64, slices: int = 3):
-    """Slices of a bone's cross-section: a disc of cortex (1000 stored units) in soft tissue (100), blurred."""
+SCANCO = Calibration(mu_scaling=8192.0, slope=1603.5, intercept=-391.2)  # an XtremeCT's density equation
+
+
+def _blurred_disc(radius_vox: float, blur_vox: float, n: int = 64, slices: int = 3, noise: float = 0.0, cy=32, cx=32):
+    """Slices of a bone's cross-section: a disc of cortex (1000 mg HA/cm³) in soft tissue (100), blurred, with
+    seeded noise, in the stored units of ``SCANCO``."""
     import cv2
 
     yy, xx = np.mgrid[:n, :n]
-    disc = (np.hypot(yy - n / 2, xx - n / 2) <= radius_vox).astype(np.float32)
-    img = 100.0 + 900.0 * cv2.GaussianBlur(disc, (0, 0), blur_vox)
-    return np.repeat(img[None], slices, axis=0), disc.astype(bool)
+    disc = (np.hypot(yy - cy, xx - cx) <= radius_vox).astype(np.float32)
+    mg = 100.0 + 900.0 * cv2.GaussianBlur(disc, (0, 0), blur_vox)
+    mg = np.repeat(mg[None], slices, axis=0)
+    mg += np.random.default_rng(0).normal(0.0, noise, mg.shape).astype(np.float32) if noise else 0.0
+    return SCANCO.stored(mg).astype(np.float32), disc.astype(bool)
+
+
+def _discs(radii, n=64, cy=32, cx=32):
+    yy, xx = np.mgrid[:n, :n]
+    return np.stack([np.hypot(yy - cy, xx - cx) <= r for r in radii]).astype(np.uint8)
+
+
+def _peel(mask, data, px=0.082, box=(slice(0, 64), slice(0, 64))):
+    return classical.peel(mask, data, SCANCO, 550.0, px, slice(0, mask.shape[0]), *box)
 
 
 def test_peel_sets_the_outline_on_the_half_level_and_no_deeper_than_a_grid_voxel():
-    cal = Calibration(mu_scaling=1.0, slope=1.0, intercept=0.0)  # stored units are mg HA/cm³
+    """Blurred discs drawn one, two and four voxels wide at 82 µm, in a Scanco density equation: the level is
+    550 mg HA/cm³, half-way from the soft tissue (100) to the cortex (1000)."""
+    import cv2
+
     data, disc = _blurred_disc(12.0, 1.0)
-    level = 550.0  # half-way from the soft tissue (100) to the cortex (1000), in mg HA/cm³ (identity calibration)
-    grown = np.zeros(data.shape, np.uint8)
-    yy, xx = np.mgrid[:64, :64]
-    for k, r in enumerate((13.0, 14.0, 16.0)):  # a voxel wide, two, four
-        grown[k] = np.hypot(yy - 32, xx - 32) <= r
-    before = [int(s.sum()) for s in grown]
-    removed = classical.peel(grown, data, cal, level, 0.082, slice(0, 3), slice(0, 64), slice(0, 64))
-    assert removed == sum(before) - int(grown.sum()) > 0
-    # PEEL_MM at 82 µm: 3 shells. One and two voxels wide: back on the disc, within a voxel's ring
-    for k in (0, 1):
-        assert abs(int(grown[k].sum()) - int(disc.sum())) <= 2 * np.pi * 12, (k, int(grown[k].sum()), int(disc.sum()))
-        assert measure.dice(grown[k], disc) > 0.97
-    # four voxels wide: three shells off and no more, still outside the disc
-    assert grown[2].sum() > disc.sum() and np.all(grown[2][disc])
-    # the bone's own voxels stay: none a voxel or more inside the half level's contour is taken off
-    assert np.all(grown[data > 700])
-    # a slice that is all outline (a dome's last small slice) is left as it is
-    tiny = np.zeros(data.shape, np.uint8)
-    tiny[1, 10:12, 10:12] = 1
-    assert classical.peel(tiny, data, cal, level, 0.082, slice(0, 3), slice(0, 64), slice(0, 64)) == 0
-    assert tiny.sum() == 4
+    grown = _discs((13.0, 14.0, 16.0))
+    before = grown.copy()
+    removed = _peel(grown, data)
+    assert removed == int(before.sum()) - int(grown.sum()) > 0
+    for k in (0, 1):  # one and two voxels wide: back on the disc
+        assert measure.dice(grown[k], disc) > 0.97, k
+    # four voxels wide: PEEL_MM at 82 µm is three 4-neighbour shells, and no more
+    three = cv2.erode(before[2], classical._CROSS, iterations=3, borderType=cv2.BORDER_REPLICATE)
+    assert np.array_equal(grown[2], three)
+    assert np.all(grown[data > SCANCO.stored(700.0)])  # the bone's own voxels stay
+    # at 0.246 mm (a voxel of the models' grid): one shell
+    wide = _discs((16.0,))
+    _peel(wide, data[:1], px=0.246)
+    assert np.array_equal(wide[0], cv2.erode(_discs((16.0,))[0], classical._CROSS, borderType=cv2.BORDER_REPLICATE))
+
+
+def test_peel_keeps_to_its_box_smooths_the_noise_and_leaves_holes_cut_faces_and_small_slices():
+    import cv2
+
+    # off centre, in a box that is not square: nothing outside the box changes, and the box is read as it lies
+    data, disc = _blurred_disc(8.0, 1.0, cy=20, cx=40)
+    grown = _discs((9.0, 9.0, 9.0), cy=20, cx=40)
+    grown[:, 50:, :5] = 1  # outside the box, left as it is
+    box = (slice(8, 33), slice(28, 53))
+    _peel(grown, data, box=box)
+    assert np.all(grown[:, 50:, :5] == 1)
+    assert all(measure.dice(grown[k][box], disc[box]) > 0.95 for k in range(3))
+    # noise (150 mg HA/cm³ sd voxel by voxel) does not decide: the outer ring, dark on average, leaves whole
+    noisy, disc = _blurred_disc(12.0, 1.0, noise=150.0)
+    grown = _discs((13.0, 13.0, 13.0))
+    _peel(grown, noisy)
+    assert not np.any(grown & ~_discs((12.5, 12.5, 12.5)))
+    # a marrow hole's rim is no outline: a dark marrow (300) inside the cortex keeps its size
+    data, _ = _blurred_disc(12.0, 1.0)
+    ring = _discs((13.0, 13.0, 13.0))
+    marrow, hole = _discs((7.0, 7.0, 7.0)).astype(bool), _discs((4.0, 4.0, 4.0)).astype(bool)
+    data[marrow] = SCANCO.stored(300.0)  # dark marrow, round a hole in the mask (a pore the fill left)
+    ring[hole] = 0
+    _peel(ring, data)
+    assert not np.any(ring[hole]) and np.all(ring[marrow & ~hole])
+    # a bone cut by the field of view's edge: the cut face is no surface, its dark voxels stay
+    cut = np.zeros((1, 64, 64), np.uint8)
+    cut[0, 20:44, 0:14] = 1  # a bone's cross-section running off the scan at x = 0
+    flat = np.full((1, 64, 64), SCANCO.stored(300.0), np.float32)  # trabecular bone under the level
+    flat[0, :, 14:] = SCANCO.stored(100.0)
+    _peel(cut, flat)
+    assert np.all(cut[0, 23:41, 0:3]), "the cut face was peeled"  # (its top and bottom are surfaces: 3 shells off)
+    assert not np.any(cut[0, 20:23]) and np.all(cut[0, 23:41, :11]) and not np.any(cut[0, :, 11:])
+    # a dome's last small slice, all outline: left as it is
+    tiny = np.zeros((1, 64, 64), np.uint8)
+    tiny[0, 10:13, 10:13] = 1
+    assert _peel(tiny, np.full((1, 64, 64), SCANCO.stored(100.0), np.float32)) == 0 and tiny.sum() == 9
+    del cv2
