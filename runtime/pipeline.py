@@ -194,6 +194,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
                     drop_native(mask, info["box"], parted_off, geometry)
                     on_grid = found[0]
                     info["joint_parted"] = found[1]
+            classical.peel_outline(mask, data, calibration, info, spacing_zyx)  # the joint settled: the outline
     else:
         with timer("inference"):
             prob, win = bonewin.predict(vol, idt.region, backend.infer, backend.batch_for(model.window.roi_slices))

@@ -96,7 +96,8 @@ def test_run_with_the_classical_model(cases, tmp_path):
     net = json.loads((tmp_path / "net" / "PHANTOM_0000.json").read_text())
     diff = res["d100_mg_ha_cm3"] - net["d100_mg_ha_cm3"]
     assert abs(second["d100_difference_mg_ha_cm3"] - diff) < 0.006, (second, diff)  # rounded to 0.01
-    assert abs(second["d100_difference_on_grid_mg_ha_cm3"] - diff) < 2.0, (second, diff)
+    # (on the grid the classical contour is read as drawn, before ``classical.peel_outline`` moves its outline in)
+    assert abs(second["d100_difference_on_grid_mg_ha_cm3"] - diff) < 3.0, (second, diff)
     assert abs(second["d100_difference_mg_ha_cm3"]) <= qc.LIMITS.reading_d100_mg
     prob = aim.read_aim(tmp_path / "PHANTOM_0000_PROB.AIM")
     assert prob.header.shape == aim.read_header(cases / "PHANTOM_0000.AIM").shape
