@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import cli_here
-from vbmd_rt.runtime import classical, measure, qc
+from vbmd_rt.runtime import classical, edges, measure, qc
 from vbmd_rt.runtime.io import aim, masks
 from vbmd_rt.runtime.io.calibration import Calibration
 from vbmd_rt.runtime.model import load_model
@@ -294,13 +294,13 @@ def test_peel_sets_the_outline_on_the_half_level_and_no_deeper_than_a_grid_voxel
     for k in (0, 1):  # one and two voxels wide: back on the disc
         assert measure.dice(grown[k], disc) > 0.97, k
     # four voxels wide: PEEL_MM at 82 µm is three 4-neighbour shells, and no more
-    three = cv2.erode(before[2], classical._CROSS, iterations=3, borderType=cv2.BORDER_REPLICATE)
+    three = cv2.erode(before[2], edges._CROSS, iterations=3, borderType=cv2.BORDER_REPLICATE)
     assert np.array_equal(grown[2], three)
     assert np.all(grown[data > SCANCO.stored(700.0)])  # the bone's own voxels stay
     # at 0.246 mm (a voxel of the models' grid): one shell
     wide = _discs((16.0,))
     _peel(wide, data[:1], px=0.246)
-    assert np.array_equal(wide[0], cv2.erode(_discs((16.0,))[0], classical._CROSS, borderType=cv2.BORDER_REPLICATE))
+    assert np.array_equal(wide[0], cv2.erode(_discs((16.0,))[0], edges._CROSS, borderType=cv2.BORDER_REPLICATE))
 
 
 def test_peel_keeps_to_its_box_smooths_the_noise_and_leaves_holes_cut_faces_and_small_slices():
