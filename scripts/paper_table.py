@@ -3,8 +3,8 @@
     python scripts/paper_table.py --work /tmp/table1 [--cases 54] [--d100-cases 30] [--size small]
 
 Generates the test phantoms (seed 5400: neither the training seed 1000 nor the validation seed 9000),
-runs every model on them with `vbmd-rt run --save-prob` (the bundled 3D U-Net on ONNX Runtime, the
-classical baseline, and any extra model folders given with --model NAME=FOLDER), evaluates each with
+runs every model on them with `vbmd-rt run --save-prob` (the bundled model on ONNX Runtime, labelled with
+the architecture its card names, the classical baseline, and any extra model folders given with --model NAME=FOLDER), evaluates each with
 `vbmd-rt eval`, and prints one Markdown table in the form of the paper's Table 1 plus the D100 rows.
 Everything goes through the CLI, as a user would run it.
 """
@@ -22,6 +22,18 @@ def cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "vbmd_rt", *map(str, args)], check=True)
 
 
+#: How the table names an architecture of ``runtime.model.ARCHITECTURES`` (a card's ``architecture``).
+ARCHITECTURE_LABELS = {"bonewin2d": "one-bone 2D U-Net", "unet2d": "2D U-Net (ResNet34)", "unet3d": "3D U-Net"}
+
+
+def bundled_label() -> str:
+    """The bundled model's row label, from its card: the table must not call a 2D model a 3D U-Net."""
+    from vbmd_rt.runtime.model import load_model
+
+    arch = str(load_model(None).architecture)
+    return f"{ARCHITECTURE_LABELS.get(arch, arch)} (bundled), ONNX Runtime FP32"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
@@ -35,7 +47,7 @@ def main() -> None:
     data = a.work / "phantoms"
     if not (data / f"PHANTOM_{a.cases - 1:04d}.truth.json").exists():
         cli("synth", data, "--cases", a.cases, "--seed", a.seed, "--size", a.size, "--workers", a.workers, "-q")
-    models = {"3D U-Net (bundled), ONNX Runtime FP32": None, "classical baseline": "classical"}
+    models = {bundled_label(): None, "classical baseline": "classical"}
     models.update(dict(m.split("=", 1) for m in a.model))
     rows = []
     for label, folder in models.items():
