@@ -329,9 +329,11 @@ def bone_end(
 
 TIP_MM = 3.0  # ``dome_tip`` follows a head's dome at most this far past its joint cut (a phalanx's cup is shallow)
 NARROWING_MM = 4.0  # ... and where it cannot see it, extends the narrowing of the head's last this many mm
-#: A tip that the image shows more than this before the identified one (``dome_tip``'s ``tip``; the identification
-#: stage's tips lie within 0.5 mm of the generator's in 80 % of bones, ``identity_errors.py score``) is not taken.
-TIP_AGREE_MM = 1.0
+#: Where the dome found so far ends more than ``TIP_SHORT_MM`` before the identified tip (``dome_tip``'s ``tip``;
+#: the identification stage's tips lie within 0.5 mm of the generator's in 80 % of bones, ``identity_errors.py
+#: score``), it is carried on to that tip; where the image showed its last sliver, only more than ``TIP_AGREE_MM``
+#: before it (the sliver is then taken for a piece of the cup's rim).
+TIP_SHORT_MM, TIP_AGREE_MM = 0.5, 1.0
 
 
 def dome_tip(
@@ -352,43 +354,52 @@ def dome_tip(
        parabola (a dome's area falls ever faster towards its tip; a line where the fit is not concave), is
        carried on, and each slice is the one before shrunk to that area (its deepest pixels), within the
        tracked region;
-    3. where neither shows it and ``tip`` is given (the head's tip, in slices of this grid, as the identification
-       stage found it on its own instances: ``identify.head_tip``), as a dome of revolution narrows near its tip,
-       its area falling linearly to nothing there (a paraboloid): from the last cross-section kept, each slice
-       the one before shrunk to that area, within the tracked region or the bone. The tracking can hand the
-       dome inside the cup to the phalanx's instance, or take the cup in with a cross-section that does not
-       narrow, and a piece of the cup's rim can pass for the dome's last sliver: the dome then ended at the
-       cut, 1-2.5 mm short of its tip (``--model classical``: 13 of 188 right bones of Dice >= 0.90 on the
-       evaluation phantoms, 6 of 36 on the training families). An image's tip more than ``TIP_AGREE_MM``
-       before ``tip`` is not taken.
+    3. with ``tip`` (the head's tip as the identification stage found it on its own instances,
+       ``identify.head_tip``: in slices of this grid, slice k spanning [k, k + 1) from the stack's first
+       slice as the pipeline turned it), where the dome found so far ends more than ``TIP_SHORT_MM`` before it:
+       on to that tip as a dome of revolution narrows near its tip, its area falling linearly to nothing
+       there (a paraboloid, at the slices' centres), from the last cross-section kept, each slice the one
+       before shrunk to that area, within the tracked region or the bone. The tracking can hand the dome
+       inside the cup to the phalanx's instance, or take the cup in with a cross-section that does not
+       narrow, and a piece of the cup's rim can pass for the dome's last sliver (taken for one where it lies more
+       than ``TIP_AGREE_MM`` before the tip), or the narrowing ends early: the dome then ended at the
+       cut, 1-2.5 mm short of its tip (``--model classical``: 20 of 256 results of Dice >= 0.90 on the training
+       and evaluation phantoms, 6 with it). A tip given too far carries the dome too far, nested in its last
+       cross-section: by up to ``TIP_MM``, past a last sliver the image showed.
 
     It stops at the dome's tip (below ``TAIL_FRACTION`` of the head's largest cross-section, where a tracked
-    region is a sliver), where the region ends, or ``TIP_MM`` past ``end``."""
+    region is a sliver), where the region ends (without ``tip``), or ``TIP_MM`` past ``end``."""
     nz = region.shape[0]
     empty = np.zeros((0, *region.shape[1:]), bool)
     if end <= 0 or end >= nz or not region[end - 1].any():
         return empty
+    if tip is not None and not math.isfinite(tip):
+        tip = None
     head = region[:end].sum(axis=(1, 2))  # the cross-sections up to the cut
     floor = max(1.0, TAIL_FRACTION * float(head.max()))
     stop = min(nz, end + max(1, int(round(TIP_MM / spacing_mm))))
+
+    def short(ends: float, by_mm: float = TIP_SHORT_MM) -> bool:  # a dome ending at ``ends`` (slices) falls short
+        return tip is not None and ends < tip - by_mm / spacing_mm
+
     out: list[np.ndarray] = []
     prev, k = region[end - 1], end
-    seen = True  # the image showed the dome up to slice k
+    narrowing = True  # whether step 2 may carry the head's narrowing on
     while k < stop:
         cur = _dome_slice(region[k], bone[k], prev, p)
         if cur is None:  # the dome touches the cup here
             break
-        if cur.sum() >= prev.sum() or not region[k].any():  # no dome, or the region's end
-            seen = False
+        if cur.sum() >= prev.sum() or not region[k].any():  # no dome, or the region's end (no tip seen)
+            narrowing = False
             break
-        if cur.sum() < floor:  # its tip, unless the identified one lies well beyond (a piece of the cup's rim)
-            if tip is None or k >= tip - TIP_AGREE_MM / spacing_mm:
+        if cur.sum() < floor:  # its tip (in slice k), or a piece of the cup's rim well before
+            if not short(k, TIP_AGREE_MM):  #   the identified tip (the sliver's slice measured from its start)
                 return np.stack(out) if out else empty
-            seen = False
+            narrowing = False
             break
         out.append(cur)
         prev, k = cur, k + 1
-    if seen:
+    if narrowing:
         area = np.concatenate([head, [o.sum() for o in out]]).astype(np.float64)
         fit = _narrowing(area, spacing_mm)
         while fit is not None and k < stop:
@@ -400,13 +411,14 @@ def dome_tip(
                 break
             out.append(cur)
             prev, k = cur, k + 1
-    if tip is not None and k < min(stop, tip - 1):  # the identified tip lies further on: a paraboloid's dome
-        last, start = float(prev.sum()), k - 1  # the last cross-section kept, in slice ``start``
-        while k < min(stop, tip):
-            want = int(last * (tip - k) / (tip - start))
-            cur = _shrunk(prev, want) & (region[k] | bone[k]) if want >= floor else None  # the region may have
-            #   handed the dome to the phalanx's instance: the bone there
-            if cur is None or cur.sum() < floor:
+    if tip is not None and short(k):  # step 3: a paraboloid from the last cross-section kept (slice k - 1)
+        last, centre = float(prev.sum()), k - 0.5
+        while k < stop:
+            want = int(last * (tip - k - 0.5) / (tip - centre))  # at the slices' centres; none at the tip
+            if want < floor:
+                break
+            cur = _shrunk(prev, want) & (region[k] | bone[k])  # the region may have handed the dome over
+            if cur.sum() < floor:
                 break
             out.append(cur)
             prev, k = cur, k + 1
@@ -549,7 +561,7 @@ def segment(
     p: Params = Params(),
     near=None,
     not_bone=None,
-    tip_mm: float | None = None,
+    tip: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Native (z, y, x) scan -> native uint8 MC2 mask (0/1) and facts, as the network path gives.
 
@@ -560,20 +572,20 @@ def segment(
 
     Bones are found and tracked on a grid of about 0.16 mm (2x coarser for 82 µm scans); MC2's region is
     then resampled (linear, at 0.5) onto the native grid. ``not_bone``: as ``bone_components``'s, on the
-    whole scan's native rows and columns. ``tip_mm``: the head's tip (z, mm from the first slice) as the
-    identification stage found it, where its dome past the joint cut does not show (``dome_tip``).
+    whole scan's native rows and columns. ``tip``: the head's tip as the identification stage found it, in native
+    slices (``dome_tip``'s), where its dome past the joint cut does not show.
     """
     px = float(np.mean(spacing_zyx[1:]))
     factor = coarse_factor(spacing_zyx)
     levels = thresholds(data, spacing_zyx, cal, p, factor, not_bone)
     if near is None:
-        return _segment(data, spacing_zyx, cal, p, None, factor, levels, not_bone, tip_mm)
+        return _segment(data, spacing_zyx, cal, p, None, factor, levels, not_bone, tip)
     r = int(round(NEAR_MM / px))
     y0, x0 = (max(0, int(v) - r) // factor * factor for v in near)  # on the whole scan's coarse grid
     y1, x1 = min(data.shape[1], int(near[0]) + r), min(data.shape[2], int(near[1]) + r)
     crop = None if not_bone is None else (lambda k, ys, xs: not_bone(k, ys + y0, xs + x0))
     sub, info = _segment(
-        data[:, y0:y1, x0:x1], spacing_zyx, cal, p, (near[0] - y0, near[1] - x0), factor, levels, crop, tip_mm
+        data[:, y0:y1, x0:x1], spacing_zyx, cal, p, (near[0] - y0, near[1] - x0), factor, levels, crop, tip
     )
     mask = sparse_zeros(data.shape)  # written in MC2's box only
     if info["box"] is not None:
@@ -584,7 +596,7 @@ def segment(
 
 
 def _segment(
-    data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, levels, not_bone=None, tip_mm=None
+    data, spacing_zyx, cal: Calibration, p: Params, near, factor: int, levels, not_bone=None, tip=None
 ) -> tuple[np.ndarray, dict]:
     coarse_spacing = (spacing_zyx[0], spacing_zyx[1] * factor, spacing_zyx[2] * factor)
     bone = bone_components(data, spacing_zyx, cal, p, factor, levels, not_bone) > 0
@@ -597,11 +609,9 @@ def _segment(
     mine = labels == lab
     del labels
     end = bone_end(mine.sum(axis=(1, 2)), float(spacing_zyx[0]), p, tail=None, cup=False)
-    tip = dome_tip(
-        mine, bone, end, float(spacing_zyx[0]), p, None if tip_mm is None else tip_mm / float(spacing_zyx[0])
-    )
+    dome = dome_tip(mine, bone, end, float(spacing_zyx[0]), p, tip)
     del bone
-    with_tip(mine, end, tip)
+    with_tip(mine, end, dome)
     mine = mine.astype(np.uint8)
     sl = ndimage.find_objects(mine)[0]
     pad = 2 * factor + 2
@@ -629,5 +639,5 @@ def _segment(
         "box": box,
         "empty": not mask.any(),
         "thresholds_mg_ha_cm3": [round(v, 1) for v in levels],
-        "tip_slices": len(tip),
+        "tip_slices": len(dome),
     }

@@ -177,22 +177,22 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
         not_bone = None if idt.shell is None else shell_lookup(idt.shell, geometry)
         with timer("inference"):
             tip_mm = _tip_in(idt, 0.0)  # the dome's tip where the contour's own end does not show it
+            tip = None if tip_mm is None else tip_mm / float(grid.spacing_mm)  # model slices
             mask, info = classical.segment(
-                data, spacing_zyx, calibration, near=native_yx(mc2.y_mm, mc2.x_mm), not_bone=not_bone, tip_mm=tip_mm
+                data,
+                spacing_zyx,
+                calibration,
+                near=native_yx(mc2.y_mm, mc2.x_mm),
+                not_bone=not_bone,
+                tip=None if tip is None else tip * geometry.scale[0],  # native slices
             )
         with timer("postprocess"):
             on_grid = preprocess.to_model_mask(mask, geometry, info["box"]) > 0.5
             end = joint_end(on_grid.sum(axis=(1, 2)), float(grid.spacing_mm))
             if end is not None and info["box"] is not None:  # its tracking took in the phalanx's cup
-                tip = classical.dome_tip(
-                    fill_holes_slicewise(on_grid),
-                    on_grid,
-                    end,
-                    float(grid.spacing_mm),
-                    tip=None if tip_mm is None else tip_mm / float(grid.spacing_mm),
-                )
-                keep_tip(mask, info["box"], tip, end, geometry)
-                classical.with_tip(on_grid, end, tip)
+                dome = classical.dome_tip(fill_holes_slicewise(on_grid), on_grid, end, float(grid.spacing_mm), tip=tip)
+                keep_tip(mask, info["box"], dome, end, geometry)
+                classical.with_tip(on_grid, end, dome)
                 info["joint_cut_slice"] = end
             elif info["box"] is not None:  # no joint in its profile: it may have run on across a narrow one
                 found = jointspace.part(vol, on_grid, float(grid.spacing_mm), _tip_in(idt, 0.0))

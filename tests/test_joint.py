@@ -253,6 +253,9 @@ def test_no_dome_tip_where_the_region_ends_or_runs_on_without_a_cut():
     shaft = np.zeros_like(region)
     shaft[:, 20:44, 20:44] = True  # a region as wide past the cut as before: not a dome
     assert len(classical.dome_tip(shaft, shaft, 25, PX)) == 0
+    on = head.copy()  # a head that narrowed up to the cut, then a region as wide as its last slice: no dome,
+    on[30:] = head[29]  # and its narrowing is not carried on either
+    assert len(classical.dome_tip(on, on, 30, PX)) == 0
 
 
 def _dome_at_cut(cut: int = 30, height: int = 8):
@@ -274,34 +277,93 @@ def test_an_identified_tip_carries_the_dome_where_the_image_does_not_show_it(han
     """Where the tracked region past the cut is the cup and all inside it (a disk as wide as the head: no dome
     to see), or ends at the cut because the tracking gave the dome to the phalanx's instance, and the head did
     not narrow before the cut, the dome's tip is lost (1-2.5 mm of the head on the evaluation phantoms). With
-    the identification stage's tip, the dome is carried on to it as a paraboloid, nested in the head (its area
-    falls linearly: never outside a dome of revolution), from the cross-section at the cut."""
+    the identification stage's tip (slice units from the stack's first slice: the head's last slice is 37, its
+    tip at 38), the dome is carried on to it as a paraboloid, nested in the head (a linear fall of the area
+    lies inside this ellipsoidal dome), from the cross-section at the cut; a tip within ``TIP_SHORT_MM`` of
+    the cut carries nothing."""
     head, disk = _dome_at_cut()
     bone = head | disk
     region = bone.copy()
     if handed_over:
         region[30:] = False
     assert len(classical.dome_tip(region, bone, 30, PX)) == 0  # without the tip: nothing past the cut
-    true_tip = int(np.flatnonzero(head.any(axis=(1, 2)))[-1])
-    tip = classical.dome_tip(region, bone, 30, PX, tip=true_tip + 0.5)
+    true_tip = int(np.flatnonzero(head.any(axis=(1, 2)))[-1]) + 1.0
+    tip = classical.dome_tip(region, bone, 30, PX, tip=true_tip)
+    assert 30 + len(tip) == true_tip - 1  # to the tip, its last sliver (under the floor) left out as the image's
     got = np.zeros_like(head)
     got[30 : 30 + len(tip)] = tip
-    assert true_tip - 2 <= 30 + len(tip) - 1 <= true_tip  # to the tip (its last sliver under the floor)
     assert not (got & ~head).any()  # nested in the dome
-    assert (got & head)[30:].sum() / head[30:].sum() >= 0.6
-    assert (np.diff(tip.sum(axis=(1, 2))) < 0).all()
-    assert len(classical.dome_tip(region, bone, 30, PX, tip=30.4)) == 0  # a tip at the cut: nothing to carry
+    assert (got & head)[30:].sum() / head[30:].sum() >= 0.68
+    areas = tip.sum(axis=(1, 2))
+    assert (np.diff(areas) < 0).all()
+    want = head[29].sum() * (true_tip - np.arange(30, true_tip - 1) - 0.5) / (true_tip - 29.5)  # slices' centres
+    np.testing.assert_allclose(areas, want, rtol=0.12)
+    assert len(classical.dome_tip(region, bone, 30, PX, tip=30 + classical.TIP_SHORT_MM / PX - 0.5)) == 0
+    assert len(classical.dome_tip(region, bone, 30, PX, tip=30 + classical.TIP_SHORT_MM / PX + 1.5)) >= 1
+    assert len(classical.dome_tip(region, bone, 30, PX, tip=float("nan"))) == 0
 
 
-def test_an_identified_tip_leaves_a_dome_the_image_shows():
-    """Where the joint space shows the dome to its tip, the identified tip changes nothing, whether it lies
-    there or well past it (the image's tip within ``TIP_AGREE_MM`` of it is taken; beyond, the dome is not
-    carried past a tip the image shows narrowing to nothing)."""
-    region, bone, head, _ = _head_in_cup(True)
+def test_the_identified_tips_dome_keeps_to_the_bone_where_the_region_ended():
+    """The dome handed to the phalanx's instance is carried on within the bone the tracking saw: where a wedge
+    of it is dark (not bone) past the cut, the dome leaves the wedge out."""
+    head, disk = _dome_at_cut()
+    bone = head | disk
+    wedge = np.zeros_like(bone)
+    wedge[30:, :32, :32] = True
+    bone &= ~wedge
+    region = bone.copy()
+    region[30:] = False
+    tip = classical.dome_tip(region, bone, 30, PX, tip=38.0)
+    assert len(tip) >= 4 and not (tip & wedge[30 : 30 + len(tip)]).any()
+    assert (tip & ~wedge[30 : 30 + len(tip)]).sum() > 0
+
+
+def test_an_identified_tip_leaves_a_dome_the_image_shows_unless_it_lies_well_beyond():
+    """Where the joint space shows the dome to its last sliver (slice 35, its tip at 36), a tip identified there
+    or within ``TIP_AGREE_MM`` beyond changes nothing. One further on takes the sliver for a piece of the cup's
+    rim and carries the dome on, nested in its last cross-section: what an identified tip too far costs."""
+    region, bone, head, cup = _head_in_cup(True)
     alone = classical.dome_tip(region, bone, 30, PX)
-    true_tip = int(np.flatnonzero(head.any(axis=(1, 2)))[-1])
-    for given in (true_tip + 0.5, true_tip + 0.5 + classical.TIP_AGREE_MM / PX - 1):
+    true_tip = int(np.flatnonzero(head.any(axis=(1, 2)))[-1]) + 1.0
+    assert 30 + len(alone) == true_tip - 1  # the last sliver, under the floor, left out
+    sliver = true_tip - 1  # its slice, from whose start the identified tip is measured
+    for given in (true_tip, sliver + classical.TIP_AGREE_MM / PX - 0.1):
         np.testing.assert_array_equal(classical.dome_tip(region, bone, 30, PX, tip=given), alone)
+    beyond = classical.dome_tip(region, bone, 30, PX, tip=sliver + classical.TIP_AGREE_MM / PX + 0.1)
+    assert len(beyond) > len(alone)
+    np.testing.assert_array_equal(beyond[: len(alone)], alone)
+    assert not (beyond[len(alone)] & ~alone[-1]).any()  # nested in the slice before
+
+
+def test_the_classical_path_gives_the_dome_the_identified_tip_in_each_grids_slices(tmp_path, monkeypatch):
+    """``--model classical``: ``classical.segment`` gets the identification stage's tip (mm on the model grid
+    of 0.246 mm) in its own slices, the native grid's (an XtremeCT II phantom's 0.182 mm); so does the cut on the
+    model grid where the pipeline makes one (its tracking took the cup in: not on this phantom)."""
+    import json
+
+    from vbmd_rt.runtime import pipeline
+    from vbmd_rt.runtime.inference.base import NoNetwork
+    from vbmd_rt.runtime.model import load_model
+    from vbmd_rt.synth import phantom
+
+    phantom.synth_case(tmp_path, 3, 6000, "small", "random:scanner=xct2")
+    scan = tmp_path / f"{phantom.case_name(3)}.AIM"
+
+    seen = []
+    original = classical.dome_tip
+
+    def spy(region, bone, end, spacing_mm, p=classical.Params(), tip=None):
+        seen.append((spacing_mm, tip))
+        return original(region, bone, end, spacing_mm, p, tip)
+
+    monkeypatch.setattr(classical, "dome_tip", spy)
+    with NoNetwork(None) as backend:
+        pipeline.run_scan(scan, tmp_path / "out", load_model("classical"), backend)
+    res = json.loads((tmp_path / "out" / scan.with_suffix(".json").name).read_text())
+    mc2 = res["identity"]["candidates"][res["identity"]["choice"]]
+    assert mc2["joint_in_view"] and {round(s, 3) for s, _ in seen} >= {0.182}, seen
+    for spacing_mm, tip in seen:  # within the model grid's rounding of the stack's length, and JSON's 0.1 mm
+        assert tip is not None and abs(tip * spacing_mm - mc2["tip_mm"]) < 0.15, (seen, mc2["tip_mm"])
 
 
 @pytest.mark.parametrize("flip", [False, True])
