@@ -400,29 +400,38 @@ def dome_tip(
         out.append(cur)
         prev, k = cur, k + 1
     if narrowing:
-        area = np.concatenate([head, [o.sum() for o in out]]).astype(np.float64)
-        fit = _narrowing(area, spacing_mm)
-        while fit is not None and k < stop:
-            want = int(np.polyval(fit, k))
-            if want < floor:
-                break
-            cur = _shrunk(prev, want) & region[k]
-            if cur.sum() < floor:
-                break
-            out.append(cur)
-            prev, k = cur, k + 1
+        fit = _narrowing(np.concatenate([head, [o.sum() for o in out]]).astype(np.float64), spacing_mm)
+        if fit is not None:
+            out += _shrinking(prev, k, stop, floor, lambda j: int(np.polyval(fit, j)), lambda j: region[j])
+    k, prev = end + len(out), (out[-1] if out else region[end - 1])
     if tip is not None and short(k):  # step 3: a paraboloid from the last cross-section kept (slice k - 1)
         last, centre = float(prev.sum()), k - 0.5
-        while k < stop:
-            want = int(last * (tip - k - 0.5) / (tip - centre))  # at the slices' centres; none at the tip
-            if want < floor:
-                break
-            cur = _shrunk(prev, want) & (region[k] | bone[k])  # the region may have handed the dome over
-            if cur.sum() < floor:
-                break
-            out.append(cur)
-            prev, k = cur, k + 1
+        out += _shrinking(
+            prev,
+            k,
+            stop,
+            floor,
+            lambda j: int(last * (tip - j - 0.5) / (tip - centre)),  # at the slices' centres; none at the tip
+            lambda j: region[j] | bone[j],  # the region may have handed the dome over
+        )
     return np.stack(out) if out else empty
+
+
+def _shrinking(prev: np.ndarray, k: int, stop: int, floor: float, area, within) -> list[np.ndarray]:
+    """``dome_tip``'s carried dome: from cross-section ``prev`` (slice ``k - 1``), each slice ``k``, ``k + 1``, ...
+    before ``stop`` the one before shrunk to ``area(k)`` pixels (``_shrunk``) within ``within(k)``, until the area
+    or the slice falls under ``floor``."""
+    out: list[np.ndarray] = []
+    while k < stop:
+        want = area(k)
+        if want < floor:
+            break
+        cur = _shrunk(prev, want) & within(k)
+        if cur.sum() < floor:
+            break
+        out.append(cur)
+        prev, k = cur, k + 1
+    return out
 
 
 def with_tip(mask: np.ndarray, end: int, tip: np.ndarray) -> None:

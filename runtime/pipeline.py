@@ -195,7 +195,7 @@ def _segment_identified(data, model, backend, side, timer, keep_prob, spacing_zy
                 classical.with_tip(on_grid, end, dome)
                 info["joint_cut_slice"] = end
             elif info["box"] is not None:  # no joint in its profile: it may have run on across a narrow one
-                found = jointspace.part(vol, on_grid, float(grid.spacing_mm), _tip_in(idt, 0.0))
+                found = jointspace.part(vol, on_grid, float(grid.spacing_mm), tip_mm)
                 if found is not None:
                     parted_off = on_grid & ~found[0]
                     drop_native(mask, info["box"], parted_off, geometry)
