@@ -120,6 +120,52 @@ def test_a_mask_that_widens_at_its_end_is_flagged_for_the_joint(case):
     assert any("ends abruptly" in r and "joint space" in r for r in v["reasons"]), v["reasons"]
 
 
+def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narrow(case):
+    """A network that follows a region merged with the phalanx runs past the dome into the phalanx's shaft: its
+    last slices hold less than half of the head's widest (under ``end_fraction``, and far from a full
+    cross-section) but do not narrow over their last 1 mm, as a dome does (rand8000 0056 of the thirty-fourth
+    pass, 7 mm into the phalanx at 44 % of the widest). A whole dome, one a slice shorter, or a thin tail past
+    the dome's tip (under ``run_on_fraction``) is no reason."""
+    import cv2
+
+    p, _, truth = case
+    area = truth.sum(axis=(1, 2))
+    zs = np.flatnonzero(area)
+    n = max(2, int(round(1.0 / p.voxel_mm)))
+    assert _verdict(case, truth)["shape"]["end_narrows"]
+    shorter = truth.copy()
+    shorter[zs[-1]] = 0
+    assert not any("do not narrow" in r for r in _verdict(case, shorter)["reasons"])
+    cy, cx = (int(round(v.mean())) for v in np.nonzero(truth[zs[len(zs) // 2]]))
+    stop = min(truth.shape[0] - 2, zs[-1] + 3 * n)  # 3 mm past the dome, short of the stack's end
+
+    def run_on(share: float) -> dict:
+        r = max(1, int(round(np.sqrt(share * area.max() / np.pi))))
+        rod = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r, 1, -1)
+        mask = truth.copy()
+        mask[zs[-1] + 1 : stop] = rod
+        return _verdict(case, mask)
+
+    tail = run_on(0.02)  # a thin tail past the tip: it does not narrow, and it is no phalanx
+    assert not tail["shape"]["end_narrows"] and tail["shape"]["end_fraction"] < qc.LIMITS.run_on_fraction
+    assert not any("do not narrow" in r for r in tail["reasons"]), tail["reasons"]
+    v = run_on(0.4)  # a shaft of 40 % of the head's widest
+    s = v["shape"]
+    assert s["end_fraction"] < qc.LIMITS.end_fraction and s["end_taper_mm"] >= qc.LIMITS.end_taper_mm
+    assert not s["end_narrows"] and not s["end_narrows_2mm"] and s["end_last_mm_ratio"] == pytest.approx(1.0)
+    assert v["status"] == "review"
+    assert any("do not narrow" in r and "into the phalanx" in r for r in v["reasons"]), v["reasons"]
+    # 1 mm of a shaft 0.85 as wide as the dome 1 mm before its tip: the last 2 mm narrow (a little of the joint)
+    share = 0.85 * area[zs[-1] - n] / area.max()
+    short = truth.copy()
+    r = int(round(np.sqrt(share * area.max() / np.pi)))
+    short[zs[-1] + 1 : zs[-1] + 1 + n] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r, 1, -1)
+    w = _verdict(case, short)
+    assert w["shape"]["end_fraction"] >= qc.LIMITS.run_on_fraction, w["shape"]
+    assert not w["shape"]["end_narrows"] and w["shape"]["end_narrows_2mm"], w["shape"]
+    assert not any("do not narrow" in r for r in w["reasons"]), w["reasons"]
+
+
 def test_lost_shaft_slices_are_flagged(case):
     mask = case[2].copy()
     mask[:8] = 0  # 2 mm of shaft missing at the stack's start
