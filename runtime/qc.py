@@ -85,7 +85,7 @@ class Limits:
     # the head, where its last slice may hold under ``end_fraction`` (a cortex-free osteoporotic head: Dice
     # 0.80, the head 6.8 mm short, 0.5 mm).
     end_taper_mm: float = 1.0
-    # ... and a last 2 mm that do not narrow, at a quarter of the largest cross-section or more, are no dome:
+    # ... and a last 1 mm and 2 mm that do not narrow, at a quarter to a half of the largest, are no dome:
     # the mask ran on into the phalanx (its shaft a quarter to a half of MC2's widest; rand8000 0056 of the
     # thirty-fourth pass's candidate model, 7 mm into it at 0.44, Dice 0.73). A thin tail past a dome's tip
     # (the classical contour's, 0.004-0.012), a dome whose last 1 mm took in a little of the joint (classical
@@ -331,12 +331,13 @@ def end_shape(a: np.ndarray, half: int, slice_mm: float) -> dict:
     largest (``end_taper_mm``). A head cut short narrows to its cut, or not at all; a mask that takes in the
     joint space or the base of the phalanx round the dome's tip stops narrowing, or widens."""
     before = float(a[max(0, a.size - 1 - half)])
+    before2 = float(a[max(0, a.size - 1 - 2 * half)])  # a gap slice there (0) is no run-on: gaps have their reason
     full = int(np.flatnonzero(a >= 0.9 * a.max())[-1])
     return {
         "end_fraction": round(float(a[-1]) / float(a.max()), 4),
         "end_narrows": bool(a[-1] < 0.95 * before),
         "end_last_mm_ratio": round(float(a[-1]) / before, 3) if before > 0 else None,
-        "end_narrows_2mm": bool(a[-1] < 0.95 * float(a[max(0, a.size - 1 - 2 * half)])),
+        "end_narrows_2mm": bool(a[-1] < 0.95 * before2 or before2 == 0),
         "end_taper_mm": round((a.size - 1 - full) * slice_mm, 2),
     }
 

@@ -123,9 +123,10 @@ def test_a_mask_that_widens_at_its_end_is_flagged_for_the_joint(case):
 def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narrow(case):
     """A network that follows a region merged with the phalanx runs past the dome into the phalanx's shaft: its
     last slices hold less than half of the head's widest (under ``end_fraction``, and far from a full
-    cross-section) but do not narrow over their last 1 mm, as a dome does (rand8000 0056 of the thirty-fourth
-    pass, 7 mm into the phalanx at 44 % of the widest). A whole dome, one a slice shorter, or a thin tail past
-    the dome's tip (under ``run_on_fraction``) is no reason."""
+    cross-section) but do not narrow over their last 1 mm nor 2 mm, as a dome does (rand8000 0056 of the
+    thirty-fourth pass, 7 mm into the phalanx at 44 % of the widest). A whole dome, one a slice shorter, a thin
+    tail past the dome's tip (under ``run_on_fraction``), or 1 mm of a shaft the dome narrows to over 2 mm is no
+    reason."""
     import cv2
 
     p, _, truth = case
