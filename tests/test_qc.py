@@ -140,11 +140,12 @@ def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narro
     cy, cx = (int(round(v.mean())) for v in np.nonzero(truth[zs[len(zs) // 2]]))
     stop = min(truth.shape[0] - 2, zs[-1] + 3 * n)  # 3 mm past the dome, short of the stack's end
 
-    def run_on(share: float) -> dict:
+    def run_on(share: float, end: int = stop) -> dict:
+        """The truth with a shaft of ``share`` of its widest cross-section from past the dome's tip to ``end``."""
         r = max(1, int(round(np.sqrt(share * area.max() / np.pi))))
         rod = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r, 1, -1)
         mask = truth.copy()
-        mask[zs[-1] + 1 : stop] = rod
+        mask[zs[-1] + 1 : end] = rod
         return _verdict(case, mask)
 
     tail = run_on(0.02)  # a thin tail past the tip: it does not narrow, and it is no phalanx
@@ -157,11 +158,7 @@ def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narro
     assert v["status"] == "review"
     assert any("do not narrow" in r and "into the phalanx" in r for r in v["reasons"]), v["reasons"]
     # 1 mm of a shaft 0.85 as wide as the dome 1 mm before its tip: the last 2 mm narrow (a little of the joint)
-    share = 0.85 * area[zs[-1] - n] / area.max()
-    short = truth.copy()
-    r = int(round(np.sqrt(share * area.max() / np.pi)))
-    short[zs[-1] + 1 : zs[-1] + 1 + n] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r, 1, -1)
-    w = _verdict(case, short)
+    w = run_on(0.85 * area[zs[-1] - n] / area.max(), zs[-1] + 1 + n)
     assert w["shape"]["end_fraction"] >= qc.LIMITS.run_on_fraction, w["shape"]
     assert not w["shape"]["end_narrows"] and w["shape"]["end_narrows_2mm"], w["shape"]
     assert not any("do not narrow" in r for r in w["reasons"]), w["reasons"]
