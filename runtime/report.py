@@ -460,6 +460,13 @@ _CHECKS = (
         "end_fraction",
         "<=",
     ),
+    (
+        "shape",
+        "end_taper_mm",
+        "dome length: from the last slice that holds 90 % of the largest cross-section to the end (mm)",
+        "end_taper_mm",
+        ">=",
+    ),
     ("shape", "touches_edge", "the mask touches the image's edge", None, "no"),
     ("shape", "length_mm", "MC2 length (mm)", "length_mm", "in"),
     (None, "bone_volume_mm3", "bone volume (mm³)", "volume_mm3", "in"),
@@ -500,6 +507,19 @@ def qc_checks(result: dict) -> list[tuple[str, str, str]]:
         else:
             continue
         rows.append((words, fmt(src[key]), limit))
+    shape = qc.get("shape")
+    floor = limits.get("run_on_fraction")
+    if isinstance(shape, dict) and floor is not None and shape.get("end_fraction") is not None:
+        if "end_narrows_2mm" in shape and shape["end_fraction"] >= floor:  # ``qc.verdict``'s run-on check
+            narrows = bool(shape.get("end_narrows", True) or shape["end_narrows_2mm"])
+            rows.append(
+                (
+                    f"the mask narrows over its last 1 or 2 mm, as a head's dome does (asked where its last slice"
+                    f" holds {floor:.0%} or more of the largest cross-section: a phalanx's shaft does not narrow)",
+                    fmt(narrows),
+                    "yes",
+                )
+            )
     return rows
 
 

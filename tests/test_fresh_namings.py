@@ -4,7 +4,8 @@ checks that now review or mend them: a thumb beside a row of two read as the far
 (``identify.SESAMOID_PAST_JOINT_MM``); and of the thirtieth pass, a thumb beside a row of three read as MC5 of a
 row of four (``identify.far_gap``); and of the thirty-first, two metacarpals taken as one beside a third, the only
 two bones found (``identify.wide_pair``), and MC2 in two pieces read as MC4 and MC5 of a row of four (``far_gap``'s
-``NEAR_GAP``)."""
+``NEAR_GAP``); and of the thirty-fifth, a thumb read as the far end of a row one bone longer where it lies as that
+end would (``identify.thumb_end``)."""
 
 import json
 import re
@@ -167,6 +168,9 @@ def _on_truth(idt, gt) -> float:
         (32000, 116, "as a thumb beside a row of three does"),  # a thumb named MC5 of a row of four (lead 3.3)
         (28000, 138, "as where two metacarpals are taken as one"),  # MC2 and MC3 one bone, MC4 named MC2 (lead 2.5)
         (34000, 60, "as pieces of one bone do"),  # MC2 in two pieces read as MC4 and MC5, MC4 named MC2 (lead 2.0)
+        (34000, 32, "may be the thumb beside a row of 2"),  # a thumb named MC4 beyond MC2 and MC3 (lead 3.15)
+        (34000, 13, "may be the thumb beside a row of 2"),  # the same (lead 2.7, the thumb's naming 3.5 behind)
+        (34000, 38, "may be the thumb beside a row of 3"),  # a thumb named MC5 beyond MC2 to MC4 (lead 3.3)
     ],
 )
 def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, index, why):
@@ -184,6 +188,36 @@ def test_fresh_hands_that_passed_with_another_bone_are_reviewed(tmp_path, seed, 
         assert _on_truth(idt, gt) > 0.7 and all(c["sesamoids"] == 0 for c in record["candidates"])
     if index == 138:  # two candidates, MC2 and MC3 as one and MC4, and MC4 named MC2: its region lies on no MC2
         assert len(record["candidates"]) == 2 and _on_truth(idt, gt) < 0.1 and record["margin"] >= 2.0
+
+
+def _measured(label, x, y, shaft, head, width, tip, lobe=0.0) -> identify.Bone:
+    """A candidate as a result JSON lists it (joint 1 mm before the tip, in view, not at the edge)."""
+    return identify.Bone(label, x, y, shaft, head, tip - 1.0, True, 20.0, False, 1.2, width, lobe, tip)
+
+
+def test_a_row_whose_far_end_may_be_the_thumb_needs_a_larger_lead():
+    """Fresh hand 0032 of seed 34000 as its result listed its candidates: MC2 and MC3 with a thumb beyond MC2
+    (bone 3: small, its joint 5 mm proximal) read as a row of three whose far end is MC4, MC3 named MC2 with a
+    lead of 3.15. The naming that takes bone 3 for the thumb trails by under ``THUMB_END``: a reason. Not where
+    the naming holds a thumb, under ``REVIEW_MARGIN`` (the margin is the reason), where the far end is a
+    metacarpal's size with its joint level with the row's (the thumb's naming far behind), or for two bones."""
+    row = [
+        _measured(1, 34.7, 14.1, 68.1, 170.4, 17.8, 16.5),
+        _measured(2, 57.9, 16.8, 60.0, 144.3, 15.1, 16.8),
+        _measured(3, 15.3, 18.3, 36.2, 64.4, 10.2, 11.0, lobe=0.19),
+    ]
+    hyps, margin = identify.name(row, None)
+    assert hyps[0]["mc2"] == 1 and hyps[0]["thumb"] is None and identify.REVIEW_MARGIN <= margin
+    why = identify.thumb_end(row, 1, None, margin)
+    assert "the row's far end, bone 3, may be the thumb beside a row of 2 (that naming, MC2 bone 1" in why, why
+    behind = float(re.search(r"trails by ([0-9.]+)", why).group(1))
+    assert behind < identify.THUMB_END
+    assert identify.thumb_end(row, 1, 2, margin) == ""  # a naming with a thumb
+    assert identify.thumb_end(row, 1, None, identify.REVIEW_MARGIN - 0.1) == ""
+    assert identify.thumb_end(row[:2], 1, None, 3.0) == ""  # two bones: no far end beyond a row
+    big = [*row[:2], _measured(3, 15.3, 18.3, 66.0, 160.0, 17.0, 16.4)]  # a third metacarpal, its joint level
+    hyps, margin = identify.name(big, None)
+    assert identify.thumb_end(big, hyps[0]["mc2"], None, max(margin, identify.REVIEW_MARGIN)) == ""
 
 
 def test_the_cache_script_asks_the_same_check():

@@ -162,6 +162,20 @@ def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narro
     assert w["shape"]["end_fraction"] >= qc.LIMITS.run_on_fraction, w["shape"]
     assert not w["shape"]["end_narrows"] and w["shape"]["end_narrows_2mm"], w["shape"]
     assert not any("do not narrow" in r for r in w["reasons"]), w["reasons"]
+    # and the other way round: 2 mm before the end lies in the dome's small last slices, and a shaft of 40 %
+    # past it narrows to 30 % over its last 1 mm: the 2 mm do not narrow, the last 1 mm does (as a dome does)
+    last = zs[-1] + 2 * n - 1
+    r3 = max(1, int(round(np.sqrt(0.3 * area.max() / np.pi))))
+    m = run_on(0.4, last)
+    narrow = truth.copy()
+    r4 = max(1, int(round(np.sqrt(0.4 * area.max() / np.pi))))
+    narrow[zs[-1] + 1 : last] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r4, 1, -1)
+    narrow[last] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r3, 1, -1)
+    t = _verdict(case, narrow)
+    assert t["shape"]["end_narrows"] and not t["shape"]["end_narrows_2mm"], t["shape"]
+    assert t["shape"]["end_fraction"] >= qc.LIMITS.run_on_fraction, t["shape"]
+    assert not any("do not narrow" in r for r in t["reasons"]), t["reasons"]
+    assert m["status"] == "review"  # the same shaft without its narrowing is a run-on
 
 
 def test_lost_shaft_slices_are_flagged(case):
