@@ -92,6 +92,13 @@ class Limits:
     # rand8000 0002: 0.40, narrowing over 2 mm) and the network's good masks that end undiminished (0.20, or
     # over ``end_fraction``, where the reason above speaks) stay as they were.
     run_on_fraction: float = 0.25
+    # ... and halves over millimetres too: from 0.9 of its largest cross-section to 0.5 of it, a sphere's dome
+    # takes 0.39 of its radius (a paraboloid's, 0.4 of its depth): 1.7 mm or more for a head 9 mm wide. The
+    # bundled network's good masks took 1.23 mm at least (the training families' 113, the held-out ones' 170;
+    # thirty-fifth pass). A mask that halves in under this has lost the head where the bone goes on, however it
+    # ends after (fresh rand35000 0014, an osteoporotic held-out head: 0.55 mm from 0.9 to 0.5, then a piece
+    # of the head's edge for 1.6 mm, ending 1.8 mm short; Dice 0.84, D100 +12.5, and no reason).
+    end_halving_mm: float = 1.0
     length_mm: tuple[float, float] = (4.0, 45.0)
     volume_mm3: tuple[float, float] = (250.0, 12000.0)
     mean_area_mm2: tuple[float, float] = (30.0, 320.0)
@@ -328,17 +335,20 @@ def end_shape(a: np.ndarray, half: int, slice_mm: float) -> dict:
     whether its last 1 mm (``half`` slices) narrows as a head's dome does (``end_narrows``: the last slice
     under 0.95 of the one 1 mm before; ``end_last_mm_ratio`` the last slice over that one; ``end_narrows_2mm``
     the same against the slice 2 mm before), and over how many mm from the last slice that held 0.9 of the
-    largest (``end_taper_mm``). A head cut short narrows to its cut, or not at all; a mask that takes in the
-    joint space or the base of the phalanx round the dome's tip stops narrowing, or widens."""
+    largest (``end_taper_mm``) and from that slice to the last that held half of it (``end_halving_mm``). A
+    head cut short narrows to its cut, or not at all, or falls to a piece of its edge; a mask that takes in
+    the joint space or the base of the phalanx round the dome's tip stops narrowing, or widens."""
     before = float(a[max(0, a.size - 1 - half)])
     before2 = float(a[max(0, a.size - 1 - 2 * half)])  # a gap slice there (0) is no run-on: gaps have their reason
     full = int(np.flatnonzero(a >= 0.9 * a.max())[-1])
+    half_area = int(np.flatnonzero(a >= 0.5 * a.max())[-1])
     return {
         "end_fraction": round(float(a[-1]) / float(a.max()), 4),
         "end_narrows": bool(a[-1] < 0.95 * before),
         "end_last_mm_ratio": round(float(a[-1]) / before, 3) if before > 0 else None,
         "end_narrows_2mm": bool(a[-1] < 0.95 * before2 or before2 == 0),
         "end_taper_mm": round((a.size - 1 - full) * slice_mm, 2),
+        "end_halving_mm": round((half_area - full) * slice_mm, 2),
     }
 
 
@@ -477,6 +487,12 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
             reasons.append(
                 f"the mask ends {shape['end_taper_mm']:.1f} mm after a slice that holds 90% of its largest"
                 " cross-section, where a head's dome narrows over millimetres (is the head cut short?)"
+            )
+        elif shape.get("end_halving_mm", math.inf) < limits.end_halving_mm:
+            reasons.append(
+                f"the mask's cross-section falls from 90% to half of its largest within {shape['end_halving_mm']:.1f}"
+                " mm, where a head's dome takes millimetres: has it lost the head, with a piece of its edge left"
+                " past the loss?"
             )
         _range(reasons, "MC2 length", shape["length_mm"], limits.length_mm, "mm")
         _range(reasons, "bone volume", measures.get("bone_volume_mm3"), limits.volume_mm3, "mm³")

@@ -467,6 +467,13 @@ _CHECKS = (
         "end_taper_mm",
         ">=",
     ),
+    (
+        "shape",
+        "end_halving_mm",
+        "dome halving: from the last slice that holds 90 % of the largest cross-section to the last of 50 % (mm)",
+        "end_halving_mm",
+        ">=",
+    ),
     ("shape", "touches_edge", "the mask touches the image's edge", None, "no"),
     ("shape", "length_mm", "MC2 length (mm)", "length_mm", "in"),
     (None, "bone_volume_mm3", "bone volume (mm³)", "volume_mm3", "in"),

@@ -178,6 +178,52 @@ def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narro
     assert m["status"] == "review"  # the same shaft without its narrowing is a run-on
 
 
+def test_a_mask_that_loses_the_head_and_keeps_a_piece_of_its_edge_is_flagged(case):
+    """A network that loses the head where the bone goes on, its mask falling from 0.9 of its largest
+    cross-section to a piece of the head's edge within half a millimetre and running on as that piece for 1.5
+    mm (fresh rand35000 0014 of the thirty-fifth pass: Dice 0.84, D100 +12.5, no reason): its last slice is
+    small and it ends over a millimetre after its last full slice, so only how fast it halves tells. The true
+    dome halves over millimetres, and a mask that halves just over ``end_halving_mm`` is no reason."""
+    import cv2
+
+    p, _, truth = case
+    area = truth.sum(axis=(1, 2))
+    zs = np.flatnonzero(area)
+    full = int(np.flatnonzero(area >= 0.9 * area.max())[-1])
+    truth_shape = _verdict(case, truth)["shape"]
+    assert truth_shape["end_halving_mm"] >= 1.5 * qc.LIMITS.end_halving_mm, truth_shape
+
+    def lost(after_mm: float) -> dict:
+        """The truth to its last full slice, shrunk to half of its largest cross-section ``after_mm`` later, then
+        a piece of the head's edge (a tenth of the largest, narrowing) for 1.5 mm."""
+        mask = truth.copy()
+        k = full + max(1, int(round(after_mm / p.voxel_mm)))
+        mask[full + 1 :] = 0
+        for j in range(full + 1, k):  # from the full slice down to half, within ``after_mm``
+            m = truth[j].astype(np.uint8)
+            while m.sum() > area.max() * (0.9 - 0.4 * (j - full) / (k - full)):
+                m = cv2.erode(m, np.ones((3, 3), np.uint8))
+            mask[j] = m
+        ys, xs = np.nonzero(truth[full])
+        edge = (int(ys.max()) - 4, int(np.median(xs)))  # inside the head's edge
+        n = int(round(1.5 / p.voxel_mm))
+        for i, j in enumerate(range(k, min(k + n, truth.shape[0] - 2))):
+            r = max(1, int(round(np.sqrt(0.1 * area.max() * (1 - i / n) / np.pi))))
+            mask[j] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), edge[::-1], r, 1, -1) & truth[j]
+        return _verdict(case, mask)
+
+    v = lost(0.5)
+    s = v["shape"]
+    assert s["end_halving_mm"] < qc.LIMITS.end_halving_mm, s
+    assert s["end_fraction"] < qc.LIMITS.run_on_fraction and s["end_taper_mm"] >= qc.LIMITS.end_taper_mm, s
+    assert v["status"] == "review"
+    assert any("from 90% to half" in r and "lost the head" in r for r in v["reasons"]), v["reasons"]
+    slow = lost(qc.LIMITS.end_halving_mm + 2 * p.voxel_mm)  # halving over the limit, the rest as before
+    assert slow["shape"]["end_halving_mm"] >= qc.LIMITS.end_halving_mm, slow["shape"]
+    assert not any("from 90% to half" in r for r in slow["reasons"]), slow["reasons"]
+    assert zs[-1] > full  # the true head narrows after its last full slice
+
+
 def test_lost_shaft_slices_are_flagged(case):
     mask = case[2].copy()
     mask[:8] = 0  # 2 mm of shaft missing at the stack's start

@@ -206,25 +206,28 @@ def test_html_lists_the_identity_agreement_and_second_reading_checks():
 
 
 def test_html_lists_the_dome_and_run_on_checks_only_where_the_verdict_asks_them():
-    """The end of the mask is judged by its dome's length (``end_taper_mm``) and, where its last slice holds a
-    quarter or more of the largest cross-section, by whether its last 1 or 2 mm narrow (``qc.verdict``'s
-    run-on check): both are rows of the table, the second only where the verdict asks it."""
+    """The end of the mask is judged by its dome's length (``end_taper_mm``) and halving (``end_halving_mm``)
+    and, where its last slice holds a quarter or more of the largest cross-section, by whether its last 1 or 2
+    mm narrow (``qc.verdict``'s run-on check): all are rows of the table, the last only where the verdict asks
+    it."""
     data, mask = _hand()
     extra = report.details(data, mask, CAL, (0.082, 0.082, 0.082))
 
     def rows(**shape):
         q = _qc()
         q["shape"].update(shape)
-        q["limits"].update(end_taper_mm=1.0, run_on_fraction=0.25)
+        q["limits"].update(end_taper_mm=1.0, run_on_fraction=0.25, end_halving_mm=1.0)
         page = report.html_report(_result(qc=q), b"\x89PNG", extra)
         return page.split("<h2>Quality checks</h2>")[1].split("</table>")[0].split("<tr>")
 
     def row(table, words):
         return next((r for r in table if words in r), None)
 
-    runs_on = rows(end_fraction=0.44, end_narrows=False, end_narrows_2mm=False, end_taper_mm=3.5)
+    runs_on = rows(end_fraction=0.44, end_narrows=False, end_narrows_2mm=False, end_taper_mm=3.5, end_halving_mm=2.2)
     dome = row(runs_on, "dome length")
     assert dome is not None and "<td>3.5</td>" in dome and "&gt;= 1" in dome, dome
+    halving = row(runs_on, "dome halving")
+    assert halving is not None and "<td>2.2</td>" in halving and "&gt;= 1" in halving, halving
     shaft = row(runs_on, "narrows over its last 1 or 2 mm")
     assert shaft is not None and "<td>no</td>" in shaft and "<td>yes</td>" in shaft and "25%" in shaft, shaft
     for narrow in ({"end_narrows": True}, {"end_narrows_2mm": True}):
