@@ -1356,34 +1356,56 @@ def wide_pair(bones: list[Bone], choice: int, thumb: int | None, margin: float) 
 THUMB_END = 3.5
 
 
-def thumb_end(bones: list[Bone], choice: int, thumb: int | None, margin: float) -> str:
+def thumb_end(bones: list[Bone], choice: int, thumb: int | None, margin: float, weights: dict | None = None) -> str:
     """Why a thumbless row of three or four may be a thumb beside a row one bone shorter, or "": the best
-    naming that takes the row's end away from MC2 (bone ``choice``) for the thumb scores within ``THUMB_END``
-    of the thumbless naming (both by ``name`` without a side: ``identify`` does not ask it where a side is
-    given or logged, which decides the row's ends). Asked where the lead ``margin`` is at least
-    ``REVIEW_MARGIN`` (under it, that is the reason)."""
+    naming that takes the row's end away from MC2 (bone ``choice``) for the thumb, and so another bone for
+    MC2, scores within ``THUMB_END`` of the thumbless naming (both by ``name`` without a side, with
+    ``weights``: ``row_reasons`` does not ask it where a side is given or logged, which decides the row's ends).
+    Asked where the lead ``margin`` is at least ``REVIEW_MARGIN`` (under it, that is the reason)."""
     if thumb is not None or margin < REVIEW_MARGIN or len(bones) not in (3, 4):
         return ""
-    order = _row(bones, None)[3]
-    if choice not in (order[0], order[-1]):
+    row = _from_mc2(bones, choice, len(bones))
+    if row is None:
         return ""
-    far = order[-1] if choice == order[0] else order[0]
-    hyps, _ = name(bones, None)
+    far = row[2][-1]
+    hyps, _ = name(bones, None, weights)
     mine = next((h["score"] for h in hyps if h["mc2"] == choice and h["thumb"] is None), None)
-    alt = max((h for h in hyps if h["thumb"] == far), key=lambda h: h["score"], default=None)
+    alt = max((h for h in hyps if h["thumb"] == far and h["mc2"] != choice), key=lambda h: h["score"], default=None)
     if mine is None or alt is None or mine - alt["score"] >= THUMB_END:
         return ""
     return (
         f"MC2 not clearly identified: the row's far end, bone {bones[far].label}, may be the thumb beside a row"
         f" of {len(bones) - 1} (that naming, MC2 bone {bones[alt['mc2']].label}, trails by"
-        f" {mine - alt['score']:.1f}, under {THUMB_END:.1f}), as a thumb beside a row's end reads like its far end"
+        f" {mine - alt['score']:.2f}, under {THUMB_END:.1f}), as a thumb beside a row's end reads like its far end"
     )
 
 
-#: The checks of the chosen naming's row that ``identify`` asks, each ``(bones, choice, thumb, margin) -> reason``
-#: ("" where none); ``scripts/identity_errors.py`` asks the same. ``thumb_end`` is not asked where a side is
-#: given or logged: the side decides which end is MC2.
+#: The checks of the chosen naming's row, each ``(bones, choice, thumb, margin) -> reason`` ("" where none),
+#: asked by ``row_reasons``.
 ROW_CHECKS = (end_off_row, far_gap, wide_pair, thumb_end)
+
+
+def row_reasons(
+    bones: list[Bone],
+    choice: int,
+    thumb: int | None,
+    margin: float,
+    side: str | None = None,
+    weights: dict | None = None,
+) -> list[tuple[str, str]]:
+    """The row checks' reasons (``ROW_CHECKS``) for the chosen naming, as (check, reason): ``identify`` and
+    ``scripts/identity_errors.py`` ask them so. ``thumb_end`` scores the namings with ``weights`` (``name``'s)
+    and is not asked where a side is given or logged (``side``): the side decides which end of the row is
+    MC2, and a naming that takes the far end for the thumb puts MC2 at the other."""
+    out = []
+    for check in ROW_CHECKS:
+        if check is thumb_end:
+            why = "" if side else thumb_end(bones, choice, thumb, margin, weights)
+        else:
+            why = check(bones, choice, thumb, margin)
+        if why:
+            out.append((check.__name__, why))
+    return out
 
 
 def past_edge(
@@ -1615,12 +1637,7 @@ def identify(
                 f"MC2 not clearly identified: bone {bones[choice].label} leads bone {bones[alt['mc2']].label}"
                 f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
             )
-        for check in ROW_CHECKS:
-            if hint and check is thumb_end:  # the side decides which end of the row is MC2
-                continue
-            why = check(bones, choice, thumb, margin)
-            if why:
-                reasons.append(why)
+        reasons.extend(why for _, why in row_reasons(bones, choice, thumb, margin, hint))
     mc2 = bones[choice]
     _name_row(bones, choice, thumb)
     beyond = past_edge(coarse, cs, bones, choice, tuple(v // 2 for v in view)) if thumb is None else ""

@@ -77,7 +77,9 @@ def _end(area: np.ndarray, spacing_mm: float) -> dict:
 
 def ends_in_dome(area: np.ndarray, spacing_mm: float, at_last_slice: bool) -> bool:
     """Whether a mask with the cross-sections ``area`` (its first to its last slice) ends in a dome by QC's
-    limits; False where it runs to the last slice that was read (``at_last_slice``: no end in view)."""
+    limits on its last slice and its dome's length (``end_fraction``, ``end_taper_mm``; not the halving nor the
+    run-on check, which QC asks of the result); False where it runs to the last slice that was read
+    (``at_last_slice``: no end in view)."""
     if at_last_slice or area.size < 2:  # no end in view, or no dome in one slice
         return False
     end = _end(area, spacing_mm)

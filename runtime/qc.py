@@ -94,9 +94,9 @@ class Limits:
     run_on_fraction: float = 0.25
     # ... and halves over millimetres too: from 0.9 of its largest cross-section to 0.5 of it, a sphere's dome
     # takes 0.39 of its radius (a paraboloid's, 0.4 of its depth): 1.7 mm or more for a head 9 mm wide. The
-    # bundled network's good masks took 1.23 mm at least (the training families' 113, the held-out ones' 170;
-    # thirty-fifth pass). A mask that halves in under this has lost the head where the bone goes on, however it
-    # ends after (fresh rand35000 0014, an osteoporotic held-out head: 0.55 mm from 0.9 to 0.5, then a piece
+    # bundled network's good masks took 1.23 mm at least (the training families' 113, the held-out ones' 170),
+    # the classical contour's 1.09 (297; thirty-fifth pass). A mask that halves in under this has lost the head
+    # where the bone goes on, however it ends after (fresh rand35000 0014, an osteoporotic held-out head: 0.55 mm from 0.9 to 0.5, then a piece
     # of the head's edge for 1.6 mm, ending 1.8 mm short; Dice 0.84, D100 +12.5, and no reason).
     end_halving_mm: float = 1.0
     length_mm: tuple[float, float] = (4.0, 45.0)
@@ -335,13 +335,15 @@ def end_shape(a: np.ndarray, half: int, slice_mm: float) -> dict:
     whether its last 1 mm (``half`` slices) narrows as a head's dome does (``end_narrows``: the last slice
     under 0.95 of the one 1 mm before; ``end_last_mm_ratio`` the last slice over that one; ``end_narrows_2mm``
     the same against the slice 2 mm before), and over how many mm from the last slice that held 0.9 of the
-    largest (``end_taper_mm``) and from that slice to the last that held half of it (``end_halving_mm``). A
+    largest (``end_taper_mm``) and from that slice to the last before the first under half of it
+    (``end_halving_mm``: a piece of the head left past the loss, however large, does not lengthen it). A
     head cut short narrows to its cut, or not at all, or falls to a piece of its edge; a mask that takes in
     the joint space or the base of the phalanx round the dome's tip stops narrowing, or widens."""
     before = float(a[max(0, a.size - 1 - half)])
     before2 = float(a[max(0, a.size - 1 - 2 * half)])  # a gap slice there (0) is no run-on: gaps have their reason
     full = int(np.flatnonzero(a >= 0.9 * a.max())[-1])
-    half_area = int(np.flatnonzero(a >= 0.5 * a.max())[-1])
+    below = np.flatnonzero(a[full:] < 0.5 * a.max())  # after the last full slice, the first under half
+    half_area = full + int(below[0]) - 1 if below.size else a.size - 1
     return {
         "end_fraction": round(float(a[-1]) / float(a.max()), 4),
         "end_narrows": bool(a[-1] < 0.95 * before),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 
 import cv2
 import numpy as np
@@ -517,7 +518,8 @@ def qc_checks(result: dict) -> list[tuple[str, str, str]]:
     shape = qc.get("shape")
     floor = limits.get("run_on_fraction")
     if isinstance(shape, dict) and floor is not None and shape.get("end_fraction") is not None:
-        if "end_narrows_2mm" in shape and shape["end_fraction"] >= floor:  # ``qc.verdict``'s run-on check
+        wide = limits.get("end_fraction", math.inf)  # over it, the verdict's reason is the abrupt end instead
+        if "end_narrows_2mm" in shape and floor <= shape["end_fraction"] <= wide:  # ``qc.verdict``'s run-on check
             narrows = bool(shape.get("end_narrows", True) or shape["end_narrows_2mm"])
             rows.append(
                 (

@@ -194,7 +194,9 @@ def review_checks(
     reasons, as far as the cache holds what they read): ``instances`` and ``cut`` (``identify.doubts``),
     ``margin`` (under ``REVIEW_MARGIN``), ``end_off_row`` (a thumbless row of three whose far end lies off the row),
     ``far_gap`` (a thumbless row of four whose far end lies far from, or close to, its neighbour), ``wide_pair``
-    (two bones, one head over ``WIDE_PAIR`` times the other's; these three are ``identify.ROW_CHECKS``),
+    (two bones, one head over ``WIDE_PAIR`` times the other's), ``thumb_end`` (a thumbless row of three or four
+    whose far end, taken for the thumb, trails by under ``THUMB_END``; these four are ``identify.ROW_CHECKS``,
+    asked by ``identify.row_reasons`` without a side, as on phantoms, whose logs tell none),
     ``row_goes_on`` (on the cached instances), ``past_edge`` (without a thumb, where the record keeps its coarse
     volume: a remade record does not; the row named first, as the stage names it, and the field of view's edge
     where the record keeps it, ``view``, since this pass; an older record's grid edge is the padded one, where
@@ -203,9 +205,7 @@ def review_checks(
     out = [key for key, _ in identify.doubts(bones, choice, margin, None, weights)]
     if margin < identify.REVIEW_MARGIN:
         out.append("margin")
-    for check in identify.ROW_CHECKS:
-        if check(bones, choice, thumb, margin):
-            out.append(check.__name__)
+    out.extend(key for key, _ in identify.row_reasons(bones, choice, thumb, margin, None, weights))
     cs = 2 * float(bonewin.GRID.spacing_mm)
     named = copy.deepcopy(bones)  # past_edge and row_goes_on read the names (MC3); the cached bones stay
     identify._name_row(named, choice, thumb)

@@ -212,6 +212,11 @@ def test_a_row_whose_far_end_may_be_the_thumb_needs_a_larger_lead():
     assert "the row's far end, bone 3, may be the thumb beside a row of 2 (that naming, MC2 bone 1" in why, why
     behind = float(re.search(r"trails by ([0-9.]+)", why).group(1))
     assert behind < identify.THUMB_END
+    assert identify.row_reasons(row, 1, None, margin) == [("thumb_end", why)]
+    assert identify.row_reasons(row, 1, None, margin, side="left") == []  # a side decides the row's ends
+    from tests.test_identify import _script
+
+    assert _script("identity_errors").review_checks({}, row, 1, None, margin) == ["thumb_end"]
     assert identify.thumb_end(row, 1, 2, margin) == ""  # a naming with a thumb
     assert identify.thumb_end(row, 1, None, identify.REVIEW_MARGIN - 0.1) == ""
     assert identify.thumb_end(row[:2], 1, None, 3.0) == ""  # two bones: no far end beyond a row

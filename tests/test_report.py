@@ -216,7 +216,7 @@ def test_html_lists_the_dome_and_run_on_checks_only_where_the_verdict_asks_them(
     def rows(**shape):
         q = _qc()
         q["shape"].update(shape)
-        q["limits"].update(end_taper_mm=1.0, run_on_fraction=0.25, end_halving_mm=1.0)
+        q["limits"].update(end_taper_mm=1.0, run_on_fraction=0.25, end_halving_mm=1.0, end_fraction=0.5)
         page = report.html_report(_result(qc=q), b"\x89PNG", extra)
         return page.split("<h2>Quality checks</h2>")[1].split("</table>")[0].split("<tr>")
 
@@ -233,6 +233,8 @@ def test_html_lists_the_dome_and_run_on_checks_only_where_the_verdict_asks_them(
     for narrow in ({"end_narrows": True}, {"end_narrows_2mm": True}):
         table = rows(end_fraction=0.44, **{"end_narrows": False, "end_narrows_2mm": False, **narrow})
         assert "<td>yes</td><td>yes</td>" in row(table, "narrows over its last 1 or 2 mm").replace("\n", "")
+    wide = rows(end_fraction=0.6, end_narrows=False, end_narrows_2mm=False)  # the verdict's reason: an abrupt end
+    assert row(wide, "narrows over its last 1 or 2 mm") is None
     thin = rows(end_fraction=0.12, end_narrows=False, end_narrows_2mm=False, end_taper_mm=2.0)
     assert row(thin, "narrows over its last 1 or 2 mm") is None  # a dome's tip: the verdict does not ask
     assert row(rows(), "narrows over its last 1 or 2 mm") is None  # no end recorded (the stack's last slice)
