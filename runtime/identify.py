@@ -1178,7 +1178,7 @@ def cut_doubt(bones: list[Bone], side: str | None, choice: int, weights: dict | 
         )
     if lead < REVIEW_MARGIN:
         return (
-            f"MC2 not clearly identified: bone {bones[choice].label} leads by {lead:.1f} (needs"
+            f"MC2 not clearly identified: bone {bones[choice].label} leads by {lead:.2f} (needs"
             f" {REVIEW_MARGIN:.1f}) without the sizes and joints of bones the field of view cuts"
         )
     return ""
@@ -1257,7 +1257,7 @@ def end_off_row(bones: list[Bone], choice: int, thumb: int | None, margin: float
     if off <= END_OFF_ROW:
         return ""
     return (
-        f"MC2 not clearly identified: bone {bones[choice].label} leads by {margin:.1f} (needs"
+        f"MC2 not clearly identified: bone {bones[choice].label} leads by {margin:.2f} (needs"
         f" {END_OFF_ROW_MARGIN:.1f} where the row bends so: its other end, bone {bones[far].label}, lies {off:.2f}"
         " metacarpal spacings off the line of the other two, as a thumb beside a row of two does)"
     )
@@ -1635,7 +1635,7 @@ def identify(
             alt = next(h for h in hyps if h["mc2"] != choice)
             reasons.append(
                 f"MC2 not clearly identified: bone {bones[choice].label} leads bone {bones[alt['mc2']].label}"
-                f" by {margin:.1f} (needs {REVIEW_MARGIN:.1f})"
+                f" by {margin:.2f} (needs {REVIEW_MARGIN:.1f})"
             )
         reasons.extend(why for _, why in row_reasons(bones, choice, thumb, margin, hint))
     mc2 = bones[choice]

@@ -31,7 +31,7 @@ def test_a_row_of_three_whose_far_end_lies_off_the_line_needs_a_larger_lead():
     spacing = 18.0
     row = [_bone(1, 10.0, 20.0), _bone(2, 28.0, 20.0), _bone(3, 46.0, 20.0 + 0.6 * spacing)]
     why = identify.end_off_row(row, 0, None, 2.5)
-    assert "bone 1 leads by 2.5 (needs 3.0" in why and "other end, bone 3," in why, why
+    assert "bone 1 leads by 2.50 (needs 3.0" in why and "other end, bone 3," in why, why
     off = float(re.search(r"lies ([0-9.]+) metacarpal spacings off", why).group(1))
     assert 0.55 <= off <= 0.6  # the spacing is read along the row's principal axis, which the bend tilts
     assert identify.end_off_row(row, 0, None, 2.0) and identify.end_off_row(row, 0, None, 2.9)
