@@ -96,8 +96,9 @@ class Limits:
     # takes 0.39 of its radius (a paraboloid's, 0.4 of its depth): 1.7 mm or more for a head 9 mm wide. The
     # bundled network's good masks took 1.23 mm at least (the training families' 113, the held-out ones' 170),
     # the classical contour's 1.09 (297; thirty-fifth pass). A mask that halves in under this has lost the head
-    # where the bone goes on, however it ends after (fresh rand35000 0014, an osteoporotic held-out head: 0.55 mm from 0.9 to 0.5, then a piece
-    # of the head's edge for 1.6 mm, ending 1.8 mm short; Dice 0.84, D100 +12.5, and no reason).
+    # where the bone goes on, however it ends after (fresh rand35000 0014, an osteoporotic held-out head: 0.55
+    # mm from 0.9 to 0.5, then a piece of the head's edge for 1.6 mm, ending 1.8 mm short; Dice 0.84, D100
+    # +12.5, and no reason).
     end_halving_mm: float = 1.0
     length_mm: tuple[float, float] = (4.0, 45.0)
     volume_mm3: tuple[float, float] = (250.0, 12000.0)
@@ -354,6 +355,19 @@ def end_shape(a: np.ndarray, half: int, slice_mm: float) -> dict:
     }
 
 
+def run_on_asked(shape: dict, floor: float, wide: float) -> bool:
+    """Whether ``verdict`` asks its run-on check of a mask's ``shape`` (``plausibility``'s): its end is in view
+    (``end_shape`` recorded) and its last slice holds ``floor`` (``Limits.run_on_fraction``) to ``wide``
+    (``Limits.end_fraction``: over it, the reason is the abrupt end) of the largest cross-section."""
+    f = shape.get("end_fraction")
+    return "end_narrows_2mm" in shape and f is not None and floor <= f <= wide
+
+
+def end_narrows(shape: dict) -> bool:
+    """Whether the mask's last 1 mm or 2 mm narrow, as a head's dome does (``end_shape``; True where unknown)."""
+    return bool(shape.get("end_narrows", True) or shape.get("end_narrows_2mm", True))
+
+
 SHAFT_SLAB_MM = 3.0  # the mask's first slices, where a metacarpal is a shaft
 SHAFT_GRID_MM = 0.25
 
@@ -476,11 +490,7 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
                 f"the mask ends abruptly: its last slice holds {shape['end_fraction']:.0%} of its largest"
                 f" cross-section, where a head ends in a dome {why}"
             )
-        elif (
-            not shape.get("end_narrows", True)
-            and not shape.get("end_narrows_2mm", True)
-            and shape.get("end_fraction", 0.0) >= limits.run_on_fraction
-        ):
+        elif run_on_asked(shape, limits.run_on_fraction, limits.end_fraction) and not end_narrows(shape):
             reasons.append(
                 f"the mask's last 2 mm do not narrow (its last slice holds {shape['end_fraction']:.0%} of its largest"
                 " cross-section), where a head's dome does: does the mask run on into the phalanx?"

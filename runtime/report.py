@@ -12,6 +12,7 @@ import math
 import cv2
 import numpy as np
 
+from vbmd_rt.runtime import qc as qc_rules
 from vbmd_rt.runtime.io.calibration import Calibration, to_density
 from vbmd_rt.runtime.io.naming import CORT_SUFFIX, TRAB_SUFFIX
 
@@ -471,7 +472,8 @@ _CHECKS = (
     (
         "shape",
         "end_halving_mm",
-        "dome halving: from the last slice that holds 90 % of the largest cross-section to the last of 50 % (mm)",
+        "dome halving: from the last slice that holds 90 % of the largest cross-section to the last before one"
+        " under 50 % (mm)",
         "end_halving_mm",
         ">=",
     ),
@@ -517,18 +519,19 @@ def qc_checks(result: dict) -> list[tuple[str, str, str]]:
         rows.append((words, fmt(src[key]), limit))
     shape = qc.get("shape")
     floor = limits.get("run_on_fraction")
-    if isinstance(shape, dict) and floor is not None and shape.get("end_fraction") is not None:
-        wide = limits.get("end_fraction", math.inf)  # over it, the verdict's reason is the abrupt end instead
-        if "end_narrows_2mm" in shape and floor <= shape["end_fraction"] <= wide:  # ``qc.verdict``'s run-on check
-            narrows = bool(shape.get("end_narrows", True) or shape["end_narrows_2mm"])
-            rows.append(
-                (
-                    f"the mask narrows over its last 1 or 2 mm, as a head's dome does (asked where its last slice"
-                    f" holds {floor:.0%} or more of the largest cross-section: a phalanx's shaft does not narrow)",
-                    fmt(narrows),
-                    "yes",
-                )
+    if (
+        isinstance(shape, dict)
+        and floor is not None
+        and qc_rules.run_on_asked(shape, floor, limits.get("end_fraction", math.inf))
+    ):
+        rows.append(
+            (
+                f"the mask narrows over its last 1 or 2 mm, as a head's dome does (asked where its last slice"
+                f" holds {floor:.0%} or more of the largest cross-section: a phalanx's shaft does not narrow)",
+                fmt(qc_rules.end_narrows(shape)),
+                "yes",
             )
+        )
     return rows
 
 

@@ -140,12 +140,15 @@ def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narro
     cy, cx = (int(round(v.mean())) for v in np.nonzero(truth[zs[len(zs) // 2]]))
     stop = min(truth.shape[0] - 2, zs[-1] + 3 * n)  # 3 mm past the dome, short of the stack's end
 
+    def rod(share: float) -> np.ndarray:
+        """A shaft's cross-section of ``share`` of the truth's widest, about the shaft's centre."""
+        r = max(1, int(round(np.sqrt(share * area.max() / np.pi))))
+        return cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r, 1, -1)
+
     def run_on(share: float, end: int = stop) -> dict:
         """The truth with a shaft of ``share`` of its widest cross-section from past the dome's tip to ``end``."""
-        r = max(1, int(round(np.sqrt(share * area.max() / np.pi))))
-        rod = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r, 1, -1)
         mask = truth.copy()
-        mask[zs[-1] + 1 : end] = rod
+        mask[zs[-1] + 1 : end] = rod(share)
         return _verdict(case, mask)
 
     tail = run_on(0.02)  # a thin tail past the tip: it does not narrow, and it is no phalanx
@@ -165,12 +168,10 @@ def test_a_mask_that_runs_on_into_the_phalanx_is_flagged_though_its_end_is_narro
     # and the other way round: 2 mm before the end lies in the dome's small last slices, and a shaft of 40 %
     # past it narrows to 30 % over its last 1 mm: the 2 mm do not narrow, the last 1 mm does (as a dome does)
     last = zs[-1] + 2 * n - 1
-    r3 = max(1, int(round(np.sqrt(0.3 * area.max() / np.pi))))
     m = run_on(0.4, last)
     narrow = truth.copy()
-    r4 = max(1, int(round(np.sqrt(0.4 * area.max() / np.pi))))
-    narrow[zs[-1] + 1 : last] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r4, 1, -1)
-    narrow[last] = cv2.circle(np.zeros(truth.shape[1:], np.uint8), (cx, cy), r3, 1, -1)
+    narrow[zs[-1] + 1 : last] = rod(0.4)
+    narrow[last] = rod(0.3)
     t = _verdict(case, narrow)
     assert t["shape"]["end_narrows"] and not t["shape"]["end_narrows_2mm"], t["shape"]
     assert t["shape"]["end_fraction"] >= qc.LIMITS.run_on_fraction, t["shape"]
