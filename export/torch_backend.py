@@ -30,18 +30,13 @@ class TorchBackend(Backend):
     @classmethod
     def from_model(cls, model, device: str = "auto", precision: str | None = None) -> TorchBackend:
         """From a runtime ``Model`` (card + folder): the weights of its FP32 ONNX."""
-        if model.card.arch.bone_window:
-            from vbmd_rt.runtime.inference.base import BackendError
-
-            raise BackendError(
-                model.folder,
-                "the torch backend reads U-Net weights back from ONNX; this model's ONNX has its batch norm folded",
-                "use --backend onnxruntime (or auto), or --model unet3d with --backend torch",
-            )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         net = nets.build(model.architecture, model.card.config)
-        load_onnx_weights(net, model.onnx("fp32"))
+        if model.card.arch.bone_window:  # exported in eval mode: its batch norms are folded into the convolutions
+            load_folded_onnx_weights(net, model.onnx("fp32"))
+        else:
+            load_onnx_weights(net, model.onnx("fp32"))
         return cls(net, device, precision or ("fp16" if device == "cuda" else "fp32"))
 
     def _activate(self) -> None:
@@ -99,20 +94,50 @@ def load_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
     _verify(net, onnx_path)
 
 
+def load_folded_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
+    """Copy an ONNX exported in eval mode with its batch norms folded (the one-bone segmenter's:
+    ``NAME.weight`` and ``NAME.weight_bias`` per convolution) into ``net``: every batch norm that follows a
+    convolution in a ``Sequential`` becomes the identity, and the convolution takes the folded weight and
+    bias. The whole net is checked against ONNX Runtime."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
+    norms = (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    convs = (torch.nn.Conv2d, torch.nn.Conv3d)
+    for seq in [m for m in net.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(1, len(seq)):
+            if isinstance(seq[i], norms) and isinstance(seq[i - 1], convs):
+                seq[i] = torch.nn.Identity()
+    for name, conv in net.named_modules():
+        if not isinstance(conv, convs):
+            continue
+        w = inits.get(f"net.{name}.weight")
+        b = next((inits[k] for k in (f"net.{name}.weight_bias", f"net.{name}.bias") if k in inits), None)
+        if w is None or b is None or w.shape != tuple(conv.weight.shape) or b.shape != (conv.out_channels,):
+            raise ValueError(f"{onnx_path}: the folded weights of {name} are not in the ONNX")
+        conv.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        conv.bias = torch.nn.Parameter(torch.from_numpy(b.copy()))
+    if any(isinstance(m, norms) for m in net.modules()):
+        raise ValueError(f"{onnx_path}: a batch norm that follows no convolution cannot be unfolded")
+    _verify(net, onnx_path)
+
+
 def _is3d(net: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
 
 
 def _verify(net: torch.nn.Module, onnx_path) -> None:
-    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU)."""
+    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU), on an input of the ONNX's
+    fixed channels and size where it states them."""
     import onnxruntime as ort
 
-    x = (
-        np.random.default_rng(0)
-        .standard_normal((1, 1, 16, 32, 32) if _is3d(net) else (2, 1, 64, 64))
-        .astype(np.float32)
-    )
     s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    shape = [2, 1, 64, 64] if not _is3d(net) else [1, 1, 16, 32, 32]
+    stated = s.get_inputs()[0].shape
+    if len(stated) == len(shape):
+        shape = [shape[0]] + [d if isinstance(d, int) else v for d, v in zip(stated[1:], shape[1:], strict=True)]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     ref = s.run(None, {s.get_inputs()[0].name: x})[0]
     with torch.no_grad():
         got = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()  # the ONNX ends in the sigmoid

@@ -186,19 +186,19 @@ def test_tampered_model_is_refused(tmp_path):
     assert np.isfinite(load_model().spec.std)
 
 
-def test_torch_backend_runs_the_bundled_model_like_onnxruntime(phantoms, tmp_path):
-    """`run --backend torch` loads the exported weights (the norms' folded affine parameters included,
-    found through the exporter's name scopes) and gives the masks ONNX Runtime gives (the 3D U-Net; the
-    one-bone segmenter's folded batch norm is refused with exit 2)."""
+def test_torch_backend_runs_the_bundled_models_like_onnxruntime(phantoms, tmp_path):
+    """`run --backend torch` loads the exported weights and gives the masks ONNX Runtime gives: the 3D
+    U-Net's (the norms' folded affine parameters found through the exporter's name scopes) and the default
+    one-bone segmenter's (its batch norms folded into the convolutions, unfolded as identities)."""
     from vbmd_rt.runtime import measure
     from vbmd_rt.runtime.io import aim
 
     phantom_copies(phantoms, tmp_path / "in", 1)
-    for backend in ("torch", "onnxruntime"):
-        r = cli_here("run", tmp_path / "in", "-o", tmp_path / backend, "--backend", backend, "--model", "unet3d", "-q")
-        assert r.returncode == 0, r.stderr
-    r = cli_here("run", tmp_path / "in", "-o", tmp_path / "default-torch", "--backend", "torch", "-q")
-    assert r.returncode == 2 and "onnxruntime" in r.stderr
-    a = aim.read_aim(tmp_path / "torch" / "PHANTOM_0000_SEG.AIM").data
-    b = aim.read_aim(tmp_path / "onnxruntime" / "PHANTOM_0000_SEG.AIM").data
-    assert measure.dice(a, b) > 0.999
+    for model in ("unet3d", "default"):
+        for backend in ("torch", "onnxruntime"):
+            out = tmp_path / f"{model}-{backend}"
+            r = cli_here("run", tmp_path / "in", "-o", out, "--backend", backend, "--model", model, "-q")
+            assert r.returncode == 0, r.stderr
+        a = aim.read_aim(tmp_path / f"{model}-torch" / "PHANTOM_0000_SEG.AIM").data
+        b = aim.read_aim(tmp_path / f"{model}-onnxruntime" / "PHANTOM_0000_SEG.AIM").data
+        assert measure.dice(a, b) > 0.999

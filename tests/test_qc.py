@@ -232,6 +232,21 @@ def test_lost_shaft_slices_are_flagged(case):
     assert any("after the first slice" in r for r in v["reasons"])
 
 
+@pytest.mark.parametrize("steps, flagged", [(9, True), (10, False)])
+def test_the_head_loss_limit_is_the_distance_to_the_last_slice_over_half(steps, flagged):
+    """``end_halving_mm`` on an area profile at 0.1 mm a slice: from the last slice over 0.9 of the largest
+    down to 0.5 in ``steps`` slices, then under half. Halving in 0.9 mm is under the 1 mm limit, in 1.0 mm
+    it is not: the boundary, not the neighbourhood, is what is pinned."""
+    a = np.r_[np.ones(30), np.linspace(0.9, 0.5, steps + 1)[1:], [0.3, 0.2, 0.1, 0.05, 0.04, 0.03, 0.02, 0.01]]
+    a[29] = 0.95  # the last slice holding 0.9 of the largest
+    s = qc.end_shape(a, 10, 0.1)
+    assert s["end_halving_mm"] == pytest.approx(steps * 0.1) and s["end_taper_mm"] >= qc.LIMITS.end_taper_mm
+    shape = {"slices": a.size, "length_mm": 60.0, "gap_slices": 0, "pieces_fraction": 0.0, "solidity": 0.95}
+    shape |= {"area_jump": 0.0, "touches_edge": False, "first_slice": 0, "slice_mm": 0.1, **s}
+    v = qc.verdict({"shape": shape}, {})
+    assert any("to half of its largest" in r for r in v["reasons"]) is flagged, v["reasons"]
+
+
 def test_a_mask_in_pieces_is_flagged(case):
     mask = case[2].copy()
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
