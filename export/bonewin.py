@@ -148,12 +148,17 @@ def cache_case(scan_path: Path, gt_path: Path, rng: np.random.Generator, priors:
 
 
 def build_cache(folders: list[Path], out: Path, seed: int = 0, log=print) -> list[Path]:
-    """Cache every pair of ``folders`` under ``out`` (``NAME.npz``; existing files are kept)."""
+    """Cache every pair of ``folders`` under ``out`` (``FOLDER__NAME.npz``; existing files are kept). The
+    cache is enough: a cached phantom whose scan was deleted since (a small phantom takes 30-100 MB, its
+    cached windows a third of that) stays in the returned list."""
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for folder in folders:
+        files += [f for f in sorted(out.glob(f"{folder.name}__*.npz")) if not f.name.endswith(".tmp.npz")]
         for i, (scan, gt) in enumerate(pairs(folder)):
             f = out / f"{folder.name}__{scan.stem}.npz"
+            if f in files:
+                continue
             if not f.exists():
                 try:
                     case = cache_case(scan, gt, np.random.default_rng([seed, i, len(folder.name)]))
@@ -172,12 +177,42 @@ def build_cache(folders: list[Path], out: Path, seed: int = 0, log=print) -> lis
 
 # --------------------------------------------------------------------------- sampling and augmentation
 
+_OPEN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+NOTCH_SLICE_PX = 20  # a cached slice whose envelope has a notch this large (1.2 mm^2) is drawn more often
 
-def sample(case: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (CHANNELS, 160, 160) input and (160, 160) target from a cached case."""
+
+def notch(target: np.ndarray) -> np.ndarray:
+    """What the convex hull of a 2D envelope (bool) holds outside it, without 1-pixel slivers: an erosion's pit
+    through the cortex, the groove between two condyles. The envelope follows the pit (the pit's soft tissue
+    is not bone), and a network that sees the bone's density more than its outline fills it: these pixels
+    weigh more in training."""
+    if not target.any():
+        return np.zeros(target.shape, bool)
+    hull = np.zeros(target.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(target.astype(np.uint8))), 1)
+    hull[target] = 0
+    return cv2.morphologyEx(hull, cv2.MORPH_OPEN, _OPEN) > 0
+
+
+def notched_slices(truth: np.ndarray) -> np.ndarray:
+    """Indices of the slices of a cached truth (z, y, x) whose envelope has a notch (``notch``) of at least
+    ``NOTCH_SLICE_PX`` pixels."""
+    return np.flatnonzero([notch(t > 0).sum() >= NOTCH_SLICE_PX for t in truth])
+
+
+def sample(
+    case: dict, rng: np.random.Generator, notch_weight: float = 0.0, notch_share: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented (CHANNELS, 160, 160) input, its (160, 160) target and the target's pixel weights (1, and
+    ``1 + notch_weight`` in the envelope's notches) from a cached case. With ``notch_share``, that share of
+    the draws takes a slice with a notch (``case["notched"]``, where the case has one)."""
     img, truth, priors = case["image"], case["truth"], case["priors"]
     n = img.shape[0]
-    k = int(rng.integers(0, n))
+    notched = case.get("notched")
+    if notch_share and notched is not None and len(notched) and rng.random() < notch_share:
+        k = int(notched[int(rng.integers(0, len(notched)))])
+    else:
+        k = int(rng.integers(0, n))
     idx = np.clip(k + np.asarray(bonewin.CONTEXT), 0, n - 1)
     chans = [img[j].astype(np.float32) for j in idx]
     chans.append(priors[int(rng.integers(0, priors.shape[0]))][k].astype(np.float32))
@@ -209,7 +244,10 @@ def sample(case: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
         im += rng.normal(0, rng.uniform(0.01, 0.08), im.shape).astype(np.float32)
     if rng.random() < 0.1:  # no usable prior: the bone at the centre
         x[-1] = 0.0
-    return x, tgt.astype(np.float32)
+    weight = np.ones(tgt.shape, np.float32)
+    if notch_weight:
+        weight[notch(tgt)] += np.float32(notch_weight)
+    return x, tgt.astype(np.float32), weight
 
 
 # --------------------------------------------------------------------------- training
@@ -229,14 +267,20 @@ class Recipe:
     seed: int = 0
     widths: tuple[int, ...] = WIDTHS
     init: str | None = None  # warm start from a checkpoint (a fine-tune on more families)
+    notch_weight: float = 4.0  # extra weight of the envelope's notches (erosions' pits) in the BCE term
+    notch_share: float = 0.25  # share of the draws taken from slices whose envelope has a notch
     notes: dict = field(default_factory=dict)
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice per sample plus BCE, whose pixels weigh ``weight`` (normalised to a mean of 1 per batch, so a
+    weighted batch's loss stays on the scale of an unweighted one)."""
     p = torch.sigmoid(logits)
     inter = (p * target).sum((1, 2, 3))
     dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+    if weight is not None:
+        weight = weight / weight.mean()
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight) + dice.mean()
 
 
 def train(r: Recipe, log=print) -> Path:
@@ -251,7 +295,10 @@ def train(r: Recipe, log=print) -> Path:
             if f not in cases:
                 with np.load(f) as z:
                     cases[f] = {k: z[k] for k in ("image", "truth", "priors")}
-        log(f"{len(cases)} cases, {sum(c['image'].shape[0] for c in cases.values())} slices")
+                cases[f]["notched"] = notched_slices(cases[f]["truth"])
+        slices = sum(c["image"].shape[0] for c in cases.values())
+        notched = sum(len(c["notched"]) for c in cases.values())
+        log(f"{len(cases)} cases, {slices} slices, {notched} with a notch in the envelope")
         return list(cases.values())
 
     pool = refresh()
@@ -282,10 +329,13 @@ def train(r: Recipe, log=print) -> Path:
         if r.refresh_every and state["step"] and state["step"] % r.refresh_every == 0:
             pool = refresh()
             t_mark = time.perf_counter()  # caching is not training time
-        xs, ys = zip(*(sample(pool[int(rng.integers(0, len(pool)))], rng) for _ in range(r.batch)), strict=True)
+        drawn = [
+            sample(pool[int(rng.integers(0, len(pool)))], rng, r.notch_weight, r.notch_share) for _ in range(r.batch)
+        ]
+        xs, ys, ws = zip(*drawn, strict=True)
         x = torch.from_numpy(np.stack(xs)).to(memory_format=torch.channels_last)
         y = torch.from_numpy(np.stack(ys))[:, None]
-        loss = dice_bce(net(x), y)
+        loss = dice_bce(net(x), y, torch.from_numpy(np.stack(ws))[:, None] if r.notch_weight else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

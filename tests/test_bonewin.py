@@ -78,3 +78,63 @@ def test_the_bundled_network_keeps_the_slices_after_a_closed_end(capped, monkeyp
         monkeypatch.setattr(bonewin, "odd_slices", lambda image, pri: np.zeros(image.shape[0], bool))
         blind, _ = bonewin.predict(vol, idt.region, backend.infer)
         assert (blind > 0.5).sum(axis=(1, 2))[:5].min() < 0.6 * area[5]  # what the network does with it as context
+
+
+def _envelope(pit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A tilted oval shaft, 160 x 160, and, with ``pit``, an erosion's disc cut through its edge."""
+    import cv2
+
+    env = np.zeros((160, 160), np.uint8)
+    cv2.ellipse(env, (80, 80), (40, 26), 33, 0, 360, 1, -1)
+    hole = np.zeros_like(env)
+    if pit:
+        a = np.radians(33)
+        cv2.circle(hole, (int(80 + 37 * np.cos(a)), int(80 + 37 * np.sin(a))), 7, 1, -1)
+    return (env > 0) & (hole == 0), hole > 0
+
+
+def test_the_recipe_weighs_an_erosions_pit_and_nothing_else_on_a_convex_envelope():
+    pytest.importorskip("torch")
+    from vbmd_rt.export.bonewin import notch, notched_slices
+
+    plain, _ = _envelope(False)
+    assert not notch(plain).any()  # the rasterised edge of a convex shaft leaves only slivers: none weigh
+    eroded, pit = _envelope(True)
+    found = notch(eroded)
+    inside = pit & ndimage.binary_fill_holes(plain)
+    assert found.sum() >= 0.7 * inside.sum() and not (found & ~ndimage.binary_dilation(pit, iterations=2)).any()
+    stack = np.stack([plain, eroded, plain, eroded]).astype(np.uint8)
+    assert notched_slices(stack).tolist() == [1, 3]
+
+
+def test_a_recipe_sample_weighs_the_notch_and_draws_notched_slices_at_its_share():
+    pytest.importorskip("torch")
+    import torch
+
+    from vbmd_rt.export import bonewin as recipe
+
+    plain, _ = _envelope(False)
+    eroded, _ = _envelope(True)
+    truth = np.stack([plain] * 9 + [eroded]).astype(np.uint8)
+    big = np.zeros((10, recipe.CACHE_PX, recipe.CACHE_PX), np.uint8)
+    big[:, 20:180, 20:180] = truth
+    case = {
+        "image": big.astype(np.float16),
+        "truth": big,
+        "priors": big[None].astype(np.float16),
+        "notched": recipe.notched_slices(big),
+    }
+    assert case["notched"].tolist() == [9]
+    rng = np.random.default_rng(0)
+    drawn = [recipe.sample(case, rng, notch_weight=4.0, notch_share=1.0) for _ in range(6)]
+    for x, y, w in drawn:  # every draw is the eroded slice (rotated, scaled, mirrored), its pit weighing 5
+        assert x.shape == (bonewin.CHANNELS, 160, 160) and set(np.unique(w)) == {1.0, 5.0}
+        assert (w > 1).sum() > 20 and not y[w > 1].any()
+    x, y, w = recipe.sample(case, np.random.default_rng(1))  # the defaults: no weights, any slice
+    assert (w == 1).all()
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    flat = recipe.dice_bce(logits, target)
+    assert torch.allclose(flat, recipe.dice_bce(logits, target, torch.full_like(target, 3.0)))
+    heavy = torch.ones_like(target)
+    heavy[0, 0, 0, 0] = 50.0
+    assert not torch.allclose(flat, recipe.dice_bce(logits, target, heavy))

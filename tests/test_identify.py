@@ -276,6 +276,8 @@ def test_the_cpu_recipe_caches_trains_resumes_and_exports(phantoms, tmp_path):
     last = recipe.train(r, log=lambda s: None)
     first = torch.load(last, weights_only=False)["state"]
     assert first["step"] >= 1 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    next(p for p in sorted(data.glob("*.AIM")) if not p.name.endswith("_GT.AIM")).unlink()  # cached: not needed
+    assert len(recipe.build_cache([data], tmp_path / "cache", log=lambda s: None)) == 2
     r.minutes = first["seconds"] / 60 + 0.02  # more budget than the first call spent, however loaded the machine
     again = torch.load(recipe.train(r, log=lambda s: None), weights_only=False)["state"]
     assert again["step"] > first["step"] and again["seconds"] >= first["seconds"]
