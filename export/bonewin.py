@@ -19,9 +19,11 @@ Training is the normal path on a CPU:
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -150,18 +152,22 @@ def cache_case(scan_path: Path, gt_path: Path, rng: np.random.Generator, priors:
 def build_cache(folders: list[Path], out: Path, seed: int = 0, log=print) -> list[Path]:
     """Cache every pair of ``folders`` under ``out`` (``FOLDER__NAME.npz``; existing files are kept). The
     cache is enough: a cached phantom whose scan was deleted since (a small phantom takes 30-100 MB, its
-    cached windows a third of that) stays in the returned list."""
+    cached windows a third of that) stays in the returned list as long as its truth (``NAME_GT.AIM``) is
+    there."""
     out.mkdir(parents=True, exist_ok=True)
-    files = []
+    files: list[Path] = []
     for folder in folders:
-        files += [f for f in sorted(out.glob(f"{folder.name}__*.npz")) if not f.name.endswith(".tmp.npz")]
-        for i, (scan, gt) in enumerate(pairs(folder)):
+        for f in sorted(out.glob(f"{glob.escape(folder.name)}__*.npz")):
+            name = f.name[len(folder.name) + 2 : -len(".npz")]
+            if not f.name.endswith(".tmp.npz") and (folder / f"{name}_GT.AIM").is_file() and f not in files:
+                files.append(f)  # a phantom deleted on purpose (its truth too) leaves training
+        for scan, gt in pairs(folder):
             f = out / f"{folder.name}__{scan.stem}.npz"
             if f in files:
                 continue
             if not f.exists():
-                try:
-                    case = cache_case(scan, gt, np.random.default_rng([seed, i, len(folder.name)]))
+                try:  # degraded priors seeded by the file's name: the same whatever else was made or deleted
+                    case = cache_case(scan, gt, np.random.default_rng([seed, zlib.crc32(f.name.encode())]))
                 except (OSError, ValueError) as e:  # a phantom still being written: next time
                     log(f"skipped {scan.name}: {e}")
                     continue
@@ -190,7 +196,7 @@ def notch(target: np.ndarray) -> np.ndarray:
         return np.zeros(target.shape, bool)
     hull = np.zeros(target.shape, np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(target.astype(np.uint8))), 1)
-    hull[target] = 0
+    hull[target > 0] = 0
     return cv2.morphologyEx(hull, cv2.MORPH_OPEN, _OPEN) > 0
 
 
@@ -272,6 +278,10 @@ class Recipe:
     notes: dict = field(default_factory=dict)
 
 
+#: The recipe's fields that decide what a step does: a resumed run whose checkpoint has other values says so.
+RESUME_KEEPS = ("batch", "lr", "widths", "seed", "notch_weight", "notch_share")
+
+
 def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice per sample plus BCE, whose pixels weigh ``weight`` (normalised to a mean of 1 per batch, so a
     weighted batch's loss stays on the scale of an unweighted one)."""
@@ -299,7 +309,7 @@ def train(r: Recipe, log=print) -> Path:
         slices = sum(c["image"].shape[0] for c in cases.values())
         notched = sum(len(c["notched"]) for c in cases.values())
         log(f"{len(cases)} cases, {slices} slices, {notched} with a notch in the envelope")
-        return list(cases.values())
+        return [cases[f] for f in sorted(cases)]  # the same order fresh or resumed: the rng draws from it
 
     pool = refresh()
     net = BoneWinNet(widths=r.widths).to(memory_format=torch.channels_last)
@@ -314,6 +324,10 @@ def train(r: Recipe, log=print) -> Path:
         rng = np.random.default_rng()
         rng.bit_generator.state = ck["rng"]
         log(f"resumed at step {state['step']} ({state['seconds'] / 60:.1f} min)")
+        then, now = ck.get("recipe", {}), asdict(r)
+        changed = [k for k in RESUME_KEEPS if then.get(k) != now[k]]
+        if changed:  # a checkpoint of another recipe (or of an older version of this one) trains on with this one
+            log("the checkpoint's recipe differs: " + ", ".join(f"{k} {then.get(k)} -> {now[k]}" for k in changed))
     else:
         rng = np.random.default_rng(r.seed)
         if r.init:

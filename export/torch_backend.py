@@ -33,10 +33,7 @@ class TorchBackend(Backend):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         net = nets.build(model.architecture, model.card.config)
-        if model.card.arch.bone_window:  # exported in eval mode: its batch norms are folded into the convolutions
-            load_folded_onnx_weights(net, model.onnx("fp32"))
-        else:
-            load_onnx_weights(net, model.onnx("fp32"))
+        load_onnx_weights(net, model.onnx("fp32"))
         return cls(net, device, precision or ("fp16" if device == "cuda" else "fp32"))
 
     def _activate(self) -> None:
@@ -60,12 +57,18 @@ class TorchBackend(Backend):
 
 
 def load_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
-    """Copy an exported FP32 ONNX's initialisers back into ``net`` (names as the exporter wrote them)."""
+    """Copy an exported FP32 ONNX's initialisers back into ``net`` (names as the exporter wrote them). An ONNX
+    exported in eval mode has its batch norms folded into the convolutions before them (``NAME.weight_bias``:
+    the one-bone segmenter's, the 2D U-Net's); ``_load_folded`` reads those."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    if any(name.endswith(".weight_bias") for name in inits):
+        _load_folded(net, inits, onnx_path)
+        _verify(net, onnx_path)
+        return
     state = net.state_dict()
     loaded = {}
     for key, value in state.items():
@@ -94,33 +97,61 @@ def load_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
     _verify(net, onnx_path)
 
 
-def load_folded_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
-    """Copy an ONNX exported in eval mode with its batch norms folded (the one-bone segmenter's:
-    ``NAME.weight`` and ``NAME.weight_bias`` per convolution) into ``net``: every batch norm that follows a
-    convolution in a ``Sequential`` becomes the identity, and the convolution takes the folded weight and
-    bias. The whole net is checked against ONNX Runtime."""
-    import onnx
-    from onnx import numpy_helper
+def _load_folded(net: torch.nn.Module, inits: dict, onnx_path) -> None:
+    """Weights of an ONNX whose batch norms are folded: each convolution takes its folded weight, and the
+    batch norm that reads its output (found by running the net once) its folded bias, as a norm that adds it
+    and scales by one (``running_var`` 1 - eps); the modules and their state's keys stay as they are. In eval
+    mode the net computes what the ONNX computes; a warm start trains on from there."""
+    convs = {m: n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d)}
+    norms = {m: n for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d)}
+    made: dict[int, tuple[str, torch.Tensor]] = {}  # the outputs are kept alive: their ids stay theirs
+    after: dict[str, str | None] = {}  # batch norm -> the convolution whose output it reads
+    hooks = [m.register_forward_hook(lambda m, i, o: made.__setitem__(id(o), (convs[m], o))) for m in convs]
+    hooks += [
+        m.register_forward_pre_hook(lambda m, i: after.__setitem__(norms[m], made.get(id(i[0]), (None,))[0]))
+        for m in norms
+    ]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(_probe_shape(net, onnx_path)))
+    finally:
+        for h in hooks:
+            h.remove()
+    folded = {c: b for b, c in after.items() if c is not None}  # convolution -> its batch norm
+    with torch.no_grad():
+        for conv, name in convs.items():
+            w, b = inits.get(f"net.{name}.weight"), inits.get(f"net.{name}.weight_bias")
+            if w is None or w.shape != tuple(conv.weight.shape):
+                raise ValueError(f"{onnx_path}: the weights of {name} are not in the ONNX")
+            conv.weight.copy_(torch.from_numpy(w.copy()))
+            if conv.bias is not None:
+                b = inits.get(f"net.{name}.bias", b)
+                if b is None:
+                    raise ValueError(f"{onnx_path}: the bias of {name} is not in the ONNX")
+                conv.bias.copy_(torch.from_numpy(b.copy()))
+            elif name in folded and b is not None:
+                bn = net.get_submodule(folded[name])
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(torch.from_numpy(b.copy()))
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+            elif b is not None:
+                raise ValueError(f"{onnx_path}: {name} has a folded bias but no batch norm after it")
+    loose = [n for m, n in norms.items() if after.get(n) not in folded or folded[after[n]] != n]
+    if loose:
+        raise ValueError(f"{onnx_path}: {len(loose)} batch norms not folded into a convolution (first: {loose[0]})")
 
-    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
-    norms = (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-    convs = (torch.nn.Conv2d, torch.nn.Conv3d)
-    for seq in [m for m in net.modules() if isinstance(m, torch.nn.Sequential)]:
-        for i in range(1, len(seq)):
-            if isinstance(seq[i], norms) and isinstance(seq[i - 1], convs):
-                seq[i] = torch.nn.Identity()
-    for name, conv in net.named_modules():
-        if not isinstance(conv, convs):
-            continue
-        w = inits.get(f"net.{name}.weight")
-        b = next((inits[k] for k in (f"net.{name}.weight_bias", f"net.{name}.bias") if k in inits), None)
-        if w is None or b is None or w.shape != tuple(conv.weight.shape) or b.shape != (conv.out_channels,):
-            raise ValueError(f"{onnx_path}: the folded weights of {name} are not in the ONNX")
-        conv.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
-        conv.bias = torch.nn.Parameter(torch.from_numpy(b.copy()))
-    if any(isinstance(m, norms) for m in net.modules()):
-        raise ValueError(f"{onnx_path}: a batch norm that follows no convolution cannot be unfolded")
-    _verify(net, onnx_path)
+
+def _probe_shape(net: torch.nn.Module, onnx_path) -> list[int]:
+    """An input the ONNX takes: its fixed channels and size where it states them, else 64 x 64 (2D) or
+    16 x 32 x 32 (3D) of one channel."""
+    import onnxruntime as ort
+
+    shape = [2, 1, 64, 64] if not _is3d(net) else [1, 1, 16, 32, 32]
+    stated = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    if len(stated) == len(shape):
+        shape = [d if isinstance(d, int) else v for d, v in zip(stated, shape, strict=True)]
+    return shape
 
 
 def _is3d(net: torch.nn.Module) -> bool:
@@ -128,16 +159,11 @@ def _is3d(net: torch.nn.Module) -> bool:
 
 
 def _verify(net: torch.nn.Module, onnx_path) -> None:
-    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU), on an input of the ONNX's
-    fixed channels and size where it states them."""
+    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU), on ``_probe_shape``'s input."""
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    shape = [2, 1, 64, 64] if not _is3d(net) else [1, 1, 16, 32, 32]
-    stated = s.get_inputs()[0].shape
-    if len(stated) == len(shape):
-        shape = [shape[0]] + [d if isinstance(d, int) else v for d, v in zip(stated[1:], shape[1:], strict=True)]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(_probe_shape(net, onnx_path)).astype(np.float32)
     ref = s.run(None, {s.get_inputs()[0].name: x})[0]
     with torch.no_grad():
         got = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()  # the ONNX ends in the sigmoid

@@ -130,6 +130,8 @@ def test_a_recipe_sample_weighs_the_notch_and_draws_notched_slices_at_its_share(
     for x, y, w in drawn:  # every draw is the eroded slice (rotated, scaled, mirrored), its pit weighing 5
         assert x.shape == (bonewin.CHANNELS, 160, 160) and set(np.unique(w)) == {1.0, 5.0}
         assert (w > 1).sum() > 20 and not y[w > 1].any()
+    share = [recipe.sample(case, rng, 4.0, 0.25)[2].max() > 1 for _ in range(400)]
+    assert 0.25 < np.mean(share) < 0.40  # a quarter drawn from the notched slices, and a tenth of the rest
     x, y, w = recipe.sample(case, np.random.default_rng(1))  # the defaults: no weights, any slice
     assert (w == 1).all()
     logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()

@@ -202,3 +202,42 @@ def test_torch_backend_runs_the_bundled_models_like_onnxruntime(phantoms, tmp_pa
         a = aim.read_aim(tmp_path / f"{model}-torch" / "PHANTOM_0000_SEG.AIM").data
         b = aim.read_aim(tmp_path / f"{model}-onnxruntime" / "PHANTOM_0000_SEG.AIM").data
         assert measure.dice(a, b) > 0.999
+
+
+@pytest.mark.slow  # an ONNX export of its own (about 30 s)
+def test_torch_backend_reads_a_folded_unet2d_back(tmp_path):
+    """The 2D U-Net's ONNX, like the one-bone segmenter's, has its batch norms folded into the convolutions
+    (the ResNet blocks' ``bn1``/``bn2`` are attributes, not ``Sequential`` entries): the torch backend reads
+    it back and computes what ONNX Runtime computes, with batch norms whose statistics are not the identity's."""
+    from vbmd_rt.export.onnx_export import export
+    from vbmd_rt.export.torch_backend import TorchBackend
+    from vbmd_rt.runtime.model import ModelCard, architecture
+    from vbmd_rt.runtime.preprocess import MODEL_SPACING_MM, Spec
+
+    torch.manual_seed(0)
+    config = {"blocks": [1, 1, 1, 1], "widths": [4, 4, 8, 8, 16], "decoder": [16, 8, 8, 4, 4]}
+    net = nets.build("unet2d", config)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    a = architecture("unet2d")
+    spec = Spec(size=512, spacing_mm=MODEL_SPACING_MM, z_mode=a.z_mode, multiple=a.multiple, crop=a.crop)
+    card = ModelCard("unet2d", spec, config=config).to_dict()
+    torch.save({"card": card, "model": net.state_dict()}, tmp_path / "ck.pt")
+    export(tmp_path / "ck.pt", tmp_path / "m", check_cases=1)
+    model = load_model(tmp_path / "m")
+    assert model.card.arch.name == "unet2d"
+    backend = TorchBackend.from_model(model, "cpu")  # raises where the weights read back differ from the ONNX
+    folded = TorchBackend.from_model(model, "cpu").module
+    x = np.random.default_rng(1).standard_normal((1, 1, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()
+    backend.activate()
+    try:
+        assert np.abs(backend.infer(x) - want).max() < 1e-4
+    finally:
+        backend.deactivate()
+    assert sorted(folded.state_dict()) == sorted(net.state_dict())  # the modules stay: a warm start can train on

@@ -259,7 +259,7 @@ def test_scans_that_hold_no_hand_are_refused_with_exit_2_and_no_output(samples, 
     assert not any(p.suffix in (".json", ".AIM", ".png") for p in out.rglob("*") if ".vbmd-rt" not in p.parts)
 
 
-def test_the_cpu_recipe_caches_trains_resumes_and_exports(phantoms, tmp_path):
+def test_the_cpu_recipe_caches_trains_resumes_and_exports(phantoms, tmp_path, monkeypatch):
     """The one-bone segmenter's recipe end to end on two phantoms: windows cached once, a time-budgeted
     run writes last.pt, a rerun resumes from it, and the checkpoint exports to a model the runtime loads."""
     pytest.importorskip("torch")
@@ -273,11 +273,17 @@ def test_the_cpu_recipe_caches_trains_resumes_and_exports(phantoms, tmp_path):
 
     data = phantom_copies(phantoms, tmp_path / "data", 2)
     r = recipe.Recipe(data=[str(data)], out=str(tmp_path / "run"), cache=str(tmp_path / "cache"), minutes=0.02, batch=2)
+    weighed, loss = [], recipe.dice_bce
+    monkeypatch.setattr(recipe, "dice_bce", lambda x, y, w=None: weighed.append(w is not None) or loss(x, y, w))
     last = recipe.train(r, log=lambda s: None)
+    assert weighed and all(weighed)  # the notches' weights reach the loss
     first = torch.load(last, weights_only=False)["state"]
     assert first["step"] >= 1 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
-    next(p for p in sorted(data.glob("*.AIM")) if not p.name.endswith("_GT.AIM")).unlink()  # cached: not needed
+    scans = [p for p in sorted(data.glob("*.AIM")) if not p.name.endswith("_GT.AIM")]
+    scans[0].unlink()  # cached: the scan is not needed
     assert len(recipe.build_cache([data], tmp_path / "cache", log=lambda s: None)) == 2
+    scans[1].with_name(scans[1].stem + "_GT.AIM").unlink()  # without its truth, a phantom leaves training
+    assert len(recipe.build_cache([data], tmp_path / "cache", log=lambda s: None)) == 1
     r.minutes = first["seconds"] / 60 + 0.02  # more budget than the first call spent, however loaded the machine
     again = torch.load(recipe.train(r, log=lambda s: None), weights_only=False)["state"]
     assert again["step"] > first["step"] and again["seconds"] >= first["seconds"]
