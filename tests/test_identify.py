@@ -273,6 +273,7 @@ def test_the_cpu_recipe_caches_trains_resumes_and_exports(phantoms, tmp_path, mo
 
     data = phantom_copies(phantoms, tmp_path / "data", 2)
     r = recipe.Recipe(data=[str(data)], out=str(tmp_path / "run"), cache=str(tmp_path / "cache"), minutes=0.02, batch=2)
+    r.notch_weight, r.notch_share = 4.0, 0.25  # the option's path (off by default)
     weighed, loss = [], recipe.dice_bce
     monkeypatch.setattr(recipe, "dice_bce", lambda x, y, w=None: weighed.append(w is not None) or loss(x, y, w))
     last = recipe.train(r, log=lambda s: None)
