@@ -308,10 +308,14 @@ def train(r: Recipe, log=print) -> Path:
             if f not in cases:
                 with np.load(f) as z:
                     cases[f] = {k: z[k] for k in ("image", "truth", "priors")}
-                cases[f]["notched"] = notched_slices(cases[f]["truth"])
+                if r.notch_share:  # the notched slices are looked for only where draws are taken from them
+                    cases[f]["notched"] = notched_slices(cases[f]["truth"])
         slices = sum(c["image"].shape[0] for c in cases.values())
-        notched = sum(len(c["notched"]) for c in cases.values())
-        log(f"{len(cases)} cases, {slices} slices, {notched} with a notch in the envelope")
+        notched = sum(len(c.get("notched", ())) for c in cases.values())
+        log(
+            f"{len(cases)} cases, {slices} slices"
+            + (f", {notched} with a notch in the envelope" if r.notch_share else "")
+        )
         return [cases[f] for f in sorted(cases)]  # the same order fresh or resumed: the rng draws from it
 
     pool = refresh()

@@ -65,9 +65,10 @@ def load_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
 
     model = onnx.load(str(onnx_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    probe = _probe_shape(net, model)
     if any(name.endswith(".weight_bias") for name in inits):
-        _load_folded(net, inits, onnx_path)
-        _verify(net, onnx_path)
+        _load_folded(net, inits, onnx_path, probe)
+        _verify(net, onnx_path, probe)
         return
     state = net.state_dict()
     loaded = {}
@@ -94,10 +95,10 @@ def load_onnx_weights(net: torch.nn.Module, onnx_path: str | Path) -> None:
     if missing:
         raise ValueError(f"{onnx_path}: {len(missing)} parameters not found in the ONNX (first: {missing[0]})")
     net.load_state_dict(loaded, strict=False)
-    _verify(net, onnx_path)
+    _verify(net, onnx_path, probe)
 
 
-def _load_folded(net: torch.nn.Module, inits: dict, onnx_path) -> None:
+def _load_folded(net: torch.nn.Module, inits: dict, onnx_path, probe: list[int]) -> None:
     """Weights of an ONNX whose batch norms are folded: each convolution takes its folded weight, and the
     batch norm that reads its output (found by running the net once) its folded bias, as a norm that adds it
     and scales by one (``running_var`` 1 - eps); the modules and their state's keys stay as they are. In eval
@@ -113,7 +114,7 @@ def _load_folded(net: torch.nn.Module, inits: dict, onnx_path) -> None:
     ]
     try:
         with torch.no_grad():
-            net.eval()(torch.zeros(_probe_shape(net, onnx_path)))
+            net.eval()(torch.zeros(probe))
     finally:
         for h in hooks:
             h.remove()
@@ -142,15 +143,15 @@ def _load_folded(net: torch.nn.Module, inits: dict, onnx_path) -> None:
         raise ValueError(f"{onnx_path}: {len(loose)} batch norms not folded into a convolution (first: {loose[0]})")
 
 
-def _probe_shape(net: torch.nn.Module, onnx_path) -> list[int]:
-    """An input the ONNX takes: its fixed channels and size where it states them, else 64 x 64 (2D) or
-    16 x 32 x 32 (3D) of one channel."""
-    import onnxruntime as ort
-
+def _probe_shape(net: torch.nn.Module, model) -> list[int]:
+    """An input the ONNX ``model`` (its ``ModelProto``) takes: its fixed batch, channels and size where its
+    image input states them, else 2 x 64 x 64 (2D) or 16 x 32 x 32 (3D) of one channel."""
     shape = [2, 1, 64, 64] if not _is3d(net) else [1, 1, 16, 32, 32]
-    stated = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    inits = {i.name for i in model.graph.initializer}
+    image = next(i for i in model.graph.input if i.name not in inits)
+    stated = [d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim]
     if len(stated) == len(shape):
-        shape = [d if isinstance(d, int) else v for d, v in zip(stated, shape, strict=True)]
+        shape = [v if d is None else d for d, v in zip(stated, shape, strict=True)]
     return shape
 
 
@@ -158,12 +159,13 @@ def _is3d(net: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
 
 
-def _verify(net: torch.nn.Module, onnx_path) -> None:
-    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU), on ``_probe_shape``'s input."""
+def _verify(net: torch.nn.Module, onnx_path, probe: list[int]) -> None:
+    """The loaded net must compute what the ONNX computes (ONNX Runtime, CPU), on an input of shape ``probe``
+    (``_probe_shape``'s)."""
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal(_probe_shape(net, onnx_path)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(probe).astype(np.float32)
     ref = s.run(None, {s.get_inputs()[0].name: x})[0]
     with torch.no_grad():
         got = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()  # the ONNX ends in the sigmoid
