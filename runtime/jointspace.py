@@ -57,6 +57,8 @@ VALLEY = 0.15  # the joint's sheet lies this far (of marrow to cortex) below the
 MIN_MM3 = 20.0  # the least a phalanx's base takes off
 SEED_MM = 0.5  # the distal seed: the mask's last slices over this depth (at least one)
 PLATES = 0.7  # ... between plates nearly as bright as cortex (a head's plates are thinner than the shaft's cortex)
+PLATES_PAST = 0.8  # ... and where only the identified tip says the mask ran on, this on the scan smoothed over
+CALM_SIGMA = 1.0  # ... this many voxels (``_calm_plates``: noise does not pass for plates there)
 SHOWN = 0.05  # a surface voxel where the joint shows: this far below the plates on both sides
 DARK = 0.3  # the weight of darkness beside the top-hat in the cost
 PAST_TIP_MM = 1.0  # a mask that ends this far beyond the identified head's tip may hold the phalanx's base
@@ -98,15 +100,18 @@ def _cost(v: np.ndarray, top: float, low: float) -> np.ndarray:
 
 def runs_on(area: np.ndarray, spacing_mm: float, at_last_slice: bool) -> bool:
     """Whether a mask with the cross-sections ``area`` may have run on across the joint: it runs to the last
-    slice that was read (``at_last_slice``), or it ends wide and its last millimetre does not narrow (QC: "does
-    the mask hold the joint space or the phalanx's base?"). A mask that ends wide but narrows there is a head
-    cut short: there is nothing beyond it to take off."""
+    slice that was read (``at_last_slice``), or it ends wide and neither its last millimetre nor its last two
+    narrow (``qc.end_narrows``; QC: "does the mask hold the joint space or the phalanx's base?"). A mask that
+    ends wide but narrows there is a head cut short: there is nothing beyond it to take off. The last 2 mm
+    count too because a cut head's last slices wobble: a standard phantom's network mask that lost the last
+    3 mm of the dome fell from its largest cross-section to 0.59 of it, then read 0.49, 0.60, 0.47, 0.55
+    over its last millimetre, and was taken for a mask that ran on."""
     if at_last_slice:
         return True
     if area.size < 2:
         return False
     end = _end(area, spacing_mm)
-    return end["end_fraction"] > qc.LIMITS.end_fraction and not end["end_narrows"]
+    return end["end_fraction"] > qc.LIMITS.end_fraction and not qc.end_narrows(end)
 
 
 def regrows(area: np.ndarray) -> float:
@@ -134,6 +139,28 @@ def without_rim(one: np.ndarray, first: int) -> np.ndarray:
     for z in range(max(first, 0), out.shape[0]):
         out[z] &= cv2.morphologyEx(out[z].view(np.uint8), cv2.MORPH_OPEN, _DISK).view(bool)
     return largest_component(out)
+
+
+def _plates(v: np.ndarray, one: np.ndarray, two: np.ndarray, surface: np.ndarray) -> np.ndarray:
+    """The dimmer of the brightest voxels of ``v`` within ``NEAR`` on either side (``one``, ``two``) of each
+    voxel of the ``surface`` between them."""
+    size = 2 * NEAR + 1
+    near_one = ndimage.maximum_filter(np.where(one, v, -np.inf), size=size)
+    near_two = ndimage.maximum_filter(np.where(two, v, -np.inf), size=size)
+    return np.minimum(near_one, near_two)[surface]
+
+
+def _calm_plates(vol: np.ndarray, m: np.ndarray, one: np.ndarray, two: np.ndarray, surface: np.ndarray) -> float:
+    """``plates`` (the 25th percentile of the plates' brightness, marrow 0 and cortex 1) read on the scan
+    smoothed over ``CALM_SIGMA`` voxels (``vol``: the mask's box, unpadded; ``m``, ``one``, ``two``, ``surface``
+    padded by one): a subchondral plate is a sheet, and keeps its brightness there, where the brightest of a
+    noisy marrow's voxels near a cut through it does not."""
+    v = np.pad(ndimage.gaussian_filter(np.asarray(vol, dtype=np.float32), CALM_SIGMA), 1, mode="edge")
+    inside = v[m]
+    cortex, marrow = float(np.percentile(inside, 90)), float(np.percentile(inside, 10))
+    if cortex <= marrow:
+        return 0.0
+    return float(np.percentile((_plates(v, one, two, surface) - marrow) / (cortex - marrow), 25))
 
 
 def part(
@@ -195,14 +222,13 @@ def part(
     surface = (one & ndimage.binary_dilation(two)) | (two & ndimage.binary_dilation(one))
     if not surface.any():
         return None
-    size = 2 * NEAR + 1
-    near_one = ndimage.maximum_filter(np.where(one, v, -np.inf), size=size)
-    near_two = ndimage.maximum_filter(np.where(two, v, -np.inf), size=size)
-    plate = np.minimum(near_one, near_two)[surface]  # the dimmer of the brightest on either side
+    plate = _plates(v, one, two, surface)
     depth = (plate - v[surface]) / (cortex - marrow)
     valley = float(np.median(depth))
     plates = float(np.percentile((plate - marrow) / (cortex - marrow), 25))
     if valley < (VALLEY if ran_on else VALLEY_PAST) or plates < PLATES:
+        return None
+    if not ran_on and _calm_plates(vol[box], m, one, two, surface) < PLATES_PAST:
         return None
     inner = ndimage.distance_transform_edt(m)[surface] >= RIM  # the contact, not its rim in the soft tissue
     out = np.zeros_like(mask)

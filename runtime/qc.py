@@ -481,10 +481,10 @@ def verdict(checks: dict, measures: dict, limits: Limits = LIMITS) -> dict:
                 " (the mask may hold the phalanx)"
             )
         elif shape.get("end_fraction", 0.0) > limits.end_fraction:
-            why = (
+            why = (  # as ``jointspace.runs_on`` reads it: narrowing over the last 1 or 2 mm is a head cut short
                 "(is the head cut short?)"
-                if shape.get("end_narrows", True)
-                else "and its last 1 mm does not narrow (does the mask hold the joint space or the phalanx's base?)"
+                if end_narrows(shape)
+                else "and its last 2 mm do not narrow (does the mask hold the joint space or the phalanx's base?)"
             )
             reasons.append(
                 f"the mask ends abruptly: its last slice holds {shape['end_fraction']:.0%} of its largest"
