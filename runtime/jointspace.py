@@ -18,10 +18,12 @@ neighbouring voxels) grows two seeds towards each other inside the mask: its pro
 steep sides of such a sheet: they meet in the joint space. What grew from the shaft is MC2, less what it
 took of the far bone where the two touch without a gap the scan resolves (``without_rim``). It is taken
 
-- where the mask may have run on: it runs to the last slice predicted, or ends wide without narrowing (QC:
-  "does the mask hold the joint space or the phalanx's base?"), or ends more than ``PAST_TIP_MM`` beyond the
-  identified tip (then the joint must show more clearly, ``VALLEY_PAST``: the tip's estimate is off by up to
-  a millimetre, and a dome's own plate must not be peeled off). A mask that ends wide and narrows there is a
+- where the mask may have run on: it runs to the last slice predicted, or ends wide and neither its last 1 mm
+  nor its last 2 mm narrows (``runs_on``; QC: "does the mask hold the joint space or the phalanx's base?"),
+  or ends more than ``PAST_TIP_MM`` beyond the identified tip (then the joint must show more clearly,
+  ``VALLEY_PAST``, and its plates on the scan smoothed over ``CALM_SIGMA`` voxels too, ``PLATES_PAST``: the
+  tip's estimate is off by a millimetre or more, a dome's own plate must not be peeled off, and a noisy
+  marrow's brightest voxels must not pass for plates). A mask that ends wide and narrows there is a
   head cut short, with nothing beyond it;
 - if MC2 then ends in a dome by QC's own limits (``qc.Limits.end_fraction``, ``end_taper_mm``), narrowing
   to it (``regrows``: a head split along its length, where the seeds met in its marrow between trabecular
@@ -38,7 +40,7 @@ took of the far bone where the two touch without a gap the scan resolves (``with
 
 Otherwise the mask stays as it was. The record (``mask.joint_parted`` in the result JSON) holds the first
 slice of the far bone's part (model grid, from the proximal end), what was taken off (mm³), the valley, the
-plates, and the share of the contact (the surface ``RIM`` voxels or more inside the envelope) where the
+plates (and on the tip's path ``calm_plates``, the plates on the smoothed scan), and the share of the contact (the surface ``RIM`` voxels or more inside the envelope) where the
 joint shows (``joint_shown``): where the phalanx's plate is pressed on the dome without a gap the scan
 resolves, the cut there is a guess, and QC reviews it (``qc.Limits.joint_shown``).
 """
@@ -141,6 +143,25 @@ def without_rim(one: np.ndarray, first: int) -> np.ndarray:
     return largest_component(out)
 
 
+def _smoothed(vol: np.ndarray, sigma: float) -> np.ndarray:
+    """The mask's box of the scan (``vol``) smoothed over ``sigma`` voxels, float32, padded by one voxel as the
+    mask is (``part``)."""
+    return np.pad(ndimage.gaussian_filter(np.asarray(vol, dtype=np.float32), sigma), 1, mode="edge")
+
+
+def _span(v: np.ndarray, m: np.ndarray) -> tuple[float, float] | None:
+    """Cortex and marrow under the mask ``m`` (the 90th and 10th percentiles of ``v`` there), or None where the
+    scan shows no contrast."""
+    inside = v[m]
+    cortex, marrow = float(np.percentile(inside, 90)), float(np.percentile(inside, 10))
+    return (cortex, marrow) if cortex > marrow else None
+
+
+def _plate_share(plate: np.ndarray, cortex: float, marrow: float) -> float:
+    """``plates``: the 25th percentile of the plates' brightness (``_plates``), marrow 0 and cortex 1."""
+    return float(np.percentile((plate - marrow) / (cortex - marrow), 25))
+
+
 def _plates(v: np.ndarray, one: np.ndarray, two: np.ndarray, surface: np.ndarray) -> np.ndarray:
     """The dimmer of the brightest voxels of ``v`` within ``NEAR`` on either side (``one``, ``two``) of each
     voxel of the ``surface`` between them."""
@@ -151,16 +172,12 @@ def _plates(v: np.ndarray, one: np.ndarray, two: np.ndarray, surface: np.ndarray
 
 
 def _calm_plates(vol: np.ndarray, m: np.ndarray, one: np.ndarray, two: np.ndarray, surface: np.ndarray) -> float:
-    """``plates`` (the 25th percentile of the plates' brightness, marrow 0 and cortex 1) read on the scan
-    smoothed over ``CALM_SIGMA`` voxels (``vol``: the mask's box, unpadded; ``m``, ``one``, ``two``, ``surface``
-    padded by one): a subchondral plate is a sheet, and keeps its brightness there, where the brightest of a
-    noisy marrow's voxels near a cut through it does not."""
-    v = np.pad(ndimage.gaussian_filter(np.asarray(vol, dtype=np.float32), CALM_SIGMA), 1, mode="edge")
-    inside = v[m]
-    cortex, marrow = float(np.percentile(inside, 90)), float(np.percentile(inside, 10))
-    if cortex <= marrow:
-        return 0.0
-    return float(np.percentile((_plates(v, one, two, surface) - marrow) / (cortex - marrow), 25))
+    """``plates`` read on the scan smoothed over ``CALM_SIGMA`` voxels (``vol``: the mask's box, unpadded;
+    ``m``, ``one``, ``two``, ``surface`` padded by one): a subchondral plate is a sheet, and keeps its
+    brightness there, where the brightest of a noisy marrow's voxels near a cut through it does not."""
+    v = _smoothed(vol, CALM_SIGMA)
+    span = _span(v, m)
+    return 0.0 if span is None else _plate_share(_plates(v, one, two, surface), *span)
 
 
 def part(
@@ -183,12 +200,13 @@ def part(
     z0, z1 = int(zs[0]), int(zs[-1]) + 1
     box = (slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
     m = np.pad(mask[box], 1)  # a wall all round: ``watershed_ift``'s neighbours run on across rows
-    v = np.pad(ndimage.gaussian_filter(np.asarray(vol[box], dtype=np.float32), 0.5), 1, mode="edge")
+    v = _smoothed(vol[box], 0.5)
+    span = _span(v, m)
     inside = v[m]
-    cortex, marrow = float(np.percentile(inside, 90)), float(np.percentile(inside, 10))
     top, low = float(np.percentile(inside, 99)), float(inside.min())
-    if cortex <= marrow or top <= low:
+    if span is None or top <= low:
         return None
+    cortex, marrow = span
     cost = np.full(m.shape, WALL, np.uint16)  # steps into the wall outside the mask cost more than any inside
     cost[m] = (np.clip(_cost(v, top, low)[m], 0.0, 1.0) * 60000).astype(np.uint16)
     seeds = np.zeros(m.shape, np.int16)
@@ -225,10 +243,11 @@ def part(
     plate = _plates(v, one, two, surface)
     depth = (plate - v[surface]) / (cortex - marrow)
     valley = float(np.median(depth))
-    plates = float(np.percentile((plate - marrow) / (cortex - marrow), 25))
+    plates = _plate_share(plate, cortex, marrow)
     if valley < (VALLEY if ran_on else VALLEY_PAST) or plates < PLATES:
         return None
-    if not ran_on and _calm_plates(vol[box], m, one, two, surface) < PLATES_PAST:
+    calm = None if ran_on else _calm_plates(vol[box], m, one, two, surface)
+    if calm is not None and calm < PLATES_PAST:
         return None
     inner = ndimage.distance_transform_edt(m)[surface] >= RIM  # the contact, not its rim in the soft tissue
     out = np.zeros_like(mask)
@@ -238,5 +257,6 @@ def part(
         "removed_mm3": round(float(two.sum()) * spacing_mm**3, 1),
         "valley": round(valley, 3),
         "plates": round(plates, 3),
+        **({} if calm is None else {"calm_plates": round(calm, 3)}),
         "joint_shown": round(float(np.mean(depth[inner] >= SHOWN)) if inner.any() else 0.0, 3),
     }

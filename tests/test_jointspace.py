@@ -146,7 +146,7 @@ def test_a_right_mask_stays_whole_where_the_identified_tip_falls_short(gap_mm, n
     assert jointspace.part(scan, mc2, MM, tip_mm=17.5 - short_mm) is None
 
 
-def test_a_noisy_head_cut_short_is_not_parted_through_its_marrow():
+def test_a_noisy_head_cut_short_is_not_parted_through_its_marrow(monkeypatch):
     """Where only the identified tip says the mask ran on, the plates are read again on the scan smoothed over
     ``CALM_SIGMA`` voxels (``PLATES_PAST``): a noisy marrow's brightest voxels passed for plates, and a head that
     the network had cut short, 1.5 mm past a tip that the identification stage put too early, was parted
@@ -159,11 +159,15 @@ def test_a_noisy_head_cut_short_is_not_parted_through_its_marrow():
     cut = int(round(15.0 / MM))  # 3 mm before the dome's tip: the mask ends wide
     short = mc2.copy()
     short[cut:] = False
+    assert not jointspace.runs_on(np.count_nonzero(short[:cut], axis=(1, 2)), MM, False)  # the tip's path
     assert jointspace.part(scan, short, MM, tip_mm=cut * MM - 1.5) is None
     halo = marked & (ndimage.distance_transform_edt(~mc2) * MM < 0.5 + 1.2)
     halo = ndimage.binary_closing(halo, iterations=2) & marked | mc2
-    mine, _ = jointspace.part(scan, halo, MM, tip_mm=17.5)
-    assert _dice(mine, mc2) > 0.95
+    mine, rec = jointspace.part(scan, halo, MM, tip_mm=17.5)
+    assert _dice(mine, mc2) > 0.95 and rec["calm_plates"] >= jointspace.PLATES_PAST
+    monkeypatch.setattr(jointspace, "PLATES_PAST", 0.0)  # the smoothed plates alone keep the cut head whole
+    wrong = jointspace.part(scan, short, MM, tip_mm=cut * MM - 1.5)
+    assert wrong is not None and _dice(wrong[0], mc2) < 0.8 and wrong[1]["calm_plates"] < 0.8
 
 
 def test_a_mask_run_far_into_the_phalanx_is_parted_before_the_identified_tip():

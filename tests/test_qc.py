@@ -335,3 +335,24 @@ def test_one_solid_slice_is_no_review_reason():
     facts = {"wide_slices": 40, "no_trabecular_fraction": 0.025, "max_thickness_to_radius": 1.3, "voxel_mm": 0.082}
     assert qc.compartment_reasons(facts) == []
     assert any("as thick as" in r for r in qc.compartment_reasons({**facts, "no_trabecular_fraction": 0.2}))
+
+
+@pytest.mark.parametrize("narrows_2mm", [True, False])
+def test_a_wide_end_names_a_head_cut_short_where_its_last_2_mm_narrow(narrows_2mm):
+    """A wide end whose last 1 mm does not narrow (a cut head's last slices wobble) but whose last 2 mm do is a
+    head cut short, as ``jointspace.runs_on`` reads it (thirty-seventh pass); only where neither narrows does
+    the reason ask for the joint space."""
+    shape = {
+        "slices": 40,
+        "pieces_fraction": 0.0,
+        "area_jump": 0.05,
+        "length_mm": 10.0,
+        "first_slice": 0,
+        "slice_mm": 0.25,
+        "touches_edge": False,
+        "end_fraction": 0.55,
+        "end_narrows": False,
+        "end_narrows_2mm": narrows_2mm,
+    }
+    (why,) = [r for r in qc.verdict({"shape": shape}, {})["reasons"] if "ends abruptly" in r]
+    assert ("cut short" in why) == narrows_2mm and ("joint space" in why) != narrows_2mm
