@@ -149,10 +149,9 @@ def _smoothed(vol: np.ndarray, sigma: float) -> np.ndarray:
     return np.pad(ndimage.gaussian_filter(np.asarray(vol, dtype=np.float32), sigma), 1, mode="edge")
 
 
-def _span(v: np.ndarray, m: np.ndarray) -> tuple[float, float] | None:
-    """Cortex and marrow under the mask ``m`` (the 90th and 10th percentiles of ``v`` there), or None where the
-    scan shows no contrast."""
-    inside = v[m]
+def _span(inside: np.ndarray) -> tuple[float, float] | None:
+    """Cortex and marrow from the values under the mask (``inside``: their 90th and 10th percentiles), or None
+    where the scan shows no contrast."""
     cortex, marrow = float(np.percentile(inside, 90)), float(np.percentile(inside, 10))
     return (cortex, marrow) if cortex > marrow else None
 
@@ -176,7 +175,7 @@ def _calm_plates(vol: np.ndarray, m: np.ndarray, one: np.ndarray, two: np.ndarra
     ``m``, ``one``, ``two``, ``surface`` padded by one): a subchondral plate is a sheet, and keeps its
     brightness there, where the brightest of a noisy marrow's voxels near a cut through it does not."""
     v = _smoothed(vol, CALM_SIGMA)
-    span = _span(v, m)
+    span = _span(v[m])
     return 0.0 if span is None else _plate_share(_plates(v, one, two, surface), *span)
 
 
@@ -201,8 +200,8 @@ def part(
     box = (slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
     m = np.pad(mask[box], 1)  # a wall all round: ``watershed_ift``'s neighbours run on across rows
     v = _smoothed(vol[box], 0.5)
-    span = _span(v, m)
     inside = v[m]
+    span = _span(inside)
     top, low = float(np.percentile(inside, 99)), float(inside.min())
     if span is None or top <= low:
         return None
